@@ -1,0 +1,228 @@
+"""Every default of the farm in one place: protocol, prior box, chip, readout and regime.
+
+The paper's exact choices are not public (see ``../shared/paper-notes.md``), so these are ours,
+close to BrainScaleS-2 practice. Change a default here and everything downstream follows, because
+the store records the values it was made with and refuses to mix them.
+
+Time is hardware time in microseconds (1 µs on the chip = 1 ms biological), voltages in mV,
+conductances in µS, currents in nA, capacitance in pF (so that µS·mV = nA and pF/µS = µs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Version of the emulator's physics and RNG streams. Bump it whenever a change alters any
+#: trace bit for the same seed; stores written by another version are refused on resume.
+EMULATOR_VERSION = "1.0"
+#: Store layout version.
+STORE_FORMAT_VERSION = "1"
+
+#: The seven inferred CapMem parameters, in pynn_brainscales ``HXNeuron`` names.
+PARAMETER_NAMES: tuple[str, ...] = (
+    "leak_i_bias",
+    "reset_v_reset",
+    "exponential_v_exp",
+    "exponential_i_bias",
+    "adaptation_i_bias_a",
+    "adaptation_i_bias_b",
+    "adaptation_i_bias_tau",
+)
+#: What each parameter controls physically (after the LSB-to-physics mapping in farm/chip.py).
+PARAMETER_PHYSICS: dict[str, str] = {
+    "leak_i_bias": "tau_mem",
+    "reset_v_reset": "v_reset",
+    "exponential_v_exp": "v_t",
+    "exponential_i_bias": "delta_t",
+    "adaptation_i_bias_a": "a",
+    "adaptation_i_bias_b": "b",
+    "adaptation_i_bias_tau": "tau_w",
+}
+CAPMEM_MAX_LSB = 1022
+NEURONS_PER_CHIP = 512
+
+
+@dataclass(frozen=True, slots=True)
+class PriorBox:
+    """Box-uniform prior over the 7 CapMem parameters, in LSB.
+
+    The bounds are the working range found on the emulator (docs/emulator.md, "Prior bounds"):
+    outside them the neuron is silent for any value of the other parameters, or the
+    parameter has no visible effect on the 1 ms trace.
+    """
+
+    names: tuple[str, ...] = PARAMETER_NAMES
+    low: tuple[float, ...] = (40.0, 300.0, 600.0, 60.0, 0.0, 0.0, 20.0)
+    high: tuple[float, ...] = (700.0, 650.0, 860.0, 700.0, 600.0, 600.0, 1000.0)
+    units: str = "LSB"
+
+    def __post_init__(self) -> None:
+        if not (len(self.names) == len(self.low) == len(self.high)):
+            raise ValueError(f"prior names/low/high lengths differ: {len(self.names)}/{len(self.low)}/{len(self.high)}")
+        for name, lo, hi in zip(self.names, self.low, self.high):
+            if not (0.0 <= lo < hi <= CAPMEM_MAX_LSB):
+                raise ValueError(f"prior bounds for {name}=[{lo}, {hi}] must satisfy 0 <= low < high <= {CAPMEM_MAX_LSB} LSB")
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "box_uniform", "names": list(self.names), "low": list(self.low), "high": list(self.high), "units": self.units}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PriorBox":
+        if d.get("type", "box_uniform") != "box_uniform":
+            raise ValueError(f"prior type={d.get('type')!r} is not a box prior")
+        return cls(names=tuple(d["names"]), low=tuple(float(v) for v in d["low"]), high=tuple(float(v) for v in d["high"]), units=d.get("units", "LSB"))
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """Step-current stimulus and readout: 0.1 ms off, 0.6 ms on, 0.3 ms off (hardware µs).
+
+    ``dt_us`` was chosen by a convergence test (docs/emulator.md, "Time step"): halving it changes
+    spike counts by less than the temporal noise does.
+    """
+
+    t_pre_us: float = 100.0
+    t_stim_us: float = 600.0
+    t_post_us: float = 300.0
+    i_stim_na: float = 60.0
+    dt_us: float = 0.1
+    sample_period_us: float = 1.0  # trace stored at 1 MSa/s hardware time
+
+    def __post_init__(self) -> None:
+        for name in ("t_pre_us", "t_stim_us", "t_post_us", "dt_us", "sample_period_us"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"protocol {name}={v} must be a positive finite number")
+        ratio = self.sample_period_us / self.dt_us
+        if abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError(f"sample_period_us={self.sample_period_us} must be a whole multiple of dt_us={self.dt_us}")
+        if abs(self.duration_us / self.sample_period_us - round(self.duration_us / self.sample_period_us)) > 1e-9:
+            raise ValueError(f"protocol duration {self.duration_us} µs must be a whole multiple of sample_period_us")
+
+    @property
+    def duration_us(self) -> float:
+        return self.t_pre_us + self.t_stim_us + self.t_post_us
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.duration_us / self.sample_period_us))
+
+    @property
+    def steps_per_sample(self) -> int:
+        return int(round(self.sample_period_us / self.dt_us))
+
+    @property
+    def stim_on_us(self) -> float:
+        return self.t_pre_us
+
+    @property
+    def stim_off_us(self) -> float:
+        return self.t_pre_us + self.t_stim_us
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Protocol":
+        return cls(**{k: float(v) for k, v in d.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class ChipModel:
+    """Calibrated constants, LSB-to-physics gains, mismatch and noise of an emulated BSS-2 chip.
+
+    The calibrated quantities (leak potential, threshold, refractory time, capacitance) are held
+    fixed, as calix would set them; the seven inferred parameters map through the gains below.
+    """
+
+    # Calibrated, held fixed (configurable): membrane capacitance, leak potential, spike threshold.
+    c_mem_pf: float = 2.0
+    v_leak_mv: float = 600.0
+    v_threshold_mv: float = 1000.0
+    t_ref_us: float = 2.0
+    # CapMem voltage cells: 0..1022 LSB span 0..1.2 V.
+    v_per_lsb_mv: float = 1200.0 / CAPMEM_MAX_LSB
+    # Bias currents set conductances: g = gain * lsb (OTA transconductance ~ linear in bias).
+    g_leak_us_per_lsb: float = 0.001
+    delta_t_mv_per_lsb: float = 0.04
+    delta_t_offset_mv: float = 1.0
+    a_us_per_lsb: float = 0.0005
+    b_na_per_lsb: float = 0.03
+    tau_w_scale_us_lsb: float = 6000.0  # tau_w = scale / (lsb + offset): larger bias, faster adaptation
+    tau_w_offset_lsb: float = 20.0
+    # Fixed-pattern mismatch (relative sigma of each gain, and absolute voltage offsets) after calibration.
+    mismatch_gain_calibrated: float = 0.02
+    mismatch_gain_uncalibrated: float = 0.10
+    mismatch_offset_mv: float = 5.0
+    # Temporal noise on the membrane: white-noise voltage diffusion, mV / sqrt(µs).
+    noise_mv_per_sqrt_us: float = 0.6
+    # MADC: 10-bit, input range [adc_v_min_mv, adc_v_max_mv], readout noise in codes.
+    adc_bits: int = 10
+    adc_v_min_mv: float = 300.0
+    adc_v_max_mv: float = 1200.0
+    adc_noise_lsb: float = 3.0
+    # The pool of emulated chips samples are spread over; chip k's mismatch is a pure function of (fab_seed, k).
+    num_chips: int = 8
+    fab_seed: int = 2026
+
+    def __post_init__(self) -> None:
+        if self.num_chips < 1:
+            raise ValueError(f"num_chips={self.num_chips} must be >= 1")
+        if not self.adc_v_min_mv < self.adc_v_max_mv:
+            raise ValueError(f"adc range [{self.adc_v_min_mv}, {self.adc_v_max_mv}] mV is empty")
+        for name in ("noise_mv_per_sqrt_us", "adc_noise_lsb", "mismatch_gain_calibrated", "mismatch_gain_uncalibrated", "mismatch_offset_mv"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"chip {name}={getattr(self, name)} must be >= 0")
+
+    @property
+    def adc_max_code(self) -> int:
+        return (1 << self.adc_bits) - 1
+
+    def ideal(self) -> "ChipModel":
+        """The same chip without mismatch or noise: for reference tests and noise-free predictions."""
+        d = asdict(self)
+        d.update(mismatch_gain_calibrated=0.0, mismatch_gain_uncalibrated=0.0, mismatch_offset_mv=0.0, noise_mv_per_sqrt_us=0.0, adc_noise_lsb=0.0)
+        return ChipModel(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ChipModel":
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class Regime:
+    """The regime of interest: spike count during the step within [min_spikes, max_spikes]."""
+
+    min_spikes: int = 1
+    max_spikes: int = 40
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.min_spikes <= self.max_spikes):
+            raise ValueError(f"regime [{self.min_spikes}, {self.max_spikes}] needs 0 <= min_spikes <= max_spikes")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Spike times kept per trace by the kernel (counts stay exact beyond it).
+MAX_SPIKES = 256
+DEFAULT_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FarmDefaults:
+    """The bundle a store records: everything needed to regenerate a sample bit for bit."""
+
+    prior: PriorBox = field(default_factory=PriorBox)
+    protocol: Protocol = field(default_factory=Protocol)
+    chip: ChipModel = field(default_factory=ChipModel)
+    regime: Regime = field(default_factory=Regime)

@@ -1,0 +1,21 @@
+"""Shared fixtures: one local Ray for the whole session (ray.init costs ~7 s on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local 2-CPU Ray cluster shared by every test that needs one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
