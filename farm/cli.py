@@ -24,15 +24,15 @@ app = typer.Typer(
 )
 
 
-def parse_count(value: str) -> int:
+def parse_count(value: str, option: str = "--n") -> int:
     """Accept `1000`, `1e6`, `1_000_000`; reject non-integers like `1.5` and anything <= 0."""
     text = str(value).strip().replace("_", "")
     try:
         number = float(text)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a number; give a positive integer such as 1000 or 1e6") from None
+        raise typer.BadParameter(f"{value!r} is not a number; give a positive integer such as 1000 or 1e6", param_hint=option) from None
     if not math.isfinite(number) or number != math.floor(number) or number <= 0:
-        raise typer.BadParameter(f"{value!r} must be a positive whole number (e.g. 1000 or 1e6)")
+        raise typer.BadParameter(f"{value!r} must be a positive whole number (e.g. 1000 or 1e6)", param_hint=option)
     return int(number)
 
 
@@ -74,11 +74,13 @@ def simulate(
     from farm.actors import FarmError, run_farm
     from farm.prior import load_prior
     from farm.store import StoreMismatch
-    from farm.substrate import SUBSTRATES
+    from farm.substrate import check_available
     from farm.thetafile import read_theta
 
-    if substrate not in SUBSTRATES:
-        raise typer.BadParameter(f"{substrate!r} unknown; choose one of {', '.join(SUBSTRATES)}", param_hint="--substrate")
+    try:
+        check_available(substrate)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--substrate") from None
     try:
         prior_obj = load_prior(prior)
     except (ValueError, OSError) as e:
@@ -134,16 +136,31 @@ def info(
         print_info(summary)
 
 
-# ---------------------------------------------------------------- train (inference; issue 4)
+# --- train (inference; issue 4)
 
-# ---------------------------------------------------------------- serve / query (deploy; issue 5)
+# --- serve / query (deploy; issue 5)
 
-# ---------------------------------------------------------------- evaluate / compare (inference; issue 6)
+# --- evaluate / compare (inference; issue 6)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main(argv: list[str] | None = None) -> int:
+    """Console entry: usage errors become one line on stderr (exit 2), never a traceback."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    from typer.exceptions import Abort
+
+    try:
+        rv = app(args=argv, prog_name="farm", standalone_mode=False)
+    except NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help() if e.ctx else e.format_message(), err=True)
+        return 2
+    except ClickException as e:
+        typer.echo(f"Error: {e.format_message()}", err=True)
+        return e.exit_code
+    except Abort:
+        typer.echo("Aborted.", err=True)
+        return 130
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(main())

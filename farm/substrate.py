@@ -41,6 +41,19 @@ class Substrate(TypingProtocol):
     def run(self, theta_lsb: NDArray[np.float32], chip: NDArray[np.int16], neuron: NDArray[np.int16], noise_keys: NDArray[np.uint64]) -> SubstrateResult: ...
 
 
+def check_available(name: str) -> None:
+    """Raise a one-line ValueError if substrate ``name`` is unknown or cannot run here."""
+    if name not in SUBSTRATES:
+        raise ValueError(f"substrate={name!r} unknown; choose one of {', '.join(SUBSTRATES)}")
+    if name == "bss2":
+        import importlib.util
+
+        if importlib.util.find_spec("pynn_brainscales") is None:
+            from farm.bss2 import INSTALL_HINT
+
+            raise ValueError(INSTALL_HINT)
+
+
 def get_substrate(name: str, protocol: Protocol | None = None, chip_model: ChipModel | None = None) -> Substrate:
     """Build a substrate by name; the hardware backend is imported only when asked for."""
     protocol = protocol or Protocol()

@@ -1,0 +1,132 @@
+"""Request and response bodies of the posterior HTTP API (pydantic; they cross a process boundary).
+
+Why pydantic and ``extra="forbid"``: every malformed body must become an HTTP 422 naming the bad
+field before it reaches torch, so a bad request can never take a replica down, and no body can
+smuggle in a file path (there is no field that takes one). Shapes that depend on the served
+artifact (trace length, number of features, the prior box) are checked again by the service
+against the loaded posterior; the defaults here are the farm's protocol and feature set.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+
+from farm.defaults import PARAMETER_NAMES, ChipModel, Protocol
+from farm.features import FEATURE_NAMES
+
+#: Largest number of posterior draws one /sample request may ask for (documented in docs/http-api.md).
+MAX_NUM_SAMPLES = 10_000
+#: Largest number of parameter sets one /log_prob request may evaluate.
+MAX_THETA_ROWS = 10_000
+#: Largest number of posterior-predictive simulations one /predictive request may ask for.
+MAX_PREDICTIVE_SAMPLES = 200
+#: Seeds are unsigned 32-bit so every client language can send them exactly.
+MAX_SEED = 2**32 - 1
+
+TRACE_LENGTH = Protocol().num_samples
+NUM_FEATURES = len(FEATURE_NAMES)
+NUM_PARAMETERS = len(PARAMETER_NAMES)
+ADC_MAX_CODE = ChipModel().adc_max_code
+
+AdcCode = Annotated[int, Field(ge=0, le=ADC_MAX_CODE)]
+Trace = Annotated[list[AdcCode], Field(min_length=TRACE_LENGTH, max_length=TRACE_LENGTH, description=f"MADC codes 0..{ADC_MAX_CODE}, {TRACE_LENGTH} samples at 1 MSa/s")]
+Features = Annotated[list[FiniteFloat], Field(min_length=NUM_FEATURES, max_length=NUM_FEATURES, description="handcrafted statistics in FEATURE_NAMES order")]
+ThetaRow = Annotated[list[FiniteFloat], Field(min_length=NUM_PARAMETERS, max_length=NUM_PARAMETERS)]
+Seed = Annotated[Optional[int], Field(default=None, ge=0, le=MAX_SEED, description="same seed, same draws; seeded requests bypass the batcher")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Observation(_Strict):
+    """One observation: a raw trace, or (handcrafted posteriors only) its statistics."""
+
+    trace: Optional[Trace] = None
+    features: Optional[Features] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Observation":
+        if (self.trace is None) == (self.features is None):
+            raise ValueError("give exactly one of `trace` or `features`")
+        return self
+
+
+class SampleRequest(Observation):
+    """POST /sample: draws from p(theta | x)."""
+
+    num_samples: Annotated[int, Field(ge=1, le=MAX_NUM_SAMPLES)] = 1000
+    seed: Seed = None
+
+
+class LogProbRequest(Observation):
+    """POST /log_prob: log p(theta | x) for each row of theta (CapMem LSB, PARAMETER_NAMES order)."""
+
+    theta: Annotated[list[ThetaRow], Field(min_length=1, max_length=MAX_THETA_ROWS)]
+
+
+class PredictiveRequest(_Strict):
+    """POST /predictive: simulate traces on the emulator at posterior draws."""
+
+    trace: Trace
+    num_samples: Annotated[int, Field(ge=1, le=MAX_PREDICTIVE_SAMPLES)] = 10
+    seed: Seed = None
+
+
+class SampleResponse(BaseModel):
+    parameter_names: list[str]
+    num_samples: int
+    seed: Optional[int]
+    samples: list[list[float]]
+    mean: list[float]
+    std: list[float]
+    map: list[float] = Field(description="highest-density draw among the returned samples")
+    fingerprint: str
+
+
+class LogProbResponse(BaseModel):
+    parameter_names: list[str]
+    log_prob: list[Optional[float]] = Field(description="null where the density is -inf (outside the prior support)")
+    fingerprint: str
+
+
+class PredictiveResponse(BaseModel):
+    parameter_names: list[str]
+    seed: int
+    theta: list[list[float]]
+    traces: list[list[int]]
+    spike_count: list[int]
+    observed_spike_count: int
+    fingerprint: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: str
+    variant: str
+    fingerprint: str
+    version: str
+    emulator_version: str
+
+
+class ParameterInfo(BaseModel):
+    name: str
+    unit: str
+    low: float
+    high: float
+
+
+class InfoResponse(BaseModel):
+    variant: str
+    fingerprint: str
+    parameters: list[ParameterInfo]
+    prior: dict
+    trace_length: int
+    adc_max_code: int
+    accepts_features: bool
+    feature_names: list[str]
+    feature_units: dict[str, str]
+    limits: dict[str, int]
+    protocol: dict

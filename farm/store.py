@@ -1,0 +1,345 @@
+"""The simulation store: a Zarr v3 group that xarray opens as a labelled dataset.
+
+The store knows chunks, completion flags and the settings it was made with; it knows nothing
+about AdEx. Work items are whole store chunks along ``sample``: a chunk is written by exactly one
+worker, then flagged in ``chunk_done`` (one tiny Zarr chunk per flag, written atomically after the
+data). A killed run leaves unflagged chunks, which the next run recomputes. Since sample i is a
+pure function of (seed, i), recomputation writes the same bytes: no gaps, no duplicates.
+(Anchor: swyft's ``ZarrStore`` with its per-row ``sim_status``.)
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+
+from farm.defaults import EMULATOR_VERSION, STORE_FORMAT_VERSION, ChipModel, Protocol, Regime
+from farm.features import FEATURE_NAMES, FEATURE_UNITS
+from farm.simulate import SimBatch
+
+DATA_ARRAYS = ("theta", "trace", "spike_count", "features", "chip", "neuron", "seed")
+#: Attributes that must match for a run to append to an existing store.
+IDENTITY_KEYS = ("format_version", "emulator_version", "substrate", "seed", "chunk_size", "prior", "protocol", "chip_model", "theta_source")
+_COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+class StoreMismatch(ValueError):
+    """The store exists but was made with other settings, or is not a farm store."""
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("bss2-farm")
+    except Exception:  # not installed (running from a source tree)
+        return "0+unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """What a run writes: the identity of every sample in it."""
+
+    seed: int
+    num_sims: int
+    chunk_size: int
+    prior: dict[str, Any]
+    protocol: Protocol
+    chip_model: ChipModel
+    regime: Regime
+    substrate: str = "emulator"
+    theta_source: str = "prior"
+
+    def __post_init__(self) -> None:
+        if self.num_sims < 1:
+            raise ValueError(f"num_sims={self.num_sims} must be >= 1")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size={self.chunk_size} must be >= 1")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be >= 0")
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "format_version": STORE_FORMAT_VERSION,
+            "emulator_version": EMULATOR_VERSION,
+            "substrate": self.substrate,
+            "seed": int(self.seed),
+            "chunk_size": int(self.chunk_size),
+            "prior": self.prior,
+            "protocol": self.protocol.to_dict(),
+            "chip_model": self.chip_model.to_dict(),
+            "theta_source": self.theta_source,
+        }
+
+
+def _normalise(value: Any) -> Any:
+    """JSON round-trip so tuples/lists and ints/floats compare the way they are stored."""
+    return json.loads(json.dumps(value))
+
+
+class SimStore:
+    """A farm store at a local path or fsspec URL (``s3://``, ``gs://``, ``memory://``, ...)."""
+
+    def __init__(self, url: str, group: zarr.Group) -> None:
+        self.url = url
+        self.group = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, url: str | Path, mode: str = "r") -> "SimStore":
+        """Open an existing store; ``mode='r+'`` for workers that write chunks."""
+        url = str(url)
+        try:
+            group = zarr.open_group(url, mode=mode, zarr_format=3)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+            raise FileNotFoundError(f"store={url!r} does not exist; create it with `farm simulate --out {url}`") from None
+        if group.attrs.get("format_version") is None:
+            raise StoreMismatch(f"store={url!r} is not a complete bss2-farm store (no format_version attribute)")
+        if group.attrs.get("format_version") != STORE_FORMAT_VERSION:
+            raise StoreMismatch(f"store={url!r} has format_version={group.attrs.get('format_version')}; this farm reads {STORE_FORMAT_VERSION}")
+        return cls(url, group)
+
+    @classmethod
+    def create_or_resume(cls, url: str | Path, spec: StoreSpec) -> "SimStore":
+        """Open ``url`` for ``spec``: create it, resume it, or extend it to more samples.
+
+        Raises:
+            StoreMismatch: the store was made with another seed, prior, protocol, chip,
+                substrate, chunk size or emulator version, or holds more samples than asked.
+        """
+        url = str(url)
+        try:
+            existing = zarr.open_group(url, mode="r", zarr_format=3)
+            complete = existing.attrs.get("format_version") is not None
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+            existing, complete = None, False
+        except (ValueError, zarr.errors.NodeTypeValidationError) as e:
+            raise StoreMismatch(f"out={url!r} exists and is not a Zarr v3 group ({e}); choose another --out") from None
+        if existing is not None and not complete and _has_members(existing):
+            # Creation was interrupted before the attributes were written: nothing was flagged done.
+            existing = None
+        if existing is None:
+            _check_parent_writable(url)
+            try:
+                return cls._create(url, spec)
+            except OSError as e:
+                raise StoreMismatch(f"out={url!r} cannot be created: {e.strerror or e}; choose a writable --out") from None
+        store = cls(url, zarr.open_group(url, mode="r+", zarr_format=3))
+        store._check_identity(spec)
+        store._extend(spec.num_sims)
+        return store
+
+    @classmethod
+    def _create(cls, url: str, spec: StoreSpec) -> "SimStore":
+        from farm.defaults import NEURONS_PER_CHIP, PARAMETER_NAMES
+
+        g = zarr.open_group(url, mode="w", zarr_format=3)
+        n, c = spec.num_sims, spec.chunk_size
+        t = spec.protocol.num_samples
+        num_chunks = -(-n // c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g.create_array("parameter", shape=(len(PARAMETER_NAMES),), dtype=str, dimension_names=("parameter",))[:] = np.array(PARAMETER_NAMES, dtype=object)
+            g.create_array("feature", shape=(len(FEATURE_NAMES),), dtype=str, dimension_names=("feature",))[:] = np.array(FEATURE_NAMES, dtype=object)
+        time = g.create_array("time", shape=(t,), dtype="float32", dimension_names=("time",))
+        time[:] = (np.arange(t) * spec.protocol.sample_period_us).astype(np.float32)
+        time.attrs["units"] = "us"
+        kw: dict[str, Any] = {"compressors": [_COMPRESSOR]}
+        g.create_array("theta", shape=(n, len(PARAMETER_NAMES)), chunks=(c, len(PARAMETER_NAMES)), dtype="float32", fill_value=np.nan, dimension_names=("sample", "parameter"), **kw)
+        g.create_array("trace", shape=(n, t), chunks=(c, t), dtype="int16", fill_value=-1, dimension_names=("sample", "time"), **kw)
+        g.create_array("spike_count", shape=(n,), chunks=(c,), dtype="int32", fill_value=-1, dimension_names=("sample",), **kw)
+        g.create_array("features", shape=(n, len(FEATURE_NAMES)), chunks=(c, len(FEATURE_NAMES)), dtype="float32", fill_value=np.nan, dimension_names=("sample", "feature"), **kw)
+        g.create_array("chip", shape=(n,), chunks=(c,), dtype="int16", fill_value=-1, dimension_names=("sample",), **kw)
+        g.create_array("neuron", shape=(n,), chunks=(c,), dtype="int16", fill_value=-1, dimension_names=("sample",), **kw)
+        g.create_array("seed", shape=(n,), chunks=(c,), dtype="uint64", fill_value=0, dimension_names=("sample",), **kw)
+        g.create_array("chunk_done", shape=(num_chunks,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=("chunk",))
+        attrs = spec.identity() | {
+            "num_sims": n,
+            "regime": spec.regime.to_dict(),
+            "parameter_names": list(PARAMETER_NAMES),
+            "feature_names": list(FEATURE_NAMES),
+            "units": {"theta": "LSB (CapMem)", "trace": "ADC code (MADC, 10 bit)", "time": "us (hardware time)", "spike_count": "spikes during the step current", "features": FEATURE_UNITS},
+            "neurons_per_chip": NEURONS_PER_CHIP,
+            "created_by": f"bss2-farm {package_version()}",
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        # Attributes last: their presence marks the skeleton complete.
+        g.attrs.update(_normalise(attrs))
+        _consolidate(url)
+        return cls(url, zarr.open_group(url, mode="r+", zarr_format=3))
+
+    def _check_identity(self, spec: StoreSpec) -> None:
+        want = _normalise(spec.identity())
+        for key in IDENTITY_KEYS:
+            have = self.attrs.get(key)
+            if have != want[key]:
+                hint = "use another --out, or the store's own settings" if key != "emulator_version" else "re-simulate into a new --out with this version"
+                raise StoreMismatch(f"store={self.url!r} was made with {key}={_short(have)}; this run has {key}={_short(want[key])}: {hint}")
+
+    def _extend(self, num_sims: int) -> None:
+        have = int(self.attrs["num_sims"])
+        if num_sims < have:
+            raise StoreMismatch(f"store={self.url!r} already holds num_sims={have}; --n {num_sims} would shrink it (give --n >= {have}, or another --out)")
+        if num_sims == have:
+            return
+        c = self.chunk_size
+        old_chunks = self.num_chunks
+        for name in DATA_ARRAYS:
+            arr = self.group[name]
+            arr.resize((num_sims, *arr.shape[1:]))
+        new_chunks = -(-num_sims // c)
+        self.group["chunk_done"].resize((new_chunks,))
+        if have % c:
+            # The old last chunk was partial; it now has more rows to fill.
+            self.group["chunk_done"][old_chunks - 1] = 0
+        self.group.attrs["num_sims"] = num_sims
+        self.attrs["num_sims"] = num_sims
+        _consolidate(self.url)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def num_sims(self) -> int:
+        return int(self.attrs["num_sims"])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.attrs["chunk_size"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.attrs["seed"])
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_sims // self.chunk_size)
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        if not 0 <= chunk < self.num_chunks:
+            raise IndexError(f"chunk={chunk} outside [0, {self.num_chunks - 1}]")
+        start = chunk * self.chunk_size
+        return start, min(start + self.chunk_size, self.num_sims)
+
+    def done_mask(self) -> NDArray[np.bool_]:
+        return np.asarray(self.group["chunk_done"][:], dtype=np.uint8) == 1
+
+    def pending_chunks(self) -> list[int]:
+        return [int(c) for c in np.flatnonzero(~self.done_mask())]
+
+    def completed_indices(self) -> NDArray[np.int64]:
+        """Sample indices of every flagged chunk, ascending."""
+        done = np.flatnonzero(self.done_mask())
+        if done.size == 0:
+            return np.empty(0, dtype=np.int64)
+        return np.concatenate([np.arange(*self.chunk_bounds(int(c))) for c in done])
+
+    # ------------------------------------------------------------------ writing
+    def write_chunk(self, chunk: int, batch: SimBatch) -> None:
+        """Write all arrays of one chunk (aligned to Zarr chunks). Does not flag it done."""
+        start, stop = self.chunk_bounds(chunk)
+        if len(batch) != stop - start:
+            raise ValueError(f"chunk {chunk} needs {stop - start} rows, got {len(batch)}")
+        for name in DATA_ARRAYS:
+            self.group[name][start:stop] = getattr(batch, name)
+
+    def mark_done(self, chunk: int) -> None:
+        self.group["chunk_done"][chunk] = 1
+
+    def write_theta(self, theta: NDArray[np.float32]) -> None:
+        """Write the whole theta column up front (``--theta`` runs read their rows from it)."""
+        if theta.shape != (self.num_sims, self.group["theta"].shape[1]):
+            raise ValueError(f"theta shape {theta.shape} must be ({self.num_sims}, {self.group['theta'].shape[1]})")
+        self.group["theta"][:] = theta
+
+    def read_theta(self, chunk: int) -> NDArray[np.float32]:
+        start, stop = self.chunk_bounds(chunk)
+        return np.asarray(self.group["theta"][start:stop], dtype=np.float32)
+
+    def set_attrs(self, **attrs: Any) -> None:
+        self.group.attrs.update(_normalise(attrs))
+        self.attrs.update(_normalise(attrs))
+        _consolidate(self.url)
+
+    # ------------------------------------------------------------------ reading
+    def describe(self) -> dict[str, Any]:
+        """What `farm info` prints: layout, settings, completeness, regime fraction."""
+        done = self.done_mask()
+        idx = self.completed_indices()
+        counts = np.asarray(self.group["spike_count"][:])[idx] if idx.size else np.empty(0)
+        regime = self.attrs.get("regime", {"min_spikes": 1, "max_spikes": 40})
+        in_regime = float(np.mean((counts >= regime["min_spikes"]) & (counts <= regime["max_spikes"]))) if counts.size else float("nan")
+        return {
+            "store": self.url,
+            "num_sims": self.num_sims,
+            "completed_sims": int(idx.size),
+            "chunks_done": int(done.sum()),
+            "num_chunks": int(done.size),
+            "complete": bool(done.all()),
+            "fraction_in_regime": in_regime,
+            "seed": self.seed,
+            "chunk_size": self.chunk_size,
+            "substrate": self.attrs.get("substrate"),
+            "prior": self.attrs.get("prior"),
+            "theta_source": self.attrs.get("theta_source"),
+            "emulator_version": self.attrs.get("emulator_version"),
+            "created_by": self.attrs.get("created_by"),
+            "regime": regime,
+            "trace_length": int(self.group["trace"].shape[1]),
+        }
+
+
+def open_dataset(url: str | Path, complete_only: bool = True):  # -> xarray.Dataset
+    """The store as an xarray Dataset; by default only samples of completed chunks.
+
+    Lazy: arrays load when indexed, so stores larger than memory are fine.
+    """
+    import xarray as xr
+
+    store = SimStore.open(url)
+    ds = xr.open_zarr(str(url), consolidated=None, chunks=None)
+    if complete_only and not store.done_mask().all():
+        ds = ds.isel(sample=store.completed_indices())
+    return ds
+
+
+def _consolidate(url: str) -> None:
+    """Consolidated metadata lets `xr.open_zarr(path)` open the store in one read, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(url)
+
+
+def _has_members(group: zarr.Group) -> bool:
+    try:
+        return next(iter(group.keys()), None) is not None
+    except Exception:
+        return False
+
+
+def _check_parent_writable(url: str) -> None:
+    """Fail early, with the path, when a local --out cannot be created."""
+    if "://" in url and not url.startswith("file://"):
+        return
+    path = Path(url.removeprefix("file://"))
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    import os
+
+    if not os.access(parent, os.W_OK):
+        raise StoreMismatch(f"out={url!r}: directory {str(parent)!r} is not writable; choose another --out")
+    if path.exists() and not path.is_dir():
+        raise StoreMismatch(f"out={url!r} exists and is a file, not a store directory; choose another --out")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
