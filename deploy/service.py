@@ -12,8 +12,8 @@ Endpoints: GET /health, GET /info, POST /sample, POST /log_prob, POST /predictiv
 when the application is deployed.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
+# runtime through Serve's ingress wrapper, which cannot resolve string annotations.
 import asyncio
 import math
 import secrets

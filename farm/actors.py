@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from farm.defaults import ChipModel, Protocol, Regime
+from farm.defaults import DEFAULT_CHUNK, ChipModel, Protocol, Regime
 from farm.prior import AnyPrior, BoxPrior
 from farm.simulate import simulate_indices, simulate_rows
 from farm.store import SimStore, StoreSpec
@@ -27,6 +27,7 @@ from farm.substrate import Substrate, get_substrate
 from farm.thetafile import theta_fingerprint
 
 log = logging.getLogger("farm")
+_CHUNK_DELAY_S = float(os.environ.get("FARM_CHUNK_DELAY_S", "0") or 0)
 
 
 class FarmError(RuntimeError):
@@ -51,6 +52,8 @@ def run_chunk(store: SimStore, job: ChunkJob, substrate: Substrate, chunk: int) 
     """Simulate and write one chunk; the pure core shared by actors and the in-process path."""
     start, stop = store.chunk_bounds(chunk)
     idx = np.arange(start, stop, dtype=np.int64)
+    if _CHUNK_DELAY_S > 0:  # throttle for fault-injection tests: slows work, never changes data
+        time.sleep(_CHUNK_DELAY_S)
     t0 = time.perf_counter()
     if job.theta_from_store:
         batch = simulate_rows(store.read_theta(chunk), job.seed, idx, substrate)
@@ -129,7 +132,7 @@ def run_farm(
     num_sims: int,
     *,
     seed: int = 0,
-    chunk_size: int = 1000,
+    chunk_size: int | None = None,
     num_chips: int | None = None,
     substrate: str = "emulator",
     prior: AnyPrior | None = None,
@@ -149,7 +152,8 @@ def run_farm(
         out: local path or fsspec URL of the store.
         num_sims: samples the store should hold.
         seed: root seed; sample i is a pure function of (seed, i).
-        chunk_size: samples per store chunk and work item (fixed at creation).
+        chunk_size: samples per store chunk and work item, fixed at creation; None: the
+            existing store's, or ``DEFAULT_CHUNK`` for a new store.
         num_chips: actors; default one per CPU of the cluster.
         prior: BoxPrior (default) or RestrictedPrior.
         theta: (num_sims, 7) parameter sets to simulate instead of prior draws.
@@ -164,6 +168,8 @@ def run_farm(
     chip_model = chip_model or ChipModel()
     regime = regime or Regime()
     theta_source = "prior" if theta is None else theta_fingerprint(theta)
+    if chunk_size is None:
+        chunk_size = SimStore.existing_chunk_size(out) or DEFAULT_CHUNK
     if theta is not None and theta.shape[0] != num_sims:
         raise ValueError(f"theta has {theta.shape[0]} rows but num_sims={num_sims}")
     spec = StoreSpec(seed=seed, num_sims=num_sims, chunk_size=chunk_size, prior=prior.to_dict(), protocol=protocol, chip_model=chip_model, regime=regime, substrate=substrate, theta_source=theta_source)

@@ -55,7 +55,7 @@ def simulate(
     out: Annotated[str, typer.Option("--out", help="Zarr store: a local directory or any fsspec URL shared by all nodes.")] = "runs/sims.zarr",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Root seed: sample i is a pure function of (seed, i).")] = 0,
     chips: Annotated[Optional[int], typer.Option("--chips", min=1, help="Ray actors, one per chip or emulator instance (default: CPUs of the cluster).")] = None,
-    chunk: Annotated[int, typer.Option("--chunk", min=1, max=100_000, help="Samples per store chunk and per work item (fixed when the store is created).")] = 1000,
+    chunk: Annotated[Optional[int], typer.Option("--chunk", min=1, max=100_000, help="Samples per store chunk and per work item; fixed when the store is created (default 1000, or the existing store's).")] = None,
     substrate: Annotated[str, typer.Option("--substrate", help="emulator (default) or bss2 (real chip via pynn_brainscales).")] = "emulator",
     prior: Annotated[Optional[str], typer.Option("--prior", help="Directory of a restricted prior from `farm train classifier`; default: the box prior.")] = None,
     theta: Annotated[Optional[Path], typer.Option("--theta", help="Simulate these parameter sets instead (.npy or .csv, shape (n, 7), LSB, header optional).")] = None,
@@ -139,8 +139,207 @@ def info(
 # --- train (inference; issue 4)
 
 # --- serve / query (deploy; issue 5)
+@app.command()
+def serve(
+    posterior: Annotated[str, typer.Option("--posterior", help="Artifact directory written by `farm train npe` (either variant).")],
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="HTTP port.")] = 8000,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, max=64, help="Serve replicas of the posterior (0.5 CPU each).")] = 1,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster: `auto` or `ray://host:10001`. Default: start a local Ray.")] = None,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=256, help="Concurrent /sample requests per forward pass; 1 turns batching off.")] = 16,
+    detach: Annotated[bool, typer.Option("--detach", help="Return once the service answers; it keeps running (stop it with `kill -INT PID`, or `serve shutdown` on a cluster).")] = False,
+    pid_file: Annotated[Optional[Path], typer.Option("--pid-file", help="With --detach and a local Ray: write the server's PID here.")] = None,
+) -> None:
+    """Serve a trained posterior over HTTP with Ray Serve and print its URL.
+
+    Blocks until Ctrl-C unless --detach. Endpoints: /health, /info, /sample, /log_prob,
+    /predictive (docs/http-api.md).
+
+    Example: farm serve --posterior artifacts/npe-handcrafted --port 8000
+    """
+    from deploy.launch import ServeOptions, block_until_interrupted, check_posterior, deploy, port_free, spawn_detached, wait_healthy
+
+    opts = ServeOptions(posterior=posterior, host=host, port=port, replicas=replicas, address=address, max_batch_size=max_batch_size)
+    try:
+        described = check_posterior(posterior)
+    except (ValueError, OSError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0], param_hint="--posterior") from None
+    if address is None and not port_free(host, port):
+        raise typer.BadParameter(f"port {port} on {host} is already in use; pick another --port", param_hint="--port")
+    if detach and address is None:
+        proc, log = spawn_detached(opts)
+        try:
+            wait_healthy(opts.url, process=proc)
+        except (RuntimeError, TimeoutError) as e:
+            fail(f"{e}; see {log}")
+        if pid_file is not None:
+            pid_file.write_text(f"{proc.pid}\n")
+        typer.echo(f"Serving {described} at {opts.url} (pid {proc.pid}, log {log}); stop with: kill -INT {proc.pid}")
+        return
+    try:
+        url = deploy(opts)
+    except RuntimeError as e:
+        fail(f"deployment failed: {str(e).splitlines()[0]}")
+    typer.echo(f"Serving {described} at {url}" + ("" if detach else "  (Ctrl-C to stop)"), err=False)
+    sys.stdout.flush()
+    if not detach:
+        block_until_interrupted(opts)
+
+
+@app.command()
+def query(
+    url: Annotated[str, typer.Option("--url", help="Base URL printed by `farm serve`, e.g. http://127.0.0.1:8000.")],
+    trace: Annotated[Optional[Path], typer.Option("--trace", help="Recorded trace: .npy (or .csv) of 1000 MADC codes.")] = None,
+    store: Annotated[Optional[str], typer.Option("--store", help="Take the observation from this store (with --index); its true parameters are shown.")] = None,
+    index: Annotated[Optional[int], typer.Option("--index", min=0, help="Sample index in --store.")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=10_000, help="Posterior draws.")] = 1000,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed for reproducible draws.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a pair plot of the draws to this PNG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary rows as JSON.")] = False,
+) -> None:
+    """Ask a running posterior service about one trace; print mean, std and 90 % interval per parameter.
+
+    Example: farm query --url http://127.0.0.1:8000 --store runs/test.zarr --index 3 --plot post.png
+    """
+    from deploy.client import PosteriorClient, QueryError, load_store_trace, load_trace_file, print_table, save_pairplot, summary_rows
+
+    if (trace is None) == (store is None):
+        raise typer.BadParameter("give exactly one of --trace FILE or --store S --index I", param_hint="--trace/--store")
+    if store is not None and index is None:
+        raise typer.BadParameter("--store needs --index I (which sample to query)", param_hint="--index")
+    truth = None
+    try:
+        if trace is not None:
+            obs = load_trace_file(trace)
+        else:
+            obs, truth = load_store_trace(store, index)
+    except (ValueError, OSError, KeyError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0], param_hint="--trace" if trace is not None else "--store/--index") from None
+    try:
+        client = PosteriorClient(url)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--url") from None
+    with client:
+        try:
+            result = client.sample(obs, num_samples=n, seed=seed)
+            info = client.info() if plot is not None else None
+        except QueryError as e:
+            if e.status == 422:
+                bad_input(f"the service rejected the observation: {e}")
+            fail(str(e))
+    rows = summary_rows(result, truth)
+    if as_json:
+        typer.echo(json.dumps({"fingerprint": result["fingerprint"], "num_samples": result["num_samples"], "rows": rows}))
+    else:
+        source = str(trace) if trace is not None else f"{store}[{index}]"
+        print_table(rows, title=f"posterior for {source} ({result['num_samples']} draws, model {result['fingerprint']})")
+    if plot is not None:
+        out = save_pairplot(result, info, plot, truth)
+        typer.echo(f"pair plot: {out}", err=as_json)
+
 
 # --- evaluate / compare (inference; issue 6)
+@app.command()
+def evaluate(
+    posterior: Annotated[str, typer.Option("--posterior", help="Posterior artifact directory from `farm train npe`.")],
+    store: Annotated[str, typer.Option("--store", help="Held-out store simulated from the posterior's prior with a seed not used in training.")],
+    out: Annotated[str, typer.Option("--out", help="Report directory: metrics.json and PNG figures are written here.")],
+    n_obs: Annotated[str, typer.Option("--n-obs", help="Held-out observations for SBC, TARP and recovery (at most the store's size).")] = "500",
+    n_samples: Annotated[str, typer.Option("--n-samples", help="Posterior samples per observation.")] = "1000",
+    n_ppc: Annotated[int, typer.Option("--n-ppc", min=0, max=10_000, help="Observations given posterior-predictive simulations (0: none).")] = 40,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Selects observations; seeds sampling and predictive simulations.")] = 0,
+    hpd: Annotated[bool, typer.Option("--hpd/--no-hpd", help="Also compute HPD expected coverage from the posterior density.")] = True,
+    c2st: Annotated[bool, typer.Option("--c2st/--no-c2st", help="Also run C2ST of prior vs data-averaged posterior.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Calibrate and check a posterior on held-out simulations: SBC, TARP, recovery, predictive checks.
+
+    Example: farm evaluate --posterior runs/npe-hand --store runs/test.zarr --out reports/hand
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from inference import load_posterior
+    from inference.evaluate import EvalConfig, load_held_out, summary_table
+    from inference.evaluate import evaluate as run_evaluation
+
+    try:
+        cfg = EvalConfig(num_obs=parse_count(n_obs, "--n-obs"), num_samples=parse_count(n_samples, "--n-samples"), num_ppc=n_ppc, num_ppc_samples=min(20, parse_count(n_samples, "--n-samples")), seed=seed, hpd=hpd, c2st=c2st)
+    except ValueError as e:
+        hint = "--n-obs" if "num_obs" in str(e) else "--n-samples"
+        raise typer.BadParameter(str(e).replace("num_obs", "--n-obs").replace("num_samples", "--n-samples"), param_hint=hint) from None
+    try:
+        post = load_posterior(posterior)
+    except (ValueError, OSError, KeyError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0] if str(e) else repr(e), param_hint="--posterior") from None
+    try:
+        load_held_out(store, 10, seed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e).splitlines()[0], param_hint="--store") from None
+    err = Console(stderr=True)
+    try:
+        metrics = run_evaluation(post, store, out, cfg, log=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]")))
+    except ValueError as e:
+        bad_input(str(e).splitlines()[0])
+    if as_json:
+        typer.echo(json.dumps(metrics["summary"]))
+        return
+    table = Table(title=f"farm evaluate: {metrics['summary']['variant']}", show_header=False, title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    for label, value in summary_table(metrics):
+        table.add_row(label, value)
+    table.add_row("report", f"{Path(out) / 'metrics.json'} + {len(metrics['figures'])} figures")
+    Console().print(table)
+    for w in metrics["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {w}")
+
+
+@app.command()
+def compare(
+    report_a: Annotated[str, typer.Argument(help="Report directory from `farm evaluate` (e.g. the handcrafted variant).")],
+    report_b: Annotated[str, typer.Argument(help="Second report directory (e.g. the summary-net variant).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
+) -> None:
+    """Print two evaluation reports side by side: calibration, contraction, predictive error.
+
+    Example: farm compare reports/hand reports/snet
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from inference.evaluate import compare_reports, load_report
+
+    reports = []
+    for hint, path in (("REPORT_A", report_a), ("REPORT_B", report_b)):
+        try:
+            reports.append(load_report(path))
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint=hint) from None
+    cmp = compare_reports(*reports)
+    if as_json:
+        typer.echo(json.dumps(cmp))
+        return
+    col_a, col_b = f"A: {cmp['columns'][0]}", f"B: {cmp['columns'][1]}"
+    t = Table(title="farm compare", title_justify="left")
+    t.add_column("metric", style="bold")
+    t.add_column(col_a, justify="right")
+    t.add_column(col_b, justify="right")
+    t.add_column("better", justify="center")
+    for label, va, vb, win in cmp["rows"]:
+        t.add_row(label, va, vb, win)
+    p = Table(title="per parameter: NRMSE (lower is better) and contraction (higher is better)", title_justify="left")
+    p.add_column("parameter", style="bold")
+    for head in ("NRMSE A", "NRMSE B", "contraction A", "contraction B"):
+        p.add_column(head, justify="right")
+    for name, na, nb, ca, cb in cmp["parameters"]:
+        p.add_row(name, *(f"{v:.3f}" if isinstance(v, (int, float)) else "-" for v in (na, nb, ca, cb)))
+    console = Console()
+    console.print(t)
+    console.print(p)
+    for note in cmp["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
 
 
 def main(argv: list[str] | None = None) -> int:

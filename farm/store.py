@@ -204,6 +204,16 @@ class SimStore:
         self.group.attrs["num_sims"] = num_sims
         self.attrs["num_sims"] = num_sims
         _consolidate(self.url)
+        # The open group caches the consolidated (old) shapes: reopen to see the new ones.
+        self.group = zarr.open_group(self.url, mode="r+", zarr_format=3)
+
+    @staticmethod
+    def existing_chunk_size(url: str | Path) -> int | None:
+        """The chunk size of a complete store at ``url``, or None if there is none."""
+        try:
+            return SimStore.open(url).chunk_size
+        except (FileNotFoundError, StoreMismatch, ValueError, OSError):
+            return None
 
     # ------------------------------------------------------------------ layout
     @property

@@ -168,7 +168,7 @@ def marginal_coverage(ranks: NDArray[np.integer], num_posterior_samples: int, le
     return inside.mean(axis=1)
 
 
-def hpd_coverage(log_prob_samples: NDArray[np.floating], log_prob_true: NDArray[np.floating], levels: NDArray[np.floating] = DEFAULT_LEVELS) -> NDArray[np.float64]:
+def hpd_coverage(log_prob_samples: NDArray[np.floating], log_prob_true: NDArray[np.floating], levels: NDArray[np.floating] = DEFAULT_LEVELS, *, seed: int = 0) -> NDArray[np.float64]:
     """Expected coverage of highest-density regions (Deistler et al. 2022), from log densities.
 
     The truth lies in the ``level`` HPD region iff fewer than ``1 - level`` of the posterior samples
@@ -177,6 +177,8 @@ def hpd_coverage(log_prob_samples: NDArray[np.floating], log_prob_true: NDArray[
     Args:
         log_prob_samples: (N, S) posterior log density of each observation's own samples.
         log_prob_true: (N,) posterior log density of the truth.
+        levels: credibility levels.
+        seed: breaks ties (flat densities) at random, as rank statistics must.
 
     Returns:
         (L,) coverage for each level.
@@ -185,7 +187,9 @@ def hpd_coverage(log_prob_samples: NDArray[np.floating], log_prob_true: NDArray[
     lpt = np.asarray(log_prob_true, dtype=np.float64)
     if lps.ndim != 2 or lpt.shape != (lps.shape[0],):
         raise ValueError(f"log_prob_samples {lps.shape} must be (N, S) and log_prob_true {lpt.shape} (N,)")
-    frac_below = (lps < lpt[:, None]).mean(axis=1)  # 1 - (HPD level at which the truth enters)
+    ties = (lps == lpt[:, None]).sum(axis=1)
+    u = np.random.default_rng(seed).uniform(size=lpt.shape[0])
+    frac_below = ((lps < lpt[:, None]).sum(axis=1) + u * ties) / lps.shape[1]  # 1 - (HPD level at which the truth enters)
     lv = np.asarray(levels, dtype=np.float64)
     return (frac_below[None, :] >= 1 - lv[:, None]).mean(axis=1)
 
@@ -315,24 +319,29 @@ def c2st_dap(prior_samples: NDArray[np.floating], dap_samples: NDArray[np.floati
     return check_prior_vs_dap(a, b).numpy().astype(np.float64)
 
 
-def verdict(sbc_result: SBCResult, tarp_result: TarpResult, *, tol: float = 0.05) -> dict[str, Any]:
-    """One-word calibration verdict: ``calibrated``, ``over-confident``, ``under-confident`` or ``biased``.
+def verdict(sbc_result: SBCResult, tarp_result: TarpResult, *, tol: float = 0.05, bias_tol: float = 0.1) -> dict[str, Any]:
+    """One-word calibration verdict: ``calibrated``, ``biased``, ``over-confident`` or ``under-confident``.
 
     A posterior is flagged when any marginal fails SBC (Bonferroni KS) or TARP's area to curve
-    leaves [-tol, tol]. The direction comes from the marginal central-interval coverage (below
-    the levels: over-confident) and TARP's sign; a failure with coverage near the levels is a bias.
+    leaves [-tol, tol]. Then: ranks piled on one side (mean normalised rank off 0.5 by more than
+    ``bias_tol``) mean ``biased``; otherwise central-interval coverage below the levels (U-shaped
+    ranks) means ``over-confident``, above (hump-shaped) ``under-confident``, with TARP's sign as
+    the tie-breaker.
     """
     failed = [int(d) for d in np.flatnonzero(~sbc_result.calibrated)]
+    rank_bias = sbc_result.ranks.mean(axis=0) / sbc_result.num_posterior_samples - 0.5
     cov = coverage_deviation(DEFAULT_LEVELS, marginal_coverage(sbc_result.ranks, sbc_result.num_posterior_samples))["signed"]
     if not failed and abs(tarp_result.atc) <= tol:
         word = "calibrated"
+    elif failed and np.max(np.abs(rank_bias[failed])) > bias_tol:
+        word = "biased"
     elif cov < -tol or (abs(cov) <= tol and tarp_result.atc < -tol):
         word = "over-confident"
     elif cov > tol or (abs(cov) <= tol and tarp_result.atc > tol):
         word = "under-confident"
     else:
         word = "biased"
-    return {"verdict": word, "sbc_failed": failed, "atc": tarp_result.atc, "marginal_coverage_signed": cov}
+    return {"verdict": word, "sbc_failed": failed, "atc": tarp_result.atc, "marginal_coverage_signed": cov, "rank_bias": [float(b) for b in rank_bias]}
 
 
 __all__ = [

@@ -1,0 +1,153 @@
+"""Client side of the posterior service: the implementation of ``farm query``.
+
+The client reads the observation locally (a ``.npy`` trace, or sample ``i`` of a store) and sends
+the trace itself: the HTTP API never takes a path, so a server cannot be made to read files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+
+from deploy.summaries import central_interval
+
+
+class QueryError(Exception):
+    """The service refused a request (``status`` 422: bad input) or could not be reached (``status`` 0)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PosteriorClient:
+    """Keep-alive HTTP client of one posterior service.
+
+    Args:
+        url: base URL printed by ``farm serve`` (e.g. http://127.0.0.1:8000).
+        timeout_s: per-request timeout.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 60.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url={url!r} must start with http:// or https://")
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "PosteriorClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            r = self._http.request(method, path, json=body)
+        except httpx.HTTPError as e:
+            raise QueryError(f"cannot reach {self.url}{path}: {type(e).__name__} {e}".strip()) from None
+        if r.status_code == 422:
+            raise QueryError(r.json().get("message", r.text), status=422)
+        if r.status_code != 200:
+            raise QueryError(f"{self.url}{path} answered HTTP {r.status_code}: {r.text[:200]}", status=r.status_code)
+        return r.json()
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def info(self) -> dict[str, Any]:
+        return self._call("GET", "/info")
+
+    def sample(self, trace: NDArray[np.integer], num_samples: int = 1000, seed: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"trace": np.asarray(trace).astype(int).tolist(), "num_samples": int(num_samples)}
+        if seed is not None:
+            body["seed"] = int(seed)
+        return self._call("POST", "/sample", body)
+
+
+def load_trace_file(path: str | Path) -> NDArray[np.int16]:
+    """A recorded trace from ``.npy`` (no pickle) or ``.csv``/``.txt``: (1000,) or (1, 1000) ADC codes."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{str(p)!r} does not exist; give a .npy or .csv file of MADC codes")
+    if p.suffix == ".npy":
+        arr = np.load(p, allow_pickle=False)
+    elif p.suffix in (".csv", ".txt"):
+        arr = np.loadtxt(p, delimiter="," if p.suffix == ".csv" else None)
+    else:
+        raise ValueError(f"{p.name}: unknown format {p.suffix!r}; use .npy, .csv or .txt")
+    arr = np.asarray(arr)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1:
+        raise ValueError(f"{p.name}: shape {arr.shape} is not one trace; expected (1000,) ADC codes")
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{p.name}: trace contains NaN, inf or non-numbers; expected ADC codes 0..1023")
+    if np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 1023:
+        raise ValueError(f"{p.name}: values must be whole ADC codes in [0, 1023], got range [{arr.min():g}, {arr.max():g}]")
+    return arr.astype(np.int16)
+
+
+def load_store_trace(store: str, index: int) -> tuple[NDArray[np.int16], NDArray[np.float32]]:
+    """Trace and true parameters of sample ``index`` of a farm store (local path or fsspec URL)."""
+    from farm.store import open_dataset
+
+    ds = open_dataset(store)
+    n = int(ds.sizes["sample"])
+    if not 0 <= index < n:
+        raise ValueError(f"index={index} outside [0, {n - 1}] of the {n} completed samples in {store}")
+    row = ds.isel(sample=index)
+    return np.asarray(row["trace"].values, dtype=np.int16), np.asarray(row["theta"].values, dtype=np.float32)
+
+
+def summary_rows(result: dict[str, Any], truth: NDArray[np.floating] | None = None, level: float = 0.9) -> list[dict[str, Any]]:
+    """One row per parameter: mean, std, equal-tailed ``level`` interval, MAP (and the true value)."""
+    samples = np.asarray(result["samples"], dtype=np.float64)
+    lower, upper = central_interval(samples, level)
+    rows = []
+    for k, name in enumerate(result["parameter_names"]):
+        row = {"parameter": name, "mean": result["mean"][k], "std": result["std"][k], "lower": float(lower[k]), "upper": float(upper[k]), "map": result["map"][k]}
+        if truth is not None:
+            row["true"] = float(truth[k])
+        rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    """Rich table of ``summary_rows`` on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col, label in (("parameter", "parameter [LSB]"), ("mean", "mean"), ("std", "std"), ("lower", "5 %"), ("upper", "95 %"), ("map", "MAP"), ("true", "true")):
+        if col in rows[0]:
+            table.add_column(label, justify="left" if col == "parameter" else "right")
+    for row in rows:
+        cells = [row["parameter"]] + [f"{row[c]:.1f}" for c in ("mean", "std", "lower", "upper", "map", "true") if c in row]
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def save_pairplot(result: dict[str, Any], info: dict[str, Any], out: str | Path, truth: NDArray[np.floating] | None = None) -> Path:
+    """Pair plot of the posterior draws over the prior box (sbi's ``pairplot``), true values marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sbi.analysis import pairplot
+
+    samples = np.asarray(result["samples"], dtype=np.float32)
+    limits = [[p["low"], p["high"]] for p in info["parameters"]]
+    labels = [f"{p['name']} [{p['unit']}]" for p in info["parameters"]]
+    fig, _ = pairplot(samples, points=None if truth is None else np.asarray(truth, dtype=np.float32)[None, :], limits=limits, labels=labels, figsize=(12, 12))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return out

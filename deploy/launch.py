@@ -1,0 +1,160 @@
+"""Start, block on and stop the posterior service: the implementation of ``farm serve``.
+
+Why a separate module: the CLI only parses options; starting Ray, Serve and (for ``--detach``
+without a cluster) a background ``farm serve`` process lives here, where tests can call it.
+Serve binds 127.0.0.1 unless a host is given, so a laptop never exposes the model by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """What ``farm serve`` deploys and where.
+
+    Args:
+        posterior: artifact directory from ``farm train npe``.
+        host: interface the HTTP proxy binds (127.0.0.1 by default; 0.0.0.0 to expose).
+        port: HTTP port of the proxy.
+        replicas: Serve replicas of the posterior deployment.
+        address: Ray cluster address (``auto``, ``ray://host:10001``); None starts a local Ray.
+        max_batch_size: /sample requests per forward pass (1 turns batching off).
+    """
+
+    posterior: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    replicas: int = 1
+    address: str | None = None
+    max_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port={self.port} outside [1, 65535]")
+        if not 1 <= self.replicas <= 64:
+            raise ValueError(f"replicas={self.replicas} outside [1, 64]")
+        if not 1 <= self.max_batch_size <= 256:
+            raise ValueError(f"max_batch_size={self.max_batch_size} outside [1, 256]")
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+
+def check_posterior(path: str) -> str:
+    """Load the artifact once here so a bad directory fails before Ray starts.
+
+    Returns:
+        A one-line description (variant and fingerprint).
+    """
+    from inference import load_posterior
+
+    if not Path(path).is_dir():
+        raise ValueError(f"{path!r} is not a directory; give the --out directory of `farm train npe`")
+    posterior = load_posterior(path)
+    return f"{posterior.variant} posterior {posterior.fingerprint}"
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on (host, port) yet."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def deploy(opts: ServeOptions) -> str:
+    """Connect to (or start) Ray, start Serve's proxy on (host, port) and deploy the app.
+
+    Returns:
+        The base URL of the service.
+    """
+    import ray
+    from ray import serve
+
+    from deploy.service import APP_NAME, posterior_app
+
+    if not ray.is_initialized():
+        if opts.address is None:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": opts.host, "port": opts.port})
+    posterior = str(Path(opts.posterior).resolve()) if opts.address is None else opts.posterior
+    serve.run(posterior_app(posterior, num_replicas=opts.replicas, max_batch_size=opts.max_batch_size), name=APP_NAME, route_prefix="/")
+    return opts.url
+
+
+def block_until_interrupted(opts: ServeOptions) -> None:
+    """Serve until Ctrl-C or SIGTERM, then take the application (and a local Ray) down."""
+    import ray
+    from ray import serve
+
+    from deploy.service import APP_NAME
+
+    def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if opts.address is None:
+            serve.shutdown()
+        else:
+            serve.delete(APP_NAME)
+        ray.shutdown()
+
+
+def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen | None = None) -> dict:
+    """Poll ``GET /health`` until it answers 200; fail early if ``process`` exits."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with httpx.Client(timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"farm serve exited with code {process.returncode} before answering")
+            try:
+                r = client.get(f"{url}/health")
+                if r.status_code == 200:
+                    return r.json()
+                last = f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                last = type(e).__name__
+            time.sleep(0.5)
+    raise TimeoutError(f"{url}/health did not answer within {timeout_s:.0f} s (last: {last})")
+
+
+def spawn_detached(opts: ServeOptions, log_path: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """Run ``farm serve`` (blocking form) in a new session that outlives this process.
+
+    Returns:
+        The process (stop it with SIGINT or SIGTERM) and the path of its log file.
+    """
+    log = log_path or Path(tempfile.gettempdir()) / f"farm-serve-{opts.port}.log"
+    cmd = [sys.executable, "-m", "farm.cli", "serve", "--posterior", str(Path(opts.posterior).resolve()), "--host", opts.host, "--port", str(opts.port), "--replicas", str(opts.replicas), "--max-batch-size", str(opts.max_batch_size)]
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
+    return proc, log

@@ -1,0 +1,370 @@
+"""Zarr stores -> training batches: chunk-aware streaming, bad-trace filtering, index split.
+
+Why chunk-aware readers and not ``ray.data.read_zarr``: Ray 2.60's ``read_zarr`` reads Zarr v2
+stores only, and farm stores are Zarr v3. Each Ray Train worker therefore reads whole store
+chunks itself (its shard of them), keeps a small shuffle buffer of chunks, and prefetches the
+next chunk on a thread, so a store larger than RAM trains with a few chunks in memory.
+
+The validation split is a pure function of the sample index (a hash), so it is the same
+whatever the chunking, number of workers or resumption. Standardisation is fitted on the
+training split only (sbi: "use only training data for building the neural net").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from farm.defaults import EMULATOR_VERSION, ChipModel, Protocol, Regime
+from farm.store import SimStore, StoreMismatch
+
+log = logging.getLogger(__name__)
+
+#: Fields a batch can carry; ``label`` (in regime, 0/1 float32) is derived from ``spike_count``.
+FIELDS = ("theta", "features", "trace", "spike_count", "label")
+#: A trace with at least this fraction of its samples on an ADC rail is "saturated".
+SATURATED_FRACTION = 0.05
+#: A trace whose peak-to-peak range is at most this many codes is "flat" (readout noise alone is ~3 codes rms).
+FLAT_PTP_CODES = 2
+
+
+def is_validation(indices: NDArray[np.integer], val_fraction: float) -> NDArray[np.bool_]:
+    """Whether each sample index belongs to the validation split (a hash of the index alone).
+
+    Args:
+        indices: sample indices in their store.
+        val_fraction: expected share of validation rows, in [0, 1).
+
+    Returns:
+        (n,) bool, the same for a given index whatever the chunking or worker count.
+    """
+    z = np.asarray(indices, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < val_fraction
+
+
+def quality_flags(trace: NDArray[np.integer], theta: NDArray[np.floating], features: NDArray[np.floating], adc_max_code: int) -> dict[str, NDArray[np.bool_]]:
+    """Per-row flags of unusable samples; a row may carry several.
+
+    Args:
+        trace: (n, T) ADC codes; codes outside [0, adc_max_code] (e.g. the store's fill -1) count as ``nan``.
+        theta: (n, 7); features: (n, F).
+        adc_max_code: top ADC code (1023 for 10 bit).
+
+    Returns:
+        ``{"nan": ..., "saturated": ..., "flat": ...}`` of (n,) bool.
+    """
+    t = np.asarray(trace)
+    nan = ~np.all(np.isfinite(theta), axis=1) | ~np.all(np.isfinite(features), axis=1) | np.any((t < 0) | (t > adc_max_code), axis=1)
+    rail = np.mean((t <= 0) | (t >= adc_max_code), axis=1) >= SATURATED_FRACTION
+    flat = (t.max(axis=1).astype(np.int32) - t.min(axis=1).astype(np.int32)) <= FLAT_PTP_CODES
+    return {"nan": nan, "saturated": rail & ~nan, "flat": flat & ~nan}
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One store chunk: the unit of reading and of sharding over workers."""
+
+    store: int
+    chunk: int
+    start: int
+    stop: int
+
+
+class StoreSet:
+    """One or more compatible stores read as one training set.
+
+    Args:
+        urls: store paths or fsspec URLs written by `farm simulate`.
+
+    Raises:
+        StoreMismatch: a store is missing, not a farm store, or was made with another protocol,
+            chip model, regime, emulator version or trace length than the first.
+    """
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        if not urls:
+            raise ValueError("stores=[] is empty; give at least one --store")
+        self.urls = [str(u) for u in urls]
+        self.stores = [SimStore.open(u) for u in self.urls]
+        first = self.stores[0].attrs
+        for url, s in zip(self.urls[1:], self.stores[1:]):
+            for key in ("emulator_version", "protocol", "chip_model", "regime", "substrate"):
+                if s.attrs.get(key) != first.get(key):
+                    raise StoreMismatch(f"store={url!r} has {key}={s.attrs.get(key)!r}, unlike store={self.urls[0]!r}; train on stores of one setup")
+        if first.get("emulator_version") != EMULATOR_VERSION:
+            raise StoreMismatch(f"store={self.urls[0]!r} has emulator_version={first.get('emulator_version')!r}; this farm is {EMULATOR_VERSION}: re-simulate")
+        self.protocol = Protocol.from_dict(first["protocol"])
+        self.chip_model = ChipModel.from_dict(first["chip_model"])
+        self.regime = Regime(**first.get("regime", {}))
+        self.priors = [s.attrs.get("prior") for s in self.stores]
+        self.chunks: list[ChunkRef] = []
+        for k, s in enumerate(self.stores):
+            for c in np.flatnonzero(s.done_mask()):
+                start, stop = s.chunk_bounds(int(c))
+                self.chunks.append(ChunkRef(k, int(c), start, stop))
+        if not self.chunks:
+            raise StoreMismatch(f"stores={self.urls} hold no completed chunk; finish `farm simulate` first")
+
+    @property
+    def num_samples(self) -> int:
+        return sum(c.stop - c.start for c in self.chunks)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of what the stores hold: identity attributes and the completed chunks."""
+        h = hashlib.sha256()
+        for s in self.stores:
+            ident = {k: s.attrs.get(k) for k in ("seed", "num_sims", "chunk_size", "prior", "protocol", "chip_model", "emulator_version", "theta_source", "substrate")}
+            h.update(json.dumps(ident, sort_keys=True).encode())
+            h.update(np.packbits(s.done_mask()).tobytes())
+        return h.hexdigest()[:16]
+
+    def read(self, ref: ChunkRef, fields: Sequence[str]) -> dict[str, NDArray[Any]]:
+        """All rows of one chunk; adds ``index`` (sample index in its store) and ``store``."""
+        g = self.stores[ref.store].group
+        out: dict[str, NDArray[Any]] = {}
+        for name in fields:
+            if name == "label":
+                continue
+            out[name] = np.asarray(g[name][ref.start:ref.stop])
+        if "label" in fields:
+            sc = out["spike_count"] if "spike_count" in out else np.asarray(g["spike_count"][ref.start:ref.stop])
+            out["label"] = ((sc >= self.regime.min_spikes) & (sc <= self.regime.max_spikes)).astype(np.float32)
+        out["index"] = np.arange(ref.start, ref.stop, dtype=np.int64)
+        return out
+
+
+@dataclass
+class DataPlan:
+    """What a training run reads: stores, chunks, excluded rows, split and standardisation.
+
+    It is built once on the driver by :func:`plan_data` and shipped to the workers as a dict.
+    """
+
+    urls: list[str]
+    val_fraction: float
+    excluded: dict[str, list[int]]  # "store:chunk" -> excluded sample indices
+    flag_counts: dict[str, int]
+    num_train: int
+    num_val: int
+    in_regime_fraction: float
+    feature_mean: list[float]
+    feature_std: list[float]
+    theta_mean: list[float]
+    theta_std: list[float]
+    trace_mean: float
+    trace_std: float
+    fingerprint: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataPlan":
+        return cls(**d)
+
+
+def plan_data(stores: StoreSet, val_fraction: float = 0.1) -> DataPlan:
+    """One streaming pass: flag bad rows, count the split, fit standardisation on train rows.
+
+    Args:
+        stores: the training stores.
+        val_fraction: share of sample indices held out for validation.
+
+    Returns:
+        The plan; bad rows are logged with their counts and excluded everywhere after.
+    """
+    if not 0.0 < val_fraction < 0.5:
+        raise ValueError(f"val_fraction={val_fraction} outside (0, 0.5)")
+    adc_max = stores.chip_model.adc_max_code
+    counts = {"nan": 0, "saturated": 0, "flat": 0}
+    excluded: dict[str, list[int]] = {}
+    n_train = n_val = n_in = 0
+    f_sum = f_sq = th_sum = th_sq = None
+    tr_sum = tr_sq = 0.0
+    from inference.transforms import theta_to_unbounded_np
+
+    low, high = _box_bounds(stores)
+    for ref, rows in _prefetch(stores, stores.chunks, ("theta", "features", "trace", "label")):
+        flags = quality_flags(rows["trace"], rows["theta"], rows["features"], adc_max)
+        bad = flags["nan"] | flags["saturated"] | flags["flat"]
+        for k in counts:
+            counts[k] += int(flags[k].sum())
+        if bad.any():
+            excluded[f"{ref.store}:{ref.chunk}"] = rows["index"][bad].tolist()
+        val = is_validation(rows["index"], val_fraction)
+        train = ~bad & ~val
+        n_val += int((~bad & val).sum())
+        n_train += int(train.sum())
+        n_in += int(rows["label"][~bad].sum())
+        f = rows["features"][train].astype(np.float64)
+        z = theta_to_unbounded_np(rows["theta"][train], low, high)
+        tr = rows["trace"][train].astype(np.float64)
+        f_sum = f.sum(0) if f_sum is None else f_sum + f.sum(0)
+        f_sq = (f**2).sum(0) if f_sq is None else f_sq + (f**2).sum(0)
+        th_sum = z.sum(0) if th_sum is None else th_sum + z.sum(0)
+        th_sq = (z**2).sum(0) if th_sq is None else th_sq + (z**2).sum(0)
+        tr_sum += float(tr.sum())
+        tr_sq += float((tr**2).sum())
+    if n_train < 2:
+        raise StoreMismatch(f"stores={stores.urls} have {n_train} usable training samples; simulate more (excluded: {counts})")
+    total_bad = sum(counts.values())
+    if total_bad:
+        log.warning("excluded %d bad samples of %d: %s", len(sum(excluded.values(), [])), stores.num_samples, ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+    def mean_std(s: NDArray[np.float64], sq: NDArray[np.float64], n: int) -> tuple[list[float], list[float]]:
+        m = s / n
+        sd = np.sqrt(np.maximum(sq / n - m**2, 0.0))
+        return m.tolist(), np.where(sd > 1e-8, sd, 1.0).tolist()
+
+    fm, fs = mean_std(f_sum, f_sq, n_train)
+    tm, ts = mean_std(th_sum, th_sq, n_train)
+    n_codes = n_train * stores.protocol.num_samples
+    trm = tr_sum / n_codes
+    trs = float(np.sqrt(max(tr_sq / n_codes - trm**2, 1e-12)))
+    return DataPlan(urls=stores.urls, val_fraction=val_fraction, excluded=excluded, flag_counts=counts, num_train=n_train, num_val=n_val,
+                    in_regime_fraction=n_in / max(n_train + n_val, 1), feature_mean=fm, feature_std=fs, theta_mean=tm, theta_std=ts,
+                    trace_mean=trm, trace_std=trs, fingerprint=stores.fingerprint)
+
+
+def _box_bounds(stores: StoreSet) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The box all stores' priors live in (restricted priors keep their box)."""
+    from farm.defaults import PriorBox
+
+    boxes = []
+    for p in stores.priors:
+        d = p.get("box", p) if isinstance(p, dict) else {}
+        boxes.append(PriorBox.from_dict(d) if d else PriorBox())
+    if any(b != boxes[0] for b in boxes):
+        raise StoreMismatch(f"stores={stores.urls} were drawn from different prior boxes; train on stores of one box")
+    return np.asarray(boxes[0].low), np.asarray(boxes[0].high)
+
+
+def _prefetch(stores: StoreSet, refs: Sequence[ChunkRef], fields: Sequence[str], depth: int = 2) -> Iterator[tuple[ChunkRef, dict[str, NDArray[Any]]]]:
+    """Read chunks on a background thread (Zarr decompression releases the GIL) while the caller computes."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    _END = object()
+
+    def worker() -> None:
+        try:
+            for ref in refs:
+                if stop.is_set():
+                    return
+                q.put((ref, stores.read(ref, fields)))
+            q.put(_END)
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+
+    th = threading.Thread(target=worker, daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(timeout=0.05)
+
+
+class ChunkStream:
+    """Batches of good rows of one split, streamed chunk by chunk from Zarr.
+
+    Args:
+        stores: the stores; plan: their :class:`DataPlan`.
+        split: ``"train"`` or ``"val"``.
+        fields: arrays to read (subset of ``FIELDS``).
+        batch_size: rows per batch.
+        rank, world_size: this worker's shard of chunks (chunk k goes to worker k % world_size
+            after the per-epoch shuffle, so workers never read the same chunk).
+        shuffle_chunks: chunks in the shuffle buffer (rows are permuted across them).
+    """
+
+    def __init__(self, stores: StoreSet, plan: DataPlan, split: str, fields: Sequence[str], batch_size: int, rank: int = 0, world_size: int = 1, shuffle_chunks: int = 4) -> None:
+        if split not in ("train", "val"):
+            raise ValueError(f"split={split!r} must be train or val")
+        self.stores, self.plan, self.split = stores, plan, split
+        self.fields = tuple(dict.fromkeys([*fields, "theta"]))
+        self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
+        self.shuffle_chunks = max(1, int(shuffle_chunks))
+        self._excluded = {k: np.asarray(v, dtype=np.int64) for k, v in plan.excluded.items()}
+
+    def shard(self, epoch: int, shuffle: bool) -> list[ChunkRef]:
+        refs = list(self.stores.chunks)
+        if shuffle:
+            order = np.random.default_rng([epoch, 0xC0FFEE]).permutation(len(refs))
+            refs = [refs[i] for i in order]
+        return refs[self.rank :: self.world_size]
+
+    def _keep(self, ref: ChunkRef, rows: dict[str, NDArray[Any]]) -> NDArray[np.bool_]:
+        val = is_validation(rows["index"], self.plan.val_fraction)
+        keep = val if self.split == "val" else ~val
+        bad = self._excluded.get(f"{ref.store}:{ref.chunk}")
+        if bad is not None and bad.size:
+            keep &= ~np.isin(rows["index"], bad)
+        return keep
+
+    def batches(self, epoch: int = 0, shuffle: bool = True, drop_last: bool = False) -> Iterator[dict[str, NDArray[Any]]]:
+        """One pass over this worker's shard; rows shuffled within a buffer of chunks when ``shuffle``."""
+        rng = np.random.default_rng([epoch, self.rank, 0xBEEF])
+        buf: list[dict[str, NDArray[Any]]] = []
+        pending: dict[str, NDArray[Any]] | None = None
+        refs = self.shard(epoch, shuffle)
+        for i, (ref, rows) in enumerate(_prefetch(self.stores, refs, self.fields)):
+            keep = self._keep(ref, rows)
+            buf.append({k: v[keep] for k, v in rows.items()})
+            if len(buf) < self.shuffle_chunks and i < len(refs) - 1:
+                continue
+            block = {k: np.concatenate([b[k] for b in ([pending] if pending else []) + buf]) for k in buf[0]}
+            buf = []
+            n = len(block["theta"])
+            perm = rng.permutation(n) if shuffle else np.arange(n)
+            full = n - n % self.batch_size
+            for s in range(0, full, self.batch_size):
+                sel = perm[s : s + self.batch_size]
+                yield {k: v[sel] for k, v in block.items()}
+            rest = perm[full:]
+            pending = {k: v[rest] for k, v in block.items()} if rest.size else None
+        if pending is not None and not drop_last:
+            yield pending
+
+    def steady(self, epoch: int, steps: int) -> Iterator[dict[str, NDArray[Any]]]:
+        """Exactly ``steps`` full batches, cycling the shard if it runs short.
+
+        Why: with DistributedDataParallel every worker must take the same number of steps, and
+        chunk shards differ by a few rows (excluded samples, a short last chunk).
+        """
+        done, cycle = 0, 0
+        while done < steps:
+            got = False
+            for b in self.batches(epoch * 1000 + cycle, shuffle=True, drop_last=True):
+                got = True
+                yield b
+                done += 1
+                if done >= steps:
+                    return
+            if not got:
+                raise StoreMismatch(f"worker {self.rank} has no full batch of {self.batch_size} training rows; lower --batch-size or --workers")
+            cycle += 1

@@ -1,0 +1,91 @@
+"""The conditional density estimator q(theta | x): an embedding, then a zuko NSF in logit space.
+
+Why zuko (not sbi's ``posterior_nn``): its flows are plain ``nn.Module``s whose forward takes the
+context, so DistributedDataParallel under Ray Train wraps them without sbi's training loop, and
+the weights save as a ``state_dict`` that loads with ``torch.load(weights_only=True)``.
+Reference: Durkan et al. 2019, "Neural Spline Flows".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import zuko
+from torch import nn
+
+from inference.embedding import Standardize, TraceCNN
+from inference.transforms import BoxLogit
+
+VARIANTS = ("handcrafted", "summary-net")
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    """Architecture of the posterior estimator (stored in the artifact manifest).
+
+    Args:
+        variant: ``handcrafted`` (z-scored named statistics) or ``summary-net`` (1D CNN on the trace).
+        transforms: NSF coupling layers; hidden_features: width of each layer's MLP; bins: spline bins.
+        embedding_features: summary size of the CNN; cnn_channels: its conv widths.
+    """
+
+    variant: str = "handcrafted"
+    transforms: int = 5
+    hidden_features: int = 64
+    hidden_layers: int = 2
+    bins: int = 8
+    embedding_features: int = 32
+    cnn_channels: tuple[int, ...] = (8, 16, 32)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"features={self.variant!r} must be one of {', '.join(VARIANTS)}")
+        for name in ("transforms", "hidden_features", "hidden_layers", "bins", "embedding_features"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FlowConfig":
+        d = dict(d)
+        d["cnn_channels"] = tuple(d.get("cnn_channels", (8, 16, 32)))
+        return cls(**d)
+
+
+class NPEModel(nn.Module):
+    """Embedding + conditional NSF over standardised logit-space theta.
+
+    Args:
+        config: the architecture.
+        stats: standardisation from the data plan (``feature_mean``/``feature_std``,
+            ``theta_mean``/``theta_std``, ``trace_mean``/``trace_std``) and the box ``low``/``high``.
+    """
+
+    def __init__(self, config: FlowConfig, stats: dict) -> None:
+        super().__init__()
+        self.config = config
+        self.theta_transform = BoxLogit(stats["low"], stats["high"], stats["theta_mean"], stats["theta_std"])
+        if config.variant == "handcrafted":
+            self.embedding: nn.Module = Standardize(stats["feature_mean"], stats["feature_std"])
+        else:
+            self.embedding = TraceCNN(stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, num_features=config.embedding_features)
+        dim = len(stats["low"])
+        self.flow = zuko.flows.NSF(features=dim, context=self.embedding.num_features, transforms=config.transforms, bins=config.bins,
+                                   hidden_features=(config.hidden_features,) * config.hidden_layers)
+
+    @property
+    def x_field(self) -> str:
+        """Store array the embedding reads: ``features`` or ``trace``."""
+        return "features" if self.config.variant == "handcrafted" else "trace"
+
+    def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-density of standardised z (the NPE loss; Jacobian is constant per theta)."""
+        return -self.flow(self.embedding(x)).log_prob(self.theta_transform(theta)).mean()
+
+    def log_prob(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log q(theta | x) in LSB space, (n,) float64; x is one embedding input per theta row."""
+        z = self.theta_transform(theta)
+        return self.flow(self.embedding(x)).log_prob(z).double() + self.theta_transform.log_abs_det_jacobian(theta)

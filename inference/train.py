@@ -1,0 +1,307 @@
+"""Ray Train for the restriction classifier and the NPE: one plain torch loop per worker.
+
+Anchor: Ray's ``torch_fashion_mnist_example.py`` (``prepare_model``, ``train_loop_config``,
+``ScalingConfig``). Every epoch ends with a checkpoint in ``<out>/checkpoints/run``; a killed
+training, started again with the same command, resumes from the last one (Ray Train restores the
+run's checkpoint history from its storage path). Early stopping uses the validation loss,
+all-reduced over workers so every worker stops at the same epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from inference.classifier import ClassifierConfig, RegimeClassifier, box_moments
+from inference.datasets import ChunkStream, DataPlan, StoreSet, _box_bounds, plan_data
+from inference.flows import VARIANTS, FlowConfig, NPEModel
+
+log = logging.getLogger(__name__)
+TASKS = ("classifier", "npe")
+STATE_FILE = "state.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training could not run or failed in a worker; the message says why in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Everything a training run needs; crosses to Ray workers as ``asdict(cfg)``.
+
+    Args:
+        task: ``classifier`` (theta -> in regime) or ``npe`` (posterior estimator).
+        stores: Zarr stores to train on; out: the artifact directory (checkpoints inside).
+        variant: for ``npe``: ``handcrafted`` or ``summary-net``.
+        num_workers: Ray Train workers (data-parallel, DDP over gloo).
+        cpus_per_worker: CPUs each worker reserves (and torch threads it uses); 0 = share the cluster.
+        epochs: maximum epochs; patience: epochs without validation improvement before stopping.
+        batch_size, learning_rate, val_fraction, seed: the usual.
+        flow, classifier: architecture dicts (FlowConfig / ClassifierConfig fields).
+    """
+
+    task: str
+    stores: tuple[str, ...]
+    out: str
+    variant: str = "handcrafted"
+    num_workers: int = 1
+    cpus_per_worker: int = 0
+    epochs: int = 30
+    patience: int = 5
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.1
+    seed: int = 0
+    shuffle_chunks: int = 4
+    progress: bool = True
+    flow: dict[str, Any] = field(default_factory=dict)
+    classifier: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} must be one of {', '.join(TASKS)}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"features={self.variant!r} must be one of {', '.join(VARIANTS)}")
+        if not self.stores:
+            raise ValueError("stores=() is empty; give at least one --store")
+        checks = {"num_workers": (1, 64), "epochs": (1, 10_000), "patience": (1, 10_000), "batch_size": (2, 65_536), "cpus_per_worker": (0, 256), "shuffle_chunks": (1, 1024)}
+        for name, (lo, hi) in checks.items():
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise ValueError(f"{name}={v} outside [{lo}, {hi}]")
+        if not (0 < self.learning_rate < 1):
+            raise ValueError(f"learning_rate={self.learning_rate} outside (0, 1)")
+        if not (0 < self.val_fraction < 0.5):
+            raise ValueError(f"val_fraction={self.val_fraction} outside (0, 0.5)")
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that must match to resume (worker count and progress may change)."""
+        d = asdict(self)
+        for k in ("num_workers", "cpus_per_worker", "progress", "out"):
+            d.pop(k)
+        d["stores"] = list(d["stores"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return cls(**{**d, "stores": tuple(d["stores"])})
+
+
+# ---------------------------------------------------------------------------- model building
+def model_stats(plan: DataPlan, stores: StoreSet) -> dict[str, Any]:
+    low, high = _box_bounds(stores)
+    return {"low": low.tolist(), "high": high.tolist(), "feature_mean": plan.feature_mean, "feature_std": plan.feature_std,
+            "theta_mean": plan.theta_mean, "theta_std": plan.theta_std, "trace_mean": plan.trace_mean, "trace_std": plan.trace_std}
+
+
+def build_model(cfg: TrainConfig, stats: dict[str, Any]) -> torch.nn.Module:
+    """The network a task trains, built from the config and the plan's standardisation."""
+    if cfg.task == "classifier":
+        mean, std = box_moments(np.asarray(stats["low"]), np.asarray(stats["high"]))
+        return RegimeClassifier(ClassifierConfig(**cfg.classifier), mean, std)
+    return NPEModel(FlowConfig.from_dict({**cfg.flow, "variant": cfg.variant}), stats)
+
+
+def batch_fields(cfg: TrainConfig) -> tuple[str, ...]:
+    if cfg.task == "classifier":
+        return ("theta", "label")
+    return ("theta", "features" if cfg.variant == "handcrafted" else "trace")
+
+
+def batch_loss(cfg: TrainConfig, model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean loss of one batch, plus summed extras for validation (accuracy for the classifier)."""
+    theta = torch.from_numpy(np.ascontiguousarray(batch["theta"]))
+    if cfg.task == "classifier":
+        label = torch.from_numpy(batch["label"])
+        logit = model(theta)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, label)
+        return loss, {"correct": float(((logit > 0).float() == label).sum())}
+    x = torch.from_numpy(np.ascontiguousarray(batch["features" if cfg.variant == "handcrafted" else "trace"]))
+    return model(theta, x), {}
+
+
+# ---------------------------------------------------------------------------- the worker loop
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: stream this worker's chunks, step, validate, checkpoint, report."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.from_dict(config["train"])
+    plan = DataPlan.from_dict(config["plan"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.cpus_per_worker:
+        torch.set_num_threads(cfg.cpus_per_worker)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, config["stats"])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    state: dict[str, Any] = {"epoch": -1, "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False, "history": [], "resumed_at": [], "fingerprint": plan.fingerprint}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            saved = torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
+        if saved["fingerprint"] != plan.fingerprint:
+            raise TrainingError(f"checkpoint was trained on stores with fingerprint {saved['fingerprint']}, now {plan.fingerprint}; use another --out")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state = {k: saved[k] for k in state} | {"best_model": saved["best_model"]}
+        state["resumed_at"] = [*state["resumed_at"], state["epoch"] + 1]
+        if rank == 0:
+            print(f"[train] resuming from the checkpoint of epoch {state['epoch'] + 1}", flush=True)
+    ddp = ray.train.torch.prepare_model(model)
+    stores = StoreSet(plan.urls)
+    fields = batch_fields(cfg)
+    train_stream = ChunkStream(stores, plan, "train", fields, cfg.batch_size, rank, world, cfg.shuffle_chunks)
+    val_stream = ChunkStream(stores, plan, "val", fields, max(cfg.batch_size, 1024), rank, world)
+    steps = max(1, plan.num_train // (world * cfg.batch_size))
+    report_every = max(1, steps // 4)
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        if state["stopped"]:
+            break
+        t0 = time.perf_counter()
+        ddp.train()
+        run_loss, run_n = 0.0, 0
+        for step, batch in enumerate(train_stream.steady(epoch, steps)):
+            loss, _ = batch_loss(cfg, ddp, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            run_loss += float(loss) * len(batch["theta"])
+            run_n += len(batch["theta"])
+            if cfg.progress and rank == 0 and (step + 1) % report_every == 0:
+                print(f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss {run_loss / run_n:.4f}", flush=True)
+        seconds = time.perf_counter() - t0
+        val = _validate(cfg, model, val_stream, epoch, world)
+        train_loss = _allreduce_mean(run_loss, run_n, world)
+        improved = val["val_loss"] < state["best_val"] - 1e-4
+        if improved:
+            state.update(best_val=val["val_loss"], best_epoch=epoch, bad_epochs=0, best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        state["stopped"] = state["bad_epochs"] >= cfg.patience
+        state["epoch"] = epoch
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, **val, "best_val_loss": state["best_val"], "samples_per_s": run_n * world / seconds, "epoch_seconds": seconds}
+        state["history"] = [*state["history"], metrics]
+        if rank == 0 and cfg.progress:
+            extra = f" val_acc {val['val_accuracy']:.3f}" if "val_accuracy" in val else ""
+            print(f"[train] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} val_loss {val['val_loss']:.4f}{extra} ({metrics['samples_per_s']:.0f} samples/s){' *' if improved else ''}{' early stop' if state['stopped'] else ''}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save({**state, "model": model.state_dict(), "optimizer": opt.state_dict()}, Path(tmp) / STATE_FILE)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _allreduce_mean(total: float, count: int, world: int) -> float:
+    if world > 1:
+        t = torch.tensor([total, float(count)], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        total, count = float(t[0]), int(t[1])
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def _validate(cfg: TrainConfig, model: torch.nn.Module, stream: ChunkStream, epoch: int, world: int) -> dict[str, float]:
+    model.eval()
+    acc = torch.zeros(3, dtype=torch.float64)  # loss sum, rows, correct
+    for batch in stream.batches(epoch, shuffle=False):
+        loss, extra = batch_loss(cfg, model, batch)
+        n = len(batch["theta"])
+        acc += torch.tensor([float(loss) * n, n, extra.get("correct", 0.0)], dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(acc)
+    out = {"val_loss": float(acc[0] / max(acc[1], 1))}
+    if cfg.task == "classifier":
+        out["val_accuracy"] = float(acc[2] / max(acc[1], 1))
+    return out
+
+
+# ---------------------------------------------------------------------------- the driver
+@dataclass
+class TrainOutcome:
+    """What the driver gets back: the best weights, the history and the data plan."""
+
+    config: TrainConfig
+    plan: DataPlan
+    stats: dict[str, Any]
+    state: dict[str, Any]
+    stores: StoreSet
+
+    def best_model(self) -> torch.nn.Module:
+        model = build_model(self.config, self.stats)
+        model.load_state_dict(self.state["best_model"])
+        return model.eval()
+
+
+def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
+    """Plan the data, run the Ray Train ``TorchTrainer``, return the best model's state.
+
+    Args:
+        cfg: the run; ``cfg.out`` holds the checkpoints, so the same call resumes a killed run.
+        address: Ray cluster to join; None reuses an initialised Ray or starts a local one.
+
+    Raises:
+        TrainingError: a worker failed, or ``out`` holds a run of other settings.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = Path(cfg.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    ident_path = out / "train_config.json"
+    if ident_path.is_file():
+        have = json.loads(ident_path.read_text())
+        if have != json.loads(json.dumps(cfg.identity())):
+            diff = sorted(k for k in set(have) | set(cfg.identity()) if have.get(k) != json.loads(json.dumps(cfg.identity())).get(k))
+            raise TrainingError(f"out={str(out)!r} holds a training with other {', '.join(diff)}; use another --out or the same settings to resume")
+    stores = StoreSet(cfg.stores)
+    plan = plan_data(stores, cfg.val_fraction)
+    if cfg.task == "npe" and plan.num_train < cfg.batch_size * cfg.num_workers:
+        raise TrainingError(f"{plan.num_train} training samples < batch_size {cfg.batch_size} x workers {cfg.num_workers}; lower --batch-size")
+    ident_path.write_text(json.dumps(cfg.identity(), indent=2))
+    stats = model_stats(plan, stores)
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        started = True
+    try:
+        cpus = cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)
+        cfg_run = TrainConfig.from_dict({**asdict(cfg), "cpus_per_worker": cpus})
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"train": asdict(cfg_run), "plan": plan.to_dict(), "stats": stats},
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
+            run_config=RunConfig(name="run", storage_path=str(out / "checkpoints"), checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0)),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as e:  # Ray wraps worker errors; keep the root cause on one line
+            raise TrainingError(f"training failed: {_root_cause(e)}") from e
+        if result.checkpoint is None:
+            raise TrainingError("training produced no checkpoint")
+        with result.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
+    finally:
+        if started:
+            ray.shutdown()
+    return TrainOutcome(config=cfg, plan=plan, stats=stats, state=state, stores=stores)
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"

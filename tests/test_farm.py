@@ -1,0 +1,167 @@
+"""The simulation farm as a user drives it: determinism, resume, --theta, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from farm.actors import run_farm
+from farm.cli import main as farm_main
+from farm.defaults import PARAMETER_NAMES
+from farm.features import FEATURE_NAMES
+from farm.prior import BoxPrior
+from farm.store import SimStore, open_dataset
+
+FARM = [sys.executable, "-m", "farm.cli"]
+ARRAYS = ("theta", "trace", "spike_count", "features", "chip", "neuron", "seed")
+
+
+def chunks_done(out: Path) -> int:
+    """Flagged chunks of a store another process may be creating right now (-1: not ready)."""
+    try:
+        return int(SimStore.open(out).done_mask().sum())
+    except Exception:
+        return -1
+
+
+def assert_same_store(a: str | Path, b: str | Path) -> None:
+    da, db = xr.open_zarr(str(a)), xr.open_zarr(str(b))
+    for name in ARRAYS:
+        np.testing.assert_array_equal(da[name].values, db[name].values, err_msg=name)
+    assert SimStore.open(a).done_mask().all() and SimStore.open(b).done_mask().all()
+
+
+@pytest.fixture(scope="module")
+def reference_store(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, in_process=True)
+    return out
+
+
+def test_store_is_labelled_dataset(reference_store: Path) -> None:
+    ds = xr.open_zarr(str(reference_store))
+    assert ds.theta.dims == ("sample", "parameter") and ds.theta.dtype == np.float32
+    assert ds.trace.dims == ("sample", "time") and ds.trace.dtype == np.int16
+    assert list(ds.parameter.values) == list(PARAMETER_NAMES)
+    assert list(ds.feature.values) == list(FEATURE_NAMES)
+    assert ds.sizes["sample"] == 2400 and ds.sizes["time"] == 1000
+    assert ds.attrs["seed"] == 11 and ds.attrs["prior"]["type"] == "box_uniform"
+    assert ds.attrs["protocol"]["t_stim_us"] == 600.0
+    assert int(ds.trace.min()) >= 0 and int(ds.trace.max()) <= 1023
+    assert BoxPrior().support(ds.theta.values).all()
+    frac = float(((ds.spike_count >= 1) & (ds.spike_count <= 40)).mean())
+    assert 0.05 < frac < 0.6, f"box prior should give a minority in the regime of interest, got {frac:.2f}"
+
+
+def test_same_seed_bit_identical_across_actor_counts(ray_session, reference_store: Path, tmp_path: Path) -> None:
+    for chips in (1, 2):
+        out = tmp_path / f"chips{chips}.zarr"
+        summary = run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, num_chips=chips, max_in_flight_per_chip=1 + chips)
+        assert summary["complete"] and summary["num_workers"] == chips
+        assert_same_store(reference_store, out)
+
+
+def test_sample_i_is_independent_of_chunking(reference_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "chunk700.zarr"
+    run_farm(str(out), num_sims=2400, seed=11, chunk_size=700, in_process=True)
+    assert_same_store(reference_store, out)
+
+
+def test_extending_a_store_continues_the_same_sequence(reference_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grow.zarr"
+    run_farm(str(out), num_sims=1000, seed=11, chunk_size=300, in_process=True)  # last chunk partial
+    summary = run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, in_process=True)
+    assert summary["skipped"] == 900 and summary["simulated_now"] == 1500
+    assert_same_store(reference_store, out)
+
+
+def test_killed_run_resumes_without_gap_or_duplicate(reference_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed.zarr"
+    cmd = [*FARM, "simulate", "--n", "2400", "--seed", "11", "--chunk", "300", "--out", str(out), "--in-process", "--quiet"]
+    # Slow each chunk down so the kill lands mid-run; the env var only adds sleep, never changes data.
+    proc = subprocess.Popen(cmd, env={**os.environ, "FARM_CHUNK_DELAY_S": "0.4"})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if 1 <= chunks_done(out) < 8:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = SimStore.open(out).done_mask()
+    assert 1 <= done_before.sum() < 8, "the kill should land mid-run"
+    partial = open_dataset(str(out))
+    assert partial.sizes["sample"] == 300 * int(done_before.sum())
+    res = subprocess.run([*cmd[:-1], "--json"], capture_output=True, text=True, check=True)
+    assert '"complete": true' in res.stdout
+    assert_same_store(reference_store, out)
+
+
+def test_theta_file_runs_given_parameters(tmp_path: Path) -> None:
+    theta = BoxPrior().sample(50, seed=3)
+    np.save(tmp_path / "theta.npy", theta)
+    header = ",".join(reversed(PARAMETER_NAMES))
+    np.savetxt(tmp_path / "theta.csv", theta[:, ::-1], delimiter=",", header=header, comments="")
+    for name in ("theta.npy", "theta.csv"):
+        out = tmp_path / f"{name}.zarr"
+        assert farm_main(["simulate", "--theta", str(tmp_path / name), "--out", str(out), "--in-process", "--quiet"]) == 0
+        ds = xr.open_zarr(str(out))
+        np.testing.assert_array_equal(ds.theta.values, theta)
+        assert ds.attrs["theta_source"].startswith("file:")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--n", "0"], "--n"),
+        (["--n", "-5"], "--n"),
+        (["--n", "1.5"], "1.5"),
+        (["--n", "abc"], "abc"),
+        (["--n", "10", "--substrate", "loihi"], "loihi"),
+        (["--n", "10", "--chunk", "0"], "--chunk"),
+        (["--n", "10", "--seed", "-1"], "--seed"),
+        (["--n", "10", "--prior", "/nonexistent/prior"], "restricted_prior.json"),
+        (["--n", "10", "--substrate", "bss2"], "pynn_brainscales"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    res = subprocess.run([*FARM, "simulate", "--out", str(tmp_path / "x.zarr"), "--in-process", *args], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_bad_theta_files_exit_2(tmp_path: Path) -> None:
+    outside = BoxPrior().sample(5, seed=1)
+    outside[2, 3] = 5000.0
+    np.save(tmp_path / "outside.npy", outside)
+    np.save(tmp_path / "shape.npy", np.zeros((4, 3)))
+    (tmp_path / "notes.txt").write_text("hello")
+    for name, needle in (("outside.npy", "exponential_i_bias=5000"), ("shape.npy", "(4, 3)"), ("missing.npy", "does not exist"), ("notes.txt", "")):
+        res = subprocess.run([*FARM, "simulate", "--theta", str(tmp_path / name), "--out", str(tmp_path / "t.zarr"), "--in-process"], capture_output=True, text=True)
+        assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_refuses_to_mix_settings_and_keeps_data(reference_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine.zarr"
+    run_farm(str(out), num_sims=600, seed=11, chunk_size=300, in_process=True)
+    before = xr.open_zarr(str(out)).trace.values.copy()
+    for args, needle in ((["--seed", "12", "--n", "600"], "seed=11"), (["--seed", "11", "--n", "600", "--chunk", "200"], "chunk_size=300"), (["--seed", "11", "--n", "300"], "shrink")):
+        res = subprocess.run([*FARM, "simulate", "--out", str(out), "--in-process", *args], capture_output=True, text=True)
+        assert res.returncode == 2 and needle in res.stderr, res.stderr
+    np.testing.assert_array_equal(xr.open_zarr(str(out)).trace.values, before)
+    assert SimStore.open(out).done_mask().all()
+
+
+def test_info_reports_completeness(reference_store: Path) -> None:
+    res = subprocess.run([*FARM, "info", str(reference_store), "--json"], capture_output=True, text=True, check=True)
+    assert '"completed_sims": 2400' in res.stdout and '"complete": true' in res.stdout
