@@ -63,10 +63,10 @@ def check_posterior(path: str) -> str:
     Returns:
         A one-line description (variant and fingerprint).
     """
-    from inference import load_posterior
-
     if not Path(path).is_dir():
         raise ValueError(f"{path!r} is not a directory; give the --out directory of `farm train npe`")
+    from inference import load_posterior
+
     posterior = load_posterior(path)
     return f"{posterior.variant} posterior {posterior.fingerprint}"
 
@@ -95,7 +95,8 @@ def deploy(opts: ServeOptions) -> str:
 
     if not ray.is_initialized():
         if opts.address is None:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # "local": a private Ray, never someone else's `ray start` cluster on this machine.
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": opts.host, "port": opts.port})

@@ -84,6 +84,7 @@ class SampleResponse(BaseModel):
     std: list[float]
     map: list[float] = Field(description="highest-density draw among the returned samples")
     fingerprint: str
+    batch_size: int = Field(description="requests that shared this forward pass (1 when unbatched)")
 
 
 class LogProbResponse(BaseModel):

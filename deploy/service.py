@@ -132,7 +132,7 @@ class PosteriorService:
     """
 
     def __init__(self, posterior: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S) -> None:
-        from inference import load_posterior
+        from inference.posterior import load_posterior  # TEMP
 
         self.posterior = load_posterior(posterior)
         self.names = list(self.posterior.parameter_names)
@@ -164,13 +164,14 @@ class PosteriorService:
             raise RequestRejected("features", f"length {features.shape[0]} differs from the {len(self.posterior.feature_names)} features {', '.join(self.posterior.feature_names)}")
         return {"features": features}
 
-    def _draw(self, num_samples: int, observation: dict[str, np.ndarray], seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _draw(self, num_samples: int, observation: dict[str, np.ndarray], seed: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Draws, their log-densities, and the number of requests that shared the forward pass (1)."""
         samples = self.posterior.sample(num_samples, seed=seed, **observation)
-        return samples, self.posterior.log_prob(samples, **observation)
+        return samples, self.posterior.log_prob(samples, **observation), 1
 
-    def _draw_batch(self, jobs: list[_Job]) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+    def _draw_batch(self, jobs: list[_Job]) -> list[tuple[np.ndarray, np.ndarray, int] | Exception]:
         """One ``sample_batched`` call per input kind (trace / features) for the whole batch."""
-        results: list[tuple[np.ndarray, np.ndarray] | Exception] = [ValueError("not computed")] * len(jobs)
+        results: list[tuple[np.ndarray, np.ndarray, int] | Exception] = [ValueError("not computed")] * len(jobs)
         for kind, keyword in (("trace", "traces"), ("features", "features")):
             idx = [i for i, j in enumerate(jobs) if kind in j.observation]
             if not idx:
@@ -181,7 +182,7 @@ class PosteriorService:
                 draws = self.posterior.sample_batched(n_max, **{keyword: stacked})
                 for row, i in enumerate(idx):
                     samples = np.ascontiguousarray(draws[row, : jobs[i].num_samples])
-                    results[i] = (samples, self.posterior.log_prob(samples, **jobs[i].observation))
+                    results[i] = (samples, self.posterior.log_prob(samples, **jobs[i].observation), len(idx))
             except ValueError:
                 for i in idx:  # isolate the bad request so the others are still answered
                     try:
@@ -191,7 +192,7 @@ class PosteriorService:
         return results
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def _sample_batch(self, jobs: list[_Job]) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+    async def _sample_batch(self, jobs: list[_Job]) -> list[tuple[np.ndarray, np.ndarray, int] | Exception]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._draw_batch, jobs)
 
@@ -227,12 +228,12 @@ class PosteriorService:
     async def sample(self, req: SampleRequest) -> SampleResponse:
         observation = self._observation(req)
         if req.seed is not None or not self.batching:
-            samples, log_prob = await self._run(self._draw, req.num_samples, observation, req.seed)
+            samples, log_prob, batch_size = await self._run(self._draw, req.num_samples, observation, req.seed)
         else:
             result = await self._sample_batch(_Job(req.num_samples, observation))
             if isinstance(result, Exception):
                 raise RequestRejected("body", str(result).splitlines()[0])
-            samples, log_prob = result
+            samples, log_prob, batch_size = result
         summary = summarize_draws(samples, log_prob)
         return SampleResponse(
             parameter_names=self.names,
@@ -243,6 +244,7 @@ class PosteriorService:
             std=summary["std"].tolist(),
             map=summary["map"].tolist(),
             fingerprint=self.posterior.fingerprint,
+            batch_size=batch_size,
         )
 
     @api.post("/log_prob", response_model=LogProbResponse)

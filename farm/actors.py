@@ -182,12 +182,15 @@ def run_farm(
     skipped = store.num_sims - sum(b - a for a, b in map(store.chunk_bounds, pending))
     t0 = time.perf_counter()
     stats: dict[str, Any] = {"num_workers": 0, "nodes": set(), "chunks_retried": 0}
-    with _Progress(total=store.num_sims, done=skipped, enabled=progress) as bar:
-        if pending and in_process:
-            _run_in_process(store, job, pending, bar)
-            stats.update(num_workers=1, nodes={"local"})
-        elif pending:
-            _run_on_ray(store, job, pending, bar, stats, address=address, num_chips=num_chips, max_in_flight_per_chip=max_in_flight_per_chip, max_actor_failures=max_actor_failures)
+    try:
+        with _Progress(total=store.num_sims, done=skipped, enabled=progress) as bar:
+            if pending and in_process:
+                _run_in_process(store, job, pending, bar)
+                stats.update(num_workers=1, nodes={"local"})
+            elif pending:
+                _run_on_ray(store, job, pending, bar, stats, address=address, num_chips=num_chips, max_in_flight_per_chip=max_in_flight_per_chip, max_actor_failures=max_actor_failures)
+    except OSError as e:  # the driver's own writes (done flags) on a full or vanished store
+        raise FarmError(f"writing to {store.url} failed: {e.strerror or e}; completed chunks are kept, re-run the same command to resume") from None
     seconds = time.perf_counter() - t0
     summary = store.describe()
     simulated_now = summary["completed_sims"] - skipped
@@ -221,8 +224,10 @@ def _connect_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": logging.WARNING, "log_to_driver": False}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        # A local cluster bound to loopback; the object store only carries small statistics.
+    if address is None:
+        # A fresh local cluster bound to loopback ("local" never joins a `ray start` cluster
+        # that happens to run on this machine); the object store only carries small statistics.
+        address = "local"
         kwargs.update(object_store_memory=256 * 1024**2, _node_ip_address="127.0.0.1")
     try:
         ray.init(address=address, **kwargs)

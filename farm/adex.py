@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from farm.rng import mix64, to_normal_fast
 
 _EXP_ARG_MAX = 30.0  # exp(30) already crosses any threshold within one step; avoids overflow
+_EXP_ARG_MIN = -30.0  # exp(-30) ~ 1e-13: below the rounding of v (~600 mV * 2e-16) after dt/C scaling
 _ADC_STREAM = np.uint64(0xADC0ADC0ADC0ADC0)
 
 
@@ -115,7 +116,9 @@ def integrate_adex(
                     arg = (v - vt) * inv_dT
                     if arg > _EXP_ARG_MAX:
                         arg = _EXP_ARG_MAX
-                    v += dt_c * (-gl * (v - el) + gl_dT * math.exp(arg) - w + current)
+                    # Far below v_t the exponential term is under float64 resolution of v: skip it.
+                    spike_current = gl_dT * math.exp(arg) if arg > _EXP_ARG_MIN else 0.0
+                    v += dt_c * (-gl * (v - el) + spike_current - w + current)
                     if sigma_step > 0.0:
                         v += sigma_step * to_normal_fast(mix64(noise_key ^ np.uint64(step)))
                 w += dw

@@ -85,7 +85,11 @@ class NPEModel(nn.Module):
         """Mean negative log-density of standardised z (the NPE loss; Jacobian is constant per theta)."""
         return -self.flow(self.embedding(x)).log_prob(self.theta_transform(theta)).mean()
 
-    def log_prob(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log q(theta | x) in LSB space, (n,) float64; x is one embedding input per theta row."""
+    def log_prob(self, theta: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """log q(theta | x) in LSB space, (n,) float64.
+
+        Args:
+            theta: (n, 7) LSB; context: ``embedding(x)``, (n, D) or (1, D) broadcast to every row.
+        """
         z = self.theta_transform(theta)
-        return self.flow(self.embedding(x)).log_prob(z).double() + self.theta_transform.log_abs_det_jacobian(theta)
+        return self.flow(context.expand(theta.shape[0], -1)).log_prob(z).double() + self.theta_transform.log_abs_det_jacobian(theta)

@@ -85,9 +85,9 @@ class TrainConfig:
             raise ValueError(f"val_fraction={self.val_fraction} outside (0, 0.5)")
 
     def identity(self) -> dict[str, Any]:
-        """Settings that must match to resume (worker count and progress may change)."""
+        """Settings that must match to resume (workers, epochs and progress may change)."""
         d = asdict(self)
-        for k in ("num_workers", "cpus_per_worker", "progress", "out"):
+        for k in ("num_workers", "cpus_per_worker", "progress", "out", "epochs"):
             d.pop(k)
         d["stores"] = list(d["stores"])
         return d
@@ -177,7 +177,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            run_loss += float(loss) * len(batch["theta"])
+            run_loss += float(loss.detach()) * len(batch["theta"])
             run_n += len(batch["theta"])
             if cfg.progress and rank == 0 and (step + 1) % report_every == 0:
                 print(f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss {run_loss / run_n:.4f}", flush=True)
@@ -275,7 +275,10 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
     stats = model_stats(plan, stores)
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        # Workers print progress themselves; Ray's own INFO chatter (checkpoint paths, state-API
+        # polling without a dashboard) would drown it, so workers log at WARNING and above.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
         started = True
     try:
         cpus = cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)

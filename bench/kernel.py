@@ -1,0 +1,74 @@
+"""Emulator kernel throughput (neuron-steps/s) against a plain numpy Euler AdEx, same run, same machine.
+
+Noise, mismatch and ADC readout are on in the kernel; the numpy baseline integrates the same
+equations without noise (it would only get slower with it). Prints the ratio.
+
+    python bench/kernel.py [--n 20000] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numba
+import numpy as np
+
+from farm.chip import neuron_physics
+from farm.defaults import ChipModel, Protocol
+from farm.emulator import EmulatorSubstrate
+from farm.prior import BoxPrior
+from farm.simulate import noise_keys, placement
+
+
+def numpy_euler(theta: np.ndarray, protocol: Protocol, model: ChipModel) -> int:
+    n = theta.shape[0]
+    ph = neuron_physics(theta, np.zeros(n, int), np.arange(n) % 512, model)
+    dt = protocol.dt_us
+    on, off = round(protocol.stim_on_us / dt), round(protocol.stim_off_us / dt)
+    v, w = ph.v_leak_mv.copy(), np.zeros(n)
+    spikes = 0
+    for step in range(protocol.num_samples * protocol.steps_per_sample):
+        current = protocol.i_stim_na if on <= step < off else 0.0
+        dw = dt / ph.tau_w_us * (ph.a_us * (v - ph.v_leak_mv) - w)
+        v = v + dt / ph.c_mem_pf * (-ph.g_leak_us * (v - ph.v_leak_mv) + ph.g_leak_us * ph.delta_t_mv * np.exp(np.minimum((v - ph.v_t_mv) / ph.delta_t_mv, 30.0)) - w + current)
+        w = w + dw
+        fired = v >= ph.v_threshold_mv
+        spikes += int(fired.sum())
+        v = np.where(fired, ph.v_reset_mv, v)
+        w = np.where(fired, w + ph.b_na, w)
+    return spikes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000, help="neurons per kernel call")
+    ap.add_argument("--n-numpy", type=int, default=2000, help="neurons for the numpy baseline")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    numba.set_num_threads(args.threads)
+    protocol, model = Protocol(), ChipModel()
+    steps = protocol.num_samples * protocol.steps_per_sample
+    theta = BoxPrior().sample(args.n, seed=1)
+    idx = np.arange(args.n)
+    chip, neuron = placement(1, idx, model)
+    keys = noise_keys(1, idx)
+    sub = EmulatorSubstrate(protocol, model)
+    sub.run(theta[:10], chip[:10], neuron[:10], keys[:10])  # compile / load cache
+    best = float("inf")
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        sub.run(theta, chip, neuron, keys)
+        best = min(best, time.perf_counter() - t0)
+    kernel_rate = args.n * steps / best
+    t0 = time.perf_counter()
+    numpy_euler(theta[: args.n_numpy].astype(np.float64), protocol, model)
+    numpy_rate = args.n_numpy * steps / (time.perf_counter() - t0)
+    print(f"kernel (numba, {args.threads} threads, noise+mismatch+ADC): {kernel_rate:.3g} neuron-steps/s  ({args.n / best:,.0f} traces/s)")
+    print(f"baseline (numpy Euler, no noise):                {numpy_rate:.3g} neuron-steps/s")
+    print(f"ratio kernel / numpy: {kernel_rate / numpy_rate:.1f}x   (target kernel >= 1e8: {'yes' if kernel_rate >= 1e8 else 'NO'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The amortized posterior: sbi-like ``sample`` / ``log_prob`` / ``map`` over numpy, loaded without pickle.
+
+Anchor: sbi's ``DirectPosterior`` (samples outside the prior support are rejected; ``log_prob`` is
+renormalised by the accepted share, sbi's "leakage" correction). For the box prior nothing leaks,
+because the flow lives in logit space; for a restricted prior, samples outside the classifier's
+region are rejected and redrawn.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from farm.defaults import ChipModel, PriorBox, Protocol
+from farm.features import FEATURE_NAMES, summarize
+from farm.prior import AnyPrior, BoxPrior, RestrictedPrior
+from inference.artifacts import read_artifact
+from inference.flows import FlowConfig, NPEModel
+
+KIND = "npe_posterior"
+PRIOR_SUBDIR = "prior"
+MAX_SAMPLES = 1_000_000
+_MAX_ROUNDS = 200
+
+
+class AmortizedPosterior:
+    """q(theta | x) for any observation x of the training protocol.
+
+    Args:
+        model: the trained embedding + flow.
+        manifest: the artifact manifest (architecture, prior, standardisation, protocol, ...).
+        prior: the prior the training samples came from; its support bounds every sample.
+    """
+
+    def __init__(self, model: NPEModel, manifest: dict[str, Any], prior: AnyPrior) -> None:
+        self.model = model.eval()
+        self.manifest = manifest
+        self.prior = prior
+        self.variant: str = manifest["architecture"]["variant"]
+        self.parameter_names: tuple[str, ...] = tuple(manifest["parameter_names"])
+        self.feature_names: tuple[str, ...] = tuple(manifest["feature_names"])
+        self.protocol = Protocol.from_dict(manifest["protocol"])
+        self.chip_model = ChipModel.from_dict(manifest["chip_model"])
+        self.trace_length: int = int(manifest["trace_length"])
+        self.fingerprint: str = manifest["fingerprint"]
+        self.accepts_features = self.variant == "handcrafted"
+        self._restricted = isinstance(prior, RestrictedPrior)
+
+    def __repr__(self) -> str:
+        return f"AmortizedPosterior(variant={self.variant!r}, prior={type(self.prior).__name__}, fingerprint={self.fingerprint})"
+
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self, trace: Any, features: Any, batched: bool) -> torch.Tensor:
+        """Validated embedding input: (B, F) z-scorable statistics or (B, T) ADC codes."""
+        if (trace is None) == (features is None):
+            raise ValueError("give exactly one of trace= or features=")
+        lead = 2 if batched else 1
+        if features is not None:
+            if not self.accepts_features:
+                raise ValueError(f"features= given but the {self.variant} posterior reads raw traces; pass trace= instead")
+            f = _numeric(features, "features")
+            want = (len(self.feature_names),)
+            if f.ndim != lead or f.shape[-1:] != want:
+                raise ValueError(f"features shape {f.shape} must be {('(B, ' if batched else '(') + str(want[0]) + ')'} in order {', '.join(self.feature_names)}")
+            return torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)).reshape(-1, want[0])
+        t = _numeric(trace, "trace")
+        if t.ndim != lead or t.shape[-1] != self.trace_length:
+            raise ValueError(f"trace shape {t.shape} must be {('(B, ' if batched else '(') + str(self.trace_length)}) ADC codes")
+        top = self.chip_model.adc_max_code
+        if t.min() < 0 or t.max() > top:
+            raise ValueError(f"trace values span [{t.min():g}, {t.max():g}]; ADC codes must lie in [0, {top}]")
+        t = t.reshape(-1, self.trace_length)
+        if self.variant == "handcrafted":
+            return torch.from_numpy(summarize(np.rint(t).astype(np.int16), self.protocol, self.chip_model))
+        return torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def _sample_z(self, x: torch.Tensor, num_samples: int) -> NDArray[np.float64]:
+        """(B, n, 7) theta for inputs x (B, ·), every sample inside the prior support."""
+        dist = self.model.flow(self.model.embedding(x))
+        b = x.shape[0]
+        out = np.empty((b, num_samples, len(self.parameter_names)), dtype=np.float64)
+        filled = np.zeros(b, dtype=np.int64)
+        for _ in range(_MAX_ROUNDS):
+            theta = self.model.theta_transform.inverse(dist.sample((num_samples,))).numpy().transpose(1, 0, 2)  # (B, n, 7)
+            for i in np.flatnonzero(filled < num_samples):
+                ok = theta[i][self.prior.support(theta[i])] if self._restricted else theta[i]
+                k = min(num_samples - filled[i], ok.shape[0])
+                out[i, filled[i] : filled[i] + k] = ok[:k]
+                filled[i] += k
+            if np.all(filled >= num_samples):
+                return out
+        raise ValueError(f"posterior mass lies almost entirely outside the restricted prior for {int(np.sum(filled < num_samples))} observation(s); is the observation in the regime?")
+
+    def sample(self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
+        """Draw theta ~ q(theta | x) for ONE observation.
+
+        Args:
+            num_samples: how many, in [1, 1e6].
+            trace: (T,) ADC codes; features: (F,) handcrafted statistics (handcrafted variant only).
+            seed: same seed, same samples.
+
+        Returns:
+            (num_samples, 7) float32 LSB, inside the prior support.
+        """
+        return self.sample_batched(num_samples, traces=None if trace is None else np.asarray(trace)[None], features=None if features is None else np.asarray(features)[None], seed=seed)[0]
+
+    def sample_batched(self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
+        """Draw for B observations at once: traces (B, T) or features (B, F) -> (B, num_samples, 7) float32."""
+        n = _count(num_samples)
+        x = self._inputs(traces, features, batched=True)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            return self._sample_z(x, n).astype(np.float32)
+
+    # ------------------------------------------------------------------ densities
+    def log_prob(self, theta: Any, *, trace: Any = None, features: Any = None) -> NDArray[np.float64]:
+        """log q(theta | x) in LSB space for ONE observation; -inf outside the prior support.
+
+        Args:
+            theta: (m, 7) or (7,) parameter sets in LSB.
+
+        Returns:
+            (m,) float64.
+        """
+        t = _numeric(theta, "theta").astype(np.float64)
+        if t.ndim == 1:
+            t = t[None]
+        if t.ndim != 2 or t.shape[1] != len(self.parameter_names):
+            raise ValueError(f"theta shape {np.shape(theta)} must be (m, {len(self.parameter_names)}) in order {', '.join(self.parameter_names)}")
+        x = self._inputs(None if trace is None else np.asarray(trace)[None], None if features is None else np.asarray(features)[None], batched=True)
+        inside = self.prior.support(t)
+        out = np.full(t.shape[0], -np.inf)
+        if inside.any():
+            with torch.no_grad():
+                th = torch.from_numpy(t[inside])
+                out[inside] = self.model.log_prob(th, self.model.embedding(x)).numpy()
+            if self._restricted:
+                out[inside] -= math.log(self._acceptance(x))
+        return out
+
+    @torch.no_grad()
+    def _acceptance(self, x: torch.Tensor, num: int = 2000) -> float:
+        """Share of q(theta | x) inside the restricted support (sbi's leakage correction)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            z = self.model.flow(self.model.embedding(x)).sample((num,))[:, 0]
+        theta = self.model.theta_transform.inverse(z).numpy()
+        return max(float(self.prior.support(theta).mean()), 1.0 / num)
+
+    def map(self, *, trace: Any = None, features: Any = None, num_samples: int = 1000) -> NDArray[np.float32]:
+        """Maximum of q(theta | x): the best of ``num_samples`` draws, refined by gradient ascent.
+
+        Returns:
+            (7,) float32 LSB inside the prior support.
+        """
+        n = _count(num_samples)
+        x = self._inputs(None if trace is None else np.asarray(trace)[None], None if features is None else np.asarray(features)[None], batched=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            theta0 = self._sample_z(x, n)[0]
+        ctx = self.model.embedding(x).detach()
+        with torch.no_grad():
+            lp0 = self.model.log_prob(torch.from_numpy(theta0), ctx).numpy()
+        best = theta0[int(np.argmax(lp0))]
+        best_lp = float(lp0.max())
+        tf = self.model.theta_transform
+        z = tf(torch.from_numpy(best[None])).detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=0.02)
+        for _ in range(100):
+            opt.zero_grad()
+            theta = tf.inverse(z)
+            loss = -(self.model.flow(ctx).log_prob(z).double() + tf.log_abs_det_jacobian(theta)).sum()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            cand = tf.inverse(z).numpy()
+            lp = float(self.model.log_prob(torch.from_numpy(cand), ctx).numpy()[0])
+        if lp > best_lp and bool(self.prior.support(cand)[0]):
+            best = cand[0]
+        return best.astype(np.float32)
+
+
+def _numeric(value: Any, name: str) -> NDArray[np.float64]:
+    a = np.asarray(value)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number)) or np.issubdtype(a.dtype, np.complexfloating):
+        raise ValueError(f"{name} has dtype {a.dtype}; it must be numeric")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return a.astype(np.float64, copy=False)
+
+
+def _count(num_samples: Any) -> int:
+    if isinstance(num_samples, bool) or not float(num_samples).is_integer() or not 1 <= int(num_samples) <= MAX_SAMPLES:
+        raise ValueError(f"num_samples={num_samples} outside [1, {MAX_SAMPLES}]")
+    return int(num_samples)
+
+
+def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> AmortizedPosterior:
+    """Rebuild a posterior from a `farm train npe` artifact, with no pickle.
+
+    Args:
+        directory: the artifact (``manifest.json``, ``weights.pt``, optional ``prior/``).
+        protocol: if given, refuse an artifact trained under another stimulus protocol.
+
+    Raises:
+        ValueError: missing or corrupt files, another format/emulator version or protocol.
+    """
+    d = Path(directory)
+    m, state = read_artifact(d, KIND, protocol)
+    prior: AnyPrior
+    if m.get("prior", {}).get("type") == "restricted":
+        prior = RestrictedPrior.load(d / PRIOR_SUBDIR)
+        if prior.fingerprint != m["prior"].get("fingerprint"):
+            raise ValueError(f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from the manifest's {m['prior'].get('fingerprint')}")
+    else:
+        prior = BoxPrior(PriorBox.from_dict(m["prior"]))
+    model = NPEModel(FlowConfig.from_dict(m["architecture"]), m["standardization"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{d}: weights do not fit the manifest's architecture ({str(e).splitlines()[0]})") from None
+    if m["architecture"]["variant"] == "handcrafted" and tuple(m["feature_names"]) != FEATURE_NAMES:
+        raise ValueError(f"{d}: trained on features {m['feature_names']}, this farm computes {list(FEATURE_NAMES)}: retrain")
+    return AmortizedPosterior(model, m, prior)

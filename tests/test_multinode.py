@@ -1,0 +1,166 @@
+"""Multi-node Ray and the faults clusters have, with real `ray start` processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from farm.actors import run_farm
+from farm.store import SimStore
+from tests.cluster import LoopbackCluster, descendants, pids_matching
+
+FARM = [sys.executable, "-m", "farm.cli"]
+N, CHUNK, SEED = 4000, 200, 5
+ARRAYS = ("theta", "trace", "spike_count", "features", "chip", "neuron", "seed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LoopbackCluster()
+    try:
+        c.start_head(num_cpus=1)
+        c.add_worker(num_cpus=1)
+        yield c
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mnref") / "ref.zarr"
+    run_farm(str(out), num_sims=N, seed=SEED, chunk_size=CHUNK, in_process=True)
+    return out
+
+
+def farm_cmd(out: Path, cluster: LoopbackCluster, *extra: str, n: int = N, chunk: int = CHUNK) -> list[str]:
+    return [*FARM, "simulate", "--n", str(n), "--chunk", str(chunk), "--seed", str(SEED), "--out", str(out), "--address", cluster.address, "--quiet", "--json", *extra]
+
+
+def run_json(cmd: list[str], env: dict[str, str]) -> dict:
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def assert_same(a: Path, b: Path) -> None:
+    da, db = xr.open_zarr(str(a)), xr.open_zarr(str(b))
+    for name in ARRAYS:
+        np.testing.assert_array_equal(da[name].values, db[name].values, err_msg=name)
+    assert SimStore.open(b).done_mask().all()
+
+
+def chunks_done(out: Path) -> int:
+    try:
+        return int(SimStore.open(out).done_mask().sum())
+    except Exception:
+        return -1
+
+
+def wait_for_chunks(out: Path, at_least: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if chunks_done(out) >= at_least:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"farm exited early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {at_least} chunks after {timeout} s")
+
+
+def test_simulate_spans_nodes_and_matches_single_node(cluster: LoopbackCluster, reference: Path, tmp_path: Path) -> None:
+    summary = run_json(farm_cmd(tmp_path / "mn.zarr", cluster), cluster.env)
+    assert summary["complete"] and summary["num_nodes"] >= 2, summary["nodes"]
+    assert_same(reference, tmp_path / "mn.zarr")
+
+
+def test_actor_killed_mid_chunk_is_rerun_elsewhere(cluster: LoopbackCluster, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "actorkill.zarr"
+    env = {**cluster.env, "FARM_CHUNK_DELAY_S": "0.3"}
+    proc = subprocess.Popen(farm_cmd(out, cluster), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_chunks(out, 2, proc)
+    victims = pids_matching(b"ray::ChipActor")
+    assert victims, "no chip actor process found"
+    os.kill(victims[0], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["chunks_retried"] >= 1 and summary["complete"]
+    assert_same(reference, out)
+
+
+def test_driver_sigkill_at_random_points_resumes_exactly(cluster: LoopbackCluster, tmp_path: Path) -> None:
+    n, chunk = 6000, 50
+    reference = tmp_path / "ref.zarr"
+    run_farm(str(reference), num_sims=n, seed=SEED, chunk_size=chunk, in_process=True)
+    out = tmp_path / "driverkill.zarr"
+    env = {**cluster.env, "FARM_CHUNK_DELAY_S": "0.4"}
+    rng = random.Random(20261124)
+    trials, progress = 10, []
+    for _ in range(trials):
+        proc = subprocess.Popen(farm_cmd(out, cluster, n=n, chunk=chunk), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(1.0, 4.0))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        progress.append(chunks_done(out))
+    mid_run = [p for p in progress if 0 < p < n // chunk]
+    assert len(mid_run) >= trials // 2, f"kills should land mid-run: chunks done after each kill {progress}"
+    assert progress == sorted(progress), f"flagged chunks never disappear: {progress}"
+    summary = run_json(farm_cmd(out, cluster, n=n, chunk=chunk), cluster.env)
+    assert summary["complete"] and summary["skipped"] == 50 * progress[-1]
+    assert_same(reference, out)  # zero lost, zero duplicated: every row equals the uninterrupted run
+
+
+def test_worker_node_removed_mid_run(cluster: LoopbackCluster, reference: Path, tmp_path: Path) -> None:
+    extra = cluster.add_worker(num_cpus=1)
+    out = tmp_path / "nodeloss.zarr"
+    env = {**cluster.env, "FARM_CHUNK_DELAY_S": "0.3"}
+    proc = subprocess.Popen(farm_cmd(out, cluster, "--chips", "3"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_chunks(out, 3, proc)
+    cluster.kill_node(extra)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["complete"] and summary["num_nodes"] >= 2
+    assert_same(reference, out)
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path: Path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("needs permission to mount a tmpfs (root in the CI container)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_gives_clear_error_keeps_chunks_and_resumes(cluster: LoopbackCluster, reference: Path, tiny_disk: Path) -> None:
+    out = tiny_disk / "full.zarr"
+    res = subprocess.run(farm_cmd(out, cluster), env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr[-2000:]
+    err = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("Error:")]
+    assert len(err) == 1 and "No space left on device" in err[0] and "resume" in err[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    store = SimStore.open(out)
+    done = np.flatnonzero(store.done_mask())
+    assert 0 < done.size < N // CHUNK
+    ref = xr.open_zarr(str(reference))
+    got = xr.open_zarr(str(out))
+    for c in done:  # every flagged chunk is intact
+        sl = slice(c * CHUNK, (c + 1) * CHUNK)
+        np.testing.assert_array_equal(got.trace[sl].values, ref.trace[sl].values)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
+    assert run_json(farm_cmd(out, cluster), cluster.env)["complete"]
+    assert_same(reference, out)
