@@ -110,6 +110,7 @@ class HealthResponse(BaseModel):
     fingerprint: str
     version: str
     emulator_version: str
+    replica: str = Field(description="id of the Serve replica that answered")
 
 
 class ParameterInfo(BaseModel):

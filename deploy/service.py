@@ -111,6 +111,7 @@ class AppArgs(BaseModel):
     posterior: str = Field(description="artifact directory written by `farm train npe`")
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=256)
     batch_wait_timeout_s: float = Field(DEFAULT_BATCH_WAIT_S, ge=0.0, le=1.0)
+    torch_threads: int = Field(1, ge=1, le=64)
 
 
 @serve.deployment(
@@ -129,12 +130,19 @@ class PosteriorService:
         posterior: artifact directory from ``farm train npe`` (either variant).
         max_batch_size: most /sample requests grouped into one forward pass; 1 turns batching off.
         batch_wait_timeout_s: how long the batcher waits to fill a batch.
+        torch_threads: torch intra-op threads of this replica.
     """
 
-    def __init__(self, posterior: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S) -> None:
-        from inference.posterior import load_posterior  # TEMP
+    def __init__(self, posterior: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, torch_threads: int = 1) -> None:
+        import torch
 
+        from inference import load_posterior
+
+        # One intra-op thread per replica: replicas hold 0.5 CPU, and oversubscribed torch threads
+        # slow a loaded node down many times over.
+        torch.set_num_threads(torch_threads)
         self.posterior = load_posterior(posterior)
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self.names = list(self.posterior.parameter_names)
         self.batching = max_batch_size > 1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterior")
@@ -201,7 +209,7 @@ class PosteriorService:
         from farm.defaults import EMULATOR_VERSION
 
         model = str(self.posterior.manifest.get("name", f"npe-{self.posterior.variant}"))
-        return HealthResponse(status="ok", model=model, variant=self.posterior.variant, fingerprint=self.posterior.fingerprint, version=package_version(), emulator_version=EMULATOR_VERSION)
+        return HealthResponse(status="ok", model=model, variant=self.posterior.variant, fingerprint=self.posterior.fingerprint, version=package_version(), emulator_version=EMULATOR_VERSION, replica=self.replica)
 
     @api.get("/info", response_model=InfoResponse)
     def info(self) -> InfoResponse:
@@ -284,7 +292,7 @@ class PosteriorService:
         )
 
 
-def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, num_cpus: float | None = None) -> Application:
+def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, num_cpus: float | None = None, torch_threads: int = 1) -> Application:
     """The Serve application for one posterior artifact, ready for ``serve.run``.
 
     Args:
@@ -293,11 +301,12 @@ def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_
         max_batch_size: requests per forward pass; 1 turns batching off (for comparisons).
         batch_wait_timeout_s: how long a batch waits to fill.
         num_cpus: CPUs reserved per replica (default 0.5).
+        torch_threads: torch intra-op threads per replica.
 
     Returns:
         A bound application; ``serve.run(app, name=APP_NAME, route_prefix="/")`` deploys it.
     """
-    cfg = AppArgs(posterior=str(posterior), max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
+    cfg = AppArgs(posterior=str(posterior), max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, torch_threads=torch_threads)
     options: dict[str, Any] = {}
     if num_replicas is not None:
         if num_replicas < 1:
@@ -306,10 +315,10 @@ def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_
     if num_cpus is not None:
         options["ray_actor_options"] = {"num_cpus": float(num_cpus)}
     deployment = PosteriorService.options(**options) if options else PosteriorService
-    return deployment.bind(cfg.posterior, cfg.max_batch_size, cfg.batch_wait_timeout_s)
+    return deployment.bind(cfg.posterior, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder for ``serve run deploy/serve_config.yaml`` (``import_path: deploy.service:build_app``)."""
     cfg = AppArgs.model_validate(args)
-    return PosteriorService.bind(cfg.posterior, cfg.max_batch_size, cfg.batch_wait_timeout_s)
+    return PosteriorService.bind(cfg.posterior, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)

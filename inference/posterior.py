@@ -109,12 +109,14 @@ class AmortizedPosterior:
         Returns:
             (num_samples, 7) float32 LSB, inside the prior support.
         """
-        return self.sample_batched(num_samples, traces=None if trace is None else np.asarray(trace)[None], features=None if features is None else np.asarray(features)[None], seed=seed)[0]
+        return self._draw(self._inputs(trace, features, batched=False), num_samples, seed)[0]
 
     def sample_batched(self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
         """Draw for B observations at once: traces (B, T) or features (B, F) -> (B, num_samples, 7) float32."""
+        return self._draw(self._inputs(traces, features, batched=True), num_samples, seed)
+
+    def _draw(self, x: torch.Tensor, num_samples: int, seed: int | None) -> NDArray[np.float32]:
         n = _count(num_samples)
-        x = self._inputs(traces, features, batched=True)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(int(seed))
@@ -135,7 +137,7 @@ class AmortizedPosterior:
             t = t[None]
         if t.ndim != 2 or t.shape[1] != len(self.parameter_names):
             raise ValueError(f"theta shape {np.shape(theta)} must be (m, {len(self.parameter_names)}) in order {', '.join(self.parameter_names)}")
-        x = self._inputs(None if trace is None else np.asarray(trace)[None], None if features is None else np.asarray(features)[None], batched=True)
+        x = self._inputs(trace, features, batched=False)
         inside = self.prior.support(t)
         out = np.full(t.shape[0], -np.inf)
         if inside.any():
@@ -162,7 +164,7 @@ class AmortizedPosterior:
             (7,) float32 LSB inside the prior support.
         """
         n = _count(num_samples)
-        x = self._inputs(None if trace is None else np.asarray(trace)[None], None if features is None else np.asarray(features)[None], batched=True)
+        x = self._inputs(trace, features, batched=False)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             theta0 = self._sample_z(x, n)[0]

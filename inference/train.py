@@ -250,7 +250,8 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
 
     Args:
         cfg: the run; ``cfg.out`` holds the checkpoints, so the same call resumes a killed run.
-        address: Ray cluster to join; None reuses an initialised Ray or starts a local one.
+        address: Ray cluster to join; None reuses an initialised Ray or starts a private local one
+            (``"local"``: never the last `ray start` cluster on this machine by accident).
 
     Raises:
         TrainingError: a worker failed, or ``out`` holds a run of other settings.
@@ -278,7 +279,7 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
         # Workers print progress themselves; Ray's own INFO chatter (checkpoint paths, state-API
         # polling without a dashboard) would drown it, so workers log at WARNING and above.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
         started = True
     try:
         cpus = cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)

@@ -1,0 +1,121 @@
+"""Prior, restricted prior, store round-trips and the hardware parameter mapping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from farm.bss2 import hxneuron_parameters, madc_to_codes, resample_trace
+from farm.defaults import PARAMETER_NAMES, ChipModel, PriorBox, Protocol, Regime
+from farm.prior import BoxPrior, RestrictedPrior, load_prior
+from farm.simulate import simulate_indices
+from farm.store import SimStore, StoreSpec, open_dataset
+from farm.substrate import get_substrate
+
+
+def toy_restricted(box: PriorBox | None = None) -> RestrictedPrior:
+    """A one-layer 'classifier' accepting leak_i_bias < 300: the answer is known exactly."""
+    box = box or PriorBox()
+    w = np.zeros((7, 1))
+    w[0, 0] = -1.0
+    return RestrictedPrior(box, [w], [np.array([300.0])], np.zeros(7), np.ones(7), threshold_logit=0.0, acceptance_rate=(300 - 40) / (700 - 40))
+
+
+def test_box_prior_draws_are_pure_functions_of_seed_and_index() -> None:
+    p = BoxPrior()
+    full = p.sample_indexed(3, np.arange(1000))
+    np.testing.assert_array_equal(full[500:700], p.sample_indexed(3, np.arange(500, 700)))
+    assert not np.array_equal(full, p.sample_indexed(4, np.arange(1000)))
+    assert p.support(full).all()
+    u = (full - p.low) / (p.high - p.low)
+    assert np.all(np.abs(u.mean(0) - 0.5) < 0.05)
+
+
+def test_restricted_prior_samples_only_accepted_region_and_round_trips(tmp_path: Path) -> None:
+    prior = toy_restricted()
+    theta = prior.sample_indexed(1, np.arange(2000))
+    assert np.all(theta[:, 0] < 300)
+    np.testing.assert_array_equal(theta[100:300], prior.sample_indexed(1, np.arange(100, 300)))
+    prior.save(tmp_path / "r")
+    loaded = load_prior(tmp_path / "r")
+    assert isinstance(loaded, RestrictedPrior) and loaded.fingerprint == prior.fingerprint
+    np.testing.assert_array_equal(loaded.sample_indexed(1, np.arange(2000)), theta)
+    lp = loaded.log_prob(np.array([[100, 400, 700, 100, 0, 0, 100], [400, 400, 700, 100, 0, 0, 100]], dtype=np.float32))
+    assert np.isfinite(lp[0]) and lp[1] == -np.inf
+    manifest = json.loads((tmp_path / "r" / "restricted_prior.json").read_text())
+    manifest["threshold_logit"] = 5.0
+    (tmp_path / "r" / "restricted_prior.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="fingerprint"):
+        load_prior(tmp_path / "r")
+
+
+def test_prior_check_names_the_bad_value() -> None:
+    theta = BoxPrior().sample(3)
+    theta[1, 5] = 900
+    with pytest.raises(ValueError, match=r"row 1: adaptation_i_bias_b=900 outside \[0, 600\] LSB"):
+        BoxPrior().check(theta)
+
+
+@pytest.mark.parametrize("kwargs", [{"low": (0,) * 6, "high": (1,) * 7}, {"low": (5.0,) * 7, "high": (5.0,) * 7}, {"high": (2000.0,) * 7}])
+def test_prior_box_validates(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        PriorBox(**kwargs)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(num_sims=st.integers(1, 90), chunk=st.integers(1, 40))
+def test_store_write_read_round_trips_for_any_chunk_size(tmp_path_factory, num_sims: int, chunk: int) -> None:
+    url = str(tmp_path_factory.mktemp("rt") / "s.zarr")
+    spec = StoreSpec(seed=9, num_sims=num_sims, chunk_size=chunk, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime())
+    store = SimStore.create_or_resume(url, spec)
+    sub = get_substrate("emulator")
+    expected = simulate_indices(BoxPrior(), 9, np.arange(num_sims), sub)
+    for c in reversed(range(store.num_chunks)):  # any order
+        a, b = store.chunk_bounds(c)
+        store.write_chunk(c, simulate_indices(BoxPrior(), 9, np.arange(a, b), sub))
+        store.mark_done(c)
+    ds = open_dataset(url)
+    np.testing.assert_array_equal(ds.trace.values, expected.trace)
+    np.testing.assert_array_equal(ds.theta.values, expected.theta)
+    np.testing.assert_array_equal(ds.features.values, expected.features)
+
+
+def test_open_dataset_hides_unfinished_chunks(tmp_path: Path) -> None:
+    spec = StoreSpec(seed=1, num_sims=50, chunk_size=20, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime())
+    store = SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
+    store.write_chunk(1, simulate_indices(BoxPrior(), 1, np.arange(20, 40), get_substrate("emulator")))
+    store.mark_done(1)
+    ds = open_dataset(str(tmp_path / "s.zarr"))
+    assert ds.sizes["sample"] == 20 and int(ds.trace.min()) >= 0
+
+
+def test_protocol_and_chip_round_trip_through_json() -> None:
+    p = Protocol(t_stim_us=500.0, t_post_us=400.0)
+    assert Protocol.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    m = ChipModel(num_chips=3)
+    assert ChipModel.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    with pytest.raises(ValueError, match="dt_us"):
+        Protocol(sample_period_us=1.0, dt_us=0.3)
+
+
+def test_hxneuron_mapping_rounds_clips_and_names_knobs() -> None:
+    theta = np.array([[100.4, 500.6, 700, 200, -3, 1030, 50]], dtype=np.float32)
+    params = hxneuron_parameters(theta, i_stim_na=60.0)
+    assert params["leak_i_bias"] == [100] and params["reset_v_reset"] == [501]
+    assert params["adaptation_i_bias_a"] == [0] and params["adaptation_i_bias_b"] == [1022]
+    assert set(PARAMETER_NAMES) <= set(params) and params["constant_current_i_offset"] == 600
+    assert params["exponential_enable"] and params["adaptation_enable"]
+
+
+def test_madc_resampling_and_codes() -> None:
+    p = Protocol()
+    times = np.arange(0, p.duration_us, 1 / 30.0)  # ~30 MSa/s
+    values = 500 + 0 * times
+    values[times >= 500] = 1500
+    grid = resample_trace(times, values, p)
+    assert grid.shape == (1000,) and grid[499] == 500 and grid[500] == 1500
+    np.testing.assert_array_equal(madc_to_codes(grid, 1023)[[0, 999]], [500, 1023])

@@ -1,0 +1,276 @@
+"""The posterior service over real HTTP: every endpoint, every bad-input case, fuzzing, replica loss.
+
+One small handcrafted posterior is trained once per module with the real `farm train npe` (Ray
+Train, 2 epochs) on a 3000-sample store, then served by Ray Serve on 127.0.0.1 inside the
+session's local Ray. Results are compared with the same artifact loaded in the test process, so
+the service must answer what the library answers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deploy.schemas import MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES
+from deploy.service import APP_NAME, package_version, posterior_app
+from farm.actors import run_farm
+from farm.cli import main
+from farm.defaults import PARAMETER_NAMES, PriorBox
+from farm.features import FEATURE_NAMES, summarize
+from farm.prior import BoxPrior
+from farm.simulate import simulate_theta
+
+JSON = {"content-type": "application/json"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def artifact(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    store = root / "sims.zarr"
+    run_farm(str(store), 3000, seed=5, chunk_size=500, in_process=True)
+    out = root / "npe-handcrafted"
+    code = main(["train", "npe", "--store", str(store), "--features", "handcrafted", "--out", str(out), "--epochs", "2", "--batch-size", "128", "--quiet", "--json"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def posterior(artifact: Path):
+    from inference import load_posterior
+
+    return load_posterior(artifact)
+
+
+@pytest.fixture(scope="module")
+def obs():
+    """Four emulator observations with their true parameters."""
+    return simulate_theta(BoxPrior().sample(4, seed=7), seed=7)
+
+
+@pytest.fixture(scope="module")
+def url(ray_session, artifact: Path):
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(posterior_app(str(artifact), max_batch_size=8, batch_wait_timeout_s=0.05), name=APP_NAME, route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture
+def client(url: str):
+    with httpx.Client(base_url=url, timeout=120.0) as c:
+        yield c
+
+
+def post_raw(client: httpx.Client, path: str, text: str | bytes) -> httpx.Response:
+    return client.post(path, content=text if isinstance(text, bytes) else text.encode(), headers=JSON)
+
+
+# ---------------------------------------------------------------- endpoints
+def test_health_and_info(client, posterior):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["variant"] == "handcrafted"
+    assert health["fingerprint"] == posterior.fingerprint and health["version"] == package_version()
+    info = client.get("/info").json()
+    assert [p["name"] for p in info["parameters"]] == list(PARAMETER_NAMES)
+    assert [p["low"] for p in info["parameters"]] == list(PriorBox().low) and [p["high"] for p in info["parameters"]] == list(PriorBox().high)
+    assert info["trace_length"] == 1000 and info["feature_names"] == list(FEATURE_NAMES) and info["accepts_features"]
+    assert info["limits"]["max_num_samples"] == MAX_NUM_SAMPLES
+
+
+def test_sample_summaries_match_draws(client, obs):
+    r = client.post("/sample", json={"trace": obs.trace[0].tolist(), "num_samples": 300})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    samples = np.asarray(body["samples"])
+    assert body["parameter_names"] == list(PARAMETER_NAMES) and samples.shape == (300, 7)
+    assert BoxPrior().support(samples).all()
+    np.testing.assert_allclose(body["mean"], samples.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(body["std"], samples.std(0, ddof=1), rtol=1e-9)
+    assert any(np.array_equal(row, body["map"]) for row in samples)
+
+
+def test_seeded_sample_is_reproducible_and_equals_library(client, obs, posterior):
+    body = {"trace": obs.trace[1].tolist(), "num_samples": 200, "seed": 123}
+    a, b = client.post("/sample", json=body).json(), client.post("/sample", json=body).json()
+    assert a["samples"] == b["samples"] and a["seed"] == 123 and a["batch_size"] == 1
+    local = posterior.sample(200, trace=obs.trace[1], seed=123)
+    np.testing.assert_allclose(np.asarray(a["samples"]), local, rtol=1e-4)
+    other = client.post("/sample", json={**body, "seed": 124}).json()
+    assert other["samples"] != a["samples"]
+
+
+def test_features_give_the_same_posterior_as_the_trace(client, obs):
+    features = summarize(obs.trace[2:3])[0]
+    by_trace = client.post("/sample", json={"trace": obs.trace[2].tolist(), "num_samples": 50, "seed": 5}).json()
+    by_features = client.post("/sample", json={"features": features.tolist(), "num_samples": 50, "seed": 5}).json()
+    np.testing.assert_allclose(by_trace["samples"], by_features["samples"], rtol=1e-5)
+
+
+def test_log_prob_equals_library(client, obs, posterior):
+    theta = np.vstack([posterior.sample(5, trace=obs.trace[0], seed=1), PriorBox().low, PriorBox().high])
+    r = client.post("/log_prob", json={"trace": obs.trace[0].tolist(), "theta": theta.tolist()})
+    assert r.status_code == 200, r.text
+    got = np.array([np.nan if v is None else v for v in r.json()["log_prob"]])
+    want = posterior.log_prob(theta.astype(np.float32), trace=obs.trace[0])
+    assert np.array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-5)
+
+
+def test_predictive_simulates_on_the_emulator(client, obs, posterior):
+    r = client.post("/predictive", json={"trace": obs.trace[3].tolist(), "num_samples": 6, "seed": 9})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    theta = np.asarray(body["theta"], dtype=np.float32)
+    assert theta.shape == (6, 7) and body["seed"] == 9
+    sims = simulate_theta(theta, seed=9, protocol=posterior.protocol, chip_model=posterior.chip_model)
+    np.testing.assert_array_equal(np.asarray(body["traces"]), sims.trace)
+    assert body["spike_count"] == sims.spike_count.tolist()
+    assert body["observed_spike_count"] == int(summarize(obs.trace[3:4])[0][0])
+
+
+def test_concurrent_requests_share_a_forward_pass(url, obs):
+    def one(i: int) -> dict:
+        with httpx.Client(base_url=url, timeout=120.0) as c:
+            r = c.post("/sample", json={"trace": obs.trace[i % 4].tolist(), "num_samples": 20 + i})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+    with ThreadPoolExecutor(12) as ex:
+        results = list(ex.map(one, range(12)))
+    assert [len(r["samples"]) for r in results] == [20 + i for i in range(12)]
+    assert max(r["batch_size"] for r in results) > 1
+
+
+def test_binds_loopback_only(url):
+    import ray
+
+    port = int(url.rsplit(":", 1)[1])
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip.startswith("127."):
+        pytest.skip("node has no non-loopback address")
+    with socket.socket() as s:
+        s.settimeout(2.0)
+        assert s.connect_ex((node_ip, port)) != 0, f"Serve listens on {node_ip}:{port}"
+
+
+# ---------------------------------------------------------------- bad input -> 422 naming the field
+TRACE = [500] * 1000
+FEATS = [1.0] * len(FEATURE_NAMES)
+BAD = [
+    ("/sample", {"trace": [500] * 10}, "trace"),
+    ("/sample", {"trace": [500] * 1001}, "trace"),
+    ("/sample", '{"trace": [NaN' + ", 500" * 999 + "]}", "trace"),
+    ("/sample", '{"features": [Infinity' + ", 1.0" * (len(FEATURE_NAMES) - 1) + "]}", "features"),
+    ("/sample", {"features": FEATS[:3]}, "features"),
+    ("/sample", {"trace": [2000] * 1000}, "trace"),
+    ("/sample", {"trace": [-1] * 1000}, "trace"),
+    ("/sample", {"trace": [500.5] * 1000}, "trace"),
+    ("/sample", {"trace": TRACE, "num_samples": 0}, "num_samples"),
+    ("/sample", {"trace": TRACE, "num_samples": MAX_NUM_SAMPLES + 1}, "num_samples"),
+    ("/sample", {"trace": TRACE, "num_samples": "many"}, "num_samples"),
+    ("/sample", {"trace": TRACE, "seed": -1}, "seed"),
+    ("/sample", {"trace": TRACE, "features": FEATS}, "exactly one"),
+    ("/sample", {}, "exactly one"),
+    ("/sample", {"trace": TRACE, "posterior": "/etc/passwd"}, "posterior"),
+    ("/sample", {"trace": TRACE, "store": "s3://bucket/sims.zarr"}, "store"),
+    ("/log_prob", {"trace": TRACE, "theta": [[1.0] * 7]}, "leak_i_bias=1"),
+    ("/log_prob", {"trace": TRACE, "theta": [[400.0] * 6]}, "theta"),
+    ("/log_prob", {"trace": TRACE, "theta": []}, "theta"),
+    ("/log_prob", '{"trace": [500' + ", 500" * 999 + '], "theta": [[NaN, 400, 700, 300, 100, 100, 500]]}', "theta"),
+    ("/log_prob", {"trace": TRACE}, "theta"),
+    ("/predictive", {"trace": TRACE, "num_samples": MAX_PREDICTIVE_SAMPLES + 1}, "num_samples"),
+    ("/predictive", {"features": FEATS, "num_samples": 2}, "trace"),
+    ("/predictive", {"trace": TRACE, "artifact": "/tmp/x"}, "artifact"),
+    ("/sample", b"hello", "body"),
+    ("/sample", "[1, 2]", "body"),
+    ("/sample", '{"trace": ', "body"),
+]
+
+
+@pytest.mark.parametrize("path, body, field", BAD, ids=[f"{p}-{f}-{i}" for i, (p, _, f) in enumerate(BAD)])
+def test_bad_request_is_422_naming_the_field(client, path, body, field):
+    r = client.post(path, json=body) if isinstance(body, dict) else post_raw(client, path, body)
+    assert r.status_code == 422, r.text
+    message = r.json()["message"]
+    assert field in message and "\n" not in message, message
+    assert r.json()["detail"][0]["loc"][0] == "body"
+
+
+# ---------------------------------------------------------------- fuzz (issue 7)
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
+json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+trace_value = st.one_of(
+    st.just(TRACE),
+    st.lists(st.integers(-5, 1030), min_size=995, max_size=1005),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1000, max_size=1000),
+    st.lists(json_leaf, max_size=5),
+    json_leaf,
+)
+field_values = {
+    "trace": trace_value,
+    "features": st.one_of(st.lists(st.floats(-1e6, 1e6), min_size=len(FEATURE_NAMES), max_size=len(FEATURE_NAMES)), st.lists(st.floats(allow_nan=True), max_size=12), json_leaf),
+    "num_samples": st.one_of(st.integers(1, 30), st.integers(-(2**40), 0), st.integers(MAX_NUM_SAMPLES + 1, 2**40), json_leaf),
+    "seed": st.one_of(st.integers(-(2**40), 2**40), json_leaf),
+    "theta": st.one_of(st.lists(st.lists(st.floats(0, 1100), min_size=7, max_size=7), min_size=1, max_size=4), st.lists(st.lists(json_leaf, max_size=8), max_size=3), json_leaf),
+    "posterior": st.text(max_size=20),
+    "store": st.text(max_size=20),
+}
+structured_body = st.fixed_dictionaries({}, optional=field_values).map(lambda d: json.dumps(d, allow_nan=True))
+body_text = st.one_of(structured_body, json_value.map(lambda v: json.dumps(v, allow_nan=True)), st.binary(max_size=64), st.text(max_size=64))
+
+
+@settings(max_examples=240, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(path=st.sampled_from(["/sample", "/log_prob", "/predictive"]), body=body_text)
+def test_fuzzed_bodies_never_500(url, path, body):
+    with httpx.Client(base_url=url, timeout=120.0) as c:
+        r = post_raw(c, path, body)
+    assert r.status_code in (200, 422), (path, body[:300], r.status_code, r.text[:300])
+
+
+def test_replica_survives_the_fuzz_and_bad_requests(client):
+    before = client.get("/health").json()["replica"]
+    for path, body, _ in BAD:
+        client.post(path, json=body) if isinstance(body, dict) else post_raw(client, path, body)
+    assert client.get("/health").json()["replica"] == before
+
+
+# ---------------------------------------------------------------- replica loss (issue 7); keep last
+def test_killed_replica_is_replaced_and_requests_are_answered(client, obs):
+    import ray
+
+    old = client.get("/health").json()["replica"]
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if old in a["name"]]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    body = {"trace": obs.trace[0].tolist(), "num_samples": 10, "seed": 3}
+    deadline = time.monotonic() + 120
+    answered = None
+    while time.monotonic() < deadline:
+        try:
+            r = client.post("/sample", json=body, timeout=10.0)
+            if r.status_code == 200 and client.get("/health").json()["replica"] != old:
+                answered = r.json()
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    assert answered is not None, "no answer from a new replica within 120 s"
+    assert np.asarray(answered["samples"]).shape == (10, 7)

@@ -1,0 +1,109 @@
+"""Zarr -> batches: index split, bad-trace exclusion, train-only standardisation, worker shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from farm.actors import run_farm
+from inference.datasets import ChunkStream, StoreSet, is_validation, plan_data, quality_flags
+from inference.transforms import theta_to_unbounded_np
+
+BAD_ROWS = {"flat": 3, "saturated": 17, "nan": 1500}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """2500 box-prior samples in chunks of 500, with one flat, one saturated and one NaN row."""
+    path = str(tmp_path_factory.mktemp("data") / "s.zarr")
+    run_farm(path, num_sims=2500, seed=3, chunk_size=500, in_process=True)
+    g = zarr.open_group(path, mode="r+")
+    tr = np.asarray(g["trace"][:])
+    tr[BAD_ROWS["flat"]] = 500
+    tr[BAD_ROWS["saturated"], :200] = 0
+    g["trace"][:] = tr
+    f = np.asarray(g["features"][:])
+    f[BAD_ROWS["nan"], 2] = np.nan
+    g["features"][:] = f
+    return path
+
+
+def test_validation_split_is_a_function_of_the_index_alone() -> None:
+    idx = np.arange(100_000)
+    val = is_validation(idx, 0.1)
+    assert 0.09 < val.mean() < 0.11
+    # any subset / order of indices gets the same answer
+    perm = np.random.default_rng(0).permutation(idx)[:777]
+    np.testing.assert_array_equal(is_validation(perm, 0.1), val[perm])
+
+
+def test_quality_flags_name_each_problem() -> None:
+    rng = np.random.default_rng(0)
+    trace = rng.integers(300, 700, size=(4, 1000)).astype(np.int16)
+    trace[1] = 512
+    trace[2, :100] = 1023
+    trace[3, 5] = -1  # the store's fill value: never written
+    theta = np.ones((4, 7))
+    feats = np.ones((4, 11))
+    flags = quality_flags(trace, theta, feats, 1023)
+    assert flags["flat"].tolist() == [False, True, False, False]
+    assert flags["saturated"].tolist() == [False, False, True, False]
+    assert flags["nan"].tolist() == [False, False, False, True]
+
+
+def test_plan_excludes_bad_rows_with_counts_and_fits_on_train_only(store: str) -> None:
+    stores = StoreSet([store])
+    plan = plan_data(stores, val_fraction=0.2)
+    assert plan.flag_counts == {"nan": 1, "saturated": 1, "flat": 1}
+    excluded = sorted(sum(plan.excluded.values(), []))
+    assert excluded == sorted(BAD_ROWS.values())
+    assert plan.num_train + plan.num_val == 2500 - 3
+    # standardisation equals numpy on the good training rows, and differs from all-rows statistics
+    g = zarr.open_group(store, mode="r")
+    idx = np.arange(2500)
+    good = ~np.isin(idx, excluded)
+    train = good & ~is_validation(idx, 0.2)
+    feats = np.asarray(g["features"][:], dtype=np.float64)[train]
+    np.testing.assert_allclose(plan.feature_mean, feats.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(plan.feature_std, feats.std(0), rtol=1e-4)
+    low, high = np.asarray(stores.priors[0]["low"]), np.asarray(stores.priors[0]["high"])
+    z = theta_to_unbounded_np(np.asarray(g["theta"][:])[train], low, high)
+    np.testing.assert_allclose(plan.theta_mean, z.mean(0), rtol=1e-6, atol=1e-9)
+
+
+def test_streams_cover_each_good_row_once_split_and_sharded(store: str) -> None:
+    stores = StoreSet([store])
+    plan = plan_data(stores, val_fraction=0.2)
+    seen: dict[str, list[int]] = {}
+    for split in ("train", "val"):
+        for rank in range(2):
+            s = ChunkStream(stores, plan, split, ("theta", "features"), 64, rank=rank, world_size=2)
+            rows = np.concatenate([b["index"] for b in s.batches(epoch=1)])
+            seen[f"{split}{rank}"] = rows.tolist()
+            assert len(rows) == len(set(rows.tolist()))
+    train = seen["train0"] + seen["train1"]
+    val = seen["val0"] + seen["val1"]
+    assert not set(seen["train0"]) & set(seen["train1"])  # workers never read the same rows
+    assert not set(train) & set(val)
+    assert sorted(train + val) == sorted(set(range(2500)) - set(BAD_ROWS.values()))
+    assert all(is_validation(np.array(val), 0.2)) and not any(is_validation(np.array(train), 0.2))
+
+
+def test_steady_gives_every_worker_the_same_step_count(store: str) -> None:
+    stores = StoreSet([store])
+    plan = plan_data(stores, val_fraction=0.2)
+    steps = plan.num_train // (2 * 100)
+    for rank in range(2):
+        batches = list(ChunkStream(stores, plan, "train", ("theta",), 100, rank=rank, world_size=2).steady(epoch=0, steps=steps))
+        assert len(batches) == steps and all(len(b["theta"]) == 100 for b in batches)
+
+
+def test_mismatched_stores_are_refused(store: str, tmp_path) -> None:
+    from farm.defaults import Protocol
+    from farm.store import StoreMismatch
+
+    other = str(tmp_path / "o.zarr")
+    run_farm(other, num_sims=100, seed=1, chunk_size=100, in_process=True, protocol=Protocol(i_stim_na=80.0))
+    with pytest.raises(StoreMismatch, match="protocol"):
+        StoreSet([store, other])
