@@ -177,7 +177,7 @@ def run_farm(
     if theta is not None and not store.attrs.get("theta_written"):
         store.write_theta(theta)
         store.set_attrs(theta_written=True)
-    job = ChunkJob(store_url=str(out), seed=seed, prior=prior, substrate=substrate, protocol=protocol, chip_model=chip_model, regime=regime, theta_from_store=theta is not None)
+    job = ChunkJob(store_url=store.url, seed=seed, prior=prior, substrate=substrate, protocol=protocol, chip_model=chip_model, regime=regime, theta_from_store=theta is not None)
     pending = store.pending_chunks()
     skipped = store.num_sims - sum(b - a for a, b in map(store.chunk_bounds, pending))
     t0 = time.perf_counter()

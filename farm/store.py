@@ -97,7 +97,7 @@ class SimStore:
     @classmethod
     def open(cls, url: str | Path, mode: str = "r") -> "SimStore":
         """Open an existing store; ``mode='r+'`` for workers that write chunks."""
-        url = str(url)
+        url = normalise_url(url)
         try:
             group = zarr.open_group(url, mode=mode, zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
@@ -116,7 +116,7 @@ class SimStore:
             StoreMismatch: the store was made with another seed, prior, protocol, chip,
                 substrate, chunk size or emulator version, or holds more samples than asked.
         """
-        url = str(url)
+        url = normalise_url(url)
         try:
             existing = zarr.open_group(url, mode="r", zarr_format=3)
             complete = existing.attrs.get("format_version") is not None
@@ -314,10 +314,17 @@ def open_dataset(url: str | Path, complete_only: bool = True):  # -> xarray.Data
     import xarray as xr
 
     store = SimStore.open(url)
-    ds = xr.open_zarr(str(url), consolidated=None, chunks=None)
+    ds = xr.open_zarr(store.url, consolidated=None, chunks=None)
     if complete_only and not store.done_mask().all():
         ds = ds.isel(sample=store.completed_indices())
     return ds
+
+
+def normalise_url(url: str | Path) -> str:
+    """Local paths stay paths (``file://`` is stripped: zarr's LocalStore creates directories,
+    fsspec's local filesystem does not); every other fsspec URL passes through."""
+    text = str(url)
+    return text.removeprefix("file://") if text.startswith("file://") else text
 
 
 def _consolidate(url: str) -> None:

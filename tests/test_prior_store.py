@@ -119,3 +119,15 @@ def test_madc_resampling_and_codes() -> None:
     grid = resample_trace(times, values, p)
     assert grid.shape == (1000,) and grid[499] == 500 and grid[500] == 1500
     np.testing.assert_array_equal(madc_to_codes(grid, 1023)[[0, 999]], [500, 1023])
+
+
+@pytest.mark.parametrize("scheme", ["memory://", "file://"])
+def test_store_at_fsspec_url(scheme: str, tmp_path: Path) -> None:
+    from farm.actors import run_farm
+
+    url = f"{scheme}{tmp_path}/s.zarr" if scheme == "file://" else f"memory://{tmp_path.name}/s.zarr"
+    summary = run_farm(url, num_sims=300, seed=4, chunk_size=100, in_process=True)
+    assert summary["complete"]
+    ds = open_dataset(url)
+    expected = simulate_indices(BoxPrior(), 4, np.arange(300), get_substrate("emulator"))
+    np.testing.assert_array_equal(ds.trace.values, expected.trace)
