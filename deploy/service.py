@@ -20,12 +20,14 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.deployment import Application
@@ -89,6 +91,15 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     # Drop the echoed `input` (a whole trace) and `ctx` (may hold exception objects).
     errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
     return _unprocessable(errors or [{"loc": ["body"], "msg": "invalid request", "type": "value_error"}])
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # FastAPI answers 400 for a body it cannot even decode (bytes that are no JSON text); that is
+    # a malformed request like any other, so it gets the same 422 shape.
+    if exc.status_code == 400:
+        return _unprocessable([{"loc": ["body"], "msg": f"could not be decoded as JSON ({exc.detail})", "type": "json_invalid"}])
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail, "message": str(exc.detail)}, headers=getattr(exc, "headers", None))
 
 
 @api.exception_handler(RequestRejected)
@@ -158,13 +169,15 @@ class PosteriorService:
         except ValueError as e:
             raise RequestRejected("body", str(e).splitlines()[0] if str(e) else "rejected by the posterior") from None
 
-    def _observation(self, req: Observation) -> dict[str, np.ndarray]:
+    def _observation(self, req: Observation | PredictiveRequest) -> dict[str, np.ndarray]:
         """The request's trace or features as the numpy keyword the posterior takes."""
         if req.trace is not None:
             trace = np.asarray(req.trace, dtype=np.int16)
             if trace.shape[0] != self.posterior.trace_length:
                 raise RequestRejected("trace", f"length {trace.shape[0]} differs from this posterior's trace length {self.posterior.trace_length}")
             return {"trace": trace}
+        if getattr(req, "features", None) is None:
+            raise RequestRejected("trace", "missing; give the trace (1000 ADC codes)")
         if not self.posterior.accepts_features:
             raise RequestRejected("features", f"this posterior ({self.posterior.variant}) takes `trace` only")
         features = np.asarray(req.features, dtype=np.float32)
@@ -321,4 +334,6 @@ def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder for ``serve run deploy/serve_config.yaml`` (``import_path: deploy.service:build_app``)."""
     cfg = AppArgs.model_validate(args)
+    if Path(cfg.posterior).is_dir():  # a relative path means: relative to where `serve run` was started
+        cfg = cfg.model_copy(update={"posterior": str(Path(cfg.posterior).resolve())})
     return PosteriorService.bind(cfg.posterior, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)

@@ -237,8 +237,7 @@ def serve(
 ) -> None:
     """Serve a trained posterior over HTTP with Ray Serve and print its URL.
 
-    Blocks until Ctrl-C unless --detach. Endpoints: /health, /info, /sample, /log_prob,
-    /predictive (docs/http-api.md).
+    Blocks until Ctrl-C unless --detach. Endpoints: /health, /info, /sample, /log_prob, /predictive (docs/http-api.md).
 
     Example: farm serve --posterior artifacts/npe-handcrafted --port 8000
     """
@@ -330,10 +329,10 @@ def evaluate(
     store: Annotated[str, typer.Option("--store", help="Held-out store simulated from the posterior's prior with a seed not used in training.")],
     out: Annotated[str, typer.Option("--out", help="Report directory: metrics.json and PNG figures are written here.")],
     n_obs: Annotated[str, typer.Option("--n-obs", help="Held-out observations for SBC, TARP and recovery (at most the store's size).")] = "500",
-    n_samples: Annotated[str, typer.Option("--n-samples", help="Posterior samples per observation.")] = "1000",
+    n_samples: Annotated[str, typer.Option("--n-samples", help="Posterior samples per observation.")] = "500",
     n_ppc: Annotated[int, typer.Option("--n-ppc", min=0, max=10_000, help="Observations given posterior-predictive simulations (0: none).")] = 40,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Selects observations; seeds sampling and predictive simulations.")] = 0,
-    hpd: Annotated[bool, typer.Option("--hpd/--no-hpd", help="Also compute HPD expected coverage from the posterior density.")] = True,
+    hpd: Annotated[bool, typer.Option("--hpd/--no-hpd", help="Also compute HPD expected coverage from the posterior density (200 observations; slower).")] = False,
     c2st: Annotated[bool, typer.Option("--c2st/--no-c2st", help="Also run C2ST of prior vs data-averaged posterior.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:

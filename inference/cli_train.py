@@ -32,19 +32,22 @@ def train_command(task: str, stores: list[str], out: str, *, variant: str = "han
     cfg = TrainConfig(task=task, stores=tuple(stores), out=out, variant=variant, num_workers=workers, epochs=epochs, batch_size=batch_size,
                       learning_rate=learning_rate, patience=patience, val_fraction=val_fraction, seed=seed, progress=not quiet)
     try:
+        if task == "npe":
+            from inference.datasets import StoreSet
+            from inference.npe import resolve_prior
+
+            resolve_prior(StoreSet(stores).priors[0], prior)  # fail before training, not after
         outcome = run_training(cfg, address=address)
-    except StoreMismatch as e:
+        if task == "classifier":
+            from inference.restriction import finalize_classifier
+
+            return finalize_classifier(outcome, target_recall=target_recall, heldout=heldout)
+        from inference.npe import finalize_npe
+
+        return finalize_npe(outcome, prior_dir=prior)
+    except (StoreMismatch, FileNotFoundError) as e:
         raise ValueError(str(e)) from None
-    if task == "classifier":
-        from inference.restriction import finalize_classifier
 
-        return finalize_classifier(outcome, target_recall=target_recall, heldout=heldout)
-    from inference.npe import finalize_npe
-
-    return finalize_npe(outcome, prior_dir=prior)
-
-
-__all__ = ["train_command", "format_metrics", "TrainingError"]
 
 
 def format_metrics(task: str, out: str, metrics: dict[str, Any]) -> str:
@@ -61,3 +64,6 @@ def format_metrics(task: str, out: str, metrics: dict[str, Any]) -> str:
     h = metrics["heldout"]
     return "\n".join([f"posterior written to {out} (best epoch {metrics['best_epoch']} of {metrics['epochs_trained']}, val loss {metrics['best_val_loss']:.4f})",
                       f"held-out check on {h['num_observations']} observations: {int(h['level'] * 100)}% interval coverage {h['coverage']:.2f}, mean width {h['relative_width']:.3f} of the prior box"])
+
+
+__all__ = ["train_command", "format_metrics", "TrainingError"]

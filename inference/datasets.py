@@ -224,7 +224,7 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1) -> DataPlan:
         raise StoreMismatch(f"stores={stores.urls} have {n_train} usable training samples; simulate more (excluded: {counts})")
     total_bad = sum(counts.values())
     if total_bad:
-        log.warning("excluded %d bad samples of %d: %s", len(sum(excluded.values(), [])), stores.num_samples, ", ".join(f"{k}={v}" for k, v in counts.items()))
+        log.warning("excluded %d bad samples of %d: %s", sum(len(v) for v in excluded.values()), stores.num_samples, ", ".join(f"{k}={v}" for k, v in counts.items()))
 
     def mean_std(s: NDArray[np.float64], sq: NDArray[np.float64], n: int) -> tuple[list[float], list[float]]:
         m = s / n

@@ -40,22 +40,25 @@ class EvalConfig:
         num_ppc: observations given posterior-predictive simulations (figures show the first ``num_ppc_plot``).
         num_ppc_samples: posterior samples simulated per predictive-check observation.
         num_ppc_plot: predictive-check observations drawn in the figure.
-        hpd: also compute HPD expected coverage (needs ``log_prob`` of every sample; slower).
+        hpd: also compute HPD expected coverage from ``log_prob`` of every sample (one call per
+            observation, each costing about as much as drawing the samples; off by default).
+        num_hpd: observations (the first ones) used for HPD coverage.
         c2st: also run sbi's C2ST between prior and data-averaged posterior (about 1 s per parameter).
         seed: selects observations and seeds posterior sampling and predictive simulations.
     """
 
     num_obs: int = 500
-    num_samples: int = 1000
+    num_samples: int = 500
     num_ppc: int = 40
     num_ppc_samples: int = 20
     num_ppc_plot: int = 4
-    hpd: bool = True
+    hpd: bool = False
+    num_hpd: int = 200
     c2st: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("num_obs", 10, 100_000), ("num_samples", 10, 10_000), ("num_ppc", 0, 10_000), ("num_ppc_samples", 2, 1_000), ("num_ppc_plot", 0, 10)):
+        for name, lo, hi in (("num_obs", 10, 100_000), ("num_samples", 10, 10_000), ("num_ppc", 0, 10_000), ("num_ppc_samples", 2, 1_000), ("num_ppc_plot", 0, 10), ("num_hpd", 10, 100_000)):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
                 raise ValueError(f"{name}={v} outside [{lo}, {hi}]")
@@ -223,7 +226,8 @@ def evaluate(posterior: Any, store: str | Path, out: str | Path, config: EvalCon
     marg = dg.marginal_coverage(sbc_res.ranks, cfg.num_samples, levels)
     hpd = None
     if cfg.hpd:
-        lps, lpt = _hpd_log_probs(posterior, held.trace, held.theta, samples)
+        k = min(cfg.num_hpd, n)
+        lps, lpt = _hpd_log_probs(posterior, held.trace[:k], held.theta[:k], samples[:k])
         hpd = dg.hpd_coverage(lps, lpt, levels, seed=cfg.seed)
     prior_draws = posterior.prior.sample(max(20_000, n), seed=cfg.seed + 7).astype(np.float64)
     prior_std = prior_draws.std(axis=0)

@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +260,9 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    out = Path(cfg.out).absolute()
+    # Workers may run elsewhere (another cwd or node): local paths become absolute.
+    cfg = replace(cfg, stores=tuple(_absolute(s) for s in cfg.stores), out=_absolute(cfg.out))
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ident_path = out / "train_config.json"
     if ident_path.is_file():
@@ -302,6 +304,10 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
         if started:
             ray.shutdown()
     return TrainOutcome(config=cfg, plan=plan, stats=stats, state=state, stores=stores)
+
+
+def _absolute(url: str) -> str:
+    return url if "://" in url else str(Path(url).absolute())
 
 
 def _root_cause(e: BaseException) -> str:

@@ -138,6 +138,10 @@ def test_dockerfile_matches_project():
         for path in src.split():
             assert (ROOT / path).exists(), f"Dockerfile copies missing {path}"
     assert "-c constraints.txt" in text and IMAGE in text
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copied = " ".join(re.findall(r"^COPY\s+(.+)$", text, flags=re.M))
+    for needed in [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]] + [project["project"]["readme"]]:
+        assert re.search(rf"(^|\s){re.escape(needed)}(\s|$)", copied), f"Dockerfile does not copy {needed}"
 
 
 def test_cluster_walkthrough_commands_parse():
@@ -176,8 +180,14 @@ def one_line_error(capsys, args: list[str]) -> str:
     return lines[0]
 
 
-def test_cli_serve_rejects_missing_posterior(tmp_path, capsys):
-    assert "--posterior" in one_line_error(capsys, ["serve", "--posterior", str(tmp_path / "nope")])
+@pytest.mark.parametrize("make", ["missing", "empty", "not-an-artifact"])
+def test_cli_serve_rejects_bad_posterior(tmp_path, capsys, make):
+    path = tmp_path / "artifact"
+    if make != "missing":
+        path.mkdir()
+    if make == "not-an-artifact":
+        (path / "manifest.json").write_text('{"kind": "something else"}')
+    assert "--posterior" in one_line_error(capsys, ["serve", "--posterior", str(path)])
 
 
 def test_cli_serve_rejects_bad_port(capsys):

@@ -60,7 +60,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def reports(store: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("reports")
-    evaluate(BoxPosterior(1.0), store, root / "exact", EvalConfig(**{**CFG.__dict__, "c2st": True}))
+    evaluate(BoxPosterior(1.0), store, root / "exact", EvalConfig(**{**CFG.__dict__, "c2st": True, "hpd": True}))
     evaluate(BoxPosterior(0.3), store, root / "narrow", CFG)
     return {"exact": root / "exact", "narrow": root / "narrow"}
 

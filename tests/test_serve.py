@@ -1,7 +1,7 @@
 """The posterior service over real HTTP: every endpoint, every bad-input case, fuzzing, replica loss.
 
 One small handcrafted posterior is trained once per module with the real `farm train npe` (Ray
-Train, 2 epochs) on a 3000-sample store, then served by Ray Serve on 127.0.0.1 inside the
+Train, 1 epoch) on a 2000-sample store, then served by Ray Serve on 127.0.0.1 inside the
 session's local Ray. Results are compared with the same artifact loaded in the test process, so
 the service must answer what the library answers.
 """
@@ -39,12 +39,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def artifact(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    store = root / "sims.zarr"
-    run_farm(str(store), 3000, seed=5, chunk_size=500, in_process=True)
-    out = root / "npe-handcrafted"
-    code = main(["train", "npe", "--store", str(store), "--features", "handcrafted", "--out", str(out), "--epochs", "2", "--batch-size", "128", "--quiet", "--json"])
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("serve") / "sims.zarr"
+    run_farm(str(path), 2000, seed=5, chunk_size=500, in_process=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifact(ray_session, store: Path) -> Path:
+    out = store.parent / "npe-handcrafted"
+    code = main(["train", "npe", "--store", str(store), "--features", "handcrafted", "--out", str(out), "--epochs", "1", "--batch-size", "128", "--quiet", "--json"])
     assert code == 0
     return out
 
@@ -171,6 +175,28 @@ def test_binds_loopback_only(url):
         assert s.connect_ex((node_ip, port)) != 0, f"Serve listens on {node_ip}:{port}"
 
 
+def test_farm_query_prints_the_posterior_of_a_store_sample(url, store, tmp_path, capsys):
+    from farm.store import open_dataset
+
+    code = main(["query", "--url", url, "--store", str(store), "--index", "3", "--n", "200", "--seed", "4", "--json", "--plot", str(tmp_path / "pair.png")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = json.loads(out.out)["rows"]
+    truth = open_dataset(str(store)).theta.values[3]
+    assert [r["parameter"] for r in rows] == list(PARAMETER_NAMES)
+    assert [r["true"] for r in rows] == pytest.approx(truth.tolist())
+    assert all(r["lower"] <= r["mean"] <= r["upper"] and r["std"] > 0 for r in rows)
+    assert (tmp_path / "pair.png").stat().st_size > 10_000
+
+
+def test_farm_query_reports_a_rejected_trace(url, tmp_path, capsys):
+    path = tmp_path / "short.npy"
+    np.save(path, np.full(999, 500, dtype=np.int16))
+    code = main(["query", "--url", url, "--trace", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "body.trace" in err and len(err.strip().splitlines()) == 1, err
+
+
 # ---------------------------------------------------------------- bad input -> 422 naming the field
 TRACE = [500] * 1000
 FEATS = [1.0] * len(FEATURE_NAMES)
@@ -214,6 +240,15 @@ def test_bad_request_is_422_naming_the_field(client, path, body, field):
     assert r.json()["detail"][0]["loc"][0] == "body"
 
 
+def test_openapi_request_bodies_take_no_paths(client):
+    """The published schema: closed request models whose only fields are observations and numbers."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("SampleRequest", "LogProbRequest", "PredictiveRequest"):
+        schema = schemas[name]
+        assert schema.get("additionalProperties") is False, name
+        assert set(schema["properties"]) <= {"trace", "features", "num_samples", "seed", "theta"}, name
+
+
 # ---------------------------------------------------------------- fuzz (issue 7)
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
 json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
@@ -250,6 +285,44 @@ def test_replica_survives_the_fuzz_and_bad_requests(client):
     for path, body, _ in BAD:
         client.post(path, json=body) if isinstance(body, dict) else post_raw(client, path, body)
     assert client.get("/health").json()["replica"] == before
+
+
+@pytest.mark.slow
+def test_farm_serve_detach_then_query_then_stop(artifact, tmp_path, capsys):
+    """The CLI path end to end: its own local Ray in a background process, bound to 127.0.0.1."""
+    import os
+    import signal
+
+    port = free_port()
+    pid_file = tmp_path / "serve.pid"
+    code = main(["serve", "--posterior", str(artifact), "--port", str(port), "--detach", "--pid-file", str(pid_file)])
+    out = capsys.readouterr().out
+    assert code == 0 and f"http://127.0.0.1:{port}" in out, out
+    pid = int(pid_file.read_text())
+    try:
+        obs = simulate_theta(BoxPrior().sample(1, seed=3), seed=3)
+        np.save(tmp_path / "obs.npy", obs.trace[0])
+        assert main(["query", "--url", f"http://127.0.0.1:{port}", "--trace", str(tmp_path / "obs.npy"), "--n", "100"]) == 0
+        assert "leak_i_bias" in capsys.readouterr().out
+    finally:
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap it if it is our child
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                break
+        except ChildProcessError:
+            pass
+        time.sleep(0.5)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("farm serve did not stop within 60 s of SIGINT")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
 
 
 # ---------------------------------------------------------------- replica loss (issue 7); keep last

@@ -1,0 +1,176 @@
+"""Posterior service: /sample latency on a keep-alive client, and throughput with batching on vs off, same run.
+
+Deploys the same artifact twice in one local Ray Serve: ``/batched`` (``@serve.batch``, up to
+--max-batch-size requests per forward pass) and ``/unbatched`` (max_batch_size=1), one replica each
+with the same CPU share. Baseline for latency: ``posterior.sample`` + ``log_prob`` called directly in
+this process (the floor HTTP + Serve add to). Baseline for throughput: the unbatched app. Prints
+p50/p99 latencies, requests/s, and the ratios; --json writes them.
+
+    python bench/serve.py [--posterior DIR] [--draws 1000] [--clients 16] [--requests 200]
+
+Without --posterior a small handcrafted posterior is trained first (`farm train npe`, 2 epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_small_posterior(root: Path) -> Path:
+    """A 3000-sample store and a 2-epoch handcrafted NPE, through the real CLI."""
+    from farm.actors import run_farm
+    from farm.cli import main as farm_main
+
+    store, out = root / "sims.zarr", root / "npe-handcrafted"
+    run_farm(str(store), 3000, seed=1, chunk_size=1000, in_process=True)
+    code = farm_main(["train", "npe", "--store", str(store), "--features", "handcrafted", "--out", str(out), "--epochs", "2", "--quiet", "--json"])
+    if code != 0:
+        raise SystemExit(f"training the bench posterior failed (exit {code})")
+    return out
+
+
+def sequential_latency(url: str, body: dict, num: int, warmup: int = 5) -> list[float]:
+    """Seconds per /sample request, one at a time on one keep-alive connection."""
+    with httpx.Client(base_url=url, timeout=120.0) as client:
+        for _ in range(warmup):
+            client.post("/sample", json=body).raise_for_status()
+        times = []
+        for _ in range(num):
+            t0 = time.perf_counter()
+            client.post("/sample", json=body).raise_for_status()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+async def _throughput(url: str, bodies: list[dict], clients: int) -> tuple[float, list[int]]:
+    """Requests/s with ``clients`` concurrent keep-alive connections sharing the request list."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    batch_sizes: list[int] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                body = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            r = await client.post("/sample", json=body)
+            r.raise_for_status()
+            batch_sizes.append(r.json()["batch_size"])
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=300.0, limits=limits) as client:
+        for _ in range(clients):  # open the connections before timing
+            await client.get("/health")
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+    return len(bodies) / elapsed, batch_sizes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--posterior", help="artifact directory from `farm train npe` (default: train a small one)")
+    ap.add_argument("--draws", type=int, default=1000, help="num_samples per /sample request")
+    ap.add_argument("--latency-requests", type=int, default=100)
+    ap.add_argument("--clients", type=int, default=16, help="concurrent clients for the throughput test")
+    ap.add_argument("--requests", type=int, default=160, help="requests per throughput measurement")
+    ap.add_argument("--small-draws", type=int, default=10, help="also measure throughput at this many draws (0: skip)")
+    ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray")
+    ap.add_argument("--replica-cpus", type=float, default=0.5)
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from deploy.service import posterior_app
+    from farm.prior import BoxPrior
+    from farm.simulate import simulate_theta
+    from inference import load_posterior
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        artifact = Path(args.posterior) if args.posterior else train_small_posterior(Path(tmp.name))
+        posterior = load_posterior(artifact)
+        obs = simulate_theta(BoxPrior().sample(32, seed=2), seed=2)
+        traces = [t.tolist() for t in obs.trace]
+
+        # Library floor: the same work as one /sample request, in this process, one thread.
+        import torch
+
+        torch.set_num_threads(1)
+        floor = []
+        for i in range(max(10, args.latency_requests // 4)):
+            t0 = time.perf_counter()
+            s = posterior.sample(args.draws, trace=obs.trace[i % 32])
+            posterior.log_prob(s, trace=obs.trace[i % 32])
+            floor.append(time.perf_counter() - t0)
+
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        common = {"num_cpus": args.replica_cpus, "num_replicas": 1}
+        serve.run(posterior_app(str(artifact), max_batch_size=args.max_batch_size, batch_wait_timeout_s=0.005, **common), name="batched", route_prefix="/batched")
+        serve.run(posterior_app(str(artifact), max_batch_size=1, **common), name="unbatched", route_prefix="/unbatched")
+        base = f"http://127.0.0.1:{port}"
+
+        body = {"trace": traces[0], "num_samples": args.draws}
+        results: dict = {"draws": args.draws, "clients": args.clients, "max_batch_size": args.max_batch_size, "replica_cpus": args.replica_cpus, "fingerprint": posterior.fingerprint, "variant": posterior.variant}
+        results["library_p50_ms"] = 1000 * percentile(floor, 50)
+        for app in ("batched", "unbatched"):
+            lat = sequential_latency(f"{base}/{app}", body, args.latency_requests)
+            results[f"{app}_p50_ms"] = 1000 * percentile(lat, 50)
+            results[f"{app}_p99_ms"] = 1000 * percentile(lat, 99)
+
+        for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
+            bodies = [{"trace": traces[i % 32], "num_samples": draws} for i in range(args.requests)]
+            for app in ("unbatched", "batched"):
+                asyncio.run(_throughput(f"{base}/{app}", bodies[: args.clients], args.clients))  # warm-up
+                rps, sizes = asyncio.run(_throughput(f"{base}/{app}", bodies, args.clients))
+                results[f"{app}_rps_{draws}"] = rps
+                results[f"{app}_mean_batch_{draws}"] = statistics.fmean(sizes)
+            results[f"batching_speedup_{draws}"] = results[f"batched_rps_{draws}"] / results[f"unbatched_rps_{draws}"]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        tmp.cleanup()
+
+    print(f"posterior {results['variant']} {results['fingerprint']}; /sample with {args.draws} draws; replica {args.replica_cpus} CPU, 1 torch thread")
+    print(f"  latency, keep-alive, one at a time:  library {results['library_p50_ms']:.1f} ms p50 | batched p50 {results['batched_p50_ms']:.1f} ms, p99 {results['batched_p99_ms']:.1f} ms | unbatched p50 {results['unbatched_p50_ms']:.1f} ms, p99 {results['unbatched_p99_ms']:.1f} ms")
+    print(f"  HTTP + Serve overhead over the library (p50): {results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x")
+    for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
+        print(f"  throughput, {args.clients} clients, {draws} draws: batched {results[f'batched_rps_{draws}']:.1f} req/s (mean batch {results[f'batched_mean_batch_{draws}']:.1f}) vs unbatched {results[f'unbatched_rps_{draws}']:.1f} req/s -> {results[f'batching_speedup_{draws}']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Amortized NPE: held-out recovery at about the nominal rate, support, the posterior contract, artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from farm.actors import run_farm
+from farm.defaults import Protocol
+from farm.store import SimStore
+from inference import load_posterior
+from inference.transforms import BoxLogit
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("npe")
+    train, heldout = str(root / "train.zarr"), str(root / "heldout.zarr")
+    run_farm(train, num_sims=8000, seed=21, chunk_size=1000, in_process=True)
+    run_farm(heldout, num_sims=300, seed=22, chunk_size=300, in_process=True)
+    return train, heldout
+
+
+@pytest.fixture(scope="module")
+def handcrafted(stores, tmp_path_factory, ray_session):
+    from inference.cli_train import train_command
+
+    out = tmp_path_factory.mktemp("hc") / "npe-handcrafted"
+    metrics = train_command("npe", [stores[0]], str(out), variant="handcrafted", epochs=15, patience=4, batch_size=128, quiet=True)
+    return out, metrics
+
+
+@pytest.fixture(scope="module")
+def summary_net(stores, tmp_path_factory, ray_session):
+    from inference.cli_train import train_command
+
+    out = tmp_path_factory.mktemp("sn") / "npe-summary-net"
+    metrics = train_command("npe", [stores[0]], str(out), variant="summary-net", epochs=2, batch_size=128, quiet=True)
+    return out, metrics
+
+
+def _heldout(path: str, n: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    s = SimStore.open(path)
+    return np.asarray(s.group["theta"][:n]), np.asarray(s.group["trace"][:n]), np.asarray(s.group["features"][:n])
+
+
+def test_handcrafted_recovers_heldout_parameters_at_about_the_nominal_rate(handcrafted, stores) -> None:
+    out, _ = handcrafted
+    post = load_posterior(out)
+    theta, trace, _ = _heldout(stores[1])
+    samples = post.sample_batched(400, traces=trace, seed=0)
+    lo, hi = np.quantile(samples, [0.05, 0.95], axis=1)
+    coverage = float(np.mean((theta >= lo) & (theta <= hi)))
+    width = float(np.mean((hi - lo) / (post.prior.high - post.prior.low)))
+    assert 0.8 <= coverage <= 0.97, coverage  # nominal 0.9
+    assert width < 0.75, width  # and the intervals are informative, not the prior box
+
+
+def test_samples_stay_in_the_support_and_are_reproducible(handcrafted, stores) -> None:
+    post = load_posterior(handcrafted[0])
+    _, trace, feats = _heldout(stores[1], 3)
+    s = post.sample(2000, trace=trace[0], seed=7)
+    assert s.shape == (2000, 7) and s.dtype == np.float32
+    assert post.prior.support(s).all()
+    np.testing.assert_array_equal(s, post.sample(2000, trace=trace[0], seed=7))
+    np.testing.assert_array_equal(s, post.sample(2000, features=feats[0], seed=7))  # same statistics, same draws
+    assert post.sample_batched(5, traces=trace, seed=1).shape == (3, 5, 7)
+    m = post.map(trace=trace[0], num_samples=200)
+    assert m.shape == (7,) and post.prior.support(m[None]).all()
+    lp = post.log_prob(np.vstack([s[:4], post.prior.high + 1.0]), trace=trace[0])
+    assert lp.dtype == np.float64 and np.isfinite(lp[:4]).all() and lp[4] == -np.inf
+    assert post.log_prob(m, trace=trace[0])[0] >= np.max(post.log_prob(s[:200], trace=trace[0])) - 1e-6
+
+
+def test_log_prob_is_a_normalised_density_in_lsb_space(handcrafted, stores) -> None:
+    """Importance check: E_q[1/q] over the box volume = 1 for a density supported in the box."""
+    post = load_posterior(handcrafted[0])
+    _, trace, _ = _heldout(stores[1], 1)
+    box = post.prior
+    u = box.sample(20_000, seed=3)
+    vol = float(np.prod(box.high - box.low))
+    est = float(np.mean(np.exp(post.log_prob(u, trace=trace[0]))) * vol)
+    assert 0.8 < est < 1.2, est
+
+
+def test_summary_net_variant_honours_the_contract(summary_net, stores) -> None:
+    out, metrics = summary_net
+    post = load_posterior(out)
+    assert post.variant == "summary-net" and not post.accepts_features and post.trace_length == 1000
+    _, trace, feats = _heldout(stores[1], 4)
+    s = post.sample_batched(50, traces=trace, seed=0)
+    assert s.shape == (4, 50, 7) and post.prior.support(s.reshape(-1, 7)).all()
+    with pytest.raises(ValueError, match="features"):
+        post.sample(10, features=feats[0])
+    assert metrics["epochs_trained"] == 2
+
+
+def test_artifact_round_trips_without_pickle_and_refuses_incompatible_ones(handcrafted, tmp_path, stores) -> None:
+    out, metrics = handcrafted
+    state = torch.load(out / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("architecture", "prior", "feature_names", "standardization", "protocol", "store_fingerprint", "package_version", "emulator_version", "metrics"):
+        assert key in manifest, key
+    a, b = load_posterior(out), load_posterior(out)
+    _, trace, _ = _heldout(stores[1], 1)
+    np.testing.assert_array_equal(a.sample(100, trace=trace[0], seed=2), b.sample(100, trace=trace[0], seed=2))
+    assert a.fingerprint == manifest["fingerprint"]
+    with pytest.raises(ValueError, match="protocol"):
+        load_posterior(out, protocol=Protocol(i_stim_na=99.0))
+    for key, value, match in (("emulator_version", "0.0", "emulator_version"), ("format_version", "99", "format_version")):
+        bad = tmp_path / key
+        shutil.copytree(out, bad, ignore=shutil.ignore_patterns("checkpoints"))
+        m = json.loads((bad / "manifest.json").read_text())
+        m[key] = value
+        (bad / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ValueError, match=match):
+            load_posterior(bad)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(out, corrupt, ignore=shutil.ignore_patterns("checkpoints"))
+    torch.save({k: v + 1 for k, v in state.items()}, corrupt / "weights.pt")
+    with pytest.raises(ValueError, match="checksum"):
+        load_posterior(corrupt)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"trace": np.zeros(10)}, r"trace shape \(10,\) must be \(1000\)"),
+        ({"trace": np.full(1000, np.nan)}, "NaN"),
+        ({"trace": np.full(1000, 5000.0)}, "ADC codes"),
+        ({"features": np.zeros(3)}, r"features shape \(3,\)"),
+        ({}, "exactly one"),
+        ({"trace": np.zeros(1000), "num_samples": 0}, "num_samples"),
+    ],
+)
+def test_bad_inputs_raise_one_line_value_errors(handcrafted, kwargs, match) -> None:
+    post = load_posterior(handcrafted[0])
+    n = kwargs.pop("num_samples", 5)
+    with pytest.raises(ValueError, match=match) as e:
+        post.sample(n, **kwargs)
+    assert "\n" not in str(e.value)

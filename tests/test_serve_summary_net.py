@@ -1,0 +1,80 @@
+"""The service with a summary-net posterior: the trace is the only input, features are refused with 422.
+
+Trains a 1-epoch summary-net NPE with the real `farm train npe --features summary-net` on a small
+store and serves it over HTTP on 127.0.0.1. Slow-marked: one more Ray Train run.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from deploy.service import posterior_app
+from farm.actors import run_farm
+from farm.cli import main
+from farm.prior import BoxPrior
+from farm.features import summarize
+from farm.simulate import simulate_theta
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def artifact(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve-sn")
+    run_farm(str(root / "sims.zarr"), 2000, seed=6, chunk_size=500, in_process=True)
+    out = root / "npe-summary-net"
+    code = main(["train", "npe", "--store", str(root / "sims.zarr"), "--features", "summary-net", "--out", str(out), "--epochs", "1", "--batch-size", "128", "--quiet", "--json"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(ray_session, artifact: Path):
+    from ray import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(posterior_app(str(artifact)), name="summary-net", route_prefix="/sn")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/sn", timeout=120.0) as c:
+        yield c
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def obs():
+    return simulate_theta(BoxPrior().sample(2, seed=8), seed=8)
+
+
+def test_info_says_trace_only(client):
+    info = client.get("/info").json()
+    assert info["variant"] == "summary-net" and not info["accepts_features"] and info["feature_names"] == []
+    assert client.get("/health").json()["variant"] == "summary-net"
+
+
+def test_trace_sample_equals_library(client, artifact, obs):
+    from inference import load_posterior
+
+    body = client.post("/sample", json={"trace": obs.trace[0].tolist(), "num_samples": 100, "seed": 2}).json()
+    local = load_posterior(artifact).sample(100, trace=obs.trace[0], seed=2)
+    np.testing.assert_allclose(np.asarray(body["samples"]), local, rtol=1e-4)
+    assert BoxPrior().support(np.asarray(body["samples"])).all()
+
+
+@pytest.mark.parametrize("path, extra", [("/sample", {"num_samples": 5}), ("/log_prob", {"theta": [[400.0, 500.0, 700.0, 300.0, 100.0, 100.0, 500.0]]})])
+def test_features_are_refused(client, obs, path, extra):
+    r = client.post(path, json={"features": summarize(obs.trace[:1])[0].tolist(), **extra})
+    assert r.status_code == 422 and r.json()["message"].startswith("body.features: this posterior (summary-net) takes `trace` only"), r.text
+
+
+def test_predictive_and_log_prob(client, obs):
+    pred = client.post("/predictive", json={"trace": obs.trace[1].tolist(), "num_samples": 3, "seed": 1}).json()
+    assert np.asarray(pred["traces"]).shape == (3, 1000)
+    lp = client.post("/log_prob", json={"trace": obs.trace[1].tolist(), "theta": pred["theta"]}).json()["log_prob"]
+    assert len(lp) == 3 and all(v is not None for v in lp)

@@ -1,0 +1,88 @@
+"""Ray Train: 2 workers learn like 1, a killed training resumes from its last checkpoint, bad input exits 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from farm.actors import run_farm
+from farm.cli import app
+from inference.train import TrainConfig, TrainingError, run_training
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("ray") / "s.zarr")
+    run_farm(path, num_sims=6000, seed=31, chunk_size=500, in_process=True)
+    return path
+
+
+def test_two_workers_give_the_same_loss_curve_shape_as_one(store, tmp_path, ray_session) -> None:
+    curves = {}
+    for workers in (1, 2):
+        # same global batch (256 = 2 x 128), so both take the same number of steps per epoch
+        cfg = TrainConfig(task="classifier", stores=(store,), out=str(tmp_path / f"w{workers}"), num_workers=workers, epochs=4, patience=4, batch_size=256 // workers, progress=False)
+        curves[workers] = np.array([h["val_loss"] for h in run_training(cfg).state["history"]])
+    for c in curves.values():
+        assert len(c) == 4 and c[-1] < 0.8 * c[0]  # both learn
+    assert np.all(np.diff(curves[1]) < 0.02) and np.all(np.diff(curves[2]) < 0.02)  # both (nearly) monotone
+    np.testing.assert_allclose(curves[2], curves[1], rtol=0.25)  # and they track each other
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray_session) -> None:
+    """SIGKILL the `farm train` driver mid-run, then run the same training again: it resumes."""
+    out = tmp_path / "npe"
+    args = ["npe", "--store", store, "--out", str(out), "--epochs", "3", "--patience", "3", "--batch-size", "32"]
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "train", *args, "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = out / "checkpoints" / "run"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list(ckpts.glob("checkpoint_*/state.pt")):
+            assert proc.poll() is None, "training exited before its first checkpoint"
+            time.sleep(0.2)
+        assert list(ckpts.glob("checkpoint_*/state.pt")), "no checkpoint within 240 s"
+        time.sleep(1.0)  # into the next epoch
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "manifest.json").exists()
+    cfg = TrainConfig(task="npe", stores=(store,), out=str(out), epochs=3, patience=3, batch_size=32, progress=False)
+    state = run_training(cfg).state
+    resumed = state["resumed_at"]
+    assert len(resumed) == 1 and 1 <= resumed[0] < 3  # picked up after a finished epoch, not from scratch
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3]  # no epoch lost or repeated
+
+
+def test_resuming_with_other_settings_is_refused(store, tmp_path) -> None:
+    import json
+
+    first = TrainConfig(task="classifier", stores=(store,), out=str(tmp_path), epochs=1)
+    (tmp_path / "train_config.json").write_text(json.dumps(first.identity()))  # what a started run leaves
+    with pytest.raises(TrainingError, match="learning_rate"):
+        run_training(TrainConfig(task="classifier", stores=(store,), out=str(tmp_path), epochs=1, learning_rate=0.01))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["npe", "--store", "STORE", "--features", "wavelets"], "wavelets"),
+        (["npe", "--store", "/nonexistent.zarr"], "/nonexistent.zarr"),
+        (["classifier", "--store", "STORE", "--workers", "0"], "--workers"),
+        (["npe", "--store", "STORE", "--prior", "/tmp"], "restricted_prior.json"),
+    ],
+)
+def test_bad_train_input_exits_2_with_one_line(store, tmp_path, args, needle) -> None:
+    args = [a.replace("STORE", store) for a in args]
+    result = CliRunner().invoke(app, ["train", *args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert "Traceback" not in result.output
