@@ -99,8 +99,10 @@ def deploy(opts: ServeOptions) -> str:
             ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
-    serve.start(http_options={"host": opts.host, "port": opts.port})
-    posterior = str(Path(opts.posterior).resolve()) if opts.address is None else opts.posterior
+    # One HTTP proxy, on the head: the node users reach (and the only one a loopback bind can serve).
+    serve.start(proxy_location="HeadOnly", http_options={"host": opts.host, "port": opts.port})
+    # A path that exists here is made absolute; on a cluster it must name the same shared mount on every node.
+    posterior = str(Path(opts.posterior).resolve()) if Path(opts.posterior).exists() else opts.posterior
     serve.run(posterior_app(posterior, num_replicas=opts.replicas, max_batch_size=opts.max_batch_size), name=APP_NAME, route_prefix="/")
     return opts.url
 

@@ -375,8 +375,8 @@ def evaluate(
     table.add_column("value")
     for label, value in summary_table(metrics):
         table.add_row(label, value)
-    table.add_row("report", f"{Path(out) / 'metrics.json'} + {len(metrics['figures'])} figures")
     Console().print(table)
+    typer.echo(f"report: {Path(out) / 'metrics.json'} and {len(metrics['figures'])} figures ({', '.join(sorted(metrics['figures'].values()))}) in {out}")
     for w in metrics["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {w}")
 

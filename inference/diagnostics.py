@@ -215,6 +215,9 @@ class RecoveryResult:
     ``std_ratio``: mean posterior std / prior std (1 = learned nothing, small = well constrained).
     ``contraction``: 1 - posterior variance / prior variance (Schad et al. 2021).
     ``z_mean``/``z_std``: of z = (posterior mean - truth) / posterior std; ~0 and ~1 when calibrated.
+    ``z_robust_std``: 1.4826 x median |z - median z|, the std read from the bulk (a posterior piled
+    against a prior bound has a tiny std there, and one such z would dominate ``z_std``).
+    ``z_outside_2``: fraction of |z| > 2 (about 0.05 for a calibrated, near-Gaussian posterior).
     ``r2``: squared correlation of posterior mean and truth.
     """
 
@@ -225,6 +228,8 @@ class RecoveryResult:
     contraction: NDArray[np.float64]
     z_mean: NDArray[np.float64]
     z_std: NDArray[np.float64]
+    z_robust_std: NDArray[np.float64]
+    z_outside_2: NDArray[np.float64]
     r2: NDArray[np.float64]
 
 
@@ -256,6 +261,8 @@ def recovery(theta: NDArray[np.floating], samples: NDArray[np.floating], prior_s
         contraction=1.0 - (std**2).mean(axis=0) / ps**2,
         z_mean=z.mean(axis=0),
         z_std=z.std(axis=0),
+        z_robust_std=1.4826 * np.median(np.abs(z - np.median(z, axis=0)), axis=0),
+        z_outside_2=(np.abs(z) > 2).mean(axis=0),
         r2=r2,
     )
 

@@ -27,7 +27,8 @@ class FlowConfig:
     Args:
         variant: ``handcrafted`` (z-scored named statistics) or ``summary-net`` (1D CNN on the trace).
         transforms: NSF coupling layers; hidden_features: width of each layer's MLP; bins: spline bins.
-        embedding_features: summary size of the CNN; cnn_channels: its conv widths.
+        embedding_features: summary size of the CNN; cnn_channels: its conv widths;
+        cnn_pool_bins: time bins after its final pooling.
     """
 
     variant: str = "handcrafted"
@@ -36,12 +37,13 @@ class FlowConfig:
     hidden_layers: int = 2
     bins: int = 8
     embedding_features: int = 32
-    cnn_channels: tuple[int, ...] = (8, 16, 32)
+    cnn_channels: tuple[int, ...] = (16, 32, 32)
+    cnn_pool_bins: int = 16
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"features={self.variant!r} must be one of {', '.join(VARIANTS)}")
-        for name in ("transforms", "hidden_features", "hidden_layers", "bins", "embedding_features"):
+        for name in ("transforms", "hidden_features", "hidden_layers", "bins", "embedding_features", "cnn_pool_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
@@ -51,7 +53,7 @@ class FlowConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "FlowConfig":
         d = dict(d)
-        d["cnn_channels"] = tuple(d.get("cnn_channels", (8, 16, 32)))
+        d["cnn_channels"] = tuple(d.get("cnn_channels", (16, 32, 32)))
         return cls(**d)
 
 
@@ -71,7 +73,7 @@ class NPEModel(nn.Module):
         if config.variant == "handcrafted":
             self.embedding: nn.Module = Standardize(stats["feature_mean"], stats["feature_std"])
         else:
-            self.embedding = TraceCNN(stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, num_features=config.embedding_features)
+            self.embedding = TraceCNN(stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, pool_bins=config.cnn_pool_bins, num_features=config.embedding_features)
         dim = len(stats["low"])
         self.flow = zuko.flows.NSF(features=dim, context=self.embedding.num_features, transforms=config.transforms, bins=config.bins,
                                    hidden_features=(config.hidden_features,) * config.hidden_layers)

@@ -99,9 +99,11 @@ def test_recovery_matches_analytic_values() -> None:
     np.testing.assert_allclose(rec.std_ratio, np.sqrt(POST_VAR), atol=0.03)
     np.testing.assert_allclose(rec.nrmse, np.sqrt(POST_VAR), atol=0.05)
     np.testing.assert_allclose(rec.z_std, 1.0, atol=0.12)
+    np.testing.assert_allclose(rec.z_robust_std, 1.0, atol=0.12)
+    np.testing.assert_allclose(rec.z_outside_2, 0.05, atol=0.03)
     np.testing.assert_allclose(rec.z_mean, 0.0, atol=0.15)
     over = dg.recovery(theta, toy(scale=0.4)[1], prior_std=np.ones(D))
-    assert np.all(over.z_std > 2.0) and np.all(over.contraction > rec.contraction)
+    assert np.all(over.z_std > 2.0) and np.all(over.z_outside_2 > 0.3) and np.all(over.contraction > rec.contraction)
 
 
 def test_predictive_discrepancy_known_offset() -> None:

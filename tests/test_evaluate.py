@@ -80,7 +80,7 @@ def test_overconfident_posterior_is_flagged(reports: dict[str, Path]) -> None:
     s = load_report(reports["narrow"])["summary"]
     assert s["verdict"] == "over-confident"
     assert s["sbc_failed"] == 7 and s["tarp_atc"] < -0.05 and s["coverage_dev_signed"] < -0.2
-    assert s["z_std_mean"] > 2.0
+    assert s["z_robust_std_mean"] > 2.0 and s["z_outside_2"] > 0.3
 
 
 def test_report_files_and_predictive_checks(reports: dict[str, Path]) -> None:

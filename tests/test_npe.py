@@ -39,7 +39,7 @@ def summary_net(stores, tmp_path_factory, ray_session):
     from inference.cli_train import train_command
 
     out = tmp_path_factory.mktemp("sn") / "npe-summary-net"
-    metrics = train_command("npe", [stores[0]], str(out), variant="summary-net", epochs=2, batch_size=128, quiet=True)
+    metrics = train_command("npe", [stores[0]], str(out), variant="summary-net", epochs=1, batch_size=256, quiet=True)
     return out, metrics
 
 
@@ -96,7 +96,7 @@ def test_summary_net_variant_honours_the_contract(summary_net, stores) -> None:
     assert s.shape == (4, 50, 7) and post.prior.support(s.reshape(-1, 7)).all()
     with pytest.raises(ValueError, match="features"):
         post.sample(10, features=feats[0])
-    assert metrics["epochs_trained"] == 2
+    assert metrics["epochs_trained"] == 1
 
 
 def test_artifact_round_trips_without_pickle_and_refuses_incompatible_ones(handcrafted, tmp_path, stores) -> None:

@@ -325,6 +325,34 @@ def test_farm_serve_detach_then_query_then_stop(artifact, tmp_path, capsys):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
 
 
+@pytest.mark.slow
+def test_farm_serve_deploys_onto_a_multinode_cluster(artifact, obs):
+    """`farm serve --address` on a real 2-node `ray start` cluster: the app outlives the CLI, 2 replicas answer."""
+    import subprocess
+    import sys
+
+    from tests.cluster import LoopbackCluster
+
+    cluster = LoopbackCluster()
+    try:
+        cluster.start_head(num_cpus=1)
+        cluster.add_worker(num_cpus=1)
+        port = free_port()
+        cmd = [sys.executable, "-m", "farm.cli", "serve", "--posterior", str(artifact), "--address", cluster.address, "--port", str(port), "--replicas", "2", "--detach"]
+        res = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert f"http://127.0.0.1:{port}" in res.stdout
+        probe = "import json, ray; ray.init(address=%r, log_to_driver=False); print(json.dumps(sorted(a['name'] for a in ray.util.list_named_actors(all_namespaces=True) if '#PosteriorService#' in a['name'])))" % cluster.address
+        names = json.loads(subprocess.run([sys.executable, "-c", probe], env=cluster.env, capture_output=True, text=True, timeout=120, check=True).stdout.strip().splitlines()[-1])
+        assert len(names) == 2, names  # two live replicas, one CPU per node: they sit on both nodes
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as c:
+            assert c.get("/health").json()["replica"] in " ".join(names)
+            r = c.post("/sample", json={"trace": obs.trace[0].tolist(), "num_samples": 50, "seed": 1})
+            assert r.status_code == 200 and len(r.json()["samples"]) == 50
+    finally:
+        cluster.shutdown()
+
+
 # ---------------------------------------------------------------- replica loss (issue 7); keep last
 def test_killed_replica_is_replaced_and_requests_are_answered(client, obs):
     import ray
