@@ -27,10 +27,10 @@ test-fast: $(STAMP)
 # --- demo (issue 6): the whole pipeline at laptop size, into demo-out/ (sizes overridable: make demo DEMO_SIMS=100000)
 DEMO ?= demo-out
 DEMO_PILOT ?= 20000
-DEMO_SIMS ?= 50000
+DEMO_SIMS ?= 30000
 DEMO_TEST ?= 1000
-DEMO_EPOCHS ?= 20
-DEMO_EVAL ?= --n-obs 500 --n-samples 500
+DEMO_EPOCHS ?= 15
+DEMO_EVAL ?= --n-obs 300 --n-samples 300
 DEMO_PORT ?= 8765
 FARM := $(BIN)/farm
 
@@ -53,7 +53,8 @@ demo: $(STAMP)
 	@echo "== 6/7 serve the summary-network posterior and query it over HTTP"
 	$(FARM) serve --posterior $(DEMO)/npe-summary-net --port $(DEMO_PORT) --detach --pid-file $(DEMO)/serve.pid
 	status=0; $(FARM) query --url http://127.0.0.1:$(DEMO_PORT) --store $(DEMO)/test.zarr --index 0 --n 1000 --seed 0 --plot $(DEMO)/query.png || status=$$?; \
-	  kill -INT $$(cat $(DEMO)/serve.pid); exit $$status
+	  pid=$$(cat $(DEMO)/serve.pid); kill -INT $$pid; for i in $$(seq 60); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \
+	  kill -0 $$pid 2>/dev/null && kill -TERM $$pid; echo "server (pid $$pid) stopped"; exit $$status
 	@echo "== 7/7 done. Reports (metrics.json + figures; docs/evaluation.md explains them):"
 	@echo "   $(abspath $(DEMO))/reports/handcrafted"
 	@echo "   $(abspath $(DEMO))/reports/summary-net"

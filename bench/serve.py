@@ -3,10 +3,11 @@
 Deploys the same artifact twice in one local Ray Serve: ``/batched`` (``@serve.batch``, up to
 --max-batch-size requests per forward pass) and ``/unbatched`` (max_batch_size=1), one replica each
 with the same CPU share. Baseline for latency: ``posterior.sample`` + ``log_prob`` called directly in
-this process (the floor HTTP + Serve add to). Baseline for throughput: the unbatched app. Prints
-p50/p99 latencies, requests/s, and the ratios; --json writes them.
+this process (the floor HTTP + Serve add to). Baseline for throughput: the unbatched app. The two
+apps alternate in rounds (medians reported), so load changes on a shared machine hit both alike.
+Prints p50/p99 latencies, requests/s, and the ratios; --json writes them.
 
-    python bench/serve.py [--posterior DIR] [--draws 1000] [--clients 16] [--requests 200]
+    python bench/serve.py [--posterior DIR] [--draws 1000] [--clients 16] [--requests 160] [--rounds 3]
 
 Without --posterior a small handcrafted posterior is trained first (`farm train npe`, 2 epochs).
 """
@@ -104,6 +105,7 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray")
     ap.add_argument("--replica-cpus", type=float, default=0.5)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating batched/unbatched rounds (medians are reported)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
 
@@ -144,19 +146,32 @@ def main() -> None:
         body = {"trace": traces[0], "num_samples": args.draws}
         results: dict = {"draws": args.draws, "clients": args.clients, "max_batch_size": args.max_batch_size, "replica_cpus": args.replica_cpus, "fingerprint": posterior.fingerprint, "variant": posterior.variant}
         results["library_p50_ms"] = 1000 * percentile(floor, 50)
-        for app in ("batched", "unbatched"):
-            lat = sequential_latency(f"{base}/{app}", body, args.latency_requests)
-            results[f"{app}_p50_ms"] = 1000 * percentile(lat, 50)
-            results[f"{app}_p99_ms"] = 1000 * percentile(lat, 99)
+        # The two apps alternate in rounds, so a load change on a shared machine hits both alike.
+        lat: dict[str, list[float]] = {"batched": [], "unbatched": []}
+        per_round = max(1, args.latency_requests // args.rounds)
+        for _ in range(args.rounds):
+            for app in ("batched", "unbatched"):
+                lat[app] += sequential_latency(f"{base}/{app}", body, per_round)
+        for app, values in lat.items():
+            results[f"{app}_p50_ms"] = 1000 * percentile(values, 50)
+            results[f"{app}_p99_ms"] = 1000 * percentile(values, 99)
 
         for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
             bodies = [{"trace": traces[i % 32], "num_samples": draws} for i in range(args.requests)]
+            rps: dict[str, list[float]] = {"batched": [], "unbatched": []}
+            sizes: dict[str, list[int]] = {"batched": [], "unbatched": []}
             for app in ("unbatched", "batched"):
                 asyncio.run(_throughput(f"{base}/{app}", bodies[: args.clients], args.clients))  # warm-up
-                rps, sizes = asyncio.run(_throughput(f"{base}/{app}", bodies, args.clients))
-                results[f"{app}_rps_{draws}"] = rps
-                results[f"{app}_mean_batch_{draws}"] = statistics.fmean(sizes)
+            for _ in range(args.rounds):
+                for app in ("unbatched", "batched"):
+                    r, b = asyncio.run(_throughput(f"{base}/{app}", bodies, args.clients))
+                    rps[app].append(r)
+                    sizes[app] += b
+            for app in ("unbatched", "batched"):
+                results[f"{app}_rps_{draws}"] = statistics.median(rps[app])
+                results[f"{app}_mean_batch_{draws}"] = statistics.fmean(sizes[app])
             results[f"batching_speedup_{draws}"] = results[f"batched_rps_{draws}"] / results[f"unbatched_rps_{draws}"]
+            results[f"batching_speedup_{draws}_per_round"] = [bb / uu for bb, uu in zip(rps["batched"], rps["unbatched"])]
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -166,7 +181,8 @@ def main() -> None:
     print(f"  latency, keep-alive, one at a time:  library {results['library_p50_ms']:.1f} ms p50 | batched p50 {results['batched_p50_ms']:.1f} ms, p99 {results['batched_p99_ms']:.1f} ms | unbatched p50 {results['unbatched_p50_ms']:.1f} ms, p99 {results['unbatched_p99_ms']:.1f} ms")
     print(f"  HTTP + Serve overhead over the library (p50): {results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x")
     for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
-        print(f"  throughput, {args.clients} clients, {draws} draws: batched {results[f'batched_rps_{draws}']:.1f} req/s (mean batch {results[f'batched_mean_batch_{draws}']:.1f}) vs unbatched {results[f'unbatched_rps_{draws}']:.1f} req/s -> {results[f'batching_speedup_{draws}']:.2f}x")
+        rounds = ", ".join(f"{v:.2f}" for v in results[f"batching_speedup_{draws}_per_round"])
+        print(f"  throughput, {args.clients} clients, {draws} draws: batched {results[f'batched_rps_{draws}']:.1f} req/s (mean batch {results[f'batched_mean_batch_{draws}']:.1f}) vs unbatched {results[f'unbatched_rps_{draws}']:.1f} req/s -> {results[f'batching_speedup_{draws}']:.2f}x (rounds: {rounds})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     sys.stdout.flush()

@@ -3,9 +3,10 @@
 One deployment, ``PosteriorService``, with a FastAPI ingress. Each replica loads the artifact
 written by ``farm train npe`` once in ``__init__`` (``inference.load_posterior``: no pickle) and
 runs every torch call on one worker thread, so the event loop stays free to accept and queue
-requests while a forward pass runs. Concurrent unseeded ``/sample`` requests are grouped by
-``@serve.batch`` into one ``sample_batched`` call. Seeded requests are answered one by one:
-their draws must not depend on which other requests shared the batch.
+requests while a forward pass runs. Unseeded ``/sample`` requests that arrive while the replica is
+busy are grouped by ``@serve.batch`` into one ``sample_batched`` call; a lone request on an idle
+replica goes straight to the model. Seeded requests are answered one by one: their draws must not
+depend on which other requests shared the batch.
 
 Endpoints: GET /health, GET /info, POST /sample, POST /log_prob, POST /predictive
 (docs/http-api.md). No request field takes a file path or a store URL: the artifact is fixed
@@ -157,6 +158,7 @@ class PosteriorService:
         self.names = list(self.posterior.parameter_names)
         self.batching = max_batch_size > 1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterior")
+        self._pending = 0  # /sample requests in this replica (touched only on the event loop)
         if self.batching:
             self._sample_batch.set_max_batch_size(max_batch_size)
             self._sample_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -248,13 +250,19 @@ class PosteriorService:
     @api.post("/sample", response_model=SampleResponse)
     async def sample(self, req: SampleRequest) -> SampleResponse:
         observation = self._observation(req)
-        if req.seed is not None or not self.batching:
-            samples, log_prob, batch_size = await self._run(self._draw, req.num_samples, observation, req.seed)
-        else:
-            result = await self._sample_batch(_Job(req.num_samples, observation))
-            if isinstance(result, Exception):
-                raise RequestRejected("body", str(result).splitlines()[0])
-            samples, log_prob, batch_size = result
+        self._pending += 1
+        try:
+            # A lone request on an idle replica skips the batcher (and its wait); requests that
+            # arrive while the worker thread is busy queue there and share the next forward pass.
+            if req.seed is not None or not self.batching or self._pending == 1:
+                samples, log_prob, batch_size = await self._run(self._draw, req.num_samples, observation, req.seed)
+            else:
+                result = await self._sample_batch(_Job(req.num_samples, observation))
+                if isinstance(result, Exception):
+                    raise RequestRejected("body", str(result).splitlines()[0])
+                samples, log_prob, batch_size = result
+        finally:
+            self._pending -= 1
         summary = summarize_draws(samples, log_prob)
         return SampleResponse(
             parameter_names=self.names,

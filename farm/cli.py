@@ -234,6 +234,7 @@ def serve(
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=256, help="Concurrent /sample requests per forward pass; 1 turns batching off.")] = 16,
     detach: Annotated[bool, typer.Option("--detach", help="Return once the service answers; it keeps running (stop it with `kill -INT PID`, or `serve shutdown` on a cluster).")] = False,
     pid_file: Annotated[Optional[Path], typer.Option("--pid-file", help="With --detach and a local Ray: write the server's PID here.")] = None,
+    log: Annotated[Optional[Path], typer.Option("--log", help="With --detach and a local Ray: the server's log file (default: farm-serve-PORT.log in the temp dir).")] = None,
 ) -> None:
     """Serve a trained posterior over HTTP with Ray Serve and print its URL.
 
@@ -250,8 +251,11 @@ def serve(
         raise typer.BadParameter(str(e).splitlines()[0], param_hint="--posterior") from None
     if address is None and not port_free(host, port):
         raise typer.BadParameter(f"port {port} on {host} is already in use; pick another --port", param_hint="--port")
+    for name, path in (("--log", log), ("--pid-file", pid_file)):
+        if path is not None and not path.parent.is_dir():
+            raise typer.BadParameter(f"directory {str(path.parent)!r} does not exist", param_hint=name)
     if detach and address is None:
-        proc, log = spawn_detached(opts)
+        proc, log = spawn_detached(opts, log)
         try:
             wait_healthy(opts.url, process=proc)
         except (RuntimeError, TimeoutError) as e:

@@ -302,8 +302,11 @@ def evaluate(posterior: Any, store: str | Path, out: str | Path, config: EvalCon
 
     marg_dev = dg.coverage_deviation(levels, marg)
     hpd_dev = dg.coverage_deviation(levels, hpd) if hpd is not None else None
+    training = _training_info(posterior)
     summary = {
         "variant": variant,
+        "num_train": training.get("num_train"),
+        "epochs_trained": training.get("epochs_trained"),
         "num_obs": n,
         "num_samples": cfg.num_samples,
         "verdict": verdict["verdict"],
@@ -328,7 +331,7 @@ def evaluate(posterior: Any, store: str | Path, out: str | Path, config: EvalCon
         "format_version": REPORT_FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
-        "posterior": {"variant": variant, "fingerprint": str(posterior.fingerprint), "prior_fingerprint": post_fp, "training": _training_info(posterior)},
+        "posterior": {"variant": variant, "fingerprint": str(posterior.fingerprint), "prior_fingerprint": post_fp, "training": training},
         "store": {"path": held.path, "seed": held.attrs.get("seed"), "num_sims": held.attrs.get("num_sims"), "num_excluded": held.num_excluded, "prior_fingerprint": store_fp, "prior_matches": prior_matches},
         "config": asdict(cfg),
         "parameter_names": list(names),
@@ -376,9 +379,14 @@ def _ppc_choice(spike_count: NDArray[np.integer], k: int) -> NDArray[np.int64]:
 
 
 def _training_info(posterior: Any) -> dict[str, Any]:
+    """What the posterior was trained on, from its manifest (stores, sample counts, epochs)."""
     man = getattr(posterior, "manifest", {}) or {}
-    keys = ("num_sims", "num_train", "num_simulations", "epochs", "epochs_trained", "best_val_loss", "density_estimator", "training_store", "store", "seed")
-    return {k: man[k] for k in keys if k in man and isinstance(man[k], (int, float, str, bool, type(None)))}
+    met = man.get("metrics", {}) if isinstance(man.get("metrics"), dict) else {}
+    out: dict[str, Any] = {k: met[k] for k in ("num_train", "num_val", "best_epoch", "epochs_trained", "best_val_loss") if isinstance(met.get(k), (int, float))}
+    stores = man.get("stores")
+    if isinstance(stores, list):
+        out["stores"] = [s.get("url") if isinstance(s, dict) else str(s) for s in stores]
+    return out
 
 
 # ----------------------------------------------------------------------------- reading reports
@@ -404,6 +412,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
 #: (key in summary, label, format, which is better: "low", "high", "zero" or None)
 SUMMARY_ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("variant", "variant", "{}", None),
+    ("num_train", "training simulations", "{}", None),
+    ("epochs_trained", "epochs trained", "{}", None),
     ("num_obs", "held-out observations", "{}", None),
     ("verdict", "calibration verdict", "{}", None),
     ("sbc_failed", "SBC marginals failing", "{}", "low"),
@@ -465,5 +475,5 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         notes.append("the two posteriors were trained on different priors")
     for m, col in ((a, "A"), (b, "B")):
         if m["summary"].get("verdict") != "calibrated":
-            notes.append(f"{col} is {m['summary'].get('verdict')}: its contraction overstates what it has learned")
+            notes.append(f"{col} is not calibrated ({m['summary'].get('verdict')}): read its contraction with care")
     return {"columns": [sa.get("variant", "A"), sb.get("variant", "B")], "rows": rows, "parameters": params, "notes": notes}

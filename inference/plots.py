@@ -114,7 +114,7 @@ def plot_contraction_z(contraction: NDArray[np.floating], z: NDArray[np.floating
     for d, ax in enumerate(axes):
         ax.axhspan(-2, 2, color="0.9")
         ax.scatter(contraction[:, d], z[:, d], s=4, alpha=0.5)
-        ax.set_xlim(-0.1, 1.05)
+        ax.set_xlim(max(-1.0, min(-0.1, float(np.nanmin(contraction[:, d])) - 0.05)), 1.05)
         lim = max(4.0, float(np.nanquantile(np.abs(z[:, d]), 0.99)) * 1.1)
         ax.set_ylim(-lim, lim)
         ax.set_title(names[d], fontsize=9)

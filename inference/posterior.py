@@ -83,19 +83,29 @@ class AmortizedPosterior:
     @torch.no_grad()
     def _sample_z(self, x: torch.Tensor, num_samples: int) -> NDArray[np.float64]:
         """(B, n, 7) theta for inputs x (B, ·), every sample inside the prior support."""
-        dist = self.model.flow(self.model.embedding(x))
-        b = x.shape[0]
-        out = np.empty((b, num_samples, len(self.parameter_names)), dtype=np.float64)
+        context = self.model.embedding(x)
+
+        def draw(ctx: torch.Tensor) -> NDArray[np.float64]:
+            return self.model.theta_transform.inverse(self.model.flow(ctx).sample((num_samples,))).numpy().transpose(1, 0, 2)
+
+        theta = draw(context)  # (B, n, 7)
+        if not self._restricted:
+            return theta
+        b, dim = theta.shape[0], theta.shape[-1]
+        out = np.empty_like(theta)
         filled = np.zeros(b, dtype=np.int64)
+        pending = np.arange(b)
         for _ in range(_MAX_ROUNDS):
-            theta = self.model.theta_transform.inverse(dist.sample((num_samples,))).numpy().transpose(1, 0, 2)  # (B, n, 7)
-            for i in np.flatnonzero(filled < num_samples):
-                ok = theta[i][self.prior.support(theta[i])] if self._restricted else theta[i]
-                k = min(num_samples - filled[i], ok.shape[0])
-                out[i, filled[i] : filled[i] + k] = ok[:k]
+            ok = self.prior.support(theta.reshape(-1, dim)).reshape(len(pending), num_samples)  # one MLP pass for all
+            for j, i in enumerate(pending):
+                good = theta[j][ok[j]]
+                k = min(num_samples - filled[i], good.shape[0])
+                out[i, filled[i] : filled[i] + k] = good[:k]
                 filled[i] += k
-            if np.all(filled >= num_samples):
+            pending = np.flatnonzero(filled < num_samples)
+            if pending.size == 0:
                 return out
+            theta = draw(context[torch.from_numpy(pending)])
         raise ValueError(f"posterior mass lies almost entirely outside the restricted prior for {int(np.sum(filled < num_samples))} observation(s); is the observation in the regime?")
 
     def sample(self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:

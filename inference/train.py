@@ -109,7 +109,15 @@ def build_model(cfg: TrainConfig, stats: dict[str, Any]) -> torch.nn.Module:
     if cfg.task == "classifier":
         mean, std = box_moments(np.asarray(stats["low"]), np.asarray(stats["high"]))
         return RegimeClassifier(ClassifierConfig(**cfg.classifier), mean, std)
-    return NPEModel(FlowConfig.from_dict({**cfg.flow, "variant": cfg.variant}), stats)
+    return NPEModel(flow_config(cfg), stats)
+
+
+def flow_config(cfg: TrainConfig) -> FlowConfig:
+    """The NPE architecture: FlowConfig defaults overridden by ``cfg.flow``."""
+    d = {**cfg.flow, "variant": cfg.variant}
+    if "cnn_channels" in d:
+        d["cnn_channels"] = tuple(d["cnn_channels"])
+    return FlowConfig(**d)
 
 
 def batch_fields(cfg: TrainConfig) -> tuple[str, ...]:
@@ -262,6 +270,8 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
 
     # Workers may run elsewhere (another cwd or node): local paths become absolute.
     cfg = replace(cfg, stores=tuple(_absolute(s) for s in cfg.stores), out=_absolute(cfg.out))
+    if cfg.task == "npe":  # record the resolved architecture, so a change of defaults cannot resume silently
+        cfg = replace(cfg, flow={k: v for k, v in flow_config(cfg).to_dict().items() if k != "variant"})
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ident_path = out / "train_config.json"
@@ -300,6 +310,8 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
             raise TrainingError("training produced no checkpoint")
         with result.checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
+        if "best_model" not in state:
+            raise TrainingError(f"the validation loss was never finite in {len(state['history'])} epochs; lower --lr")
     finally:
         if started:
             ray.shutdown()

@@ -109,7 +109,7 @@ def test_compare_prefers_the_calibrated_variant(reports: dict[str, Path]) -> Non
     rows = {label: (va, vb, win) for label, va, vb, win in cmp["rows"]}
     assert rows["TARP ATC (0 ideal, <0 overconf.)"][2] == "A"
     assert rows["contraction"][2] == "B"  # narrower, but the note says it is over-confident
-    assert any("over-confident" in n for n in cmp["notes"])
+    assert any("not calibrated (over-confident)" in n for n in cmp["notes"])
     assert [p[0] for p in cmp["parameters"]] == list(PARAMETER_NAMES)
 
 

@@ -242,6 +242,7 @@ def test_bad_request_is_422_naming_the_field(client, path, body, field):
 
 def test_openapi_request_bodies_take_no_paths(client):
     """The published schema: closed request models whose only fields are observations and numbers."""
+    assert client.get("/docs").status_code == 200
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     for name in ("SampleRequest", "LogProbRequest", "PredictiveRequest"):
         schema = schemas[name]
@@ -295,7 +296,7 @@ def test_farm_serve_detach_then_query_then_stop(artifact, tmp_path, capsys):
 
     port = free_port()
     pid_file = tmp_path / "serve.pid"
-    code = main(["serve", "--posterior", str(artifact), "--port", str(port), "--detach", "--pid-file", str(pid_file)])
+    code = main(["serve", "--posterior", str(artifact), "--port", str(port), "--detach", "--pid-file", str(pid_file), "--log", str(tmp_path / "serve.log")])
     out = capsys.readouterr().out
     assert code == 0 and f"http://127.0.0.1:{port}" in out, out
     pid = int(pid_file.read_text())
@@ -323,34 +324,7 @@ def test_farm_serve_detach_then_query_then_stop(artifact, tmp_path, capsys):
         pytest.fail("farm serve did not stop within 60 s of SIGINT")
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
-
-
-@pytest.mark.slow
-def test_farm_serve_deploys_onto_a_multinode_cluster(artifact, obs):
-    """`farm serve --address` on a real 2-node `ray start` cluster: the app outlives the CLI, 2 replicas answer."""
-    import subprocess
-    import sys
-
-    from tests.cluster import LoopbackCluster
-
-    cluster = LoopbackCluster()
-    try:
-        cluster.start_head(num_cpus=1)
-        cluster.add_worker(num_cpus=1)
-        port = free_port()
-        cmd = [sys.executable, "-m", "farm.cli", "serve", "--posterior", str(artifact), "--address", cluster.address, "--port", str(port), "--replicas", "2", "--detach"]
-        res = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr[-2000:]
-        assert f"http://127.0.0.1:{port}" in res.stdout
-        probe = "import json, ray; ray.init(address=%r, log_to_driver=False); print(json.dumps(sorted(a['name'] for a in ray.util.list_named_actors(all_namespaces=True) if '#PosteriorService#' in a['name'])))" % cluster.address
-        names = json.loads(subprocess.run([sys.executable, "-c", probe], env=cluster.env, capture_output=True, text=True, timeout=120, check=True).stdout.strip().splitlines()[-1])
-        assert len(names) == 2, names  # two live replicas, one CPU per node: they sit on both nodes
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as c:
-            assert c.get("/health").json()["replica"] in " ".join(names)
-            r = c.post("/sample", json={"trace": obs.trace[0].tolist(), "num_samples": 50, "seed": 1})
-            assert r.status_code == 200 and len(r.json()["samples"]) == 50
-    finally:
-        cluster.shutdown()
+    assert "Serving" in (tmp_path / "serve.log").read_text()
 
 
 # ---------------------------------------------------------------- replica loss (issue 7); keep last

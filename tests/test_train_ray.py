@@ -40,22 +40,29 @@ def test_two_workers_give_the_same_loss_curve_shape_as_one(store, tmp_path, ray_
 def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray_session) -> None:
     """SIGKILL the `farm train` driver mid-run, then run the same training again: it resumes."""
     out = tmp_path / "npe"
-    args = ["npe", "--store", store, "--out", str(out), "--epochs", "3", "--patience", "3", "--batch-size", "32"]
+    args = ["npe", "--store", store, "--out", str(out), "--epochs", "3", "--patience", "3", "--batch-size", "64"]
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "train", *args, "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpts = out / "checkpoints" / "run"
+    snapshot = out / "checkpoints" / "run" / "checkpoint_manager_snapshot.json"
+
+    def registered() -> bool:  # Ray Train has recorded a checkpoint (not just written its files)
+        try:
+            return "checkpoint_" in snapshot.read_text()
+        except OSError:
+            return False
+
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not list(ckpts.glob("checkpoint_*/state.pt")):
+        while time.monotonic() < deadline and not registered():
             assert proc.poll() is None, "training exited before its first checkpoint"
             time.sleep(0.2)
-        assert list(ckpts.glob("checkpoint_*/state.pt")), "no checkpoint within 240 s"
+        assert registered(), "no checkpoint within 240 s"
         time.sleep(1.0)  # into the next epoch
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "manifest.json").exists()
-    cfg = TrainConfig(task="npe", stores=(store,), out=str(out), epochs=3, patience=3, batch_size=32, progress=False)
+    cfg = TrainConfig(task="npe", stores=(store,), out=str(out), epochs=3, patience=3, batch_size=64, progress=False)
     state = run_training(cfg).state
     resumed = state["resumed_at"]
     assert len(resumed) == 1 and 1 <= resumed[0] < 3  # picked up after a finished epoch, not from scratch
