@@ -46,14 +46,17 @@ class ChunkJob:
     chip_model: ChipModel
     regime: Regime
     theta_from_store: bool
+    #: Throttle for fault-injection tests (read from FARM_CHUNK_DELAY_S on the driver, so it
+    #: reaches actors on every node): slows each chunk, never changes data.
+    chunk_delay_s: float = 0.0
 
 
 def run_chunk(store: SimStore, job: ChunkJob, substrate: Substrate, chunk: int) -> dict[str, Any]:
     """Simulate and write one chunk; the pure core shared by actors and the in-process path."""
     start, stop = store.chunk_bounds(chunk)
     idx = np.arange(start, stop, dtype=np.int64)
-    if _CHUNK_DELAY_S > 0:  # throttle for fault-injection tests: slows work, never changes data
-        time.sleep(_CHUNK_DELAY_S)
+    if job.chunk_delay_s > 0:
+        time.sleep(job.chunk_delay_s)
     t0 = time.perf_counter()
     if job.theta_from_store:
         batch = simulate_rows(store.read_theta(chunk), job.seed, idx, substrate)
@@ -177,7 +180,7 @@ def run_farm(
     if theta is not None and not store.attrs.get("theta_written"):
         store.write_theta(theta)
         store.set_attrs(theta_written=True)
-    job = ChunkJob(store_url=store.url, seed=seed, prior=prior, substrate=substrate, protocol=protocol, chip_model=chip_model, regime=regime, theta_from_store=theta is not None)
+    job = ChunkJob(store_url=store.url, seed=seed, prior=prior, substrate=substrate, protocol=protocol, chip_model=chip_model, regime=regime, theta_from_store=theta is not None, chunk_delay_s=_CHUNK_DELAY_S)
     pending = store.pending_chunks()
     skipped = store.num_sims - sum(b - a for a, b in map(store.chunk_bounds, pending))
     t0 = time.perf_counter()
