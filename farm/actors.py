@@ -240,7 +240,7 @@ def _connect_ray(address: str | None) -> None:
 
 def _run_on_ray(store: SimStore, job: ChunkJob, pending: list[int], bar: _Progress, stats: dict[str, Any], *, address: str | None, num_chips: int | None, max_in_flight_per_chip: int, max_actor_failures: int | None) -> None:
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+    from ray.exceptions import RayActorError, RayTaskError
 
     _connect_ray(address)
     if num_chips is None:
@@ -312,8 +312,6 @@ def _run_on_ray(store: SimStore, job: ChunkJob, pending: list[int], bar: _Progre
                 last_progress = time.monotonic()
             if not ready and not in_flight and queue and time.monotonic() - last_progress > 300:
                 raise FarmError("no chip actor could be started for 300 s; check the cluster's free CPUs (`ray status`)")
-    except GetTimeoutError:  # pragma: no cover - ray.wait does not raise it
-        raise
     finally:
         for actor in list(ready) + list(starting.values()) + [a for a, _ in in_flight.values()]:
             try:
