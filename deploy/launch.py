@@ -107,8 +107,12 @@ def deploy(opts: ServeOptions) -> str:
     return opts.url
 
 
-def block_until_interrupted(opts: ServeOptions) -> None:
-    """Serve until Ctrl-C or SIGTERM, then take the application (and a local Ray) down."""
+def serve_until_interrupted(opts: ServeOptions, announce) -> None:
+    """Deploy, call ``announce(url)``, serve until Ctrl-C or SIGTERM, then take the app (and a local Ray) down.
+
+    The signal handling covers deployment too: an interrupt while Serve is still starting
+    shuts down what was started instead of leaving a half-deployed app behind.
+    """
     import ray
     from ray import serve
 
@@ -119,20 +123,32 @@ def block_until_interrupted(opts: ServeOptions) -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        announce(deploy(opts))
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
     finally:
-        if opts.address is None:
-            serve.shutdown()
-        else:
-            serve.delete(APP_NAME)
-        ray.shutdown()
+        if ray.is_initialized():
+            try:
+                if opts.address is None:
+                    serve.shutdown()
+                else:
+                    serve.delete(APP_NAME)
+            finally:
+                ray.shutdown()
 
 
-def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen | None = None) -> dict:
-    """Poll ``GET /health`` until it answers 200; fail early if ``process`` exits."""
+READY_MARKER = "Serving "
+
+
+def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen | None = None,
+                 log: Path | None = None, log_offset: int = 0) -> dict:
+    """Poll ``GET /health`` until it answers 200; fail early if ``process`` exits.
+
+    With ``log``, also wait until the server has written its ready line there (after
+    ``log_offset``): the proxy can answer /health a moment before ``serve.run`` returns.
+    """
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     with httpx.Client(timeout=5.0) as client:
@@ -142,22 +158,35 @@ def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen |
             try:
                 r = client.get(f"{url}/health")
                 if r.status_code == 200:
-                    return r.json()
-                last = f"HTTP {r.status_code}"
+                    if log is None or _has_ready_line(log, log_offset):
+                        return r.json()
+                    last = "healthy, not yet announced"
+                else:
+                    last = f"HTTP {r.status_code}"
             except httpx.HTTPError as e:
                 last = type(e).__name__
             time.sleep(0.5)
     raise TimeoutError(f"{url}/health did not answer within {timeout_s:.0f} s (last: {last})")
 
 
-def spawn_detached(opts: ServeOptions, log_path: Path | None = None) -> tuple[subprocess.Popen, Path]:
+def _has_ready_line(log: Path, offset: int) -> bool:
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        return any(line.startswith(READY_MARKER.encode()) for line in fh)
+
+
+def spawn_detached(opts: ServeOptions, log_path: Path | None = None) -> tuple[subprocess.Popen, Path, int]:
     """Run ``farm serve`` (blocking form) in a new session that outlives this process.
 
     Returns:
-        The process (stop it with SIGINT or SIGTERM) and the path of its log file.
+        The process (stop it with SIGINT or SIGTERM), the path of its log file (appended to)
+        and the log's size before this run, where this run's lines start.
     """
     log = log_path or Path(tempfile.gettempdir()) / f"farm-serve-{opts.port}.log"
+    offset = log.stat().st_size if log.exists() else 0
     cmd = [sys.executable, "-m", "farm.cli", "serve", "--posterior", str(Path(opts.posterior).resolve()), "--host", opts.host, "--port", str(opts.port), "--replicas", str(opts.replicas), "--max-batch-size", str(opts.max_batch_size)]
+    # Unbuffered, so the log shows "Serving ..." while it serves, not only after a clean exit.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
-    return proc, log
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    return proc, log, offset

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -242,7 +243,7 @@ def serve(
 
     Example: farm serve --posterior artifacts/npe-handcrafted --port 8000
     """
-    from deploy.launch import ServeOptions, block_until_interrupted, check_posterior, deploy, port_free, spawn_detached, wait_healthy
+    from deploy.launch import READY_MARKER, ServeOptions, check_posterior, deploy, port_free, serve_until_interrupted, spawn_detached, wait_healthy
 
     opts = ServeOptions(posterior=posterior, host=host, port=port, replicas=replicas, address=address, max_batch_size=max_batch_size)
     try:
@@ -255,23 +256,31 @@ def serve(
         if path is not None and not path.parent.is_dir():
             raise typer.BadParameter(f"directory {str(path.parent)!r} does not exist", param_hint=name)
     if detach and address is None:
-        proc, log = spawn_detached(opts, log)
+        proc, log, offset = spawn_detached(opts, log)
         try:
-            wait_healthy(opts.url, process=proc)
+            wait_healthy(opts.url, process=proc, log=log, log_offset=offset)
         except (RuntimeError, TimeoutError) as e:
+            proc.send_signal(signal.SIGINT)  # a server that never came up must not linger
             fail(f"{e}; see {log}")
         if pid_file is not None:
             pid_file.write_text(f"{proc.pid}\n")
         typer.echo(f"Serving {described} at {opts.url} (pid {proc.pid}, log {log}); stop with: kill -INT {proc.pid}")
         return
+
+    def announce(url: str) -> None:
+        typer.echo(f"{READY_MARKER}{described} at {url}" + ("" if detach else "  (Ctrl-C to stop)"))
+        sys.stdout.flush()
+
+    if detach:  # on a cluster: the app outlives this process, nothing to block on
+        try:
+            announce(deploy(opts))
+        except RuntimeError as e:
+            fail(f"deployment failed: {str(e).splitlines()[0]}")
+        return
     try:
-        url = deploy(opts)
+        serve_until_interrupted(opts, announce)
     except RuntimeError as e:
         fail(f"deployment failed: {str(e).splitlines()[0]}")
-    typer.echo(f"Serving {described} at {url}" + ("" if detach else "  (Ctrl-C to stop)"), err=False)
-    sys.stdout.flush()
-    if not detach:
-        block_until_interrupted(opts)
 
 
 @app.command()
