@@ -113,7 +113,6 @@ def main() -> None:
     from ray import serve
 
     from deploy.service import posterior_app
-    from farm.prior import BoxPrior
     from farm.simulate import simulate_theta
     from inference import load_posterior
 
@@ -122,19 +121,35 @@ def main() -> None:
     try:
         artifact = Path(args.posterior) if args.posterior else train_small_posterior(Path(tmp.name))
         posterior = load_posterior(artifact)
-        obs = simulate_theta(BoxPrior().sample(32, seed=2), seed=2)
+        # Observations from the artifact's own prior: for a restricted posterior, the regime it serves.
+        obs = simulate_theta(posterior.prior.sample(32, seed=2), seed=2)
         traces = [t.tolist() for t in obs.trace]
 
         # Library floor: the same work as one /sample request, in this process, one thread.
         import torch
+        from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # as in a replica (deploy/service.py)
+        threadpool_limits(limits=1)
         floor = []
         for i in range(max(10, args.latency_requests // 4)):
             t0 = time.perf_counter()
-            s = posterior.sample(args.draws, trace=obs.trace[i % 32])
-            posterior.log_prob(s, trace=obs.trace[i % 32])
+            posterior.sample_and_log_prob(args.draws, traces=obs.trace[i % 32][None], normalized=False)  # what /sample runs
             floor.append(time.perf_counter() - t0)
+        # What batching can gain inside the model: B requests as B calls vs one call of B rows.
+        model_gain = {}
+        for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
+            b = args.max_batch_size
+            one_by_one, batched = [], []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for i in range(b):
+                    posterior.sample_and_log_prob(draws, traces=obs.trace[i % 32][None], normalized=False)
+                one_by_one.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                posterior.sample_and_log_prob(draws, traces=obs.trace[np.arange(b) % 32], normalized=False)
+                batched.append(time.perf_counter() - t0)
+            model_gain[draws] = statistics.median(one_by_one) / statistics.median(batched)
 
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -146,12 +161,22 @@ def main() -> None:
         body = {"trace": traces[0], "num_samples": args.draws}
         results: dict = {"draws": args.draws, "clients": args.clients, "max_batch_size": args.max_batch_size, "replica_cpus": args.replica_cpus, "fingerprint": posterior.fingerprint, "variant": posterior.variant}
         results["library_p50_ms"] = 1000 * percentile(floor, 50)
+        for draws, gain in model_gain.items():
+            results[f"model_batching_gain_{draws}"] = gain
         # The two apps alternate in rounds, so a load change on a shared machine hits both alike.
         lat: dict[str, list[float]] = {"batched": [], "unbatched": []}
         per_round = max(1, args.latency_requests // args.rounds)
         for _ in range(args.rounds):
             for app in ("batched", "unbatched"):
                 lat[app] += sequential_latency(f"{base}/{app}", body, per_round)
+        # The floor of any request through the proxy and a replica: GET /health, no model work.
+        with httpx.Client(base_url=f"{base}/unbatched", timeout=60.0) as client:
+            health = []
+            for _ in range(args.latency_requests):
+                t0 = time.perf_counter()
+                client.get("/health").raise_for_status()
+                health.append(time.perf_counter() - t0)
+        results["health_p50_ms"] = 1000 * percentile(health, 50)
         for app, values in lat.items():
             results[f"{app}_p50_ms"] = 1000 * percentile(values, 50)
             results[f"{app}_p99_ms"] = 1000 * percentile(values, 99)
@@ -179,10 +204,11 @@ def main() -> None:
 
     print(f"posterior {results['variant']} {results['fingerprint']}; /sample with {args.draws} draws; replica {args.replica_cpus} CPU, 1 torch thread")
     print(f"  latency, keep-alive, one at a time:  library {results['library_p50_ms']:.1f} ms p50 | batched p50 {results['batched_p50_ms']:.1f} ms, p99 {results['batched_p99_ms']:.1f} ms | unbatched p50 {results['unbatched_p50_ms']:.1f} ms, p99 {results['unbatched_p99_ms']:.1f} ms")
-    print(f"  HTTP + Serve overhead over the library (p50): {results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x")
+    print(f"  HTTP + Serve overhead over the library (p50): {results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x; GET /health p50 {results['health_p50_ms']:.1f} ms")
     for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
         rounds = ", ".join(f"{v:.2f}" for v in results[f"batching_speedup_{draws}_per_round"])
         print(f"  throughput, {args.clients} clients, {draws} draws: batched {results[f'batched_rps_{draws}']:.1f} req/s (mean batch {results[f'batched_mean_batch_{draws}']:.1f}) vs unbatched {results[f'unbatched_rps_{draws}']:.1f} req/s -> {results[f'batching_speedup_{draws}']:.2f}x (rounds: {rounds})")
+        print(f"    in the model alone, {args.max_batch_size} observations in one call vs {args.max_batch_size} calls: {results[f'model_batching_gain_{draws}']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     sys.stdout.flush()

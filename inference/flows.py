@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import zuko
 from torch import nn
 
 from inference.embedding import Standardize, TraceCNN
+from inference.spline_flow import spline_flow
 from inference.transforms import BoxLogit
 
 VARIANTS = ("handcrafted", "summary-net")
@@ -82,8 +82,7 @@ class NPEModel(nn.Module):
         else:
             self.embedding = TraceCNN(stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, pool_bins=config.cnn_pool_bins, num_features=config.embedding_features)
         dim = len(stats["low"])
-        self.flow = zuko.flows.NSF(features=dim, context=self.embedding.num_features, transforms=config.transforms, bins=config.bins,
-                                   hidden_features=(config.hidden_features,) * config.hidden_layers, passes=config.passes)
+        self.flow = spline_flow(dim, self.embedding.num_features, config.transforms, config.bins, (config.hidden_features,) * config.hidden_layers, config.passes)
 
     @property
     def x_field(self) -> str:

@@ -119,6 +119,15 @@ def test_seeded_sample_is_reproducible_and_equals_library(client, obs, posterior
     np.testing.assert_allclose(np.asarray(a["samples"]), local, rtol=1e-4)
     other = client.post("/sample", json={**body, "seed": 124}).json()
     assert other["samples"] != a["samples"]
+    # The MAP is the draw of highest density (densities from the sampling pass, not a second one).
+    lp = posterior.log_prob(np.asarray(a["samples"]), trace=obs.trace[1])
+    assert posterior.log_prob(np.asarray(a["map"]), trace=obs.trace[1])[0] >= lp.max() - 1e-3
+
+
+def test_sample_reports_where_the_time_went(client, obs):
+    r = client.post("/sample", json={"trace": obs.trace[0].tolist(), "num_samples": 50})
+    timing = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+    assert 0.0 < float(timing["draws"]) <= float(timing["replica"]) < 60_000
 
 
 def test_features_give_the_same_posterior_as_the_trace(client, obs):
