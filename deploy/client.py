@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from deploy.summaries import central_interval
+from farm.thetafile import read_numbers
 
 
 class QueryError(Exception):
@@ -74,15 +75,7 @@ class PosteriorClient:
 def load_trace_file(path: str | Path) -> NDArray[np.int16]:
     """A recorded trace from ``.npy`` (no pickle) or ``.csv``/``.txt``: (1000,) or (1, 1000) ADC codes."""
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{str(p)!r} does not exist; give a .npy or .csv file of MADC codes")
-    if p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
-    elif p.suffix in (".csv", ".txt"):
-        arr = np.loadtxt(p, delimiter="," if p.suffix == ".csv" else None)
-    else:
-        raise ValueError(f"{p.name}: unknown format {p.suffix!r}; use .npy, .csv or .txt")
-    arr = np.asarray(arr)
+    arr = read_numbers(p, "trace")
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 1:

@@ -1,4 +1,4 @@
-"""Reading user-given parameter sets (`farm simulate --theta`)."""
+"""Reading user-given arrays: parameter sets (`farm simulate --theta`) and recorded traces (`farm query`)."""
 
 from __future__ import annotations
 
@@ -12,29 +12,37 @@ from farm.defaults import PARAMETER_NAMES
 from farm.prior import AnyPrior
 
 
+def read_numbers(path: str | Path, what: str, header: tuple[str, ...] = ()) -> NDArray[np.float64]:
+    """Numbers from ``.npy`` (never unpickled) or ``.csv`` / ``.txt``, with one-line errors naming ``what``.
+
+    Args:
+        header: column names a CSV may carry in its first row (in any order); such columns come
+            back reordered to this order. Without a header row, columns are taken as they are.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what} file {str(p)!r} does not exist; give a .npy or .csv file")
+    if p.suffix == ".npy":
+        return np.asarray(np.load(p, allow_pickle=False))
+    if p.suffix not in (".csv", ".txt"):
+        raise ValueError(f"{what} file {p.name}: unknown format {p.suffix!r}; use .npy, .csv or .txt")
+    delimiter = "," if p.suffix == ".csv" else None
+    if header:
+        with p.open() as f:
+            names = [c.strip() for c in f.readline().strip().split(delimiter or None)]
+        if set(names) == set(header):
+            raw = np.loadtxt(p, delimiter=delimiter, skiprows=1, ndmin=2)
+            return raw[:, [names.index(n) for n in header]]
+    return np.loadtxt(p, delimiter=delimiter, ndmin=2 if header else 0)
+
+
 def read_theta(path: str | Path, prior: AnyPrior) -> NDArray[np.float32]:
     """(n, 7) float32 LSB from .npy or .csv, checked against the prior box.
 
     A CSV may have a header row naming the parameters (any order); otherwise columns are in
     ``PARAMETER_NAMES`` order.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"theta file {str(p)!r} does not exist")
-    if p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
-    elif p.suffix in (".csv", ".txt"):
-        with p.open() as f:
-            first = f.readline().strip()
-        names = [c.strip() for c in first.split(",")]
-        if set(names) == set(PARAMETER_NAMES):
-            raw = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2)
-            arr = raw[:, [names.index(n) for n in PARAMETER_NAMES]]
-        else:
-            arr = np.loadtxt(p, delimiter=",", ndmin=2)
-    else:
-        raise ValueError(f"theta file {str(p)!r} must be .npy or .csv")
-    arr = np.asarray(arr, dtype=np.float64)
+    arr = np.asarray(read_numbers(path, "theta", header=PARAMETER_NAMES), dtype=np.float64)
     if arr.ndim == 1 and arr.size == len(PARAMETER_NAMES):
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != len(PARAMETER_NAMES) or arr.shape[0] == 0:

@@ -218,3 +218,21 @@ def test_cli_query_unreachable_service(tmp_path, capsys):
     np.save(path, np.full(1000, 500, dtype=np.int16))
     code, err = run_cli(capsys, ["query", "--url", "http://127.0.0.1:9", "--trace", str(path)])
     assert code == 1 and "cannot reach" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_recorded_trace_files_load_or_fail_on_one_line(tmp_path):
+    from deploy.client import load_trace_file
+
+    codes = np.arange(1000) % 1024
+    np.save(tmp_path / "t.npy", codes[None, :])
+    np.savetxt(tmp_path / "t.csv", codes[None, :], delimiter=",", fmt="%d")
+    np.savetxt(tmp_path / "t.txt", codes, fmt="%d")
+    for name in ("t.npy", "t.csv", "t.txt"):
+        trace = load_trace_file(tmp_path / name)
+        assert trace.dtype == np.int16 and np.array_equal(trace, codes), name
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object))
+    np.save(tmp_path / "high.npy", codes + 100)
+    (tmp_path / "t.json").write_text("[1, 2]")
+    for name, needle in (("missing.npy", "does not exist"), ("t.json", "unknown format '.json'"), ("high.npy", "[0, 1023]"), ("pickled.npy", "allow_pickle")):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            load_trace_file(tmp_path / name)

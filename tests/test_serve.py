@@ -261,7 +261,13 @@ def test_openapi_request_bodies_take_no_paths(client):
 
 # ---------------------------------------------------------------- fuzz (issue 7)
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
-json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+
+
+def _json_containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+
+json_value = st.recursive(json_leaf, _json_containers, max_leaves=12)
 trace_value = st.one_of(
     st.just(TRACE),
     st.lists(st.integers(-5, 1030), min_size=995, max_size=1005),
