@@ -144,6 +144,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    # The worker narrates each report at INFO ("Reporting training result ..."); the [train] lines
+    # below already say it, once. Set on the module's own logger: Ray Train re-applies its logging
+    # config to `ray.train` during the run, and leaves loggers it does not name alone.
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     cfg = TrainConfig.from_dict(config["train"])
     plan = DataPlan.from_dict(config["plan"])
     ctx = ray.train.get_context()
@@ -265,7 +269,7 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
         TrainingError: a worker failed, or ``out`` holds a run of other settings.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     # Workers may run elsewhere (another cwd or node): local paths become absolute.
@@ -289,9 +293,10 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
     started = False
     if not ray.is_initialized():
         # Workers print progress themselves; Ray's own INFO chatter (checkpoint paths, state-API
-        # polling without a dashboard) would drown it, so workers log at WARNING and above.
+        # polling without a dashboard) would drown it, so workers log at WARNING and above. Quiet
+        # runs forward nothing from workers: a failure still arrives as trainer.fit()'s exception.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=cfg.progress, configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
         started = True
     try:
         cpus = cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)
@@ -300,7 +305,10 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
             train_loop_per_worker,
             train_loop_config={"train": asdict(cfg_run), "plan": plan.to_dict(), "stats": stats},
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
-            run_config=RunConfig(name="run", storage_path=str(out / "checkpoints"), checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0)),
+            run_config=RunConfig(name="run", storage_path=str(out / "checkpoints"), checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0),
+                                 # Ray Train narrates every report and checkpoint at INFO; the CLI prints its own progress,
+                                 # and a failed run surfaces as one TrainingError line, so quiet hides Train's logs entirely.
+                                 logging_config=LoggingConfig(log_level="WARNING" if cfg.progress else "CRITICAL")),
         )
         try:
             result = trainer.fit()
