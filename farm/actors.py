@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from farm.thetafile import theta_fingerprint
 
 log = logging.getLogger("farm")
 _CHUNK_DELAY_S = float(os.environ.get("FARM_CHUNK_DELAY_S", "0") or 0)
+_DRIVER_MIN_CHUNKS = 4  # below this, a local run is too short for the driver to help while Ray starts
 
 
 class FarmError(RuntimeError):
@@ -206,6 +208,7 @@ def run_farm(
         num_nodes=len(stats["nodes"]),
         nodes=sorted(stats["nodes"]),
         chunks_retried=stats["chunks_retried"],
+        driver_chunks=stats.get("driver_chunks", 0),
     )
     return summary
 
@@ -238,11 +241,73 @@ def _connect_ray(address: str | None) -> None:
         raise FarmError(f"cannot connect to Ray at address={address!r}: {str(e).splitlines()[0]}") from None
 
 
+class _DriverWorker(threading.Thread):
+    """Simulates chunks in the driver while a private local Ray starts, until the first actor is up.
+
+    Why: starting Ray and the actors takes ~7-9 s on 2 cores, a tenth of a million-trace run,
+    and the driver already holds the kernel and the store. It takes chunks from the farm's own
+    queue and flags them like an actor would, so determinism and resume are unchanged: a chunk
+    is flagged done only after its data is written, by whoever ran it.
+    """
+
+    def __init__(self, store: SimStore, job: ChunkJob, queue: collections.deque, lock: threading.Lock, bar: _Progress) -> None:
+        super().__init__(name="farm-driver-worker", daemon=True)
+        self.store, self.job, self.queue, self.lock, self.bar = store, job, queue, lock, bar
+        self.halt = threading.Event()
+        self.chunks_done = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            import numba
+
+            numba.set_num_threads(1)  # this thread only; leaves a core to Ray's start-up
+            substrate = get_substrate(self.job.substrate, self.job.protocol, self.job.chip_model)
+            while not self.halt.is_set():
+                with self.lock:
+                    if not self.queue:
+                        return
+                    chunk = self.queue.popleft()
+                try:
+                    res = run_chunk(self.store, self.job, substrate, chunk)
+                except BaseException:
+                    with self.lock:
+                        self.queue.appendleft(chunk)  # an actor retries it (or the error ends the run)
+                    raise
+                with self.lock:
+                    self.store.mark_done(chunk)
+                    self.bar.advance(res["n"])
+                    self.chunks_done += 1
+        except BaseException as e:  # reported by the main loop, which owns the run's errors
+            self.error = e
+
+    def stop(self) -> None:
+        """Finish the current chunk, take no more, and surface an error the worker met."""
+        self.halt.set()
+        self.join()
+        if isinstance(self.error, OSError):
+            raise FarmError(f"writing to {self.store.url} failed: {self.error.strerror or self.error}; completed chunks are kept, re-run the same command to resume") from None
+        if self.error is not None:
+            raise FarmError(f"the driver's own chunk failed: {type(self.error).__name__}: {self.error}; completed chunks are kept, re-run the same command to resume") from None
+
+
 def _run_on_ray(store: SimStore, job: ChunkJob, pending: list[int], bar: _Progress, stats: dict[str, Any], *, address: str | None, num_chips: int | None, max_in_flight_per_chip: int, max_actor_failures: int | None) -> None:
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    _connect_ray(address)
+    queue = collections.deque(pending)
+    lock = threading.Lock()
+    driver: _DriverWorker | None = None
+    if address is None and not ray.is_initialized() and len(pending) > _DRIVER_MIN_CHUNKS:
+        driver = _DriverWorker(store, job, queue, lock, bar)
+        driver.start()
+    try:
+        _connect_ray(address)
+    except BaseException:
+        if driver is not None:
+            driver.halt.set()
+            driver.join()
+        raise
     if num_chips is None:
         num_chips = max(1, int(ray.cluster_resources().get("CPU", 1)))
     num_chips = max(1, min(num_chips, len(pending)))
@@ -253,7 +318,6 @@ def _run_on_ray(store: SimStore, job: ChunkJob, pending: list[int], bar: _Progre
     starting: dict[Any, Any] = {}  # ready() ref -> actor
     ready: dict[Any, int] = {}  # actor -> chunks in flight
     in_flight: dict[Any, tuple[Any, int]] = {}  # run() ref -> (actor, chunk)
-    queue = collections.deque(pending)
     failures = 0
     last_progress = time.monotonic()
 
@@ -265,10 +329,17 @@ def _run_on_ray(store: SimStore, job: ChunkJob, pending: list[int], bar: _Progre
         spawn()
     stats["num_workers"] = num_chips
     try:
-        while queue or in_flight:
+        while queue or in_flight or (driver is not None and driver.is_alive()):
+            if driver is not None and ready:  # an actor is up: the driver hands over after its current chunk
+                driver.stop()
+                stats["driver_chunks"] = driver.chunks_done
+                driver = None
             for actor in list(ready):
-                while queue and ready[actor] < max_in_flight_per_chip:
-                    chunk = queue.popleft()
+                while ready[actor] < max_in_flight_per_chip:
+                    with lock:
+                        if not queue:
+                            break
+                        chunk = queue.popleft()
                     in_flight[actor.run.remote(chunk)] = (actor, chunk)
                     ready[actor] += 1
             waitables = list(in_flight) + list(starting)
@@ -294,7 +365,8 @@ def _run_on_ray(store: SimStore, job: ChunkJob, pending: list[int], bar: _Progre
                 except RayActorError:
                     # The actor's process or node is gone: its chunk goes to another actor.
                     log.warning("actor running chunk %d died; re-queueing it", chunk)
-                    queue.appendleft(chunk)
+                    with lock:
+                        queue.appendleft(chunk)
                     stats["chunks_retried"] += 1
                     if actor in ready:
                         ready.pop(actor)
@@ -305,14 +377,19 @@ def _run_on_ray(store: SimStore, job: ChunkJob, pending: list[int], bar: _Progre
                     continue
                 except RayTaskError as e:
                     raise FarmError(f"chunk {chunk} failed: {_cause(e)}; completed chunks are kept, re-run the same command to resume") from None
-                store.mark_done(chunk)
+                with lock:
+                    store.mark_done(chunk)
+                    bar.advance(res["n"])
                 stats["nodes"].add(res["node_id"])
                 ready[actor] -= 1
-                bar.advance(res["n"])
                 last_progress = time.monotonic()
-            if not ready and not in_flight and queue and time.monotonic() - last_progress > 300:
+            if not ready and not in_flight and queue and (driver is None or not driver.is_alive()) and time.monotonic() - last_progress > 300:
                 raise FarmError("no chip actor could be started for 300 s; check the cluster's free CPUs (`ray status`)")
     finally:
+        if driver is not None:  # the run ended (or failed) before any actor came up
+            driver.halt.set()
+            driver.join()
+            stats["driver_chunks"] = driver.chunks_done
         for actor in list(ready) + list(starting.values()) + [a for a, _ in in_flight.values()]:
             try:
                 ray.kill(actor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -67,6 +68,18 @@ def test_same_seed_bit_identical_across_actor_counts(ray_session, reference_stor
         summary = run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, num_chips=chips, max_in_flight_per_chip=1 + chips)
         assert summary["complete"] and summary["num_workers"] == chips
         assert_same_store(reference_store, out)
+
+
+def test_driver_simulates_while_its_private_ray_starts_and_the_store_is_the_same(reference_store: Path, tmp_path: Path) -> None:
+    """`farm simulate` without --address starts a local Ray; the driver works meanwhile, then hands over."""
+    out = tmp_path / "private.zarr"
+    cmd = [*FARM, "simulate", "--n", "2400", "--seed", "11", "--chunk", "100", "--out", str(out), "--quiet", "--json"]
+    # Slow chunks (sleep only, data unchanged) so Ray is up before the driver could finish alone.
+    res = subprocess.run(cmd, env={**os.environ, "FARM_CHUNK_DELAY_S": "0.5"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["complete"] and summary["driver_chunks"] >= 1, summary
+    assert_same_store(reference_store, out)
 
 
 def test_sample_i_is_independent_of_chunking(reference_store: Path, tmp_path: Path) -> None:
