@@ -29,7 +29,7 @@ def read_numbers(path: str | Path, what: str, header: tuple[str, ...] = ()) -> N
     delimiter = "," if p.suffix == ".csv" else None
     if header:
         with p.open() as f:
-            names = [c.strip() for c in f.readline().strip().split(delimiter or None)]
+            names = [c.strip() for c in f.readline().strip().split(delimiter)]
         if set(names) == set(header):
             raw = np.loadtxt(p, delimiter=delimiter, skiprows=1, ndmin=2)
             return raw[:, [names.index(n) for n in header]]
