@@ -44,7 +44,7 @@ def free_port() -> int:
 def train_small_posterior(root: Path) -> Path:
     """A 3000-sample store and a 2-epoch handcrafted NPE, through the real CLI."""
     from farm.actors import run_farm
-    from farm.cli import main as farm_main
+    from deploy.cli import main as farm_main
 
     store, out = root / "sims.zarr", root / "npe-handcrafted"
     run_farm(str(store), 3000, seed=1, chunk_size=1000, in_process=True)

@@ -67,7 +67,7 @@ def main() -> None:
     base_rate = n_base / (time.perf_counter() - t0)
 
     out = Path(tempfile.mkdtemp(prefix="bench-sim-")) / "sims.zarr"
-    cmd = [sys.executable, "-m", "farm.cli", "simulate", "--n", str(n), "--out", str(out), "--seed", "0", "--chips", str(args.chips), "--quiet", "--json"]
+    cmd = [sys.executable, "-m", "deploy.cli", "simulate", "--n", str(n), "--out", str(out), "--seed", "0", "--chips", str(args.chips), "--quiet", "--json"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     peak = 0

@@ -184,7 +184,7 @@ def spawn_detached(opts: ServeOptions, log_path: Path | None = None) -> tuple[su
     """
     log = log_path or Path(tempfile.gettempdir()) / f"farm-serve-{opts.port}.log"
     offset = log.stat().st_size if log.exists() else 0
-    cmd = [sys.executable, "-m", "farm.cli", "serve", "--posterior", str(Path(opts.posterior).resolve()), "--host", opts.host, "--port", str(opts.port), "--replicas", str(opts.replicas), "--max-batch-size", str(opts.max_batch_size)]
+    cmd = [sys.executable, "-m", "deploy.cli", "serve", "--posterior", str(Path(opts.posterior).resolve()), "--host", opts.host, "--port", str(opts.port), "--replicas", str(opts.replicas), "--max-batch-size", str(opts.max_batch_size)]
     # Unbuffered, so the log shows "Serving ..." while it serves, not only after a clean exit.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as fh:

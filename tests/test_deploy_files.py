@@ -23,7 +23,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from deploy.launch import DEFAULT_HOST, ServeOptions
 from deploy.service import AppArgs, build_app
-from farm.cli import app, main
+from deploy.cli import app, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from farm.actors import run_farm
-from farm.cli import main
+from deploy.cli import main
 from farm.defaults import PARAMETER_NAMES, ChipModel, Protocol
 from farm.prior import BoxPrior
 from inference.evaluate import EvalConfig, compare_reports, evaluate, load_held_out, load_report, summary_table

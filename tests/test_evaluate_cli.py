@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from farm.actors import run_farm
-from farm.cli import main
+from deploy.cli import main
 from inference.evaluate import load_report
 
 

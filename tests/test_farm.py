@@ -15,13 +15,13 @@ import pytest
 import xarray as xr
 
 from farm.actors import run_farm
-from farm.cli import main as farm_main
+from deploy.cli import main as farm_main
 from farm.defaults import PARAMETER_NAMES
 from farm.features import FEATURE_NAMES
 from farm.prior import BoxPrior
 from farm.store import SimStore, open_dataset
 
-FARM = [sys.executable, "-m", "farm.cli"]
+FARM = [sys.executable, "-m", "deploy.cli"]
 ARRAYS = ("theta", "trace", "spike_count", "features", "chip", "neuron", "seed")
 
 

@@ -19,7 +19,7 @@ from farm.actors import run_farm
 from farm.store import SimStore
 from tests.cluster import LoopbackCluster, descendants, pids_matching
 
-FARM = [sys.executable, "-m", "farm.cli"]
+FARM = [sys.executable, "-m", "deploy.cli"]
 N, CHUNK, SEED = 4000, 200, 5
 ARRAYS = ("theta", "trace", "spike_count", "features", "chip", "neuron", "seed")
 

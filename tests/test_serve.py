@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from deploy.schemas import MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES
 from deploy.service import APP_NAME, package_version, posterior_app
 from farm.actors import run_farm
-from farm.cli import main
+from deploy.cli import main
 from farm.defaults import PARAMETER_NAMES, PriorBox
 from farm.features import FEATURE_NAMES, summarize
 from farm.prior import BoxPrior

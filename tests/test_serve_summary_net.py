@@ -15,7 +15,7 @@ import pytest
 
 from deploy.service import posterior_app
 from farm.actors import run_farm
-from farm.cli import main
+from deploy.cli import main
 from farm.prior import BoxPrior
 from farm.features import summarize
 from farm.simulate import simulate_theta

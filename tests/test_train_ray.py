@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from farm.actors import run_farm
-from farm.cli import app
+from deploy.cli import app
 from inference.train import TrainConfig, TrainingError, run_training
 
 
@@ -42,7 +42,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray
     out = tmp_path / "npe"
     args = ["npe", "--store", store, "--out", str(out), "--epochs", "3", "--patience", "3", "--batch-size", "64"]
     address = ray_session.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "train", *args, "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "train", *args, "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     snapshot = out / "checkpoints" / "run" / "checkpoint_manager_snapshot.json"
 
     def registered() -> bool:  # Ray Train has recorded a checkpoint (not just written its files)

@@ -1,0 +1,39 @@
+"""What every `farm` verb shares: count parsing, one-line errors, the options that recur."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster: `auto`, `ray://host:10001`, or host:port. Default: start a local Ray.")]
+
+
+def parse_count(value: str, option: str = "--n") -> int:
+    """Accept `1000`, `1e6`, `1_000_000`; reject non-integers like `1.5` and anything <= 0."""
+    text = str(value).strip().replace("_", "")
+    try:
+        number = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number; give a positive integer such as 1000 or 1e6", param_hint=option) from None
+    if not math.isfinite(number) or number != math.floor(number) or number <= 0:
+        raise typer.BadParameter(f"{value!r} must be a positive whole number (e.g. 1000 or 1e6)", param_hint=option)
+    return int(number)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line to stderr and exit; used for runtime failures (code 1)."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def bad_input(message: str) -> NoReturn:
+    """One-line usage error, exit code 2, for input found bad after parsing (files, stores)."""
+    fail(message, 2)
+
+
+def first_line(err: BaseException) -> str:
+    """A library error's first line (tracebacks and chained detail stay out of the terminal)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,118 @@
+"""`farm evaluate` and `farm compare`: calibration and recovery reports on held-out stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deploy.cli.common import bad_input, parse_count
+
+
+def evaluate(
+    posterior: Annotated[str, typer.Option("--posterior", help="Posterior artifact directory from `farm train npe`.")],
+    store: Annotated[str, typer.Option("--store", help="Held-out store simulated from the posterior's prior with a seed not used in training.")],
+    out: Annotated[str, typer.Option("--out", help="Report directory: metrics.json and PNG figures are written here.")],
+    n_obs: Annotated[str, typer.Option("--n-obs", help="Held-out observations for SBC, TARP and recovery (at most the store's size).")] = "500",
+    n_samples: Annotated[str, typer.Option("--n-samples", help="Posterior samples per observation.")] = "500",
+    n_ppc: Annotated[int, typer.Option("--n-ppc", min=0, max=10_000, help="Observations given posterior-predictive simulations (0: none).")] = 40,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Selects observations; seeds sampling and predictive simulations.")] = 0,
+    hpd: Annotated[bool, typer.Option("--hpd/--no-hpd", help="Also compute HPD expected coverage from the posterior density (200 observations; slower).")] = False,
+    c2st: Annotated[bool, typer.Option("--c2st/--no-c2st", help="Also run C2ST of prior vs data-averaged posterior.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Calibrate and check a posterior on held-out simulations: SBC, TARP, recovery, predictive checks.
+
+    Example: farm evaluate --posterior runs/npe-hand --store runs/test.zarr --out reports/hand
+    """
+    from inference.evaluate import EvalConfig
+
+    num_obs, num_samples = parse_count(n_obs, "--n-obs"), parse_count(n_samples, "--n-samples")
+    try:
+        cfg = EvalConfig(num_obs=num_obs, num_samples=num_samples, num_ppc=n_ppc, num_ppc_samples=min(20, num_samples), seed=seed, hpd=hpd, c2st=c2st)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--n-obs/--n-samples") from None
+    from rich.console import Console
+    from rich.table import Table
+
+    from inference import load_posterior
+    from inference.evaluate import load_held_out, summary_table
+    from inference.evaluate import evaluate as run_evaluation
+
+    try:
+        post = load_posterior(posterior)
+    except (ValueError, OSError, KeyError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0] if str(e) else repr(e), param_hint="--posterior") from None
+    try:
+        load_held_out(store, 10, seed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e).splitlines()[0], param_hint="--store") from None
+    err = Console(stderr=True)
+    try:
+        metrics = run_evaluation(post, store, out, cfg, log=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]")))
+    except ValueError as e:
+        bad_input(str(e).splitlines()[0])
+    if as_json:
+        typer.echo(json.dumps(metrics["summary"]))
+        return
+    table = Table(title=f"farm evaluate: {metrics['summary']['variant']}", show_header=False, title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    for label, value in summary_table(metrics):
+        table.add_row(label, value)
+    Console().print(table)
+    typer.echo(f"report: {Path(out) / 'metrics.json'} and {len(metrics['figures'])} figures ({', '.join(sorted(metrics['figures'].values()))}) in {out}")
+    for w in metrics["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def compare(
+    report_a: Annotated[str, typer.Argument(help="Report directory from `farm evaluate` (e.g. the handcrafted variant).")],
+    report_b: Annotated[str, typer.Argument(help="Second report directory (e.g. the summary-net variant).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
+) -> None:
+    """Print two evaluation reports side by side: calibration, contraction, predictive error.
+
+    Example: farm compare reports/hand reports/snet
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from inference.evaluate import compare_reports, load_report
+
+    reports = []
+    for hint, path in (("REPORT_A", report_a), ("REPORT_B", report_b)):
+        try:
+            reports.append(load_report(path))
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint=hint) from None
+    cmp = compare_reports(*reports)
+    if as_json:
+        typer.echo(json.dumps(cmp))
+        return
+    col_a, col_b = f"A: {cmp['columns'][0]}", f"B: {cmp['columns'][1]}"
+    t = Table(title="farm compare", title_justify="left")
+    t.add_column("metric", style="bold")
+    t.add_column(col_a, justify="right")
+    t.add_column(col_b, justify="right")
+    t.add_column("better", justify="center")
+    for label, va, vb, win in cmp["rows"]:
+        t.add_row(label, va, vb, win)
+    p = Table(title="per parameter: NRMSE (lower is better) and contraction (higher is better)", title_justify="left")
+    p.add_column("parameter", style="bold")
+    for head in ("NRMSE A", "NRMSE B", "contraction A", "contraction B"):
+        p.add_column(head, justify="right")
+    for name, na, nb, ca, cb in cmp["parameters"]:
+        p.add_row(name, *(f"{v:.3f}" if isinstance(v, (int, float)) else "-" for v in (na, nb, ca, cb)))
+    console = Console()
+    console.print(t)
+    console.print(p)
+    for note in cmp["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)
+    app.command()(compare)

@@ -1,0 +1,126 @@
+"""`farm serve` and `farm query`: the posterior over HTTP (Ray Serve) and its client."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deploy.cli.common import bad_input, fail
+
+
+def serve(
+    posterior: Annotated[str, typer.Option("--posterior", help="Artifact directory written by `farm train npe` (either variant).")],
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="HTTP port.")] = 8000,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, max=64, help="Serve replicas of the posterior (0.5 CPU each).")] = 1,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster: `auto` or `ray://host:10001`. Default: start a local Ray.")] = None,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=256, help="Concurrent /sample requests per forward pass; 1 turns batching off.")] = 16,
+    detach: Annotated[bool, typer.Option("--detach", help="Return once the service answers; it keeps running (stop it with `kill -INT PID`, or `serve shutdown` on a cluster).")] = False,
+    pid_file: Annotated[Optional[Path], typer.Option("--pid-file", help="With --detach and a local Ray: write the server's PID here.")] = None,
+    log: Annotated[Optional[Path], typer.Option("--log", help="With --detach and a local Ray: the server's log file (default: farm-serve-PORT.log in the temp dir).")] = None,
+) -> None:
+    """Serve a trained posterior over HTTP with Ray Serve and print its URL.
+
+    Blocks until Ctrl-C unless --detach. Endpoints: /health, /info, /sample, /log_prob, /predictive (docs/http-api.md).
+
+    Example: farm serve --posterior artifacts/npe-handcrafted --port 8000
+    """
+    from deploy.launch import READY_MARKER, ServeOptions, check_posterior, deploy, port_free, serve_until_interrupted, spawn_detached, wait_healthy
+
+    opts = ServeOptions(posterior=posterior, host=host, port=port, replicas=replicas, address=address, max_batch_size=max_batch_size)
+    try:
+        described = check_posterior(posterior)
+    except (ValueError, OSError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0], param_hint="--posterior") from None
+    if address is None and not port_free(host, port):
+        raise typer.BadParameter(f"port {port} on {host} is already in use; pick another --port", param_hint="--port")
+    for name, path in (("--log", log), ("--pid-file", pid_file)):
+        if path is not None and not path.parent.is_dir():
+            raise typer.BadParameter(f"directory {str(path.parent)!r} does not exist", param_hint=name)
+    if detach and address is None:
+        proc, log, offset = spawn_detached(opts, log)
+        try:
+            wait_healthy(opts.url, process=proc, log=log, log_offset=offset)
+        except (RuntimeError, TimeoutError) as e:
+            proc.send_signal(signal.SIGINT)  # a server that never came up must not linger
+            fail(f"{e}; see {log}")
+        if pid_file is not None:
+            pid_file.write_text(f"{proc.pid}\n")
+        typer.echo(f"Serving {described} at {opts.url} (pid {proc.pid}, log {log}); stop with: kill -INT {proc.pid}")
+        return
+
+    def announce(url: str) -> None:
+        typer.echo(f"{READY_MARKER}{described} at {url}" + ("" if detach else "  (Ctrl-C to stop)"))
+        sys.stdout.flush()
+
+    if detach:  # on a cluster: the app outlives this process, nothing to block on
+        try:
+            announce(deploy(opts))
+        except RuntimeError as e:
+            fail(f"deployment failed: {str(e).splitlines()[0]}")
+        return
+    try:
+        serve_until_interrupted(opts, announce)
+    except RuntimeError as e:
+        fail(f"deployment failed: {str(e).splitlines()[0]}")
+
+
+def query(
+    url: Annotated[str, typer.Option("--url", help="Base URL printed by `farm serve`, e.g. http://127.0.0.1:8000.")],
+    trace: Annotated[Optional[Path], typer.Option("--trace", help="Recorded trace: .npy (or .csv) of 1000 MADC codes.")] = None,
+    store: Annotated[Optional[str], typer.Option("--store", help="Take the observation from this store (with --index); its true parameters are shown.")] = None,
+    index: Annotated[Optional[int], typer.Option("--index", min=0, help="Sample index in --store.")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=10_000, help="Posterior draws.")] = 1000,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed for reproducible draws.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a pair plot of the draws to this PNG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary rows as JSON.")] = False,
+) -> None:
+    """Ask a running posterior service about one trace; print mean, std and 90 % interval per parameter.
+
+    Example: farm query --url http://127.0.0.1:8000 --store runs/test.zarr --index 3 --plot post.png
+    """
+    from deploy.client import PosteriorClient, QueryError, load_store_trace, load_trace_file, print_table, save_pairplot, summary_rows
+
+    if (trace is None) == (store is None):
+        raise typer.BadParameter("give exactly one of --trace FILE or --store S --index I", param_hint="--trace/--store")
+    if store is not None and index is None:
+        raise typer.BadParameter("--store needs --index I (which sample to query)", param_hint="--index")
+    truth = None
+    try:
+        if trace is not None:
+            obs = load_trace_file(trace)
+        else:
+            obs, truth = load_store_trace(store, index)
+    except (ValueError, OSError, KeyError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0], param_hint="--trace" if trace is not None else "--store/--index") from None
+    try:
+        client = PosteriorClient(url)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--url") from None
+    with client:
+        try:
+            result = client.sample(obs, num_samples=n, seed=seed)
+            info = client.info() if plot is not None else None
+        except QueryError as e:
+            if e.status == 422:
+                bad_input(f"the service rejected the observation: {e}")
+            fail(str(e))
+    rows = summary_rows(result, truth)
+    if as_json:
+        typer.echo(json.dumps({"fingerprint": result["fingerprint"], "num_samples": result["num_samples"], "rows": rows}))
+    else:
+        source = str(trace) if trace is not None else f"{store}[{index}]"
+        print_table(rows, title=f"posterior for {source} ({result['num_samples']} draws, model {result['fingerprint']})")
+    if plot is not None:
+        out = save_pairplot(result, info, plot, truth)
+        typer.echo(f"pair plot: {out}", err=as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(query)

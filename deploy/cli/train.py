@@ -1,0 +1,94 @@
+"""`farm train classifier|npe`: Ray Train fits from Zarr stores (the inference layer)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
+import typer
+
+from deploy.cli.common import AddressOpt, bad_input, fail
+
+train_app = typer.Typer(help="Train the restriction classifier or an amortized posterior with Ray Train, from Zarr stores.", no_args_is_help=True)
+
+StoreOpt = Annotated[list[str], typer.Option("--store", help="Zarr store from `farm simulate`; repeat for several stores of one setup.")]
+OutOpt = Annotated[str, typer.Option("--out", help="Artifact directory; checkpoints go inside, so re-running the same command resumes a killed training.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="Ray Train workers (data-parallel).")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, max=10_000, help="Maximum epochs; early stopping on the validation loss may end sooner.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, max=65_536, help="Samples per step and worker.")]
+LrOpt = Annotated[float, typer.Option("--lr", min=1e-6, max=0.5, help="Adam learning rate.")]
+PatienceOpt = Annotated[int, typer.Option("--patience", min=1, max=10_000, help="Epochs without validation improvement before stopping.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed of initialisation and shuffling.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch progress.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")]
+
+
+def _run_train(task: str, *, as_json: bool, **kwargs: Any) -> None:
+    from inference.cli_train import TrainingError, format_metrics, train_command
+
+    try:
+        metrics = train_command(task, **kwargs)
+    except ValueError as e:
+        bad_input(str(e))
+    except TrainingError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(metrics))
+    else:
+        typer.echo(format_metrics(task, kwargs["out"], metrics))
+
+
+@train_app.command("classifier")
+def train_classifier(
+    store: StoreOpt,
+    out: OutOpt = "artifacts/restricted",
+    heldout: Annotated[Optional[list[str]], typer.Option("--heldout", help="Store(s) from the box prior to report recall/precision on.")] = None,
+    target_recall: Annotated[float, typer.Option("--target-recall", min=0.5, max=1.0, help="Share of in-regime samples the restricted prior keeps.")] = 0.99,
+    workers: WorkersOpt = 1,
+    epochs: EpochsOpt = 30,
+    batch_size: BatchOpt = 256,
+    lr: LrOpt = 1e-3,
+    patience: PatienceOpt = 5,
+    seed: SeedOpt = 0,
+    address: AddressOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train theta -> P(in regime) on a pilot store and write the restricted prior into --out.
+
+    --out then holds restricted_prior.json + weights.npz, so `farm simulate --prior OUT` samples from it.
+
+    Example: farm train classifier --store runs/pilot.zarr --out artifacts/restricted
+    """
+    _run_train("classifier", stores=store, out=out, heldout=heldout, target_recall=target_recall, workers=workers, epochs=epochs, batch_size=batch_size,
+               learning_rate=lr, patience=patience, seed=seed, address=address, quiet=quiet, as_json=as_json)
+
+
+@train_app.command("npe")
+def train_npe(
+    store: StoreOpt,
+    out: OutOpt = "artifacts/npe",
+    features: Annotated[str, typer.Option("--features", help="handcrafted (named summary statistics) or summary-net (1D CNN on the raw trace).")] = "handcrafted",
+    prior: Annotated[Optional[str], typer.Option("--prior", help="Restricted prior directory the store was simulated from (copied into the artifact).")] = None,
+    workers: WorkersOpt = 1,
+    epochs: EpochsOpt = 30,
+    batch_size: BatchOpt = 256,
+    lr: LrOpt = 1e-3,
+    patience: PatienceOpt = 5,
+    seed: SeedOpt = 0,
+    address: AddressOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train an amortized posterior (NPE, neural spline flow) and write a loadable artifact into --out.
+
+    Example: farm train npe --store runs/sims.zarr --features summary-net --out artifacts/npe-summary-net
+    """
+    if features not in ("handcrafted", "summary-net"):
+        raise typer.BadParameter(f"{features!r} unknown; choose handcrafted or summary-net", param_hint="--features")
+    _run_train("npe", stores=store, out=out, variant=features, prior=prior, workers=workers, epochs=epochs, batch_size=batch_size,
+               learning_rate=lr, patience=patience, seed=seed, address=address, quiet=quiet, as_json=as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
