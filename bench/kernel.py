@@ -1,7 +1,8 @@
 """Emulator kernel throughput (neuron-steps/s) against a plain numpy Euler AdEx, same run, same machine.
 
 Noise, mismatch and ADC readout are on in the kernel; the numpy baseline integrates the same
-equations without noise (it would only get slower with it). Prints the ratio.
+equations without noise (it would only get slower with it). Both are timed best-of-``--repeats``,
+alternating, in the same run; prints the ratio (issue 14 asks for >= 6.5x).
 
     python bench/kernel.py [--n 20000] [--threads 2]
 """
@@ -56,18 +57,23 @@ def main() -> None:
     keys = noise_keys(1, idx)
     sub = EmulatorSubstrate(protocol, model)
     sub.run(theta[:10], chip[:10], neuron[:10], keys[:10])  # compile / load cache
-    best = float("inf")
+    # Kernel and baseline alternate within each repeat and each keeps its best, so a burst of load
+    # from other processes on this shared machine hits both rather than skewing the ratio.
+    best = best_numpy = float("inf")
+    theta_np = theta[: args.n_numpy].astype(np.float64)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         sub.run(theta, chip, neuron, keys)
         best = min(best, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        numpy_euler(theta_np, protocol, model)
+        best_numpy = min(best_numpy, time.perf_counter() - t0)
     kernel_rate = args.n * steps / best
-    t0 = time.perf_counter()
-    numpy_euler(theta[: args.n_numpy].astype(np.float64), protocol, model)
-    numpy_rate = args.n_numpy * steps / (time.perf_counter() - t0)
+    numpy_rate = args.n_numpy * steps / best_numpy
     print(f"kernel (numba, {args.threads} threads, noise+mismatch+ADC): {kernel_rate:.3g} neuron-steps/s  ({args.n / best:,.0f} traces/s)")
     print(f"baseline (numpy Euler, no noise):                {numpy_rate:.3g} neuron-steps/s")
-    print(f"ratio kernel / numpy: {kernel_rate / numpy_rate:.1f}x   (target kernel >= 1e8: {'yes' if kernel_rate >= 1e8 else 'NO'})")
+    ratio = kernel_rate / numpy_rate
+    print(f"ratio kernel / numpy: {ratio:.1f}x   (target >= 6.5x: {'yes' if ratio >= 6.5 else 'NO'}; kernel >= 1e8: {'yes' if kernel_rate >= 1e8 else 'NO'})")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Deploys the same artifact twice in one local Ray Serve: ``/batched`` (``@serve.b
 with the same CPU share. Baseline for latency: ``posterior.sample`` + ``log_prob`` called directly in
 this process (the floor HTTP + Serve add to). Baseline for throughput: the unbatched app. The two
 apps alternate in rounds (medians reported), so load changes on a shared machine hit both alike.
-Prints p50/p99 latencies, requests/s, and the ratios; --json writes them.
+Prints p50/p99 latencies, requests/s, and the ratios; --json writes them. The load run (--load-clients
+48) floods the batched app with 10 000-draw requests and reports an honest client's p50/p99 against the
+unloaded figures of the same run, the status codes the flood got (503s are shed load) and /health under load.
 
     python bench/serve.py [--posterior DIR] [--draws 1000] [--clients 16] [--requests 160] [--rounds 3]
 
@@ -43,7 +45,7 @@ def free_port() -> int:
 
 def train_small_posterior(root: Path) -> Path:
     """A 3000-sample store and a 2-epoch handcrafted NPE, through the real CLI."""
-    from farm.actors import run_farm
+    from farm import run_farm
     from deploy.cli import main as farm_main
 
     store, out = root / "sims.zarr", root / "npe-handcrafted"
@@ -94,6 +96,44 @@ async def _throughput(url: str, bodies: list[dict], clients: int) -> tuple[float
     return len(bodies) / elapsed, batch_sizes
 
 
+async def _under_load(url: str, heavy: dict, honest: dict, clients: int, seconds: float) -> dict:
+    """``clients`` loop on ``heavy`` requests while one honest client times ``honest`` ones and /health.
+
+    Shed requests (503) are counted, not retried at once: a heavy client sleeps its ``Retry-After``.
+    """
+    stop = time.monotonic() + seconds
+    codes: dict[int, int] = {}
+    honest_ms: list[float] = []
+    honest_codes: dict[int, int] = {}
+    health_ms: list[float] = []
+
+    async def abuser(client: httpx.AsyncClient) -> None:
+        while time.monotonic() < stop:
+            r = await client.post("/sample", json=heavy)
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+            if r.status_code == 503:
+                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+
+    async def honest_client(client: httpx.AsyncClient) -> None:
+        await asyncio.sleep(1.0)  # let the load build up first
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            r = await client.post("/sample", json=honest)
+            honest_codes[r.status_code] = honest_codes.get(r.status_code, 0) + 1
+            if r.status_code == 200:
+                honest_ms.append(1000 * (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            (await client.get("/health")).raise_for_status()
+            health_ms.append(1000 * (time.perf_counter() - t0))
+
+    limits = httpx.Limits(max_connections=clients + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=300.0, limits=limits) as client:
+        await asyncio.gather(honest_client(client), *[abuser(client) for _ in range(clients)])
+    return {"heavy_status_counts": codes, "honest_status_counts": honest_codes,
+            "honest_p50_ms": percentile(honest_ms, 50) if honest_ms else None, "honest_p99_ms": percentile(honest_ms, 99) if honest_ms else None,
+            "health_under_load_p50_ms": percentile(health_ms, 50), "health_under_load_max_ms": max(health_ms)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--posterior", help="artifact directory from `farm train npe` (default: train a small one)")
@@ -106,6 +146,9 @@ def main() -> None:
     ap.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray")
     ap.add_argument("--replica-cpus", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=3, help="alternating batched/unbatched rounds (medians are reported)")
+    ap.add_argument("--load-clients", type=int, default=48, help="load run: clients asking for --load-draws each (0: skip)")
+    ap.add_argument("--load-draws", type=int, default=10_000)
+    ap.add_argument("--load-seconds", type=float, default=30.0)
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
 
@@ -197,6 +240,9 @@ def main() -> None:
                 results[f"{app}_mean_batch_{draws}"] = statistics.fmean(sizes[app])
             results[f"batching_speedup_{draws}"] = results[f"batched_rps_{draws}"] / results[f"unbatched_rps_{draws}"]
             results[f"batching_speedup_{draws}_per_round"] = [bb / uu for bb, uu in zip(rps["batched"], rps["unbatched"])]
+        if args.load_clients:  # an honest client's latency while the replica is flooded (baseline: batched_p50/p99 above)
+            heavy = {"trace": traces[1], "num_samples": args.load_draws}
+            results["load"] = asyncio.run(_under_load(f"{base}/batched", heavy, body, args.load_clients, args.load_seconds))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -209,6 +255,13 @@ def main() -> None:
         rounds = ", ".join(f"{v:.2f}" for v in results[f"batching_speedup_{draws}_per_round"])
         print(f"  throughput, {args.clients} clients, {draws} draws: batched {results[f'batched_rps_{draws}']:.1f} req/s (mean batch {results[f'batched_mean_batch_{draws}']:.1f}) vs unbatched {results[f'unbatched_rps_{draws}']:.1f} req/s -> {results[f'batching_speedup_{draws}']:.2f}x (rounds: {rounds})")
         print(f"    in the model alone, {args.max_batch_size} observations in one call vs {args.max_batch_size} calls: {results[f'model_batching_gain_{draws}']:.2f}x")
+    if "load" in results:
+        load = results["load"]
+        print(f"  load: {args.load_clients} clients x {args.load_draws} draws for {args.load_seconds:.0f} s: heavy answers {load['heavy_status_counts']}")
+        if load["honest_p50_ms"] is not None:
+            print(f"    honest client ({args.draws} draws): p50 {load['honest_p50_ms']:.1f} ms, p99 {load['honest_p99_ms']:.1f} ms "
+                  f"({load['honest_p50_ms'] / results['batched_p50_ms']:.1f}x / {load['honest_p99_ms'] / results['batched_p99_ms']:.1f}x unloaded); answers {load['honest_status_counts']}")
+        print(f"    GET /health under load: p50 {load['health_under_load_p50_ms']:.1f} ms, max {load['health_under_load_max_ms']:.1f} ms")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     sys.stdout.flush()

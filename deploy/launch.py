@@ -82,6 +82,23 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def connect_ray(opts: ServeOptions) -> None:
+    """Start a private local Ray (``opts.address`` None) or connect to the cluster, unless already connected."""
+    import ray
+
+    from deploy.limits import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+    if ray.is_initialized():
+        return
+    if opts.address is None:
+        # Serve's proxy (started by this private Ray) refuses oversized bodies from their headers.
+        os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+        # "local": a private Ray, never someone else's `ray start` cluster on this machine.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
+
+
 def deploy(opts: ServeOptions) -> str:
     """Connect to (or start) Ray, start Serve's proxy on (host, port) and deploy the app.
 
@@ -91,16 +108,12 @@ def deploy(opts: ServeOptions) -> str:
     import ray
     from ray import serve
 
-    from deploy.service import APP_NAME, posterior_app
+    from deploy.service import APP_NAME, DEFAULT_REQUEST_TIMEOUT_S, posterior_app
 
-    if not ray.is_initialized():
-        if opts.address is None:
-            # "local": a private Ray, never someone else's `ray start` cluster on this machine.
-            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
+    connect_ray(opts)
     # One HTTP proxy, on the head: the node users reach (and the only one a loopback bind can serve).
-    serve.start(proxy_location="HeadOnly", http_options={"host": opts.host, "port": opts.port})
+    # The proxy's deadline backs up the replica's own (504): a request never hangs on a stuck replica.
+    serve.start(proxy_location="HeadOnly", http_options={"host": opts.host, "port": opts.port, "request_timeout_s": 2 * DEFAULT_REQUEST_TIMEOUT_S})
     # A path that exists here is made absolute; on a cluster it must name the same shared mount on every node.
     posterior = str(Path(opts.posterior).resolve()) if Path(opts.posterior).exists() else opts.posterior
     serve.run(posterior_app(posterior, num_replicas=opts.replicas, max_batch_size=opts.max_batch_size), name=APP_NAME, route_prefix="/")
@@ -123,6 +136,10 @@ def serve_until_interrupted(opts: ServeOptions, announce) -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        connect_ray(opts)
+        # ray.init installs Ray's own fatal-signal handler, which aborts on SIGTERM (exit -6) and
+        # leaves Serve and the private Ray's processes behind: take SIGTERM back after it.
+        signal.signal(signal.SIGTERM, _terminate)
         announce(deploy(opts))
         while True:
             time.sleep(1.0)

@@ -22,6 +22,9 @@ MAX_NUM_SAMPLES = 10_000
 MAX_THETA_ROWS = 10_000
 #: Largest number of posterior-predictive simulations one /predictive request may ask for.
 MAX_PREDICTIVE_SAMPLES = 200
+#: Largest request body in bytes (413 above it). The biggest valid body, /log_prob with MAX_THETA_ROWS rows of
+#: 7 floats written in full (~20 characters each with the separator) plus a trace, is ~1.5 MB.
+MAX_BODY_BYTES = 2 * 1024 * 1024
 #: Seeds are unsigned 32-bit so every client language can send them exactly.
 MAX_SEED = 2**32 - 1
 

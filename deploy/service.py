@@ -26,36 +26,29 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.deployment import Application
 
-from deploy.schemas import (
-    ADC_MAX_CODE,
-    MAX_NUM_SAMPLES,
-    MAX_PREDICTIVE_SAMPLES,
-    MAX_SEED,
-    MAX_THETA_ROWS,
-    HealthResponse,
-    InfoResponse,
-    LogProbRequest,
-    LogProbResponse,
-    Observation,
-    ParameterInfo,
-    PredictiveRequest,
-    PredictiveResponse,
-    SampleRequest,
-    SampleResponse,
-)
-from deploy.summaries import summarize_draws
+from deploy.http_errors import DeadlineExceeded, RequestRejected, ServiceOverloaded, install_error_handlers, json_response
+from deploy.limits import RETRY_AFTER_S, ContentLengthLimit
+from deploy.schemas import (ADC_MAX_CODE, MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES, MAX_SEED, MAX_THETA_ROWS, HealthResponse, InfoResponse,
+                             LogProbRequest, LogProbResponse, Observation, ParameterInfo, PredictiveRequest, PredictiveResponse, SampleRequest, SampleResponse)
+from deploy.summaries import significant_digits, summarize_draws
 
 APP_NAME = "bss2-posterior"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_S = 0.005
+#: Model-bound requests one replica holds (one batch running, one filling); more get 503 + Retry-After.
+DEFAULT_MAX_MODEL_QUEUE = 2 * DEFAULT_MAX_BATCH_SIZE
+#: Requests in one replica at once: the model queue plus room for /health and /info while it is full.
+MAX_ONGOING_REQUESTS = 2 * DEFAULT_MAX_MODEL_QUEUE
+#: Requests the proxy holds for a replica with no free slot; more get Serve's 503 + Retry-After.
+MAX_QUEUED_REQUESTS = 128
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
 
 
 def package_version() -> str:
@@ -65,82 +58,16 @@ def package_version() -> str:
         return "0+unknown"
 
 
-class RequestRejected(Exception):
-    """A request that parsed but does not fit the served posterior (HTTP 422)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
-    """422 body: pydantic-style ``detail`` plus a one-line ``message`` naming the first bad field."""
-    first = errors[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return JSONResponse(status_code=422, content={"detail": errors, "message": f"{where}: {first['msg']}"})
-
-
 api = FastAPI(
     title="bss2-farm posterior",
     version=package_version(),
     description="Amortized posterior over the 7 AdEx CapMem parameters of a BrainScaleS-2 neuron.",
 )
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # Drop the echoed `input` (a whole trace) and `ctx` (may hold exception objects).
-    errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
-    return _unprocessable(errors or [{"loc": ["body"], "msg": "invalid request", "type": "value_error"}])
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    # FastAPI answers 400 for a body it cannot even decode (bytes that are no JSON text); that is
-    # a malformed request like any other, so it gets the same 422 shape.
-    if exc.status_code == 400:
-        return _unprocessable([{"loc": ["body"], "msg": f"could not be decoded as JSON ({exc.detail})", "type": "json_invalid"}])
-    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail, "message": str(exc.detail)}, headers=getattr(exc, "headers", None))
-
-
-@api.exception_handler(RequestRejected)
-async def _rejected(request: Request, exc: RequestRejected) -> JSONResponse:
-    return _unprocessable([{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}])
+install_error_handlers(api)
+api.add_middleware(ContentLengthLimit, max_body_bytes=MAX_BODY_BYTES, count_stream=True)  # 413 before the body is read
 
 
 _BATCHED = {"trace": "traces", "features": "features"}  # request field -> batched keyword of the posterior
-
-
-def significant_digits(values: np.ndarray, digits: int = 7) -> np.ndarray:
-    """float64 values rounded to ``digits`` significant digits, so JSON carries ~8 characters each.
-
-    The draws are float32 (~7.2 significant digits); written as float64 they take 17 digits and
-    doubled the /sample body (130 kB for 1000 draws) for digits that are not there. The relative
-    change is below 5e-7: a thousandth of an LSB at most.
-    """
-    a = np.asarray(values, dtype=np.float64)
-    magnitude = np.floor(np.log10(np.abs(np.where(a == 0.0, 1.0, a))))
-    scale = 10.0 ** (digits - 1 - magnitude)
-    return np.rint(a * scale) / scale
-
-
-def _json_response(body: BaseModel, started: float | None = None, drawn: float | None = None) -> Response:
-    """The model serialised once by pydantic's Rust encoder, with a ``Server-Timing`` header.
-
-    FastAPI's default path re-validates the returned model and runs ``json.dumps`` over it;
-    for 1000 draws (7000 floats) that was ~3 ms of a ~20 ms request. The ``response_model`` on
-    each route still documents the schema in /docs. ``Server-Timing`` (milliseconds in the
-    replica: ``draws`` waiting for and running the model, ``replica`` the whole handler) lets a
-    client tell network and proxy time from model time.
-    """
-    content = body.model_dump_json()
-    headers = {}
-    if started is not None:
-        now = time.perf_counter()
-        parts = ([f"draws;dur={1000 * (drawn - started):.2f}"] if drawn is not None else []) + [f"replica;dur={1000 * (now - started):.2f}"]
-        headers["Server-Timing"] = ", ".join(parts)
-    return Response(content=content, media_type="application/json", headers=headers)
 
 
 @dataclass(frozen=True)
@@ -159,13 +86,18 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=256)
     batch_wait_timeout_s: float = Field(DEFAULT_BATCH_WAIT_S, ge=0.0, le=1.0)
     torch_threads: int = Field(1, ge=1, le=64)
+    max_model_queue: int = Field(DEFAULT_MAX_MODEL_QUEUE, ge=1, le=MAX_ONGOING_REQUESTS - 4)
+    request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0.0, le=600.0)
 
 
 @serve.deployment(
     name="PosteriorService",
     ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=64,
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    max_queued_requests=MAX_QUEUED_REQUESTS,
+    backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
     health_check_period_s=2.0,
+    health_check_timeout_s=10.0,
     graceful_shutdown_timeout_s=5.0,
     max_constructor_retry_count=3,
 )
@@ -178,9 +110,12 @@ class PosteriorService:
         max_batch_size: most /sample requests grouped into one forward pass; 1 turns batching off.
         batch_wait_timeout_s: how long the batcher waits to fill a batch.
         torch_threads: torch intra-op threads of this replica.
+        max_model_queue: model-bound requests held at once; one more is answered 503 + Retry-After.
+        request_timeout_s: a request still waiting for the model after this long is answered 504.
     """
 
-    def __init__(self, posterior: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, torch_threads: int = 1) -> None:
+    def __init__(self, posterior: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, torch_threads: int = 1,
+                 max_model_queue: int = DEFAULT_MAX_MODEL_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         import torch
 
         from inference import load_posterior
@@ -196,19 +131,74 @@ class PosteriorService:
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.names = list(self.posterior.parameter_names)
         self.batching = max_batch_size > 1
+        self.max_model_queue = max_model_queue
+        self.request_timeout_s = request_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterior")
-        self._pending = 0  # /sample requests in this replica (touched only on the event loop)
+        self._pending = 0  # model-bound requests in this replica (touched only on the event loop)
+        self._busy_since: float | None = None  # when the worker thread started its current call
+        self._unhealthy: str | None = None  # why the last health probe failed
+        self._probe_trace = np.full((1, self.posterior.trace_length), 512, dtype=np.int16)
+        self._probe()  # a model that cannot answer fails the constructor, not the first user
         if self.batching:
             self._sample_batch.set_max_batch_size(max_batch_size)
             self._sample_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a torch call on the replica's worker thread; its ValueErrors become 422s."""
-        loop = asyncio.get_running_loop()
+    def _probe(self) -> None:
+        """One draw for a flat trace; a ValueError (e.g. out of the restricted region) is still an answer."""
         try:
-            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+            self.posterior.sample_and_log_prob(1, seed=0, normalized=False, traces=self._probe_trace)
+        except ValueError:
+            pass
+
+    def _timed(self, fn: Callable[[], Any]) -> Any:
+        """Runs on the worker thread; records when the call started, for check_health."""
+        self._busy_since = time.monotonic()
+        try:
+            return fn()
+        finally:
+            self._busy_since = None
+
+    def _admit(self) -> float:
+        """Count one model-bound request in, or refuse it (503) when the replica's queue is full.
+
+        Returns:
+            The request's deadline (``time.monotonic()`` seconds).
+        """
+        if self._pending >= self.max_model_queue:
+            raise ServiceOverloaded(f"replica busy: {self._pending} requests wait for the model (limit {self.max_model_queue}); retry after {RETRY_AFTER_S} s")
+        self._pending += 1
+        return time.monotonic() + self.request_timeout_s
+
+    async def _until(self, deadline: float, awaitable: Any, cancel: Callable[[], Any] | None = None) -> Any:
+        """Await ``awaitable`` until ``deadline``; past it, answer 504 (and drop the call if not started)."""
+        try:
+            return await asyncio.wait_for(awaitable, timeout=max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            if cancel is not None:
+                cancel()
+            raise DeadlineExceeded(f"request_timeout_s: no answer from the model within {self.request_timeout_s:g} s; retry later") from None
+
+    async def _run(self, deadline: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a torch call on the replica's worker thread before ``deadline``; its ValueErrors become 422s."""
+        future = self._executor.submit(self._timed, lambda: fn(*args, **kwargs))
+        try:
+            return await self._until(deadline, asyncio.wrap_future(future), future.cancel)
         except ValueError as e:
             raise RequestRejected("body", str(e).splitlines()[0] if str(e) else "rejected by the posterior") from None
+
+    async def check_health(self) -> None:
+        """Serve's health probe: unhealthy when one model call outlives twice the request deadline, or a probe draw fails."""
+        busy = self._busy_since
+        if busy is not None and time.monotonic() - busy > 2 * self.request_timeout_s:
+            self._unhealthy = f"model call running for {time.monotonic() - busy:.0f} s (> 2 x request_timeout_s)"
+            raise RuntimeError(self._unhealthy)
+        if busy is None and self._pending == 0:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
+            except Exception as e:  # anything but a rejection: the model cannot answer
+                self._unhealthy = f"probe draw failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                raise RuntimeError(self._unhealthy) from None
+        self._unhealthy = None
 
     def _observation(self, req: Observation | PredictiveRequest) -> dict[str, np.ndarray]:
         """The request's trace or features as the numpy keyword the posterior takes."""
@@ -262,11 +252,14 @@ class PosteriorService:
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _sample_batch(self, jobs: list[_Job]) -> list[tuple[np.ndarray, np.ndarray, int] | Exception]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._draw_batch, jobs)
+        return await loop.run_in_executor(self._executor, self._timed, lambda: self._draw_batch(jobs))
 
     @api.get("/health", response_model=HealthResponse)
-    def health(self) -> HealthResponse:
+    def health(self) -> HealthResponse | JSONResponse:
         from farm.defaults import EMULATOR_VERSION
+
+        if self._unhealthy is not None:  # what Serve's check_health found; Serve replaces the replica
+            return JSONResponse(status_code=503, content={"status": "unhealthy", "message": self._unhealthy, "replica": self.replica})
 
         model = str(self.posterior.manifest.get("name", f"npe-{self.posterior.variant}"))
         return HealthResponse(status="ok", model=model, variant=self.posterior.variant, fingerprint=self.posterior.fingerprint, version=package_version(), emulator_version=EMULATOR_VERSION, replica=self.replica)
@@ -296,14 +289,14 @@ class PosteriorService:
     async def sample(self, req: SampleRequest) -> Response:
         started = time.perf_counter()
         observation = self._observation(req)
-        self._pending += 1
+        deadline = self._admit()
         try:
             # A lone request on an idle replica skips the batcher (and its wait); requests that
             # arrive while the worker thread is busy queue there and share the next forward pass.
             if req.seed is not None or not self.batching or self._pending == 1:
-                samples, log_prob, batch_size = await self._run(self._draw, req.num_samples, observation, req.seed)
+                samples, log_prob, batch_size = await self._run(deadline, self._draw, req.num_samples, observation, req.seed)
             else:
-                result = await self._sample_batch(_Job(req.num_samples, observation))
+                result = await self._until(deadline, self._sample_batch(_Job(req.num_samples, observation)))
                 if isinstance(result, Exception):
                     raise RequestRejected("body", str(result).splitlines()[0])
                 samples, log_prob, batch_size = result
@@ -312,7 +305,7 @@ class PosteriorService:
         drawn = time.perf_counter()
         samples = significant_digits(samples)
         summary = summarize_draws(samples, log_prob)
-        return _json_response(SampleResponse(
+        return json_response(SampleResponse(
             parameter_names=self.names,
             num_samples=int(samples.shape[0]),
             seed=req.seed,
@@ -332,8 +325,12 @@ class PosteriorService:
             self.posterior.prior.check(theta)
         except ValueError as e:
             raise RequestRejected("theta", str(e)) from None
-        values = await self._run(self.posterior.log_prob, theta.astype(np.float32), **observation)
-        return _json_response(LogProbResponse(parameter_names=self.names, log_prob=[float(v) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)], fingerprint=self.posterior.fingerprint))
+        deadline = self._admit()
+        try:
+            values = await self._run(deadline, self.posterior.log_prob, theta.astype(np.float32), **observation)
+        finally:
+            self._pending -= 1
+        return json_response(LogProbResponse(parameter_names=self.names, log_prob=[float(v) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)], fingerprint=self.posterior.fingerprint))
 
     @api.post("/predictive", response_model=PredictiveResponse)
     async def predictive(self, req: PredictiveRequest) -> Response:
@@ -349,8 +346,12 @@ class PosteriorService:
             observed = summarize(observation["trace"][None, :], self.posterior.protocol, self.posterior.chip_model)[0]
             return theta, sims, int(observed[FEATURE_NAMES.index("spike_count")])
 
-        theta, sims, observed_count = await self._run(run)
-        return _json_response(PredictiveResponse(
+        deadline = self._admit()
+        try:
+            theta, sims, observed_count = await self._run(deadline, run)
+        finally:
+            self._pending -= 1
+        return json_response(PredictiveResponse(
             parameter_names=self.names,
             seed=seed,
             theta=np.asarray(theta, dtype=np.float64).tolist(),
@@ -361,7 +362,8 @@ class PosteriorService:
         ))
 
 
-def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, num_cpus: float | None = None, torch_threads: int = 1) -> Application:
+def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, num_cpus: float | None = None, torch_threads: int = 1,
+                  max_model_queue: int = DEFAULT_MAX_MODEL_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Application:
     """The Serve application for one posterior artifact, ready for ``serve.run``.
 
     Args:
@@ -371,11 +373,14 @@ def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_
         batch_wait_timeout_s: how long a batch waits to fill.
         num_cpus: CPUs reserved per replica (default 0.5).
         torch_threads: torch intra-op threads per replica.
+        max_model_queue: model-bound requests per replica before 503 + Retry-After.
+        request_timeout_s: per-request deadline in the replica (504 past it).
 
     Returns:
         A bound application; ``serve.run(app, name=APP_NAME, route_prefix="/")`` deploys it.
     """
-    cfg = AppArgs(posterior=str(posterior), max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, torch_threads=torch_threads)
+    cfg = AppArgs(posterior=str(posterior), max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, torch_threads=torch_threads,
+                  max_model_queue=max_model_queue, request_timeout_s=request_timeout_s)
     options: dict[str, Any] = {}
     if num_replicas is not None:
         if num_replicas < 1:
@@ -384,7 +389,7 @@ def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_
     if num_cpus is not None:
         options["ray_actor_options"] = {"num_cpus": float(num_cpus)}
     deployment = PosteriorService.options(**options) if options else PosteriorService
-    return deployment.bind(cfg.posterior, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
+    return deployment.bind(**cfg.model_dump())
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -392,4 +397,4 @@ def build_app(args: dict[str, Any]) -> Application:
     cfg = AppArgs.model_validate(args)
     if Path(cfg.posterior).is_dir():  # a relative path means: relative to where `serve run` was started
         cfg = cfg.model_copy(update={"posterior": str(Path(cfg.posterior).resolve())})
-    return PosteriorService.bind(cfg.posterior, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
+    return PosteriorService.bind(**cfg.model_dump())

@@ -1,0 +1,60 @@
+"""bss2-farm's simulation layer: emulated BrainScaleS-2 neurons, priors, Zarr stores, the Ray farm.
+
+``import farm`` stays cheap: the public names below load their module on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> module that defines it
+_PUBLIC: dict[str, str] = {
+    "PARAMETER_NAMES": "farm.defaults",
+    "ChipModel": "farm.defaults",
+    "PriorBox": "farm.defaults",
+    "Protocol": "farm.defaults",
+    "Regime": "farm.defaults",
+    "FarmError": "farm.errors",
+    "FarmInputError": "farm.errors",
+    "FarmRuntimeError": "farm.errors",
+    "FEATURE_NAMES": "farm.features",
+    "summarize": "farm.features",
+    "AnyPrior": "farm.prior",
+    "BoxPrior": "farm.prior",
+    "PriorDescription": "farm.prior",
+    "RestrictedPrior": "farm.prior",
+    "load_prior": "farm.prior",
+    "prior_from_attrs": "farm.prior",
+    "connect_ray": "farm.raycluster",
+    "run_farm": "farm.runner",
+    "StoreSchema": "farm.schema",
+    "SimBatch": "farm.simulate",
+    "sim_schema": "farm.simulate",
+    "simulate_theta": "farm.simulate",
+    "SimStore": "farm.store",
+    "StoreMismatch": "farm.store",
+    "StoreSpec": "farm.store",
+    "open_dataset": "farm.store",
+    "check_available": "farm.substrate",
+    "get_substrate": "farm.substrate",
+    "Substrate": "farm.substrate_base",
+    "SubstrateResult": "farm.substrate_base",
+    "read_theta": "farm.thetafile",
+    "package_version": "farm.versions",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'farm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

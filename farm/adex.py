@@ -12,6 +12,12 @@ v sampled every ``steps_per_sample`` steps, ``codes = round((v - adc_v_min) * ad
 * N(0, 1))`` clipped to [0, adc_max]. Integration is forward Euler with step ``dt`` (docs/emulator.md
 has the convergence test). All randomness comes from ``noise_keys`` through farm.rng, so a row's
 trace is a pure function of its inputs, whatever the batch it runs in or the thread that runs it.
+
+Speed: one neuron's Euler step is a serial chain (v -> exp -> v), so each thread advances
+``_LANES`` neurons in lockstep and their independent chains overlap in the CPU's out-of-order
+window; exp is farm.expm's inlined copy of glibc's (same bits, no libm call spilling registers).
+Each neuron still sees the same float operations in the same order: traces are bit-identical to
+the one-neuron-at-a-time loop. No fastmath: it would reorder and fuse float operations.
 """
 
 from __future__ import annotations
@@ -22,14 +28,129 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from farm.expm import exp
 from farm.rng import mix64, to_normal_fast
 
 _EXP_ARG_MAX = 30.0  # exp(30) already crosses any threshold within one step; avoids overflow
 _EXP_ARG_MIN = -30.0  # exp(-30) ~ 1e-13: below the rounding of v (~600 mV * 2e-16) after dt/C scaling
 _ADC_STREAM = np.uint64(0xADC0ADC0ADC0ADC0)
+_LANES = 8  # neurons per thread in lockstep; docs/performance.md has the 1/4/8/16 measurements
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _integrate_lanes(
+    i0: int, m: int,
+    c_mem_pf: NDArray[np.float64], g_leak_us: NDArray[np.float64], v_leak_mv: NDArray[np.float64],
+    v_reset_mv: NDArray[np.float64], v_t_mv: NDArray[np.float64], delta_t_mv: NDArray[np.float64],
+    a_us: NDArray[np.float64], b_na: NDArray[np.float64], tau_w_us: NDArray[np.float64],
+    v_threshold_mv: NDArray[np.float64], t_ref_us: NDArray[np.float64], noise_keys: NDArray[np.uint64],
+    i_stim_na: float, dt_us: float, step_on: int, step_off: int, steps_per_sample: int, num_samples: int,
+    noise_mv_per_sqrt_us: float, adc_v_min_mv: float, adc_codes_per_mv: float, adc_noise_lsb: float,
+    adc_max_code: int, trace_out: NDArray[np.int16], spike_times_out: NDArray[np.float32],
+    spike_count_out: NDArray[np.int32], stim_spike_count_out: NDArray[np.int32],
+) -> None:
+    """Rows i0 .. i0+m-1 (m <= _LANES) advanced together, step by step; see integrate_adex."""
+    max_spikes = spike_times_out.shape[1]
+    sigma_step = noise_mv_per_sqrt_us * math.sqrt(dt_us)
+    # Per-lane state and constants, contiguous so the lanes' loads share cache lines.
+    v = np.empty(_LANES)
+    w = np.empty(_LANES)
+    el = np.empty(_LANES)
+    vr = np.empty(_LANES)
+    vt = np.empty(_LANES)
+    a = np.empty(_LANES)
+    b = np.empty(_LANES)
+    gl = np.empty(_LANES)
+    dt_tau_w = np.empty(_LANES)
+    vth = np.empty(_LANES)
+    dt_c = np.empty(_LANES)
+    inv_dT = np.empty(_LANES)
+    gl_dT = np.empty(_LANES)
+    noise_key = np.empty(_LANES, dtype=np.uint64)
+    adc_key = np.empty(_LANES, dtype=np.uint64)
+    n_ref = np.empty(_LANES, dtype=np.int64)
+    ref = np.zeros(_LANES, dtype=np.int64)
+    count = np.zeros(_LANES, dtype=np.int64)
+    stim_count = np.zeros(_LANES, dtype=np.int64)
+    for k in range(_LANES):
+        # Lanes past the last row (m < _LANES) repeat it, so every loop has a constant trip count
+        # LLVM can unroll, keeping lane state in registers; their results are never written.
+        i = i0 + min(k, m - 1)
+        el[k] = v_leak_mv[i]
+        vr[k] = v_reset_mv[i]
+        vt[k] = v_t_mv[i]
+        a[k] = a_us[i]
+        b[k] = b_na[i]
+        gl[k] = g_leak_us[i]
+        dt_tau_w[k] = dt_us / tau_w_us[i]
+        vth[k] = v_threshold_mv[i]
+        n_ref[k] = int(round(t_ref_us[i] / dt_us))
+        dt_c[k] = dt_us / c_mem_pf[i]
+        inv_dT[k] = 1.0 / delta_t_mv[i]
+        gl_dT[k] = g_leak_us[i] * delta_t_mv[i]
+        noise_key[k] = mix64(noise_keys[i])
+        adc_key[k] = mix64(noise_keys[i] ^ _ADC_STREAM)
+        v[k] = v_leak_mv[i]
+        w[k] = 0.0
+    step = 0
+    for s in range(num_samples):
+        # MADC sample at the start of each sample period.
+        us = np.uint64(s)
+        for k in range(_LANES):
+            code = (v[k] - adc_v_min_mv) * adc_codes_per_mv
+            if adc_noise_lsb > 0.0:
+                code += adc_noise_lsb * to_normal_fast(mix64(adc_key[k] ^ us))
+            code = math.floor(code + 0.5)
+            if code < 0.0:
+                code = 0.0
+            elif code > adc_max_code:
+                code = float(adc_max_code)
+            if k < m:
+                trace_out[i0 + k, s] = np.int16(code)
+        for _ in range(steps_per_sample):
+            current = i_stim_na if (step >= step_on and step < step_off) else 0.0
+            ustep = np.uint64(step)
+            step += 1
+            t_spike = step * dt_us
+            in_stim = step > step_on and step <= step_off
+            for k in range(_LANES):
+                vk = v[k]
+                wk = w[k]
+                dw = dt_tau_w[k] * (a[k] * (vk - el[k]) - wk)
+                if ref[k] > 0:
+                    ref[k] -= 1
+                    vk = vr[k]
+                else:
+                    arg = (vk - vt[k]) * inv_dT[k]
+                    if arg > _EXP_ARG_MAX:
+                        arg = _EXP_ARG_MAX
+                    # Far below v_t the exponential term is under float64 resolution of v: skip it.
+                    spike_current = gl_dT[k] * exp(arg) if arg > _EXP_ARG_MIN else 0.0
+                    vk += dt_c[k] * (-gl[k] * (vk - el[k]) + spike_current - wk + current)
+                    if sigma_step > 0.0:
+                        vk += sigma_step * to_normal_fast(mix64(noise_key[k] ^ ustep))
+                wk += dw
+                if vk >= vth[k]:
+                    c = count[k]
+                    if c < max_spikes and k < m:
+                        spike_times_out[i0 + k, c] = np.float32(t_spike)
+                    count[k] = c + 1
+                    if in_stim:
+                        stim_count[k] += 1
+                    vk = vr[k]
+                    wk += b[k]
+                    ref[k] = n_ref[k]
+                v[k] = vk
+                w[k] = wk
+    for k in range(m):
+        i = i0 + k
+        for j in range(min(count[k], max_spikes), max_spikes):
+            spike_times_out[i, j] = np.float32(np.nan)
+        spike_count_out[i] = count[k]
+        stim_spike_count_out[i] = stim_count[k]
+
+
+@numba.njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def integrate_adex(
     c_mem_pf: NDArray[np.float64],
     g_leak_us: NDArray[np.float64],
@@ -70,70 +191,11 @@ def integrate_adex(
         spike_count_out: (n,) all spikes; stim_spike_count_out: (n,) spikes during the step.
     """
     n = g_leak_us.shape[0]
-    max_spikes = spike_times_out.shape[1]
-    sigma_step = noise_mv_per_sqrt_us * math.sqrt(dt_us)
-    for i in numba.prange(n):
-        c = c_mem_pf[i]
-        gl = g_leak_us[i]
-        el = v_leak_mv[i]
-        vr = v_reset_mv[i]
-        vt = v_t_mv[i]
-        dT = delta_t_mv[i]
-        a = a_us[i]
-        b = b_na[i]
-        dt_tau_w = dt_us / tau_w_us[i]
-        vth = v_threshold_mv[i]
-        n_ref = int(round(t_ref_us[i] / dt_us))
-        dt_c = dt_us / c
-        inv_dT = 1.0 / dT
-        gl_dT = gl * dT
-        noise_key = mix64(noise_keys[i])
-        adc_key = mix64(noise_keys[i] ^ _ADC_STREAM)
-        v = el
-        w = 0.0
-        ref = 0
-        count = 0
-        stim_count = 0
-        step = 0
-        for s in range(num_samples):
-            # MADC sample at the start of each sample period.
-            code = (v - adc_v_min_mv) * adc_codes_per_mv
-            if adc_noise_lsb > 0.0:
-                code += adc_noise_lsb * to_normal_fast(mix64(adc_key ^ np.uint64(s)))
-            code = math.floor(code + 0.5)
-            if code < 0.0:
-                code = 0.0
-            elif code > adc_max_code:
-                code = float(adc_max_code)
-            trace_out[i, s] = np.int16(code)
-            for _ in range(steps_per_sample):
-                current = i_stim_na if (step >= step_on and step < step_off) else 0.0
-                dw = dt_tau_w * (a * (v - el) - w)
-                if ref > 0:
-                    ref -= 1
-                    v = vr
-                else:
-                    arg = (v - vt) * inv_dT
-                    if arg > _EXP_ARG_MAX:
-                        arg = _EXP_ARG_MAX
-                    # Far below v_t the exponential term is under float64 resolution of v: skip it.
-                    spike_current = gl_dT * math.exp(arg) if arg > _EXP_ARG_MIN else 0.0
-                    v += dt_c * (-gl * (v - el) + spike_current - w + current)
-                    if sigma_step > 0.0:
-                        v += sigma_step * to_normal_fast(mix64(noise_key ^ np.uint64(step)))
-                w += dw
-                step += 1
-                if v >= vth:
-                    t_spike = step * dt_us
-                    if count < max_spikes:
-                        spike_times_out[i, count] = np.float32(t_spike)
-                    count += 1
-                    if step > step_on and step <= step_off:
-                        stim_count += 1
-                    v = vr
-                    w += b
-                    ref = n_ref
-        for k in range(min(count, max_spikes), max_spikes):
-            spike_times_out[i, k] = np.float32(np.nan)
-        spike_count_out[i] = count
-        stim_spike_count_out[i] = stim_count
+    for blk in numba.prange((n + _LANES - 1) // _LANES):
+        i0 = blk * _LANES
+        _integrate_lanes(
+            i0, min(_LANES, n - i0), c_mem_pf, g_leak_us, v_leak_mv, v_reset_mv, v_t_mv, delta_t_mv, a_us, b_na,
+            tau_w_us, v_threshold_mv, t_ref_us, noise_keys, i_stim_na, dt_us, step_on, step_off, steps_per_sample,
+            num_samples, noise_mv_per_sqrt_us, adc_v_min_mv, adc_codes_per_mv, adc_noise_lsb, adc_max_code,
+            trace_out, spike_times_out, spike_count_out, stim_spike_count_out,
+        )

@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 
 from farm.chip import quantize_capmem
 from farm.defaults import MAX_SPIKES, NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel, Protocol
-from farm.substrate import SubstrateResult
+from farm.errors import FarmInputError
+from farm.substrate_base import SubstrateResult
 
 #: CapMem code of the step current, from the protocol's nA through the emulator's gain model.
 I_OFFSET_NA_PER_LSB = 0.1
@@ -76,7 +77,7 @@ class BSS2Substrate:
         try:
             import pynn_brainscales.brainscales2 as pynn  # noqa: F401
         except ImportError:
-            raise ValueError(INSTALL_HINT) from None
+            raise FarmInputError(INSTALL_HINT) from None
         self.protocol = protocol or Protocol()
         self.chip_model = chip_model or ChipModel()
         self._pynn = pynn

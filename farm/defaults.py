@@ -14,6 +14,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from farm.errors import FarmInputError
+
 #: Version of the emulator's physics and RNG streams. Bump it whenever a change alters any
 #: trace bit for the same seed; stores written by another version are refused on resume.
 EMULATOR_VERSION = "1.0"
@@ -60,10 +65,10 @@ class PriorBox:
 
     def __post_init__(self) -> None:
         if not (len(self.names) == len(self.low) == len(self.high)):
-            raise ValueError(f"prior names/low/high lengths differ: {len(self.names)}/{len(self.low)}/{len(self.high)}")
+            raise FarmInputError(f"prior names/low/high lengths differ: {len(self.names)}/{len(self.low)}/{len(self.high)}")
         for name, lo, hi in zip(self.names, self.low, self.high):
             if not (0.0 <= lo < hi <= CAPMEM_MAX_LSB):
-                raise ValueError(f"prior bounds for {name}=[{lo}, {hi}] must satisfy 0 <= low < high <= {CAPMEM_MAX_LSB} LSB")
+                raise FarmInputError(f"prior bounds for {name}=[{lo}, {hi}] must satisfy 0 <= low < high <= {CAPMEM_MAX_LSB} LSB")
 
     @property
     def dim(self) -> int:
@@ -75,7 +80,7 @@ class PriorBox:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PriorBox":
         if d.get("type", "box_uniform") != "box_uniform":
-            raise ValueError(f"prior type={d.get('type')!r} is not a box prior")
+            raise FarmInputError(f"prior type={d.get('type')!r} is not a box prior")
         return cls(names=tuple(d["names"]), low=tuple(float(v) for v in d["low"]), high=tuple(float(v) for v in d["high"]), units=d.get("units", "LSB"))
 
 
@@ -98,12 +103,12 @@ class Protocol:
         for name in ("t_pre_us", "t_stim_us", "t_post_us", "dt_us", "sample_period_us"):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"protocol {name}={v} must be a positive finite number")
+                raise FarmInputError(f"protocol {name}={v} must be a positive finite number")
         ratio = self.sample_period_us / self.dt_us
         if abs(ratio - round(ratio)) > 1e-9:
-            raise ValueError(f"sample_period_us={self.sample_period_us} must be a whole multiple of dt_us={self.dt_us}")
+            raise FarmInputError(f"sample_period_us={self.sample_period_us} must be a whole multiple of dt_us={self.dt_us}")
         if abs(self.duration_us / self.sample_period_us - round(self.duration_us / self.sample_period_us)) > 1e-9:
-            raise ValueError(f"protocol duration {self.duration_us} µs must be a whole multiple of sample_period_us")
+            raise FarmInputError(f"protocol duration {self.duration_us} µs must be a whole multiple of sample_period_us")
 
     @property
     def duration_us(self) -> float:
@@ -173,12 +178,12 @@ class ChipModel:
 
     def __post_init__(self) -> None:
         if self.num_chips < 1:
-            raise ValueError(f"num_chips={self.num_chips} must be >= 1")
+            raise FarmInputError(f"num_chips={self.num_chips} must be >= 1")
         if not self.adc_v_min_mv < self.adc_v_max_mv:
-            raise ValueError(f"adc range [{self.adc_v_min_mv}, {self.adc_v_max_mv}] mV is empty")
+            raise FarmInputError(f"adc range [{self.adc_v_min_mv}, {self.adc_v_max_mv}] mV is empty")
         for name in ("noise_mv_per_sqrt_us", "adc_noise_lsb", "mismatch_gain_calibrated", "mismatch_gain_uncalibrated", "mismatch_offset_mv"):
             if getattr(self, name) < 0:
-                raise ValueError(f"chip {name}={getattr(self, name)} must be >= 0")
+                raise FarmInputError(f"chip {name}={getattr(self, name)} must be >= 0")
 
     @property
     def adc_max_code(self) -> int:
@@ -207,10 +212,20 @@ class Regime:
 
     def __post_init__(self) -> None:
         if not (0 <= self.min_spikes <= self.max_spikes):
-            raise ValueError(f"regime [{self.min_spikes}, {self.max_spikes}] needs 0 <= min_spikes <= max_spikes")
+            raise FarmInputError(f"regime [{self.min_spikes}, {self.max_spikes}] needs 0 <= min_spikes <= max_spikes")
+
+    def contains(self, counts: ArrayLike) -> NDArray[np.bool_]:
+        """True where a spike count lies in the regime (the restriction classifier's label)."""
+        c = np.asarray(counts)
+        return (c >= self.min_spikes) & (c <= self.max_spikes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Regime":
+        """A store's ``regime`` attribute; None (stores that predate it) gives the default."""
+        return cls() if not d else cls(min_spikes=int(d["min_spikes"]), max_spikes=int(d["max_spikes"]))
 
 
 #: Spike times kept per trace by the kernel (counts stay exact beyond it).

@@ -8,7 +8,7 @@ from numpy.typing import NDArray
 from farm.adex import integrate_adex
 from farm.chip import neuron_physics
 from farm.defaults import MAX_SPIKES, ChipModel, Protocol
-from farm.substrate import SubstrateResult
+from farm.substrate_base import SubstrateResult
 
 
 class EmulatorSubstrate:

@@ -7,7 +7,7 @@ callers that catch `ValueError` / `RuntimeError` keep working.
 
 from __future__ import annotations
 
-__all__ = ["FarmInputError", "FarmRuntimeError"]
+__all__ = ["FarmError", "FarmInputError", "FarmRuntimeError"]
 
 
 class FarmInputError(ValueError):
@@ -22,3 +22,7 @@ class FarmRuntimeError(RuntimeError):
 
     The message says how to resume; completed work stays on disk.
     """
+
+
+class FarmError(FarmRuntimeError):
+    """A simulation run that cannot finish; completed chunks stay flagged and a re-run resumes."""

@@ -12,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 from numpy.typing import NDArray
 
 from farm import rng
 from farm.defaults import PriorBox
+from farm.errors import FarmInputError, FarmRuntimeError
 
 RESTRICTED_FORMAT_VERSION = "1"
 RESTRICTED_MANIFEST = "restricted_prior.json"
@@ -64,13 +67,13 @@ class BoxPrior:
         """Raise a one-line ValueError naming the first parameter value outside the prior."""
         t = np.asarray(theta, dtype=np.float64)
         if t.ndim != 2 or t.shape[1] != self.dim:
-            raise ValueError(f"theta shape {t.shape} must be (n, {self.dim}) in order {', '.join(self.names)}")
+            raise FarmInputError(f"theta shape {t.shape} must be (n, {self.dim}) in order {', '.join(self.names)}")
         if not np.all(np.isfinite(t)):
-            raise ValueError("theta contains NaN or inf; every value must be a finite CapMem LSB")
+            raise FarmInputError("theta contains NaN or inf; every value must be a finite CapMem LSB")
         bad = ~((t >= self.low) & (t <= self.high))
         if bad.any():
             row, col = (int(v) for v in np.argwhere(bad)[0])
-            raise ValueError(f"theta row {row}: {self.names[col]}={t[row, col]:g} outside [{self.low[col]:g}, {self.high[col]:g}] LSB")
+            raise FarmInputError(f"theta row {row}: {self.names[col]}={t[row, col]:g} outside [{self.low[col]:g}, {self.high[col]:g}] LSB")
 
     def to_dict(self) -> dict[str, Any]:
         return self.box.to_dict()
@@ -91,9 +94,9 @@ class RestrictedPrior(BoxPrior):
     def __init__(self, box: PriorBox, weights: list[NDArray[np.float64]], biases: list[NDArray[np.float64]], input_mean: NDArray[np.float64], input_std: NDArray[np.float64], threshold_logit: float, acceptance_rate: float, meta: dict[str, Any] | None = None) -> None:
         super().__init__(box)
         if len(weights) != len(biases) or not weights:
-            raise ValueError(f"restricted prior needs matching weights/biases, got {len(weights)}/{len(biases)}")
+            raise FarmInputError(f"restricted prior needs matching weights/biases, got {len(weights)}/{len(biases)}")
         if not 0.0 < acceptance_rate <= 1.0:
-            raise ValueError(f"acceptance_rate={acceptance_rate} must be in (0, 1]")
+            raise FarmInputError(f"acceptance_rate={acceptance_rate} must be in (0, 1]")
         self.weights = [np.asarray(w, dtype=np.float64) for w in weights]
         self.biases = [np.asarray(b, dtype=np.float64) for b in biases]
         self.input_mean = np.asarray(input_mean, dtype=np.float64)
@@ -128,7 +131,7 @@ class RestrictedPrior(BoxPrior):
             ok = self.logit(cand) >= self.threshold_logit
             out[pending[ok]] = cand[ok]
             pending = pending[~ok]
-        raise RuntimeError(f"restricted prior accepted nothing for {pending.size} samples in {max_attempts} attempts; the classifier threshold is too strict")
+        raise FarmRuntimeError(f"restricted prior accepted nothing for {pending.size} samples in {max_attempts} attempts; the classifier threshold is too strict")
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "restricted", "box": self.box.to_dict(), "fingerprint": self.fingerprint, "threshold_logit": self.threshold_logit, "acceptance_rate": self.acceptance_rate}
@@ -167,10 +170,10 @@ class RestrictedPrior(BoxPrior):
         d = Path(directory)
         mpath = d / RESTRICTED_MANIFEST
         if not mpath.is_file():
-            raise ValueError(f"prior={str(d)!r} has no {RESTRICTED_MANIFEST}; pass a directory written by `farm train classifier`")
+            raise FarmInputError(f"prior={str(d)!r} has no {RESTRICTED_MANIFEST}; pass a directory written by `farm train classifier`")
         m = json.loads(mpath.read_text())
         if m.get("kind") != "restricted_prior" or m.get("format_version") != RESTRICTED_FORMAT_VERSION:
-            raise ValueError(f"{mpath}: kind={m.get('kind')!r} format_version={m.get('format_version')!r}; expected restricted_prior v{RESTRICTED_FORMAT_VERSION}")
+            raise FarmInputError(f"{mpath}: kind={m.get('kind')!r} format_version={m.get('format_version')!r}; expected restricted_prior v{RESTRICTED_FORMAT_VERSION}")
         with np.load(d / RESTRICTED_WEIGHTS, allow_pickle=False) as z:
             num = int(m["num_layers"])
             weights = [z[f"W{k}"] for k in range(num)]
@@ -178,7 +181,7 @@ class RestrictedPrior(BoxPrior):
         meta = {k: v for k, v in m.items() if k not in {"prior", "input_mean", "input_std", "threshold_logit", "acceptance_rate", "num_layers", "activation"}}
         prior = cls(PriorBox.from_dict(m["prior"]), weights, biases, np.array(m["input_mean"]), np.array(m["input_std"]), m["threshold_logit"], m["acceptance_rate"], meta)
         if "fingerprint" in m and m["fingerprint"] != prior.fingerprint:
-            raise ValueError(f"{mpath}: fingerprint {m['fingerprint']} does not match its weights ({prior.fingerprint}); the artifact is corrupt")
+            raise FarmInputError(f"{mpath}: fingerprint {m['fingerprint']} does not match its weights ({prior.fingerprint}); the artifact is corrupt")
         return prior
 
 
@@ -190,3 +193,49 @@ def load_prior(path: str | Path | None = None) -> AnyPrior:
     if path is None or str(path) in ("", "box"):
         return BoxPrior()
     return RestrictedPrior.load(path)
+
+
+@dataclass(frozen=True, slots=True)
+class PriorDescription:
+    """A prior as a store or artifact records it (its ``prior`` attribute), without the weights.
+
+    A box prior is fully described; a restricted prior is its box plus the fingerprint of the
+    classifier, whose weights live in the directory ``farm train classifier`` wrote.
+    """
+
+    kind: Literal["box_uniform", "restricted"]
+    box: PriorBox
+    fingerprint: str
+
+    @property
+    def is_restricted(self) -> bool:
+        return self.kind == "restricted"
+
+    def box_prior(self) -> BoxPrior:
+        """The box the prior lives in (the whole prior when it is not restricted)."""
+        return BoxPrior(self.box)
+
+    def matches(self, prior: AnyPrior) -> bool:
+        """True if ``prior`` is the prior described (same kind and fingerprint)."""
+        return isinstance(prior, RestrictedPrior) == self.is_restricted and prior.fingerprint == self.fingerprint
+
+
+def prior_from_attrs(prior_attr: Mapping[str, Any] | None) -> PriorDescription:
+    """Parse a ``prior`` attribute (``store.attrs.get("prior")``, an artifact's ``manifest["prior"]``).
+
+    None or empty means the default box (stores that predate the attribute).
+
+    Raises:
+        FarmInputError: the attribute is neither a box nor a restricted prior description.
+    """
+    d = dict(prior_attr or PriorBox().to_dict())
+    try:
+        if d.get("type") == "restricted":
+            fingerprint = d["fingerprint"]
+            if not isinstance(fingerprint, str) or not fingerprint:
+                raise KeyError("fingerprint")
+            return PriorDescription("restricted", PriorBox.from_dict(d["box"]), fingerprint)
+        box = PriorBox.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FarmInputError(f"prior attribute {json.dumps(d, sort_keys=True, default=str)[:80]} is not a box_uniform or restricted prior ({type(e).__name__}: {e})") from None
+    return PriorDescription("box_uniform", box, BoxPrior(box).fingerprint)

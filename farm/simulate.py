@@ -7,16 +7,19 @@ bit-identical whatever ran it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import NDArray
 
 from farm import rng
-from farm.defaults import NEURONS_PER_CHIP, ChipModel, Protocol
-from farm.features import summarize
+from farm.defaults import NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel, Protocol
+from farm.errors import FarmInputError
+from farm.features import FEATURE_NAMES, FEATURE_UNITS, summarize
 from farm.prior import AnyPrior
-from farm.substrate import Substrate, get_substrate
+from farm.schema import ArraySpec, CoordSpec, StoreSchema
+from farm.substrate import get_substrate
+from farm.substrate_base import Substrate
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,38 @@ class SimBatch:
 
     def __len__(self) -> int:
         return int(self.theta.shape[0])
+
+    def arrays(self) -> dict[str, NDArray[np.generic]]:
+        """The rows by store array name (what ``SimStore.write_chunk`` takes)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def sim_schema(protocol: Protocol) -> StoreSchema:
+    """The store layout of ``SimBatch`` rows under ``protocol``: labelled axes, dtypes, fill values, units."""
+    t, p, f = protocol.num_samples, len(PARAMETER_NAMES), len(FEATURE_NAMES)
+    time_us = (np.arange(t) * protocol.sample_period_us).astype(np.float32)
+    return StoreSchema(
+        coords=(
+            CoordSpec("parameter", tuple(PARAMETER_NAMES), str),
+            CoordSpec("feature", tuple(FEATURE_NAMES), str),
+            CoordSpec("time", tuple(time_us.tolist()), "float32", {"units": "us"}),
+        ),
+        arrays=(
+            ArraySpec("theta", "float32", ("parameter",), (p,), np.nan),
+            ArraySpec("trace", "int16", ("time",), (t,), -1),
+            ArraySpec("spike_count", "int32", (), (), -1),
+            ArraySpec("features", "float32", ("feature",), (f,), np.nan),
+            ArraySpec("chip", "int16", (), (), -1),
+            ArraySpec("neuron", "int16", (), (), -1),
+            ArraySpec("seed", "uint64", (), (), 0),
+        ),
+        attrs={
+            "parameter_names": list(PARAMETER_NAMES),
+            "feature_names": list(FEATURE_NAMES),
+            "units": {"theta": "LSB (CapMem)", "trace": "ADC code (MADC, 10 bit)", "time": "us (hardware time)", "spike_count": "spikes during the step current", "features": FEATURE_UNITS},
+            "neurons_per_chip": NEURONS_PER_CHIP,
+        },
+    )
 
 
 def placement(seed: int, indices: NDArray[np.integer], chip_model: ChipModel) -> tuple[NDArray[np.int16], NDArray[np.int16]]:
@@ -53,7 +88,7 @@ def simulate_rows(theta: NDArray[np.floating], seed: int, indices: NDArray[np.in
     idx = rng.as_indices(indices)
     theta32 = np.ascontiguousarray(theta, dtype=np.float32)
     if theta32.shape[0] != idx.size:
-        raise ValueError(f"theta has {theta32.shape[0]} rows but {idx.size} indices were given")
+        raise FarmInputError(f"theta has {theta32.shape[0]} rows but {idx.size} indices were given")
     chip, neuron = placement(seed, idx, substrate.chip_model)
     keys = noise_keys(seed, idx)
     res = substrate.run(theta32, chip, neuron, keys)

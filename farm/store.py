@@ -5,13 +5,16 @@ about AdEx. Work items are whole store chunks along ``sample``: a chunk is writt
 worker, then flagged in ``chunk_done`` (one tiny Zarr chunk per flag, written atomically after the
 data). A killed run leaves unflagged chunks, which the next run recomputes. Since sample i is a
 pure function of (seed, i), recomputation writes the same bytes: no gaps, no duplicates.
-(Anchor: swyft's ``ZarrStore`` with its per-row ``sim_status``.)
+(Anchor: swyft's ``ZarrStore`` with its per-row ``sim_status``.) What the rows hold (names, dtypes,
+labelled axes) arrives as a ``farm.schema.StoreSchema`` built by the simulation side.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,31 +25,22 @@ import zarr
 from numpy.typing import NDArray
 
 from farm.defaults import EMULATOR_VERSION, STORE_FORMAT_VERSION, ChipModel, Protocol, Regime
-from farm.features import FEATURE_NAMES, FEATURE_UNITS
-from farm.simulate import SimBatch
+from farm.errors import FarmInputError
+from farm.schema import SAMPLE_DIM, StoreSchema
+from farm.versions import package_version
 
-DATA_ARRAYS = ("theta", "trace", "spike_count", "features", "chip", "neuron", "seed")
 #: Attributes that must match for a run to append to an existing store.
 IDENTITY_KEYS = ("format_version", "emulator_version", "substrate", "seed", "chunk_size", "prior", "protocol", "chip_model", "theta_source")
 _COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 
-class StoreMismatch(ValueError):
+class StoreMismatch(FarmInputError):
     """The store exists but was made with other settings, or is not a farm store."""
-
-
-def package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("bss2-farm")
-    except Exception:  # not installed (running from a source tree)
-        return "0+unknown"
 
 
 @dataclass(frozen=True, slots=True)
 class StoreSpec:
-    """What a run writes: the identity of every sample in it."""
+    """What a run writes: the identity of every sample in it, and the layout of its rows."""
 
     seed: int
     num_sims: int
@@ -55,16 +49,17 @@ class StoreSpec:
     protocol: Protocol
     chip_model: ChipModel
     regime: Regime
+    schema: StoreSchema
     substrate: str = "emulator"
     theta_source: str = "prior"
 
     def __post_init__(self) -> None:
         if self.num_sims < 1:
-            raise ValueError(f"num_sims={self.num_sims} must be >= 1")
+            raise FarmInputError(f"num_sims={self.num_sims} must be >= 1")
         if self.chunk_size < 1:
-            raise ValueError(f"chunk_size={self.chunk_size} must be >= 1")
+            raise FarmInputError(f"chunk_size={self.chunk_size} must be >= 1")
         if self.seed < 0:
-            raise ValueError(f"seed={self.seed} must be >= 0")
+            raise FarmInputError(f"seed={self.seed} must be >= 0")
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -92,6 +87,7 @@ class SimStore:
         self.url = url
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
+        self._data_arrays: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -140,35 +136,20 @@ class SimStore:
 
     @classmethod
     def _create(cls, url: str, spec: StoreSpec) -> "SimStore":
-        from farm.defaults import NEURONS_PER_CHIP, PARAMETER_NAMES
-
         g = zarr.open_group(url, mode="w", zarr_format=3)
         n, c = spec.num_sims, spec.chunk_size
-        t = spec.protocol.num_samples
         num_chunks = -(-n // c)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            g.create_array("parameter", shape=(len(PARAMETER_NAMES),), dtype=str, dimension_names=("parameter",))[:] = np.array(PARAMETER_NAMES, dtype=object)
-            g.create_array("feature", shape=(len(FEATURE_NAMES),), dtype=str, dimension_names=("feature",))[:] = np.array(FEATURE_NAMES, dtype=object)
-        time = g.create_array("time", shape=(t,), dtype="float32", dimension_names=("time",))
-        time[:] = (np.arange(t) * spec.protocol.sample_period_us).astype(np.float32)
-        time.attrs["units"] = "us"
-        kw: dict[str, Any] = {"compressors": [_COMPRESSOR]}
-        g.create_array("theta", shape=(n, len(PARAMETER_NAMES)), chunks=(c, len(PARAMETER_NAMES)), dtype="float32", fill_value=np.nan, dimension_names=("sample", "parameter"), **kw)
-        g.create_array("trace", shape=(n, t), chunks=(c, t), dtype="int16", fill_value=-1, dimension_names=("sample", "time"), **kw)
-        g.create_array("spike_count", shape=(n,), chunks=(c,), dtype="int32", fill_value=-1, dimension_names=("sample",), **kw)
-        g.create_array("features", shape=(n, len(FEATURE_NAMES)), chunks=(c, len(FEATURE_NAMES)), dtype="float32", fill_value=np.nan, dimension_names=("sample", "feature"), **kw)
-        g.create_array("chip", shape=(n,), chunks=(c,), dtype="int16", fill_value=-1, dimension_names=("sample",), **kw)
-        g.create_array("neuron", shape=(n,), chunks=(c,), dtype="int16", fill_value=-1, dimension_names=("sample",), **kw)
-        g.create_array("seed", shape=(n,), chunks=(c,), dtype="uint64", fill_value=0, dimension_names=("sample",), **kw)
+        for coord in spec.schema.coords:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # str arrays are not yet in the Zarr v3 spec
+                arr = g.create_array(coord.name, shape=(len(coord),), dtype=coord.dtype, dimension_names=(coord.name,))
+                arr[:] = np.array(coord.values, dtype=object if coord.dtype is str else coord.dtype)
+            for key, value in coord.attrs.items():
+                arr.attrs[key] = value
+        for a in spec.schema.arrays:
+            g.create_array(a.name, shape=(n, *a.trailing_shape), chunks=(c, *a.trailing_shape), dtype=a.dtype, fill_value=a.fill_value, dimension_names=a.dims, compressors=[_COMPRESSOR])
         g.create_array("chunk_done", shape=(num_chunks,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=("chunk",))
-        attrs = spec.identity() | {
-            "num_sims": n,
-            "regime": spec.regime.to_dict(),
-            "parameter_names": list(PARAMETER_NAMES),
-            "feature_names": list(FEATURE_NAMES),
-            "units": {"theta": "LSB (CapMem)", "trace": "ADC code (MADC, 10 bit)", "time": "us (hardware time)", "spike_count": "spikes during the step current", "features": FEATURE_UNITS},
-            "neurons_per_chip": NEURONS_PER_CHIP,
+        attrs = spec.identity() | {"num_sims": n, "regime": spec.regime.to_dict()} | spec.schema.attrs | {
             "created_by": f"bss2-farm {package_version()}",
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -193,7 +174,7 @@ class SimStore:
             return
         c = self.chunk_size
         old_chunks = self.num_chunks
-        for name in DATA_ARRAYS:
+        for name in self.data_arrays:
             arr = self.group[name]
             arr.resize((num_sims, *arr.shape[1:]))
         new_chunks = -(-num_sims // c)
@@ -232,6 +213,13 @@ class SimStore:
     def num_chunks(self) -> int:
         return -(-self.num_sims // self.chunk_size)
 
+    @property
+    def data_arrays(self) -> tuple[str, ...]:
+        """Names of the per-sample arrays (leading dimension ``sample``), as the schema laid them out."""
+        if self._data_arrays is None:
+            self._data_arrays = tuple(sorted(name for name, arr in self.group.arrays() if (arr.metadata.dimension_names or (None,))[0] == SAMPLE_DIM))
+        return self._data_arrays
+
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         if not 0 <= chunk < self.num_chunks:
             raise IndexError(f"chunk={chunk} outside [0, {self.num_chunks - 1}]")
@@ -252,26 +240,36 @@ class SimStore:
         return np.concatenate([np.arange(*self.chunk_bounds(int(c))) for c in done])
 
     # ------------------------------------------------------------------ writing
-    def write_chunk(self, chunk: int, batch: SimBatch) -> None:
-        """Write all arrays of one chunk (aligned to Zarr chunks). Does not flag it done."""
+    def write_chunk(self, chunk: int, arrays: Mapping[str, NDArray[Any]]) -> None:
+        """Write every per-sample array of one chunk (aligned to Zarr chunks). Does not flag it done.
+
+        Args:
+            arrays: rows by array name (``SimBatch.arrays()``); exactly the store's data arrays,
+                each with the chunk's number of rows.
+        """
         start, stop = self.chunk_bounds(chunk)
-        if len(batch) != stop - start:
-            raise ValueError(f"chunk {chunk} needs {stop - start} rows, got {len(batch)}")
-        for name in DATA_ARRAYS:
-            self.group[name][start:stop] = getattr(batch, name)
+        if set(arrays) != set(self.data_arrays):
+            raise ValueError(f"chunk {chunk} needs arrays {list(self.data_arrays)}, got {sorted(arrays)}")
+        for name in self.data_arrays:
+            if len(arrays[name]) != stop - start:
+                raise ValueError(f"chunk {chunk} needs {stop - start} rows of {name}, got {len(arrays[name])}")
+        for name in self.data_arrays:
+            self.group[name][start:stop] = arrays[name]
 
     def mark_done(self, chunk: int) -> None:
         self.group["chunk_done"][chunk] = 1
 
-    def write_theta(self, theta: NDArray[np.float32]) -> None:
-        """Write the whole theta column up front (``--theta`` runs read their rows from it)."""
-        if theta.shape != (self.num_sims, self.group["theta"].shape[1]):
-            raise ValueError(f"theta shape {theta.shape} must be ({self.num_sims}, {self.group['theta'].shape[1]})")
-        self.group["theta"][:] = theta
+    def write_array(self, name: str, values: NDArray[Any]) -> None:
+        """Write one per-sample array whole, up front (``--theta`` runs read their rows from it)."""
+        arr = self.group[name]
+        if values.shape != arr.shape:
+            raise FarmInputError(f"{name} shape {values.shape} must be {arr.shape}")
+        arr[:] = values
 
-    def read_theta(self, chunk: int) -> NDArray[np.float32]:
+    def read_chunk(self, name: str, chunk: int) -> NDArray[Any]:
+        """One chunk's rows of array ``name``."""
         start, stop = self.chunk_bounds(chunk)
-        return np.asarray(self.group["theta"][start:stop], dtype=np.float32)
+        return np.asarray(self.group[name][start:stop])
 
     def set_attrs(self, **attrs: Any) -> None:
         self.group.attrs.update(_normalise(attrs))
@@ -284,8 +282,8 @@ class SimStore:
         done = self.done_mask()
         idx = self.completed_indices()
         counts = np.asarray(self.group["spike_count"][:])[idx] if idx.size else np.empty(0)
-        regime = self.attrs.get("regime", {"min_spikes": 1, "max_spikes": 40})
-        in_regime = float(np.mean((counts >= regime["min_spikes"]) & (counts <= regime["max_spikes"]))) if counts.size else float("nan")
+        regime = Regime.from_dict(self.attrs.get("regime"))
+        in_regime = float(np.mean(regime.contains(counts))) if counts.size else float("nan")
         return {
             "store": self.url,
             "num_sims": self.num_sims,
@@ -301,7 +299,7 @@ class SimStore:
             "theta_source": self.attrs.get("theta_source"),
             "emulator_version": self.attrs.get("emulator_version"),
             "created_by": self.attrs.get("created_by"),
-            "regime": regime,
+            "regime": regime.to_dict(),
             "trace_length": int(self.group["trace"].shape[1]),
         }
 
@@ -349,8 +347,6 @@ def _check_parent_writable(url: str) -> None:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
-    import os
-
     if not os.access(parent, os.W_OK):
         raise StoreMismatch(f"out={url!r}: directory {str(parent)!r} is not writable; choose another --out")
     if path.exists() and not path.is_dir():

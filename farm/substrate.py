@@ -1,57 +1,28 @@
-"""The interface every substrate (emulated or real BSS-2 chip) implements."""
+"""Substrates by name: which ones exist, whether one can run here, and building one.
+
+The backends are imported only when built (the hardware one needs pynn_brainscales, which only
+the BrainScaleS-2 software stack ships). The interface they implement is ``farm.substrate_base``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol as TypingProtocol, runtime_checkable
-
-import numpy as np
-from numpy.typing import NDArray
+import importlib.util
 
 from farm.defaults import ChipModel, Protocol
+from farm.errors import FarmInputError
+from farm.substrate_base import Substrate
 
 SUBSTRATES: tuple[str, ...] = ("emulator", "bss2")
 
 
-@dataclass(frozen=True, slots=True)
-class SubstrateResult:
-    """What one run of the protocol returns, per neuron row.
-
-    trace: (n, T) int16 MADC codes; spike_times: (n, S) float32 µs, NaN-padded;
-    spike_count: (n,) int32 spikes during the step current.
-    """
-
-    trace: NDArray[np.int16]
-    spike_times: NDArray[np.float32]
-    spike_count: NDArray[np.int32]
-
-
-@runtime_checkable
-class Substrate(TypingProtocol):
-    """Configure a batch of neurons with CapMem parameters, run the step protocol, read out.
-
-    ``chip`` and ``neuron`` name the circuit each row runs on and ``noise_keys`` its temporal
-    noise stream; an emulator honours them exactly, real hardware maps them onto its own chip.
-    """
-
-    name: str
-    protocol: Protocol
-    chip_model: ChipModel
-
-    def run(self, theta_lsb: NDArray[np.float32], chip: NDArray[np.int16], neuron: NDArray[np.int16], noise_keys: NDArray[np.uint64]) -> SubstrateResult: ...
-
-
 def check_available(name: str) -> None:
-    """Raise a one-line ValueError if substrate ``name`` is unknown or cannot run here."""
+    """Raise a one-line FarmInputError if substrate ``name`` is unknown or cannot run here."""
     if name not in SUBSTRATES:
-        raise ValueError(f"substrate={name!r} unknown; choose one of {', '.join(SUBSTRATES)}")
-    if name == "bss2":
-        import importlib.util
+        raise FarmInputError(f"substrate={name!r} unknown; choose one of {', '.join(SUBSTRATES)}")
+    if name == "bss2" and importlib.util.find_spec("pynn_brainscales") is None:
+        from farm.bss2 import INSTALL_HINT
 
-        if importlib.util.find_spec("pynn_brainscales") is None:
-            from farm.bss2 import INSTALL_HINT
-
-            raise ValueError(INSTALL_HINT)
+        raise FarmInputError(INSTALL_HINT)
 
 
 def get_substrate(name: str, protocol: Protocol | None = None, chip_model: ChipModel | None = None) -> Substrate:
@@ -66,4 +37,4 @@ def get_substrate(name: str, protocol: Protocol | None = None, chip_model: ChipM
         from farm.bss2 import BSS2Substrate
 
         return BSS2Substrate(protocol, chip_model)
-    raise ValueError(f"substrate={name!r} unknown; choose one of {', '.join(SUBSTRATES)}")
+    raise FarmInputError(f"substrate={name!r} unknown; choose one of {', '.join(SUBSTRATES)}")

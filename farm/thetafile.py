@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from farm.defaults import PARAMETER_NAMES
+from farm.errors import FarmInputError
 from farm.prior import AnyPrior
 
 
@@ -21,19 +22,25 @@ def read_numbers(path: str | Path, what: str, header: tuple[str, ...] = ()) -> N
     """
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"{what} file {str(p)!r} does not exist; give a .npy or .csv file")
+        raise FarmInputError(f"{what} file {str(p)!r} does not exist; give a .npy or .csv file")
     if p.suffix == ".npy":
-        return np.asarray(np.load(p, allow_pickle=False))
+        try:
+            return np.asarray(np.load(p, allow_pickle=False))
+        except ValueError as e:  # object arrays (would need pickle) or a corrupt header
+            raise FarmInputError(f"{what} file {p.name}: {str(e).splitlines()[0]}; save a plain numeric array") from None
     if p.suffix not in (".csv", ".txt"):
-        raise ValueError(f"{what} file {p.name}: unknown format {p.suffix!r}; use .npy, .csv or .txt")
+        raise FarmInputError(f"{what} file {p.name}: unknown format {p.suffix!r}; use .npy, .csv or .txt")
     delimiter = "," if p.suffix == ".csv" else None
-    if header:
-        with p.open() as f:
-            names = [c.strip() for c in f.readline().strip().split(delimiter)]
-        if set(names) == set(header):
-            raw = np.loadtxt(p, delimiter=delimiter, skiprows=1, ndmin=2)
-            return raw[:, [names.index(n) for n in header]]
-    return np.loadtxt(p, delimiter=delimiter, ndmin=2 if header else 0)
+    try:
+        if header:
+            with p.open() as f:
+                names = [c.strip() for c in f.readline().strip().split(delimiter)]
+            if set(names) == set(header):
+                raw = np.loadtxt(p, delimiter=delimiter, skiprows=1, ndmin=2)
+                return raw[:, [names.index(n) for n in header]]
+        return np.loadtxt(p, delimiter=delimiter, ndmin=2 if header else 0)
+    except ValueError as e:  # ragged rows or text where numbers belong
+        raise FarmInputError(f"{what} file {p.name}: {str(e).splitlines()[0]}; give one row of numbers per line") from None
 
 
 def read_theta(path: str | Path, prior: AnyPrior) -> NDArray[np.float32]:
@@ -46,7 +53,7 @@ def read_theta(path: str | Path, prior: AnyPrior) -> NDArray[np.float32]:
     if arr.ndim == 1 and arr.size == len(PARAMETER_NAMES):
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != len(PARAMETER_NAMES) or arr.shape[0] == 0:
-        raise ValueError(f"theta shape {arr.shape} must be (n, {len(PARAMETER_NAMES)}) with columns {', '.join(PARAMETER_NAMES)}")
+        raise FarmInputError(f"theta shape {arr.shape} must be (n, {len(PARAMETER_NAMES)}) with columns {', '.join(PARAMETER_NAMES)}")
     prior.check(arr)
     return arr.astype(np.float32)
 

@@ -236,3 +236,78 @@ def test_recorded_trace_files_load_or_fail_on_one_line(tmp_path):
     for name, needle in (("missing.npy", "does not exist"), ("t.json", "unknown format '.json'"), ("high.npy", "[0, 1023]"), ("pickled.npy", "allow_pickle")):
         with pytest.raises(ValueError, match=re.escape(needle)):
             load_trace_file(tmp_path / name)
+
+
+# ---------------------------------------------------------------- cluster security (issue 11)
+def containers(doc) -> list[dict]:
+    """Every container spec anywhere in a parsed KubeRay manifest."""
+    found = []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k == "containers" and isinstance(v, list):
+                found += v
+            else:
+                found += containers(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            found += containers(v)
+    return found
+
+
+@pytest.mark.parametrize("name", ["kuberay/rayjob.yaml", "kuberay/rayservice.yaml"])
+def test_kuberay_containers_use_token_auth_from_a_secret(name):
+    found = containers(load(name))
+    assert len(found) >= 2, found  # head and workers
+    for c in found:
+        env = {e["name"]: e for e in c.get("env", [])}
+        assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", (name, c["name"])
+        token = env.get("RAY_AUTH_TOKEN", {})
+        assert "value" not in token and token.get("valueFrom", {}).get("secretKeyRef", {}).get("key"), (name, c["name"], token)
+
+
+def test_cluster_launcher_uses_token_auth_without_a_literal_token():
+    config = load("cluster.yaml")
+    assert "-e RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    for cmd in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        if "ray start" in cmd:
+            assert "RAY_AUTH_MODE=token" in cmd, cmd
+    # The token travels as a file from the launching machine, Ray's default token path on every node.
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+
+
+def test_image_turns_token_auth_on_and_no_file_holds_a_token():
+    text = (DEPLOY / "Dockerfile").read_text()
+    env = dict(re.findall(r"(RAY_[A-Z_]+)=(\S+)", " ".join(re.findall(r"^ENV\s+(.+?)(?<!\\)$", text, flags=re.M | re.S))))
+    assert env.get("RAY_AUTH_MODE") == "token", env
+    assert env.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH") == "deploy.limits:proxy_middlewares", env
+    for path in [DEPLOY / "Dockerfile", DEPLOY / "cluster.yaml", *sorted((DEPLOY / "kuberay").glob("*.yaml")), ROOT / "docs" / "cluster.md"]:
+        literal = re.findall(r"RAY_AUTH_TOKEN\s*[=:]\s*['\"]?(?!\$)[A-Za-z0-9]{8,}", path.read_text())
+        assert not literal, (path.name, literal)
+
+
+def test_proxy_callback_refuses_big_bodies_from_the_header():
+    """The middleware Serve's proxy loads: 413 from Content-Length without calling the app or receive."""
+    import asyncio
+
+    from deploy.limits import ContentLengthLimit, proxy_middlewares
+    from deploy.schemas import MAX_BODY_BYTES
+
+    (mw,) = proxy_middlewares()
+    assert mw.cls is ContentLengthLimit
+    sent, called = [], []
+
+    async def app(scope, receive, send):
+        called.append(scope["path"])
+
+    async def receive():
+        raise AssertionError("the body was read")
+
+    async def send(message):
+        sent.append(message)
+
+    limit = ContentLengthLimit(app)
+    scope = {"type": "http", "path": "/sample", "headers": [(b"content-length", str(MAX_BODY_BYTES + 1).encode())]}
+    asyncio.run(limit(scope, receive, send))
+    assert sent[0]["status"] == 413 and not called and str(MAX_BODY_BYTES) in sent[1]["body"].decode()
+    asyncio.run(limit({**scope, "headers": [(b"content-length", str(MAX_BODY_BYTES).encode())]}, receive, send))
+    assert called == ["/sample"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.actors import run_farm
+from farm.runner import run_farm
 from deploy.cli import main
 from inference.evaluate import load_report
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from farm.actors import run_farm
+from farm.errors import FarmError
+from farm.runner import run_farm
 from deploy.cli import main as farm_main
 from farm.defaults import PARAMETER_NAMES
 from farm.features import FEATURE_NAMES
@@ -178,3 +179,43 @@ def test_refuses_to_mix_settings_and_keeps_data(reference_store: Path, tmp_path:
 def test_info_reports_completeness(reference_store: Path) -> None:
     res = subprocess.run([*FARM, "info", str(reference_store), "--json"], capture_output=True, text=True, check=True)
     assert '"completed_sims": 2400' in res.stdout and '"complete": true' in res.stdout
+
+
+def test_import_farm_is_cheap_and_the_store_does_not_load_the_kernel() -> None:
+    """`farm --help` and store readers (training, serving) must not pay for numba or Ray."""
+    code = (
+        "import sys, farm; heavy = {m for m in ('numpy', 'zarr', 'ray', 'numba') if m in sys.modules}; assert not heavy, heavy; "
+        "farm.SimStore; assert 'numba' not in sys.modules and 'farm.simulate' not in sys.modules, sorted(sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import farm
+
+    assert farm.run_farm is run_farm and set(farm.__all__) >= {"run_farm", "SimStore", "open_dataset", "FarmError", "FarmInputError"}
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path: Path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("needs permission to mount a tmpfs (root in the CI container)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_in_process_disk_full_is_a_farm_error_and_resumes(reference_store: Path, tiny_disk: Path) -> None:
+    out = tiny_disk / "full.zarr"
+    with pytest.raises(FarmError, match="No space left on device.*resume") as info:
+        run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, in_process=True)
+    assert "\n" not in str(info.value) and "writing chunk" in str(info.value)
+    done = np.flatnonzero(SimStore.open(out).done_mask())
+    assert done.size < 2400 // 300
+    ref, got = xr.open_zarr(str(reference_store)), xr.open_zarr(str(out))
+    for c in done:  # every flagged chunk is intact
+        np.testing.assert_array_equal(got.trace[c * 300:(c + 1) * 300].values, ref.trace[c * 300:(c + 1) * 300].values)
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_disk)], check=True)
+    assert run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, in_process=True)["complete"]
+    assert_same_store(reference_store, out)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from farm.actors import run_farm
+from farm.runner import run_farm
 from farm.store import SimStore
 from tests.cluster import LoopbackCluster, descendants, pids_matching
 
@@ -108,8 +108,13 @@ def test_driver_sigkill_at_random_points_resumes_exactly(cluster: LoopbackCluste
     rng = random.Random(20261124)
     trials, progress = 10, []
     for _ in range(trials):
+        before = max(chunks_done(out), 0)
         proc = subprocess.Popen(farm_cmd(out, cluster, n=n, chunk=chunk), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(1.0, 4.0))
+        # Kill at a random point of observed progress, not after a fixed delay: start-up takes
+        # 2 s on an idle machine and far longer on a loaded one. The extra sleep lands the kill
+        # anywhere inside the next chunk (each takes at least FARM_CHUNK_DELAY_S).
+        wait_for_chunks(out, before + rng.randint(1, 4), proc)
+        time.sleep(rng.uniform(0.0, 0.4))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         progress.append(chunks_done(out))

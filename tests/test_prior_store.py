@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from farm.bss2 import hxneuron_parameters, madc_to_codes, resample_trace
 from farm.defaults import PARAMETER_NAMES, ChipModel, PriorBox, Protocol, Regime
-from farm.prior import BoxPrior, RestrictedPrior, load_prior
-from farm.simulate import simulate_indices
-from farm.store import SimStore, StoreSpec, open_dataset
-from farm.substrate import get_substrate
+from farm.errors import FarmInputError
+from farm.prior import BoxPrior, RestrictedPrior, load_prior, prior_from_attrs
+from farm.simulate import sim_schema, simulate_indices
+from farm.store import SimStore, StoreMismatch, StoreSpec, open_dataset
+from farm.substrate import check_available, get_substrate
 
 
 def toy_restricted(box: PriorBox | None = None) -> RestrictedPrior:
@@ -70,13 +71,13 @@ def test_prior_box_validates(kwargs: dict) -> None:
 @given(num_sims=st.integers(1, 90), chunk=st.integers(1, 40))
 def test_store_write_read_round_trips_for_any_chunk_size(tmp_path_factory, num_sims: int, chunk: int) -> None:
     url = str(tmp_path_factory.mktemp("rt") / "s.zarr")
-    spec = StoreSpec(seed=9, num_sims=num_sims, chunk_size=chunk, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime())
+    spec = StoreSpec(seed=9, num_sims=num_sims, chunk_size=chunk, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
     store = SimStore.create_or_resume(url, spec)
     sub = get_substrate("emulator")
     expected = simulate_indices(BoxPrior(), 9, np.arange(num_sims), sub)
     for c in reversed(range(store.num_chunks)):  # any order
         a, b = store.chunk_bounds(c)
-        store.write_chunk(c, simulate_indices(BoxPrior(), 9, np.arange(a, b), sub))
+        store.write_chunk(c, simulate_indices(BoxPrior(), 9, np.arange(a, b), sub).arrays())
         store.mark_done(c)
     ds = open_dataset(url)
     np.testing.assert_array_equal(ds.trace.values, expected.trace)
@@ -85,9 +86,9 @@ def test_store_write_read_round_trips_for_any_chunk_size(tmp_path_factory, num_s
 
 
 def test_open_dataset_hides_unfinished_chunks(tmp_path: Path) -> None:
-    spec = StoreSpec(seed=1, num_sims=50, chunk_size=20, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime())
+    spec = StoreSpec(seed=1, num_sims=50, chunk_size=20, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
     store = SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
-    store.write_chunk(1, simulate_indices(BoxPrior(), 1, np.arange(20, 40), get_substrate("emulator")))
+    store.write_chunk(1, simulate_indices(BoxPrior(), 1, np.arange(20, 40), get_substrate("emulator")).arrays())
     store.mark_done(1)
     ds = open_dataset(str(tmp_path / "s.zarr"))
     assert ds.sizes["sample"] == 20 and int(ds.trace.min()) >= 0
@@ -123,7 +124,7 @@ def test_madc_resampling_and_codes() -> None:
 
 @pytest.mark.parametrize("scheme", ["memory://", "file://"])
 def test_store_at_fsspec_url(scheme: str, tmp_path: Path) -> None:
-    from farm.actors import run_farm
+    from farm.runner import run_farm
 
     url = f"{scheme}{tmp_path}/s.zarr" if scheme == "file://" else f"memory://{tmp_path.name}/s.zarr"
     summary = run_farm(url, num_sims=300, seed=4, chunk_size=100, in_process=True)
@@ -131,3 +132,54 @@ def test_store_at_fsspec_url(scheme: str, tmp_path: Path) -> None:
     ds = open_dataset(url)
     expected = simulate_indices(BoxPrior(), 4, np.arange(300), get_substrate("emulator"))
     np.testing.assert_array_equal(ds.trace.values, expected.trace)
+
+
+def test_store_prior_attribute_parses_to_one_description(tmp_path: Path) -> None:
+    """What inference reads back from a store: the box, and whether (and which) restriction."""
+    restricted = toy_restricted()
+    box = prior_from_attrs(BoxPrior().to_dict())
+    assert not box.is_restricted and box.box == PriorBox() and box.matches(BoxPrior()) and not box.matches(restricted)
+    assert prior_from_attrs(None) == box  # stores that predate the attribute: the default box
+    desc = prior_from_attrs(json.loads(json.dumps(restricted.to_dict())))
+    assert desc.is_restricted and desc.fingerprint == restricted.fingerprint and desc.box_prior().box == PriorBox()
+    assert desc.matches(restricted) and not desc.matches(BoxPrior())
+    for bad in ({"type": "restricted", "box": PriorBox().to_dict()}, {"type": "gaussian"}, {"names": ["x"], "low": [0]}):
+        with pytest.raises(FarmInputError, match="prior attribute"):
+            prior_from_attrs(bad)
+
+
+def test_regime_contains_is_the_closed_spike_count_interval() -> None:
+    r = Regime(min_spikes=1, max_spikes=40)
+    np.testing.assert_array_equal(r.contains(np.array([0, 1, 20, 40, 41])), [False, True, True, True, False])
+    assert Regime.from_dict(json.loads(json.dumps(r.to_dict()))) == r and Regime.from_dict(None) == Regime()
+
+
+def test_bad_input_raises_the_typed_input_error(tmp_path: Path) -> None:
+    """The command line maps FarmInputError to exit code 2 by type, not by message."""
+    with pytest.raises(FarmInputError, match="loihi"):
+        check_available("loihi")
+    with pytest.raises(FarmInputError, match="loihi"):
+        get_substrate("loihi")
+    with pytest.raises(FarmInputError, match="dt_us"):
+        Protocol(sample_period_us=1.0, dt_us=0.3)
+    with pytest.raises(FarmInputError, match="chunk_size=0"):
+        StoreSpec(seed=1, num_sims=5, chunk_size=0, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
+    with pytest.raises(FarmInputError, match="restricted_prior.json"):
+        load_prior(tmp_path)
+    spec = StoreSpec(seed=1, num_sims=5, chunk_size=5, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
+    SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
+    with pytest.raises(StoreMismatch, match="seed=1") as info:
+        SimStore.create_or_resume(str(tmp_path / "s.zarr"), StoreSpec(**{**{f: getattr(spec, f) for f in spec.__slots__}, "seed": 2}))
+    assert isinstance(info.value, FarmInputError)
+
+
+def test_write_chunk_needs_every_array_of_the_schema(tmp_path: Path) -> None:
+    spec = StoreSpec(seed=1, num_sims=40, chunk_size=20, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
+    store = SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
+    arrays = simulate_indices(BoxPrior(), 1, np.arange(20), get_substrate("emulator")).arrays()
+    assert set(store.data_arrays) == set(arrays) == set(spec.schema.array_names)
+    with pytest.raises(ValueError, match="trace"):
+        store.write_chunk(0, {k: v for k, v in arrays.items() if k != "trace"})
+    with pytest.raises(ValueError, match="20 rows"):
+        store.write_chunk(1, {k: v[:10] for k, v in arrays.items()})
+    assert not SimStore.open(tmp_path / "s.zarr").done_mask().any()

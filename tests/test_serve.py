@@ -17,12 +17,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from ray import serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deploy.schemas import MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES
+from deploy.schemas import MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES
 from deploy.service import APP_NAME, package_version, posterior_app
-from farm.actors import run_farm
+from farm import run_farm
 from deploy.cli import main
 from farm.defaults import PARAMETER_NAMES, PriorBox
 from farm.features import FEATURE_NAMES, summarize
@@ -340,6 +341,165 @@ def test_farm_serve_detach_then_query_then_stop(artifact, tmp_path, capsys):
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
     assert "Serving" in (tmp_path / "serve.log").read_text()
+
+
+# ---------------------------------------------------------------- bounds (issue 11)
+@pytest.fixture(scope="module")
+def tight_url(url, artifact: Path):
+    """The same artifact as a second app whose replica holds 2 model requests; one more is a 503."""
+    serve.run(posterior_app(str(artifact), max_model_queue=2, num_cpus=0.01), name="tight", route_prefix="/tight")
+    yield f"{url}/tight"
+    serve.delete("tight")
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send ``head`` + ``body`` on a plain socket; read the answer until its body is complete or the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60.0) as s:  # 60 s only detects a hang
+        s.sendall(head + body)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            data += chunk
+            if not chunk:
+                return data
+            if b"\r\n\r\n" in data:
+                header, rest = data.split(b"\r\n\r\n", 1)
+                lengths = [int(line.split(b":", 1)[1]) for line in header.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+                if lengths and len(rest) >= lengths[0]:
+                    return data
+
+
+def test_huge_content_length_is_413_before_the_body_is_read(url):
+    port = int(url.rsplit(":", 1)[1])
+    # 100 MB announced, 2 bytes sent: an answer at all proves the body was never awaited.
+    answer = raw_request(port, b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n", b"{}")
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert str(MAX_BODY_BYTES) in body["message"] and "100000000" in body["message"]
+
+
+def test_streamed_body_past_the_cap_is_413(client):
+    def chunks():  # no Content-Length: chunked transfer, 64 KiB at a time, 3 MiB in all
+        yield b'{"trace": [' + b"500, " * 13_000
+        for _ in range(48):
+            yield b"500, " * 13_107
+
+    r = client.post("/sample", content=chunks(), headers=JSON)
+    assert r.status_code == 413 and str(MAX_BODY_BYTES) in r.json()["message"], r.text[:300]
+
+
+def test_full_replica_answers_503_with_retry_after_and_health_stays_up(tight_url, obs):
+    """Waves of 8 concurrent 10 000-draw requests against a replica that holds 2, until one is shed."""
+    body = {"trace": obs.trace[0].tolist(), "num_samples": MAX_NUM_SAMPLES}
+    statuses: list[int] = []
+    retry_after: list[str | None] = []
+    health_codes: list[int] = []
+
+    def one(_: int) -> None:
+        with httpx.Client(base_url=tight_url, timeout=120.0) as c:
+            r = c.post("/sample", json=body)
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                retry_after.append(r.headers.get("retry-after"))
+
+    with httpx.Client(base_url=tight_url, timeout=120.0) as probe:
+        for _ in range(20):  # derived from progress: stop at the first wave that saturated the replica
+            with ThreadPoolExecutor(9) as ex:
+                futures = [ex.submit(one, i) for i in range(8)]
+                while not retry_after and not all(f.done() for f in futures):
+                    time.sleep(0.01)
+                health_codes.append(probe.get("/health").status_code)  # asked while the wave runs
+                for f in futures:
+                    f.result()
+            if 503 in statuses:
+                break
+    assert 503 in statuses and set(statuses) <= {200, 503}, statuses
+    assert all(v is not None and int(v) >= 1 for v in retry_after), retry_after
+    assert set(health_codes) == {200}, health_codes
+
+
+def test_request_past_its_deadline_is_504(url, artifact, obs):
+    serve.run(posterior_app(str(artifact), request_timeout_s=1e-6, num_cpus=0.01), name="deadline", route_prefix="/deadline")
+    try:
+        with httpx.Client(base_url=f"{url}/deadline", timeout=120.0) as c:
+            r = c.post("/sample", json={"trace": obs.trace[0].tolist(), "num_samples": MAX_NUM_SAMPLES})
+            assert r.status_code == 504 and "request_timeout_s" in r.json()["message"], r.text[:300]
+            assert c.get("/health").status_code == 200  # the replica is still there
+    finally:
+        serve.delete("deadline")
+
+
+def _ray_processes_of(pid: int) -> dict[int, str]:
+    """Descendants of ``pid`` (from /proc), with their command lines."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int, cmdline: str) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") == cmdline
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # its own private Ray: ~70 s on 2 cores; `make test` runs it
+def test_farm_serve_stops_cleanly_on_sigterm(artifact, tmp_path):
+    """`python -m deploy.cli serve` with its defaults: loopback only, 413 in the proxy, SIGTERM leaves no Ray behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import ray
+
+    from deploy.launch import wait_healthy
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--posterior", str(artifact), "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", timeout_s=300.0, process=proc, log=log)
+        ray_procs = {p: c for p, c in _ray_processes_of(proc.pid).items() if any(k in c for k in ("raylet", "gcs_server", "dashboard", "runtime_env", "ray::"))}
+        assert any("raylet" in c for c in ray_procs.values()) and any("gcs_server" in c for c in ray_procs.values()), ray_procs
+        node_ip = ray.util.get_node_ip_address()
+        if not node_ip.startswith("127."):  # the DEFAULT host: nothing listens on the node's own address
+            with socket.socket() as s:
+                s.settimeout(2.0)
+                assert s.connect_ex((node_ip, port)) != 0, f"farm serve listens on {node_ip}:{port} by default"
+        # Serve's proxy itself refuses the announced 100 MB (deploy.limits.ContentLengthLimit).
+        answer = raw_request(port, b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"{}")
+        assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower(), answer[:300]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    deadline = time.monotonic() + 30  # Ray's processes exit on their own after the driver's shutdown; allow them time
+    while time.monotonic() < deadline and any(_alive(p, c) for p, c in ray_procs.items()):
+        time.sleep(0.5)
+    left = {p: c[:120] for p, c in ray_procs.items() if _alive(p, c)}
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"Ray processes outlived farm serve: {left}"
 
 
 # ---------------------------------------------------------------- replica loss (issue 7); keep last

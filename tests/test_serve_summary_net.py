@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from deploy.service import posterior_app
-from farm.actors import run_farm
+from farm import run_farm
 from deploy.cli import main
 from farm.prior import BoxPrior
 from farm.features import summarize

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from deploy.cli.common import AddressOpt, bad_input, fail, parse_count
+from deploy.cli.common import AddressOpt, bad_input, parse_count
 
 
 def simulate(
@@ -32,9 +32,8 @@ def simulate(
 
     Example: farm simulate --n 1e6 --out runs/sims.zarr --seed 1
     """
-    from farm.actors import FarmError, run_farm
     from farm.prior import load_prior
-    from farm.store import StoreMismatch
+    from farm.runner import run_farm
     from farm.substrate import check_available
     from farm.thetafile import read_theta
 
@@ -60,12 +59,7 @@ def simulate(
         num = int(theta_arr.shape[0])
     else:
         raise typer.BadParameter("missing; give the number of simulations, e.g. --n 1e6", param_hint="--n")
-    try:
-        summary = run_farm(out, num_sims=num, seed=seed, chunk_size=chunk, num_chips=chips, substrate=substrate, prior=prior_obj, theta=theta_arr, address=address, in_process=in_process, progress=not quiet)
-    except StoreMismatch as e:
-        bad_input(str(e))
-    except FarmError as e:
-        fail(str(e))
+    summary = run_farm(out, num_sims=num, seed=seed, chunk_size=chunk, num_chips=chips, substrate=substrate, prior=prior_obj, theta=theta_arr, address=address, in_process=in_process, progress=not quiet)
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -83,11 +77,11 @@ def info(
     Example: farm info runs/sims.zarr
     """
     from farm.report import print_info
-    from farm.store import SimStore, StoreMismatch
+    from farm.store import SimStore
 
     try:
         s = SimStore.open(store)
-    except (StoreMismatch, FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:  # cannot also be a FarmInputError (OSError and ValueError bases clash)
         bad_input(str(e))
     summary = s.describe()
     if as_json:

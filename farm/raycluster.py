@@ -1,0 +1,64 @@
+"""Joining Ray: the one place that decides how a farm, trainer or server process calls ``ray.init``.
+
+Why one place: every layer wants the same things (no dashboard, worker logs kept off the user's
+terminal, a private loopback cluster when no address is given), and a process may call it twice
+(`farm simulate` then a check) without starting a second Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from farm.errors import FarmError, FarmInputError
+
+#: Object store of a private local Ray: the farm's actors return only small statistics.
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+def connect_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    quiet: bool = True,
+    log_level: int = logging.WARNING,
+    object_store_memory: int | None = LOCAL_OBJECT_STORE_BYTES,
+) -> bool:
+    """Connect this process to Ray unless it already is.
+
+    Args:
+        address: a cluster (``auto``, ``host:port``, ``ray://host:10001``); None or ``local``
+            starts a fresh cluster bound to 127.0.0.1, which never joins a `ray start` cluster
+            that happens to run on this machine.
+        num_cpus: CPUs of a local cluster (default: all); not allowed with a cluster address.
+        quiet: keep worker stdout/stderr off this process's terminal.
+        log_level: level of Ray's own loggers in this process.
+        object_store_memory: object store bytes of a local cluster (None: Ray's default).
+
+    Returns:
+        True if this call started or joined Ray (the caller may shut it down), False if Ray was
+        already initialised in this process.
+
+    Raises:
+        FarmInputError: ``num_cpus`` given together with a cluster address.
+        FarmError: Ray could not be reached or started.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": log_level, "log_to_driver": not quiet}
+    if address is None or address == "local":
+        address = "local"
+        kwargs["_node_ip_address"] = "127.0.0.1"
+        if object_store_memory is not None:
+            kwargs["object_store_memory"] = int(object_store_memory)
+        if num_cpus is not None:
+            kwargs["num_cpus"] = int(num_cpus)
+    elif num_cpus is not None:
+        raise FarmInputError(f"num_cpus={num_cpus} only sizes a local Ray; omit it with address={address!r}")
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise FarmError(f"cannot connect to Ray at address={address!r}: {str(e).splitlines()[0]}") from None
+    return True

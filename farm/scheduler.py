@@ -1,0 +1,179 @@
+"""The Ray driver loop: feeds chip actors from the chunk queue, with back-pressure and re-queueing.
+
+The driver keeps at most ``max_in_flight_per_chip`` chunks per actor in flight (memory stays flat
+in n). Actors simulate a chunk and write it straight into the store; only small statistics travel
+back, and the driver flags the chunk done once its actor returned. An actor that dies (process
+killed, node lost) has its chunks re-queued on the others and is replaced where the cluster has
+room. While a private local Ray starts, a ``DriverWorker`` thread runs chunks from the same queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from farm.chip_actor import ChipActor
+from farm.errors import FarmError
+from farm.job import ChunkJob, ChunkQueue, run_queue
+from farm.raycluster import connect_ray
+from farm.substrate import get_substrate
+
+log = logging.getLogger("farm")
+#: Below this many chunks a local run is too short for the driver to help while Ray starts.
+DRIVER_MIN_CHUNKS = 4
+#: Seconds without any actor up (and chunks waiting) before the run gives up.
+NO_ACTOR_TIMEOUT_S = 300
+
+
+class DriverWorker(threading.Thread):
+    """Simulates chunks in the driver while a private local Ray starts, until the first actor is up.
+
+    Why: starting Ray and the actors takes ~7-9 s on 2 cores, a tenth of a million-trace run,
+    and the driver already holds the kernel and the store. It drains the farm's own queue with
+    ``run_queue``, so a chunk is flagged exactly as an actor's would be.
+    """
+
+    def __init__(self, queue: ChunkQueue, job: ChunkJob) -> None:
+        super().__init__(name="farm-driver-worker", daemon=True)
+        self.queue, self.job = queue, job
+        self.halt = threading.Event()
+        self.chunks_done = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            import numba
+
+            numba.set_num_threads(1)  # this thread only; leaves a core to Ray's start-up
+            substrate = get_substrate(self.job.substrate, self.job.protocol, self.job.chip_model)
+            self.chunks_done = run_queue(self.queue, self.job, substrate, self.halt)
+        except BaseException as e:  # reported by the main loop, which owns the run's errors
+            self.error = e
+
+    def stop(self) -> None:
+        """Finish the current chunk, take no more, and surface an error the worker met."""
+        self.halt.set()
+        self.join()
+        if isinstance(self.error, FarmError):
+            raise self.error
+        if self.error is not None:
+            raise FarmError(f"the driver's own chunk failed: {type(self.error).__name__}: {self.error}; completed chunks are kept, re-run the same command to resume") from None
+
+
+def run_on_ray(queue: ChunkQueue, job: ChunkJob, stats: dict[str, Any], *, address: str | None, num_chips: int | None, max_in_flight_per_chip: int, max_actor_failures: int | None) -> None:
+    """Run every chunk of ``queue`` on chip actors; fills ``stats`` (workers, nodes, retries).
+
+    Args:
+        address: Ray cluster; None starts a private local Ray (and lets the driver work meanwhile).
+        num_chips: actors; default one per CPU of the cluster.
+        max_in_flight_per_chip: chunks queued on one actor at once (back-pressure).
+        max_actor_failures: actor deaths tolerated before the run fails (default 5 per chip + 10).
+
+    Raises:
+        FarmError: a chunk failed, too many actors died, or none could start.
+    """
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    driver: DriverWorker | None = None
+    if address is None and not ray.is_initialized() and len(queue) > DRIVER_MIN_CHUNKS:
+        driver = DriverWorker(queue, job)
+        driver.start()
+    try:
+        connect_ray(address)
+    except BaseException:
+        if driver is not None:
+            driver.halt.set()
+            driver.join()
+        raise
+    if num_chips is None:
+        num_chips = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    num_chips = max(1, min(num_chips, len(queue)))
+    max_failures = max_actor_failures if max_actor_failures is not None else 5 * num_chips + 10
+    actor_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ChipActor)
+    job_ref = ray.put(job)
+
+    starting: dict[Any, Any] = {}  # ready() ref -> actor
+    ready: dict[Any, int] = {}  # actor -> chunks in flight
+    in_flight: dict[Any, tuple[Any, int]] = {}  # run() ref -> (actor, chunk)
+    failures = 0
+    last_progress = time.monotonic()
+
+    def spawn() -> None:
+        actor = actor_cls.options(scheduling_strategy="SPREAD").remote(job_ref)
+        starting[actor.ready.remote()] = actor
+
+    def actor_died() -> None:
+        nonlocal failures
+        failures += 1
+        if failures > max_failures:
+            raise FarmError(f"{failures} actors died (limit {max_failures}); completed chunks are kept, re-run to resume") from None
+        spawn()
+
+    for _ in range(num_chips):
+        spawn()
+    stats["num_workers"] = num_chips
+    try:
+        while len(queue) or in_flight or (driver is not None and driver.is_alive()):
+            if driver is not None and ready:  # an actor is up: the driver hands over after its current chunk
+                driver.stop()
+                stats["driver_chunks"] = driver.chunks_done
+                driver = None
+            for actor in list(ready):
+                while ready[actor] < max_in_flight_per_chip:
+                    chunk = queue.take()
+                    if chunk is None:
+                        break
+                    in_flight[actor.run.remote(chunk)] = (actor, chunk)
+                    ready[actor] += 1
+            done, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=1.0)
+            for ref in done:
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        stats["nodes"].add(ray.get(ref)["node_id"])
+                        ready[actor] = 0
+                    except RayActorError:
+                        actor_died()
+                    except RayTaskError as e:
+                        raise FarmError(f"a chip actor failed to start: {_cause(e)}") from None
+                    continue
+                actor, chunk = in_flight.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except RayActorError:
+                    # The actor's process or node is gone: its chunk goes to another actor.
+                    log.warning("actor running chunk %d died; re-queueing it", chunk)
+                    queue.put_back(chunk)
+                    stats["chunks_retried"] += 1
+                    if ready.pop(actor, None) is not None:
+                        actor_died()
+                    continue
+                except RayTaskError as e:
+                    raise FarmError(f"chunk {chunk} failed: {_cause(e)}; completed chunks are kept, re-run the same command to resume") from None
+                queue.finish(chunk, res["n"])
+                stats["nodes"].add(res["node_id"])
+                ready[actor] -= 1
+                last_progress = time.monotonic()
+            if not ready and not in_flight and len(queue) and (driver is None or not driver.is_alive()) and time.monotonic() - last_progress > NO_ACTOR_TIMEOUT_S:
+                raise FarmError(f"no chip actor could be started for {NO_ACTOR_TIMEOUT_S} s; check the cluster's free CPUs (`ray status`)")
+    finally:
+        if driver is not None:  # the run ended (or failed) before any actor came up
+            driver.halt.set()
+            driver.join()
+            stats["driver_chunks"] = driver.chunks_done
+        for actor in list(ready) + list(starting.values()) + [a for a, _ in in_flight.values()]:
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+
+
+def _cause(err: Exception) -> str:
+    """The user-facing line of a remote exception (its original cause, not Ray's wrapper)."""
+    cause = getattr(err, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    return str(err).strip().splitlines()[-1]
