@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from farm.actors import run_farm
+from farm.runner import run_farm
 from inference.datasets import ChunkStream, StoreSet, plan_data
 from inference.flows import FlowConfig, NPEModel
 from inference.train import TrainConfig, model_stats, run_training

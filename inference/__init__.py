@@ -1,31 +1,55 @@
 """Amortized inference for the BSS-2 AdEx neuron: restriction classifier, NPE, Ray Train on Zarr.
 
-``load_posterior(DIR)`` rebuilds a trained posterior from its artifact with no pickle; the
-`farm train` command (``inference.cli_train``) trains and writes those artifacts.
+``load_posterior(DIR)`` rebuilds a trained posterior from its artifact with no pickle;
+``inference.training.train`` trains and writes those artifacts (what `farm train` runs).
+
+Names load on first use (module ``__getattr__``): a Serve replica that only loads a posterior
+never imports the trainer, Ray Train or Zarr.
 """
 
-from inference.artifacts import FORMAT_VERSION
-from inference.classifier import ClassifierConfig, RegimeClassifier
-from inference.datasets import ChunkStream, DataPlan, StoreSet, is_validation, plan_data, quality_flags
-from inference.flows import FlowConfig, NPEModel
-from inference.posterior import AmortizedPosterior, load_posterior
-from inference.train import TrainConfig, TrainingError, run_training
+from __future__ import annotations
 
-__all__ = [
-    "FORMAT_VERSION",
-    "AmortizedPosterior",
-    "ChunkStream",
-    "ClassifierConfig",
-    "DataPlan",
-    "FlowConfig",
-    "NPEModel",
-    "RegimeClassifier",
-    "StoreSet",
-    "TrainConfig",
-    "TrainingError",
-    "is_validation",
-    "load_posterior",
-    "plan_data",
-    "quality_flags",
-    "run_training",
-]
+import importlib
+from typing import Any
+
+#: public name -> module that defines it
+_LAZY = {
+    "FORMAT_VERSION": "inference.artifacts",
+    "AmortizedPosterior": "inference.posterior",
+    "load_posterior": "inference.posterior",
+    "ArtifactError": "inference.errors",
+    "TrainingError": "inference.errors",
+    "TRAIN_DEFAULTS": "inference.config",
+    "TrainConfig": "inference.config",
+    "ClassifierConfig": "inference.classifier",
+    "RegimeClassifier": "inference.classifier",
+    "FlowConfig": "inference.flows",
+    "NPEModel": "inference.flows",
+    "ChunkStream": "inference.datasets",
+    "DataPlan": "inference.datasets",
+    "StoreSet": "inference.datasets",
+    "is_validation": "inference.datasets",
+    "plan_data": "inference.datasets",
+    "quality_flags": "inference.datasets",
+    "ClassifierTask": "inference.tasks",
+    "NPETask": "inference.tasks",
+    "get_task": "inference.tasks",
+    "run_training": "inference.train",
+    "train": "inference.training",
+    "format_metrics": "inference.training",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'inference' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -17,12 +17,14 @@ from typing import Any
 import torch
 
 from farm.defaults import EMULATOR_VERSION, Protocol
-from farm.store import package_version
+from farm.versions import package_version
+from inference.documents import ARTIFACT_FORMAT_VERSION, ArtifactManifest, read_document
+from inference.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
-#: Bump when the manifest or weight layout changes; older artifacts are then refused with a message.
-FORMAT_VERSION = "1"
+#: Bump (in inference.documents) when the manifest or weight layout changes; older artifacts are then refused.
+FORMAT_VERSION = ARTIFACT_FORMAT_VERSION
 
 
 def file_sha256(path: str | Path) -> str:
@@ -76,30 +78,23 @@ def read_artifact(directory: str | Path, kind: str, protocol: Protocol | None = 
         protocol: if given, the artifact must have been trained on this stimulus protocol.
 
     Raises:
-        ValueError: missing files, another kind, format or emulator version, another protocol,
-            or weights that do not match the manifest's checksum.
+        ArtifactError: (a ValueError) missing files, another kind, format or emulator version,
+            another protocol, or weights that do not match the manifest's checksum.
     """
     d = Path(directory)
     path = d / MANIFEST
     if not path.is_file():
-        raise ValueError(f"artifact={str(d)!r} has no {MANIFEST}; pass a directory written by `farm train`")
-    try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if m.get("kind") != kind:
-        raise ValueError(f"{path}: kind={m.get('kind')!r}, expected {kind!r}")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version={m.get('format_version')!r}; this package (bss2-farm {package_version()}) reads {FORMAT_VERSION}: retrain with `farm train`")
+        raise ArtifactError(f"artifact={str(d)!r} has no {MANIFEST}; pass a directory written by `farm train`")
+    m = read_document(path, ArtifactManifest, kind=kind).to_dict()
     if m.get("emulator_version") != EMULATOR_VERSION:
-        raise ValueError(f"{path}: trained on emulator_version={m.get('emulator_version')!r}, this farm simulates {EMULATOR_VERSION}: retrain on a new store")
+        raise ArtifactError(f"{path}: trained on emulator_version={m.get('emulator_version')!r}, this farm simulates {EMULATOR_VERSION}: retrain on a new store")
     if protocol is not None and Protocol.from_dict(m["protocol"]) != protocol:
-        raise ValueError(f"{path}: trained on protocol {m['protocol']}, incompatible with the requested {protocol.to_dict()}")
+        raise ArtifactError(f"{path}: trained on protocol {m['protocol']}, incompatible with the requested {protocol.to_dict()}")
     wpath = d / m.get("weights", {}).get("file", WEIGHTS)
     if not wpath.is_file():
-        raise ValueError(f"artifact={str(d)!r} has no {wpath.name}")
+        raise ArtifactError(f"artifact={str(d)!r} has no {wpath.name}")
     sha = m.get("weights", {}).get("sha256")
     if sha and file_sha256(wpath) != sha:
-        raise ValueError(f"{wpath}: checksum differs from the manifest; the artifact is corrupt or was edited")
+        raise ArtifactError(f"{wpath}: checksum differs from the manifest; the artifact is corrupt or was edited")
     state = torch.load(wpath, weights_only=True, map_location="cpu")
     return m, state

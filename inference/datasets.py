@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from farm import rng
 from farm.defaults import EMULATOR_VERSION, ChipModel, Protocol, Regime
 from farm.store import SimStore, StoreMismatch
 
@@ -47,11 +48,7 @@ def is_validation(indices: NDArray[np.integer], val_fraction: float) -> NDArray[
     Returns:
         (n,) bool, the same for a given index whatever the chunking or worker count.
     """
-    z = np.asarray(indices, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
+    z = rng.mix64(np.asarray(indices, dtype=np.uint64))  # farm's splitmix64 hash, applied elementwise
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < val_fraction
 
 
@@ -198,7 +195,7 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1) -> DataPlan:
     tr_sum = tr_sq = 0.0
     from inference.transforms import theta_to_unbounded_np
 
-    low, high = _box_bounds(stores)
+    low, high = box_bounds(stores)
     for ref, rows in _prefetch(stores, stores.chunks, ("theta", "features", "trace", "label")):
         flags = quality_flags(rows["trace"], rows["theta"], rows["features"], adc_max)
         bad = flags["nan"] | flags["saturated"] | flags["flat"]
@@ -241,7 +238,7 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1) -> DataPlan:
                     trace_mean=trm, trace_std=trs, fingerprint=stores.fingerprint)
 
 
-def _box_bounds(stores: StoreSet) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def box_bounds(stores: StoreSet) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The box all stores' priors live in (restricted priors keep their box)."""
     from farm.defaults import PriorBox
 

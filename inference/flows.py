@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from inference.config import FEATURES
 from inference.embedding import Standardize, TraceCNN
 from inference.spline_flow import spline_flow
 from inference.transforms import BoxLogit
-
-VARIANTS = ("handcrafted", "summary-net")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +45,16 @@ class FlowConfig:
     def __post_init__(self) -> None:
         if self.passes is not None and not 2 <= self.passes <= 7:
             raise ValueError(f"passes={self.passes} must be None (autoregressive) or in [2, 7]")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"features={self.variant!r} must be one of {', '.join(VARIANTS)}")
+        if self.variant not in FEATURES:
+            raise ValueError(f"features={self.variant!r} must be one of {', '.join(FEATURES)}")
         for name in ("transforms", "hidden_features", "hidden_layers", "bins", "embedding_features", "cnn_pool_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+    @property
+    def x_field(self) -> str:
+        """Store array the embedding reads: ``features`` (handcrafted) or ``trace`` (summary net)."""
+        return "features" if self.variant == "handcrafted" else "trace"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +81,7 @@ class NPEModel(nn.Module):
         super().__init__()
         self.config = config
         self.theta_transform = BoxLogit(stats["low"], stats["high"], stats["theta_mean"], stats["theta_std"])
-        if config.variant == "handcrafted":
+        if config.x_field == "features":
             self.embedding: nn.Module = Standardize(stats["feature_mean"], stats["feature_std"])
         else:
             self.embedding = TraceCNN(stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, pool_bins=config.cnn_pool_bins, num_features=config.embedding_features)
@@ -87,7 +91,7 @@ class NPEModel(nn.Module):
     @property
     def x_field(self) -> str:
         """Store array the embedding reads: ``features`` or ``trace``."""
-        return "features" if self.config.variant == "handcrafted" else "trace"
+        return self.config.x_field
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Mean negative log-density of standardised z (the NPE loss; Jacobian is constant per theta)."""

@@ -78,7 +78,7 @@ def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str,
     manifest = {
         "architecture": model.config.to_dict(),
         "parameter_names": list(PARAMETER_NAMES),
-        "feature_names": list(FEATURE_NAMES) if cfg.variant == "handcrafted" else [f"cnn_{k}" for k in range(model.embedding.num_features)],
+        "feature_names": list(FEATURE_NAMES) if model.config.x_field == "features" else [f"cnn_{k}" for k in range(model.embedding.num_features)],
         "standardization": outcome.stats,
         "prior": prior.to_dict(),
         "prior_dir": PRIOR_SUBDIR if isinstance(prior, RestrictedPrior) else None,

@@ -52,7 +52,7 @@ class AmortizedPosterior:
         self.chip_model = ChipModel.from_dict(manifest["chip_model"])
         self.trace_length: int = int(manifest["trace_length"])
         self.fingerprint: str = manifest["fingerprint"]
-        self.accepts_features = self.variant == "handcrafted"
+        self.accepts_features = model.config.x_field == "features"
         self._restricted = isinstance(prior, RestrictedPrior)
         self._acceptance_cache: OrderedDict[bytes, float] = OrderedDict()
 
@@ -80,7 +80,7 @@ class AmortizedPosterior:
         if t.min() < 0 or t.max() > top:
             raise ValueError(f"trace values span [{t.min():g}, {t.max():g}]; ADC codes must lie in [0, {top}]")
         t = t.reshape(-1, self.trace_length)
-        if self.variant == "handcrafted":
+        if self.accepts_features:
             return torch.from_numpy(summarize(np.rint(t).astype(np.int16), self.protocol, self.chip_model))
         return torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
 
@@ -321,6 +321,6 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{d}: weights do not fit the manifest's architecture ({str(e).splitlines()[0]})") from None
-    if m["architecture"]["variant"] == "handcrafted" and tuple(m["feature_names"]) != FEATURE_NAMES:
+    if model.config.x_field == "features" and tuple(m["feature_names"]) != FEATURE_NAMES:
         raise ValueError(f"{d}: trained on features {m['feature_names']}, this farm computes {list(FEATURE_NAMES)}: retrain")
     return AmortizedPosterior(model, m, prior)

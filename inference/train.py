@@ -15,132 +15,32 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from inference.classifier import ClassifierConfig, RegimeClassifier, box_moments
-from inference.datasets import ChunkStream, DataPlan, StoreSet, _box_bounds, plan_data
-from inference.flows import VARIANTS, FlowConfig, NPEModel
+from inference.config import TrainConfig
+from inference.datasets import ChunkStream, DataPlan, StoreSet, box_bounds, plan_data
+from inference.errors import TrainingError
+from inference.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
-TASKS = ("classifier", "npe")
 STATE_FILE = "state.pt"
 
 
-class TrainingError(RuntimeError):
-    """Training could not run or failed in a worker; the message says why in one line."""
-
-
-@dataclass(frozen=True, slots=True)
-class TrainConfig:
-    """Everything a training run needs; crosses to Ray workers as ``asdict(cfg)``.
-
-    Args:
-        task: ``classifier`` (theta -> in regime) or ``npe`` (posterior estimator).
-        stores: Zarr stores to train on; out: the artifact directory (checkpoints inside).
-        variant: for ``npe``: ``handcrafted`` or ``summary-net``.
-        num_workers: Ray Train workers (data-parallel, DDP over gloo).
-        cpus_per_worker: CPUs each worker reserves (and torch threads it uses); 0 = share the cluster.
-        epochs: maximum epochs; patience: epochs without validation improvement before stopping.
-        batch_size, learning_rate, val_fraction, seed: the usual.
-        flow, classifier: architecture dicts (FlowConfig / ClassifierConfig fields).
-    """
-
-    task: str
-    stores: tuple[str, ...]
-    out: str
-    variant: str = "handcrafted"
-    num_workers: int = 1
-    cpus_per_worker: int = 0
-    epochs: int = 30
-    patience: int = 5
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    val_fraction: float = 0.1
-    seed: int = 0
-    shuffle_chunks: int = 4
-    progress: bool = True
-    flow: dict[str, Any] = field(default_factory=dict)
-    classifier: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r} must be one of {', '.join(TASKS)}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"features={self.variant!r} must be one of {', '.join(VARIANTS)}")
-        if not self.stores:
-            raise ValueError("stores=() is empty; give at least one --store")
-        checks = {"num_workers": (1, 64), "epochs": (1, 10_000), "patience": (1, 10_000), "batch_size": (2, 65_536), "cpus_per_worker": (0, 256), "shuffle_chunks": (1, 1024)}
-        for name, (lo, hi) in checks.items():
-            v = getattr(self, name)
-            if not lo <= v <= hi:
-                raise ValueError(f"{name}={v} outside [{lo}, {hi}]")
-        if not (0 < self.learning_rate < 1):
-            raise ValueError(f"learning_rate={self.learning_rate} outside (0, 1)")
-        if not (0 < self.val_fraction < 0.5):
-            raise ValueError(f"val_fraction={self.val_fraction} outside (0, 0.5)")
-
-    def identity(self) -> dict[str, Any]:
-        """Settings that must match to resume (workers, epochs and progress may change)."""
-        d = asdict(self)
-        for k in ("num_workers", "cpus_per_worker", "progress", "out", "epochs"):
-            d.pop(k)
-        d["stores"] = list(d["stores"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return cls(**{**d, "stores": tuple(d["stores"])})
-
-
-# ---------------------------------------------------------------------------- model building
 def model_stats(plan: DataPlan, stores: StoreSet) -> dict[str, Any]:
-    low, high = _box_bounds(stores)
+    """Standardisation and box bounds a model is built from (fitted on the training split)."""
+    low, high = box_bounds(stores)
     return {"low": low.tolist(), "high": high.tolist(), "feature_mean": plan.feature_mean, "feature_std": plan.feature_std,
             "theta_mean": plan.theta_mean, "theta_std": plan.theta_std, "trace_mean": plan.trace_mean, "trace_std": plan.trace_std}
-
-
-def build_model(cfg: TrainConfig, stats: dict[str, Any]) -> torch.nn.Module:
-    """The network a task trains, built from the config and the plan's standardisation."""
-    if cfg.task == "classifier":
-        mean, std = box_moments(np.asarray(stats["low"]), np.asarray(stats["high"]))
-        return RegimeClassifier(ClassifierConfig(**cfg.classifier), mean, std)
-    return NPEModel(flow_config(cfg), stats)
-
-
-def flow_config(cfg: TrainConfig) -> FlowConfig:
-    """The NPE architecture: FlowConfig defaults overridden by ``cfg.flow``."""
-    d = {**cfg.flow, "variant": cfg.variant}
-    if "cnn_channels" in d:
-        d["cnn_channels"] = tuple(d["cnn_channels"])
-    return FlowConfig(**d)
-
-
-def batch_fields(cfg: TrainConfig) -> tuple[str, ...]:
-    if cfg.task == "classifier":
-        return ("theta", "label")
-    return ("theta", "features" if cfg.variant == "handcrafted" else "trace")
-
-
-def batch_loss(cfg: TrainConfig, model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean loss of one batch, plus summed extras for validation (accuracy for the classifier)."""
-    theta = torch.from_numpy(np.ascontiguousarray(batch["theta"]))
-    if cfg.task == "classifier":
-        label = torch.from_numpy(batch["label"])
-        logit = model(theta)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, label)
-        return loss, {"correct": float(((logit > 0).float() == label).sum())}
-    x = torch.from_numpy(np.ascontiguousarray(batch["features" if cfg.variant == "handcrafted" else "trace"]))
-    return model(theta, x), {}
 
 
 # ---------------------------------------------------------------------------- the worker loop
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: stream this worker's chunks, step, validate, checkpoint, report."""
+    cfg = TrainConfig(**config)
     import ray.train
     import ray.train.torch
 
@@ -148,14 +48,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # below already say it, once. Set on the module's own logger: Ray Train re-applies its logging
     # config to `ray.train` during the run, and leaves loggers it does not name alone.
     logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
-    cfg = TrainConfig.from_dict(config["train"])
-    plan = DataPlan.from_dict(config["plan"])
+    assert cfg.plan is not None and cfg.stats is not None, "run_training fills in plan and stats"
+    task, plan = task_for(cfg), DataPlan.from_dict(cfg.plan)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if cfg.cpus_per_worker:
         torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, config["stats"])
+    model = task.build_model(cfg, cfg.stats)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     state: dict[str, Any] = {"epoch": -1, "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False, "history": [], "resumed_at": [], "fingerprint": plan.fingerprint}
     ckpt = ray.train.get_checkpoint()
@@ -172,7 +72,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             print(f"[train] resuming from the checkpoint of epoch {state['epoch'] + 1}", flush=True)
     ddp = ray.train.torch.prepare_model(model)
     stores = StoreSet(plan.urls)
-    fields = batch_fields(cfg)
+    fields = task.fields()
     train_stream = ChunkStream(stores, plan, "train", fields, cfg.batch_size, rank, world, cfg.shuffle_chunks)
     val_stream = ChunkStream(stores, plan, "val", fields, max(cfg.batch_size, 1024), rank, world)
     steps = max(1, plan.num_train // (world * cfg.batch_size))
@@ -184,7 +84,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ddp.train()
         run_loss, run_n = 0.0, 0
         for step, batch in enumerate(train_stream.steady(epoch, steps)):
-            loss, _ = batch_loss(cfg, ddp, batch)
+            loss, _ = task.batch_loss(ddp, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -194,7 +94,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if cfg.progress and rank == 0 and (step + 1) % report_every == 0:
                 print(f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss {run_loss / run_n:.4f}", flush=True)
         seconds = time.perf_counter() - t0
-        val = _validate(cfg, model, val_stream, epoch, world)
+        val = _validate(task, model, val_stream, epoch, world)
         train_loss = _allreduce_mean(run_loss, run_n, world)
         improved = val["val_loss"] < state["best_val"] - 1e-4
         if improved:
@@ -225,18 +125,19 @@ def _allreduce_mean(total: float, count: int, world: int) -> float:
 
 
 @torch.no_grad()
-def _validate(cfg: TrainConfig, model: torch.nn.Module, stream: ChunkStream, epoch: int, world: int) -> dict[str, float]:
+def _validate(task: Task, model: torch.nn.Module, stream: ChunkStream, epoch: int, world: int) -> dict[str, float]:
+    """Validation loss and the task's extra metrics, per row, summed over all workers."""
     model.eval()
-    acc = torch.zeros(3, dtype=torch.float64)  # loss sum, rows, correct
+    acc = torch.zeros(2 + len(task.extra_metrics), dtype=torch.float64)  # loss sum, rows, extras
     for batch in stream.batches(epoch, shuffle=False):
-        loss, extra = batch_loss(cfg, model, batch)
+        loss, extra = task.batch_loss(model, batch)
         n = len(batch["theta"])
-        acc += torch.tensor([float(loss) * n, n, extra.get("correct", 0.0)], dtype=torch.float64)
+        acc += torch.tensor([float(loss) * n, n, *(extra[k] for k in task.extra_metrics)], dtype=torch.float64)
     if world > 1:
         torch.distributed.all_reduce(acc)
     out = {"val_loss": float(acc[0] / max(acc[1], 1))}
-    if cfg.task == "classifier":
-        out["val_accuracy"] = float(acc[2] / max(acc[1], 1))
+    for i, k in enumerate(task.extra_metrics):
+        out[k] = float(acc[2 + i] / max(acc[1], 1))
     return out
 
 
@@ -252,18 +153,19 @@ class TrainOutcome:
     stores: StoreSet
 
     def best_model(self) -> torch.nn.Module:
-        model = build_model(self.config, self.stats)
+        model = task_for(self.config).build_model(self.config, self.stats)
         model.load_state_dict(self.state["best_model"])
         return model.eval()
 
 
-def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
+def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None = None) -> TrainOutcome:
     """Plan the data, run the Ray Train ``TorchTrainer``, return the best model's state.
 
     Args:
         cfg: the run; ``cfg.out`` holds the checkpoints, so the same call resumes a killed run.
         address: Ray cluster to join; None reuses an initialised Ray or starts a private local one
             (``"local"``: never the last `ray start` cluster on this machine by accident).
+        task: the task object (its architecture overrides); None = ``cfg.task`` with defaults.
 
     Raises:
         TrainingError: a worker failed, or ``out`` holds a run of other settings.
@@ -274,8 +176,8 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
 
     # Workers may run elsewhere (another cwd or node): local paths become absolute.
     cfg = replace(cfg, stores=tuple(_absolute(s) for s in cfg.stores), out=_absolute(cfg.out))
-    if cfg.task == "npe":  # record the resolved architecture, so a change of defaults cannot resume silently
-        cfg = replace(cfg, flow={k: v for k, v in flow_config(cfg).to_dict().items() if k != "variant"})
+    task = task or task_for(cfg)
+    cfg = task.configure(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ident_path = out / "train_config.json"
@@ -286,8 +188,7 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
             raise TrainingError(f"out={str(out)!r} holds a training with other {', '.join(diff)}; use another --out or the same settings to resume")
     stores = StoreSet(cfg.stores)
     plan = plan_data(stores, cfg.val_fraction)
-    if cfg.task == "npe" and plan.num_train < cfg.batch_size * cfg.num_workers:
-        raise TrainingError(f"{plan.num_train} training samples < batch_size {cfg.batch_size} x workers {cfg.num_workers}; lower --batch-size")
+    task.check_plan(cfg, plan)
     ident_path.write_text(json.dumps(cfg.identity(), indent=2))
     stats = model_stats(plan, stores)
     started = False
@@ -300,10 +201,10 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainOutcome:
         started = True
     try:
         cpus = cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)
-        cfg_run = TrainConfig.from_dict({**asdict(cfg), "cpus_per_worker": cpus})
+        cfg_run = replace(cfg, cpus_per_worker=cpus, plan=plan.to_dict(), stats=stats)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"train": asdict(cfg_run), "plan": plan.to_dict(), "stats": stats},
+            train_loop_config=asdict(cfg_run),
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
             run_config=RunConfig(name="run", storage_path=str(out / "checkpoints"), checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0),
                                  # Ray Train narrates every report and checkpoint at INFO; the CLI prints its own progress,

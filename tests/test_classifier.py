@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from farm.actors import run_farm
+from farm.runner import run_farm
 from farm.prior import RestrictedPrior, load_prior
 from farm.store import SimStore
 from inference.classifier import ClassifierConfig, RegimeClassifier
@@ -18,14 +18,15 @@ from inference.restriction import classification_metrics, threshold_for_recall
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_session):
     """A classifier trained with Ray Train on a 8000-sample pilot store, checked on a held-out store."""
-    from inference.cli_train import train_command
+    from inference.tasks import ClassifierTask
+    from inference.training import train
 
     root = tmp_path_factory.mktemp("cls")
     pilot, heldout = str(root / "pilot.zarr"), str(root / "heldout.zarr")
     run_farm(pilot, num_sims=8000, seed=11, chunk_size=1000, in_process=True)
     run_farm(heldout, num_sims=3000, seed=12, chunk_size=1000, in_process=True)
     out = root / "restricted"
-    metrics = train_command("classifier", [pilot], str(out), heldout=[heldout], epochs=12, patience=4, quiet=True)
+    metrics = train(ClassifierTask(heldout=(heldout,)), [pilot], str(out), epochs=12, patience=4, quiet=True)
     return out, metrics, heldout
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm.actors import run_farm
+from farm.runner import run_farm
 from deploy.cli import main
 from farm.defaults import PARAMETER_NAMES, ChipModel, Protocol
 from farm.prior import BoxPrior

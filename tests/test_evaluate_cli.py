@@ -14,14 +14,15 @@ from inference.evaluate import load_report
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, ray_session) -> tuple[Path, str]:
-    from inference.cli_train import train_command
+    from inference.tasks import NPETask
+    from inference.training import train as train_posterior
 
     root = tmp_path_factory.mktemp("evaluate-cli")
     train, test = str(root / "train.zarr"), str(root / "test.zarr")
     run_farm(train, num_sims=4000, seed=31, chunk_size=1000, in_process=True)
     run_farm(test, num_sims=300, seed=32, chunk_size=300, in_process=True)
     out = root / "npe-handcrafted"
-    train_command("npe", [train], str(out), variant="handcrafted", epochs=6, patience=3, batch_size=128, quiet=True)
+    train_posterior(NPETask(features="handcrafted"), [train], str(out), epochs=6, patience=3, batch_size=128, quiet=True)
     return out, test
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from farm.actors import run_farm
+from farm.runner import run_farm
 from farm.defaults import Protocol
 from farm.store import SimStore
 from inference import load_posterior
@@ -27,19 +27,20 @@ def stores(tmp_path_factory) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def handcrafted(stores, tmp_path_factory, ray_session):
-    from inference.cli_train import train_command
+    from inference.training import train
 
     out = tmp_path_factory.mktemp("hc") / "npe-handcrafted"
-    metrics = train_command("npe", [stores[0]], str(out), variant="handcrafted", epochs=15, patience=4, batch_size=128, quiet=True)
+    metrics = train("npe", [stores[0]], str(out), epochs=15, patience=4, batch_size=128, quiet=True)
     return out, metrics
 
 
 @pytest.fixture(scope="module")
 def summary_net(stores, tmp_path_factory, ray_session):
-    from inference.cli_train import train_command
+    from inference.tasks import NPETask
+    from inference.training import train
 
     out = tmp_path_factory.mktemp("sn") / "npe-summary-net"
-    metrics = train_command("npe", [stores[0]], str(out), variant="summary-net", epochs=1, batch_size=256, quiet=True)
+    metrics = train(NPETask(features="summary-net"), [stores[0]], str(out), epochs=1, batch_size=256, quiet=True)
     return out, metrics
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from farm.actors import run_farm
+from farm.runner import run_farm
 from inference.datasets import ChunkStream, StoreSet, is_validation, plan_data, quality_flags
 from inference.transforms import theta_to_unbounded_np
 

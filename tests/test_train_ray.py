@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from farm.actors import run_farm
+from farm.runner import run_farm
 from deploy.cli import app
 from inference.train import TrainConfig, TrainingError, run_training
 

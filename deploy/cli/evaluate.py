@@ -29,11 +29,13 @@ def evaluate(
     """
     from inference.evaluate import EvalConfig
 
-    num_obs, num_samples = parse_count(n_obs, "--n-obs"), parse_count(n_samples, "--n-samples")
-    try:
-        cfg = EvalConfig(num_obs=num_obs, num_samples=num_samples, num_ppc=n_ppc, num_ppc_samples=min(20, num_samples), seed=seed, hpd=hpd, c2st=c2st)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--n-obs/--n-samples") from None
+    sizes = {}
+    for option, name, value in (("--n-obs", "num_obs", n_obs), ("--n-samples", "num_samples", n_samples)):
+        sizes[name] = parse_count(value, option)
+        lo, hi = EvalConfig.LIMITS[name]
+        if not lo <= sizes[name] <= hi:
+            raise typer.BadParameter(f"{option}={sizes[name]} outside [{lo}, {hi}]", param_hint=option)
+    cfg = EvalConfig(**sizes, num_ppc=n_ppc, num_ppc_samples=min(20, sizes["num_samples"]), seed=seed, hpd=hpd, c2st=c2st)
     from rich.console import Console
     from rich.table import Table
 

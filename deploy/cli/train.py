@@ -7,7 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from deploy.cli.common import AddressOpt, bad_input, fail
+from deploy.cli.common import AddressOpt
+from inference.config import FEATURES, TRAIN_DEFAULTS as D
 
 train_app = typer.Typer(help="Train the restriction classifier or an amortized posterior with Ray Train, from Zarr stores.", no_args_is_help=True)
 
@@ -23,15 +24,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch prog
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")]
 
 
-def _run_train(task: str, *, as_json: bool, **kwargs: Any) -> None:
-    from inference.cli_train import TrainingError, format_metrics, train_command
+def _run_train(task: Any, *, as_json: bool, **kwargs: Any) -> None:
+    """Train through the library; its typed errors become exit codes in `deploy.cli.main`."""
+    from inference.training import format_metrics, train
 
-    try:
-        metrics = train_command(task, **kwargs)
-    except ValueError as e:
-        bad_input(str(e))
-    except TrainingError as e:
-        fail(str(e))
+    metrics = train(task, **kwargs)
     if as_json:
         typer.echo(json.dumps(metrics))
     else:
@@ -44,12 +41,12 @@ def train_classifier(
     out: OutOpt = "artifacts/restricted",
     heldout: Annotated[Optional[list[str]], typer.Option("--heldout", help="Store(s) from the box prior to report recall/precision on.")] = None,
     target_recall: Annotated[float, typer.Option("--target-recall", min=0.5, max=1.0, help="Share of in-regime samples the restricted prior keeps.")] = 0.99,
-    workers: WorkersOpt = 1,
-    epochs: EpochsOpt = 30,
-    batch_size: BatchOpt = 256,
-    lr: LrOpt = 1e-3,
-    patience: PatienceOpt = 5,
-    seed: SeedOpt = 0,
+    workers: WorkersOpt = D["num_workers"],
+    epochs: EpochsOpt = D["epochs"],
+    batch_size: BatchOpt = D["batch_size"],
+    lr: LrOpt = D["learning_rate"],
+    patience: PatienceOpt = D["patience"],
+    seed: SeedOpt = D["seed"],
     address: AddressOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -60,8 +57,10 @@ def train_classifier(
 
     Example: farm train classifier --store runs/pilot.zarr --out artifacts/restricted
     """
-    _run_train("classifier", stores=store, out=out, heldout=heldout, target_recall=target_recall, workers=workers, epochs=epochs, batch_size=batch_size,
-               learning_rate=lr, patience=patience, seed=seed, address=address, quiet=quiet, as_json=as_json)
+    from inference.tasks import ClassifierTask
+
+    _run_train(ClassifierTask(target_recall=target_recall, heldout=tuple(heldout or ())), stores=store, out=out, workers=workers, epochs=epochs,
+               batch_size=batch_size, learning_rate=lr, patience=patience, seed=seed, address=address, quiet=quiet, as_json=as_json)
 
 
 @train_app.command("npe")
@@ -70,12 +69,12 @@ def train_npe(
     out: OutOpt = "artifacts/npe",
     features: Annotated[str, typer.Option("--features", help="handcrafted (named summary statistics) or summary-net (1D CNN on the raw trace).")] = "handcrafted",
     prior: Annotated[Optional[str], typer.Option("--prior", help="Restricted prior directory the store was simulated from (copied into the artifact).")] = None,
-    workers: WorkersOpt = 1,
-    epochs: EpochsOpt = 30,
-    batch_size: BatchOpt = 256,
-    lr: LrOpt = 1e-3,
-    patience: PatienceOpt = 5,
-    seed: SeedOpt = 0,
+    workers: WorkersOpt = D["num_workers"],
+    epochs: EpochsOpt = D["epochs"],
+    batch_size: BatchOpt = D["batch_size"],
+    lr: LrOpt = D["learning_rate"],
+    patience: PatienceOpt = D["patience"],
+    seed: SeedOpt = D["seed"],
     address: AddressOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -84,9 +83,11 @@ def train_npe(
 
     Example: farm train npe --store runs/sims.zarr --features summary-net --out artifacts/npe-summary-net
     """
-    if features not in ("handcrafted", "summary-net"):
-        raise typer.BadParameter(f"{features!r} unknown; choose handcrafted or summary-net", param_hint="--features")
-    _run_train("npe", stores=store, out=out, variant=features, prior=prior, workers=workers, epochs=epochs, batch_size=batch_size,
+    if features not in FEATURES:
+        raise typer.BadParameter(f"{features!r} unknown; choose {' or '.join(FEATURES)}", param_hint="--features")
+    from inference.tasks import NPETask
+
+    _run_train(NPETask(features=features, prior=prior), stores=store, out=out, workers=workers, epochs=epochs, batch_size=batch_size,
                learning_rate=lr, patience=patience, seed=seed, address=address, quiet=quiet, as_json=as_json)
 
 

@@ -1,0 +1,64 @@
+"""The library entry point of training: a task (by name or object), stores, an output directory -> metrics.
+
+This is what `farm train classifier|npe` calls; the command line only parses options and maps
+``ValueError`` (bad input, exit 2) and ``TrainingError`` (run-time failure, exit 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from farm.errors import FarmInputError
+from farm.store import StoreMismatch
+from inference.config import TRAIN_DEFAULTS, TrainConfig
+from inference.errors import TrainingError
+from inference.tasks import Task, get_task
+from inference.train import run_training
+
+_D = TRAIN_DEFAULTS
+
+
+def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["num_workers"], epochs: int = _D["epochs"],
+          batch_size: int = _D["batch_size"], learning_rate: float = _D["learning_rate"], patience: int = _D["patience"],
+          val_fraction: float = _D["val_fraction"], seed: int = _D["seed"], address: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train one model with Ray Train and write its artifact into ``out``; re-running resumes.
+
+    Args:
+        task: ``"classifier"``, ``"npe"`` (default options) or a task object, e.g.
+            ``NPETask(features="summary-net", prior="artifacts/restricted")`` or
+            ``ClassifierTask(target_recall=0.99, heldout=("runs/heldout.zarr",))``.
+        stores: Zarr stores from `farm simulate`; out: the artifact directory.
+        workers, epochs, batch_size, learning_rate, patience, val_fraction, seed: see ``TrainConfig``.
+        address: Ray cluster to join; None starts a private local Ray.
+        quiet: no per-epoch progress lines.
+
+    Returns:
+        The metrics also written into the artifact's manifest.
+
+    Raises:
+        ValueError: bad settings or stores (one line naming the value).
+        TrainingError: training failed at run time.
+    """
+    t = get_task(task)
+    for s in stores:
+        if "://" not in s and not Path(s).exists():
+            raise FarmInputError(f"store={s!r} does not exist; create it with `farm simulate --out {s}`")
+    for s in getattr(t, "heldout", ()):
+        if "://" not in s and not Path(s).exists():
+            raise FarmInputError(f"store={s!r} does not exist; create it with `farm simulate --out {s}`")
+    cfg = TrainConfig(task=t.name, stores=tuple(stores), out=out, variant=getattr(t, "features", _D["variant"]), num_workers=workers, epochs=epochs,
+                      batch_size=batch_size, learning_rate=learning_rate, patience=patience, val_fraction=val_fraction, seed=seed, progress=not quiet)
+    try:
+        t.check_inputs(list(stores))  # fail before training, not after
+        return t.finalize(run_training(cfg, address=address, task=t))
+    except (StoreMismatch, FileNotFoundError) as e:
+        raise FarmInputError(str(e)) from None
+
+
+def format_metrics(task: str | Task, out: str, metrics: dict[str, Any]) -> str:
+    """A few human lines for the terminal (the full metrics are in the manifest)."""
+    return get_task(task).format_metrics(out, metrics)
+
+
+__all__ = ["TrainingError", "format_metrics", "train"]
