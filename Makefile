@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,12 @@ venv: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -x --durations=15 $(PYTEST_ARGS)
@@ -29,7 +35,8 @@ DEMO ?= demo-out
 DEMO_PILOT ?= 20000
 DEMO_SIMS ?= 30000
 DEMO_TEST ?= 1000
-DEMO_EPOCHS ?= 15
+# training runs to convergence (early stopping, patience 20, LR halved on plateaus); extra `farm train` flags go here
+DEMO_TRAIN ?=
 DEMO_EVAL ?= --n-obs 300 --n-samples 300
 DEMO_PORT ?= 8765
 FARM := $(BIN)/farm
@@ -39,13 +46,13 @@ demo: $(STAMP)
 	@echo "== 1/7 pilot simulation from the box prior"
 	$(FARM) simulate --n $(DEMO_PILOT) --seed 1 --out $(DEMO)/pilot.zarr -q
 	@echo "== 2/7 restriction classifier -> restricted prior"
-	$(FARM) train classifier --store $(DEMO)/pilot.zarr --out $(DEMO)/restricted --epochs $(DEMO_EPOCHS) -q
+	$(FARM) train classifier --store $(DEMO)/pilot.zarr --out $(DEMO)/restricted $(DEMO_TRAIN) -q
 	@echo "== 3/7 training and held-out simulations from the restricted prior"
 	$(FARM) simulate --n $(DEMO_SIMS) --seed 2 --prior $(DEMO)/restricted --out $(DEMO)/train.zarr -q
 	$(FARM) simulate --n $(DEMO_TEST) --seed 3 --prior $(DEMO)/restricted --out $(DEMO)/test.zarr -q
 	@echo "== 4/7 amortized posteriors: handcrafted statistics and summary network"
-	$(FARM) train npe --store $(DEMO)/train.zarr --prior $(DEMO)/restricted --features handcrafted --out $(DEMO)/npe-handcrafted --epochs $(DEMO_EPOCHS) -q
-	$(FARM) train npe --store $(DEMO)/train.zarr --prior $(DEMO)/restricted --features summary-net --out $(DEMO)/npe-summary-net --epochs $(DEMO_EPOCHS) -q
+	$(FARM) train npe --store $(DEMO)/train.zarr --prior $(DEMO)/restricted --features handcrafted --out $(DEMO)/npe-handcrafted $(DEMO_TRAIN) -q
+	$(FARM) train npe --store $(DEMO)/train.zarr --prior $(DEMO)/restricted --features summary-net --out $(DEMO)/npe-summary-net $(DEMO_TRAIN) -q
 	@echo "== 5/7 evaluation on the held-out store"
 	$(FARM) evaluate --posterior $(DEMO)/npe-handcrafted --store $(DEMO)/test.zarr --out $(DEMO)/reports/handcrafted $(DEMO_EVAL)
 	$(FARM) evaluate --posterior $(DEMO)/npe-summary-net --store $(DEMO)/test.zarr --out $(DEMO)/reports/summary-net $(DEMO_EVAL)

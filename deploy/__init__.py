@@ -10,15 +10,11 @@ Names are imported lazily so ``import deploy`` does not start Ray Serve's import
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from farm.lazy import lazy_exports
 
 __all__ = ["APP_NAME", "PosteriorClient", "PosteriorService", "build_app", "posterior_app"]
 
 _WHERE = {"APP_NAME": "deploy.service", "PosteriorService": "deploy.service", "build_app": "deploy.service", "posterior_app": "deploy.service", "PosteriorClient": "deploy.client"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'deploy' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from farm.lazy import lazy_exports
 
 #: public name -> module that defines it
 _PUBLIC: dict[str, str] = {
@@ -42,19 +41,13 @@ _PUBLIC: dict[str, str] = {
     "SubstrateResult": "farm.substrate_base",
     "read_theta": "farm.thetafile",
     "package_version": "farm.versions",
+    "StoreLock": "farm.lock",
+    "StoreLocked": "farm.lock",
+    "StoreRefused": "farm.storepath",
+    "verify_store": "farm.verify",
 }
 
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'farm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -7,16 +7,23 @@ data). A killed run leaves unflagged chunks, which the next run recomputes. Sinc
 pure function of (seed, i), recomputation writes the same bytes: no gaps, no duplicates.
 (Anchor: swyft's ``ZarrStore`` with its per-row ``sim_status``.) What the rows hold (names, dtypes,
 labelled axes) arrives as a ``farm.schema.StoreSchema`` built by the simulation side.
+
+Crash safety: creation writes a marker first (``farm.storepath``) and removes it last; growing a
+store resizes the arrays first, resets flags next, and publishes the new ``num_sims`` together with
+the consolidated metadata last, in one atomic write of the group's ``zarr.json``. Readers see the
+published layout, writers the real arrays (the next run repairs a cut growth). New stores crc32c every chunk.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +34,17 @@ from numpy.typing import NDArray
 from farm.defaults import EMULATOR_VERSION, STORE_FORMAT_VERSION, ChipModel, Protocol, Regime
 from farm.errors import FarmInputError
 from farm.schema import SAMPLE_DIM, StoreSchema
+from farm.storepath import PathState, begin_creation, check_parent_writable, classify, end_creation
 from farm.versions import package_version
 
 #: Attributes that must match for a run to append to an existing store.
 IDENTITY_KEYS = ("format_version", "emulator_version", "substrate", "seed", "chunk_size", "prior", "protocol", "chip_model", "theta_source")
-_COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+#: Bytes-to-bytes codecs of new stores: compress, then checksum the compressed chunk.
+_COMPRESSORS = (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), zarr.codecs.Crc32cCodec())
+#: Hard limits: beyond these a run is a typo, not a plan (and the chunk_done array alone would not fit).
+MAX_SIMS = 10**10
+MAX_CHUNKS = 10**7
+MAX_SEED = 2**64 - 1
 
 
 class StoreMismatch(FarmInputError):
@@ -58,8 +71,12 @@ class StoreSpec:
             raise FarmInputError(f"num_sims={self.num_sims} must be >= 1")
         if self.chunk_size < 1:
             raise FarmInputError(f"chunk_size={self.chunk_size} must be >= 1")
-        if self.seed < 0:
-            raise FarmInputError(f"seed={self.seed} must be >= 0")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise FarmInputError(f"seed={self.seed} must be in [0, 2**64 - 1]")
+        if self.num_sims > MAX_SIMS:
+            raise FarmInputError(f"num_sims={self.num_sims} is more than the {MAX_SIMS:.0e} samples a store may hold")
+        if -(-self.num_sims // self.chunk_size) > MAX_CHUNKS:
+            raise FarmInputError(f"num_sims={self.num_sims} in chunks of {self.chunk_size} makes {-(-self.num_sims // self.chunk_size)} chunks; at most {MAX_CHUNKS:.0e} allowed, give a larger --chunk")
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -91,7 +108,7 @@ class SimStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, url: str | Path, mode: str = "r") -> "SimStore":
+    def open(cls, url: str | Path, mode: str = "r") -> SimStore:
         """Open an existing store; ``mode='r+'`` for workers that write chunks."""
         url = normalise_url(url)
         try:
@@ -102,10 +119,13 @@ class SimStore:
             raise StoreMismatch(f"store={url!r} is not a complete bss2-farm store (no format_version attribute)")
         if group.attrs.get("format_version") != STORE_FORMAT_VERSION:
             raise StoreMismatch(f"store={url!r} has format_version={group.attrs.get('format_version')}; this farm reads {STORE_FORMAT_VERSION}")
-        return cls(url, group)
+        store = cls(url, group)
+        if "chunk_done" not in group or group["chunk_done"].shape[0] < store.num_chunks or any(group[a].shape[0] < store.num_sims for a in store.data_arrays):
+            raise StoreMismatch(f"store={url!r}: its arrays are shorter than num_sims={store.num_sims}; re-run the `farm simulate` that made it to repair it")
+        return store
 
     @classmethod
-    def create_or_resume(cls, url: str | Path, spec: StoreSpec) -> "SimStore":
+    def create_or_resume(cls, url: str | Path, spec: StoreSpec) -> SimStore:
         """Open ``url`` for ``spec``: create it, resume it, or extend it to more samples.
 
         Raises:
@@ -113,30 +133,26 @@ class SimStore:
                 substrate, chunk size or emulator version, or holds more samples than asked.
         """
         url = normalise_url(url)
-        try:
-            existing = zarr.open_group(url, mode="r", zarr_format=3)
-            complete = existing.attrs.get("format_version") is not None
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-            existing, complete = None, False
-        except (ValueError, zarr.errors.NodeTypeValidationError) as e:
-            raise StoreMismatch(f"out={url!r} exists and is not a Zarr v3 group ({e}); choose another --out") from None
-        if existing is not None and not complete and _has_members(existing):
-            # Creation was interrupted before the attributes were written: nothing was flagged done.
-            existing = None
-        if existing is None:
-            _check_parent_writable(url)
+        state = classify(url)  # refuses (StoreRefused) anything the farm did not make
+        if state is not PathState.STORE:
+            check_parent_writable(url)
             try:
-                return cls._create(url, spec)
+                begin_creation(url, state)
+                store = cls._create(url, spec)
+                end_creation(url)
             except OSError as e:
                 raise StoreMismatch(f"out={url!r} cannot be created: {e.strerror or e}; choose a writable --out") from None
-        store = cls(url, zarr.open_group(url, mode="r+", zarr_format=3))
+            return store
+        # Writers see the arrays as they are, not the published (consolidated) view: repairs need both.
+        store = cls(url, zarr.open_group(url, mode="r+", zarr_format=3, use_consolidated=False))
         store._check_identity(spec)
         store._extend(spec.num_sims)
         return store
 
     @classmethod
-    def _create(cls, url: str, spec: StoreSpec) -> "SimStore":
-        g = zarr.open_group(url, mode="w", zarr_format=3)
+    def _create(cls, url: str, spec: StoreSpec) -> SimStore:
+        g = zarr.open_group(url, mode="a", zarr_format=3)  # the location holds only the marker
+        _reached("create:group")
         n, c = spec.num_sims, spec.chunk_size
         num_chunks = -(-n // c)
         for coord in spec.schema.coords:
@@ -147,15 +163,17 @@ class SimStore:
             for key, value in coord.attrs.items():
                 arr.attrs[key] = value
         for a in spec.schema.arrays:
-            g.create_array(a.name, shape=(n, *a.trailing_shape), chunks=(c, *a.trailing_shape), dtype=a.dtype, fill_value=a.fill_value, dimension_names=a.dims, compressors=[_COMPRESSOR])
-        g.create_array("chunk_done", shape=(num_chunks,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=("chunk",))
+            g.create_array(a.name, shape=(n, *a.trailing_shape), chunks=(c, *a.trailing_shape), dtype=a.dtype, fill_value=a.fill_value, dimension_names=a.dims, compressors=list(_COMPRESSORS))
+            _reached(f"create:array:{a.name}")
+        g.create_array("chunk_done", shape=(num_chunks,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=("chunk",), compressors=[zarr.codecs.Crc32cCodec()])
+        _reached("create:chunk_done")
         attrs = spec.identity() | {"num_sims": n, "regime": spec.regime.to_dict()} | spec.schema.attrs | {
             "created_by": f"bss2-farm {package_version()}",
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        # Attributes last: their presence marks the skeleton complete.
-        g.attrs.update(_normalise(attrs))
-        _consolidate(url)
+        # Attributes and consolidated metadata last, in one write; the caller then removes the marker.
+        _publish(url, _normalise(attrs))
+        _reached("create:published")
         return cls(url, zarr.open_group(url, mode="r+", zarr_format=3))
 
     def _check_identity(self, spec: StoreSpec) -> None:
@@ -167,33 +185,46 @@ class SimStore:
                 raise StoreMismatch(f"store={self.url!r} was made with {key}={_short(have)}; this run has {key}={_short(want[key])}: {hint}")
 
     def _extend(self, num_sims: int) -> None:
+        """Grow the store to ``num_sims`` (or repair an interrupted growth) and publish it last.
+
+        Order: resize every array, reset the flag of a formerly partial last chunk, then publish
+        ``num_sims`` with the consolidated metadata in one write. A kill before the publish leaves
+        the old size published (readers see a consistent store) and the next run redoes each step.
+        """
         have = int(self.attrs["num_sims"])
         if num_sims < have:
             raise StoreMismatch(f"store={self.url!r} already holds num_sims={have}; --n {num_sims} would shrink it (give --n >= {have}, or another --out)")
-        if num_sims == have:
-            return
         c = self.chunk_size
-        old_chunks = self.num_chunks
+        new_chunks = -(-num_sims // c)
+        changed = num_sims != have
         for name in self.data_arrays:
             arr = self.group[name]
-            arr.resize((num_sims, *arr.shape[1:]))
-        new_chunks = -(-num_sims // c)
-        self.group["chunk_done"].resize((new_chunks,))
-        if have % c:
-            # The old last chunk was partial; it now has more rows to fill.
-            self.group["chunk_done"][old_chunks - 1] = 0
-        self.group.attrs["num_sims"] = num_sims
+            if arr.shape[0] != num_sims:
+                arr.resize((num_sims, *arr.shape[1:]))
+                changed = True
+                _reached(f"extend:array:{name}")
+        if self.group["chunk_done"].shape[0] != new_chunks:
+            self.group["chunk_done"].resize((new_chunks,))
+            changed = True
+            _reached("extend:chunk_done")
+        if num_sims > have and have % c:
+            # The old last chunk was partial; it now has more rows to fill (reset before publishing).
+            self.group["chunk_done"][have // c] = 0
+            _reached("extend:flag")
+        if not changed:
+            return
+        _publish(self.url, {"num_sims": num_sims})
         self.attrs["num_sims"] = num_sims
-        _consolidate(self.url)
-        # The open group caches the consolidated (old) shapes: reopen to see the new ones.
-        self.group = zarr.open_group(self.url, mode="r+", zarr_format=3)
+        _reached("extend:published")
+        self.group = zarr.open_group(self.url, mode="r+", zarr_format=3, use_consolidated=False)
+        self._data_arrays = None
 
     @staticmethod
     def existing_chunk_size(url: str | Path) -> int | None:
         """The chunk size of a complete store at ``url``, or None if there is none."""
         try:
             return SimStore.open(url).chunk_size
-        except (FileNotFoundError, StoreMismatch, ValueError, OSError):
+        except (ValueError, OSError):  # no store, or not a complete farm store (StoreMismatch)
             return None
 
     # ------------------------------------------------------------------ layout
@@ -227,7 +258,8 @@ class SimStore:
         return start, min(start + self.chunk_size, self.num_sims)
 
     def done_mask(self) -> NDArray[np.bool_]:
-        return np.asarray(self.group["chunk_done"][:], dtype=np.uint8) == 1
+        """Flags of the published chunks (an interrupted growth may have left the array longer)."""
+        return np.asarray(self.group["chunk_done"][: self.num_chunks], dtype=np.uint8) == 1
 
     def pending_chunks(self) -> list[int]:
         return [int(c) for c in np.flatnonzero(~self.done_mask())]
@@ -254,10 +286,17 @@ class SimStore:
             if len(arrays[name]) != stop - start:
                 raise ValueError(f"chunk {chunk} needs {stop - start} rows of {name}, got {len(arrays[name])}")
         for name in self.data_arrays:
-            self.group[name][start:stop] = arrays[name]
+            # Store every chunk, even one equal to the fill value: `farm verify` calls a missing one damage.
+            self.group[name].with_config({"write_empty_chunks": True})[start:stop] = arrays[name]
 
     def mark_done(self, chunk: int) -> None:
         self.group["chunk_done"][chunk] = 1
+        _reached(f"done:{chunk}")
+
+    def unflag(self, chunks: list[int]) -> None:
+        """Clear the done flags of ``chunks`` so the next run recomputes them (`farm verify --repair`)."""
+        for chunk in chunks:
+            self.group["chunk_done"][chunk] = 0
 
     def write_array(self, name: str, values: NDArray[Any]) -> None:
         """Write one per-sample array whole, up front (``--theta`` runs read their rows from it)."""
@@ -272,9 +311,8 @@ class SimStore:
         return np.asarray(self.group[name][start:stop])
 
     def set_attrs(self, **attrs: Any) -> None:
-        self.group.attrs.update(_normalise(attrs))
+        _publish(self.url, _normalise(attrs))
         self.attrs.update(_normalise(attrs))
-        _consolidate(self.url)
 
     # ------------------------------------------------------------------ reading
     def describe(self) -> dict[str, Any]:
@@ -325,32 +363,36 @@ def normalise_url(url: str | Path) -> str:
     return text.removeprefix("file://") if text.startswith("file://") else text
 
 
-def _consolidate(url: str) -> None:
-    """Consolidated metadata lets `xr.open_zarr(path)` open the store in one read, silently."""
+def _publish(url: str, attrs: dict[str, Any]) -> None:
+    """Update the root attributes and the consolidated metadata in ONE write of ``zarr.json``.
+
+    Two writes (``attrs.update``, ``consolidate_metadata``) could be split by a kill; zarr's local
+    store writes a key through a temporary file and a rename, so one write is atomic on disk.
+    """
+    from zarr.core.group import AsyncGroup, ConsolidatedMetadata
+    from zarr.core.sync import sync
+    from zarr.storage._common import make_store_path
+
+    async def publish() -> None:
+        store_path = await make_store_path(url, mode="r+")
+        group = await AsyncGroup.open(store_path, zarr_format=3, use_consolidated=False)
+        members = {k: v.metadata async for k, v in group.members(max_depth=None, use_consolidated_for_children=False)}
+        ConsolidatedMetadata._flat_to_nested(members)
+        metadata = dataclasses.replace(group.metadata, attributes={**group.metadata.attributes, **attrs}, consolidated_metadata=ConsolidatedMetadata(metadata=members))
+        await dataclasses.replace(group, metadata=metadata)._save_metadata()
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(url)
+        warnings.simplefilter("ignore")  # the creation marker is "not a Zarr node"; consolidated v3 is not in the spec
+        sync(publish())
 
 
-def _has_members(group: zarr.Group) -> bool:
-    try:
-        return next(iter(group.keys()), None) is not None
-    except Exception:
-        return False
-
-
-def _check_parent_writable(url: str) -> None:
-    """Fail early, with the path, when a local --out cannot be created."""
-    if "://" in url and not url.startswith("file://"):
-        return
-    path = Path(url.removeprefix("file://"))
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise StoreMismatch(f"out={url!r}: directory {str(parent)!r} is not writable; choose another --out")
-    if path.exists() and not path.is_dir():
-        raise StoreMismatch(f"out={url!r} exists and is a file, not a store directory; choose another --out")
+def _reached(step: str) -> None:
+    """Crash-test hook: at step ``FARM_STORE_PAUSE_AT``, write ``FARM_STORE_PAUSE_FILE``; wait until killed or it is deleted."""
+    if os.environ.get("FARM_STORE_PAUSE_AT") == step:
+        (marker := Path(os.environ["FARM_STORE_PAUSE_FILE"])).write_text(step)
+        deadline = time.monotonic() + float(os.environ.get("FARM_STORE_PAUSE_S", "60"))
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _short(value: Any) -> str:

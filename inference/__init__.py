@@ -9,8 +9,7 @@ never imports the trainer, Ray Train or Zarr.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from farm.lazy import lazy_exports
 
 #: public name -> module that defines it
 _LAZY = {
@@ -42,14 +41,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'inference' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
