@@ -1,12 +1,17 @@
-"""Training throughput: streaming from Zarr vs in-memory tensors, and 1 vs 2 Ray Train workers.
+"""Training throughput: summary networks, the data path, and 1 vs 2 Ray Train workers.
 
-Both comparisons are measured in this run, on this machine, so only the ratios mean anything:
+Every comparison is measured in this run, on this machine, so only the ratios mean anything:
 
-1. the same training steps (same model, same rows, same batch size) fed by ``ChunkStream`` from
-   the Zarr store vs by tensors already in memory (aim: streaming >= 0.8x in-memory);
-2. Ray Train ``TorchTrainer`` with 1 vs 2 workers, samples/s over whole epochs.
+1. ``--embeddings``: the same rows and steps through the NPE with handcrafted statistics (the
+   baseline) vs each trace embedding (``pooled``: the original CNN, ``patch``: patch-merge nets),
+   epochs interleaved round-robin; prints samples/s, the ratio to handcrafted, and the validation
+   NLL after the same epochs (aim: >= 0.8x handcrafted's samples/s, NLL no worse than ``pooled``);
+2. the same training steps fed by ``ChunkStream`` from the Zarr store vs by tensors already in
+   memory (aim: streaming >= 0.8x in-memory), and the share of step time the training thread
+   waits on the reader with batching on a thread (``steady``) vs inline (aim: < 5 %);
+3. Ray Train ``TorchTrainer`` with 1 vs 2 workers, samples/s over whole epochs.
 
-Example: .venv/bin/python bench/train.py --n 20000 --variant handcrafted
+Example: .venv/bin/python bench/train.py --n 20000 --variant summary-net --embeddings
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 from farm.runner import run_farm
 from inference.datasets import ChunkStream, StoreSet, plan_data
+from inference.embedding import TraceCNN
 from inference.flows import FlowConfig, NPEModel
 from inference.train import TrainConfig, model_stats, run_training
 
@@ -70,6 +76,97 @@ def stream_vs_memory(store: str, variant: str, batch_size: int, epochs: int) -> 
     return max(results["streamed"]), max(results["in-memory"])
 
 
+#: Trace embeddings compared with the handcrafted baseline: (stem, channels).
+EMBEDDINGS = {"pooled 16-32-32": ("pooled", (16, 32, 32)), "patch 8-16-32": ("patch", (8, 16, 32)), "patch 8-16": ("patch", (8, 16))}
+
+
+def embedding_model(name: str, stats: dict) -> NPEModel:
+    """An NPE with the named embedding (``handcrafted`` or a key of ``EMBEDDINGS``), seeded alike."""
+    torch.manual_seed(0)
+    if name == "handcrafted":
+        return NPEModel(FlowConfig(), stats)
+    model = NPEModel(FlowConfig(variant="summary-net"), stats)
+    stem, channels = EMBEDDINGS[name]
+    torch.manual_seed(0)
+    model.embedding = TraceCNN(stats["trace_mean"], stats["trace_std"], channels=channels, stem=stem, num_features=model.embedding.num_features)
+    return model
+
+
+def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, dict[str, float]]:
+    """Samples/s (wall and this thread's CPU time) and validation NLL per embedding, same rows and steps.
+
+    Epochs run round-robin over the variants, so a load change on a shared machine hits all of
+    them; the CPU-time rate (``time.thread_time``, exact with one torch thread) is the steadier one.
+    """
+    stores = StoreSet([store])
+    plan = plan_data(stores)
+    stats = model_stats(plan, stores)
+
+    def rows(split: str) -> dict[str, torch.Tensor]:
+        bs = list(ChunkStream(stores, plan, split, ("theta", "features", "trace"), 4096).batches(0, shuffle=False))
+        return {k: torch.from_numpy(np.concatenate([b[k] for b in bs])) for k in ("theta", "features", "trace")}
+
+    train, val = rows("train"), rows("val")
+    names = ["handcrafted", *EMBEDDINGS]
+    models = {n: embedding_model(n, stats) for n in names}
+    opts = {n: torch.optim.Adam(m.parameters(), lr=1e-3) for n, m in models.items()}
+    wall = dict.fromkeys(names, 0.0)
+    cpu = dict.fromkeys(names, 0.0)
+    seen = dict.fromkeys(names, 0)
+    for epoch in range(epochs):
+        perm = torch.from_numpy(np.random.default_rng(epoch).permutation(len(train["theta"])))
+        for n in names:
+            field = "features" if n == "handcrafted" else "trace"
+            model, opt = models[n].train(), opts[n]
+            t0, c0 = time.perf_counter(), time.thread_time()
+            for s in range(0, len(perm) - batch_size + 1, batch_size):
+                idx = perm[s : s + batch_size]
+                loss = model(train["theta"][idx], train[field][idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen[n] += len(idx)
+            wall[n] += time.perf_counter() - t0
+            cpu[n] += time.thread_time() - c0
+    out = {}
+    with torch.no_grad():
+        for n in names:
+            field = "features" if n == "handcrafted" else "trace"
+            nll = float(sum(models[n].eval()(val["theta"][s : s + 4096], val[field][s : s + 4096]) * len(val["theta"][s : s + 4096]) for s in range(0, len(val["theta"]), 4096)) / len(val["theta"]))
+            out[n] = {"samples_per_s": seen[n] / wall[n], "cpu_samples_per_s": seen[n] / cpu[n], "val_nll": nll, "parameters": sum(p.numel() for p in models[n].parameters())}
+    return out
+
+
+def wait_share(store: str, variant: str, batch_size: int, steps: int) -> dict[str, float]:
+    """Share of step time the training thread spends waiting for batches: batching on a thread vs inline."""
+    stores = StoreSet([store])
+    plan = plan_data(stores)
+    stats = model_stats(plan, stores)
+    field = "features" if variant == "handcrafted" else "trace"
+    out = {}
+    for name, ahead in (("inline", 0), ("thread", 8), ("inline ", 0), ("thread ", 8)):  # twice each, interleaved
+        stream = ChunkStream(stores, plan, "train", ("theta", field), batch_size)
+        torch.manual_seed(0)
+        model = NPEModel(FlowConfig(variant=variant), stats)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        waited, t0 = 0.0, time.perf_counter()
+        it = iter(stream.steady(0, steps, ahead=ahead))
+        while True:
+            w0 = time.perf_counter()
+            b = next(it, None)
+            waited += time.perf_counter() - w0
+            if b is None:
+                break
+            loss = model(torch.from_numpy(b["theta"]), torch.from_numpy(np.ascontiguousarray(b[field])))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        total = time.perf_counter() - t0
+        key = name.strip()
+        out[key] = min(out.get(key, 1.0), waited / total)
+    return out
+
+
 def reader_only(store: str, variant: str, batch_size: int) -> float:
     """Rows/s the Zarr reader alone delivers (no model): the headroom over training's appetite."""
     stores = StoreSet([store])
@@ -103,7 +200,9 @@ def main() -> None:
     ap.add_argument("--variant", choices=("handcrafted", "summary-net"), default="handcrafted")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--skip-workers", action="store_true", help="only the streaming comparison")
+    ap.add_argument("--skip-workers", action="store_true", help="no Ray Train worker scaling")
+    ap.add_argument("--embeddings", action="store_true", help="compare trace embeddings with the handcrafted baseline")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 makes CPU-time rates exact on a shared machine)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -111,7 +210,15 @@ def main() -> None:
         if store is None:
             store = str(root / "bench.zarr")
             run_farm(store, num_sims=args.n, seed=1, chunk_size=1000, in_process=True)
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
+        if args.embeddings:
+            res = embedding_comparison(store, args.batch_size, args.epochs)
+            base = res["handcrafted"]
+            for name, r in res.items():
+                print(f"embedding {name:>16}: {r['samples_per_s']:,.0f} samples/s ({r['samples_per_s'] / base['samples_per_s']:.2f}x handcrafted), "
+                      f"CPU-time {r['cpu_samples_per_s']:,.0f}/s ({r['cpu_samples_per_s'] / base['cpu_samples_per_s']:.2f}x), val NLL {r['val_nll']:.3f} after {args.epochs} epochs, {r['parameters']:,} parameters")
+        w = wait_share(store, args.variant, args.batch_size, steps=60)
+        print(f"{args.variant}: training thread waits on data {w['inline']:.1%} of step time with inline batching, {w['thread']:.1%} with batching on a thread (aim < 5 %)")
         streamed, memory = stream_vs_memory(store, args.variant, args.batch_size, args.epochs)
         print(f"{args.variant}: streamed from Zarr {streamed:,.0f} samples/s, in-memory tensors {memory:,.0f} samples/s -> ratio {streamed / memory:.2f} (aim >= 0.8)")
         print(f"{args.variant}: the Zarr reader alone delivers {reader_only(store, args.variant, args.batch_size):,.0f} rows/s")

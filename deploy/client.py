@@ -99,6 +99,20 @@ def load_store_trace(store: str, index: int) -> tuple[NDArray[np.int16], NDArray
     return np.asarray(row["trace"].values, dtype=np.int16), np.asarray(row["theta"].values, dtype=np.float32)
 
 
+def misspecification_warning(result: dict[str, Any]) -> str | None:
+    """One warning line when the service flagged the observation as unlike the training data, else None.
+
+    Args:
+        result: a /sample, /log_prob or /predictive answer (older services without the
+            ``misspecification`` object give None).
+    """
+    check = result.get("misspecification") or {}
+    if not check.get("flagged"):
+        return None
+    reasons = "; ".join(check.get("reasons") or []) or "no reason given"
+    return f"warning: observation unlike the training data: {reasons}"
+
+
 def summary_rows(result: dict[str, Any], truth: NDArray[np.floating] | None = None, level: float = 0.9) -> list[dict[str, Any]]:
     """One row per parameter: mean, std, equal-tailed ``level`` interval, MAP (and the true value)."""
     samples = np.asarray(result["samples"], dtype=np.float64)

@@ -22,12 +22,33 @@ from deploy.limits import RETRY_AFTER_S, too_large_body
 
 
 class RequestRejected(Exception):
-    """A request that parsed but does not fit the served posterior (HTTP 422)."""
+    """A request that parsed but does not fit the served posterior (HTTP 422).
 
-    def __init__(self, field: str, message: str) -> None:
+    Args:
+        field: the body field named in ``loc`` and the message.
+        message: one line saying what is wrong and what is allowed.
+        kind: the ``type`` of the 422 detail, for clients that branch on it.
+    """
+
+    def __init__(self, field: str, message: str, kind: str = "value_error") -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.kind = kind
+
+
+def rejection(error: Exception) -> RequestRejected:
+    """The 422 for a ValueError the posterior raised on a request's observation.
+
+    A ``RejectionBudgetExceeded`` (restricted prior: the posterior's mass lies outside the region,
+    so the rejection loop spent its proposal budget) keeps its message, which names the budget,
+    and gets the detail type ``rejection_budget_exceeded``.
+    """
+    from inference.errors import RejectionBudgetExceeded  # torch-free; the proxy never reaches this
+
+    message = str(error).splitlines()[0] if str(error) else "rejected by the posterior"
+    kind = "rejection_budget_exceeded" if isinstance(error, RejectionBudgetExceeded) else "value_error"
+    return RequestRejected("body", message, kind)
 
 
 class ServiceOverloaded(Exception):
@@ -71,7 +92,7 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(RequestRejected)
     async def _rejected(request: Request, exc: RequestRejected) -> JSONResponse:
-        return unprocessable([{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}])
+        return unprocessable([{"loc": ["body", exc.field], "msg": exc.message, "type": exc.kind}])
 
     @api.exception_handler(ServiceOverloaded)
     async def _overloaded(request: Request, exc: ServiceOverloaded) -> JSONResponse:

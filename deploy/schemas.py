@@ -78,6 +78,16 @@ class PredictiveRequest(_Strict):
     seed: Seed = None
 
 
+class Misspecification(BaseModel):
+    """Is the observation like the training data? (``AmortizedPosterior.misspecification``)."""
+
+    score: Optional[float] = Field(description="kNN distance in summary space; null for artifacts without calibration")
+    threshold: Optional[float] = Field(description="95 % quantile of held-out in-distribution scores; null with score")
+    flagged: bool = Field(description="true when any reason applies: do not trust the posterior for this observation")
+    reasons: list[str] = Field(description="one line each: spike count outside the regime, flat or saturated trace, score above threshold")
+    note: Optional[str] = Field(None, description="why score is null, when it is")
+
+
 class SampleResponse(BaseModel):
     parameter_names: list[str]
     num_samples: int
@@ -88,12 +98,14 @@ class SampleResponse(BaseModel):
     map: list[float] = Field(description="highest-density draw among the returned samples")
     fingerprint: str
     batch_size: int = Field(description="requests that shared this forward pass (1 when unbatched)")
+    misspecification: Misspecification
 
 
 class LogProbResponse(BaseModel):
     parameter_names: list[str]
     log_prob: list[Optional[float]] = Field(description="null where the density is -inf (outside the prior support)")
     fingerprint: str
+    misspecification: Misspecification
 
 
 class PredictiveResponse(BaseModel):
@@ -104,6 +116,7 @@ class PredictiveResponse(BaseModel):
     spike_count: list[int]
     observed_spike_count: int
     fingerprint: str
+    misspecification: Misspecification
 
 
 class HealthResponse(BaseModel):

@@ -6,7 +6,9 @@ runs every torch call on one worker thread, so the event loop stays free to acce
 requests while a forward pass runs. Unseeded ``/sample`` requests that arrive while the replica is
 busy are grouped by ``@serve.batch`` into one ``sample_and_log_prob`` call; a lone request on an idle
 replica goes straight to the model. Seeded requests are answered one by one: their draws must not
-depend on which other requests shared the batch.
+depend on which other requests shared the batch. The model work itself (draws, batches, the
+per-observation misspecification check every answer carries) lives in ``deploy.model_calls``, the
+health probe in ``deploy.health``.
 
 Endpoints: GET /health, GET /info, POST /sample, POST /log_prob, POST /predictive
 (docs/http-api.md). No request field takes a file path or a store URL: the artifact is fixed
@@ -20,7 +22,6 @@ import math
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
@@ -33,10 +34,12 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.deployment import Application
 
-from deploy.http_errors import DeadlineExceeded, RequestRejected, ServiceOverloaded, install_error_handlers, json_response
+from deploy.health import HealthMonitor, probe
+from deploy.http_errors import DeadlineExceeded, RequestRejected, ServiceOverloaded, install_error_handlers, json_response, rejection
 from deploy.limits import RETRY_AFTER_S, ContentLengthLimit
-from deploy.schemas import (ADC_MAX_CODE, MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES, MAX_SEED, MAX_THETA_ROWS, HealthResponse, InfoResponse,
-                             LogProbRequest, LogProbResponse, Observation, ParameterInfo, PredictiveRequest, PredictiveResponse, SampleRequest, SampleResponse)
+from deploy.model_calls import Drawn, Job, assess, draw_batch, draw_one
+from deploy.schemas import (ADC_MAX_CODE, MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES, MAX_SEED, MAX_THETA_ROWS, HealthResponse, InfoResponse, LogProbRequest,
+                             LogProbResponse, Misspecification, Observation, ParameterInfo, PredictiveRequest, PredictiveResponse, SampleRequest, SampleResponse)
 from deploy.summaries import significant_digits, summarize_draws
 
 APP_NAME = "bss2-posterior"
@@ -65,17 +68,6 @@ api = FastAPI(
 )
 install_error_handlers(api)
 api.add_middleware(ContentLengthLimit, max_body_bytes=MAX_BODY_BYTES, count_stream=True)  # 413 before the body is read
-
-
-_BATCHED = {"trace": "traces", "features": "features"}  # request field -> batched keyword of the posterior
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One unseeded /sample request waiting in the batcher."""
-
-    num_samples: int
-    observation: dict[str, np.ndarray]
 
 
 class AppArgs(BaseModel):
@@ -135,28 +127,11 @@ class PosteriorService:
         self.request_timeout_s = request_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterior")
         self._pending = 0  # model-bound requests in this replica (touched only on the event loop)
-        self._busy_since: float | None = None  # when the worker thread started its current call
-        self._unhealthy: str | None = None  # why the last health probe failed
-        self._probe_trace = np.full((1, self.posterior.trace_length), 512, dtype=np.int16)
-        self._probe()  # a model that cannot answer fails the constructor, not the first user
+        self._health = HealthMonitor(self.posterior, self._executor, request_timeout_s)
+        probe(self.posterior)  # a model that cannot answer fails the constructor, not the first user
         if self.batching:
             self._sample_batch.set_max_batch_size(max_batch_size)
             self._sample_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-
-    def _probe(self) -> None:
-        """One draw for a flat trace; a ValueError (e.g. out of the restricted region) is still an answer."""
-        try:
-            self.posterior.sample_and_log_prob(1, seed=0, normalized=False, traces=self._probe_trace)
-        except ValueError:
-            pass
-
-    def _timed(self, fn: Callable[[], Any]) -> Any:
-        """Runs on the worker thread; records when the call started, for check_health."""
-        self._busy_since = time.monotonic()
-        try:
-            return fn()
-        finally:
-            self._busy_since = None
 
     def _admit(self) -> float:
         """Count one model-bound request in, or refuse it (503) when the replica's queue is full.
@@ -180,25 +155,15 @@ class PosteriorService:
 
     async def _run(self, deadline: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a torch call on the replica's worker thread before ``deadline``; its ValueErrors become 422s."""
-        future = self._executor.submit(self._timed, lambda: fn(*args, **kwargs))
+        future = self._executor.submit(self._health.timed, lambda: fn(*args, **kwargs))
         try:
             return await self._until(deadline, asyncio.wrap_future(future), future.cancel)
         except ValueError as e:
-            raise RequestRejected("body", str(e).splitlines()[0] if str(e) else "rejected by the posterior") from None
+            raise rejection(e) from None
 
     async def check_health(self) -> None:
-        """Serve's health probe: unhealthy when one model call outlives twice the request deadline, or a probe draw fails."""
-        busy = self._busy_since
-        if busy is not None and time.monotonic() - busy > 2 * self.request_timeout_s:
-            self._unhealthy = f"model call running for {time.monotonic() - busy:.0f} s (> 2 x request_timeout_s)"
-            raise RuntimeError(self._unhealthy)
-        if busy is None and self._pending == 0:
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
-            except Exception as e:  # anything but a rejection: the model cannot answer
-                self._unhealthy = f"probe draw failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                raise RuntimeError(self._unhealthy) from None
-        self._unhealthy = None
+        """Serve's health probe (deploy.health): unhealthy when a model call hangs or a probe draw fails."""
+        await self._health.check(self._pending)
 
     def _observation(self, req: Observation | PredictiveRequest) -> dict[str, np.ndarray]:
         """The request's trace or features as the numpy keyword the posterior takes."""
@@ -216,50 +181,17 @@ class PosteriorService:
             raise RequestRejected("features", f"length {features.shape[0]} differs from the {len(self.posterior.feature_names)} features {', '.join(self.posterior.feature_names)}")
         return {"features": features}
 
-    def _draw(self, num_samples: int, observation: dict[str, np.ndarray], seed: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-        """Draws, their log-densities, and the number of requests that shared the forward pass (1)."""
-        (keyword, value), = observation.items()
-        samples, log_prob = self.posterior.sample_and_log_prob(num_samples, seed=seed, normalized=False, **{_BATCHED[keyword]: value[None]})
-        return samples[0], log_prob[0], 1
-
-    def _draw_batch(self, jobs: list[_Job]) -> list[tuple[np.ndarray, np.ndarray, int] | Exception]:
-        """One flow pass per input kind (trace / features) for the whole batch.
-
-        Densities come from the sampling pass and skip the restricted prior's leakage
-        correction: /sample only uses them to pick the highest-density draw, and the
-        correction is one constant per observation.
-        """
-        results: list[tuple[np.ndarray, np.ndarray, int] | Exception] = [ValueError("not computed")] * len(jobs)
-        for kind, keyword in _BATCHED.items():
-            idx = [i for i, j in enumerate(jobs) if kind in j.observation]
-            if not idx:
-                continue
-            n_max = max(jobs[i].num_samples for i in idx)
-            try:
-                stacked = np.stack([jobs[i].observation[kind] for i in idx])
-                draws, log_prob = self.posterior.sample_and_log_prob(n_max, normalized=False, **{keyword: stacked})
-                for row, i in enumerate(idx):
-                    n = jobs[i].num_samples
-                    results[i] = (np.ascontiguousarray(draws[row, :n]), log_prob[row, :n], len(idx))
-            except ValueError:
-                for i in idx:  # isolate the bad request so the others are still answered
-                    try:
-                        results[i] = self._draw(jobs[i].num_samples, jobs[i].observation, None)
-                    except ValueError as e:
-                        results[i] = e
-        return results
-
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def _sample_batch(self, jobs: list[_Job]) -> list[tuple[np.ndarray, np.ndarray, int] | Exception]:
+    async def _sample_batch(self, jobs: list[Job]) -> list[Drawn | Exception]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._timed, lambda: self._draw_batch(jobs))
+        return await loop.run_in_executor(self._executor, self._health.timed, lambda: draw_batch(self.posterior, jobs))
 
     @api.get("/health", response_model=HealthResponse)
     def health(self) -> HealthResponse | JSONResponse:
         from farm.defaults import EMULATOR_VERSION
 
-        if self._unhealthy is not None:  # what Serve's check_health found; Serve replaces the replica
-            return JSONResponse(status_code=503, content={"status": "unhealthy", "message": self._unhealthy, "replica": self.replica})
+        if (unhealthy := self._health.answer(self.replica)) is not None:  # what check_health found; Serve replaces the replica
+            return JSONResponse(status_code=503, content=unhealthy)
 
         model = str(self.posterior.manifest.get("name", f"npe-{self.posterior.variant}"))
         return HealthResponse(status="ok", model=model, variant=self.posterior.variant, fingerprint=self.posterior.fingerprint, version=package_version(), emulator_version=EMULATOR_VERSION, replica=self.replica)
@@ -294,12 +226,12 @@ class PosteriorService:
             # A lone request on an idle replica skips the batcher (and its wait); requests that
             # arrive while the worker thread is busy queue there and share the next forward pass.
             if req.seed is not None or not self.batching or self._pending == 1:
-                samples, log_prob, batch_size = await self._run(deadline, self._draw, req.num_samples, observation, req.seed)
+                samples, log_prob, batch_size, check = await self._run(deadline, draw_one, self.posterior, req.num_samples, observation, req.seed)
             else:
-                result = await self._until(deadline, self._sample_batch(_Job(req.num_samples, observation)))
+                result = await self._until(deadline, self._sample_batch(Job(req.num_samples, observation)))
                 if isinstance(result, Exception):
-                    raise RequestRejected("body", str(result).splitlines()[0])
-                samples, log_prob, batch_size = result
+                    raise rejection(result)
+                samples, log_prob, batch_size, check = result
         finally:
             self._pending -= 1
         drawn = time.perf_counter()
@@ -315,6 +247,7 @@ class PosteriorService:
             map=summary["map"].tolist(),
             fingerprint=self.posterior.fingerprint,
             batch_size=batch_size,
+            misspecification=Misspecification(**check),
         ), started=started, drawn=drawn)
 
     @api.post("/log_prob", response_model=LogProbResponse)
@@ -327,10 +260,11 @@ class PosteriorService:
             raise RequestRejected("theta", str(e)) from None
         deadline = self._admit()
         try:
-            values = await self._run(deadline, self.posterior.log_prob, theta.astype(np.float32), **observation)
+            values, check = await self._run(deadline, lambda: (self.posterior.log_prob(theta.astype(np.float32), **observation), assess(self.posterior, observation)))
         finally:
             self._pending -= 1
-        return json_response(LogProbResponse(parameter_names=self.names, log_prob=[float(v) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)], fingerprint=self.posterior.fingerprint))
+        return json_response(LogProbResponse(parameter_names=self.names, log_prob=[float(v) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)],
+                                             fingerprint=self.posterior.fingerprint, misspecification=Misspecification(**check)))
 
     @api.post("/predictive", response_model=PredictiveResponse)
     async def predictive(self, req: PredictiveRequest) -> Response:
@@ -340,15 +274,15 @@ class PosteriorService:
         observation = self._observation(req)
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
 
-        def run() -> tuple[np.ndarray, Any, int]:
+        def run() -> tuple[np.ndarray, Any, int, dict[str, Any]]:
             theta = self.posterior.sample(req.num_samples, seed=seed, **observation)
             sims = simulate_theta(theta, seed=seed, protocol=self.posterior.protocol, chip_model=self.posterior.chip_model)
             observed = summarize(observation["trace"][None, :], self.posterior.protocol, self.posterior.chip_model)[0]
-            return theta, sims, int(observed[FEATURE_NAMES.index("spike_count")])
+            return theta, sims, int(observed[FEATURE_NAMES.index("spike_count")]), assess(self.posterior, observation)
 
         deadline = self._admit()
         try:
-            theta, sims, observed_count = await self._run(deadline, run)
+            theta, sims, observed_count, check = await self._run(deadline, run)
         finally:
             self._pending -= 1
         return json_response(PredictiveResponse(
@@ -359,6 +293,7 @@ class PosteriorService:
             spike_count=sims.spike_count.astype(int).tolist(),
             observed_spike_count=observed_count,
             fingerprint=self.posterior.fingerprint,
+            misspecification=Misspecification(**check),
         ))
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from farm import rng
-from farm.defaults import CAPMEM_MAX_LSB, NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel
+from farm.defaults import CAPMEM_MAX_LSB, NEURONS_PER_CHIP, NUM_EMULATED_CHIPS, PARAMETER_NAMES, ChipModel
+from farm.errors import FarmInputError
 
 _NUM_MISMATCH_DRAWS = 11
 _MIN_GAIN = 0.2  # a gain can't flip sign: clip 8-sigma tails of the mismatch
@@ -63,8 +64,9 @@ def mismatch_draws(chip: NDArray[np.integer], neuron: NDArray[np.integer], model
     """(n, 11) standard normals fixed by (fab_seed, chip, neuron): the circuit's fingerprint."""
     chip = np.asarray(chip, dtype=np.int64)
     neuron = np.asarray(neuron, dtype=np.int64)
-    if chip.size and (chip.min() < 0 or chip.max() >= model.num_chips):
-        raise ValueError(f"chip index outside [0, {model.num_chips - 1}]")
+    # Any emulated chip, not just the model's pool: a chip's mismatch depends on its id alone.
+    if chip.size and (chip.min() < 0 or chip.max() >= NUM_EMULATED_CHIPS):
+        raise ValueError(f"chip index outside [0, {NUM_EMULATED_CHIPS - 1}]")
     if neuron.size and (neuron.min() < 0 or neuron.max() >= NEURONS_PER_CHIP):
         raise ValueError(f"neuron index outside [0, {NEURONS_PER_CHIP - 1}]")
     circuit = chip * NEURONS_PER_CHIP + neuron
@@ -106,3 +108,48 @@ def neuron_physics(theta_lsb: NDArray[np.floating], chip: NDArray[np.integer], n
         v_threshold_mv=model.v_threshold_mv + 0.2 * s_off * z[:, 9],
         t_ref_us=model.t_ref_us * gain(10, s_cal),
     )
+
+
+def parse_chip_ids(text: str) -> tuple[int, ...]:
+    """Chip ids from `--chip-ids` text: a range ``100-103``, a list ``1,5,9``, or both ``0-3,9``.
+
+    Returns:
+        The ids, sorted and unique.
+
+    Raises:
+        FarmInputError: not a range or list of integers, a reversed range, or an id outside
+            the emulator's chips [0, NUM_EMULATED_CHIPS - 1].
+    """
+    allowed = f"give a range like 100-103 or a list like 1,5,9 of ids in [0, {NUM_EMULATED_CHIPS - 1}]"
+    ids: set[int] = set()
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts):
+        raise FarmInputError(f"chip ids {text!r} are empty; {allowed}")
+    for part in parts:
+        lo_text, sep, hi_text = part.partition("-")
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if sep else lo
+        except ValueError:
+            raise FarmInputError(f"chip ids {text!r}: {part!r} is not an integer or range; {allowed}") from None
+        if hi < lo:
+            raise FarmInputError(f"chip ids {text!r}: range {part} runs backwards; {allowed}")
+        if lo < 0 or hi >= NUM_EMULATED_CHIPS:
+            raise FarmInputError(f"chip ids {text!r}: {part} is outside the emulator's chips [0, {NUM_EMULATED_CHIPS - 1}]")
+        ids.update(range(lo, hi + 1))
+    return tuple(sorted(ids))
+
+
+def format_chip_ids(ids: tuple[int, ...] | list[int]) -> str:
+    """The inverse of ``parse_chip_ids``: ``(0, 1, 2, 3, 9)`` -> ``"0-3,9"`` (short, for messages and reports)."""
+    runs: list[str] = []
+    ordered = sorted(int(i) for i in ids)
+    start = prev = None
+    for i in ordered + [None]:  # type: ignore[list-item]
+        if start is not None and (i is None or i != prev + 1):
+            runs.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if i is not None:
+            start = i if start is None else start
+            prev = i
+    return ",".join(runs)

@@ -47,6 +47,10 @@ PARAMETER_PHYSICS: dict[str, str] = {
 }
 CAPMEM_MAX_LSB = 1022
 NEURONS_PER_CHIP = 512
+#: Chips the emulator can emulate: ids 0..NUM_EMULATED_CHIPS-1, each with its own fixed-pattern
+#: mismatch. The default pool (``ChipModel.num_chips``) uses the first few; `farm simulate
+#: --chip-ids` draws from any others, e.g. chips a posterior was never trained on.
+NUM_EMULATED_CHIPS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +179,18 @@ class ChipModel:
     # The pool of emulated chips samples are spread over; chip k's mismatch is a pure function of (fab_seed, k).
     num_chips: int = 8
     fab_seed: int = 2026
+    #: Explicit chip ids to draw circuits from (sorted, unique), instead of the pool 0..num_chips-1.
+    #: None (the default) keeps today's pool and today's stores bit for bit.
+    chip_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.num_chips < 1:
             raise FarmInputError(f"num_chips={self.num_chips} must be >= 1")
+        if self.chip_ids is not None:
+            ids = tuple(int(c) for c in self.chip_ids)
+            if not ids or ids != tuple(sorted(set(ids))) or ids[0] < 0 or ids[-1] >= NUM_EMULATED_CHIPS:
+                raise FarmInputError(f"chip_ids={list(ids)} must be a non-empty sorted list of distinct ids in [0, {NUM_EMULATED_CHIPS - 1}]")
+            object.__setattr__(self, "chip_ids", ids)
         if not self.adc_v_min_mv < self.adc_v_max_mv:
             raise FarmInputError(f"adc range [{self.adc_v_min_mv}, {self.adc_v_max_mv}] mV is empty")
         for name in ("noise_mv_per_sqrt_us", "adc_noise_lsb", "mismatch_gain_calibrated", "mismatch_gain_uncalibrated", "mismatch_offset_mv"):
@@ -189,6 +201,11 @@ class ChipModel:
     def adc_max_code(self) -> int:
         return (1 << self.adc_bits) - 1
 
+    @property
+    def pool(self) -> tuple[int, ...]:
+        """The chip ids circuits are drawn from: ``chip_ids``, or 0..num_chips-1."""
+        return self.chip_ids if self.chip_ids is not None else tuple(range(self.num_chips))
+
     def ideal(self) -> "ChipModel":
         """The same chip without mismatch or noise: for reference tests and noise-free predictions."""
         d = asdict(self)
@@ -196,10 +213,19 @@ class ChipModel:
         return ChipModel(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain fields; ``chip_ids`` only when set, so default stores keep their attributes and identity."""
+        d = asdict(self)
+        if d["chip_ids"] is None:
+            del d["chip_ids"]
+        else:
+            d["chip_ids"] = list(d["chip_ids"])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChipModel":
+        d = dict(d)
+        if d.get("chip_ids") is not None:
+            d["chip_ids"] = tuple(d["chip_ids"])
         return cls(**d)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,10 +175,13 @@ class RestrictedPrior(BoxPrior):
         m = json.loads(mpath.read_text())
         if m.get("kind") != "restricted_prior" or m.get("format_version") != RESTRICTED_FORMAT_VERSION:
             raise FarmInputError(f"{mpath}: kind={m.get('kind')!r} format_version={m.get('format_version')!r}; expected restricted_prior v{RESTRICTED_FORMAT_VERSION}")
-        with np.load(d / RESTRICTED_WEIGHTS, allow_pickle=False) as z:
-            num = int(m["num_layers"])
-            weights = [z[f"W{k}"] for k in range(num)]
-            biases = [z[f"b{k}"] for k in range(num)]
+        try:
+            with np.load(d / RESTRICTED_WEIGHTS, allow_pickle=False) as z:
+                num = int(m["num_layers"])
+                weights = [z[f"W{k}"] for k in range(num)]
+                biases = [z[f"b{k}"] for k in range(num)]
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:  # a truncated weights.npz is a BadZipFile
+            raise FarmInputError(f"{d / RESTRICTED_WEIGHTS}: unreadable restricted prior ({type(e).__name__}); re-run `farm train classifier`") from None
         meta = {k: v for k, v in m.items() if k not in {"prior", "input_mean", "input_std", "threshold_logit", "acceptance_rate", "num_layers", "activation"}}
         prior = cls(PriorBox.from_dict(m["prior"]), weights, biases, np.array(m["input_mean"]), np.array(m["input_std"]), m["threshold_logit"], m["acceptance_rate"], meta)
         if "fingerprint" in m and m["fingerprint"] != prior.fingerprint:

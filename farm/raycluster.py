@@ -8,6 +8,7 @@ terminal, a private loopback cluster when no address is given), and a process ma
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from farm.errors import FarmError, FarmInputError
@@ -50,6 +51,9 @@ def connect_ray(
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": log_level, "log_to_driver": not quiet}
     if address is None or address == "local":
         address = "local"
+        # Ray turns token authentication on for a new local cluster and warns at every start that it
+        # did so by default; saying so explicitly keeps it on and the terminal quiet.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         kwargs["_node_ip_address"] = "127.0.0.1"
         if object_store_memory is not None:
             kwargs["object_store_memory"] = int(object_store_memory)

@@ -10,6 +10,7 @@ room. While a private local Ray starts, a ``DriverWorker`` thread runs chunks fr
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from typing import Any
@@ -82,40 +83,44 @@ def run_on_ray(queue: ChunkQueue, job: ChunkJob, stats: dict[str, Any], *, addre
         driver = DriverWorker(queue, job)
         driver.start()
     try:
-        connect_ray(address)
+        started = _connect_keeping_sigterm(address)
     except BaseException:
         if driver is not None:
             driver.halt.set()
             driver.join()
+        if address is None and ray.is_initialized():  # interrupted while the private Ray started
+            ray.shutdown()
         raise
-    if num_chips is None:
-        num_chips = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    num_chips = max(1, min(num_chips, len(queue)))
-    max_failures = max_actor_failures if max_actor_failures is not None else 5 * num_chips + 10
-    actor_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ChipActor)
-    job_ref = ray.put(job)
-
     starting: dict[Any, Any] = {}  # ready() ref -> actor
     ready: dict[Any, int] = {}  # actor -> chunks in flight
     in_flight: dict[Any, tuple[Any, int]] = {}  # run() ref -> (actor, chunk)
+    retried: set[int] = set()  # chunks whose actor died
+    stats.setdefault("retried_on", set())
     failures = 0
     last_progress = time.monotonic()
-
-    def spawn() -> None:
-        actor = actor_cls.options(scheduling_strategy="SPREAD").remote(job_ref)
-        starting[actor.ready.remote()] = actor
-
-    def actor_died() -> None:
-        nonlocal failures
-        failures += 1
-        if failures > max_failures:
-            raise FarmError(f"{failures} actors died (limit {max_failures}); completed chunks are kept, re-run to resume") from None
-        spawn()
-
-    for _ in range(num_chips):
-        spawn()
-    stats["num_workers"] = num_chips
+    interrupted = False
     try:
+        if num_chips is None:
+            num_chips = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        num_chips = max(1, min(num_chips, len(queue)))
+        max_failures = max_actor_failures if max_actor_failures is not None else 5 * num_chips + 10
+        actor_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ChipActor)
+        job_ref = ray.put(job)
+
+        def spawn() -> None:
+            actor = actor_cls.options(scheduling_strategy="SPREAD").remote(job_ref)
+            starting[actor.ready.remote()] = actor
+
+        def actor_died() -> None:
+            nonlocal failures
+            failures += 1
+            if failures > max_failures:
+                raise FarmError(f"{failures} actors died (limit {max_failures}); completed chunks are kept, re-run to resume") from None
+            spawn()
+
+        for _ in range(num_chips):
+            spawn()
+        stats["num_workers"] = num_chips
         while len(queue) or in_flight or (driver is not None and driver.is_alive()):
             if driver is not None and ready:  # an actor is up: the driver hands over after its current chunk
                 driver.stop()
@@ -148,6 +153,7 @@ def run_on_ray(queue: ChunkQueue, job: ChunkJob, stats: dict[str, Any], *, addre
                     log.warning("actor running chunk %d died; re-queueing it", chunk)
                     queue.put_back(chunk)
                     stats["chunks_retried"] += 1
+                    retried.add(chunk)
                     if ready.pop(actor, None) is not None:
                         actor_died()
                     continue
@@ -155,10 +161,15 @@ def run_on_ray(queue: ChunkQueue, job: ChunkJob, stats: dict[str, Any], *, addre
                     raise FarmError(f"chunk {chunk} failed: {_cause(e)}; completed chunks are kept, re-run the same command to resume") from None
                 queue.finish(chunk, res["n"])
                 stats["nodes"].add(res["node_id"])
+                if chunk in retried:
+                    stats["retried_on"].add(res["node_id"])
                 ready[actor] -= 1
                 last_progress = time.monotonic()
             if not ready and not in_flight and len(queue) and (driver is None or not driver.is_alive()) and time.monotonic() - last_progress > NO_ACTOR_TIMEOUT_S:
                 raise FarmError(f"no chip actor could be started for {NO_ACTOR_TIMEOUT_S} s; check the cluster's free CPUs (`ray status`)")
+    except (KeyboardInterrupt, SystemExit):
+        interrupted = True
+        raise
     finally:
         if driver is not None:  # the run ended (or failed) before any actor came up
             driver.halt.set()
@@ -169,6 +180,31 @@ def run_on_ray(queue: ChunkQueue, job: ChunkJob, stats: dict[str, Any], *, addre
                 ray.kill(actor)
             except Exception:
                 pass
+        if started and address is None and interrupted:
+            # Ctrl-C or SIGTERM: take the private Ray (raylet, GCS, workers) down with the run
+            # instead of leaving it to atexit, which a second signal or os._exit would skip.
+            ray.shutdown()
+
+
+def _connect_keeping_sigterm(address: str | None) -> bool:
+    """``connect_ray``, leaving the caller's SIGTERM handler in place; True if Ray was started.
+
+    Why: ``ray.init`` installs a SIGTERM handler of its own (``sys.exit(15)`` while it starts,
+    then its core worker's fatal-signal handler, which aborts with exit -6 and leaves a private
+    Ray behind). A caller that turned SIGTERM into an interrupt (`farm simulate`) keeps that,
+    and a SIGTERM that lands while Ray starts is reported as the interrupt it is.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        return connect_ray(address)
+    except SystemExit as e:
+        if main and e.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)  # Ray's start-up handler caught the caller's signal
+        raise
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _cause(err: Exception) -> str:

@@ -72,9 +72,14 @@ def sim_schema(protocol: Protocol) -> StoreSchema:
 
 
 def placement(seed: int, indices: NDArray[np.integer], chip_model: ChipModel) -> tuple[NDArray[np.int16], NDArray[np.int16]]:
-    """The emulated (chip, neuron) sample i runs on: a pure function of (seed, i)."""
+    """The emulated (chip, neuron) sample i runs on: a pure function of (seed, i).
+
+    The chip is drawn uniformly from ``chip_model.pool``; for the default pool 0..num_chips-1 the
+    k-th pool entry is chip k, so stores made before ``chip_ids`` existed are reproduced bit for bit.
+    """
     u = rng.uniforms(rng.stream_keys(int(seed), rng.as_indices(indices), rng.STREAM_PLACEMENT), 0, 2)
-    chip = np.minimum((u[:, 0] * chip_model.num_chips).astype(np.int64), chip_model.num_chips - 1)
+    pool = np.asarray(chip_model.pool, dtype=np.int64)
+    chip = pool[np.minimum((u[:, 0] * pool.size).astype(np.int64), pool.size - 1)]
     neuron = np.minimum((u[:, 1] * NEURONS_PER_CHIP).astype(np.int64), NEURONS_PER_CHIP - 1)
     return chip.astype(np.int16), neuron.astype(np.int16)
 

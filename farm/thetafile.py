@@ -49,7 +49,10 @@ def read_theta(path: str | Path, prior: AnyPrior) -> NDArray[np.float32]:
     A CSV may have a header row naming the parameters (any order); otherwise columns are in
     ``PARAMETER_NAMES`` order.
     """
-    arr = np.asarray(read_numbers(path, "theta", header=PARAMETER_NAMES), dtype=np.float64)
+    try:
+        arr = np.asarray(read_numbers(path, "theta", header=PARAMETER_NAMES), dtype=np.float64)
+    except TypeError:  # a structured array does not cast to numbers
+        raise FarmInputError(f"{path}: theta must be a plain numeric (n, {len(PARAMETER_NAMES)}) array, not a structured one") from None
     if arr.ndim == 1 and arr.size == len(PARAMETER_NAMES):
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != len(PARAMETER_NAMES) or arr.shape[0] == 0:

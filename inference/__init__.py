@@ -35,6 +35,7 @@ _LAZY = {
     "get_task": "inference.tasks",
     "run_training": "inference.train",
     "train": "inference.training",
+    "RejectionBudgetExceeded": "inference.errors",
     "format_metrics": "inference.training",
 }
 

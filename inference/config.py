@@ -12,6 +12,10 @@ from typing import Any
 TASK_NAMES = ("classifier", "npe")
 #: What the NPE's embedding reads: named statistics or the raw trace through a 1D CNN.
 FEATURES = ("handcrafted", "summary-net")
+#: The NPE's density estimator: a neural spline flow, or a flow-matching vector field (``inference.flow_matching``).
+ESTIMATORS = ("nsf", "flow-matching")
+#: Learning-rate schedules (``inference.train.make_scheduler``).
+LR_SCHEDULES = ("plateau", "cosine", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +28,15 @@ class TrainConfig:
         variant: for ``npe``: ``handcrafted`` or ``summary-net``.
         num_workers: Ray Train workers (data-parallel, DDP over gloo).
         cpus_per_worker: CPUs each worker reserves (and torch threads it uses); 0 = share the cluster.
-        epochs: maximum epochs; patience: epochs without validation improvement before stopping.
-        batch_size, learning_rate, val_fraction, seed: the usual.
+        epochs: maximum epochs (a safety cap: early stopping ends a run, as in sbi's ``stop_after_epochs``).
+        patience: epochs without validation improvement before stopping (sbi's default is 20).
+        lr_schedule: ``plateau`` (halve the learning rate after ``lr_patience`` epochs without
+            improvement, down to 1/64 of it), ``cosine`` (to 0 over ``epochs``) or ``none``.
+        batch_size, learning_rate, seed: the usual.
+        val_fraction, test_fraction: shares of sample indices (by hash, ``inference.datasets.split_of``)
+            held out for validation (early stopping, the classifier's threshold) and for the
+            held-out check; the rest trains.
+        gpus_per_worker: GPUs each Ray Train worker reserves (0 = CPU); model and batches move there.
         flow, classifier: architecture dicts (FlowConfig / ClassifierConfig fields).
         plan, stats: the data plan and standardisation, filled in by ``run_training`` on the
             driver for its workers (not part of the run's identity).
@@ -37,11 +48,15 @@ class TrainConfig:
     variant: str = "handcrafted"
     num_workers: int = 1
     cpus_per_worker: int = 0
-    epochs: int = 30
-    patience: int = 5
+    epochs: int = 500
+    patience: int = 20
     batch_size: int = 256
     learning_rate: float = 1e-3
+    lr_schedule: str = "plateau"
+    lr_patience: int = 5
     val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    gpus_per_worker: float = 0.0
     seed: int = 0
     shuffle_chunks: int = 4
     progress: bool = True
@@ -58,33 +73,40 @@ class TrainConfig:
         if not self.stores:
             raise ValueError("stores=() is empty; give at least one --store")
         object.__setattr__(self, "stores", tuple(self.stores))  # a JSON round-trip gives a list
-        checks = {"num_workers": (1, 64), "epochs": (1, 10_000), "patience": (1, 10_000), "batch_size": (2, 65_536), "cpus_per_worker": (0, 256), "shuffle_chunks": (1, 1024)}
+        checks = {"num_workers": (1, 64), "epochs": (1, 10_000), "patience": (1, 10_000), "lr_patience": (1, 10_000), "batch_size": (2, 65_536), "cpus_per_worker": (0, 256), "shuffle_chunks": (1, 1024)}
         for name, (lo, hi) in checks.items():
             v = getattr(self, name)
             if not lo <= v <= hi:
                 raise ValueError(f"{name}={v} outside [{lo}, {hi}]")
         if not (0 < self.learning_rate < 1):
             raise ValueError(f"learning_rate={self.learning_rate} outside (0, 1)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} must be one of {', '.join(LR_SCHEDULES)}")
         if not (0 < self.val_fraction < 0.5):
             raise ValueError(f"val_fraction={self.val_fraction} outside (0, 0.5)")
+        if not (0 < self.test_fraction < 0.5) or self.val_fraction + self.test_fraction >= 0.5:
+            raise ValueError(f"test_fraction={self.test_fraction} outside (0, 0.5 - val_fraction={self.val_fraction})")
+        if not 0 <= self.gpus_per_worker <= 16:
+            raise ValueError(f"gpus_per_worker={self.gpus_per_worker} outside [0, 16]")
 
     def identity(self) -> dict[str, Any]:
         """Settings that must match to resume (workers, epochs and progress may change)."""
         d = asdict(self)
-        for k in ("num_workers", "cpus_per_worker", "progress", "out", "epochs", "plan", "stats"):
+        for k in ("num_workers", "cpus_per_worker", "gpus_per_worker", "progress", "out", "epochs", "plan", "stats"):
             d.pop(k)
         d["stores"] = list(d["stores"])
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**{**d, "stores": tuple(d["stores"])})
 
 
 #: The defaults of the settings a user chooses (the command line shows and passes these).
 TRAIN_DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in fields(TrainConfig)
-    if f.default is not MISSING and f.name in ("num_workers", "epochs", "patience", "batch_size", "learning_rate", "val_fraction", "seed", "variant")
+    if f.default is not MISSING and f.name in ("num_workers", "epochs", "patience", "batch_size", "learning_rate", "lr_schedule",
+                                                     "val_fraction", "test_fraction", "gpus_per_worker", "seed", "variant")
 }
 
-__all__ = ["FEATURES", "TASK_NAMES", "TRAIN_DEFAULTS", "TrainConfig"]
+__all__ = ["ESTIMATORS", "FEATURES", "LR_SCHEDULES", "TASK_NAMES", "TRAIN_DEFAULTS", "TrainConfig"]

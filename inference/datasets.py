@@ -5,8 +5,10 @@ stores only, and farm stores are Zarr v3. Each Ray Train worker therefore reads 
 chunks itself (its shard of them), keeps a small shuffle buffer of chunks, and prefetches the
 next chunk on a thread, so a store larger than RAM trains with a few chunks in memory.
 
-The validation split is a pure function of the sample index (a hash), so it is the same
-whatever the chunking, number of workers or resumption. Standardisation is fitted on the
+Three disjoint splits, each a pure function of the sample index (farm.rng's splitmix64 hash), so
+they are the same whatever the chunking, number of workers or resumption: ``train`` (80 % by
+default), ``val`` (10 %: early stopping, the classifier's recall threshold) and ``test`` (10 %: the
+held-out check written into the artifact, and :func:`split_rows` for other held-out calibrations). Standardisation is fitted on the
 training split only (sbi: "use only training data for building the neural net").
 """
 
@@ -24,9 +26,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from farm import rng
 from farm.defaults import EMULATOR_VERSION, ChipModel, Protocol, Regime
 from farm.store import SimStore, StoreMismatch
+from inference.prefetch import background
+from inference.splits import SPLITS, is_validation, split_of  # noqa: F401 (is_validation: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +39,6 @@ FIELDS = ("theta", "features", "trace", "spike_count", "label")
 SATURATED_FRACTION = 0.05
 #: A trace whose peak-to-peak range is at most this many codes is "flat" (readout noise alone is ~3 codes rms).
 FLAT_PTP_CODES = 2
-
-
-def is_validation(indices: NDArray[np.integer], val_fraction: float) -> NDArray[np.bool_]:
-    """Whether each sample index belongs to the validation split (a hash of the index alone).
-
-    Args:
-        indices: sample indices in their store.
-        val_fraction: expected share of validation rows, in [0, 1).
-
-    Returns:
-        (n,) bool, the same for a given index whatever the chunking or worker count.
-    """
-    z = rng.mix64(np.asarray(indices, dtype=np.uint64))  # farm's splitmix64 hash, applied elementwise
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < val_fraction
 
 
 def quality_flags(trace: NDArray[np.integer], theta: NDArray[np.floating], features: NDArray[np.floating], adc_max_code: int) -> dict[str, NDArray[np.bool_]]:
@@ -80,6 +69,17 @@ class ChunkRef:
     stop: int
 
 
+class PriorMismatch(StoreMismatch):
+    """Stores drawn from different priors: one training set must come from one prior (exit code 2)."""
+
+
+def prior_label(prior: dict[str, Any] | None) -> str:
+    """A short name of a store's prior: ``restricted <fingerprint>`` or ``box <hash of its bounds>``."""
+    if isinstance(prior, dict) and prior.get("type") == "restricted":
+        return f"restricted {prior.get('fingerprint')}"
+    return "box " + hashlib.sha256(json.dumps(prior or {}, sort_keys=True).encode()).hexdigest()[:8]
+
+
 class StoreSet:
     """One or more compatible stores read as one training set.
 
@@ -89,6 +89,8 @@ class StoreSet:
     Raises:
         StoreMismatch: a store is missing, not a farm store, or was made with another protocol,
             chip model, regime, emulator version or trace length than the first.
+        PriorMismatch: a store was drawn from another prior than the first (a posterior
+            trained on a mixture would be the posterior of neither prior).
     """
 
     def __init__(self, urls: Sequence[str]) -> None:
@@ -97,7 +99,7 @@ class StoreSet:
         self.urls = [str(u) for u in urls]
         self.stores = [SimStore.open(u) for u in self.urls]
         first = self.stores[0].attrs
-        for url, s in zip(self.urls[1:], self.stores[1:]):
+        for url, s in zip(self.urls[1:], self.stores[1:], strict=True):
             for key in ("emulator_version", "protocol", "chip_model", "regime", "substrate"):
                 if s.attrs.get(key) != first.get(key):
                     raise StoreMismatch(f"store={url!r} has {key}={s.attrs.get(key)!r}, unlike store={self.urls[0]!r}; train on stores of one setup")
@@ -107,6 +109,9 @@ class StoreSet:
         self.chip_model = ChipModel.from_dict(first["chip_model"])
         self.regime = Regime(**first.get("regime", {}))
         self.priors = [s.attrs.get("prior") for s in self.stores]
+        for url, p in zip(self.urls[1:], self.priors[1:], strict=True):
+            if prior_label(p) != prior_label(self.priors[0]):
+                raise PriorMismatch(f"store={url!r} was drawn from prior {prior_label(p)}, store={self.urls[0]!r} from prior {prior_label(self.priors[0])}; train on stores of one prior")
         self.chunks: list[ChunkRef] = []
         for k, s in enumerate(self.stores):
             for c in np.flatnonzero(s.done_mask()):
@@ -165,32 +170,42 @@ class DataPlan:
     trace_mean: float
     trace_std: float
     fingerprint: str
+    test_fraction: float = 0.0
+    num_test: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def splits(self) -> dict[str, Any]:
+        """The split as recorded in artifacts: fractions, row counts and how rows are assigned."""
+        return {"method": "splitmix64 hash of the sample index (inference.datasets.split_of)",
+                "train_fraction": 1.0 - self.val_fraction - self.test_fraction, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                "rows": {"train": self.num_train, "val": self.num_val, "test": self.num_test}}
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataPlan":
+    def from_dict(cls, d: dict[str, Any]) -> DataPlan:
         return cls(**d)
 
 
-def plan_data(stores: StoreSet, val_fraction: float = 0.1) -> DataPlan:
-    """One streaming pass: flag bad rows, count the split, fit standardisation on train rows.
+def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float = 0.1) -> DataPlan:
+    """One streaming pass: flag bad rows, count the splits, fit standardisation on train rows.
 
     Args:
         stores: the training stores.
-        val_fraction: share of sample indices held out for validation.
+        val_fraction, test_fraction: shares of sample indices held out for validation and test.
 
     Returns:
         The plan; bad rows are logged with their counts and excluded everywhere after.
     """
     if not 0.0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction={val_fraction} outside (0, 0.5)")
+    if not 0.0 <= test_fraction < 0.5 or val_fraction + test_fraction >= 0.5:
+        raise ValueError(f"test_fraction={test_fraction} outside [0, 0.5 - val_fraction={val_fraction})")
     adc_max = stores.chip_model.adc_max_code
     counts = {"nan": 0, "saturated": 0, "flat": 0}
     excluded: dict[str, list[int]] = {}
-    n_train = n_val = n_in = 0
+    n_train = n_val = n_test = n_in = 0
     f_sum = f_sq = th_sum = th_sq = None
     tr_sum = tr_sq = 0.0
     from inference.transforms import theta_to_unbounded_np
@@ -203,9 +218,10 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1) -> DataPlan:
             counts[k] += int(flags[k].sum())
         if bad.any():
             excluded[f"{ref.store}:{ref.chunk}"] = rows["index"][bad].tolist()
-        val = is_validation(rows["index"], val_fraction)
-        train = ~bad & ~val
-        n_val += int((~bad & val).sum())
+        split = split_of(rows["index"], val_fraction, test_fraction)
+        train = ~bad & (split == 0)
+        n_val += int((~bad & (split == 1)).sum())
+        n_test += int((~bad & (split == 2)).sum())
         n_train += int(train.sum())
         n_in += int(rows["label"][~bad].sum())
         f = rows["features"][train].astype(np.float64)
@@ -234,8 +250,8 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1) -> DataPlan:
     trm = tr_sum / n_codes
     trs = float(np.sqrt(max(tr_sq / n_codes - trm**2, 1e-12)))
     return DataPlan(urls=stores.urls, val_fraction=val_fraction, excluded=excluded, flag_counts=counts, num_train=n_train, num_val=n_val,
-                    in_regime_fraction=n_in / max(n_train + n_val, 1), feature_mean=fm, feature_std=fs, theta_mean=tm, theta_std=ts,
-                    trace_mean=trm, trace_std=trs, fingerprint=stores.fingerprint)
+                    in_regime_fraction=n_in / max(n_train + n_val + n_test, 1), feature_mean=fm, feature_std=fs, theta_mean=tm, theta_std=ts,
+                    trace_mean=trm, trace_std=trs, fingerprint=stores.fingerprint, test_fraction=test_fraction, num_test=n_test)
 
 
 def box_bounds(stores: StoreSet) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -291,7 +307,7 @@ class ChunkStream:
 
     Args:
         stores: the stores; plan: their :class:`DataPlan`.
-        split: ``"train"`` or ``"val"``.
+        split: ``"train"``, ``"val"`` or ``"test"`` (``SPLITS``).
         fields: arrays to read (subset of ``FIELDS``).
         batch_size: rows per batch.
         rank, world_size: this worker's shard of chunks (chunk k goes to worker k % world_size
@@ -300,13 +316,15 @@ class ChunkStream:
     """
 
     def __init__(self, stores: StoreSet, plan: DataPlan, split: str, fields: Sequence[str], batch_size: int, rank: int = 0, world_size: int = 1, shuffle_chunks: int = 4) -> None:
-        if split not in ("train", "val"):
-            raise ValueError(f"split={split!r} must be train or val")
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} must be one of {', '.join(SPLITS)}")
         self.stores, self.plan, self.split = stores, plan, split
         self.fields = tuple(dict.fromkeys([*fields, "theta"]))
         self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
         self.shuffle_chunks = max(1, int(shuffle_chunks))
         self._excluded = {k: np.asarray(v, dtype=np.int64) for k, v in plan.excluded.items()}
+        #: Seconds the consumer of :meth:`steady` spent blocked on the reader (the data path's cost to training).
+        self.wait_seconds = 0.0
 
     def shard(self, epoch: int, shuffle: bool) -> list[ChunkRef]:
         refs = list(self.stores.chunks)
@@ -316,8 +334,7 @@ class ChunkStream:
         return refs[self.rank :: self.world_size]
 
     def _keep(self, ref: ChunkRef, rows: dict[str, NDArray[Any]]) -> NDArray[np.bool_]:
-        val = is_validation(rows["index"], self.plan.val_fraction)
-        keep = val if self.split == "val" else ~val
+        keep = split_of(rows["index"], self.plan.val_fraction, self.plan.test_fraction) == SPLITS.index(self.split)
         bad = self._excluded.get(f"{ref.store}:{ref.chunk}")
         if bad is not None and bad.size:
             keep &= ~np.isin(rows["index"], bad)
@@ -347,12 +364,19 @@ class ChunkStream:
         if pending is not None and not drop_last:
             yield pending
 
-    def steady(self, epoch: int, steps: int) -> Iterator[dict[str, NDArray[Any]]]:
-        """Exactly ``steps`` full batches, cycling the shard if it runs short.
+    def steady(self, epoch: int, steps: int, ahead: int = 8) -> Iterator[dict[str, NDArray[Any]]]:
+        """Exactly ``steps`` full batches, cycling the shard if it runs short, built ``ahead`` batches early.
 
         Why: with DistributedDataParallel every worker must take the same number of steps, and
-        chunk shards differ by a few rows (excluded samples, a short last chunk).
+        chunk shards differ by a few rows (excluded samples, a short last chunk). Decoding and
+        batching (split masks, shuffles, row gathers) run on a thread, so the training thread
+        only waits when the reader falls behind; that wait accumulates in ``wait_seconds``.
         """
+        if ahead <= 0:
+            return self._steady(epoch, steps)
+        return background(self._steady(epoch, steps), ahead, self)
+
+    def _steady(self, epoch: int, steps: int) -> Iterator[dict[str, NDArray[Any]]]:
         done, cycle = 0, 0
         while done < steps:
             got = False

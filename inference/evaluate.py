@@ -19,6 +19,7 @@ import numpy as np
 
 from inference import diagnostics as dg
 from inference.eval_figures import draw_figures
+from inference.eval_local import chip_overlap, local_calibration
 from inference.eval_metrics import Calibration, HeldOut, calibration, load_held_out, named, predictive_check, prior_fingerprint, sample_all
 from inference.report import METRICS_FILE, REPORT_FORMAT_VERSION, compare_reports, load_report, summary_table, training_info, versions, write_report
 
@@ -37,6 +38,7 @@ class EvalConfig:
             observation, each costing about as much as drawing the samples; off by default).
         num_hpd: observations (the first ones) used for HPD coverage.
         c2st: also run sbi's C2ST between prior and data-averaged posterior (about 1 s per parameter).
+        lc2st: also run sbi's L-C2ST, local calibration at a few observations (``inference.eval_local``).
         seed: selects observations and seeds posterior sampling and predictive simulations.
     """
 
@@ -48,6 +50,7 @@ class EvalConfig:
     hpd: bool = False
     num_hpd: int = 200
     c2st: bool = True
+    lc2st: bool = False  # off until measured <= ~20 s at demo sizes (docs/evaluation.md)
     seed: int = 0
     #: Allowed range of each size (front ends check their options against it).
     LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"num_obs": (10, 100_000), "num_samples": (10, 10_000), "num_ppc": (0, 10_000), "num_ppc_samples": (2, 1_000), "num_ppc_plot": (0, 10), "num_hpd": (10, 100_000)}
@@ -97,6 +100,12 @@ def evaluate(posterior: Any, store: str | Path, out: str | Path, config: EvalCon
     timing["calibration"] = time.perf_counter() - t1
     say(f"calibration: {cal.verdict['verdict']} (TARP ATC {cal.tarp.atc:+.3f}, {len(cal.verdict['sbc_failed'])} SBC marginals failed)")
     rec = dg.recovery(held.theta, samples, cal.prior_std)
+    local = None
+    if cfg.lc2st:
+        t_l = time.perf_counter()
+        local = local_calibration(held.theta, held.features, samples, seed=cfg.seed)
+        timing["lc2st"] = time.perf_counter() - t_l
+        say(f"local calibration (L-C2ST): {local['num_rejected']} of {len(local['observations'])} observations rejected at alpha={local['alpha']}")
 
     t2 = time.perf_counter()
     ppc = predictive_check(posterior, held, samples, cfg.num_ppc, cfg.num_ppc_samples, cfg.seed)
@@ -109,6 +118,7 @@ def evaluate(posterior: Any, store: str | Path, out: str | Path, config: EvalCon
     timing["figures"] = time.perf_counter() - t3
     timing["total"] = time.perf_counter() - t0
     metrics = _report(posterior, held, cfg, cal, rec, ppc.metrics if ppc is not None else {"num_obs": 0}, figures, timing)
+    _add_local_sections(metrics, posterior, held, local)
     write_report(outdir, metrics)
     return metrics
 
@@ -117,6 +127,7 @@ def _report(posterior: Any, held: HeldOut, cfg: EvalConfig, cal: Calibration, re
     """The ``metrics.json`` document (kind ``evaluation_report``) from the computed numbers."""
     names = tuple(posterior.parameter_names)
     variant = str(posterior.variant)
+    estimator = str(getattr(posterior, "estimator", "nsf"))
     n = held.theta.shape[0]
     store_fp = prior_fingerprint(held.attrs.get("prior"))
     post_fp = posterior.prior.fingerprint
@@ -130,8 +141,10 @@ def _report(posterior: Any, held: HeldOut, cfg: EvalConfig, cal: Calibration, re
     training = training_info(posterior)
     summary = {
         "variant": variant,
+        "estimator": estimator,
         "num_train": training.get("num_train"),
         "epochs_trained": training.get("epochs_trained"),
+        "train_seconds": training.get("train_seconds"),
         "num_obs": n,
         "num_samples": cfg.num_samples,
         "verdict": verdict["verdict"],
@@ -156,7 +169,7 @@ def _report(posterior: Any, held: HeldOut, cfg: EvalConfig, cal: Calibration, re
         "format_version": REPORT_FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
-        "posterior": {"variant": variant, "fingerprint": str(posterior.fingerprint), "prior_fingerprint": post_fp, "training": training},
+        "posterior": {"variant": variant, "estimator": estimator, "fingerprint": str(posterior.fingerprint), "prior_fingerprint": post_fp, "training": training},
         "store": {"path": held.path, "seed": held.attrs.get("seed"), "num_sims": held.attrs.get("num_sims"), "num_excluded": held.num_excluded, "prior_fingerprint": store_fp, "prior_matches": prior_matches},
         "config": asdict(cfg),
         "parameter_names": list(names),
@@ -184,6 +197,22 @@ def _report(posterior: Any, held: HeldOut, cfg: EvalConfig, cal: Calibration, re
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
     }
     return metrics
+
+
+def _add_local_sections(metrics: dict[str, Any], posterior: Any, held: HeldOut, local: dict[str, Any] | None) -> None:
+    """L-C2ST and chip sections: ``lc2st``, ``chips`` and, on chips training never saw, ``new_chips``."""
+    s = metrics["summary"]
+    metrics["lc2st"] = local
+    s["lc2st_rejected"] = None if local is None else local["num_rejected"]
+    s["lc2st_min_pval"] = None if local is None else local["min_p_value"]
+    chips = chip_overlap(getattr(posterior, "manifest", {}) or {}, held.attrs)
+    metrics["chips"] = chips
+    s["chip_overlap"] = chips["overlap"]
+    if chips["overlap"] != "full":
+        metrics["warnings"].append(chips["note"])
+    if chips["overlap"] == "none":  # the whole evaluation is on unseen chips: its calibration, labelled as such
+        metrics["new_chips"] = {"test_chip_ids": chips["test_chip_ids"], "training_chip_ids": chips["training_chip_ids"]} | {
+            k: s[k] for k in ("verdict", "sbc_failed", "tarp_atc", "coverage_dev_mean_abs", "nrmse_mean", "lc2st_rejected")}
 
 
 __all__ = ["METRICS_FILE", "REPORT_FORMAT_VERSION", "EvalConfig", "HeldOut", "compare_reports", "evaluate", "load_held_out", "load_report", "summary_table"]

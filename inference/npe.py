@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from farm.defaults import PARAMETER_NAMES, PriorBox
+from farm.errors import FarmInputError
 from farm.features import FEATURE_NAMES
 from farm.prior import AnyPrior, BoxPrior, RestrictedPrior
 from inference.artifacts import write_artifact
 from inference.datasets import ChunkStream
+from inference.misspecification import KNNDetector
 from inference.posterior import KIND, PRIOR_SUBDIR, AmortizedPosterior, load_posterior
 
 log = logging.getLogger(__name__)
@@ -30,15 +32,15 @@ def resolve_prior(store_prior: dict[str, Any] | None, prior_dir: str | Path | No
         prior_dir: the restricted prior directory (``farm train classifier --out``), if any.
 
     Raises:
-        ValueError: ``prior_dir`` is not the prior the store was simulated from.
+        FarmInputError: ``prior_dir`` is not the prior the store was simulated from (a ValueError).
     """
     store_prior = store_prior or PriorBox().to_dict()
     if prior_dir is not None:
         prior = RestrictedPrior.load(prior_dir)
         if store_prior.get("type") == "restricted" and store_prior.get("fingerprint") != prior.fingerprint:
-            raise ValueError(f"prior={str(prior_dir)!r} has fingerprint {prior.fingerprint}, but the store was simulated from {store_prior.get('fingerprint')}")
+            raise FarmInputError(f"prior={str(prior_dir)!r} has fingerprint {prior.fingerprint}, but the store was simulated from {store_prior.get('fingerprint')}")
         if store_prior.get("type") != "restricted":
-            raise ValueError(f"prior={str(prior_dir)!r} given, but the store was simulated from the box prior; omit --prior")
+            raise FarmInputError(f"prior={str(prior_dir)!r} given, but the store was simulated from the box prior; omit --prior")
         return prior
     if store_prior.get("type") == "restricted":
         log.warning("store was simulated from restricted prior %s but no --prior was given: the posterior's support is its box", store_prior.get("fingerprint"))
@@ -46,22 +48,59 @@ def resolve_prior(store_prior: dict[str, Any] | None, prior_dir: str | Path | No
     return BoxPrior(PriorBox.from_dict(store_prior))
 
 
-def heldout_check(posterior: AmortizedPosterior, outcome: Any, num_obs: int = 100, num_samples: int = 500, level: float = 0.9) -> dict[str, Any]:
-    """Coverage and width of central credible intervals on validation observations.
+def heldout_check(posterior: AmortizedPosterior, outcome: Any, num_obs: int = 200, num_samples: int = 500, level: float = 0.9) -> dict[str, Any]:
+    """Coverage and width of central credible intervals on test-split observations.
+
+    Why the test split: validation rows chose the best epoch (early stopping), so coverage on
+    them is optimistic; test rows took no part in training.
 
     Returns:
         ``coverage`` (share of true parameters inside their ``level`` interval, per parameter and
         mean) and ``relative_width`` (interval width / prior box width).
     """
-    stream = ChunkStream(outcome.stores, outcome.plan, "val", ("theta", "features", "trace"), num_obs)
-    batch = next(stream.batches(shuffle=False))
+    stream = ChunkStream(outcome.stores, outcome.plan, "test", ("theta", "features", "trace"), num_obs)
+    batch = next(stream.batches(shuffle=False), None)
+    if batch is None:
+        return {"split": "test", "level": level, "num_observations": 0}
     kw = {"features": batch["features"]} if posterior.accepts_features else {"traces": batch["trace"]}
     s = posterior.sample_batched(num_samples, seed=0, **kw).astype(np.float64)
     lo, hi = np.quantile(s, [(1 - level) / 2, (1 + level) / 2], axis=1)
     covered = (batch["theta"] >= lo) & (batch["theta"] <= hi)
     width = (hi - lo) / (posterior.prior.high - posterior.prior.low)
-    return {"level": level, "num_observations": int(len(batch["theta"])), "coverage": float(covered.mean()), "coverage_per_parameter": dict(zip(PARAMETER_NAMES, covered.mean(0).tolist())),
-            "relative_width": float(width.mean()), "relative_width_per_parameter": dict(zip(PARAMETER_NAMES, width.mean(0).tolist()))}
+    return {"split": "test", "level": level, "num_observations": int(len(batch["theta"])), "coverage": float(covered.mean()), "coverage_per_parameter": dict(zip(PARAMETER_NAMES, covered.mean(0).tolist(), strict=True)),
+            "relative_width": float(width.mean()), "relative_width_per_parameter": dict(zip(PARAMETER_NAMES, width.mean(0).tolist(), strict=True))}
+
+
+def _in_regime_rows(posterior: AmortizedPosterior, outcome: Any, split: str, limit: int) -> np.ndarray:
+    """Summaries (embedding outputs) of up to ``limit`` in-regime rows of one split, in chunk order."""
+    import torch
+
+    stream = ChunkStream(outcome.stores, outcome.plan, split, ("features", "trace"), 1024)
+    out: list[np.ndarray] = []
+    count = 0
+    for batch in stream.batches(shuffle=False):
+        keep = posterior.regime.contains(batch["features"][:, FEATURE_NAMES.index("spike_count")])
+        x = batch[posterior.model.x_field][keep]
+        if len(x):
+            with torch.inference_mode():
+                out.append(posterior.model.embedding(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy())
+            count += len(x)
+        if count >= limit:
+            break
+    return np.concatenate(out)[:limit] if out else np.empty((0, 0), np.float32)
+
+
+def calibrate_misspecification(posterior: AmortizedPosterior, outcome: Any, num_reference: int = 5000, num_calibration: int = 2000) -> KNNDetector | None:
+    """The summary-space detector: reference = in-regime training rows, threshold from in-regime validation rows.
+
+    Returns None (with a warning) when the validation split holds too few in-regime rows.
+    """
+    ref = _in_regime_rows(posterior, outcome, "train", num_reference)
+    cal = _in_regime_rows(posterior, outcome, "val", num_calibration)
+    if len(ref) < 10 or len(cal) < 20:
+        log.warning("only %d training / %d validation rows in the regime: no misspecification score is stored", len(ref), len(cal))
+        return None
+    return KNNDetector.fit(ref, cal, k=10, quantile=0.95)
 
 
 def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str, Any]:
@@ -74,7 +113,8 @@ def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str,
     model = outcome.best_model()
     history = outcome.state["history"]
     metrics: dict[str, Any] = {"best_val_loss": outcome.state["best_val"], "best_epoch": outcome.state["best_epoch"] + 1, "epochs_trained": len(history),
-                               "resumed_at_epochs": outcome.state["resumed_at"], "num_train": plan.num_train, "num_val": plan.num_val, "excluded": plan.flag_counts}
+                               "resumed_at_epochs": outcome.state["resumed_at"], "num_train": plan.num_train, "num_val": plan.num_val, "num_test": plan.num_test,
+                               "splits": plan.splits(), "excluded": plan.flag_counts}
     manifest = {
         "architecture": model.config.to_dict(),
         "parameter_names": list(PARAMETER_NAMES),
@@ -84,9 +124,10 @@ def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str,
         "prior_dir": PRIOR_SUBDIR if isinstance(prior, RestrictedPrior) else None,
         "protocol": stores.protocol.to_dict(),
         "chip_model": stores.chip_model.to_dict(),
+        "training_chip_ids": [int(c) for c in stores.chip_model.pool],
         "regime": stores.regime.to_dict(),
         "trace_length": stores.protocol.num_samples,
-        "stores": [{"url": u, "prior": p} for u, p in zip(stores.urls, stores.priors)],
+        "stores": [{"url": u, "prior": p} for u, p in zip(stores.urls, stores.priors, strict=True)],
         "store_fingerprint": plan.fingerprint,
         "train_config": cfg.identity(),
         "metrics": metrics,
@@ -95,5 +136,9 @@ def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str,
     write_artifact(out, KIND, model.state_dict(), manifest)
     posterior = load_posterior(out)
     metrics["heldout"] = heldout_check(posterior, outcome)
+    detector = calibrate_misspecification(posterior, outcome)
+    if detector is not None:
+        manifest["misspecification"] = detector.save(out)
+        metrics["misspecification"] = detector.meta()
     write_artifact(out, KIND, model.state_dict(), manifest | {"metrics": metrics})
     return metrics

@@ -18,11 +18,15 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from farm.defaults import ChipModel, PriorBox, Protocol
+from farm.defaults import ChipModel, PriorBox, Protocol, Regime
 from farm.features import FEATURE_NAMES, summarize
 from farm.prior import AnyPrior, BoxPrior, RestrictedPrior
 from inference.artifacts import read_artifact
+from inference.errors import RejectionBudgetExceeded
+from inference.flow_matching import ESTIMATOR as FM_ESTIMATOR
+from inference.flow_matching import FlowMatchingConfig, FlowMatchingModel
 from inference.flows import FlowConfig, NPEModel
+from inference.misspecification import KNNDetector, assess, trace_reasons
 
 KIND = "npe_posterior"
 PRIOR_SUBDIR = "prior"
@@ -36,28 +40,32 @@ class AmortizedPosterior:
     """q(theta | x) for any observation x of the training protocol.
 
     Args:
-        model: the trained embedding + flow.
+        model: the trained embedding + density estimator (NSF or flow matching: same interface).
         manifest: the artifact manifest (architecture, prior, standardisation, protocol, ...).
         prior: the prior the training samples came from; its support bounds every sample.
+        detector: the calibrated summary-space misspecification score (None for older artifacts).
     """
 
-    def __init__(self, model: NPEModel, manifest: dict[str, Any], prior: AnyPrior) -> None:
+    def __init__(self, model: NPEModel | FlowMatchingModel, manifest: dict[str, Any], prior: AnyPrior, detector: KNNDetector | None = None) -> None:
         self.model = model.eval()
         self.manifest = manifest
         self.prior = prior
         self.variant: str = manifest["architecture"]["variant"]
+        self.estimator: str = manifest["architecture"].get("estimator", "nsf")  # NSF manifests predate the key
         self.parameter_names: tuple[str, ...] = tuple(manifest["parameter_names"])
         self.feature_names: tuple[str, ...] = tuple(manifest["feature_names"])
         self.protocol = Protocol.from_dict(manifest["protocol"])
         self.chip_model = ChipModel.from_dict(manifest["chip_model"])
         self.trace_length: int = int(manifest["trace_length"])
         self.fingerprint: str = manifest["fingerprint"]
+        self.regime = Regime.from_dict(manifest.get("regime"))
+        self.detector = detector
         self.accepts_features = model.config.x_field == "features"
         self._restricted = isinstance(prior, RestrictedPrior)
         self._acceptance_cache: OrderedDict[bytes, float] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"AmortizedPosterior(variant={self.variant!r}, prior={type(self.prior).__name__}, fingerprint={self.fingerprint})"
+        return f"AmortizedPosterior(variant={self.variant!r}, estimator={self.estimator!r}, prior={type(self.prior).__name__}, fingerprint={self.fingerprint})"
 
     # ------------------------------------------------------------------ inputs
     def _inputs(self, trace: Any, features: Any, batched: bool) -> torch.Tensor:
@@ -143,8 +151,8 @@ class AmortizedPosterior:
             if pending.size == 0:
                 return out, out_lp
             if np.any(drawn[pending] >= budget):
-                short = int(np.sum(drawn[pending] >= budget))
-                raise ValueError(f"posterior mass lies almost entirely outside the restricted prior for {short} observation(s); is the observation in the regime?")
+                out_of_budget = pending[drawn[pending] >= budget]
+                raise RejectionBudgetExceeded(budget, _MAX_ROUNDS, float(np.max(accepted[out_of_budget] / drawn[out_of_budget])), out_of_budget.size)
             rate = np.maximum(accepted[pending], 1) / drawn[pending]
             need = np.ceil(1.2 * (num_samples - filled[pending]) / rate).astype(np.int64) + 8
             need = np.minimum(need, budget - drawn[pending])
@@ -280,6 +288,37 @@ class AmortizedPosterior:
         return best.astype(np.float32)
 
 
+    # ------------------------------------------------------------------ misspecification
+    def to_sbi(self) -> Any:
+        """This posterior as an sbi ``DirectPosterior`` (x = the raw trace; prior = the restricted region)."""
+        from inference.sbi_interop import to_sbi
+
+        return to_sbi(self)
+
+    def misspecification(self, *, trace: Any = None, features: Any = None) -> dict[str, Any]:
+        """How unlike the training data ONE observation is (inference.misspecification).
+
+        Returns:
+            ``{score, threshold, flagged, reasons, note}``: flagged when the trace's own spike count
+            is outside the artifact's regime, the trace is flat or saturated, or the summary-space
+            score exceeds its held-out 95 % threshold; score/threshold are None for older artifacts.
+        """
+        return self._assess(self._inputs(trace, features, batched=False), trace)[0]
+
+    def misspecification_batched(self, *, traces: Any = None, features: Any = None) -> list[dict[str, Any]]:
+        """``misspecification`` for B observations: traces (B, T) or features (B, F) -> B answers."""
+        return self._assess(self._inputs(traces, features, batched=True), traces)
+
+    @torch.inference_mode()
+    def _assess(self, x: torch.Tensor, trace: Any) -> list[dict[str, Any]]:
+        codes = None if trace is None else np.rint(np.asarray(trace, dtype=np.float64)).reshape(-1, self.trace_length).astype(np.int16)
+        col = FEATURE_NAMES.index("spike_count")
+        counts = x[:, col].numpy() if self.accepts_features else summarize(codes, self.protocol, self.chip_model)[:, col]
+        reasons = trace_reasons(codes, counts, self.regime, self.chip_model.adc_max_code)
+        scores = None if self.detector is None else self.detector.score(self.model.embedding(x))
+        return assess(scores, self.detector, reasons)
+
+
 def _numeric(value: Any, name: str) -> NDArray[np.float64]:
     a = np.asarray(value)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number)) or np.issubdtype(a.dtype, np.complexfloating):
@@ -301,13 +340,19 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
     """Rebuild a posterior from a `farm train npe` artifact, with no pickle.
 
     Args:
-        directory: the artifact (``manifest.json``, ``weights.pt``, optional ``prior/``).
+        directory: the artifact (``manifest.json``, ``weights.pt``, optional ``prior/``), or an
+            ensemble (``ensemble.json`` + ``member-<k>/``, `farm train npe --ensemble K`), which
+            loads as ``inference.ensemble.EnsemblePosterior`` with the same interface.
         protocol: if given, refuse an artifact trained under another stimulus protocol.
 
     Raises:
         ValueError: missing or corrupt files, another format/emulator version or protocol.
     """
     d = Path(directory)
+    if (d / "ensemble.json").is_file():
+        from inference.ensemble import load_ensemble  # the ensemble module builds on this one
+
+        return load_ensemble(d, protocol)  # type: ignore[return-value]
     m, state = read_artifact(d, KIND, protocol)
     prior: AnyPrior
     if m.get("prior", {}).get("type") == "restricted":
@@ -316,11 +361,19 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
             raise ValueError(f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from the manifest's {m['prior'].get('fingerprint')}")
     else:
         prior = BoxPrior(PriorBox.from_dict(m["prior"]))
-    model = NPEModel(FlowConfig.from_dict(m["architecture"]), m["standardization"])
+    estimator = m["architecture"].get("estimator", "nsf")
+    model: NPEModel | FlowMatchingModel
+    if estimator == FM_ESTIMATOR:
+        model = FlowMatchingModel(FlowMatchingConfig.from_dict(m["architecture"]), m["standardization"])
+    elif estimator == "nsf":
+        model = NPEModel(FlowConfig.from_dict(m["architecture"]), m["standardization"])
+    else:
+        raise ValueError(f"{d}: estimator={estimator!r} in the manifest; this package reads nsf or {FM_ESTIMATOR}")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{d}: weights do not fit the manifest's architecture ({str(e).splitlines()[0]})") from None
     if model.config.x_field == "features" and tuple(m["feature_names"]) != FEATURE_NAMES:
         raise ValueError(f"{d}: trained on features {m['feature_names']}, this farm computes {list(FEATURE_NAMES)}: retrain")
-    return AmortizedPosterior(model, m, prior)
+    detector = KNNDetector.load(d, m["misspecification"]) if m.get("misspecification") else None  # older artifacts: regime checks only
+    return AmortizedPosterior(model, m, prior, detector)

@@ -31,6 +31,9 @@ def training_info(posterior: Any) -> dict[str, Any]:
     man = getattr(posterior, "manifest", {}) or {}
     met = man.get("metrics", {}) if isinstance(man.get("metrics"), dict) else {}
     out: dict[str, Any] = {k: met[k] for k in ("num_train", "num_val", "best_epoch", "epochs_trained", "best_val_loss") if isinstance(met.get(k), (int, float))}
+    history = man.get("history")
+    if isinstance(history, list) and history and all(isinstance(h, dict) and isinstance(h.get("epoch_seconds"), (int, float)) for h in history):
+        out["train_seconds"] = float(sum(h["epoch_seconds"] for h in history))  # training epochs only, no start-up
     stores = man.get("stores")
     if isinstance(stores, list):
         out["stores"] = [s.get("url") if isinstance(s, dict) else str(s) for s in stores]
@@ -60,8 +63,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
 #: (key in summary, label, format, which is better: "low", "high", "zero" or None)
 SUMMARY_ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("variant", "variant", "{}", None),
+    ("estimator", "estimator", "{}", None),
     ("num_train", "training simulations", "{}", None),
     ("epochs_trained", "epochs trained", "{}", None),
+    ("train_seconds", "training time [s]", "{:.0f}", None),
     ("num_obs", "held-out observations", "{}", None),
     ("verdict", "calibration verdict", "{}", None),
     ("sbc_failed", "SBC marginals failing", "{}", "low"),
@@ -69,6 +74,8 @@ SUMMARY_ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("coverage_dev_signed", "coverage - level (signed)", "{:+.3f}", "zero"),
     ("coverage_dev_mean_abs", "|coverage - level|, mean", "{:.3f}", "low"),
     ("hpd_coverage_dev_mean_abs", "|HPD coverage - level|, mean", "{:.3f}", "low"),
+    ("lc2st_rejected", "L-C2ST observations rejected", "{}", "low"),
+    ("chip_overlap", "test chips seen in training", "{}", None),
     ("nrmse_mean", "NRMSE (/ prior std)", "{:.3f}", "low"),
     ("std_ratio_mean", "posterior / prior std", "{:.3f}", "low"),
     ("contraction_mean", "contraction", "{:.3f}", "high"),
@@ -90,41 +97,64 @@ def _fmt(fmt: str, v: Any) -> str:
         return str(v)
 
 
+def _summary_value(s: dict[str, Any], key: str) -> Any:
+    """A summary entry; reports written before ``estimator`` existed are all NSF."""
+    return s.get(key, "nsf" if key == "estimator" else None)
+
+
 def summary_table(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) rows of one report's headline numbers."""
     s = metrics["summary"]
-    return [(label, _fmt(fmt, s.get(key))) for key, label, fmt, _ in SUMMARY_ROWS]
+    return [(label, _fmt(fmt, _summary_value(s, key))) for key, label, fmt, _ in SUMMARY_ROWS]
 
 
-def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Side-by-side headline numbers and per-parameter recovery of two reports.
+def _column_name(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    est = _summary_value(s, "estimator")
+    return str(s.get("variant", "?")) if est == "nsf" else f"{s.get('variant', '?')} ({est})"
+
+
+def compare_reports(*reports: dict[str, Any]) -> dict[str, Any]:
+    """Side-by-side headline numbers and per-parameter recovery of two or more reports.
 
     Returns:
-        ``{"columns": [name_a, name_b], "rows": [(label, va, vb, better)], "parameters": [(name, nrmse_a,
-        nrmse_b, contraction_a, contraction_b)], "notes": [...]}`` where ``better`` is "A", "B" or "".
+        ``{"columns": [name per report], "rows": [(label, v_A, v_B, ..., better)], "parameters":
+        [(name, nrmse_A, nrmse_B, ..., contraction_A, contraction_B, ...)], "notes": [...]}`` where
+        ``better`` is the letter ("A", "B", ...) of the best report on that row, or "".
+
+    Raises:
+        ValueError: fewer than two reports.
     """
-    sa, sb = a["summary"], b["summary"]
+    if len(reports) < 2:
+        raise ValueError(f"{len(reports)} report(s) given; compare needs two or more")
+    letters = [chr(ord("A") + i) if i < 26 else f"R{i + 1}" for i in range(len(reports))]
+    summaries = [r["summary"] for r in reports]
     rows = []
     for key, label, fmt, better in SUMMARY_ROWS:
-        va, vb = sa.get(key), sb.get(key)
+        values = [_summary_value(s, key) for s in summaries]
         win = ""
-        if better and isinstance(va, (int, float)) and isinstance(vb, (int, float)) and va != vb:
-            da, db = (abs(va), abs(vb)) if better == "zero" else (va, vb)
-            win = ("A" if da < db else "B") if better in ("low", "zero") else ("A" if da > db else "B")
-        rows.append((label, _fmt(fmt, va), _fmt(fmt, vb), win))
+        numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        if better and len(numeric) == len(values) and len(set(values)) > 1:
+            score = [abs(v) if better == "zero" else (-v if better == "high" else v) for v in values]
+            best = min(score)
+            if score.count(best) == 1:
+                win = letters[score.index(best)]
+        rows.append((label, *(_fmt(fmt, v) for v in values), win))
     params = []
-    ra, rb = a["recovery"], b["recovery"]
-    for name in a["parameter_names"]:
-        params.append((name, ra["nrmse"].get(name), rb["nrmse"].get(name), ra["contraction"].get(name), rb["contraction"].get(name)))
+    for name in reports[0]["parameter_names"]:
+        nrmse = [r["recovery"]["nrmse"].get(name) for r in reports]
+        contraction = [r["recovery"]["contraction"].get(name) for r in reports]
+        params.append((name, *nrmse, *contraction))
     notes = []
-    if a["store"].get("path") != b["store"].get("path"):
-        notes.append(f"reports use different held-out stores ({a['store'].get('path')} vs {b['store'].get('path')})")
-    if a["posterior"].get("prior_fingerprint") != b["posterior"].get("prior_fingerprint"):
-        notes.append("the two posteriors were trained on different priors")
-    for m, col in ((a, "A"), (b, "B")):
-        if m["summary"].get("verdict") != "calibrated":
-            notes.append(f"{col} is not calibrated ({m['summary'].get('verdict')}): read its contraction with care")
-    return {"columns": [sa.get("variant", "A"), sb.get("variant", "B")], "rows": rows, "parameters": params, "notes": notes}
+    stores = [r["store"].get("path") for r in reports]
+    if len(set(stores)) > 1:
+        notes.append(f"reports use different held-out stores ({' vs '.join(map(str, stores))})")
+    if len({r["posterior"].get("prior_fingerprint") for r in reports}) > 1:
+        notes.append(f"the {len(reports)} posteriors were trained on different priors" if len(reports) > 2 else "the two posteriors were trained on different priors")
+    for s, col in zip(summaries, letters):
+        if s.get("verdict") != "calibrated":
+            notes.append(f"{col} is not calibrated ({s.get('verdict')}): read its contraction with care")
+    return {"columns": [_column_name(r) for r in reports], "rows": rows, "parameters": params, "notes": notes}
 
 
 __all__ = ["METRICS_FILE", "REPORT_FORMAT_VERSION", "SUMMARY_ROWS", "compare_reports", "load_report", "summary_table", "training_info", "versions", "write_report"]

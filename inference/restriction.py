@@ -102,10 +102,12 @@ def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list
     stores, plan = outcome.stores, outcome.plan
     logits, labels = predict_logits(model, stores, plan, "val")
     threshold = threshold_for_recall(logits, labels, target_recall)
-    metrics: dict[str, Any] = {"target_recall": target_recall, "threshold_logit": threshold, "validation": classification_metrics(logits, labels, threshold)}
+    metrics: dict[str, Any] = {"target_recall": target_recall, "threshold_logit": threshold, "validation": classification_metrics(logits, labels, threshold), "splits": plan.splits()}
+    if plan.num_test:  # the threshold was chosen on val: test rows say what recall it really keeps
+        metrics["test"] = classification_metrics(*predict_logits(model, stores, plan, "test"), threshold)
     if heldout:
         hs = StoreSet(heldout)
-        hplan = plan_data(hs, val_fraction=0.49)
+        hplan = plan_data(hs, val_fraction=0.49, test_fraction=0.0)
         hl, hy = [], []
         for split in ("train", "val"):
             a, b = predict_logits(model, hs, hplan, split)
@@ -128,7 +130,7 @@ def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list
         "prior": box.to_dict(),
         "restricted_prior": {"fingerprint": prior.fingerprint, "files": ["restricted_prior.json", "weights.npz"]},
         "train_config": cfg.identity(),
-        "metrics": metrics | {"best_val_loss": outcome.state["best_val"], "best_epoch": outcome.state["best_epoch"] + 1, "epochs_trained": len(history), "resumed_at_epochs": outcome.state["resumed_at"], "num_train": plan.num_train, "num_val": plan.num_val},
+        "metrics": metrics | {"best_val_loss": outcome.state["best_val"], "best_epoch": outcome.state["best_epoch"] + 1, "epochs_trained": len(history), "resumed_at_epochs": outcome.state["resumed_at"], "num_train": plan.num_train, "num_val": plan.num_val, "num_test": plan.num_test},
         "history": history,
     })
     return metrics

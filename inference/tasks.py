@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 import torch
 
+from farm.errors import FarmInputError
 from inference.classifier import ClassifierConfig, RegimeClassifier, box_moments
-from inference.config import FEATURES, TASK_NAMES, TrainConfig
+from inference.config import ESTIMATORS, FEATURES, TASK_NAMES, TrainConfig
 from inference.errors import TrainingError
+from inference.flow_matching import ESTIMATOR as FM_ESTIMATOR
+from inference.flow_matching import FlowMatchingConfig, FlowMatchingModel
 from inference.flows import FlowConfig, NPEModel
 
 if TYPE_CHECKING:
@@ -43,8 +46,11 @@ class Task(Protocol):
     def format_metrics(self, out: str, metrics: dict[str, Any]) -> str: ...
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a))
+def _tensor(a: np.ndarray, model: torch.nn.Module | None = None) -> torch.Tensor:
+    """A batch array as a tensor on the model's device (a GPU worker's, or the CPU)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    p = next(model.parameters(), None) if model is not None else None
+    return t if p is None or p.device.type == "cpu" else t.to(p.device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class ClassifierTask:
         object.__setattr__(self, "heldout", tuple(self.heldout or ()))
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> "ClassifierTask":
+    def from_config(cls, cfg: TrainConfig) -> ClassifierTask:
         return cls(architecture=dict(cfg.classifier))
 
     def configure(self, cfg: TrainConfig) -> TrainConfig:
@@ -83,8 +89,8 @@ class ClassifierTask:
         return RegimeClassifier(ClassifierConfig(**cfg.classifier), mean, std)
 
     def batch_loss(self, model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
-        label = torch.from_numpy(batch["label"])
-        logit = model(_tensor(batch["theta"]))
+        label = _tensor(batch["label"], model)
+        logit = model(_tensor(batch["theta"], model))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, label)
         return loss, {"val_accuracy": float(((logit > 0).float() == label).sum())}
 
@@ -104,6 +110,9 @@ class ClassifierTask:
         lines = [f"restricted prior written to {out} (farm simulate --prior {out})",
                  f"validation: recall {v['recall']:.3f}  precision {v['precision']:.3f}  at threshold logit {metrics['threshold_logit']:.3f}",
                  f"acceptance from the box {metrics['acceptance_rate']:.3f}; in regime: box {metrics['box_in_regime_fraction']:.3f} -> restricted {metrics['restricted_in_regime_fraction']:.3f}"]
+        if "test" in metrics:
+            t = metrics["test"]
+            lines.insert(2, f"test split: recall {t['recall']:.3f}  precision {t['precision']:.3f}  ({t['num_samples']} samples not used to train or to pick the threshold)")
         if "heldout" in metrics:
             h = metrics["heldout"]
             lines.insert(2, f"held-out: recall {h['recall']:.3f}  precision {h['precision']:.3f}  ({h['num_samples']} samples)")
@@ -112,53 +121,60 @@ class ClassifierTask:
 
 @dataclass(frozen=True)
 class NPETask:
-    """Amortized neural posterior estimation: embedding + NSF, loss -log q(theta | x).
+    """Amortized neural posterior estimation: embedding + a conditional density estimator of theta.
 
     Args:
         features: ``handcrafted`` (the store's named statistics) or ``summary-net`` (a CNN on the trace).
         prior: the restricted prior directory the store was simulated from (``farm train classifier --out``).
-        flow: ``FlowConfig`` fields overriding its defaults.
+        flow: architecture fields overriding the estimator's defaults (``FlowConfig`` or ``FlowMatchingConfig``).
+        estimator: ``nsf`` (neural spline flow, loss -log q(theta | x)) or ``flow-matching``
+            (a vector field, flow-matching regression loss; Wildberger et al. 2023).
     """
 
     features: str = "handcrafted"
     prior: str | None = None
     flow: dict[str, Any] = field(default_factory=dict)
+    estimator: str = "nsf"
     name: ClassVar[str] = "npe"
     extra_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
             raise ValueError(f"features={self.features!r} must be one of {', '.join(FEATURES)}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator={self.estimator!r} must be one of {', '.join(ESTIMATORS)}")
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> "NPETask":
-        return cls(features=cfg.variant, flow=dict(cfg.flow))
+    def from_config(cls, cfg: TrainConfig) -> NPETask:
+        # the estimator travels in the architecture dict: an NSF run's config (and artifact) stays as before
+        return cls(features=cfg.variant, flow=dict(cfg.flow), estimator=cfg.flow.get("estimator", "nsf"))
 
     @property
     def x_field(self) -> str:
         """Store array the embedding reads."""
         return FlowConfig(variant=self.features).x_field
 
-    def flow_config(self, cfg: TrainConfig) -> FlowConfig:
-        """FlowConfig defaults overridden by ``cfg.flow``."""
-        d = {**cfg.flow, "variant": self.features}
+    def flow_config(self, cfg: TrainConfig) -> FlowConfig | FlowMatchingConfig:
+        """The estimator's config: its defaults overridden by ``cfg.flow``."""
+        d = {k: v for k, v in cfg.flow.items() if k != "estimator"} | {"variant": self.features}
         if "cnn_channels" in d:
             d["cnn_channels"] = tuple(d["cnn_channels"])
-        return FlowConfig(**d)
+        return FlowMatchingConfig(**d) if self.estimator == FM_ESTIMATOR else FlowConfig(**d)
 
     def configure(self, cfg: TrainConfig) -> TrainConfig:
         """Record the resolved architecture, so a change of defaults cannot resume silently."""
-        cfg = replace(cfg, task=self.name, variant=self.features, flow={**cfg.flow, **self.flow})
+        cfg = replace(cfg, task=self.name, variant=self.features, flow={k: v for k, v in {**cfg.flow, **self.flow}.items() if k != "estimator"})
         return replace(cfg, flow={k: v for k, v in self.flow_config(cfg).to_dict().items() if k != "variant"})
 
     def fields(self) -> tuple[str, ...]:
         return ("theta", self.x_field)
 
     def build_model(self, cfg: TrainConfig, stats: dict[str, Any]) -> torch.nn.Module:
-        return NPEModel(self.flow_config(cfg), stats)
+        arch = self.flow_config(cfg)
+        return FlowMatchingModel(arch, stats) if isinstance(arch, FlowMatchingConfig) else NPEModel(arch, stats)
 
     def batch_loss(self, model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
-        return model(_tensor(batch["theta"]), _tensor(batch[self.x_field])), {}
+        return model(_tensor(batch["theta"], model), _tensor(batch[self.x_field], model)), {}
 
     def check_inputs(self, stores: list[str]) -> None:
         """Refuse a --prior that is not the store's before training, not after."""
@@ -169,7 +185,7 @@ class NPETask:
         if self.prior is not None:
             path = Path(self.prior) / "restricted_prior.json"
             if not path.is_file():
-                raise ValueError(f"prior={self.prior!r} has no restricted_prior.json; pass the --out directory of `farm train classifier`")
+                raise FarmInputError(f"prior={self.prior!r} has no restricted_prior.json; pass the --out directory of `farm train classifier`")
             read_document(path, RestrictedPriorDocument)
         resolve_prior(StoreSet(stores).priors[0], self.prior)
 
@@ -184,8 +200,10 @@ class NPETask:
 
     def format_metrics(self, out: str, metrics: dict[str, Any]) -> str:
         h = metrics["heldout"]
-        return "\n".join([f"posterior written to {out} (best epoch {metrics['best_epoch']} of {metrics['epochs_trained']}, val loss {metrics['best_val_loss']:.4f})",
-                          f"held-out check on {h['num_observations']} observations: {int(h['level'] * 100)}% interval coverage {h['coverage']:.2f}, mean width {h['relative_width']:.3f} of the prior box"])
+        if not h.get("num_observations"):
+            return f"{self.estimator} posterior written to {out} (best epoch {metrics['best_epoch']} of {metrics['epochs_trained']}); the test split is empty: no held-out check"
+        return "\n".join([f"{self.estimator} posterior written to {out} (best epoch {metrics['best_epoch']} of {metrics['epochs_trained']}, val loss {metrics['best_val_loss']:.4f})",
+                          f"held-out check on {h['num_observations']} test-split observations: {int(h['level'] * 100)}% interval coverage {h['coverage']:.2f}, mean width {h['relative_width']:.3f} of the prior box"])
 
 
 #: Tasks by name; a new estimator adds its class here (and its name to ``config.TASK_NAMES``).

@@ -4,7 +4,8 @@ Anchor: Ray's ``torch_fashion_mnist_example.py`` (``prepare_model``, ``train_loo
 ``ScalingConfig``). Every epoch ends with a checkpoint in ``<out>/checkpoints/run``; a killed
 training, started again with the same command, resumes from the last one (Ray Train restores the
 run's checkpoint history from its storage path). Early stopping uses the validation loss,
-all-reduced over workers so every worker stops at the same epoch.
+all-reduced over workers so every worker stops at the same epoch; the learning rate follows a
+schedule on the same loss (reduce-on-plateau by default), whose state is in the checkpoint too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def model_stats(plan: DataPlan, stores: StoreSet) -> dict[str, Any]:
             "theta_mean": plan.theta_mean, "theta_std": plan.theta_std, "trace_mean": plan.trace_mean, "trace_std": plan.trace_std}
 
 
+def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """The learning-rate schedule, stepped once per epoch (``plateau`` on the validation loss).
+
+    Why reduce-on-plateau by default: early stopping decides the number of epochs, so a schedule
+    tied to a fixed epoch count (cosine) would barely decay before the run stops.
+    """
+    if cfg.lr_schedule == "plateau":
+        # threshold as the early-stopping's improvement margin; at most 6 halvings (1/64)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=cfg.lr_patience, threshold=1e-4, threshold_mode="abs", min_lr=cfg.learning_rate / 64)
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return None
+
+
 # ---------------------------------------------------------------------------- the worker loop
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: stream this worker's chunks, step, validate, checkpoint, report."""
@@ -55,8 +70,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.cpus_per_worker:
         torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    model = task.build_model(cfg, cfg.stats)
+    device = ray.train.torch.get_device()  # a GPU with use_gpu, else the CPU
+    # on the device before the optimizer exists: a restored Adam state follows its parameters' device
+    model = task.build_model(cfg, cfg.stats).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    sched = make_scheduler(cfg, opt)
     state: dict[str, Any] = {"epoch": -1, "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False, "history": [], "resumed_at": [], "fingerprint": plan.fingerprint}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -66,11 +84,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             raise TrainingError(f"checkpoint was trained on stores with fingerprint {saved['fingerprint']}, now {plan.fingerprint}; use another --out")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
+        if sched is not None and saved.get("scheduler"):
+            sched.load_state_dict(saved["scheduler"])
         state = {k: saved[k] for k in state} | {"best_model": saved["best_model"]}
         state["resumed_at"] = [*state["resumed_at"], state["epoch"] + 1]
         if rank == 0:
             print(f"[train] resuming from the checkpoint of epoch {state['epoch'] + 1}", flush=True)
-    ddp = ray.train.torch.prepare_model(model)
+    ddp = ray.train.torch.prepare_model(model)  # DDP across workers (the model is already on its device)
     stores = StoreSet(plan.urls)
     fields = task.fields()
     train_stream = ChunkStream(stores, plan, "train", fields, cfg.batch_size, rank, world, cfg.shuffle_chunks)
@@ -82,50 +102,55 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
         t0 = time.perf_counter()
         ddp.train()
-        run_loss, run_n = 0.0, 0
+        run_loss, run_n = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no sync per step on a GPU
         for step, batch in enumerate(train_stream.steady(epoch, steps)):
             loss, _ = task.batch_loss(ddp, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            run_loss += float(loss.detach()) * len(batch["theta"])
+            run_loss += loss.detach().double() * len(batch["theta"])
             run_n += len(batch["theta"])
             if cfg.progress and rank == 0 and (step + 1) % report_every == 0:
-                print(f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss {run_loss / run_n:.4f}", flush=True)
+                print(f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss {float(run_loss) / run_n:.4f}", flush=True)
         seconds = time.perf_counter() - t0
-        val = _validate(task, model, val_stream, epoch, world)
-        train_loss = _allreduce_mean(run_loss, run_n, world)
+        val = _validate(task, model, val_stream, epoch, world, device)
+        train_loss = _allreduce_mean(float(run_loss), run_n, world, device)
+        lr = opt.param_groups[0]["lr"]
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(val["val_loss"])
+        elif sched is not None:
+            sched.step()
         improved = val["val_loss"] < state["best_val"] - 1e-4
         if improved:
-            state.update(best_val=val["val_loss"], best_epoch=epoch, bad_epochs=0, best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
+            state.update(best_val=val["val_loss"], best_epoch=epoch, bad_epochs=0, best_model={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         else:
             state["bad_epochs"] += 1
         state["stopped"] = state["bad_epochs"] >= cfg.patience
         state["epoch"] = epoch
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, **val, "best_val_loss": state["best_val"], "samples_per_s": run_n * world / seconds, "epoch_seconds": seconds}
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, **val, "best_val_loss": state["best_val"], "lr": lr, "samples_per_s": run_n * world / seconds, "epoch_seconds": seconds}
         state["history"] = [*state["history"], metrics]
         if rank == 0 and cfg.progress:
             extra = f" val_acc {val['val_accuracy']:.3f}" if "val_accuracy" in val else ""
-            print(f"[train] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} val_loss {val['val_loss']:.4f}{extra} ({metrics['samples_per_s']:.0f} samples/s){' *' if improved else ''}{' early stop' if state['stopped'] else ''}", flush=True)
+            print(f"[train] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} val_loss {val['val_loss']:.4f}{extra} lr {lr:.1e} ({metrics['samples_per_s']:.0f} samples/s){' *' if improved else ''}{' early stop' if state['stopped'] else ''}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                torch.save({**state, "model": model.state_dict(), "optimizer": opt.state_dict()}, Path(tmp) / STATE_FILE)
+                torch.save({**state, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else {}}, Path(tmp) / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _allreduce_mean(total: float, count: int, world: int) -> float:
-    if world > 1:
-        t = torch.tensor([total, float(count)], dtype=torch.float64)
+def _allreduce_mean(total: float, count: int, world: int, device: torch.device | None = None) -> float:
+    if world > 1:  # on the worker's device: NCCL (GPU workers) reduces device tensors only
+        t = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
         total, count = float(t[0]), int(t[1])
     return total / max(count, 1)
 
 
 @torch.no_grad()
-def _validate(task: Task, model: torch.nn.Module, stream: ChunkStream, epoch: int, world: int) -> dict[str, float]:
+def _validate(task: Task, model: torch.nn.Module, stream: ChunkStream, epoch: int, world: int, device: torch.device | None = None) -> dict[str, float]:
     """Validation loss and the task's extra metrics, per row, summed over all workers."""
     model.eval()
     acc = torch.zeros(2 + len(task.extra_metrics), dtype=torch.float64)  # loss sum, rows, extras
@@ -134,7 +159,9 @@ def _validate(task: Task, model: torch.nn.Module, stream: ChunkStream, epoch: in
         n = len(batch["theta"])
         acc += torch.tensor([float(loss) * n, n, *(extra[k] for k in task.extra_metrics)], dtype=torch.float64)
     if world > 1:
+        acc = acc.to(device)
         torch.distributed.all_reduce(acc)
+        acc = acc.cpu()
     out = {"val_loss": float(acc[0] / max(acc[1], 1))}
     for i, k in enumerate(task.extra_metrics):
         out[k] = float(acc[2 + i] / max(acc[1], 1))
@@ -187,7 +214,7 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
             diff = sorted(k for k in set(have) | set(cfg.identity()) if have.get(k) != json.loads(json.dumps(cfg.identity())).get(k))
             raise TrainingError(f"out={str(out)!r} holds a training with other {', '.join(diff)}; use another --out or the same settings to resume")
     stores = StoreSet(cfg.stores)
-    plan = plan_data(stores, cfg.val_fraction)
+    plan = plan_data(stores, cfg.val_fraction, cfg.test_fraction)
     task.check_plan(cfg, plan)
     ident_path.write_text(json.dumps(cfg.identity(), indent=2))
     stats = model_stats(plan, stores)
@@ -205,7 +232,8 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=asdict(cfg_run),
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
+                                         resources_per_worker={"CPU": cpus} | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker > 0 else {})),
             run_config=RunConfig(name="run", storage_path=str(out / "checkpoints"), checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0),
                                  # Ray Train narrates every report and checkpoint at INFO; the CLI prints its own progress,
                                  # and a failed run surfaces as one TrainingError line, so quiet hides Train's logs entirely.

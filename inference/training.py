@@ -21,7 +21,8 @@ _D = TRAIN_DEFAULTS
 
 def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["num_workers"], epochs: int = _D["epochs"],
           batch_size: int = _D["batch_size"], learning_rate: float = _D["learning_rate"], patience: int = _D["patience"],
-          val_fraction: float = _D["val_fraction"], seed: int = _D["seed"], address: str | None = None, quiet: bool = False) -> dict[str, Any]:
+          val_fraction: float = _D["val_fraction"], seed: int = _D["seed"], address: str | None = None, quiet: bool = False,
+          ensemble: int = 1, cpus_per_worker: int = 0) -> dict[str, Any]:
     """Train one model with Ray Train and write its artifact into ``out``; re-running resumes.
 
     Args:
@@ -32,6 +33,10 @@ def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["n
         workers, epochs, batch_size, learning_rate, patience, val_fraction, seed: see ``TrainConfig``.
         address: Ray cluster to join; None starts a private local Ray.
         quiet: no per-epoch progress lines.
+        ensemble: K in [1, 16]; K > 1 trains K posteriors (seeds seed..seed+K-1, in parallel when
+            the cluster has room) whose equal mixture ``load_posterior(out)`` returns
+            (``inference.ensemble``).
+        cpus_per_worker: CPUs each Ray Train worker reserves; 0 = the cluster's CPUs / workers.
 
     Returns:
         The metrics also written into the artifact's manifest.
@@ -41,6 +46,13 @@ def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["n
         TrainingError: training failed at run time.
     """
     t = get_task(task)
+    if ensemble != 1:
+        from inference.ensemble_train import check_members, train_ensemble
+
+        return train_ensemble(t, stores, out, check_members(ensemble), seed=seed, workers=workers, address=address, quiet=quiet, epochs=epochs,
+                              batch_size=batch_size, learning_rate=learning_rate, patience=patience, val_fraction=val_fraction)
+    if (Path(out) / "ensemble.json").is_file():
+        raise FarmInputError(f"out={out!r} holds an ensemble; pass the same --ensemble K to resume it, or another --out")
     for s in stores:
         if "://" not in s and not Path(s).exists():
             raise FarmInputError(f"store={s!r} does not exist; create it with `farm simulate --out {s}`")
@@ -48,7 +60,8 @@ def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["n
         if "://" not in s and not Path(s).exists():
             raise FarmInputError(f"store={s!r} does not exist; create it with `farm simulate --out {s}`")
     cfg = TrainConfig(task=t.name, stores=tuple(stores), out=out, variant=getattr(t, "features", _D["variant"]), num_workers=workers, epochs=epochs,
-                      batch_size=batch_size, learning_rate=learning_rate, patience=patience, val_fraction=val_fraction, seed=seed, progress=not quiet)
+                      batch_size=batch_size, learning_rate=learning_rate, patience=patience, val_fraction=val_fraction, seed=seed, progress=not quiet,
+                      cpus_per_worker=cpus_per_worker)
     try:
         t.check_inputs(list(stores))  # fail before training, not after
         return t.finalize(run_training(cfg, address=address, task=t))
@@ -58,6 +71,10 @@ def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["n
 
 def format_metrics(task: str | Task, out: str, metrics: dict[str, Any]) -> str:
     """A few human lines for the terminal (the full metrics are in the manifest)."""
+    if "ensemble" in metrics:
+        from inference.ensemble_train import format_ensemble_metrics
+
+        return format_ensemble_metrics(out, metrics)
     return get_task(task).format_metrics(out, metrics)
 
 

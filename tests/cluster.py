@@ -43,6 +43,21 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def node_id_of(proc: subprocess.Popen) -> str:
+    """The Ray node id of a `ray start` process, read from its raylet's command line."""
+    for pid in descendants(proc.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if args and args[0].endswith("raylet"):
+            for arg in args:
+                if arg.startswith("--node_id=") or arg.startswith("--node-id="):
+                    return arg.split("=", 1)[1]
+    raise RuntimeError(f"no raylet with a node id under pid {proc.pid}")
+
+
 def pids_matching(needle: bytes) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -87,7 +102,7 @@ class LoopbackCluster:
         active = res.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
         return sum(1 for line in active.splitlines() if "node_" in line)
 
-    def wait_for_nodes(self, n: int, timeout: float = 90.0) -> None:
+    def wait_for_nodes(self, n: int, timeout: float = 300.0) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.count_nodes() >= n:

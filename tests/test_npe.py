@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from farm.runner import run_farm
 from farm.defaults import Protocol
+from farm.runner import run_farm
 from farm.store import SimStore
 from inference import load_posterior
-from inference.transforms import BoxLogit
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +58,18 @@ def test_handcrafted_recovers_heldout_parameters_at_about_the_nominal_rate(handc
     width = float(np.mean((hi - lo) / (post.prior.high - post.prior.low)))
     assert 0.8 <= coverage <= 0.97, coverage  # nominal 0.9
     assert width < 0.75, width  # and the intervals are informative, not the prior box
+
+
+def test_the_heldout_check_uses_only_the_test_split_and_records_it(handcrafted) -> None:
+    out, metrics = handcrafted
+    h, sp = metrics["heldout"], metrics["splits"]
+    assert h["split"] == "test" and 0 < h["num_observations"] <= metrics["num_test"]
+    assert (sp["train_fraction"], sp["val_fraction"], sp["test_fraction"]) == pytest.approx((0.8, 0.1, 0.1))
+    assert sp["rows"] == {"train": metrics["num_train"], "val": metrics["num_val"], "test": metrics["num_test"]}
+    # 8000 rows, 10 % test: the hash gives ~800 (std ~27); the check never sees training rows
+    assert 650 < metrics["num_test"] < 950 and metrics["num_train"] > 6 * metrics["num_test"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["splits"] == sp and all("lr" in row for row in manifest["history"])
 
 
 def test_samples_stay_in_the_support_and_are_reproducible(handcrafted, stores) -> None:

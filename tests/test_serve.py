@@ -25,7 +25,7 @@ from deploy.schemas import MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPL
 from deploy.service import APP_NAME, package_version, posterior_app
 from farm import run_farm
 from deploy.cli import main
-from farm.defaults import PARAMETER_NAMES, PriorBox
+from farm.defaults import PARAMETER_NAMES, PriorBox, Protocol
 from farm.features import FEATURE_NAMES, summarize
 from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
@@ -160,7 +160,7 @@ def test_predictive_simulates_on_the_emulator(client, obs, posterior):
     assert body["observed_spike_count"] == int(summarize(obs.trace[3:4])[0][0])
 
 
-def test_concurrent_requests_share_a_forward_pass(url, obs):
+def test_concurrent_requests_share_a_forward_pass(url, obs, posterior):
     def one(i: int) -> dict:
         with httpx.Client(base_url=url, timeout=120.0) as c:
             r = c.post("/sample", json={"trace": obs.trace[i % 4].tolist(), "num_samples": 20 + i})
@@ -171,6 +171,10 @@ def test_concurrent_requests_share_a_forward_pass(url, obs):
         results = list(ex.map(one, range(12)))
     assert [len(r["samples"]) for r in results] == [20 + i for i in range(12)]
     assert max(r["batch_size"] for r in results) > 1
+    # Each request of a batch gets its own observation's misspecification check, not its neighbour's.
+    for i, r in enumerate(results):
+        want = posterior.misspecification(trace=obs.trace[i % 4])
+        assert r["misspecification"]["flagged"] == want["flagged"] and r["misspecification"]["reasons"] == want["reasons"], (i, r["misspecification"], want)
 
 
 def test_binds_loopback_only(url):
@@ -500,6 +504,148 @@ def test_farm_serve_stops_cleanly_on_sigterm(artifact, tmp_path):
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, f"Ray processes outlived farm serve: {left}"
+
+
+# ---------------------------------------------------------------- misspecification, rejection budget, health (issues 11/12)
+@pytest.fixture(scope="module")
+def dead_trace(store: Path) -> list[int]:
+    """A dead neuron: every code at the store's resting level (median before the step), no spikes."""
+    from farm.store import open_dataset
+
+    pre = int(PROTOCOL_PRE_US)
+    return [int(np.median(open_dataset(str(store)).trace.values[:, :pre]))] * 1000
+
+
+PROTOCOL_PRE_US = Protocol().t_pre_us  # samples before the step current (1 MSa/s)
+
+
+def test_dead_neuron_trace_is_answered_and_flagged(client, dead_trace, posterior):
+    r = client.post("/sample", json={"trace": dead_trace, "num_samples": 50, "seed": 1})
+    assert r.status_code == 200, r.text
+    check = r.json()["misspecification"]
+    assert check["flagged"] is True and any(reason.startswith("spike_count=0 outside the training regime") for reason in check["reasons"]), check
+    want = posterior.misspecification(trace=np.asarray(dead_trace))  # the service answers what the library answers
+    assert {k: check[k] for k in ("threshold", "flagged", "reasons", "note")} == {k: want[k] for k in ("threshold", "flagged", "reasons", "note")}
+    assert (check["score"] is None) == (want["score"] is None) and (want["score"] is None or check["score"] == pytest.approx(want["score"], rel=1e-4))  # float32 cdist; thread count may reorder sums
+    # The other two model endpoints carry the same check for the same observation.
+    lp = client.post("/log_prob", json={"trace": dead_trace, "theta": [list(PriorBox().low)]})
+    pred = client.post("/predictive", json={"trace": dead_trace, "num_samples": 1, "seed": 1})
+    assert lp.status_code == pred.status_code == 200, (lp.text[:300], pred.text[:300])
+    assert lp.json()["misspecification"]["reasons"] == pred.json()["misspecification"]["reasons"] == check["reasons"]
+
+
+@pytest.fixture(scope="module")
+def typical_index(store: Path) -> int:
+    """The store's most typical in-regime trace: nearest (standardised features) to the in-regime median.
+
+    Chosen deterministically from the data, not by trying the service: a single trace, so which one
+    matters. Its spike count is in the regime and it sits at the centre of the training summaries.
+    """
+    from farm.defaults import Regime
+    from farm.store import open_dataset
+
+    ds = open_dataset(str(store))
+    rows = np.flatnonzero(Regime().contains(ds.spike_count.values))
+    f = ds.features.values[rows].astype(np.float64)
+    z = (f - np.median(f, axis=0)) / np.maximum(f.std(axis=0), 1e-9)
+    return int(rows[np.argmin(np.linalg.norm(z, axis=1))])
+
+
+def test_in_distribution_trace_is_not_flagged(client, store, typical_index, posterior):
+    from farm.store import open_dataset
+
+    trace = open_dataset(str(store)).trace.values[typical_index]
+    check = client.post("/sample", json={"trace": trace.tolist(), "num_samples": 20, "seed": 1}).json()["misspecification"]
+    assert check["reasons"] == [] and check["flagged"] is False, check
+    if posterior.detector is not None:
+        # The threshold is the 95 % quantile of held-out in-regime scores, so ~5 % of fresh in-regime
+        # traces exceed it; the median-typical training trace sits deep inside the reference cloud.
+        assert check["score"] <= check["threshold"], check
+    else:  # too few in-regime validation rows to calibrate: regime checks only, and the answer says so
+        assert check["score"] is None and check["note"], check
+
+
+def test_farm_query_warns_about_a_dead_neuron(url, dead_trace, tmp_path, capsys):
+    path = tmp_path / "dead.npy"
+    np.save(path, np.asarray(dead_trace, dtype=np.int16))
+    code = main(["query", "--url", url, "--trace", str(path), "--n", "50", "--seed", "1", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    warning = [line for line in out.err.splitlines() if line.startswith("warning: observation unlike the training data: ")]
+    assert len(warning) == 1 and "spike_count=0" in warning[0], out.err
+    assert json.loads(out.out)["misspecification"]["flagged"] is True
+
+
+def _derived_artifact(src: Path, out: Path, prior=None, nan_weights: bool = False) -> Path:
+    """A real artifact (write_artifact) from ``src``'s weights, with another prior or NaN weights."""
+    import torch
+
+    from inference.artifacts import read_artifact, write_artifact
+    from inference.posterior import KIND, PRIOR_SUBDIR
+
+    m, state = read_artifact(src, KIND)
+    stamped = ("kind", "format_version", "package_version", "emulator_version", "weights", "fingerprint", "misspecification")
+    manifest = {k: v for k, v in m.items() if k not in stamped}  # no detector file copied: regime checks only
+    if prior is not None:
+        prior.save(out / PRIOR_SUBDIR)
+        manifest |= {"prior": prior.to_dict(), "prior_dir": PRIOR_SUBDIR}
+    if nan_weights:
+        state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    write_artifact(out, KIND, state, manifest)
+    return out
+
+
+def _unreachable_prior():
+    """A restricted prior that keeps only leak_i_bias within 1e-12 of the box's low edge: no flow reaches it."""
+    from farm.prior import RestrictedPrior
+
+    box = PriorBox()
+    low, high = np.asarray(box.low, dtype=np.float64), np.asarray(box.high, dtype=np.float64)
+    w = np.zeros((7, 1))
+    w[0, 0] = -1.0
+    return RestrictedPrior(box, [w], [np.array([-(1.0 - 1e-12)])], (low + high) / 2, (high - low) / 2, threshold_logit=0.0, acceptance_rate=1e-12)
+
+
+def test_restricted_prior_out_of_reach_is_422_naming_the_budget(url, artifact, obs, tmp_path):
+    from inference import load_posterior
+    from inference.errors import RejectionBudgetExceeded
+
+    restricted = _derived_artifact(artifact, tmp_path / "npe-unreachable", prior=_unreachable_prior())
+    with pytest.raises(RejectionBudgetExceeded) as info:  # the library's typed error, still a ValueError
+        load_posterior(restricted).sample(5, trace=obs.trace[0], seed=0)
+    assert info.value.budget == 200 * 5 and isinstance(info.value, ValueError)
+    serve.run(posterior_app(str(restricted), num_cpus=0.01), name="unreachable", route_prefix="/unreachable")
+    try:
+        with httpx.Client(base_url=f"{url}/unreachable", timeout=120.0) as c:
+            for body in ({"trace": obs.trace[0].tolist(), "num_samples": 50, "seed": 3}, {"trace": obs.trace[0].tolist(), "num_samples": 50}):
+                r = c.post("/sample", json=body)
+                assert r.status_code == 422, r.text[:300]
+                message, detail = r.json()["message"], r.json()["detail"][0]
+                assert "200 x num_samples = 10000 proposals" in message and "\n" not in message, message
+                assert detail["type"] == "rejection_budget_exceeded" and detail["loc"][0] == "body", detail
+            assert c.get("/health").status_code == 200  # a refused observation is not a sick replica
+    finally:
+        serve.delete("unreachable")
+
+
+def test_nan_weights_fail_the_health_probe(artifact, posterior, tmp_path):
+    """A real posterior whose weights are NaN: the probe behind check_health and /health refuses it."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    from deploy.health import HealthMonitor, ModelUnhealthy, probe
+    from inference import load_posterior
+
+    sick = load_posterior(_derived_artifact(artifact, tmp_path / "npe-nan", nan_weights=True))
+    with pytest.raises(ModelUnhealthy, match="not finite"):
+        probe(sick)
+    with Pool(1) as pool:
+        healthy, unhealthy = HealthMonitor(posterior, pool, 30.0), HealthMonitor(sick, pool, 30.0)
+        asyncio.run(healthy.check(pending=0))
+        assert healthy.answer("r1") is None
+        with pytest.raises(RuntimeError, match="probe draw failed: ModelUnhealthy"):
+            asyncio.run(unhealthy.check(pending=0))
+        assert unhealthy.answer("r2") == {"status": "unhealthy", "message": unhealthy.unhealthy, "replica": "r2"}
 
 
 # ---------------------------------------------------------------- replica loss (issue 7); keep last

@@ -62,8 +62,12 @@ def test_trace_sample_equals_library(client, artifact, obs):
     from inference import load_posterior
 
     body = client.post("/sample", json={"trace": obs.trace[0].tolist(), "num_samples": 100, "seed": 2}).json()
-    local = load_posterior(artifact).sample(100, trace=obs.trace[0], seed=2)
+    posterior = load_posterior(artifact)
+    local = posterior.sample(100, trace=obs.trace[0], seed=2)
     np.testing.assert_allclose(np.asarray(body["samples"]), local, rtol=1e-4)
+    # The misspecification check of a trace-only posterior (CNN embedding space) is the library's.
+    want = posterior.misspecification(trace=obs.trace[0])
+    assert body["misspecification"]["flagged"] == want["flagged"] and body["misspecification"]["reasons"] == want["reasons"], (body["misspecification"], want)
     assert BoxPrior().support(np.asarray(body["samples"])).all()
 
 

@@ -1,4 +1,4 @@
-"""Zarr -> batches: index split, bad-trace exclusion, train-only standardisation, worker shards."""
+"""Zarr -> batches: three-way index split, bad-trace exclusion, train-only standardisation, worker shards."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import zarr
 
+from deploy.cli import main
+from farm.defaults import PriorBox
+from farm.prior import BoxPrior
 from farm.runner import run_farm
-from inference.datasets import ChunkStream, StoreSet, is_validation, plan_data, quality_flags
+from inference.datasets import ChunkStream, PriorMismatch, StoreSet, is_validation, plan_data, quality_flags
+from inference.heldout import split_rows
+from inference.splits import split_of
 from inference.transforms import theta_to_unbounded_np
 
 BAD_ROWS = {"flat": 3, "saturated": 17, "nan": 1500}
@@ -38,6 +43,16 @@ def test_validation_split_is_a_function_of_the_index_alone() -> None:
     np.testing.assert_array_equal(is_validation(perm, 0.1), val[perm])
 
 
+def test_three_splits_are_disjoint_with_the_documented_fractions() -> None:
+    idx = np.arange(100_000)
+    split = split_of(idx, 0.1, 0.1)
+    # 100k Bernoulli draws: the share's std is <= 0.0016, so +-0.01 is > 6 sigma
+    assert abs((split == 0).mean() - 0.8) < 0.01 and abs((split == 1).mean() - 0.1) < 0.01 and abs((split == 2).mean() - 0.1) < 0.01
+    np.testing.assert_array_equal(split == 1, is_validation(idx, 0.1))  # adding a test split keeps the validation rows
+    perm = np.random.default_rng(1).permutation(idx)[:999]
+    np.testing.assert_array_equal(split_of(perm, 0.1, 0.1), split[perm])
+
+
 def test_quality_flags_name_each_problem() -> None:
     rng = np.random.default_rng(0)
     trace = rng.integers(300, 700, size=(4, 1000)).astype(np.int16)
@@ -54,7 +69,7 @@ def test_quality_flags_name_each_problem() -> None:
 
 def test_plan_excludes_bad_rows_with_counts_and_fits_on_train_only(store: str) -> None:
     stores = StoreSet([store])
-    plan = plan_data(stores, val_fraction=0.2)
+    plan = plan_data(stores, val_fraction=0.2, test_fraction=0.1)
     g = zarr.open_group(store, mode="r")
     flags = quality_flags(np.asarray(g["trace"][:]), np.asarray(g["theta"][:]), np.asarray(g["features"][:]), 1023)
     assert plan.flag_counts == {k: int(v.sum()) for k, v in flags.items()}
@@ -62,11 +77,13 @@ def test_plan_excludes_bad_rows_with_counts_and_fits_on_train_only(store: str) -
     excluded = sorted(sum(plan.excluded.values(), []))
     assert excluded == np.flatnonzero(flags["nan"] | flags["saturated"] | flags["flat"]).tolist()
     assert set(BAD_ROWS.values()) <= set(excluded)
-    assert plan.num_train + plan.num_val == 2500 - len(excluded)
-    # standardisation equals numpy on the good training rows
     idx = np.arange(2500)
     good = ~np.isin(idx, excluded)
-    train = good & ~is_validation(idx, 0.2)
+    split = split_of(idx, 0.2, 0.1)
+    assert (plan.num_train, plan.num_val, plan.num_test) == tuple(int((good & (split == k)).sum()) for k in range(3))
+    assert plan.splits()["test_fraction"] == 0.1 and plan.splits()["rows"]["test"] == plan.num_test
+    # standardisation equals numpy on the good training rows (neither validation nor test rows)
+    train = good & (split == 0)
     feats = np.asarray(g["features"][:], dtype=np.float64)[train]
     np.testing.assert_allclose(plan.feature_mean, feats.mean(0), rtol=1e-6)
     np.testing.assert_allclose(plan.feature_std, feats.std(0), rtol=1e-4)
@@ -77,9 +94,9 @@ def test_plan_excludes_bad_rows_with_counts_and_fits_on_train_only(store: str) -
 
 def test_streams_cover_each_good_row_once_split_and_sharded(store: str) -> None:
     stores = StoreSet([store])
-    plan = plan_data(stores, val_fraction=0.2)
+    plan = plan_data(stores, val_fraction=0.2, test_fraction=0.1)
     seen: dict[str, list[int]] = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         for rank in range(2):
             s = ChunkStream(stores, plan, split, ("theta", "features"), 64, rank=rank, world_size=2)
             rows = np.concatenate([b["index"] for b in s.batches(epoch=1)])
@@ -87,11 +104,17 @@ def test_streams_cover_each_good_row_once_split_and_sharded(store: str) -> None:
             assert len(rows) == len(set(rows.tolist()))
     train = seen["train0"] + seen["train1"]
     val = seen["val0"] + seen["val1"]
+    test = seen["test0"] + seen["test1"]
     assert not set(seen["train0"]) & set(seen["train1"])  # workers never read the same rows
-    assert not set(train) & set(val)
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
     excluded = set(sum(plan.excluded.values(), []))
-    assert sorted(train + val) == sorted(set(range(2500)) - excluded)
-    assert all(is_validation(np.array(val), 0.2)) and not any(is_validation(np.array(train), 0.2))
+    assert sorted(train + val + test) == sorted(set(range(2500)) - excluded)
+    assert all(split_of(np.array(val), 0.2, 0.1) == 1) and all(split_of(np.array(test), 0.2, 0.1) == 2)
+    # the rows a calibration gets as "held out" are exactly the test stream's
+    rows = split_rows([store], "test", ("theta", "features"), val_fraction=0.2, test_fraction=0.1)
+    assert sorted(rows["index"].tolist()) == sorted(test) and rows["theta"].shape == (len(test), 7)
+    g = zarr.open_group(store, mode="r")
+    np.testing.assert_array_equal(rows["features"], np.asarray(g["features"][:])[rows["index"]])
 
 
 def test_steady_gives_every_worker_the_same_step_count(store: str) -> None:
@@ -111,3 +134,18 @@ def test_mismatched_stores_are_refused(store: str, tmp_path) -> None:
     run_farm(other, num_sims=100, seed=1, chunk_size=100, in_process=True, protocol=Protocol(i_stim_na=80.0))
     with pytest.raises(StoreMismatch, match="protocol"):
         StoreSet([store, other])
+
+
+def test_stores_from_different_priors_are_refused_naming_both(store: str, tmp_path, capsys) -> None:
+    other = str(tmp_path / "narrow.zarr")
+    box = PriorBox()
+    narrow = PriorBox(low=box.low, high=tuple(lo + (hi - lo) / 2 for lo, hi in zip(box.low, box.high, strict=True)))
+    run_farm(other, num_sims=100, seed=1, chunk_size=100, in_process=True, prior=BoxPrior(narrow))
+    with pytest.raises(PriorMismatch, match="from prior box .* from prior box") as e:
+        StoreSet([store, other])
+    assert "\n" not in str(e.value) and other in str(e.value) and store in str(e.value)
+    for command in ("npe", "classifier"):  # and `farm train` exits 2 with that line, before any training
+        code = main(["train", command, "--store", store, "--store", other, "--out", str(tmp_path / command)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "from prior box" in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / command / "checkpoints").exists()

@@ -12,6 +12,8 @@ import sys
 import typer
 
 from deploy.cli import evaluate, serve, simulate, train
+from deploy.cli.common import first_line
+from deploy.cli.signals import interrupted_message, sigterm_as_interrupt
 from farm.errors import FarmInputError, FarmRuntimeError
 
 __all__ = ["app", "main"]
@@ -28,26 +30,37 @@ for group in (simulate, train, serve, evaluate):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry: usage errors become one line on stderr (exit 2), never a traceback."""
+    """Console entry: usage errors become one line on stderr (exit 2), never a traceback.
+
+    Ctrl-C and SIGTERM stop a verb the same way (exit 130 / 143, one line saying how to resume).
+    """
+    with sigterm_as_interrupt() as interrupts:
+        try:
+            rv = _run(argv)
+        except (typer.Abort, KeyboardInterrupt):  # typer returns 130 for most, raises for some
+            rv = 130
+        if interrupts.signum is None and rv != 130:
+            return rv
+        typer.echo(interrupted_message(sys.argv[1:] if argv is None else argv), err=True)
+        return interrupts.exit_code()
+
+
+def _run(argv: list[str] | None) -> int:
+    """The app, with library errors turned into exit codes."""
     try:
         rv = app(args=argv, prog_name="farm", standalone_mode=False)
     except typer.TyperException as e:  # click's usage errors (typer vendors click; this is its public base)
-        ctx = getattr(e, "ctx", None)
         message = e.format_message()
-        if ctx is not None and message == ctx.get_help():  # `farm` or `farm train` with nothing after it
-            typer.echo(message, err=True)
+        if not message.strip():  # `farm` or `farm train` alone: typer showed the help as it raised
             return 2
         typer.echo(f"Error: {message}", err=True)
         return e.exit_code
     except FarmInputError as e:
-        typer.echo(f"Error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", err=True)
+        typer.echo(f"Error: {first_line(e)}", err=True)
         return 2
     except FarmRuntimeError as e:
-        typer.echo(f"Error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", err=True)
+        typer.echo(f"Error: {first_line(e)}", err=True)
         return 1
-    except typer.Abort:
-        typer.echo("Aborted.", err=True)
-        return 130
     return rv if isinstance(rv, int) else 0
 
 

@@ -21,6 +21,7 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Selects observations; seeds sampling and predictive simulations.")] = 0,
     hpd: Annotated[bool, typer.Option("--hpd/--no-hpd", help="Also compute HPD expected coverage from the posterior density (200 observations; slower).")] = False,
     c2st: Annotated[bool, typer.Option("--c2st/--no-c2st", help="Also run C2ST of prior vs data-averaged posterior.")] = True,
+    lc2st: Annotated[bool, typer.Option("--lc2st/--no-lc2st", help="Also run sbi's L-C2ST: local calibration at 3 held-out observations (20 null classifiers).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Calibrate and check a posterior on held-out simulations: SBC, TARP, recovery, predictive checks.
@@ -35,7 +36,7 @@ def evaluate(
         lo, hi = EvalConfig.LIMITS[name]
         if not lo <= sizes[name] <= hi:
             raise typer.BadParameter(f"{option}={sizes[name]} outside [{lo}, {hi}]", param_hint=option)
-    cfg = EvalConfig(**sizes, num_ppc=n_ppc, num_ppc_samples=min(20, sizes["num_samples"]), seed=seed, hpd=hpd, c2st=c2st)
+    cfg = EvalConfig(**sizes, num_ppc=n_ppc, num_ppc_samples=min(20, sizes["num_samples"]), seed=seed, hpd=hpd, c2st=c2st, lc2st=lc2st)
     from rich.console import Console
     from rich.table import Table
 
@@ -71,43 +72,45 @@ def evaluate(
 
 
 def compare(
-    report_a: Annotated[str, typer.Argument(help="Report directory from `farm evaluate` (e.g. the handcrafted variant).")],
-    report_b: Annotated[str, typer.Argument(help="Second report directory (e.g. the summary-net variant).")],
+    reports_in: Annotated[list[str], typer.Argument(metavar="REPORT...", help="Two or more report directories from `farm evaluate` (e.g. handcrafted, summary-net, flow-matching).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
 ) -> None:
-    """Print two evaluation reports side by side: calibration, contraction, predictive error.
+    """Print evaluation reports side by side: calibration, contraction, predictive error, training time.
 
-    Example: farm compare reports/hand reports/snet
+    Example: farm compare reports/hand reports/snet reports/hand-fm
     """
     from rich.console import Console
     from rich.table import Table
 
     from inference.evaluate import compare_reports, load_report
 
+    if len(reports_in) < 2:
+        raise typer.BadParameter(f"{len(reports_in)} report given; compare needs two or more", param_hint="REPORT...")
     reports = []
-    for hint, path in (("REPORT_A", report_a), ("REPORT_B", report_b)):
+    for i, path in enumerate(reports_in):
         try:
             reports.append(load_report(path))
         except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint=hint) from None
+            raise typer.BadParameter(str(e), param_hint=f"REPORT {chr(ord('A') + i) if i < 26 else i + 1}") from None
     cmp = compare_reports(*reports)
     if as_json:
         typer.echo(json.dumps(cmp))
         return
-    col_a, col_b = f"A: {cmp['columns'][0]}", f"B: {cmp['columns'][1]}"
+    letters = [chr(ord("A") + i) if i < 26 else f"R{i + 1}" for i in range(len(reports))]
     t = Table(title="farm compare", title_justify="left")
     t.add_column("metric", style="bold")
-    t.add_column(col_a, justify="right")
-    t.add_column(col_b, justify="right")
+    for letter, name in zip(letters, cmp["columns"]):
+        t.add_column(f"{letter}: {name}", justify="right")
     t.add_column("better", justify="center")
-    for label, va, vb, win in cmp["rows"]:
-        t.add_row(label, va, vb, win)
+    for row in cmp["rows"]:
+        t.add_row(*row)
     p = Table(title="per parameter: NRMSE (lower is better) and contraction (higher is better)", title_justify="left")
     p.add_column("parameter", style="bold")
-    for head in ("NRMSE A", "NRMSE B", "contraction A", "contraction B"):
-        p.add_column(head, justify="right")
-    for name, na, nb, ca, cb in cmp["parameters"]:
-        p.add_row(name, *(f"{v:.3f}" if isinstance(v, (int, float)) else "-" for v in (na, nb, ca, cb)))
+    for head in ("NRMSE", "contraction"):
+        for letter in letters:
+            p.add_column(f"{head} {letter}", justify="right")
+    for name, *values in cmp["parameters"]:
+        p.add_row(name, *(f"{v:.3f}" if isinstance(v, (int, float)) else "-" for v in values))
     console = Console()
     console.print(t)
     console.print(p)

@@ -84,7 +84,7 @@ def query(
 
     Example: farm query --url http://127.0.0.1:8000 --store runs/test.zarr --index 3 --plot post.png
     """
-    from deploy.client import PosteriorClient, QueryError, load_store_trace, load_trace_file, print_table, save_pairplot, summary_rows
+    from deploy.client import PosteriorClient, QueryError, load_store_trace, load_trace_file, misspecification_warning, print_table, save_pairplot, summary_rows
 
     if (trace is None) == (store is None):
         raise typer.BadParameter("give exactly one of --trace FILE or --store S --index I", param_hint="--trace/--store")
@@ -111,8 +111,10 @@ def query(
                 bad_input(f"the service rejected the observation: {e}")
             fail(str(e))
     rows = summary_rows(result, truth)
+    if (warning := misspecification_warning(result)) is not None:
+        typer.echo(warning, err=True)  # a log line, not a result: stdout stays the table or the JSON
     if as_json:
-        typer.echo(json.dumps({"fingerprint": result["fingerprint"], "num_samples": result["num_samples"], "rows": rows}))
+        typer.echo(json.dumps({"fingerprint": result["fingerprint"], "num_samples": result["num_samples"], "rows": rows, "misspecification": result.get("misspecification")}))
     else:
         source = str(trace) if trace is not None else f"{store}[{index}]"
         print_table(rows, title=f"posterior for {source} ({result['num_samples']} draws, model {result['fingerprint']})")

@@ -1,20 +1,24 @@
-"""`farm simulate` and `farm info`: fill and inspect Zarr stores (the farm layer)."""
+"""`farm simulate`, `farm info` and `farm verify`: fill, inspect and check Zarr stores (the farm layer)."""
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from deploy.cli.common import AddressOpt, bad_input, parse_count
+from deploy.cli.common import AddressOpt, bad_input, fail, first_line, parse_count
+
+#: Progress bars only where a store is big enough for the wait to matter.
+VERIFY_BAR_MIN_CHUNKS = 100
 
 
 def simulate(
     n: Annotated[str, typer.Option("--n", help="Number of simulations; `1e6` notation accepted. With --theta: defaults to the number of rows.")] = "",
     out: Annotated[str, typer.Option("--out", help="Zarr store: a local directory or any fsspec URL shared by all nodes.")] = "runs/sims.zarr",
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Root seed: sample i is a pure function of (seed, i).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**64 - 1, help="Root seed in [0, 2^64 - 1]: sample i is a pure function of (seed, i).")] = 0,
     chips: Annotated[Optional[int], typer.Option("--chips", min=1, help="Ray actors, one per chip or emulator instance (default: CPUs of the cluster).")] = None,
     chunk: Annotated[Optional[int], typer.Option("--chunk", min=1, max=100_000, help="Samples per store chunk and per work item; fixed when the store is created (default 1000, or the existing store's).")] = None,
     substrate: Annotated[str, typer.Option("--substrate", help="emulator (default) or bss2 (real chip via pynn_brainscales).")] = "emulator",
@@ -24,11 +28,14 @@ def simulate(
     in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray (small runs, debugging).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    break_lock: Annotated[bool, typer.Option("--break-lock", help="Take the store's lock even if another run still seems to hold it (only when that run is gone).")] = False,
+    chip_ids: Annotated[Optional[str], typer.Option("--chip-ids", help="Emulated chips to draw circuits from: a range 100-103 or a list 1,5,9 (ids 0-1023; default: the pool 0-7). Fixed when the store is created.")] = None,
 ) -> None:
     """Simulate (parameters, membrane trace) pairs into a resumable Zarr store.
 
     Re-running the same command continues an interrupted run; the same --seed gives a
-    bit-identical store whatever --chips, retries or interruptions.
+    bit-identical store whatever --chips, retries or interruptions. --out must be a new path, an
+    empty folder or a bss2-farm store; one run writes a store at a time (the lock is --out.lock).
 
     Example: farm simulate --n 1e6 --out runs/sims.zarr --seed 1
     """
@@ -44,13 +51,14 @@ def simulate(
     try:
         prior_obj = load_prior(prior)
     except (ValueError, OSError) as e:
-        raise typer.BadParameter(str(e), param_hint="--prior") from None
+        raise typer.BadParameter(first_line(e), param_hint="--prior") from None
     theta_arr = None
     if theta is not None:
         try:
             theta_arr = read_theta(theta, prior_obj)
         except (ValueError, OSError) as e:
-            raise typer.BadParameter(str(e), param_hint="--theta") from None
+            message = first_line(e)
+            raise typer.BadParameter(message if theta.name in message else f"{theta}: {message}", param_hint="--theta") from None
     if n:
         num = parse_count(n)
         if theta_arr is not None and num != theta_arr.shape[0]:
@@ -59,13 +67,34 @@ def simulate(
         num = int(theta_arr.shape[0])
     else:
         raise typer.BadParameter("missing; give the number of simulations, e.g. --n 1e6", param_hint="--n")
-    summary = run_farm(out, num_sims=num, seed=seed, chunk_size=chunk, num_chips=chips, substrate=substrate, prior=prior_obj, theta=theta_arr, address=address, in_process=in_process, progress=not quiet)
+    chip_model = _chip_model(chip_ids, out)
+    summary = run_farm(out, num_sims=num, seed=seed, chunk_size=chunk, num_chips=chips, substrate=substrate, prior=prior_obj, theta=theta_arr, address=address, in_process=in_process, progress=not quiet, break_lock=break_lock, chip_model=chip_model)
     if as_json:
         typer.echo(json.dumps(summary))
     else:
         from farm.report import print_summary
 
         print_summary(summary)
+
+
+def _chip_model(chip_ids: str | None, out: str):  # -> farm.defaults.ChipModel
+    """The chip model of `--chip-ids`; refuses, naming both chip sets, to resume a store made with other chips."""
+    from farm.chip import format_chip_ids, parse_chip_ids
+    from farm.defaults import ChipModel
+    from farm.errors import FarmInputError
+    from farm.store import SimStore, StoreMismatch
+
+    try:
+        model = ChipModel(chip_ids=parse_chip_ids(chip_ids)) if chip_ids is not None else ChipModel()
+    except FarmInputError as e:
+        raise typer.BadParameter(first_line(e), param_hint="--chip-ids") from None
+    try:
+        have = SimStore.open(out).attrs.get("chip_model")
+    except (FileNotFoundError, StoreMismatch, ValueError, OSError):
+        return model  # no store yet (or not ours): run_farm creates or refuses it
+    if isinstance(have, dict) and ChipModel.from_dict(have).pool != model.pool:
+        raise typer.BadParameter(f"{format_chip_ids(model.pool)} differs from chips {format_chip_ids(ChipModel.from_dict(have).pool)} of the store {out}; a store holds one chip set: use another --out", param_hint="--chip-ids")
+    return model
 
 
 def info(
@@ -90,6 +119,56 @@ def info(
         print_info(summary)
 
 
+def verify(
+    store: Annotated[str, typer.Argument(help="Path or fsspec URL of a store written by `farm simulate`.")],
+    repair: Annotated[bool, typer.Option("--repair", help="Clear the done flags of damaged chunks so the same `farm simulate` recomputes them.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Read every completed chunk back; name each damaged or missing one (exit 1), or exit 0 when intact.
+
+    With --repair the damaged chunks are un-flagged (exit 0) and re-running the same `farm simulate`
+    recomputes them, bit-identical.
+
+    Example: farm verify runs/sims.zarr --repair
+    """
+    from farm.lock import StoreLock
+    from farm.store import SimStore
+    from farm.verify import unflag_damaged, verify_store
+
+    try:
+        s = SimStore.open(store)
+    except FileNotFoundError as e:
+        bad_input(str(e))
+    total = int(s.done_mask().sum())
+    lock = StoreLock(s.url).acquire() if repair else None  # a writer must not flag chunks while we clear them
+    try:
+        if quiet or total < VERIFY_BAR_MIN_CHUNKS:
+            report = verify_store(s.url)
+        else:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+                task = bar.add_task("verify", total=total)
+                report = verify_store(s.url, on_chunk=lambda _: bar.advance(task))
+        repaired = unflag_damaged(s.url, report) if repair else []
+    finally:
+        if lock is not None:
+            lock.release()
+    if as_json:
+        typer.echo(json.dumps({"store": report.store, "chunks_checked": report.chunks_checked, "damaged_chunks": report.damaged_chunks, "repaired": repaired, "damage": [{"chunk": d.chunk, "array": d.array, "problem": d.problem} for d in report.damage]}))
+    else:
+        for d in report.damage:
+            typer.echo(d.describe(s))
+        typer.echo(f"{report.chunks_checked} flagged chunks read, {len(report.damaged_chunks)} damaged" + (f"; un-flagged {repaired}" if repaired else ""))
+    if report.damage and not repair:
+        fail(f"{len(report.damaged_chunks)} damaged chunk(s) in {s.url}; run `farm verify {s.url} --repair`, then the same `farm simulate` to recompute them")
+    if repaired:
+        typer.echo(f"re-run the same `farm simulate --out {s.url}` to recompute chunks {repaired}", err=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(simulate)
     app.command()(info)
+    app.command()(verify)

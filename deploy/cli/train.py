@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from deploy.cli.common import AddressOpt
-from inference.config import FEATURES, TRAIN_DEFAULTS as D
+from inference.config import ESTIMATORS, FEATURES, TRAIN_DEFAULTS as D
 
 train_app = typer.Typer(help="Train the restriction classifier or an amortized posterior with Ray Train, from Zarr stores.", no_args_is_help=True)
 
@@ -69,6 +69,8 @@ def train_npe(
     out: OutOpt = "artifacts/npe",
     features: Annotated[str, typer.Option("--features", help="handcrafted (named summary statistics) or summary-net (1D CNN on the raw trace).")] = "handcrafted",
     prior: Annotated[Optional[str], typer.Option("--prior", help="Restricted prior directory the store was simulated from (copied into the artifact).")] = None,
+    estimator: Annotated[str, typer.Option("--estimator", help="nsf (neural spline flow: one pass per draw) or flow-matching (vector field, ODE solve per draw).")] = "nsf",
+    ensemble: Annotated[int, typer.Option("--ensemble", min=1, max=16, help="K posteriors (seeds seed..seed+K-1, parallel Ray Train runs when the cluster has room) served as their equal mixture.")] = 1,
     workers: WorkersOpt = D["num_workers"],
     epochs: EpochsOpt = D["epochs"],
     batch_size: BatchOpt = D["batch_size"],
@@ -79,16 +81,18 @@ def train_npe(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train an amortized posterior (NPE, neural spline flow) and write a loadable artifact into --out.
+    """Train an amortized posterior (NPE: neural spline flow or flow matching) and write a loadable artifact into --out.
 
     Example: farm train npe --store runs/sims.zarr --features summary-net --out artifacts/npe-summary-net
     """
     if features not in FEATURES:
         raise typer.BadParameter(f"{features!r} unknown; choose {' or '.join(FEATURES)}", param_hint="--features")
+    if estimator not in ESTIMATORS:
+        raise typer.BadParameter(f"{estimator!r} unknown; choose {' or '.join(ESTIMATORS)}", param_hint="--estimator")
     from inference.tasks import NPETask
 
-    _run_train(NPETask(features=features, prior=prior), stores=store, out=out, workers=workers, epochs=epochs, batch_size=batch_size,
-               learning_rate=lr, patience=patience, seed=seed, address=address, quiet=quiet, as_json=as_json)
+    _run_train(NPETask(features=features, prior=prior, estimator=estimator), stores=store, out=out, workers=workers, epochs=epochs, batch_size=batch_size,
+               learning_rate=lr, patience=patience, seed=seed, address=address, quiet=quiet, as_json=as_json, ensemble=ensemble)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,183 @@
+"""Time to a served posterior: every stage of the farm's path, and sbi's NPE trainer on the same rows.
+
+Stages, each through the real `farm` command line in this process (as `make demo` runs them):
+simulate N from the box -> restriction classifier -> simulate N (+ a held-out N/10) from the
+restricted prior -> both NPEs (handcrafted, summary-net) to early stopping -> evaluate one ->
+serve it and answer one `farm query`. Prints each stage's wall time and share, samples/s of each
+training stage (median over its epochs after the first), and the same figures for the baseline a
+user would pick instead: ``sbi.inference.NPE`` with a zuko NSF of the same size (5 transforms, 64
+hidden, 8 bins), batch 256, lr 1e-3, the same epoch cap and early-stopping patience, on the rows our
+NPE trains and validates on. Then it extrapolates to --extrapolate samples: simulation and training
+epochs scale with N (assuming the same number of epochs to early stopping), evaluation and
+serving do not. Only ratios within one run mean anything on a shared machine.
+
+    .venv/bin/python bench/pipeline.py --n 100000 [--epochs 200 --patience 10] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def farm(*argv: str) -> None:
+    """One `farm` command in this process; a non-zero exit ends the benchmark."""
+    from deploy.cli import main as farm_main
+
+    code = farm_main([str(a) for a in argv])
+    if code not in (0, None):
+        raise SystemExit(f"`farm {' '.join(map(str, argv))}` exited {code}")
+
+
+def history_rate(artifact: Path) -> tuple[float, int]:
+    """Median samples/s over the epochs after the first (warm-up), and epochs trained, from a manifest."""
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    hist = manifest["history"]
+    rates = [h["samples_per_s"] for h in (hist[1:] or hist)]
+    return statistics.median(rates), len(hist)
+
+
+def sbi_baseline(store: str, features: str, epochs: int, patience: int, batch_size: int) -> dict[str, float]:
+    """sbi's NPE (zuko NSF of our flow's size) on our train + val rows, timed around ``train()``."""
+    import torch
+    from sbi.inference import NPE
+    from sbi.neural_nets import posterior_nn
+    from sbi.utils import BoxUniform
+
+    from inference.datasets import ChunkStream, StoreSet, box_bounds, plan_data
+
+    stores = StoreSet([store])
+    plan = plan_data(stores)
+    field = "features" if features == "handcrafted" else "trace"
+    rows = [b for split in ("train", "val") for b in ChunkStream(stores, plan, split, ("theta", field), 4096).batches(0, shuffle=False)]
+    theta = torch.from_numpy(np.concatenate([b["theta"] for b in rows])).float()
+    x = torch.from_numpy(np.concatenate([b[field] for b in rows]).astype(np.float32))
+    low, high = box_bounds(stores)
+    prior = BoxUniform(torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32))
+    embedding = torch.nn.Identity()
+    if features != "handcrafted":
+        from inference.embedding import TraceCNN
+
+        embedding = TraceCNN(plan.trace_mean, plan.trace_std)
+    build = posterior_nn(model="zuko_nsf", hidden_features=64, num_transforms=5, num_bins=8, embedding_net=embedding,
+                         z_score_x="none" if features != "handcrafted" else "independent")
+    npe = NPE(prior=prior, density_estimator=build, show_progress_bars=False)
+    npe.append_simulations(theta, x)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    npe.train(training_batch_size=batch_size, learning_rate=1e-3, validation_fraction=plan.num_val / (plan.num_train + plan.num_val),
+              stop_after_epochs=patience, max_num_epochs=epochs)
+    seconds = time.perf_counter() - t0
+    epochs_trained = len(npe._summary["training_loss"])
+    return {"seconds": seconds, "epochs": epochs_trained, "samples_per_s": epochs_trained * plan.num_train / seconds}
+
+
+def serve_one_query(posterior: Path, store: Path, root: Path) -> None:
+    """`farm serve --detach`, one `farm query` of 1000 draws, then SIGINT to the server this started."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pid_file = root / "serve.pid"
+    farm("serve", "--posterior", posterior, "--port", port, "--detach", "--pid-file", pid_file)
+    pid = int(pid_file.read_text().strip())
+    try:
+        farm("query", "--url", f"http://127.0.0.1:{port}", "--store", store, "--index", 0, "--n", 1000, "--seed", 0)
+    finally:
+        os.kill(pid, signal.SIGINT)
+        for _ in range(120):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            os.kill(pid, signal.SIGTERM)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000, help="simulations from the box and from the restricted prior")
+    ap.add_argument("--epochs", type=int, default=200, help="epoch cap of every training (early stopping usually ends it)")
+    ap.add_argument("--patience", type=int, default=10, help="early-stopping patience of every training and of sbi")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--extrapolate", type=int, default=1_000_000)
+    ap.add_argument("--skip-sbi", action="store_true")
+    ap.add_argument("--sim-in-process", action="store_true", help="simulate without Ray (`farm simulate --in-process`): for an overloaded machine where Ray start-up times out")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    n, n_test = args.n, max(1000, args.n // 10)
+    sim_opts = ("-q", "--in-process") if args.sim_in_process else ("-q",)
+    train_opts = ("--epochs", args.epochs, "--patience", args.patience, "--batch-size", args.batch_size, "--quiet")
+    stages: dict[str, float] = {}
+    rates: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+
+        def stage(name: str, fn) -> None:
+            t0 = time.perf_counter()
+            fn()
+            stages[name] = time.perf_counter() - t0
+            print(f"[pipeline] {name}: {stages[name]:.1f} s", file=sys.stderr, flush=True)
+
+        stage("simulate box", lambda: farm("simulate", "--n", n, "--seed", 1, "--out", root / "box.zarr", *sim_opts))
+        stage("train classifier", lambda: farm("train", "classifier", "--store", root / "box.zarr", "--out", root / "restricted", *train_opts))
+        rates["classifier"] = dict(zip(("samples_per_s", "epochs"), history_rate(root / "restricted"), strict=True))
+
+        def simulate_restricted() -> None:
+            farm("simulate", "--n", n, "--seed", 2, "--prior", root / "restricted", "--out", root / "train.zarr", *sim_opts)
+            farm("simulate", "--n", n_test, "--seed", 3, "--prior", root / "restricted", "--out", root / "test.zarr", *sim_opts)
+
+        stage("simulate restricted", simulate_restricted)
+        for features in ("handcrafted", "summary-net"):
+            out = root / f"npe-{features}"
+            stage(f"train NPE {features}", lambda f=features, o=out: farm("train", "npe", "--store", root / "train.zarr", "--prior", root / "restricted", "--features", f, "--out", o, *train_opts))
+            rates[f"NPE {features}"] = dict(zip(("samples_per_s", "epochs"), history_rate(out), strict=True))
+        stage("evaluate", lambda: farm("evaluate", "--posterior", root / "npe-summary-net", "--store", root / "test.zarr", "--out", root / "report",
+                                       "--n-obs", 300, "--n-samples", 300, "--no-lc2st"))
+        stage("serve + one query", lambda: serve_one_query(root / "npe-summary-net", root / "test.zarr", root))
+        if not args.skip_sbi:
+            import torch
+
+            torch.set_num_threads(2)
+            for features in ("handcrafted", "summary-net"):
+                rates[f"sbi NPE {features}"] = sbi_baseline(str(root / "train.zarr"), features, args.epochs, args.patience, args.batch_size)
+    report(stages, rates, n, args.extrapolate)
+    if args.json:
+        args.json.write_text(json.dumps({"n": n, "stages_s": stages, "training": rates}, indent=2))
+
+
+#: Stages whose time grows with N (simulation, and training epochs over N rows).
+SCALES = ("simulate box", "train classifier", "simulate restricted", "train NPE handcrafted", "train NPE summary-net")
+
+
+def report(stages: dict[str, float], rates: dict[str, dict[str, float]], n: int, target: int) -> None:
+    total = sum(stages.values())
+    scaled = {k: v * (target / n if k in SCALES else 1.0) for k, v in stages.items()}
+    total_x = sum(scaled.values())
+    print(f"| stage | N = {n:,}: s | share | N = {target:,} (extrapolated): s | share |")
+    print("| --- | --- | --- | --- | --- |")
+    for k, v in stages.items():
+        print(f"| {k} | {v:,.1f} | {v / total:.1%} | {scaled[k]:,.0f} | {scaled[k] / total_x:.1%} |")
+    print(f"| total | {total:,.1f} | | {total_x:,.0f} | |")
+    print()
+    print("| training | samples/s | epochs | vs sbi NPE, same features |")
+    print("| --- | --- | --- | --- |")
+    for k, r in rates.items():
+        base = rates.get(f"sbi {k}") if not k.startswith("sbi") else None
+        ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else ""
+        print(f"| {k} | {r['samples_per_s']:,.0f} | {int(r['epochs'])} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""What a replica asks of the posterior for one request or one batch: draws, densities, misspecification.
+
+Why a module of its own: these run on the replica's single worker thread and touch only the
+loaded ``AmortizedPosterior``, never Serve or HTTP, so the service module keeps the routing and
+the bounds, and this one the model work (including how a batch is split back into requests).
+Every answer carries the observation's own misspecification check
+(``AmortizedPosterior.misspecification``: one embedding plus a kNN over at most 5000 rows), so a
+lab sees "this trace is unlike the training data" next to the posterior it should not trust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: request field -> batched keyword of the posterior
+BATCHED = {"trace": "traces", "features": "features"}
+
+#: draws (n, 7), their log-densities (n,), requests that shared the pass, misspecification dict
+Drawn = tuple[np.ndarray, np.ndarray, int, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unseeded /sample request waiting in the batcher."""
+
+    num_samples: int
+    observation: dict[str, np.ndarray]
+
+
+def assess(posterior: Any, observation: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The misspecification answer for ONE observation (``{"trace": (T,)}`` or ``{"features": (F,)}``)."""
+    return posterior.misspecification(**observation)
+
+
+def draw_one(posterior: Any, num_samples: int, observation: dict[str, np.ndarray], seed: int | None) -> Drawn:
+    """Draws for one request, their log-densities, batch size 1 and the request's misspecification."""
+    ((keyword, value),) = observation.items()
+    samples, log_prob = posterior.sample_and_log_prob(num_samples, seed=seed, normalized=False, **{BATCHED[keyword]: value[None]})
+    return samples[0], log_prob[0], 1, assess(posterior, observation)
+
+
+def draw_batch(posterior: Any, jobs: list[Job]) -> list[Drawn | Exception]:
+    """One flow pass per input kind (trace / features) for the whole batch; one answer per job.
+
+    Densities come from the sampling pass and skip the restricted prior's leakage correction:
+    /sample only uses them to pick the highest-density draw, and the correction is one constant
+    per observation. The misspecification check is computed per request (batched, row i belongs
+    to job i); a job whose draws fail is retried alone so the others are still answered.
+    """
+    results: list[Drawn | Exception] = [ValueError("not computed")] * len(jobs)
+    for kind, keyword in BATCHED.items():
+        idx = [i for i, j in enumerate(jobs) if kind in j.observation]
+        if not idx:
+            continue
+        n_max = max(jobs[i].num_samples for i in idx)
+        try:
+            stacked = np.stack([jobs[i].observation[kind] for i in idx])
+            draws, log_prob = posterior.sample_and_log_prob(n_max, normalized=False, **{keyword: stacked})
+            checks = posterior.misspecification_batched(**{keyword: stacked})
+            for row, i in enumerate(idx):
+                n = jobs[i].num_samples
+                results[i] = (np.ascontiguousarray(draws[row, :n]), log_prob[row, :n], len(idx), checks[row])
+        except ValueError:
+            for i in idx:  # isolate the bad request so the others are still answered
+                try:
+                    results[i] = draw_one(posterior, jobs[i].num_samples, jobs[i].observation, None)
+                except ValueError as e:
+                    results[i] = e
+    return results

@@ -1,0 +1,111 @@
+"""Trace embeddings (old layout still built from old configs) and batches produced off the training thread."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from farm.runner import run_farm
+from inference.datasets import ChunkStream, StoreSet, plan_data
+from inference.embedding import STEMS, TraceCNN
+from inference.prefetch import background
+
+
+def test_pooled_is_the_default_and_keeps_the_old_weight_layout() -> None:
+    """Artifacts trained before ``stem`` existed hold these exact keys and shapes; they must load strictly."""
+    old = TraceCNN(500.0, 50.0)
+    shapes = {k: tuple(v.shape) for k, v in old.state_dict().items()}
+    assert shapes["conv.0.weight"] == (16, 2, 7) and shapes["conv.3.weight"] == (32, 16, 7) and shapes["conv.6.weight"] == (32, 32, 7)
+    assert shapes["head.0.weight"] == (64, 32 * 16)
+    TraceCNN(1.0, 2.0, stem="pooled").load_state_dict(old.state_dict(), strict=True)
+    with pytest.raises(RuntimeError):  # a patch net cannot silently take pooled weights
+        TraceCNN(1.0, 2.0, stem="patch").load_state_dict(old.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("stem", STEMS)
+@pytest.mark.parametrize("length", [1000, 997, 64])
+def test_every_stem_summarises_any_trace_length(stem: str, length: int) -> None:
+    net = TraceCNN(500.0, 50.0, channels=(8, 16, 32), stem=stem, num_features=12)
+    trace = torch.randint(0, 1023, (5, length), dtype=torch.int16)
+    out = net(trace)
+    assert out.shape == (5, 12) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_patch_stem_sees_a_single_sample_reset() -> None:
+    """A reset moved by one sample must change the summary: the stem does not average spikes away."""
+    torch.manual_seed(0)
+    net = TraceCNN(500.0, 50.0, stem="patch").eval()
+    trace = torch.full((2, 1000), 600, dtype=torch.int16)
+    trace[0, 403:] = 400
+    trace[1, 404:] = 400
+    with torch.no_grad():
+        a, b = net(trace)
+    assert not torch.allclose(a, b)
+
+
+def test_unknown_stem_is_a_one_line_value_error() -> None:
+    with pytest.raises(ValueError, match=r"cnn_stem='conv' must be one of pooled, patch"):
+        TraceCNN(500.0, 50.0, stem="conv")
+
+
+def test_background_keeps_order_counts_waits_and_raises_where_the_item_would_be() -> None:
+    class Owner:
+        wait_seconds = 0.0
+
+    def source():
+        yield from range(5)
+        raise KeyError("bad chunk")
+
+    owner = Owner()
+    got = []
+    with pytest.raises(KeyError, match="bad chunk"):
+        for item in background(source(), 2, owner):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4] and owner.wait_seconds >= 0.0
+
+
+def test_background_stops_its_thread_and_closes_the_source_when_the_consumer_stops() -> None:
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    it = background(endless(), 3)
+    assert [next(it) for _ in range(4)] == [0, 1, 2, 3]
+    it.close()  # what a `break` out of the training loop does
+    assert closed.wait(10) and not any(t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("dp") / "s.zarr")
+    run_farm(path, num_sims=1500, seed=5, chunk_size=250, in_process=True)
+    return path
+
+
+def test_steady_batches_are_the_same_built_on_a_thread_or_inline(store: str) -> None:
+    stores = StoreSet([store])
+    plan = plan_data(stores)
+
+    def take(ahead: int) -> list[dict[str, np.ndarray]]:
+        stream = ChunkStream(stores, plan, "train", ("theta", "trace"), 64)
+        out = list(stream.steady(3, 25, ahead=ahead))
+        assert stream.wait_seconds >= 0.0
+        return out
+
+    threaded, inline = take(8), take(0)
+    assert len(threaded) == len(inline) == 25  # 25 steps > one pass of ~1200 train rows: it cycles
+    for a, b in zip(threaded, inline, strict=True):
+        for k in ("theta", "trace", "index"):
+            np.testing.assert_array_equal(a[k], b[k])
