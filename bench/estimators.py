@@ -35,7 +35,9 @@ def train_pair(root: Path) -> tuple[Path, Path]:
     outs = []
     for est in ("nsf", "flow-matching"):
         out = root / f"npe-{est}"
-        code = farm_main(["train", "npe", "--store", str(store), "--features", "handcrafted", "--estimator", est, "--out", str(out), "--epochs", "2", "--quiet", "--json"])
+        code = farm_main(
+            ["train", "npe", "--store", str(store), "--features", "handcrafted", "--estimator", est, "--out", str(out), "--epochs", "2", "--quiet", "--json"]
+        )
         if code != 0:
             raise SystemExit(f"training the {est} bench posterior failed (exit {code})")
         outs.append(out)
@@ -76,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, post in posteriors.items():
             theta = post.sample(args.draws, features=features, seed=1)
             post.sample_and_log_prob(args.draws, features=features[None], seed=0)  # warm-up
-            results[name]["sample_and_log_prob_ms"].append(p50_ms(lambda: post.sample_and_log_prob(args.draws, features=features[None], seed=0), args.reps))
-            results[name]["log_prob_ms"].append(p50_ms(lambda: post.log_prob(theta, features=features), max(3, args.reps // 3)))
-            del theta
+            results[name]["sample_and_log_prob_ms"].append(
+                p50_ms(lambda post=post: post.sample_and_log_prob(args.draws, features=features[None], seed=0), args.reps)
+            )
+            results[name]["log_prob_ms"].append(p50_ms(lambda post=post, theta=theta: post.log_prob(theta, features=features), max(3, args.reps // 3)))
     summary = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
     ratios = {k: summary["flow-matching"][k] / summary["nsf"][k] for k in summary["nsf"]}
     print(f"torch threads {args.threads}, {args.draws} draws / parameter sets, p50 of {args.reps} calls, median of {args.rounds} rounds")

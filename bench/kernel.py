@@ -32,7 +32,9 @@ def numpy_euler(theta: np.ndarray, protocol: Protocol, model: ChipModel) -> int:
     for step in range(protocol.num_samples * protocol.steps_per_sample):
         current = protocol.i_stim_na if on <= step < off else 0.0
         dw = dt / ph.tau_w_us * (ph.a_us * (v - ph.v_leak_mv) - w)
-        v = v + dt / ph.c_mem_pf * (-ph.g_leak_us * (v - ph.v_leak_mv) + ph.g_leak_us * ph.delta_t_mv * np.exp(np.minimum((v - ph.v_t_mv) / ph.delta_t_mv, 30.0)) - w + current)
+        v = v + dt / ph.c_mem_pf * (
+            -ph.g_leak_us * (v - ph.v_leak_mv) + ph.g_leak_us * ph.delta_t_mv * np.exp(np.minimum((v - ph.v_t_mv) / ph.delta_t_mv, 30.0)) - w + current
+        )
         w = w + dw
         fired = v >= ph.v_threshold_mv
         spikes += int(fired.sum())

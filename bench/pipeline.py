@@ -68,14 +68,25 @@ def sbi_baseline(store: str, features: str, epochs: int, patience: int, batch_si
         from inference.embedding import TraceCNN
 
         embedding = TraceCNN(plan.trace_mean, plan.trace_std)
-    build = posterior_nn(model="zuko_nsf", hidden_features=64, num_transforms=5, num_bins=8, embedding_net=embedding,
-                         z_score_x="none" if features != "handcrafted" else "independent")
+    build = posterior_nn(
+        model="zuko_nsf",
+        hidden_features=64,
+        num_transforms=5,
+        num_bins=8,
+        embedding_net=embedding,
+        z_score_x="none" if features != "handcrafted" else "independent",
+    )
     npe = NPE(prior=prior, density_estimator=build, show_progress_bars=False)
     npe.append_simulations(theta, x)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    npe.train(training_batch_size=batch_size, learning_rate=1e-3, validation_fraction=plan.num_val / (plan.num_train + plan.num_val),
-              stop_after_epochs=patience, max_num_epochs=epochs)
+    npe.train(
+        training_batch_size=batch_size,
+        learning_rate=1e-3,
+        validation_fraction=plan.num_val / (plan.num_train + plan.num_val),
+        stop_after_epochs=patience,
+        max_num_epochs=epochs,
+    )
     seconds = time.perf_counter() - t0
     epochs_trained = len(npe._summary["training_loss"])
     return {"seconds": seconds, "epochs": epochs_trained, "samples_per_s": epochs_trained * plan.num_train / seconds}
@@ -113,7 +124,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--extrapolate", type=int, default=1_000_000)
     ap.add_argument("--skip-sbi", action="store_true")
-    ap.add_argument("--sim-in-process", action="store_true", help="simulate without Ray (`farm simulate --in-process`): for an overloaded machine where Ray start-up times out")
+    ap.add_argument(
+        "--sim-in-process",
+        action="store_true",
+        help="simulate without Ray (`farm simulate --in-process`): for an overloaded machine where Ray start-up times out",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     n, n_test = args.n, max(1000, args.n // 10)
@@ -141,10 +156,30 @@ def main() -> None:
         stage("simulate restricted", simulate_restricted)
         for features in ("handcrafted", "summary-net"):
             out = root / f"npe-{features}"
-            stage(f"train NPE {features}", lambda f=features, o=out: farm("train", "npe", "--store", root / "train.zarr", "--prior", root / "restricted", "--features", f, "--out", o, *train_opts))
+            stage(
+                f"train NPE {features}",
+                lambda f=features, o=out: farm(
+                    "train", "npe", "--store", root / "train.zarr", "--prior", root / "restricted", "--features", f, "--out", o, *train_opts
+                ),
+            )
             rates[f"NPE {features}"] = dict(zip(("samples_per_s", "epochs"), history_rate(out), strict=True))
-        stage("evaluate", lambda: farm("evaluate", "--posterior", root / "npe-summary-net", "--store", root / "test.zarr", "--out", root / "report",
-                                       "--n-obs", 300, "--n-samples", 300, "--no-lc2st"))
+        stage(
+            "evaluate",
+            lambda: farm(
+                "evaluate",
+                "--posterior",
+                root / "npe-summary-net",
+                "--store",
+                root / "test.zarr",
+                "--out",
+                root / "report",
+                "--n-obs",
+                300,
+                "--n-samples",
+                300,
+                "--no-lc2st",
+            ),
+        )
         stage("serve + one query", lambda: serve_one_query(root / "npe-summary-net", root / "test.zarr", root))
         if not args.skip_sbi:
             import torch

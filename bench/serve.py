@@ -45,8 +45,8 @@ def free_port() -> int:
 
 def train_small_posterior(root: Path) -> Path:
     """A 3000-sample store and a 2-epoch handcrafted NPE, through the real CLI."""
-    from farm import run_farm
     from deploy.cli import main as farm_main
+    from farm import run_farm
 
     store, out = root / "sims.zarr", root / "npe-handcrafted"
     run_farm(str(store), 3000, seed=1, chunk_size=1000, in_process=True)
@@ -129,9 +129,14 @@ async def _under_load(url: str, heavy: dict, honest: dict, clients: int, seconds
     limits = httpx.Limits(max_connections=clients + 2)
     async with httpx.AsyncClient(base_url=url, timeout=300.0, limits=limits) as client:
         await asyncio.gather(honest_client(client), *[abuser(client) for _ in range(clients)])
-    return {"heavy_status_counts": codes, "honest_status_counts": honest_codes,
-            "honest_p50_ms": percentile(honest_ms, 50) if honest_ms else None, "honest_p99_ms": percentile(honest_ms, 99) if honest_ms else None,
-            "health_under_load_p50_ms": percentile(health_ms, 50), "health_under_load_max_ms": max(health_ms)}
+    return {
+        "heavy_status_counts": codes,
+        "honest_status_counts": honest_codes,
+        "honest_p50_ms": percentile(honest_ms, 50) if honest_ms else None,
+        "honest_p99_ms": percentile(honest_ms, 99) if honest_ms else None,
+        "health_under_load_p50_ms": percentile(health_ms, 50),
+        "health_under_load_max_ms": max(health_ms),
+    }
 
 
 def main() -> None:
@@ -197,12 +202,21 @@ def main() -> None:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         common = {"num_cpus": args.replica_cpus, "num_replicas": 1}
-        serve.run(posterior_app(str(artifact), max_batch_size=args.max_batch_size, batch_wait_timeout_s=0.005, **common), name="batched", route_prefix="/batched")
+        serve.run(
+            posterior_app(str(artifact), max_batch_size=args.max_batch_size, batch_wait_timeout_s=0.005, **common), name="batched", route_prefix="/batched"
+        )
         serve.run(posterior_app(str(artifact), max_batch_size=1, **common), name="unbatched", route_prefix="/unbatched")
         base = f"http://127.0.0.1:{port}"
 
         body = {"trace": traces[0], "num_samples": args.draws}
-        results: dict = {"draws": args.draws, "clients": args.clients, "max_batch_size": args.max_batch_size, "replica_cpus": args.replica_cpus, "fingerprint": posterior.fingerprint, "variant": posterior.variant}
+        results: dict = {
+            "draws": args.draws,
+            "clients": args.clients,
+            "max_batch_size": args.max_batch_size,
+            "replica_cpus": args.replica_cpus,
+            "fingerprint": posterior.fingerprint,
+            "variant": posterior.variant,
+        }
         results["library_p50_ms"] = 1000 * percentile(floor, 50)
         for draws, gain in model_gain.items():
             results[f"model_batching_gain_{draws}"] = gain
@@ -249,18 +263,28 @@ def main() -> None:
         tmp.cleanup()
 
     print(f"posterior {results['variant']} {results['fingerprint']}; /sample with {args.draws} draws; replica {args.replica_cpus} CPU, 1 torch thread")
-    print(f"  latency, keep-alive, one at a time:  library {results['library_p50_ms']:.1f} ms p50 | batched p50 {results['batched_p50_ms']:.1f} ms, p99 {results['batched_p99_ms']:.1f} ms | unbatched p50 {results['unbatched_p50_ms']:.1f} ms, p99 {results['unbatched_p99_ms']:.1f} ms")
-    print(f"  HTTP + Serve overhead over the library (p50): {results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x; GET /health p50 {results['health_p50_ms']:.1f} ms")
+    print(
+        f"  latency, keep-alive, one at a time:  library {results['library_p50_ms']:.1f} ms p50 | batched p50 {results['batched_p50_ms']:.1f} ms, p99 {results['batched_p99_ms']:.1f} ms | unbatched p50 {results['unbatched_p50_ms']:.1f} ms, p99 {results['unbatched_p99_ms']:.1f} ms"
+    )
+    print(
+        f"  HTTP + Serve overhead over the library (p50): {results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x; GET /health p50 {results['health_p50_ms']:.1f} ms"
+    )
     for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
         rounds = ", ".join(f"{v:.2f}" for v in results[f"batching_speedup_{draws}_per_round"])
-        print(f"  throughput, {args.clients} clients, {draws} draws: batched {results[f'batched_rps_{draws}']:.1f} req/s (mean batch {results[f'batched_mean_batch_{draws}']:.1f}) vs unbatched {results[f'unbatched_rps_{draws}']:.1f} req/s -> {results[f'batching_speedup_{draws}']:.2f}x (rounds: {rounds})")
-        print(f"    in the model alone, {args.max_batch_size} observations in one call vs {args.max_batch_size} calls: {results[f'model_batching_gain_{draws}']:.2f}x")
+        print(
+            f"  throughput, {args.clients} clients, {draws} draws: batched {results[f'batched_rps_{draws}']:.1f} req/s (mean batch {results[f'batched_mean_batch_{draws}']:.1f}) vs unbatched {results[f'unbatched_rps_{draws}']:.1f} req/s -> {results[f'batching_speedup_{draws}']:.2f}x (rounds: {rounds})"
+        )
+        print(
+            f"    in the model alone, {args.max_batch_size} observations in one call vs {args.max_batch_size} calls: {results[f'model_batching_gain_{draws}']:.2f}x"
+        )
     if "load" in results:
         load = results["load"]
         print(f"  load: {args.load_clients} clients x {args.load_draws} draws for {args.load_seconds:.0f} s: heavy answers {load['heavy_status_counts']}")
         if load["honest_p50_ms"] is not None:
-            print(f"    honest client ({args.draws} draws): p50 {load['honest_p50_ms']:.1f} ms, p99 {load['honest_p99_ms']:.1f} ms "
-                  f"({load['honest_p50_ms'] / results['batched_p50_ms']:.1f}x / {load['honest_p99_ms'] / results['batched_p99_ms']:.1f}x unloaded); answers {load['honest_status_counts']}")
+            print(
+                f"    honest client ({args.draws} draws): p50 {load['honest_p50_ms']:.1f} ms, p99 {load['honest_p99_ms']:.1f} ms "
+                f"({load['honest_p50_ms'] / results['batched_p50_ms']:.1f}x / {load['honest_p99_ms'] / results['batched_p99_ms']:.1f}x unloaded); answers {load['honest_status_counts']}"
+            )
         print(f"    GET /health under load: p50 {load['health_under_load_p50_ms']:.1f} ms, max {load['health_under_load_max_ms']:.1f} ms")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

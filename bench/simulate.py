@@ -96,8 +96,10 @@ def main() -> None:
     print(f"farm overhead: {wall / (n / base_rate) - 1:+.1%}  (ratio farm/bare time {wall / (n / base_rate):.2f})")
     print(f"peak RSS (driver + actors): {peak / 2**30:.2f} GiB   store on disk: {size / 2**20:,.0f} MiB")
     summary = json.loads(stdout.strip().splitlines()[-1])
-    print(f"of the wall time: {summary['seconds']:.1f} s in the farm (Ray start, simulation, writes), {wall - summary['seconds']:.1f} s process start-up and Ray shutdown; "
-          f"{summary.get('driver_chunks', 0)} chunks ran in the driver while Ray started")
+    print(
+        f"of the wall time: {summary['seconds']:.1f} s in the farm (Ray start, simulation, writes), {wall - summary['seconds']:.1f} s process start-up and Ray shutdown; "
+        f"{summary.get('driver_chunks', 0)} chunks ran in the driver while Ray started"
+    )
 
 
 if __name__ == "__main__":

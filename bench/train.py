@@ -132,8 +132,19 @@ def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, 
     with torch.no_grad():
         for n in names:
             field = "features" if n == "handcrafted" else "trace"
-            nll = float(sum(models[n].eval()(val["theta"][s : s + 4096], val[field][s : s + 4096]) * len(val["theta"][s : s + 4096]) for s in range(0, len(val["theta"]), 4096)) / len(val["theta"]))
-            out[n] = {"samples_per_s": seen[n] / wall[n], "cpu_samples_per_s": seen[n] / cpu[n], "val_nll": nll, "parameters": sum(p.numel() for p in models[n].parameters())}
+            nll = float(
+                sum(
+                    models[n].eval()(val["theta"][s : s + 4096], val[field][s : s + 4096]) * len(val["theta"][s : s + 4096])
+                    for s in range(0, len(val["theta"]), 4096)
+                )
+                / len(val["theta"])
+            )
+            out[n] = {
+                "samples_per_s": seen[n] / wall[n],
+                "cpu_samples_per_s": seen[n] / cpu[n],
+                "val_nll": nll,
+                "parameters": sum(p.numel() for p in models[n].parameters()),
+            }
     return out
 
 
@@ -185,7 +196,17 @@ def workers_scaling(store: str, variant: str, batch_size: int, epochs: int, root
     try:
         out = {}
         for workers in (1, 2):
-            cfg = TrainConfig(task="npe", stores=(store,), out=str(root / f"w{workers}"), variant=variant, num_workers=workers, epochs=epochs + 1, patience=100, batch_size=batch_size // workers, progress=False)
+            cfg = TrainConfig(
+                task="npe",
+                stores=(store,),
+                out=str(root / f"w{workers}"),
+                variant=variant,
+                num_workers=workers,
+                epochs=epochs + 1,
+                patience=100,
+                batch_size=batch_size // workers,
+                progress=False,
+            )
             hist = run_training(cfg).state["history"]
             out[workers] = statistics.median(h["samples_per_s"] for h in hist[1:])  # epoch 1 includes warm-up
         return out
@@ -215,16 +236,24 @@ def main() -> None:
             res = embedding_comparison(store, args.batch_size, args.epochs)
             base = res["handcrafted"]
             for name, r in res.items():
-                print(f"embedding {name:>16}: {r['samples_per_s']:,.0f} samples/s ({r['samples_per_s'] / base['samples_per_s']:.2f}x handcrafted), "
-                      f"CPU-time {r['cpu_samples_per_s']:,.0f}/s ({r['cpu_samples_per_s'] / base['cpu_samples_per_s']:.2f}x), val NLL {r['val_nll']:.3f} after {args.epochs} epochs, {r['parameters']:,} parameters")
+                print(
+                    f"embedding {name:>16}: {r['samples_per_s']:,.0f} samples/s ({r['samples_per_s'] / base['samples_per_s']:.2f}x handcrafted), "
+                    f"CPU-time {r['cpu_samples_per_s']:,.0f}/s ({r['cpu_samples_per_s'] / base['cpu_samples_per_s']:.2f}x), val NLL {r['val_nll']:.3f} after {args.epochs} epochs, {r['parameters']:,} parameters"
+                )
         w = wait_share(store, args.variant, args.batch_size, steps=60)
-        print(f"{args.variant}: training thread waits on data {w['inline']:.1%} of step time with inline batching, {w['thread']:.1%} with batching on a thread (aim < 5 %)")
+        print(
+            f"{args.variant}: training thread waits on data {w['inline']:.1%} of step time with inline batching, {w['thread']:.1%} with batching on a thread (aim < 5 %)"
+        )
         streamed, memory = stream_vs_memory(store, args.variant, args.batch_size, args.epochs)
-        print(f"{args.variant}: streamed from Zarr {streamed:,.0f} samples/s, in-memory tensors {memory:,.0f} samples/s -> ratio {streamed / memory:.2f} (aim >= 0.8)")
+        print(
+            f"{args.variant}: streamed from Zarr {streamed:,.0f} samples/s, in-memory tensors {memory:,.0f} samples/s -> ratio {streamed / memory:.2f} (aim >= 0.8)"
+        )
         print(f"{args.variant}: the Zarr reader alone delivers {reader_only(store, args.variant, args.batch_size):,.0f} rows/s")
         if not args.skip_workers:
             w = workers_scaling(store, args.variant, args.batch_size, args.epochs, root)
-            print(f"{args.variant}: Ray Train 1 worker {w[1]:,.0f} samples/s, 2 workers {w[2]:,.0f} samples/s -> ratio {w[2] / w[1]:.2f} (same global batch {args.batch_size})")
+            print(
+                f"{args.variant}: Ray Train 1 worker {w[1]:,.0f} samples/s, 2 workers {w[2]:,.0f} samples/s -> ratio {w[2] / w[1]:.2f} (same global batch {args.batch_size})"
+            )
 
 
 if __name__ == "__main__":

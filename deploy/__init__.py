@@ -14,7 +14,13 @@ from farm.lazy import lazy_exports
 
 __all__ = ["APP_NAME", "PosteriorClient", "PosteriorService", "build_app", "posterior_app"]
 
-_WHERE = {"APP_NAME": "deploy.service", "PosteriorService": "deploy.service", "build_app": "deploy.service", "posterior_app": "deploy.service", "PosteriorClient": "deploy.client"}
+_WHERE = {
+    "APP_NAME": "deploy.service",
+    "PosteriorService": "deploy.service",
+    "build_app": "deploy.service",
+    "posterior_app": "deploy.service",
+    "PosteriorClient": "deploy.client",
+}
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

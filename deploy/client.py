@@ -42,7 +42,7 @@ class PosteriorClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "PosteriorClient":
+    def __enter__(self) -> PosteriorClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -119,7 +119,14 @@ def summary_rows(result: dict[str, Any], truth: NDArray[np.floating] | None = No
     lower, upper = central_interval(samples, level)
     rows = []
     for k, name in enumerate(result["parameter_names"]):
-        row = {"parameter": name, "mean": result["mean"][k], "std": result["std"][k], "lower": float(lower[k]), "upper": float(upper[k]), "map": result["map"][k]}
+        row = {
+            "parameter": name,
+            "mean": result["mean"][k],
+            "std": result["std"][k],
+            "lower": float(lower[k]),
+            "upper": float(upper[k]),
+            "map": result["map"][k],
+        }
         if truth is not None:
             row["true"] = float(truth[k])
         rows.append(row)
@@ -132,7 +139,15 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col, label in (("parameter", "parameter [LSB]"), ("mean", "mean"), ("std", "std"), ("lower", "5 %"), ("upper", "95 %"), ("map", "MAP"), ("true", "true")):
+    for col, label in (
+        ("parameter", "parameter [LSB]"),
+        ("mean", "mean"),
+        ("std", "std"),
+        ("lower", "5 %"),
+        ("upper", "95 %"),
+        ("map", "MAP"),
+        ("true", "true"),
+    ):
         if col in rows[0]:
             table.add_column(label, justify="left" if col == "parameter" else "right")
     for row in rows:

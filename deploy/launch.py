@@ -105,7 +105,6 @@ def deploy(opts: ServeOptions) -> str:
     Returns:
         The base URL of the service.
     """
-    import ray
     from ray import serve
 
     from deploy.service import APP_NAME, DEFAULT_REQUEST_TIMEOUT_S, posterior_app
@@ -159,8 +158,7 @@ def serve_until_interrupted(opts: ServeOptions, announce) -> None:
 READY_MARKER = "Serving "
 
 
-def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen | None = None,
-                 log: Path | None = None, log_offset: int = 0) -> dict:
+def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen | None = None, log: Path | None = None, log_offset: int = 0) -> dict:
     """Poll ``GET /health`` until it answers 200; fail early if ``process`` exits.
 
     With ``log``, also wait until the server has written its ready line there (after
@@ -201,7 +199,22 @@ def spawn_detached(opts: ServeOptions, log_path: Path | None = None) -> tuple[su
     """
     log = log_path or Path(tempfile.gettempdir()) / f"farm-serve-{opts.port}.log"
     offset = log.stat().st_size if log.exists() else 0
-    cmd = [sys.executable, "-m", "deploy.cli", "serve", "--posterior", str(Path(opts.posterior).resolve()), "--host", opts.host, "--port", str(opts.port), "--replicas", str(opts.replicas), "--max-batch-size", str(opts.max_batch_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        "serve",
+        "--posterior",
+        str(Path(opts.posterior).resolve()),
+        "--host",
+        opts.host,
+        "--port",
+        str(opts.port),
+        "--replicas",
+        str(opts.replicas),
+        "--max-batch-size",
+        str(opts.max_batch_size),
+    ]
     # Unbuffered, so the log shows "Serving ..." while it serves, not only after a clean exit.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as fh:

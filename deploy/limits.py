@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.middleware import Middleware
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.schemas import MAX_BODY_BYTES

@@ -9,7 +9,7 @@ against the loaded posterior; the defaults here are the farm's protocol and feat
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
@@ -34,10 +34,12 @@ NUM_PARAMETERS = len(PARAMETER_NAMES)
 ADC_MAX_CODE = ChipModel().adc_max_code
 
 AdcCode = Annotated[int, Field(ge=0, le=ADC_MAX_CODE)]
-Trace = Annotated[list[AdcCode], Field(min_length=TRACE_LENGTH, max_length=TRACE_LENGTH, description=f"MADC codes 0..{ADC_MAX_CODE}, {TRACE_LENGTH} samples at 1 MSa/s")]
+Trace = Annotated[
+    list[AdcCode], Field(min_length=TRACE_LENGTH, max_length=TRACE_LENGTH, description=f"MADC codes 0..{ADC_MAX_CODE}, {TRACE_LENGTH} samples at 1 MSa/s")
+]
 Features = Annotated[list[FiniteFloat], Field(min_length=NUM_FEATURES, max_length=NUM_FEATURES, description="handcrafted statistics in FEATURE_NAMES order")]
 ThetaRow = Annotated[list[FiniteFloat], Field(min_length=NUM_PARAMETERS, max_length=NUM_PARAMETERS)]
-Seed = Annotated[Optional[int], Field(default=None, ge=0, le=MAX_SEED, description="same seed, same draws; seeded requests bypass the batcher")]
+Seed = Annotated[int | None, Field(default=None, ge=0, le=MAX_SEED, description="same seed, same draws; seeded requests bypass the batcher")]
 
 
 class _Strict(BaseModel):
@@ -47,11 +49,11 @@ class _Strict(BaseModel):
 class Observation(_Strict):
     """One observation: a raw trace, or (handcrafted posteriors only) its statistics."""
 
-    trace: Optional[Trace] = None
-    features: Optional[Features] = None
+    trace: Trace | None = None
+    features: Features | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Observation":
+    def _exactly_one(self) -> Observation:
         if (self.trace is None) == (self.features is None):
             raise ValueError("give exactly one of `trace` or `features`")
         return self
@@ -81,17 +83,17 @@ class PredictiveRequest(_Strict):
 class Misspecification(BaseModel):
     """Is the observation like the training data? (``AmortizedPosterior.misspecification``)."""
 
-    score: Optional[float] = Field(description="kNN distance in summary space; null for artifacts without calibration")
-    threshold: Optional[float] = Field(description="95 % quantile of held-out in-distribution scores; null with score")
+    score: float | None = Field(description="kNN distance in summary space; null for artifacts without calibration")
+    threshold: float | None = Field(description="95 % quantile of held-out in-distribution scores; null with score")
     flagged: bool = Field(description="true when any reason applies: do not trust the posterior for this observation")
     reasons: list[str] = Field(description="one line each: spike count outside the regime, flat or saturated trace, score above threshold")
-    note: Optional[str] = Field(None, description="why score is null, when it is")
+    note: str | None = Field(None, description="why score is null, when it is")
 
 
 class SampleResponse(BaseModel):
     parameter_names: list[str]
     num_samples: int
-    seed: Optional[int]
+    seed: int | None
     samples: list[list[float]]
     mean: list[float]
     std: list[float]
@@ -103,7 +105,7 @@ class SampleResponse(BaseModel):
 
 class LogProbResponse(BaseModel):
     parameter_names: list[str]
-    log_prob: list[Optional[float]] = Field(description="null where the density is -inf (outside the prior support)")
+    log_prob: list[float | None] = Field(description="null where the density is -inf (outside the prior support)")
     fingerprint: str
     misspecification: Misspecification
 

@@ -21,10 +21,11 @@ import asyncio
 import math
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
@@ -38,8 +39,25 @@ from deploy.health import HealthMonitor, probe
 from deploy.http_errors import DeadlineExceeded, RequestRejected, ServiceOverloaded, install_error_handlers, json_response, rejection
 from deploy.limits import RETRY_AFTER_S, ContentLengthLimit
 from deploy.model_calls import Drawn, Job, assess, draw_batch, draw_one
-from deploy.schemas import (ADC_MAX_CODE, MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES, MAX_SEED, MAX_THETA_ROWS, HealthResponse, InfoResponse, LogProbRequest,
-                             LogProbResponse, Misspecification, Observation, ParameterInfo, PredictiveRequest, PredictiveResponse, SampleRequest, SampleResponse)
+from deploy.schemas import (
+    ADC_MAX_CODE,
+    MAX_BODY_BYTES,
+    MAX_NUM_SAMPLES,
+    MAX_PREDICTIVE_SAMPLES,
+    MAX_SEED,
+    MAX_THETA_ROWS,
+    HealthResponse,
+    InfoResponse,
+    LogProbRequest,
+    LogProbResponse,
+    Misspecification,
+    Observation,
+    ParameterInfo,
+    PredictiveRequest,
+    PredictiveResponse,
+    SampleRequest,
+    SampleResponse,
+)
 from deploy.summaries import significant_digits, summarize_draws
 
 APP_NAME = "bss2-posterior"
@@ -106,13 +124,19 @@ class PosteriorService:
         request_timeout_s: a request still waiting for the model after this long is answered 504.
     """
 
-    def __init__(self, posterior: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, torch_threads: int = 1,
-                 max_model_queue: int = DEFAULT_MAX_MODEL_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        posterior: str,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S,
+        torch_threads: int = 1,
+        max_model_queue: int = DEFAULT_MAX_MODEL_QUEUE,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    ) -> None:
         import torch
+        from threadpoolctl import threadpool_limits
 
         from inference import load_posterior
-
-        from threadpoolctl import threadpool_limits
 
         # One intra-op thread per replica: replicas hold 0.5 CPU, and oversubscribed torch threads
         # slow a loaded node down many times over. numpy's BLAS (the restricted prior's classifier)
@@ -178,7 +202,10 @@ class PosteriorService:
             raise RequestRejected("features", f"this posterior ({self.posterior.variant}) takes `trace` only")
         features = np.asarray(req.features, dtype=np.float32)
         if features.shape[0] != len(self.posterior.feature_names):
-            raise RequestRejected("features", f"length {features.shape[0]} differs from the {len(self.posterior.feature_names)} features {', '.join(self.posterior.feature_names)}")
+            raise RequestRejected(
+                "features",
+                f"length {features.shape[0]} differs from the {len(self.posterior.feature_names)} features {', '.join(self.posterior.feature_names)}",
+            )
         return {"features": features}
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
@@ -194,7 +221,15 @@ class PosteriorService:
             return JSONResponse(status_code=503, content=unhealthy)
 
         model = str(self.posterior.manifest.get("name", f"npe-{self.posterior.variant}"))
-        return HealthResponse(status="ok", model=model, variant=self.posterior.variant, fingerprint=self.posterior.fingerprint, version=package_version(), emulator_version=EMULATOR_VERSION, replica=self.replica)
+        return HealthResponse(
+            status="ok",
+            model=model,
+            variant=self.posterior.variant,
+            fingerprint=self.posterior.fingerprint,
+            version=package_version(),
+            emulator_version=EMULATOR_VERSION,
+            replica=self.replica,
+        )
 
     @api.get("/info", response_model=InfoResponse)
     def info(self) -> InfoResponse:
@@ -213,7 +248,12 @@ class PosteriorService:
             accepts_features=bool(self.posterior.accepts_features),
             feature_names=feats,
             feature_units={f: FEATURE_UNITS.get(f, "") for f in feats},
-            limits={"max_num_samples": MAX_NUM_SAMPLES, "max_theta_rows": MAX_THETA_ROWS, "max_predictive_samples": MAX_PREDICTIVE_SAMPLES, "max_seed": MAX_SEED},
+            limits={
+                "max_num_samples": MAX_NUM_SAMPLES,
+                "max_theta_rows": MAX_THETA_ROWS,
+                "max_predictive_samples": MAX_PREDICTIVE_SAMPLES,
+                "max_seed": MAX_SEED,
+            },
             protocol=self.posterior.protocol.to_dict(),
         )
 
@@ -237,18 +277,22 @@ class PosteriorService:
         drawn = time.perf_counter()
         samples = significant_digits(samples)
         summary = summarize_draws(samples, log_prob)
-        return json_response(SampleResponse(
-            parameter_names=self.names,
-            num_samples=int(samples.shape[0]),
-            seed=req.seed,
-            samples=samples.tolist(),
-            mean=summary["mean"].tolist(),
-            std=summary["std"].tolist(),
-            map=summary["map"].tolist(),
-            fingerprint=self.posterior.fingerprint,
-            batch_size=batch_size,
-            misspecification=Misspecification(**check),
-        ), started=started, drawn=drawn)
+        return json_response(
+            SampleResponse(
+                parameter_names=self.names,
+                num_samples=int(samples.shape[0]),
+                seed=req.seed,
+                samples=samples.tolist(),
+                mean=summary["mean"].tolist(),
+                std=summary["std"].tolist(),
+                map=summary["map"].tolist(),
+                fingerprint=self.posterior.fingerprint,
+                batch_size=batch_size,
+                misspecification=Misspecification(**check),
+            ),
+            started=started,
+            drawn=drawn,
+        )
 
     @api.post("/log_prob", response_model=LogProbResponse)
     async def log_prob(self, req: LogProbRequest) -> Response:
@@ -260,11 +304,19 @@ class PosteriorService:
             raise RequestRejected("theta", str(e)) from None
         deadline = self._admit()
         try:
-            values, check = await self._run(deadline, lambda: (self.posterior.log_prob(theta.astype(np.float32), **observation), assess(self.posterior, observation)))
+            values, check = await self._run(
+                deadline, lambda: (self.posterior.log_prob(theta.astype(np.float32), **observation), assess(self.posterior, observation))
+            )
         finally:
             self._pending -= 1
-        return json_response(LogProbResponse(parameter_names=self.names, log_prob=[float(v) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)],
-                                             fingerprint=self.posterior.fingerprint, misspecification=Misspecification(**check)))
+        return json_response(
+            LogProbResponse(
+                parameter_names=self.names,
+                log_prob=[float(v) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)],
+                fingerprint=self.posterior.fingerprint,
+                misspecification=Misspecification(**check),
+            )
+        )
 
     @api.post("/predictive", response_model=PredictiveResponse)
     async def predictive(self, req: PredictiveRequest) -> Response:
@@ -285,20 +337,31 @@ class PosteriorService:
             theta, sims, observed_count, check = await self._run(deadline, run)
         finally:
             self._pending -= 1
-        return json_response(PredictiveResponse(
-            parameter_names=self.names,
-            seed=seed,
-            theta=np.asarray(theta, dtype=np.float64).tolist(),
-            traces=sims.trace.astype(int).tolist(),
-            spike_count=sims.spike_count.astype(int).tolist(),
-            observed_spike_count=observed_count,
-            fingerprint=self.posterior.fingerprint,
-            misspecification=Misspecification(**check),
-        ))
+        return json_response(
+            PredictiveResponse(
+                parameter_names=self.names,
+                seed=seed,
+                theta=np.asarray(theta, dtype=np.float64).tolist(),
+                traces=sims.trace.astype(int).tolist(),
+                spike_count=sims.spike_count.astype(int).tolist(),
+                observed_spike_count=observed_count,
+                fingerprint=self.posterior.fingerprint,
+                misspecification=Misspecification(**check),
+            )
+        )
 
 
-def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, num_cpus: float | None = None, torch_threads: int = 1,
-                  max_model_queue: int = DEFAULT_MAX_MODEL_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Application:
+def posterior_app(
+    posterior: str,
+    *,
+    num_replicas: int | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S,
+    num_cpus: float | None = None,
+    torch_threads: int = 1,
+    max_model_queue: int = DEFAULT_MAX_MODEL_QUEUE,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+) -> Application:
     """The Serve application for one posterior artifact, ready for ``serve.run``.
 
     Args:
@@ -314,8 +377,14 @@ def posterior_app(posterior: str, *, num_replicas: int | None = None, max_batch_
     Returns:
         A bound application; ``serve.run(app, name=APP_NAME, route_prefix="/")`` deploys it.
     """
-    cfg = AppArgs(posterior=str(posterior), max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, torch_threads=torch_threads,
-                  max_model_queue=max_model_queue, request_timeout_s=request_timeout_s)
+    cfg = AppArgs(
+        posterior=str(posterior),
+        max_batch_size=max_batch_size,
+        batch_wait_timeout_s=batch_wait_timeout_s,
+        torch_threads=torch_threads,
+        max_model_queue=max_model_queue,
+        request_timeout_s=request_timeout_s,
+    )
     options: dict[str, Any] = {}
     if num_replicas is not None:
         if num_replicas < 1:

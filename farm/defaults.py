@@ -82,7 +82,7 @@ class PriorBox:
         return {"type": "box_uniform", "names": list(self.names), "low": list(self.low), "high": list(self.high), "units": self.units}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PriorBox":
+    def from_dict(cls, d: dict[str, Any]) -> PriorBox:
         if d.get("type", "box_uniform") != "box_uniform":
             raise FarmInputError(f"prior type={d.get('type')!r} is not a box prior")
         return cls(names=tuple(d["names"]), low=tuple(float(v) for v in d["low"]), high=tuple(float(v) for v in d["high"]), units=d.get("units", "LSB"))
@@ -138,7 +138,7 @@ class Protocol:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Protocol":
+    def from_dict(cls, d: dict[str, Any]) -> Protocol:
         return cls(**{k: float(v) for k, v in d.items()})
 
 
@@ -206,7 +206,7 @@ class ChipModel:
         """The chip ids circuits are drawn from: ``chip_ids``, or 0..num_chips-1."""
         return self.chip_ids if self.chip_ids is not None else tuple(range(self.num_chips))
 
-    def ideal(self) -> "ChipModel":
+    def ideal(self) -> ChipModel:
         """The same chip without mismatch or noise: for reference tests and noise-free predictions."""
         d = asdict(self)
         d.update(mismatch_gain_calibrated=0.0, mismatch_gain_uncalibrated=0.0, mismatch_offset_mv=0.0, noise_mv_per_sqrt_us=0.0, adc_noise_lsb=0.0)
@@ -222,7 +222,7 @@ class ChipModel:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ChipModel":
+    def from_dict(cls, d: dict[str, Any]) -> ChipModel:
         d = dict(d)
         if d.get("chip_ids") is not None:
             d["chip_ids"] = tuple(d["chip_ids"])
@@ -249,7 +249,7 @@ class Regime:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "Regime":
+    def from_dict(cls, d: dict[str, Any] | None) -> Regime:
         """A store's ``regime`` attribute; None (stores that predate it) gives the default."""
         return cls() if not d else cls(min_spikes=int(d["min_spikes"]), max_spikes=int(d["max_spikes"]))
 

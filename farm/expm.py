@@ -74,6 +74,7 @@ def fma(typingctx, a, b, c):  # type: ignore[no-untyped-def]
 @intrinsic
 def _bits(typingctx, x):  # type: ignore[no-untyped-def]
     """The IEEE-754 bit pattern of a float64 as uint64."""
+
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         return builder.bitcast(args[0], ir.IntType(64))
 
@@ -83,6 +84,7 @@ def _bits(typingctx, x):  # type: ignore[no-untyped-def]
 @intrinsic
 def _from_bits(typingctx, u):  # type: ignore[no-untyped-def]
     """The float64 whose bit pattern is the uint64 ``u``."""
+
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         return builder.bitcast(args[0], ir.DoubleType())
 

@@ -35,9 +35,17 @@ FEATURE_NAMES: tuple[str, ...] = (
     "v_mean_post_mv",
 )
 FEATURE_UNITS: dict[str, str] = {
-    "spike_count": "1", "mean_isi_us": "us", "cv_isi": "1", "adaptation_index": "1",
-    "first_spike_latency_us": "us", "v_rest_mv": "mV", "v_mean_stim_mv": "mV", "v_std_stim_mv": "mV",
-    "ahp_depth_mv": "mV", "time_to_steady_state_us": "us", "v_mean_post_mv": "mV",
+    "spike_count": "1",
+    "mean_isi_us": "us",
+    "cv_isi": "1",
+    "adaptation_index": "1",
+    "first_spike_latency_us": "us",
+    "v_rest_mv": "mV",
+    "v_mean_stim_mv": "mV",
+    "v_std_stim_mv": "mV",
+    "ahp_depth_mv": "mV",
+    "time_to_steady_state_us": "us",
+    "v_mean_post_mv": "mV",
 }
 SPIKE_DROP_CODES = 25
 _AHP_WINDOW = 5

@@ -112,7 +112,9 @@ def run_queue(queue: ChunkQueue, job: ChunkJob, substrate: Substrate, halt: thre
             queue.finish(chunk, res["n"])
         except OSError as e:
             queue.put_back(chunk)
-            raise FarmError(f"writing chunk {chunk} to {queue.store.url} failed: {e.strerror or e}; completed chunks are kept, re-run the same command to resume") from None
+            raise FarmError(
+                f"writing chunk {chunk} to {queue.store.url} failed: {e.strerror or e}; completed chunks are kept, re-run the same command to resume"
+            ) from None
         except BaseException:
             queue.put_back(chunk)
             raise

@@ -80,7 +80,9 @@ class StoreLock:
         self.store_url, self.url = url, lock_url(url)
         self.break_lock, self.stale_after_s, self.heartbeat_s = break_lock, stale_after_s, heartbeat_s
         self.fs, self.path = filesystem(self.url)
-        self.owner = LockOwner(socket.gethostname(), os.getpid(), datetime.now(UTC).isoformat(timespec="seconds"), time.time(), uuid.uuid4().hex, _proc_start(os.getpid()))
+        self.owner = LockOwner(
+            socket.gethostname(), os.getpid(), datetime.now(UTC).isoformat(timespec="seconds"), time.time(), uuid.uuid4().hex, _proc_start(os.getpid())
+        )
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,7 +102,9 @@ class StoreLock:
             reason = "--break-lock given" if self.break_lock else self._gone_reason(held)
             if reason is None:
                 who = held.describe() if held else "an unreadable lock"
-                raise StoreLocked(f"store={self.store_url!r} is being written by {who}; wait for that run, or pass --break-lock if it is gone (lock {self.url})")
+                raise StoreLocked(
+                    f"store={self.store_url!r} is being written by {who}; wait for that run, or pass --break-lock if it is gone (lock {self.url})"
+                )
             log.warning("taking over the lock of %s from %s: %s", self.store_url, held.describe() if held else "an unreadable lock", reason)
             self._remove_if(held)
         raise StoreLocked(f"store={self.store_url!r}: could not take its lock {self.url} after 5 tries; another run keeps taking it")

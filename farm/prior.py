@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -92,7 +92,17 @@ class RestrictedPrior(BoxPrior):
     renormalised by the acceptance rate measured when the classifier was fitted.
     """
 
-    def __init__(self, box: PriorBox, weights: list[NDArray[np.float64]], biases: list[NDArray[np.float64]], input_mean: NDArray[np.float64], input_std: NDArray[np.float64], threshold_logit: float, acceptance_rate: float, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        box: PriorBox,
+        weights: list[NDArray[np.float64]],
+        biases: list[NDArray[np.float64]],
+        input_mean: NDArray[np.float64],
+        input_std: NDArray[np.float64],
+        threshold_logit: float,
+        acceptance_rate: float,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(box)
         if len(weights) != len(biases) or not weights:
             raise FarmInputError(f"restricted prior needs matching weights/biases, got {len(weights)}/{len(biases)}")
@@ -132,10 +142,18 @@ class RestrictedPrior(BoxPrior):
             ok = self.logit(cand) >= self.threshold_logit
             out[pending[ok]] = cand[ok]
             pending = pending[~ok]
-        raise FarmRuntimeError(f"restricted prior accepted nothing for {pending.size} samples in {max_attempts} attempts; the classifier threshold is too strict")
+        raise FarmRuntimeError(
+            f"restricted prior accepted nothing for {pending.size} samples in {max_attempts} attempts; the classifier threshold is too strict"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "restricted", "box": self.box.to_dict(), "fingerprint": self.fingerprint, "threshold_logit": self.threshold_logit, "acceptance_rate": self.acceptance_rate}
+        return {
+            "type": "restricted",
+            "box": self.box.to_dict(),
+            "fingerprint": self.fingerprint,
+            "threshold_logit": self.threshold_logit,
+            "acceptance_rate": self.acceptance_rate,
+        }
 
     @property
     def fingerprint(self) -> str:
@@ -167,14 +185,16 @@ class RestrictedPrior(BoxPrior):
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "RestrictedPrior":
+    def load(cls, directory: str | Path) -> RestrictedPrior:
         d = Path(directory)
         mpath = d / RESTRICTED_MANIFEST
         if not mpath.is_file():
             raise FarmInputError(f"prior={str(d)!r} has no {RESTRICTED_MANIFEST}; pass a directory written by `farm train classifier`")
         m = json.loads(mpath.read_text())
         if m.get("kind") != "restricted_prior" or m.get("format_version") != RESTRICTED_FORMAT_VERSION:
-            raise FarmInputError(f"{mpath}: kind={m.get('kind')!r} format_version={m.get('format_version')!r}; expected restricted_prior v{RESTRICTED_FORMAT_VERSION}")
+            raise FarmInputError(
+                f"{mpath}: kind={m.get('kind')!r} format_version={m.get('format_version')!r}; expected restricted_prior v{RESTRICTED_FORMAT_VERSION}"
+            )
         try:
             with np.load(d / RESTRICTED_WEIGHTS, allow_pickle=False) as z:
                 num = int(m["num_layers"])
@@ -183,13 +203,22 @@ class RestrictedPrior(BoxPrior):
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:  # a truncated weights.npz is a BadZipFile
             raise FarmInputError(f"{d / RESTRICTED_WEIGHTS}: unreadable restricted prior ({type(e).__name__}); re-run `farm train classifier`") from None
         meta = {k: v for k, v in m.items() if k not in {"prior", "input_mean", "input_std", "threshold_logit", "acceptance_rate", "num_layers", "activation"}}
-        prior = cls(PriorBox.from_dict(m["prior"]), weights, biases, np.array(m["input_mean"]), np.array(m["input_std"]), m["threshold_logit"], m["acceptance_rate"], meta)
+        prior = cls(
+            PriorBox.from_dict(m["prior"]),
+            weights,
+            biases,
+            np.array(m["input_mean"]),
+            np.array(m["input_std"]),
+            m["threshold_logit"],
+            m["acceptance_rate"],
+            meta,
+        )
         if "fingerprint" in m and m["fingerprint"] != prior.fingerprint:
             raise FarmInputError(f"{mpath}: fingerprint {m['fingerprint']} does not match its weights ({prior.fingerprint}); the artifact is corrupt")
         return prior
 
 
-AnyPrior = Union[BoxPrior, RestrictedPrior]
+AnyPrior = BoxPrior | RestrictedPrior
 
 
 def load_prior(path: str | Path | None = None) -> AnyPrior:
@@ -241,5 +270,7 @@ def prior_from_attrs(prior_attr: Mapping[str, Any] | None) -> PriorDescription:
             return PriorDescription("restricted", PriorBox.from_dict(d["box"]), fingerprint)
         box = PriorBox.from_dict(d)
     except (KeyError, TypeError, ValueError) as e:
-        raise FarmInputError(f"prior attribute {json.dumps(d, sort_keys=True, default=str)[:80]} is not a box_uniform or restricted prior ({type(e).__name__}: {e})") from None
+        raise FarmInputError(
+            f"prior attribute {json.dumps(d, sort_keys=True, default=str)[:80]} is not a box_uniform or restricted prior ({type(e).__name__}: {e})"
+        ) from None
     return PriorDescription("box_uniform", box, BoxPrior(box).fingerprint)

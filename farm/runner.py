@@ -15,16 +15,15 @@ from numpy.typing import NDArray
 
 from farm.defaults import DEFAULT_CHUNK, ChipModel, Protocol, Regime
 from farm.errors import FarmError, FarmInputError
-from farm.lock import StoreLock
 from farm.job import ChunkJob, ChunkQueue, run_queue
+from farm.lock import StoreLock
 from farm.prior import AnyPrior, BoxPrior
 from farm.progress import ProgressBar
+from farm.scheduler import run_on_ray
 from farm.simulate import sim_schema
 from farm.store import SimStore, StoreSpec, normalise_url
-from farm.storepath import check_parent_writable, classify
-from farm.storepath import is_remote
+from farm.storepath import check_parent_writable, classify, is_remote
 from farm.substrate import get_substrate
-from farm.scheduler import run_on_ray
 from farm.thetafile import theta_fingerprint
 
 
@@ -97,7 +96,18 @@ def run_farm(
         chunk_size = SimStore.existing_chunk_size(out) or DEFAULT_CHUNK
     if theta is not None and theta.shape[0] != num_sims:
         raise FarmInputError(f"theta has {theta.shape[0]} rows but num_sims={num_sims}")
-    spec = StoreSpec(seed=seed, num_sims=num_sims, chunk_size=chunk_size, prior=prior.to_dict(), protocol=protocol, chip_model=chip_model, regime=regime, schema=sim_schema(protocol), substrate=substrate, theta_source=theta_source)
+    spec = StoreSpec(
+        seed=seed,
+        num_sims=num_sims,
+        chunk_size=chunk_size,
+        prior=prior.to_dict(),
+        protocol=protocol,
+        chip_model=chip_model,
+        regime=regime,
+        schema=sim_schema(protocol),
+        substrate=substrate,
+        theta_source=theta_source,
+    )
     # Refuse a foreign --out before the lock file appears beside it; then one writer at a time,
     # and the lock is held before creation touches the store path.
     out = normalise_url(out)
@@ -108,7 +118,17 @@ def run_farm(
         if theta is not None and not store.attrs.get("theta_written"):
             store.write_array("theta", theta)
             store.set_attrs(theta_written=True)
-        job = ChunkJob(store_url=absolute_url(store.url), seed=seed, prior=prior, substrate=substrate, protocol=protocol, chip_model=chip_model, regime=regime, theta_from_store=theta is not None, chunk_delay_s=_chunk_delay_s())
+        job = ChunkJob(
+            store_url=absolute_url(store.url),
+            seed=seed,
+            prior=prior,
+            substrate=substrate,
+            protocol=protocol,
+            chip_model=chip_model,
+            regime=regime,
+            theta_from_store=theta is not None,
+            chunk_delay_s=_chunk_delay_s(),
+        )
         pending = store.pending_chunks()
         skipped = store.num_sims - sum(b - a for a, b in map(store.chunk_bounds, pending))
         t0 = time.perf_counter()
@@ -121,7 +141,15 @@ def run_farm(
                     run_queue(queue, job, get_substrate(job.substrate, job.protocol, job.chip_model))
                     stats.update(num_workers=1, nodes={"local"})
                 elif pending:
-                    run_on_ray(queue, job, stats, address=address, num_chips=num_chips, max_in_flight_per_chip=max_in_flight_per_chip, max_actor_failures=max_actor_failures)
+                    run_on_ray(
+                        queue,
+                        job,
+                        stats,
+                        address=address,
+                        num_chips=num_chips,
+                        max_in_flight_per_chip=max_in_flight_per_chip,
+                        max_actor_failures=max_actor_failures,
+                    )
         except OSError as e:  # the driver's own writes (done flags) on a full or vanished store
             raise FarmError(f"writing to {store.url} failed: {e.strerror or e}; completed chunks are kept, re-run the same command to resume") from None
         if lock.lost:

@@ -60,10 +60,21 @@ class DriverWorker(threading.Thread):
         if isinstance(self.error, FarmError):
             raise self.error
         if self.error is not None:
-            raise FarmError(f"the driver's own chunk failed: {type(self.error).__name__}: {self.error}; completed chunks are kept, re-run the same command to resume") from None
+            raise FarmError(
+                f"the driver's own chunk failed: {type(self.error).__name__}: {self.error}; completed chunks are kept, re-run the same command to resume"
+            ) from None
 
 
-def run_on_ray(queue: ChunkQueue, job: ChunkJob, stats: dict[str, Any], *, address: str | None, num_chips: int | None, max_in_flight_per_chip: int, max_actor_failures: int | None) -> None:
+def run_on_ray(
+    queue: ChunkQueue,
+    job: ChunkJob,
+    stats: dict[str, Any],
+    *,
+    address: str | None,
+    num_chips: int | None,
+    max_in_flight_per_chip: int,
+    max_actor_failures: int | None,
+) -> None:
     """Run every chunk of ``queue`` on chip actors; fills ``stats`` (workers, nodes, retries).
 
     Args:
@@ -165,7 +176,13 @@ def run_on_ray(queue: ChunkQueue, job: ChunkJob, stats: dict[str, Any], *, addre
                     stats["retried_on"].add(res["node_id"])
                 ready[actor] -= 1
                 last_progress = time.monotonic()
-            if not ready and not in_flight and len(queue) and (driver is None or not driver.is_alive()) and time.monotonic() - last_progress > NO_ACTOR_TIMEOUT_S:
+            if (
+                not ready
+                and not in_flight
+                and len(queue)
+                and (driver is None or not driver.is_alive())
+                and time.monotonic() - last_progress > NO_ACTOR_TIMEOUT_S
+            ):
                 raise FarmError(f"no chip actor could be started for {NO_ACTOR_TIMEOUT_S} s; check the cluster's free CPUs (`ray status`)")
     except (KeyboardInterrupt, SystemExit):
         interrupted = True

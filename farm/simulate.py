@@ -65,7 +65,13 @@ def sim_schema(protocol: Protocol) -> StoreSchema:
         attrs={
             "parameter_names": list(PARAMETER_NAMES),
             "feature_names": list(FEATURE_NAMES),
-            "units": {"theta": "LSB (CapMem)", "trace": "ADC code (MADC, 10 bit)", "time": "us (hardware time)", "spike_count": "spikes during the step current", "features": FEATURE_UNITS},
+            "units": {
+                "theta": "LSB (CapMem)",
+                "trace": "ADC code (MADC, 10 bit)",
+                "time": "us (hardware time)",
+                "spike_count": "spikes during the step current",
+                "features": FEATURE_UNITS,
+            },
             "neurons_per_chip": NEURONS_PER_CHIP,
         },
     )
@@ -107,7 +113,15 @@ def simulate_indices(prior: AnyPrior, seed: int, indices: NDArray[np.integer], s
     return simulate_rows(prior.sample_indexed(seed, idx), seed, idx, substrate)
 
 
-def simulate_theta(theta: NDArray[np.floating], *, seed: int = 0, first_index: int = 0, protocol: Protocol | None = None, chip_model: ChipModel | None = None, substrate: str | Substrate = "emulator") -> SimBatch:
+def simulate_theta(
+    theta: NDArray[np.floating],
+    *,
+    seed: int = 0,
+    first_index: int = 0,
+    protocol: Protocol | None = None,
+    chip_model: ChipModel | None = None,
+    substrate: str | Substrate = "emulator",
+) -> SimBatch:
     """Simulate parameter sets directly (posterior-predictive checks, `--theta` runs).
 
     Args:

@@ -76,7 +76,9 @@ class StoreSpec:
         if self.num_sims > MAX_SIMS:
             raise FarmInputError(f"num_sims={self.num_sims} is more than the {MAX_SIMS:.0e} samples a store may hold")
         if -(-self.num_sims // self.chunk_size) > MAX_CHUNKS:
-            raise FarmInputError(f"num_sims={self.num_sims} in chunks of {self.chunk_size} makes {-(-self.num_sims // self.chunk_size)} chunks; at most {MAX_CHUNKS:.0e} allowed, give a larger --chunk")
+            raise FarmInputError(
+                f"num_sims={self.num_sims} in chunks of {self.chunk_size} makes {-(-self.num_sims // self.chunk_size)} chunks; at most {MAX_CHUNKS:.0e} allowed, give a larger --chunk"
+            )
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -163,14 +165,29 @@ class SimStore:
             for key, value in coord.attrs.items():
                 arr.attrs[key] = value
         for a in spec.schema.arrays:
-            g.create_array(a.name, shape=(n, *a.trailing_shape), chunks=(c, *a.trailing_shape), dtype=a.dtype, fill_value=a.fill_value, dimension_names=a.dims, compressors=list(_COMPRESSORS))
+            g.create_array(
+                a.name,
+                shape=(n, *a.trailing_shape),
+                chunks=(c, *a.trailing_shape),
+                dtype=a.dtype,
+                fill_value=a.fill_value,
+                dimension_names=a.dims,
+                compressors=list(_COMPRESSORS),
+            )
             _reached(f"create:array:{a.name}")
-        g.create_array("chunk_done", shape=(num_chunks,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=("chunk",), compressors=[zarr.codecs.Crc32cCodec()])
+        g.create_array(
+            "chunk_done", shape=(num_chunks,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=("chunk",), compressors=[zarr.codecs.Crc32cCodec()]
+        )
         _reached("create:chunk_done")
-        attrs = spec.identity() | {"num_sims": n, "regime": spec.regime.to_dict()} | spec.schema.attrs | {
-            "created_by": f"bss2-farm {package_version()}",
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        attrs = (
+            spec.identity()
+            | {"num_sims": n, "regime": spec.regime.to_dict()}
+            | spec.schema.attrs
+            | {
+                "created_by": f"bss2-farm {package_version()}",
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
         # Attributes and consolidated metadata last, in one write; the caller then removes the marker.
         _publish(url, _normalise(attrs))
         _reached("create:published")
@@ -378,7 +395,9 @@ def _publish(url: str, attrs: dict[str, Any]) -> None:
         group = await AsyncGroup.open(store_path, zarr_format=3, use_consolidated=False)
         members = {k: v.metadata async for k, v in group.members(max_depth=None, use_consolidated_for_children=False)}
         ConsolidatedMetadata._flat_to_nested(members)
-        metadata = dataclasses.replace(group.metadata, attributes={**group.metadata.attributes, **attrs}, consolidated_metadata=ConsolidatedMetadata(metadata=members))
+        metadata = dataclasses.replace(
+            group.metadata, attributes={**group.metadata.attributes, **attrs}, consolidated_metadata=ConsolidatedMetadata(metadata=members)
+        )
         await dataclasses.replace(group, metadata=metadata)._save_metadata()
 
     with warnings.catch_warnings():

@@ -60,14 +60,21 @@ def classify(url: str) -> PathState:
     if "zarr.json" in names:
         meta = _read_json(fs, f"{path}/zarr.json")
         attrs = meta.get("attributes") or {}
-        if meta.get("zarr_format") == 3 and meta.get("node_type") == "group" and attrs.get("format_version") is not None and str(attrs.get("created_by", "")).startswith("bss2-farm"):
+        if (
+            meta.get("zarr_format") == 3
+            and meta.get("node_type") == "group"
+            and attrs.get("format_version") is not None
+            and str(attrs.get("created_by", "")).startswith("bss2-farm")
+        ):
             return PathState.STORE
         what = "a Zarr v3 group not made by bss2-farm" if meta.get("node_type") == "group" else "a Zarr v3 array or unreadable zarr.json"
         raise StoreRefused(f"out={url!r} holds {what}; nothing was touched, choose a new path for --out")
     if names & set(_ZARR_V2_KEYS):
         raise StoreRefused(f"out={url!r} holds a Zarr v2 store (bss2-farm writes Zarr v3); nothing was touched, choose a new path for --out")
     example = sorted(names)[0]
-    raise StoreRefused(f"out={url!r} is a folder with {len(names)} entries that are not a bss2-farm store (e.g. {example!r}); nothing was touched, choose a new or empty path for --out")
+    raise StoreRefused(
+        f"out={url!r} is a folder with {len(names)} entries that are not a bss2-farm store (e.g. {example!r}); nothing was touched, choose a new or empty path for --out"
+    )
 
 
 def begin_creation(url: str, state: PathState) -> None:

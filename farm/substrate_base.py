@@ -7,7 +7,8 @@ It imports no substrate: the emulator and the hardware backend import it, and th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol as TypingProtocol, runtime_checkable
+from typing import Protocol as TypingProtocol
+from typing import runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray

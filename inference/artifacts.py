@@ -87,7 +87,9 @@ def read_artifact(directory: str | Path, kind: str, protocol: Protocol | None = 
         raise ArtifactError(f"artifact={str(d)!r} has no {MANIFEST}; pass a directory written by `farm train`")
     m = read_document(path, ArtifactManifest, kind=kind).to_dict()
     if m.get("emulator_version") != EMULATOR_VERSION:
-        raise ArtifactError(f"{path}: trained on emulator_version={m.get('emulator_version')!r}, this farm simulates {EMULATOR_VERSION}: retrain on a new store")
+        raise ArtifactError(
+            f"{path}: trained on emulator_version={m.get('emulator_version')!r}, this farm simulates {EMULATOR_VERSION}: retrain on a new store"
+        )
     if protocol is not None and Protocol.from_dict(m["protocol"]) != protocol:
         raise ArtifactError(f"{path}: trained on protocol {m['protocol']}, incompatible with the requested {protocol.to_dict()}")
     wpath = d / m.get("weights", {}).get("file", WEIGHTS)

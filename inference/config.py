@@ -73,7 +73,15 @@ class TrainConfig:
         if not self.stores:
             raise ValueError("stores=() is empty; give at least one --store")
         object.__setattr__(self, "stores", tuple(self.stores))  # a JSON round-trip gives a list
-        checks = {"num_workers": (1, 64), "epochs": (1, 10_000), "patience": (1, 10_000), "lr_patience": (1, 10_000), "batch_size": (2, 65_536), "cpus_per_worker": (0, 256), "shuffle_chunks": (1, 1024)}
+        checks = {
+            "num_workers": (1, 64),
+            "epochs": (1, 10_000),
+            "patience": (1, 10_000),
+            "lr_patience": (1, 10_000),
+            "batch_size": (2, 65_536),
+            "cpus_per_worker": (0, 256),
+            "shuffle_chunks": (1, 1024),
+        }
         for name, (lo, hi) in checks.items():
             v = getattr(self, name)
             if not lo <= v <= hi:
@@ -104,9 +112,23 @@ class TrainConfig:
 
 #: The defaults of the settings a user chooses (the command line shows and passes these).
 TRAIN_DEFAULTS: dict[str, Any] = {
-    f.name: f.default for f in fields(TrainConfig)
-    if f.default is not MISSING and f.name in ("num_workers", "epochs", "patience", "batch_size", "learning_rate", "lr_schedule",
-                                                     "val_fraction", "test_fraction", "gpus_per_worker", "seed", "variant")
+    f.name: f.default
+    for f in fields(TrainConfig)
+    if f.default is not MISSING
+    and f.name
+    in (
+        "num_workers",
+        "epochs",
+        "patience",
+        "batch_size",
+        "learning_rate",
+        "lr_schedule",
+        "val_fraction",
+        "test_fraction",
+        "gpus_per_worker",
+        "seed",
+        "variant",
+    )
 }
 
 __all__ = ["ESTIMATORS", "FEATURES", "LR_SCHEDULES", "TASK_NAMES", "TRAIN_DEFAULTS", "TrainConfig"]

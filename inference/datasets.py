@@ -29,34 +29,13 @@ from numpy.typing import NDArray
 from farm.defaults import EMULATOR_VERSION, ChipModel, Protocol, Regime
 from farm.store import SimStore, StoreMismatch
 from inference.prefetch import background
+from inference.quality import quality_flags
 from inference.splits import SPLITS, is_validation, split_of  # noqa: F401 (is_validation: re-exported)
 
 log = logging.getLogger(__name__)
 
 #: Fields a batch can carry; ``label`` (in regime, 0/1 float32) is derived from ``spike_count``.
 FIELDS = ("theta", "features", "trace", "spike_count", "label")
-#: A trace with at least this fraction of its samples on an ADC rail is "saturated".
-SATURATED_FRACTION = 0.05
-#: A trace whose peak-to-peak range is at most this many codes is "flat" (readout noise alone is ~3 codes rms).
-FLAT_PTP_CODES = 2
-
-
-def quality_flags(trace: NDArray[np.integer], theta: NDArray[np.floating], features: NDArray[np.floating], adc_max_code: int) -> dict[str, NDArray[np.bool_]]:
-    """Per-row flags of unusable samples; a row may carry several.
-
-    Args:
-        trace: (n, T) ADC codes; codes outside [0, adc_max_code] (e.g. the store's fill -1) count as ``nan``.
-        theta: (n, 7); features: (n, F).
-        adc_max_code: top ADC code (1023 for 10 bit).
-
-    Returns:
-        ``{"nan": ..., "saturated": ..., "flat": ...}`` of (n,) bool.
-    """
-    t = np.asarray(trace)
-    nan = ~np.all(np.isfinite(theta), axis=1) | ~np.all(np.isfinite(features), axis=1) | np.any((t < 0) | (t > adc_max_code), axis=1)
-    rail = np.mean((t <= 0) | (t >= adc_max_code), axis=1) >= SATURATED_FRACTION
-    flat = (t.max(axis=1).astype(np.int32) - t.min(axis=1).astype(np.int32)) <= FLAT_PTP_CODES
-    return {"nan": nan, "saturated": rail & ~nan, "flat": flat & ~nan}
 
 
 @dataclass(frozen=True)
@@ -111,7 +90,9 @@ class StoreSet:
         self.priors = [s.attrs.get("prior") for s in self.stores]
         for url, p in zip(self.urls[1:], self.priors[1:], strict=True):
             if prior_label(p) != prior_label(self.priors[0]):
-                raise PriorMismatch(f"store={url!r} was drawn from prior {prior_label(p)}, store={self.urls[0]!r} from prior {prior_label(self.priors[0])}; train on stores of one prior")
+                raise PriorMismatch(
+                    f"store={url!r} was drawn from prior {prior_label(p)}, store={self.urls[0]!r} from prior {prior_label(self.priors[0])}; train on stores of one prior"
+                )
         self.chunks: list[ChunkRef] = []
         for k, s in enumerate(self.stores):
             for c in np.flatnonzero(s.done_mask()):
@@ -129,7 +110,10 @@ class StoreSet:
         """Hash of what the stores hold: identity attributes and the completed chunks."""
         h = hashlib.sha256()
         for s in self.stores:
-            ident = {k: s.attrs.get(k) for k in ("seed", "num_sims", "chunk_size", "prior", "protocol", "chip_model", "emulator_version", "theta_source", "substrate")}
+            ident = {
+                k: s.attrs.get(k)
+                for k in ("seed", "num_sims", "chunk_size", "prior", "protocol", "chip_model", "emulator_version", "theta_source", "substrate")
+            }
             h.update(json.dumps(ident, sort_keys=True).encode())
             h.update(np.packbits(s.done_mask()).tobytes())
         return h.hexdigest()[:16]
@@ -141,9 +125,9 @@ class StoreSet:
         for name in fields:
             if name == "label":
                 continue
-            out[name] = np.asarray(g[name][ref.start:ref.stop])
+            out[name] = np.asarray(g[name][ref.start : ref.stop])
         if "label" in fields:
-            sc = out["spike_count"] if "spike_count" in out else np.asarray(g["spike_count"][ref.start:ref.stop])
+            sc = out["spike_count"] if "spike_count" in out else np.asarray(g["spike_count"][ref.start : ref.stop])
             out["label"] = ((sc >= self.regime.min_spikes) & (sc <= self.regime.max_spikes)).astype(np.float32)
         out["index"] = np.arange(ref.start, ref.stop, dtype=np.int64)
         return out
@@ -176,9 +160,13 @@ class DataPlan:
 
     def splits(self) -> dict[str, Any]:
         """The split as recorded in artifacts: fractions, row counts and how rows are assigned."""
-        return {"method": "splitmix64 hash of the sample index (inference.datasets.split_of)",
-                "train_fraction": 1.0 - self.val_fraction - self.test_fraction, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
-                "rows": {"train": self.num_train, "val": self.num_val, "test": self.num_test}}
+        return {
+            "method": "splitmix64 hash of the sample index (inference.datasets.split_of)",
+            "train_fraction": 1.0 - self.val_fraction - self.test_fraction,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "rows": {"train": self.num_train, "val": self.num_val, "test": self.num_test},
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -237,7 +225,9 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
         raise StoreMismatch(f"stores={stores.urls} have {n_train} usable training samples; simulate more (excluded: {counts})")
     total_bad = sum(counts.values())
     if total_bad:
-        log.warning("excluded %d bad samples of %d: %s", sum(len(v) for v in excluded.values()), stores.num_samples, ", ".join(f"{k}={v}" for k, v in counts.items()))
+        log.warning(
+            "excluded %d bad samples of %d: %s", sum(len(v) for v in excluded.values()), stores.num_samples, ", ".join(f"{k}={v}" for k, v in counts.items())
+        )
 
     def mean_std(s: NDArray[np.float64], sq: NDArray[np.float64], n: int) -> tuple[list[float], list[float]]:
         m = s / n
@@ -249,9 +239,24 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
     n_codes = n_train * stores.protocol.num_samples
     trm = tr_sum / n_codes
     trs = float(np.sqrt(max(tr_sq / n_codes - trm**2, 1e-12)))
-    return DataPlan(urls=stores.urls, val_fraction=val_fraction, excluded=excluded, flag_counts=counts, num_train=n_train, num_val=n_val,
-                    in_regime_fraction=n_in / max(n_train + n_val + n_test, 1), feature_mean=fm, feature_std=fs, theta_mean=tm, theta_std=ts,
-                    trace_mean=trm, trace_std=trs, fingerprint=stores.fingerprint, test_fraction=test_fraction, num_test=n_test)
+    return DataPlan(
+        urls=stores.urls,
+        val_fraction=val_fraction,
+        excluded=excluded,
+        flag_counts=counts,
+        num_train=n_train,
+        num_val=n_val,
+        in_regime_fraction=n_in / max(n_train + n_val + n_test, 1),
+        feature_mean=fm,
+        feature_std=fs,
+        theta_mean=tm,
+        theta_std=ts,
+        trace_mean=trm,
+        trace_std=trs,
+        fingerprint=stores.fingerprint,
+        test_fraction=test_fraction,
+        num_test=n_test,
+    )
 
 
 def box_bounds(stores: StoreSet) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -315,7 +320,9 @@ class ChunkStream:
         shuffle_chunks: chunks in the shuffle buffer (rows are permuted across them).
     """
 
-    def __init__(self, stores: StoreSet, plan: DataPlan, split: str, fields: Sequence[str], batch_size: int, rank: int = 0, world_size: int = 1, shuffle_chunks: int = 4) -> None:
+    def __init__(
+        self, stores: StoreSet, plan: DataPlan, split: str, fields: Sequence[str], batch_size: int, rank: int = 0, world_size: int = 1, shuffle_chunks: int = 4
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r} must be one of {', '.join(SPLITS)}")
         self.stores, self.plan, self.split = stores, plan, split

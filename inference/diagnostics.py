@@ -14,8 +14,9 @@ References: Talts et al. 2018 (SBC), Lemos et al. 2023 (TARP), Deistler et al. 2
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,7 +149,15 @@ def tarp(theta: NDArray[np.floating], samples: NDArray[np.floating], *, seed: in
     bins = max(2, t.shape[0] // 10) if num_bins is None else int(num_bins)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        ecp, alpha = run_tarp(torch.as_tensor(t, dtype=torch.float32), post.xs, post, references=torch.as_tensor(refs, dtype=torch.float32), num_posterior_samples=s.shape[1], show_progress_bar=False, num_bins=bins)
+        ecp, alpha = run_tarp(
+            torch.as_tensor(t, dtype=torch.float32),
+            post.xs,
+            post,
+            references=torch.as_tensor(refs, dtype=torch.float32),
+            num_posterior_samples=s.shape[1],
+            show_progress_bar=False,
+            num_bins=bins,
+        )
     atc, ks = check_tarp(ecp, alpha)
     return TarpResult(ecp=ecp.numpy().astype(np.float64), alpha=alpha.numpy().astype(np.float64), atc=float(atc), ks_pval=float(ks))
 
@@ -168,7 +177,9 @@ def marginal_coverage(ranks: NDArray[np.integer], num_posterior_samples: int, le
     return inside.mean(axis=1)
 
 
-def hpd_coverage(log_prob_samples: NDArray[np.floating], log_prob_true: NDArray[np.floating], levels: NDArray[np.floating] = DEFAULT_LEVELS, *, seed: int = 0) -> NDArray[np.float64]:
+def hpd_coverage(
+    log_prob_samples: NDArray[np.floating], log_prob_true: NDArray[np.floating], levels: NDArray[np.floating] = DEFAULT_LEVELS, *, seed: int = 0
+) -> NDArray[np.float64]:
     """Expected coverage of highest-density regions (Deistler et al. 2022), from log densities.
 
     The truth lies in the ``level`` HPD region iff fewer than ``1 - level`` of the posterior samples
@@ -283,7 +294,13 @@ class PredictiveResult:
     feature_z: NDArray[np.float64]
 
 
-def predictive_discrepancy(obs_trace: NDArray[np.floating], pred_trace: NDArray[np.floating], obs_features: NDArray[np.floating], pred_features: NDArray[np.floating], spike_index: int = 0) -> PredictiveResult:
+def predictive_discrepancy(
+    obs_trace: NDArray[np.floating],
+    pred_trace: NDArray[np.floating],
+    obs_features: NDArray[np.floating],
+    pred_features: NDArray[np.floating],
+    spike_index: int = 0,
+) -> PredictiveResult:
     """Compare observed traces / statistics with traces simulated from posterior samples.
 
     Args:
@@ -309,7 +326,9 @@ def predictive_discrepancy(obs_trace: NDArray[np.floating], pred_trace: NDArray[
     sc_pred = pf[:, :, spike_index]
     lo, hi = np.quantile(sc_pred, 0.05, axis=1), np.quantile(sc_pred, 0.95, axis=1)
     fz = (of - pf.mean(axis=1)) / np.maximum(pf.std(axis=1), 1e-6)
-    return PredictiveResult(trace_rmse=rmse, spike_count_error=np.abs(sc_pred - sc_obs[:, None]).mean(axis=1), spike_count_coverage=(sc_obs >= lo) & (sc_obs <= hi), feature_z=fz)
+    return PredictiveResult(
+        trace_rmse=rmse, spike_count_error=np.abs(sc_pred - sc_obs[:, None]).mean(axis=1), spike_count_coverage=(sc_obs >= lo) & (sc_obs <= hi), feature_z=fz
+    )
 
 
 def c2st_dap(prior_samples: NDArray[np.floating], dap_samples: NDArray[np.floating]) -> NDArray[np.float64]:
@@ -352,6 +371,20 @@ def verdict(sbc_result: SBCResult, tarp_result: TarpResult, *, tol: float = 0.05
 
 
 __all__ = [
-    "DEFAULT_LEVELS", "SBC_ALPHA", "PrecomputedSamples", "SBCResult", "TarpResult", "RecoveryResult", "PredictiveResult",
-    "sbc", "tarp", "marginal_coverage", "hpd_coverage", "coverage_deviation", "recovery", "predictive_discrepancy", "c2st_dap", "verdict",
+    "DEFAULT_LEVELS",
+    "SBC_ALPHA",
+    "PrecomputedSamples",
+    "SBCResult",
+    "TarpResult",
+    "RecoveryResult",
+    "PredictiveResult",
+    "sbc",
+    "tarp",
+    "marginal_coverage",
+    "hpd_coverage",
+    "coverage_deviation",
+    "recovery",
+    "predictive_discrepancy",
+    "c2st_dap",
+    "verdict",
 ]

@@ -59,8 +59,16 @@ class TraceCNN(nn.Module):
     (docs/performance.md has the measured speed ratio and held-out loss).
     """
 
-    def __init__(self, trace_mean: float, trace_std: float, channels: tuple[int, ...] = (16, 32, 32), kernel_size: int = 7, pool_bins: int = 16,
-                 num_features: int = 32, stem: str = "pooled") -> None:
+    def __init__(
+        self,
+        trace_mean: float,
+        trace_std: float,
+        channels: tuple[int, ...] = (16, 32, 32),
+        kernel_size: int = 7,
+        pool_bins: int = 16,
+        num_features: int = 32,
+        stem: str = "pooled",
+    ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"cnn_stem={stem!r} must be one of {', '.join(STEMS)}")

@@ -89,9 +89,13 @@ class EnsemblePosterior:
         self.detector = getattr(first, "detector", None)  # member 0's, as misspecification() below
         self.fingerprint: str = manifest["fingerprint"]
         # Callers read the member manifest's setup (stores, protocol, metrics); the ensemble adds its own keys.
-        self.manifest: dict[str, Any] = {**first.manifest, "name": f"npe-{self.variant}-ensemble{self.num_members}", "fingerprint": self.fingerprint,
-                                         "ensemble": {"num_members": self.num_members, "members": manifest["members"]},
-                                         "metrics": {**first.manifest.get("metrics", {}), **manifest.get("metrics", {})}}
+        self.manifest: dict[str, Any] = {
+            **first.manifest,
+            "name": f"npe-{self.variant}-ensemble{self.num_members}",
+            "fingerprint": self.fingerprint,
+            "ensemble": {"num_members": self.num_members, "members": manifest["members"]},
+            "metrics": {**first.manifest.get("metrics", {}), **manifest.get("metrics", {})},
+        }
 
     def __repr__(self) -> str:
         return f"EnsemblePosterior(members={self.num_members}, variant={self.variant!r}, fingerprint={self.fingerprint})"
@@ -107,7 +111,7 @@ class EnsemblePosterior:
         """(B, n, 7) draws and (B, n) member index of each draw, shuffled within each row."""
         n = _count(num_samples)
         rng = np.random.default_rng(seed)
-        (keyword, value), = obs.items()
+        ((keyword, value),) = obs.items()
         rows = len(value)
         counts, seeds = self._split(rng, rows, n)
         out = np.empty((rows, n, len(self.parameter_names)), dtype=np.float32)
@@ -129,7 +133,7 @@ class EnsemblePosterior:
 
     def sample(self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
         """Draw theta from the mixture for ONE observation: (num_samples, 7) float32 LSB; same seed, same draws."""
-        (key, value), = _one(trace, features).items()
+        ((key, value),) = _one(trace, features).items()
         return self._mixture_draws(num_samples, {_BATCHED[key]: np.asarray(value)[None]}, seed)[0][0]
 
     def sample_batched(self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
@@ -140,8 +144,9 @@ class EnsemblePosterior:
         """(B, num_samples) member index of each draw ``sample_batched`` returns for the same arguments."""
         return self._mixture_draws(num_samples, _batch(traces, features), seed)[1]
 
-    def sample_and_log_prob(self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None,
-                            normalized: bool = True) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+    def sample_and_log_prob(
+        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         """Mixture draws for B observations and their mixture log-densities ((B, n, 7), (B, n)).
 
         ``normalized`` is accepted for interface parity but the members' densities are always
@@ -150,7 +155,7 @@ class EnsemblePosterior:
         """
         obs = _batch(traces, features)
         theta, _ = self._mixture_draws(num_samples, obs, seed)
-        (keyword, value), = obs.items()
+        ((keyword, value),) = obs.items()
         one = {v: k for k, v in _BATCHED.items()}[keyword]
         lp = np.stack([self._log_prob_checked(theta[b], {one: value[b]}) for b in range(len(value))])
         return theta, lp
@@ -230,8 +235,13 @@ def write_ensemble(directory: str | Path, seeds: list[int], metrics: dict[str, A
         sub = d / member_dir(k)
         man = json.loads((sub / "manifest.json").read_text())
         members.append({"dir": member_dir(k), "seed": int(seed), "fingerprint": man["fingerprint"], "manifest_sha256": file_sha256(sub / "manifest.json")})
-    body = {"kind": KIND, "format_version": ENSEMBLE_FORMAT_VERSION, "members": members,
-            "fingerprint": ensemble_fingerprint([m["fingerprint"] for m in members]), "metrics": metrics or {}}
+    body = {
+        "kind": KIND,
+        "format_version": ENSEMBLE_FORMAT_VERSION,
+        "members": members,
+        "fingerprint": ensemble_fingerprint([m["fingerprint"] for m in members]),
+        "metrics": metrics or {},
+    }
     path = d / MANIFEST
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(jsonable(body), indent=2))

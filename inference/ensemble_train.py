@@ -33,8 +33,9 @@ def _train_member(task: Task, stores: list[str], out: str, options: dict[str, An
     return train(task, stores, out, **options)
 
 
-def train_ensemble(task: Task, stores: list[str], out: str, num_members: int, *, seed: int, workers: int, address: str | None, quiet: bool,
-                   **options: Any) -> dict[str, Any]:
+def train_ensemble(
+    task: Task, stores: list[str], out: str, num_members: int, *, seed: int, workers: int, address: str | None, quiet: bool, **options: Any
+) -> dict[str, Any]:
     """Train ``num_members`` posteriors and write the ensemble artifact into ``out``.
 
     Args:
@@ -65,9 +66,17 @@ def train_ensemble(task: Task, stores: list[str], out: str, num_members: int, *,
     if not ray.is_initialized():
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # as inference.train: workers print their own progress
         try:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=not quiet, configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
+            ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                log_to_driver=not quiet,
+                configure_logging=False,
+                logging_config=ray.LoggingConfig(log_level="ERROR"),
+            )
         except Exception as e:  # e.g. a raylet that did not start on an overloaded node: one line, exit 1
-            raise TrainingError(f"could not start or join Ray (address={address or 'local'}): {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; re-run to retry") from None
+            raise TrainingError(
+                f"could not start or join Ray (address={address or 'local'}): {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; re-run to retry"
+            ) from None
         started = True
     try:
         free = int(ray.available_resources().get("CPU", 0))
@@ -84,8 +93,12 @@ def train_ensemble(task: Task, stores: list[str], out: str, num_members: int, *,
         if started:
             ray.shutdown()
     losses = [float(m["best_val_loss"]) for m in members]
-    metrics = {"num_train": members[0].get("num_train"), "num_val": members[0].get("num_val"), "best_val_loss": sum(losses) / len(losses),
-               "ensemble": {"num_members": num_members, "seeds": seeds, "parallel": parallel, "members": members}}
+    metrics = {
+        "num_train": members[0].get("num_train"),
+        "num_val": members[0].get("num_val"),
+        "best_val_loss": sum(losses) / len(losses),
+        "ensemble": {"num_members": num_members, "seeds": seeds, "parallel": parallel, "members": members},
+    }
     write_ensemble(root, seeds, metrics)
     return metrics
 

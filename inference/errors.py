@@ -28,8 +28,10 @@ class RejectionBudgetExceeded(FarmInputError):
         self.max_rounds = int(max_rounds)
         self.acceptance = float(acceptance)
         self.num_observations = int(num_observations)
-        super().__init__(f"posterior mass lies almost entirely outside the restricted prior: rejection budget of at most {self.max_rounds} x num_samples = {self.budget} proposals "
-                         f"spent with acceptance {self.acceptance:.2g} (< 1/{self.max_rounds}) for {self.num_observations} observation(s); is the observation in the regime?")
+        super().__init__(
+            f"posterior mass lies almost entirely outside the restricted prior: rejection budget of at most {self.max_rounds} x num_samples = {self.budget} proposals "
+            f"spent with acceptance {self.acceptance:.2g} (< 1/{self.max_rounds}) for {self.num_observations} observation(s); is the observation in the regime?"
+        )
 
 
 __all__ = ["ArtifactError", "RejectionBudgetExceeded", "TrainingError"]

@@ -51,8 +51,14 @@ def local_calibration(theta: NDArray[np.floating], features: NDArray[np.floating
         stat = float(lc2st.get_statistic_on_observed_data(theta_o=theta_o, x_o=x_o))
         p = float(lc2st.p_value(theta_o=theta_o, x_o=x_o))
         obs.append({"index": i, "statistic": stat, "p_value": p, "rejected": bool(p < LC2ST_ALPHA)})
-    return {"num_train": int(t.shape[0]), "num_null_trials": NUM_NULL_TRIALS, "alpha": LC2ST_ALPHA, "observations": obs,
-            "num_rejected": sum(o["rejected"] for o in obs), "min_p_value": min(o["p_value"] for o in obs)}
+    return {
+        "num_train": int(t.shape[0]),
+        "num_null_trials": NUM_NULL_TRIALS,
+        "alpha": LC2ST_ALPHA,
+        "observations": obs,
+        "num_rejected": sum(o["rejected"] for o in obs),
+        "min_p_value": min(o["p_value"] for o in obs),
+    }
 
 
 def training_chip_ids(manifest: dict[str, Any]) -> list[int] | None:
@@ -79,10 +85,17 @@ def chip_overlap(manifest: dict[str, Any], store_attrs: dict[str, Any]) -> dict[
     else:
         shared = sorted(set(test) & set(train))
         overlap = "none" if not shared else ("full" if set(test) <= set(train) else "partial")
-        note = {"none": f"test chips {format_chip_ids(test)} were never seen in training (chips {format_chip_ids(train)}): this measures generalisation to new chips",
-                "full": f"test chips {format_chip_ids(test)} were all seen in training (chips {format_chip_ids(train)})",
-                "partial": f"test chips {format_chip_ids(test)} overlap the training chips {format_chip_ids(train)} on {format_chip_ids(shared)}"}[overlap]
-    return {"test_chip_ids": format_chip_ids(test), "training_chip_ids": format_chip_ids(train) if train is not None else None, "overlap": overlap, "note": note}
+        note = {
+            "none": f"test chips {format_chip_ids(test)} were never seen in training (chips {format_chip_ids(train)}): this measures generalisation to new chips",
+            "full": f"test chips {format_chip_ids(test)} were all seen in training (chips {format_chip_ids(train)})",
+            "partial": f"test chips {format_chip_ids(test)} overlap the training chips {format_chip_ids(train)} on {format_chip_ids(shared)}",
+        }[overlap]
+    return {
+        "test_chip_ids": format_chip_ids(test),
+        "training_chip_ids": format_chip_ids(train) if train is not None else None,
+        "overlap": overlap,
+        "note": note,
+    }
 
 
 __all__ = ["LC2ST_ALPHA", "NUM_LC2ST_OBS", "NUM_NULL_TRIALS", "chip_overlap", "local_calibration", "training_chip_ids"]

@@ -7,9 +7,10 @@ deterministic given its seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,7 +19,7 @@ from farm.defaults import ChipModel
 from farm.features import FEATURE_NAMES
 from farm.simulate import simulate_theta
 from inference import diagnostics as dg
-from inference.datasets import quality_flags
+from inference.quality import quality_flags
 
 _BATCH = 100  # observations per sample_batched call: bounds memory at 100 x num_samples x 7
 
@@ -102,7 +103,9 @@ def sample_all(posterior: Any, trace: NDArray[np.int16], num_samples: int, seed:
     return out
 
 
-def hpd_log_probs(posterior: Any, trace: NDArray[np.int16], theta: NDArray[np.float32], samples: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def hpd_log_probs(
+    posterior: Any, trace: NDArray[np.int16], theta: NDArray[np.float32], samples: NDArray[np.float32]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     lps = np.empty(samples.shape[:2], dtype=np.float64)
     lpt = np.empty(theta.shape[0], dtype=np.float64)
     for i in range(theta.shape[0]):
@@ -116,8 +119,8 @@ def prior_fingerprint(prior_attr: Any) -> str | None:
         return None
     if prior_attr.get("type") == "restricted":
         return prior_attr.get("fingerprint")
-    from farm.prior import BoxPrior
     from farm.defaults import PriorBox
+    from farm.prior import BoxPrior
 
     try:
         return BoxPrior(PriorBox.from_dict(prior_attr)).fingerprint
@@ -155,7 +158,9 @@ class Calibration:
     verdict: dict[str, Any]
 
 
-def calibration(posterior: Any, held: HeldOut, samples: NDArray[np.float32], num_samples: int, *, hpd: bool, num_hpd: int, c2st: bool, seed: int) -> Calibration:
+def calibration(
+    posterior: Any, held: HeldOut, samples: NDArray[np.float32], num_samples: int, *, hpd: bool, num_hpd: int, c2st: bool, seed: int
+) -> Calibration:
     """Calibration of ``samples`` (N, num_samples, 7) against the held-out truths."""
     n = held.theta.shape[0]
     sbc_res = dg.sbc(held.theta, samples)

@@ -10,10 +10,11 @@ posterior and no torch).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -53,7 +54,14 @@ class EvalConfig:
     lc2st: bool = False  # off until measured <= ~20 s at demo sizes (docs/evaluation.md)
     seed: int = 0
     #: Allowed range of each size (front ends check their options against it).
-    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"num_obs": (10, 100_000), "num_samples": (10, 10_000), "num_ppc": (0, 10_000), "num_ppc_samples": (2, 1_000), "num_ppc_plot": (0, 10), "num_hpd": (10, 100_000)}
+    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "num_obs": (10, 100_000),
+        "num_samples": (10, 10_000),
+        "num_ppc": (0, 10_000),
+        "num_ppc_samples": (2, 1_000),
+        "num_ppc_plot": (0, 10),
+        "num_hpd": (10, 100_000),
+    }
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in self.LIMITS.items():
@@ -66,7 +74,9 @@ class EvalConfig:
             raise ValueError(f"seed={self.seed} must be >= 0")
 
 
-def evaluate(posterior: Any, store: str | Path, out: str | Path, config: EvalConfig | None = None, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    posterior: Any, store: str | Path, out: str | Path, config: EvalConfig | None = None, *, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Evaluate an amortized posterior on a held-out store; write ``metrics.json`` and PNG figures.
 
     Args:
@@ -123,7 +133,16 @@ def evaluate(posterior: Any, store: str | Path, out: str | Path, config: EvalCon
     return metrics
 
 
-def _report(posterior: Any, held: HeldOut, cfg: EvalConfig, cal: Calibration, rec: dg.RecoveryResult, ppc_metrics: dict[str, Any], figures: dict[str, str], timing: dict[str, float]) -> dict[str, Any]:
+def _report(
+    posterior: Any,
+    held: HeldOut,
+    cfg: EvalConfig,
+    cal: Calibration,
+    rec: dg.RecoveryResult,
+    ppc_metrics: dict[str, Any],
+    figures: dict[str, str],
+    timing: dict[str, float],
+) -> dict[str, Any]:
     """The ``metrics.json`` document (kind ``evaluation_report``) from the computed numbers."""
     names = tuple(posterior.parameter_names)
     variant = str(posterior.variant)
@@ -167,10 +186,23 @@ def _report(posterior: Any, held: HeldOut, cfg: EvalConfig, cal: Calibration, re
     metrics: dict[str, Any] = {
         "kind": "evaluation_report",
         "format_version": REPORT_FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
-        "posterior": {"variant": variant, "estimator": estimator, "fingerprint": str(posterior.fingerprint), "prior_fingerprint": post_fp, "training": training},
-        "store": {"path": held.path, "seed": held.attrs.get("seed"), "num_sims": held.attrs.get("num_sims"), "num_excluded": held.num_excluded, "prior_fingerprint": store_fp, "prior_matches": prior_matches},
+        "posterior": {
+            "variant": variant,
+            "estimator": estimator,
+            "fingerprint": str(posterior.fingerprint),
+            "prior_fingerprint": post_fp,
+            "training": training,
+        },
+        "store": {
+            "path": held.path,
+            "seed": held.attrs.get("seed"),
+            "num_sims": held.attrs.get("num_sims"),
+            "num_excluded": held.num_excluded,
+            "prior_fingerprint": store_fp,
+            "prior_matches": prior_matches,
+        },
         "config": asdict(cfg),
         "parameter_names": list(names),
         "summary": summary,
@@ -190,7 +222,10 @@ def _report(posterior: Any, held: HeldOut, cfg: EvalConfig, cal: Calibration, re
             "hpd": hpd.tolist() if hpd is not None else None,
             "hpd_deviation": hpd_dev,
         },
-        "recovery": {key: named(names, getattr(rec, key)) for key in ("nrmse", "std_ratio", "contraction", "z_mean", "z_std", "z_robust_std", "z_outside_2", "r2")} | {"prior_std": named(names, cal.prior_std)},
+        "recovery": {
+            key: named(names, getattr(rec, key)) for key in ("nrmse", "std_ratio", "contraction", "z_mean", "z_std", "z_robust_std", "z_outside_2", "r2")
+        }
+        | {"prior_std": named(names, cal.prior_std)},
         "ppc": ppc_metrics,
         "figures": figures,
         "warnings": warnings_list,
@@ -212,7 +247,8 @@ def _add_local_sections(metrics: dict[str, Any], posterior: Any, held: HeldOut, 
         metrics["warnings"].append(chips["note"])
     if chips["overlap"] == "none":  # the whole evaluation is on unseen chips: its calibration, labelled as such
         metrics["new_chips"] = {"test_chip_ids": chips["test_chip_ids"], "training_chip_ids": chips["training_chip_ids"]} | {
-            k: s[k] for k in ("verdict", "sbc_failed", "tarp_atc", "coverage_dev_mean_abs", "nrmse_mean", "lc2st_rejected")}
+            k: s[k] for k in ("verdict", "sbc_failed", "tarp_atc", "coverage_dev_mean_abs", "nrmse_mean", "lc2st_rejected")
+        }
 
 
 __all__ = ["METRICS_FILE", "REPORT_FORMAT_VERSION", "EvalConfig", "HeldOut", "compare_reports", "evaluate", "load_held_out", "load_report", "summary_table"]

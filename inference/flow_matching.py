@@ -92,7 +92,7 @@ class FlowMatchingConfig:
         return {"estimator": ESTIMATOR, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FlowMatchingConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FlowMatchingConfig:
         d = {k: v for k, v in d.items() if k != "estimator"}
         if "cnn_channels" in d:
             d["cnn_channels"] = tuple(d["cnn_channels"])
@@ -310,7 +310,9 @@ class FlowMatchingModel(nn.Module):
         if config.x_field == "features":
             self.embedding: nn.Module = Standardize(stats["feature_mean"], stats["feature_std"])
         else:
-            self.embedding = TraceCNN(stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, pool_bins=config.cnn_pool_bins, num_features=config.embedding_features)
+            self.embedding = TraceCNN(
+                stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, pool_bins=config.cnn_pool_bins, num_features=config.embedding_features
+            )
         self.flow = ConditionalVectorField(len(stats["low"]), self.embedding.num_features, config)
 
     @property

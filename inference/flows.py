@@ -60,7 +60,7 @@ class FlowConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FlowConfig":
+    def from_dict(cls, d: dict) -> FlowConfig:
         """From a manifest; artifacts written before ``passes`` existed are autoregressive."""
         d = dict(d)
         d["cnn_channels"] = tuple(d.get("cnn_channels", (16, 32, 32)))
@@ -84,9 +84,13 @@ class NPEModel(nn.Module):
         if config.x_field == "features":
             self.embedding: nn.Module = Standardize(stats["feature_mean"], stats["feature_std"])
         else:
-            self.embedding = TraceCNN(stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, pool_bins=config.cnn_pool_bins, num_features=config.embedding_features)
+            self.embedding = TraceCNN(
+                stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, pool_bins=config.cnn_pool_bins, num_features=config.embedding_features
+            )
         dim = len(stats["low"])
-        self.flow = spline_flow(dim, self.embedding.num_features, config.transforms, config.bins, (config.hidden_features,) * config.hidden_layers, config.passes)
+        self.flow = spline_flow(
+            dim, self.embedding.num_features, config.transforms, config.bins, (config.hidden_features,) * config.hidden_layers, config.passes
+        )
 
     @property
     def x_field(self) -> str:

@@ -12,12 +12,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from inference.datasets import StoreSet, _prefetch, quality_flags
+from inference.datasets import StoreSet, _prefetch
+from inference.quality import quality_flags
 from inference.splits import SPLITS, split_of
 
 
-def split_rows(stores: Sequence[str] | StoreSet, split: str = "test", fields: Sequence[str] = ("theta", "features", "trace"), *,
-               val_fraction: float = 0.1, test_fraction: float = 0.1, limit: int | None = None) -> dict[str, NDArray[Any]]:
+def split_rows(
+    stores: Sequence[str] | StoreSet,
+    split: str = "test",
+    fields: Sequence[str] = ("theta", "features", "trace"),
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    limit: int | None = None,
+) -> dict[str, NDArray[Any]]:
     """The good rows of one split of the stores, in store and chunk order (held-out calibration).
 
     The training never fits on ``test`` rows, so a detector or check calibrated on them sees data

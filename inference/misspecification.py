@@ -28,7 +28,7 @@ import torch
 from numpy.typing import NDArray
 
 from farm.defaults import Regime
-from inference.datasets import FLAT_PTP_CODES, SATURATED_FRACTION
+from inference.quality import FLAT_PTP_CODES, SATURATED_FRACTION
 
 FILE = "misspecification.npz"
 METHOD = "knn"
@@ -59,7 +59,7 @@ class KNNDetector:
     calibration_scores: NDArray[np.float64]
 
     @classmethod
-    def fit(cls, reference: NDArray[np.floating], calibration: NDArray[np.floating], k: int = 10, quantile: float = 0.95) -> "KNNDetector":
+    def fit(cls, reference: NDArray[np.floating], calibration: NDArray[np.floating], k: int = 10, quantile: float = 0.95) -> KNNDetector:
         """Standardise on ``reference`` and set the threshold from ``calibration`` (disjoint rows).
 
         Args:
@@ -104,8 +104,15 @@ class KNNDetector:
 
     def meta(self) -> dict[str, Any]:
         """What the manifest records (JSON): method, k, quantile, threshold, sizes."""
-        return {"method": METHOD, "k": self.k, "quantile": self.quantile, "threshold": self.threshold,
-                "num_reference": int(self.reference.shape[0]), "num_calibration": int(self.calibration_scores.size), "summary_dim": int(self.reference.shape[1])}
+        return {
+            "method": METHOD,
+            "k": self.k,
+            "quantile": self.quantile,
+            "threshold": self.threshold,
+            "num_reference": int(self.reference.shape[0]),
+            "num_calibration": int(self.calibration_scores.size),
+            "summary_dim": int(self.reference.shape[1]),
+        }
 
     def save(self, directory: str | Path) -> dict[str, Any]:
         """Write ``misspecification.npz`` (plain arrays, no pickle) and return the manifest block with its checksum."""
@@ -116,7 +123,7 @@ class KNNDetector:
         return self.meta() | {"file": FILE, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
     @classmethod
-    def load(cls, directory: str | Path, block: dict[str, Any]) -> "KNNDetector":
+    def load(cls, directory: str | Path, block: dict[str, Any]) -> KNNDetector:
         """Rebuild from ``save``'s file and manifest block (``np.load(allow_pickle=False)``).
 
         Raises:
@@ -175,7 +182,9 @@ def assess(scores: NDArray[np.floating] | None, detector: KNNDetector | None, re
             continue
         s = float(scores[i])
         if s > detector.threshold:
-            r.append(f"summary unlike the training data: kNN score {s:.3g} > threshold {detector.threshold:.3g} ({1 - detector.quantile:.0%} false-alarm level)")
+            r.append(
+                f"summary unlike the training data: kNN score {s:.3g} > threshold {detector.threshold:.3g} ({1 - detector.quantile:.0%} false-alarm level)"
+            )
         out.append({"score": s, "threshold": detector.threshold, "flagged": bool(r), "reasons": r, "note": None})
     return out
 

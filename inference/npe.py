@@ -38,7 +38,9 @@ def resolve_prior(store_prior: dict[str, Any] | None, prior_dir: str | Path | No
     if prior_dir is not None:
         prior = RestrictedPrior.load(prior_dir)
         if store_prior.get("type") == "restricted" and store_prior.get("fingerprint") != prior.fingerprint:
-            raise FarmInputError(f"prior={str(prior_dir)!r} has fingerprint {prior.fingerprint}, but the store was simulated from {store_prior.get('fingerprint')}")
+            raise FarmInputError(
+                f"prior={str(prior_dir)!r} has fingerprint {prior.fingerprint}, but the store was simulated from {store_prior.get('fingerprint')}"
+            )
         if store_prior.get("type") != "restricted":
             raise FarmInputError(f"prior={str(prior_dir)!r} given, but the store was simulated from the box prior; omit --prior")
         return prior
@@ -67,8 +69,15 @@ def heldout_check(posterior: AmortizedPosterior, outcome: Any, num_obs: int = 20
     lo, hi = np.quantile(s, [(1 - level) / 2, (1 + level) / 2], axis=1)
     covered = (batch["theta"] >= lo) & (batch["theta"] <= hi)
     width = (hi - lo) / (posterior.prior.high - posterior.prior.low)
-    return {"split": "test", "level": level, "num_observations": int(len(batch["theta"])), "coverage": float(covered.mean()), "coverage_per_parameter": dict(zip(PARAMETER_NAMES, covered.mean(0).tolist(), strict=True)),
-            "relative_width": float(width.mean()), "relative_width_per_parameter": dict(zip(PARAMETER_NAMES, width.mean(0).tolist(), strict=True))}
+    return {
+        "split": "test",
+        "level": level,
+        "num_observations": int(len(batch["theta"])),
+        "coverage": float(covered.mean()),
+        "coverage_per_parameter": dict(zip(PARAMETER_NAMES, covered.mean(0).tolist(), strict=True)),
+        "relative_width": float(width.mean()),
+        "relative_width_per_parameter": dict(zip(PARAMETER_NAMES, width.mean(0).tolist(), strict=True)),
+    }
 
 
 def _in_regime_rows(posterior: AmortizedPosterior, outcome: Any, split: str, limit: int) -> np.ndarray:
@@ -112,9 +121,17 @@ def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str,
         prior.save(out / PRIOR_SUBDIR)
     model = outcome.best_model()
     history = outcome.state["history"]
-    metrics: dict[str, Any] = {"best_val_loss": outcome.state["best_val"], "best_epoch": outcome.state["best_epoch"] + 1, "epochs_trained": len(history),
-                               "resumed_at_epochs": outcome.state["resumed_at"], "num_train": plan.num_train, "num_val": plan.num_val, "num_test": plan.num_test,
-                               "splits": plan.splits(), "excluded": plan.flag_counts}
+    metrics: dict[str, Any] = {
+        "best_val_loss": outcome.state["best_val"],
+        "best_epoch": outcome.state["best_epoch"] + 1,
+        "epochs_trained": len(history),
+        "resumed_at_epochs": outcome.state["resumed_at"],
+        "num_train": plan.num_train,
+        "num_val": plan.num_val,
+        "num_test": plan.num_test,
+        "splits": plan.splits(),
+        "excluded": plan.flag_counts,
+    }
     manifest = {
         "architecture": model.config.to_dict(),
         "parameter_names": list(PARAMETER_NAMES),

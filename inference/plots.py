@@ -7,8 +7,8 @@ so what a figure shows is what ``metrics.json`` holds.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -45,7 +45,9 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     return p
 
 
-def plot_sbc_ranks(hist: NDArray[np.integer], bin_edges: NDArray[np.floating], ks_pvals: NDArray[np.floating], names: Sequence[str], path: str | Path, *, title: str) -> Path:
+def plot_sbc_ranks(
+    hist: NDArray[np.integer], bin_edges: NDArray[np.floating], ks_pvals: NDArray[np.floating], names: Sequence[str], path: str | Path, *, title: str
+) -> Path:
     """Rank histograms per parameter with the 99 % band of a uniform histogram (grey)."""
     h = np.asarray(hist)
     n_obs = int(h[0].sum())
@@ -64,7 +66,17 @@ def plot_sbc_ranks(hist: NDArray[np.integer], bin_edges: NDArray[np.floating], k
     return _save(fig, path)
 
 
-def plot_coverage(levels: NDArray[np.floating], marginal: NDArray[np.floating], names: Sequence[str], tarp_alpha: NDArray[np.floating], tarp_ecp: NDArray[np.floating], path: str | Path, *, hpd: NDArray[np.floating] | None = None, title: str) -> Path:
+def plot_coverage(
+    levels: NDArray[np.floating],
+    marginal: NDArray[np.floating],
+    names: Sequence[str],
+    tarp_alpha: NDArray[np.floating],
+    tarp_ecp: NDArray[np.floating],
+    path: str | Path,
+    *,
+    hpd: NDArray[np.floating] | None = None,
+    title: str,
+) -> Path:
     """Left: TARP and HPD expected coverage (joint); right: central-interval coverage per parameter."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax in (a, b):
@@ -90,7 +102,20 @@ def plot_coverage(levels: NDArray[np.floating], marginal: NDArray[np.floating], 
     return _save(fig, path)
 
 
-def plot_recovery(theta: NDArray[np.floating], post_mean: NDArray[np.floating], post_std: NDArray[np.floating], names: Sequence[str], low: NDArray[np.floating], high: NDArray[np.floating], nrmse: NDArray[np.floating], contraction: NDArray[np.floating], path: str | Path, *, physics: dict[str, str] | None = None, title: str) -> Path:
+def plot_recovery(
+    theta: NDArray[np.floating],
+    post_mean: NDArray[np.floating],
+    post_std: NDArray[np.floating],
+    names: Sequence[str],
+    low: NDArray[np.floating],
+    high: NDArray[np.floating],
+    nrmse: NDArray[np.floating],
+    contraction: NDArray[np.floating],
+    path: str | Path,
+    *,
+    physics: dict[str, str] | None = None,
+    title: str,
+) -> Path:
     """Posterior mean (±1 std) against the true value, one panel per parameter."""
     fig, axes = _grid(len(names), size=(3.5, 3.3))
     for d, ax in enumerate(axes):
@@ -124,7 +149,18 @@ def plot_contraction_z(contraction: NDArray[np.floating], z: NDArray[np.floating
     return _save(fig, path)
 
 
-def plot_ppc(time_us: NDArray[np.floating], obs_mv: NDArray[np.floating], pred_mv: NDArray[np.floating], obs_counts: NDArray[np.floating], pred_counts: NDArray[np.floating], stim: tuple[float, float], path: str | Path, *, title: str, labels: Sequence[str] | None = None) -> Path:
+def plot_ppc(
+    time_us: NDArray[np.floating],
+    obs_mv: NDArray[np.floating],
+    pred_mv: NDArray[np.floating],
+    obs_counts: NDArray[np.floating],
+    pred_counts: NDArray[np.floating],
+    stim: tuple[float, float],
+    path: str | Path,
+    *,
+    title: str,
+    labels: Sequence[str] | None = None,
+) -> Path:
     """Observed membrane trace (black) over traces simulated from posterior samples (blue), one row per observation."""
     k = obs_mv.shape[0]
     fig, axes = plt.subplots(k, 2, figsize=(12, 2.6 * k), squeeze=False, gridspec_kw={"width_ratios": [4, 1]})
@@ -164,7 +200,16 @@ def plot_feature_z(feature_z: NDArray[np.floating], feature_names: Sequence[str]
     return _save(fig, path)
 
 
-def plot_pair(samples: NDArray[np.floating], truth: NDArray[np.floating], names: Sequence[str], low: NDArray[np.floating], high: NDArray[np.floating], path: str | Path, *, title: str) -> Path:
+def plot_pair(
+    samples: NDArray[np.floating],
+    truth: NDArray[np.floating],
+    names: Sequence[str],
+    low: NDArray[np.floating],
+    high: NDArray[np.floating],
+    path: str | Path,
+    *,
+    title: str,
+) -> Path:
     """Pair plot of one posterior over the prior box, the true parameters marked in red."""
     d = samples.shape[1]
     fig, axes = plt.subplots(d, d, figsize=(1.9 * d, 1.9 * d))

@@ -79,7 +79,9 @@ class AmortizedPosterior:
             f = _numeric(features, "features")
             want = (len(self.feature_names),)
             if f.ndim != lead or f.shape[-1:] != want:
-                raise ValueError(f"features shape {f.shape} must be {('(B, ' if batched else '(') + str(want[0]) + ')'} in order {', '.join(self.feature_names)}")
+                raise ValueError(
+                    f"features shape {f.shape} must be {('(B, ' if batched else '(') + str(want[0]) + ')'} in order {', '.join(self.feature_names)}"
+                )
             return torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)).reshape(-1, want[0])
         t = _numeric(trace, "trace")
         if t.ndim != lead or t.shape[-1] != self.trace_length:
@@ -178,8 +180,9 @@ class AmortizedPosterior:
         """Draw for B observations at once: traces (B, T) or features (B, F) -> (B, num_samples, 7) float32."""
         return self._draw(self._inputs(traces, features, batched=True), num_samples, seed)[0]
 
-    def sample_and_log_prob(self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None,
-                            normalized: bool = True) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+    def sample_and_log_prob(
+        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         """Draws and their log-densities for B observations, from one flow pass (no second density pass).
 
         Args:
@@ -287,7 +290,6 @@ class AmortizedPosterior:
             best = cand[0]
         return best.astype(np.float32)
 
-
     # ------------------------------------------------------------------ misspecification
     def to_sbi(self) -> Any:
         """This posterior as an sbi ``DirectPosterior`` (x = the raw trace; prior = the restricted region)."""
@@ -358,7 +360,9 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
     if m.get("prior", {}).get("type") == "restricted":
         prior = RestrictedPrior.load(d / PRIOR_SUBDIR)
         if prior.fingerprint != m["prior"].get("fingerprint"):
-            raise ValueError(f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from the manifest's {m['prior'].get('fingerprint')}")
+            raise ValueError(
+                f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from the manifest's {m['prior'].get('fingerprint')}"
+            )
     else:
         prior = BoxPrior(PriorBox.from_dict(m["prior"]))
     estimator = m["architecture"].get("estimator", "nsf")

@@ -150,11 +150,23 @@ def compare_reports(*reports: dict[str, Any]) -> dict[str, Any]:
     if len(set(stores)) > 1:
         notes.append(f"reports use different held-out stores ({' vs '.join(map(str, stores))})")
     if len({r["posterior"].get("prior_fingerprint") for r in reports}) > 1:
-        notes.append(f"the {len(reports)} posteriors were trained on different priors" if len(reports) > 2 else "the two posteriors were trained on different priors")
+        notes.append(
+            f"the {len(reports)} posteriors were trained on different priors" if len(reports) > 2 else "the two posteriors were trained on different priors"
+        )
     for s, col in zip(summaries, letters):
         if s.get("verdict") != "calibrated":
             notes.append(f"{col} is not calibrated ({s.get('verdict')}): read its contraction with care")
     return {"columns": [_column_name(r) for r in reports], "rows": rows, "parameters": params, "notes": notes}
 
 
-__all__ = ["METRICS_FILE", "REPORT_FORMAT_VERSION", "SUMMARY_ROWS", "compare_reports", "load_report", "summary_table", "training_info", "versions", "write_report"]
+__all__ = [
+    "METRICS_FILE",
+    "REPORT_FORMAT_VERSION",
+    "SUMMARY_ROWS",
+    "compare_reports",
+    "load_report",
+    "summary_table",
+    "training_info",
+    "versions",
+    "write_report",
+]

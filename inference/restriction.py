@@ -61,11 +61,19 @@ def classification_metrics(logits: NDArray[np.floating], labels: NDArray[np.bool
     keep = np.asarray(logits) >= threshold
     y = np.asarray(labels, dtype=bool)
     tp = float(np.sum(keep & y))
-    return {"recall": tp / max(float(y.sum()), 1.0), "precision": tp / max(float(keep.sum()), 1.0), "accuracy": float(np.mean(keep == y)),
-            "accepted_fraction": float(keep.mean()), "base_in_regime_fraction": float(y.mean()), "num_samples": int(y.size)}
+    return {
+        "recall": tp / max(float(y.sum()), 1.0),
+        "precision": tp / max(float(keep.sum()), 1.0),
+        "accuracy": float(np.mean(keep == y)),
+        "accepted_fraction": float(keep.mean()),
+        "base_in_regime_fraction": float(y.mean()),
+        "num_samples": int(y.size),
+    }
 
 
-def to_restricted_prior(model: RegimeClassifier, box: PriorBox, threshold_logit: float, num_draws: int = 100_000, seed: int = 0, meta: dict[str, Any] | None = None) -> RestrictedPrior:
+def to_restricted_prior(
+    model: RegimeClassifier, box: PriorBox, threshold_logit: float, num_draws: int = 100_000, seed: int = 0, meta: dict[str, Any] | None = None
+) -> RestrictedPrior:
     """Export the torch MLP to farm's numpy RestrictedPrior; acceptance measured on ``num_draws`` box draws."""
     weights, biases = model.export_numpy()
     mean = model.input_mean.double().numpy()
@@ -102,7 +110,12 @@ def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list
     stores, plan = outcome.stores, outcome.plan
     logits, labels = predict_logits(model, stores, plan, "val")
     threshold = threshold_for_recall(logits, labels, target_recall)
-    metrics: dict[str, Any] = {"target_recall": target_recall, "threshold_logit": threshold, "validation": classification_metrics(logits, labels, threshold), "splits": plan.splits()}
+    metrics: dict[str, Any] = {
+        "target_recall": target_recall,
+        "threshold_logit": threshold,
+        "validation": classification_metrics(logits, labels, threshold),
+        "splits": plan.splits(),
+    }
     if plan.num_test:  # the threshold was chosen on val: test rows say what recall it really keeps
         metrics["test"] = classification_metrics(*predict_logits(model, stores, plan, "test"), threshold)
     if heldout:
@@ -120,19 +133,39 @@ def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list
     metrics["box_in_regime_fraction"] = simulated_in_regime_fraction(BoxPrior(box), stores.protocol, stores.chip_model, stores.regime, num_check_sims)
     metrics["restricted_in_regime_fraction"] = simulated_in_regime_fraction(prior, stores.protocol, stores.chip_model, stores.regime, num_check_sims)
     history = outcome.state["history"]
-    common = {"regime": stores.regime.to_dict(), "protocol": stores.protocol.to_dict(), "chip_model": stores.chip_model.to_dict(),
-              "stores": [{"url": u} for u in stores.urls], "store_fingerprint": plan.fingerprint, "excluded": plan.flag_counts}
+    common = {
+        "regime": stores.regime.to_dict(),
+        "protocol": stores.protocol.to_dict(),
+        "chip_model": stores.chip_model.to_dict(),
+        "stores": [{"url": u} for u in stores.urls],
+        "store_fingerprint": plan.fingerprint,
+        "excluded": plan.flag_counts,
+    }
     prior.meta = jsonable({"metrics": metrics, "regime": stores.regime.to_dict(), "store_fingerprint": plan.fingerprint, "trained_by": "farm train classifier"})
     prior.save(out)
-    write_artifact(out, KIND, model.state_dict(), {
-        **common,
-        "architecture": model.config.to_dict(),
-        "prior": box.to_dict(),
-        "restricted_prior": {"fingerprint": prior.fingerprint, "files": ["restricted_prior.json", "weights.npz"]},
-        "train_config": cfg.identity(),
-        "metrics": metrics | {"best_val_loss": outcome.state["best_val"], "best_epoch": outcome.state["best_epoch"] + 1, "epochs_trained": len(history), "resumed_at_epochs": outcome.state["resumed_at"], "num_train": plan.num_train, "num_val": plan.num_val, "num_test": plan.num_test},
-        "history": history,
-    })
+    write_artifact(
+        out,
+        KIND,
+        model.state_dict(),
+        {
+            **common,
+            "architecture": model.config.to_dict(),
+            "prior": box.to_dict(),
+            "restricted_prior": {"fingerprint": prior.fingerprint, "files": ["restricted_prior.json", "weights.npz"]},
+            "train_config": cfg.identity(),
+            "metrics": metrics
+            | {
+                "best_val_loss": outcome.state["best_val"],
+                "best_epoch": outcome.state["best_epoch"] + 1,
+                "epochs_trained": len(history),
+                "resumed_at_epochs": outcome.state["resumed_at"],
+                "num_train": plan.num_train,
+                "num_val": plan.num_val,
+                "num_test": plan.num_test,
+            },
+            "history": history,
+        },
+    )
     return metrics
 
 

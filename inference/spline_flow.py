@@ -81,7 +81,9 @@ class _MaskedAutoregressive(MaskedAutoregressiveTransform):
         return _SolvedAutoregressiveTransform(partial(self.meta, c), self.passes)
 
 
-def spline_flow(features: int, context: int, transforms: int, bins: int, hidden_features: tuple[int, ...], passes: int | None, slope: float = 1e-3) -> zuko.flows.Flow:
+def spline_flow(
+    features: int, context: int, transforms: int, bins: int, hidden_features: tuple[int, ...], passes: int | None, slope: float = 1e-3
+) -> zuko.flows.Flow:
     """What ``zuko.flows.NSF(features, context, transforms, bins=bins, passes=passes, ...)`` builds.
 
     Same orders (identity, reversed, alternating), base and state_dict keys as zuko's
@@ -89,8 +91,15 @@ def spline_flow(features: int, context: int, transforms: int, bins: int, hidden_
     """
     orders = [torch.arange(features), torch.flipud(torch.arange(features))]
     layers = [
-        _MaskedAutoregressive(features=features, context=context, order=orders[i % 2], passes=passes, hidden_features=hidden_features,
-                              univariate=partial(FastRQSTransform, slope=slope), shapes=[(bins,), (bins,), (bins - 1,)])
+        _MaskedAutoregressive(
+            features=features,
+            context=context,
+            order=orders[i % 2],
+            passes=passes,
+            hidden_features=hidden_features,
+            univariate=partial(FastRQSTransform, slope=slope),
+            shapes=[(bins,), (bins,), (bins - 1,)],
+        )
         for i in range(transforms)
     ]
     base = UnconditionalDistribution(DiagNormal, loc=torch.zeros(features), scale=torch.ones(features), buffer=True)

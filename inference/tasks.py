@@ -107,12 +107,17 @@ class ClassifierTask:
 
     def format_metrics(self, out: str, metrics: dict[str, Any]) -> str:
         v = metrics["validation"]
-        lines = [f"restricted prior written to {out} (farm simulate --prior {out})",
-                 f"validation: recall {v['recall']:.3f}  precision {v['precision']:.3f}  at threshold logit {metrics['threshold_logit']:.3f}",
-                 f"acceptance from the box {metrics['acceptance_rate']:.3f}; in regime: box {metrics['box_in_regime_fraction']:.3f} -> restricted {metrics['restricted_in_regime_fraction']:.3f}"]
+        lines = [
+            f"restricted prior written to {out} (farm simulate --prior {out})",
+            f"validation: recall {v['recall']:.3f}  precision {v['precision']:.3f}  at threshold logit {metrics['threshold_logit']:.3f}",
+            f"acceptance from the box {metrics['acceptance_rate']:.3f}; in regime: box {metrics['box_in_regime_fraction']:.3f} -> restricted {metrics['restricted_in_regime_fraction']:.3f}",
+        ]
         if "test" in metrics:
             t = metrics["test"]
-            lines.insert(2, f"test split: recall {t['recall']:.3f}  precision {t['precision']:.3f}  ({t['num_samples']} samples not used to train or to pick the threshold)")
+            lines.insert(
+                2,
+                f"test split: recall {t['recall']:.3f}  precision {t['precision']:.3f}  ({t['num_samples']} samples not used to train or to pick the threshold)",
+            )
         if "heldout" in metrics:
             h = metrics["heldout"]
             lines.insert(2, f"held-out: recall {h['recall']:.3f}  precision {h['precision']:.3f}  ({h['num_samples']} samples)")
@@ -202,8 +207,12 @@ class NPETask:
         h = metrics["heldout"]
         if not h.get("num_observations"):
             return f"{self.estimator} posterior written to {out} (best epoch {metrics['best_epoch']} of {metrics['epochs_trained']}); the test split is empty: no held-out check"
-        return "\n".join([f"{self.estimator} posterior written to {out} (best epoch {metrics['best_epoch']} of {metrics['epochs_trained']}, val loss {metrics['best_val_loss']:.4f})",
-                          f"held-out check on {h['num_observations']} test-split observations: {int(h['level'] * 100)}% interval coverage {h['coverage']:.2f}, mean width {h['relative_width']:.3f} of the prior box"])
+        return "\n".join(
+            [
+                f"{self.estimator} posterior written to {out} (best epoch {metrics['best_epoch']} of {metrics['epochs_trained']}, val loss {metrics['best_val_loss']:.4f})",
+                f"held-out check on {h['num_observations']} test-split observations: {int(h['level'] * 100)}% interval coverage {h['coverage']:.2f}, mean width {h['relative_width']:.3f} of the prior box",
+            ]
+        )
 
 
 #: Tasks by name; a new estimator adds its class here (and its name to ``config.TASK_NAMES``).

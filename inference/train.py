@@ -34,8 +34,16 @@ STATE_FILE = "state.pt"
 def model_stats(plan: DataPlan, stores: StoreSet) -> dict[str, Any]:
     """Standardisation and box bounds a model is built from (fitted on the training split)."""
     low, high = box_bounds(stores)
-    return {"low": low.tolist(), "high": high.tolist(), "feature_mean": plan.feature_mean, "feature_std": plan.feature_std,
-            "theta_mean": plan.theta_mean, "theta_std": plan.theta_std, "trace_mean": plan.trace_mean, "trace_std": plan.trace_std}
+    return {
+        "low": low.tolist(),
+        "high": high.tolist(),
+        "feature_mean": plan.feature_mean,
+        "feature_std": plan.feature_std,
+        "theta_mean": plan.theta_mean,
+        "theta_std": plan.theta_std,
+        "trace_mean": plan.trace_mean,
+        "trace_std": plan.trace_std,
+    }
 
 
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
@@ -46,7 +54,9 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.
     """
     if cfg.lr_schedule == "plateau":
         # threshold as the early-stopping's improvement margin; at most 6 halvings (1/64)
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=cfg.lr_patience, threshold=1e-4, threshold_mode="abs", min_lr=cfg.learning_rate / 64)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=0.5, patience=cfg.lr_patience, threshold=1e-4, threshold_mode="abs", min_lr=cfg.learning_rate / 64
+        )
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     return None
@@ -75,7 +85,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = task.build_model(cfg, cfg.stats).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     sched = make_scheduler(cfg, opt)
-    state: dict[str, Any] = {"epoch": -1, "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False, "history": [], "resumed_at": [], "fingerprint": plan.fingerprint}
+    state: dict[str, Any] = {
+        "epoch": -1,
+        "best_val": math.inf,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "stopped": False,
+        "history": [],
+        "resumed_at": [],
+        "fingerprint": plan.fingerprint,
+    }
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -123,20 +142,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sched.step()
         improved = val["val_loss"] < state["best_val"] - 1e-4
         if improved:
-            state.update(best_val=val["val_loss"], best_epoch=epoch, bad_epochs=0, best_model={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+            state.update(
+                best_val=val["val_loss"], best_epoch=epoch, bad_epochs=0, best_model={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            )
         else:
             state["bad_epochs"] += 1
         state["stopped"] = state["bad_epochs"] >= cfg.patience
         state["epoch"] = epoch
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, **val, "best_val_loss": state["best_val"], "lr": lr, "samples_per_s": run_n * world / seconds, "epoch_seconds": seconds}
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            **val,
+            "best_val_loss": state["best_val"],
+            "lr": lr,
+            "samples_per_s": run_n * world / seconds,
+            "epoch_seconds": seconds,
+        }
         state["history"] = [*state["history"], metrics]
         if rank == 0 and cfg.progress:
             extra = f" val_acc {val['val_accuracy']:.3f}" if "val_accuracy" in val else ""
-            print(f"[train] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} val_loss {val['val_loss']:.4f}{extra} lr {lr:.1e} ({metrics['samples_per_s']:.0f} samples/s){' *' if improved else ''}{' early stop' if state['stopped'] else ''}", flush=True)
+            print(
+                f"[train] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} val_loss {val['val_loss']:.4f}{extra} lr {lr:.1e} ({metrics['samples_per_s']:.0f} samples/s){' *' if improved else ''}{' early stop' if state['stopped'] else ''}",
+                flush=True,
+            )
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                torch.save({**state, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else {}}, Path(tmp) / STATE_FILE)
+                torch.save(
+                    {**state, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else {}},
+                    Path(tmp) / STATE_FILE,
+                )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -224,7 +259,13 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
         # polling without a dashboard) would drown it, so workers log at WARNING and above. Quiet
         # runs forward nothing from workers: a failure still arrives as trainer.fit()'s exception.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=cfg.progress, configure_logging=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
+        ray.init(
+            address=address or "local",
+            include_dashboard=False,
+            log_to_driver=cfg.progress,
+            configure_logging=False,
+            logging_config=ray.LoggingConfig(log_level="ERROR"),
+        )
         started = True
     try:
         cpus = cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)
@@ -232,12 +273,20 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=asdict(cfg_run),
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
-                                         resources_per_worker={"CPU": cpus} | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker > 0 else {})),
-            run_config=RunConfig(name="run", storage_path=str(out / "checkpoints"), checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0),
-                                 # Ray Train narrates every report and checkpoint at INFO; the CLI prints its own progress,
-                                 # and a failed run surfaces as one TrainingError line, so quiet hides Train's logs entirely.
-                                 logging_config=LoggingConfig(log_level="WARNING" if cfg.progress else "CRITICAL")),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.num_workers,
+                use_gpu=cfg.gpus_per_worker > 0,
+                resources_per_worker={"CPU": cpus} | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker > 0 else {}),
+            ),
+            run_config=RunConfig(
+                name="run",
+                storage_path=str(out / "checkpoints"),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                failure_config=FailureConfig(max_failures=0),
+                # Ray Train narrates every report and checkpoint at INFO; the CLI prints its own progress,
+                # and a failed run surfaces as one TrainingError line, so quiet hides Train's logs entirely.
+                logging_config=LoggingConfig(log_level="WARNING" if cfg.progress else "CRITICAL"),
+            ),
         )
         try:
             result = trainer.fit()

@@ -19,10 +19,24 @@ from inference.train import run_training
 _D = TRAIN_DEFAULTS
 
 
-def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["num_workers"], epochs: int = _D["epochs"],
-          batch_size: int = _D["batch_size"], learning_rate: float = _D["learning_rate"], patience: int = _D["patience"],
-          val_fraction: float = _D["val_fraction"], seed: int = _D["seed"], address: str | None = None, quiet: bool = False,
-          ensemble: int = 1, cpus_per_worker: int = 0) -> dict[str, Any]:
+def train(
+    task: str | Task,
+    stores: list[str],
+    out: str,
+    *,
+    workers: int = _D["num_workers"],
+    epochs: int = _D["epochs"],
+    batch_size: int = _D["batch_size"],
+    learning_rate: float = _D["learning_rate"],
+    patience: int = _D["patience"],
+    val_fraction: float = _D["val_fraction"],
+    seed: int = _D["seed"],
+    address: str | None = None,
+    quiet: bool = False,
+    ensemble: int = 1,
+    cpus_per_worker: int = 0,
+    gpus_per_worker: float = _D["gpus_per_worker"],
+) -> dict[str, Any]:
     """Train one model with Ray Train and write its artifact into ``out``; re-running resumes.
 
     Args:
@@ -37,6 +51,7 @@ def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["n
             the cluster has room) whose equal mixture ``load_posterior(out)`` returns
             (``inference.ensemble``).
         cpus_per_worker: CPUs each Ray Train worker reserves; 0 = the cluster's CPUs / workers.
+        gpus_per_worker: GPUs each Ray Train worker reserves (0: CPU); the model and batches move there.
 
     Returns:
         The metrics also written into the artifact's manifest.
@@ -49,8 +64,22 @@ def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["n
     if ensemble != 1:
         from inference.ensemble_train import check_members, train_ensemble
 
-        return train_ensemble(t, stores, out, check_members(ensemble), seed=seed, workers=workers, address=address, quiet=quiet, epochs=epochs,
-                              batch_size=batch_size, learning_rate=learning_rate, patience=patience, val_fraction=val_fraction)
+        return train_ensemble(
+            t,
+            stores,
+            out,
+            check_members(ensemble),
+            seed=seed,
+            workers=workers,
+            address=address,
+            quiet=quiet,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            patience=patience,
+            val_fraction=val_fraction,
+            gpus_per_worker=gpus_per_worker,
+        )
     if (Path(out) / "ensemble.json").is_file():
         raise FarmInputError(f"out={out!r} holds an ensemble; pass the same --ensemble K to resume it, or another --out")
     for s in stores:
@@ -59,9 +88,22 @@ def train(task: str | Task, stores: list[str], out: str, *, workers: int = _D["n
     for s in getattr(t, "heldout", ()):
         if "://" not in s and not Path(s).exists():
             raise FarmInputError(f"store={s!r} does not exist; create it with `farm simulate --out {s}`")
-    cfg = TrainConfig(task=t.name, stores=tuple(stores), out=out, variant=getattr(t, "features", _D["variant"]), num_workers=workers, epochs=epochs,
-                      batch_size=batch_size, learning_rate=learning_rate, patience=patience, val_fraction=val_fraction, seed=seed, progress=not quiet,
-                      cpus_per_worker=cpus_per_worker)
+    cfg = TrainConfig(
+        task=t.name,
+        stores=tuple(stores),
+        out=out,
+        variant=getattr(t, "features", _D["variant"]),
+        num_workers=workers,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        val_fraction=val_fraction,
+        seed=seed,
+        progress=not quiet,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+    )
     try:
         t.check_inputs(list(stores))  # fail before training, not after
         return t.finalize(run_training(cfg, address=address, task=t))

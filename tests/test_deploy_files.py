@@ -21,9 +21,9 @@ import typer.main
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from deploy.cli import app, main
 from deploy.launch import DEFAULT_HOST, ServeOptions
 from deploy.service import AppArgs, build_app
-from deploy.cli import app, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -122,7 +122,12 @@ def test_predictive_discrepancy_known_offset() -> None:
 
 @pytest.mark.parametrize(
     ("theta_shape", "samples_shape", "match"),
-    [((10, 3), (10, 5, 2), r"samples shape \(10, 5, 2\)"), ((10, 3), (9, 5, 3), "must be"), ((10,), (10, 5, 1), r"theta shape \(10,\)"), ((10, 3), (10, 1, 3), "S=1")],
+    [
+        ((10, 3), (10, 5, 2), r"samples shape \(10, 5, 2\)"),
+        ((10, 3), (9, 5, 3), "must be"),
+        ((10,), (10, 5, 1), r"theta shape \(10,\)"),
+        ((10, 3), (10, 1, 3), "S=1"),
+    ],
 )
 def test_bad_shapes_raise_one_line(theta_shape: tuple[int, ...], samples_shape: tuple[int, ...], match: str) -> None:
     with pytest.raises(ValueError, match=match) as e:

@@ -65,5 +65,11 @@ def test_tasks_by_name_or_object_and_bad_names() -> None:
 def test_training_defaults_are_the_config_defaults() -> None:
     cfg = TrainConfig(task="npe", stores=("s",), out="o")
     assert all(getattr(cfg, k) == v for k, v in TRAIN_DEFAULTS.items())
-    assert TRAIN_DEFAULTS["epochs"] == 30 and TRAIN_DEFAULTS["batch_size"] == 256
+    # the command line shows and uses the same defaults (one place for the fact)
+    from typer.testing import CliRunner
+
+    from deploy.cli import app
+
+    help_text = CliRunner().invoke(app, ["train", "npe", "--help"], terminal_width=200).output
+    assert f"[default: {TRAIN_DEFAULTS['epochs']}]" in help_text and f"[default: {TRAIN_DEFAULTS['batch_size']}]" in help_text
     assert TrainConfig(**{**cfg.identity(), "out": "o"}).stores == ("s",)  # a JSON round-trip gives a list

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from farm.chip import neuron_physics
 from farm.defaults import ChipModel, PriorBox, Protocol
@@ -59,7 +60,9 @@ def handful() -> np.ndarray:
 def test_kernel_matches_numpy_reference(handful: np.ndarray) -> None:
     protocol, model = Protocol(), ChipModel().ideal()
     ref_spikes, ref_v = reference_adex(handful, protocol, model)
-    res = EmulatorSubstrate(protocol, model).run(handful.astype(np.float32), np.zeros(len(handful), np.int16), (np.arange(len(handful)) % 512).astype(np.int16), np.zeros(len(handful), np.uint64))
+    res = EmulatorSubstrate(protocol, model).run(
+        handful.astype(np.float32), np.zeros(len(handful), np.int16), (np.arange(len(handful)) % 512).astype(np.int16), np.zeros(len(handful), np.uint64)
+    )
     spiking = 0
     for i, spikes in enumerate(ref_spikes):
         got = res.spike_times[i][~np.isnan(res.spike_times[i])]

@@ -30,7 +30,9 @@ def store(tmp_path_factory) -> str:
 def trained(store, tmp_path_factory, ray_session) -> tuple[str, str]:
     """`farm train npe --ensemble 2` end to end (two short Ray Train runs side by side on the 2-CPU session cluster)."""
     out = str(tmp_path_factory.mktemp("ens") / "npe-ens")
-    result = CliRunner().invoke(app, ["train", "npe", "--store", store, "--out", out, "--ensemble", "2", "--epochs", "1", "--batch-size", "128", "--seed", "5", "--quiet"])
+    result = CliRunner().invoke(
+        app, ["train", "npe", "--store", store, "--out", out, "--ensemble", "2", "--epochs", "1", "--batch-size", "128", "--seed", "5", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     return out, result.output
 

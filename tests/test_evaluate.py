@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm.runner import run_farm
 from deploy.cli import main
 from farm.defaults import PARAMETER_NAMES, ChipModel, Protocol
 from farm.prior import BoxPrior
+from farm.runner import run_farm
 from inference.evaluate import EvalConfig, compare_reports, evaluate, load_held_out, load_report, summary_table
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.runner import run_farm
 from deploy.cli import main
+from farm.runner import run_farm
 from inference.evaluate import load_report
 
 
@@ -48,7 +48,25 @@ def test_farm_evaluate_writes_report_and_prints_summary(trained: tuple[Path, str
 
 def test_farm_evaluate_json(trained: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     post, test = trained
-    code = main(["evaluate", "--posterior", str(post), "--store", test, "--out", str(tmp_path / "r"), "--n-obs", "20", "--n-samples", "50", "--n-ppc", "0", "--no-c2st", "--json"])
+    code = main(
+        [
+            "evaluate",
+            "--posterior",
+            str(post),
+            "--store",
+            test,
+            "--out",
+            str(tmp_path / "r"),
+            "--n-obs",
+            "20",
+            "--n-samples",
+            "50",
+            "--n-ppc",
+            "0",
+            "--no-c2st",
+            "--json",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_obs"] == 20 and summary["ppc_trace_rmse_mv"] is None

@@ -165,7 +165,9 @@ def test_bad_theta_files_exit_2(tmp_path: Path) -> None:
     np.save(tmp_path / "shape.npy", np.zeros((4, 3)))
     (tmp_path / "notes.txt").write_text("hello")
     for name, needle in (("outside.npy", "exponential_i_bias=5000"), ("shape.npy", "(4, 3)"), ("missing.npy", "does not exist"), ("notes.txt", "")):
-        res = subprocess.run([*FARM, "simulate", "--theta", str(tmp_path / name), "--out", str(tmp_path / "t.zarr"), "--in-process"], capture_output=True, text=True)
+        res = subprocess.run(
+            [*FARM, "simulate", "--theta", str(tmp_path / name), "--out", str(tmp_path / "t.zarr"), "--in-process"], capture_output=True, text=True
+        )
         assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
@@ -173,7 +175,11 @@ def test_refuses_to_mix_settings_and_keeps_data(reference_store: Path, tmp_path:
     out = tmp_path / "mine.zarr"
     run_farm(str(out), num_sims=600, seed=11, chunk_size=300, in_process=True)
     before = xr.open_zarr(str(out)).trace.values.copy()
-    for args, needle in ((["--seed", "12", "--n", "600"], "seed=11"), (["--seed", "11", "--n", "600", "--chunk", "200"], "chunk_size=300"), (["--seed", "11", "--n", "300"], "shrink")):
+    for args, needle in (
+        (["--seed", "12", "--n", "600"], "seed=11"),
+        (["--seed", "11", "--n", "600", "--chunk", "200"], "chunk_size=300"),
+        (["--seed", "11", "--n", "300"], "shrink"),
+    ):
         res = subprocess.run([*FARM, "simulate", "--out", str(out), "--in-process", *args], capture_output=True, text=True)
         assert res.returncode == 2 and needle in res.stderr, res.stderr
     np.testing.assert_array_equal(xr.open_zarr(str(out)).trace.values, before)
@@ -219,7 +225,7 @@ def test_in_process_disk_full_is_a_farm_error_and_resumes(reference_store: Path,
     assert done.size < 2400 // 300
     ref, got = xr.open_zarr(str(reference_store)), xr.open_zarr(str(out))
     for c in done:  # every flagged chunk is intact
-        np.testing.assert_array_equal(got.trace[c * 300:(c + 1) * 300].values, ref.trace[c * 300:(c + 1) * 300].values)
+        np.testing.assert_array_equal(got.trace[c * 300 : (c + 1) * 300].values, ref.trace[c * 300 : (c + 1) * 300].values)
     subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_disk)], check=True)
     assert run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, in_process=True)["complete"]
     assert_same_store(reference_store, out)
@@ -278,7 +284,7 @@ def test_sigterm_stops_simulate_cleanly_keeps_chunks_and_leaves_no_ray(reference
     assert 1 <= done.size < 24, "the signal should land mid-run"
     ref, got = xr.open_zarr(str(reference_store)), xr.open_zarr(str(out))
     for c in done:  # every flagged chunk is intact (sample i does not depend on chunking)
-        np.testing.assert_array_equal(got.trace[c * 100:(c + 1) * 100].values, ref.trace[c * 100:(c + 1) * 100].values)
+        np.testing.assert_array_equal(got.trace[c * 100 : (c + 1) * 100].values, ref.trace[c * 100 : (c + 1) * 100].values)
     # Every process of the run's private Ray (raylet, gcs_server, agents, workers) is gone: they
     # either stay in the command's session or name its Ray temp dir on their command line.
     left = _live_pids(lambda pid, cmdline: ray_tmp in cmdline or _sid(pid) == proc.pid)

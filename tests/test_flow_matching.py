@@ -132,7 +132,14 @@ def test_samples_and_densities_match_the_analytic_posterior(trained):
 
 
 # --------------------------------------------------------------------------- the posterior model
-STATS = {"low": [0.0, 10.0, 0.0], "high": [1.0, 20.0, 5.0], "theta_mean": [0.0] * 3, "theta_std": [1.0] * 3, "feature_mean": [0.0] * 2, "feature_std": [1.0] * 2}
+STATS = {
+    "low": [0.0, 10.0, 0.0],
+    "high": [1.0, 20.0, 5.0],
+    "theta_mean": [0.0] * 3,
+    "theta_std": [1.0] * 3,
+    "feature_mean": [0.0] * 2,
+    "feature_std": [1.0] * 2,
+}
 
 
 def test_model_draws_stay_in_the_box_and_weights_reload_without_pickle():

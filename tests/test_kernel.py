@@ -78,13 +78,15 @@ def _exp_both(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def test_inlined_exp_equals_libm_exp_bitwise() -> None:
     """Every table entry and both polynomial signs are hit; specials take the libm fallback."""
     g = np.random.default_rng(0)
-    x = np.concatenate([
-        g.uniform(-30.0, 30.0, 2_000_000),  # the kernel's range of exp arguments
-        g.uniform(-745.0, 710.0, 200_000),
-        g.uniform(-1e-3, 1e-3, 100_000),
-        np.arange(-30 * 128, 30 * 128) * (math.log(2) / 128),  # table-boundary arguments
-        [0.0, -0.0, 5e-17, -5e-17, 2.0**-54, -(2.0**-54), 511.9, 512.0, -512.0, 709.8, -745.2, math.inf, -math.inf, math.nan],
-    ])
+    x = np.concatenate(
+        [
+            g.uniform(-30.0, 30.0, 2_000_000),  # the kernel's range of exp arguments
+            g.uniform(-745.0, 710.0, 200_000),
+            g.uniform(-1e-3, 1e-3, 100_000),
+            np.arange(-30 * 128, 30 * 128) * (math.log(2) / 128),  # table-boundary arguments
+            [0.0, -0.0, 5e-17, -5e-17, 2.0**-54, -(2.0**-54), 511.9, 512.0, -512.0, 709.8, -745.2, math.inf, -math.inf, math.nan],
+        ]
+    )
     ours, libm = _exp_both(x)
     assert np.array_equal(ours.view(np.uint64), libm.view(np.uint64))
 

@@ -43,7 +43,23 @@ def reference(tmp_path_factory) -> Path:
 
 
 def farm_cmd(out: Path, cluster: LoopbackCluster, *extra: str, n: int = N, chunk: int = CHUNK) -> list[str]:
-    return [*FARM, "simulate", "--n", str(n), "--chunk", str(chunk), "--seed", str(SEED), "--out", str(out), "--address", cluster.address, "--quiet", "--json", *extra]
+    return [
+        *FARM,
+        "simulate",
+        "--n",
+        str(n),
+        "--chunk",
+        str(chunk),
+        "--seed",
+        str(SEED),
+        "--out",
+        str(out),
+        "--address",
+        cluster.address,
+        "--quiet",
+        "--json",
+        *extra,
+    ]
 
 
 def run_json(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> dict:
@@ -127,7 +143,9 @@ def test_driver_sigkill_at_random_points_resumes_exactly(cluster: LoopbackCluste
     summary = run_json(farm_cmd(out, cluster, n=n, chunk=chunk), cluster.env)
     assert summary["complete"] and summary["skipped"] == chunk * progress[-1]
     assert_same(reference, out)  # zero lost, zero duplicated: every row equals the uninterrupted run
-    print(f"RELIABILITY driver SIGKILL: {trials} trials, chunks flagged after each kill {progress}, resumed {summary['simulated_now']} samples, 0 lost, 0 duplicated")
+    print(
+        f"RELIABILITY driver SIGKILL: {trials} trials, chunks flagged after each kill {progress}, resumed {summary['simulated_now']} samples, 0 lost, 0 duplicated"
+    )
 
 
 def test_worker_node_removed_mid_run(cluster: LoopbackCluster, reference: Path, tmp_path: Path) -> None:
@@ -202,7 +220,27 @@ def small_posterior(tmp_path_factory, cluster: LoopbackCluster) -> Path:
     store = base / "train.zarr"
     run_farm(str(store), num_sims=3000, seed=8, chunk_size=500, in_process=True)
     out = base / "npe"
-    cmd = [*FARM, "train", "npe", "--store", str(store), "--features", "handcrafted", "--out", str(out), "--workers", "2", "--epochs", "2", "--batch-size", "128", "--address", cluster.address, "--quiet", "--json"]
+    cmd = [
+        *FARM,
+        "train",
+        "npe",
+        "--store",
+        str(store),
+        "--features",
+        "handcrafted",
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "128",
+        "--address",
+        cluster.address,
+        "--quiet",
+        "--json",
+    ]
     res = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return out

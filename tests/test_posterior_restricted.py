@@ -30,11 +30,26 @@ def _posterior(prior: RestrictedPrior, seed: int = 0) -> AmortizedPosterior:
 
     torch.manual_seed(seed)
     box = PriorBox()
-    stats = {"low": list(box.low), "high": list(box.high), "feature_mean": [0.0] * len(FEATURE_NAMES), "feature_std": [1.0] * len(FEATURE_NAMES),
-             "theta_mean": [0.0] * 7, "theta_std": [1.0] * 7, "trace_mean": 0.0, "trace_std": 1.0}
+    stats = {
+        "low": list(box.low),
+        "high": list(box.high),
+        "feature_mean": [0.0] * len(FEATURE_NAMES),
+        "feature_std": [1.0] * len(FEATURE_NAMES),
+        "theta_mean": [0.0] * 7,
+        "theta_std": [1.0] * 7,
+        "trace_mean": 0.0,
+        "trace_std": 1.0,
+    }
     config = FlowConfig(variant="handcrafted", transforms=2, hidden_features=16)
-    manifest = {"architecture": config.to_dict(), "parameter_names": list(PARAMETER_NAMES), "feature_names": list(FEATURE_NAMES),
-                "protocol": Protocol().to_dict(), "chip_model": ChipModel().to_dict(), "trace_length": Protocol().num_samples, "fingerprint": "test"}
+    manifest = {
+        "architecture": config.to_dict(),
+        "parameter_names": list(PARAMETER_NAMES),
+        "feature_names": list(FEATURE_NAMES),
+        "protocol": Protocol().to_dict(),
+        "chip_model": ChipModel().to_dict(),
+        "trace_length": Protocol().num_samples,
+        "fingerprint": "test",
+    }
     return AmortizedPosterior(NPEModel(config, stats), manifest, prior)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from farm.bss2 import hxneuron_parameters, madc_to_codes, resample_trace
 from farm.defaults import PARAMETER_NAMES, ChipModel, PriorBox, Protocol, Regime
@@ -71,7 +72,16 @@ def test_prior_box_validates(kwargs: dict) -> None:
 @given(num_sims=st.integers(1, 90), chunk=st.integers(1, 40))
 def test_store_write_read_round_trips_for_any_chunk_size(tmp_path_factory, num_sims: int, chunk: int) -> None:
     url = str(tmp_path_factory.mktemp("rt") / "s.zarr")
-    spec = StoreSpec(seed=9, num_sims=num_sims, chunk_size=chunk, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
+    spec = StoreSpec(
+        seed=9,
+        num_sims=num_sims,
+        chunk_size=chunk,
+        prior=BoxPrior().to_dict(),
+        protocol=Protocol(),
+        chip_model=ChipModel(),
+        regime=Regime(),
+        schema=sim_schema(Protocol()),
+    )
     store = SimStore.create_or_resume(url, spec)
     sub = get_substrate("emulator")
     expected = simulate_indices(BoxPrior(), 9, np.arange(num_sims), sub)
@@ -86,7 +96,16 @@ def test_store_write_read_round_trips_for_any_chunk_size(tmp_path_factory, num_s
 
 
 def test_open_dataset_hides_unfinished_chunks(tmp_path: Path) -> None:
-    spec = StoreSpec(seed=1, num_sims=50, chunk_size=20, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
+    spec = StoreSpec(
+        seed=1,
+        num_sims=50,
+        chunk_size=20,
+        prior=BoxPrior().to_dict(),
+        protocol=Protocol(),
+        chip_model=ChipModel(),
+        regime=Regime(),
+        schema=sim_schema(Protocol()),
+    )
     store = SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
     store.write_chunk(1, simulate_indices(BoxPrior(), 1, np.arange(20, 40), get_substrate("emulator")).arrays())
     store.mark_done(1)
@@ -163,10 +182,28 @@ def test_bad_input_raises_the_typed_input_error(tmp_path: Path) -> None:
     with pytest.raises(FarmInputError, match="dt_us"):
         Protocol(sample_period_us=1.0, dt_us=0.3)
     with pytest.raises(FarmInputError, match="chunk_size=0"):
-        StoreSpec(seed=1, num_sims=5, chunk_size=0, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
+        StoreSpec(
+            seed=1,
+            num_sims=5,
+            chunk_size=0,
+            prior=BoxPrior().to_dict(),
+            protocol=Protocol(),
+            chip_model=ChipModel(),
+            regime=Regime(),
+            schema=sim_schema(Protocol()),
+        )
     with pytest.raises(FarmInputError, match="restricted_prior.json"):
         load_prior(tmp_path)
-    spec = StoreSpec(seed=1, num_sims=5, chunk_size=5, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
+    spec = StoreSpec(
+        seed=1,
+        num_sims=5,
+        chunk_size=5,
+        prior=BoxPrior().to_dict(),
+        protocol=Protocol(),
+        chip_model=ChipModel(),
+        regime=Regime(),
+        schema=sim_schema(Protocol()),
+    )
     SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
     with pytest.raises(StoreMismatch, match="seed=1") as info:
         SimStore.create_or_resume(str(tmp_path / "s.zarr"), StoreSpec(**{**{f: getattr(spec, f) for f in spec.__slots__}, "seed": 2}))
@@ -174,7 +211,16 @@ def test_bad_input_raises_the_typed_input_error(tmp_path: Path) -> None:
 
 
 def test_write_chunk_needs_every_array_of_the_schema(tmp_path: Path) -> None:
-    spec = StoreSpec(seed=1, num_sims=40, chunk_size=20, prior=BoxPrior().to_dict(), protocol=Protocol(), chip_model=ChipModel(), regime=Regime(), schema=sim_schema(Protocol()))
+    spec = StoreSpec(
+        seed=1,
+        num_sims=40,
+        chunk_size=20,
+        prior=BoxPrior().to_dict(),
+        protocol=Protocol(),
+        chip_model=ChipModel(),
+        regime=Regime(),
+        schema=sim_schema(Protocol()),
+    )
     store = SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
     arrays = simulate_indices(BoxPrior(), 1, np.arange(20), get_substrate("emulator")).arrays()
     assert set(store.data_arrays) == set(arrays) == set(spec.schema.array_names)

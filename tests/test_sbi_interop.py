@@ -36,11 +36,26 @@ def _half_box() -> RestrictedPrior:
 def _posterior(variant: str, prior, seed: int = 0) -> AmortizedPosterior:
     torch.manual_seed(seed)
     box = PriorBox()
-    stats = {"low": list(box.low), "high": list(box.high), "feature_mean": [0.0] * len(FEATURE_NAMES), "feature_std": [10.0] * len(FEATURE_NAMES),
-             "theta_mean": [0.0] * 7, "theta_std": [1.0] * 7, "trace_mean": 500.0, "trace_std": 100.0}
+    stats = {
+        "low": list(box.low),
+        "high": list(box.high),
+        "feature_mean": [0.0] * len(FEATURE_NAMES),
+        "feature_std": [10.0] * len(FEATURE_NAMES),
+        "theta_mean": [0.0] * 7,
+        "theta_std": [1.0] * 7,
+        "trace_mean": 500.0,
+        "trace_std": 100.0,
+    }
     config = FlowConfig(variant=variant, transforms=2, hidden_features=16, embedding_features=8, cnn_channels=(4, 4))
-    manifest = {"architecture": config.to_dict(), "parameter_names": list(PARAMETER_NAMES), "feature_names": list(FEATURE_NAMES),
-                "protocol": Protocol().to_dict(), "chip_model": ChipModel().to_dict(), "trace_length": Protocol().num_samples, "fingerprint": "test"}
+    manifest = {
+        "architecture": config.to_dict(),
+        "parameter_names": list(PARAMETER_NAMES),
+        "feature_names": list(FEATURE_NAMES),
+        "protocol": Protocol().to_dict(),
+        "chip_model": ChipModel().to_dict(),
+        "trace_length": Protocol().num_samples,
+        "fingerprint": "test",
+    }
     return AmortizedPosterior(NPEModel(config, stats), manifest, prior)
 
 

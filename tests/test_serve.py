@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from ray import serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ray import serve
 
+from deploy.cli import main
 from deploy.schemas import MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES
 from deploy.service import APP_NAME, package_version, posterior_app
 from farm import run_farm
-from deploy.cli import main
 from farm.defaults import PARAMETER_NAMES, PriorBox, Protocol
 from farm.features import FEATURE_NAMES, summarize
 from farm.prior import BoxPrior
@@ -49,7 +49,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def artifact(ray_session, store: Path) -> Path:
     out = store.parent / "npe-handcrafted"
-    code = main(["train", "npe", "--store", str(store), "--features", "handcrafted", "--out", str(out), "--epochs", "1", "--batch-size", "128", "--quiet", "--json"])
+    code = main(
+        ["train", "npe", "--store", str(store), "--features", "handcrafted", "--out", str(out), "--epochs", "1", "--batch-size", "128", "--quiet", "--json"]
+    )
     assert code == 0
     return out
 
@@ -282,10 +284,14 @@ trace_value = st.one_of(
 )
 field_values = {
     "trace": trace_value,
-    "features": st.one_of(st.lists(st.floats(-1e6, 1e6), min_size=len(FEATURE_NAMES), max_size=len(FEATURE_NAMES)), st.lists(st.floats(allow_nan=True), max_size=12), json_leaf),
+    "features": st.one_of(
+        st.lists(st.floats(-1e6, 1e6), min_size=len(FEATURE_NAMES), max_size=len(FEATURE_NAMES)), st.lists(st.floats(allow_nan=True), max_size=12), json_leaf
+    ),
     "num_samples": st.one_of(st.integers(1, 30), st.integers(-(2**40), 0), st.integers(MAX_NUM_SAMPLES + 1, 2**40), json_leaf),
     "seed": st.one_of(st.integers(-(2**40), 2**40), json_leaf),
-    "theta": st.one_of(st.lists(st.lists(st.floats(0, 1100), min_size=7, max_size=7), min_size=1, max_size=4), st.lists(st.lists(json_leaf, max_size=8), max_size=3), json_leaf),
+    "theta": st.one_of(
+        st.lists(st.lists(st.floats(0, 1100), min_size=7, max_size=7), min_size=1, max_size=4), st.lists(st.lists(json_leaf, max_size=8), max_size=3), json_leaf
+    ),
     "posterior": st.text(max_size=20),
     "store": st.text(max_size=20),
 }
@@ -478,7 +484,13 @@ def test_farm_serve_stops_cleanly_on_sigterm(artifact, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--posterior", str(artifact), "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", "serve", "--posterior", str(artifact), "--port", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
     try:
         wait_healthy(f"http://127.0.0.1:{port}", timeout_s=300.0, process=proc, log=log)
         ray_procs = {p: c for p, c in _ray_processes_of(proc.pid).items() if any(k in c for k in ("raylet", "gcs_server", "dashboard", "runtime_env", "ray::"))}
@@ -526,7 +538,9 @@ def test_dead_neuron_trace_is_answered_and_flagged(client, dead_trace, posterior
     assert check["flagged"] is True and any(reason.startswith("spike_count=0 outside the training regime") for reason in check["reasons"]), check
     want = posterior.misspecification(trace=np.asarray(dead_trace))  # the service answers what the library answers
     assert {k: check[k] for k in ("threshold", "flagged", "reasons", "note")} == {k: want[k] for k in ("threshold", "flagged", "reasons", "note")}
-    assert (check["score"] is None) == (want["score"] is None) and (want["score"] is None or check["score"] == pytest.approx(want["score"], rel=1e-4))  # float32 cdist; thread count may reorder sums
+    assert (check["score"] is None) == (want["score"] is None) and (
+        want["score"] is None or check["score"] == pytest.approx(want["score"], rel=1e-4)
+    )  # float32 cdist; thread count may reorder sums
     # The other two model endpoints carry the same check for the same observation.
     lp = client.post("/log_prob", json={"trace": dead_trace, "theta": [list(PriorBox().low)]})
     pred = client.post("/predictive", json={"trace": dead_trace, "num_samples": 1, "seed": 1})

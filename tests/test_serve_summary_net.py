@@ -13,11 +13,11 @@ import httpx
 import numpy as np
 import pytest
 
+from deploy.cli import main
 from deploy.service import posterior_app
 from farm import run_farm
-from deploy.cli import main
-from farm.prior import BoxPrior
 from farm.features import summarize
+from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,24 @@ def artifact(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serve-sn")
     run_farm(str(root / "sims.zarr"), 2000, seed=6, chunk_size=500, in_process=True)
     out = root / "npe-summary-net"
-    code = main(["train", "npe", "--store", str(root / "sims.zarr"), "--features", "summary-net", "--out", str(out), "--epochs", "1", "--batch-size", "128", "--quiet", "--json"])
+    code = main(
+        [
+            "train",
+            "npe",
+            "--store",
+            str(root / "sims.zarr"),
+            "--features",
+            "summary-net",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--quiet",
+            "--json",
+        ]
+    )
     assert code == 0
     return out
 

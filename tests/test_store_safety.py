@@ -163,7 +163,12 @@ def test_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path,
     out, parked = tmp_path / "s.zarr", tmp_path / "reached"
     first = _start_paused(out, N, "done:1", parked)  # parks after its second chunk, holding the lock
     _wait_for(first, parked)
-    second = subprocess.run([*FARM, "simulate", "--n", "600", "--chunk", str(CHUNK), "--seed", str(SEED), "--out", str(out), "--in-process", "-q"], cwd=ROOT, capture_output=True, text=True)
+    second = subprocess.run(
+        [*FARM, "simulate", "--n", "600", "--chunk", str(CHUNK), "--seed", str(SEED), "--out", str(out), "--in-process", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     parked.unlink()  # lets the first run go on
     assert first.wait() == 0, first.stderr.read()
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
@@ -190,7 +195,9 @@ def test_two_writers_racing_to_create_one_store_leave_it_usable(tmp_path: Path, 
 
 # ------------------------------------------------------------------ stale locks
 def _write_lock(out: Path, host: str, pid: int, heartbeat_age_s: float) -> None:
-    Path(f"{out}.lock").write_text(json.dumps({"host": host, "pid": pid, "started_at": "2026-01-01T00:00:00+00:00", "heartbeat": time.time() - heartbeat_age_s, "token": "x" * 32}))
+    Path(f"{out}.lock").write_text(
+        json.dumps({"host": host, "pid": pid, "started_at": "2026-01-01T00:00:00+00:00", "heartbeat": time.time() - heartbeat_age_s, "token": "x" * 32})
+    )
 
 
 def test_stale_locks_are_taken_over_and_live_ones_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -10,9 +10,10 @@ from deploy.cli import main
 from farm.defaults import PriorBox
 from farm.prior import BoxPrior
 from farm.runner import run_farm
-from inference.datasets import ChunkStream, PriorMismatch, StoreSet, is_validation, plan_data, quality_flags
+from inference.datasets import ChunkStream, PriorMismatch, StoreSet, plan_data
 from inference.heldout import split_rows
-from inference.splits import split_of
+from inference.quality import quality_flags
+from inference.splits import is_validation, split_of
 from inference.transforms import theta_to_unbounded_np
 
 BAD_ROWS = {"flat": 3, "saturated": 17, "nan": 1500}

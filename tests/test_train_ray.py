@@ -28,7 +28,16 @@ def test_two_workers_give_the_same_loss_curve_shape_as_one(store, tmp_path, ray_
     curves = {}
     for workers in (1, 2):
         # same global batch (256 = 2 x 128), so both take the same number of steps per epoch
-        cfg = TrainConfig(task="classifier", stores=(store,), out=str(tmp_path / f"w{workers}"), num_workers=workers, epochs=4, patience=4, batch_size=256 // workers, progress=False)
+        cfg = TrainConfig(
+            task="classifier",
+            stores=(store,),
+            out=str(tmp_path / f"w{workers}"),
+            num_workers=workers,
+            epochs=4,
+            patience=4,
+            batch_size=256 // workers,
+            progress=False,
+        )
         curves[workers] = np.array([h["val_loss"] for h in run_training(cfg).state["history"]])
     for c in curves.values():
         assert len(c) == 4 and c[-1] < 0.8 * c[0]  # both learn
@@ -41,7 +50,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray
     out = tmp_path / "npe"
     args = ["npe", "--store", store, "--out", str(out), "--epochs", "3", "--patience", "3", "--batch-size", "64"]
     address = ray_session.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "train", *args, "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", "train", *args, "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     snapshot = out / "checkpoints" / "run" / "checkpoint_manager_snapshot.json"
 
     def registered() -> bool:  # Ray Train has recorded a checkpoint (not just written its files)

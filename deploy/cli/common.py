@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 
-AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray cluster: `auto`, `ray://host:10001`, or host:port. Default: start a local Ray.")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster: `auto`, `ray://host:10001`, or host:port. Default: start a local Ray.")]
 
 
 def parse_count(value: str, option: str = "--n") -> int:

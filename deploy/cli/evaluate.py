@@ -19,9 +19,13 @@ def evaluate(
     n_samples: Annotated[str, typer.Option("--n-samples", help="Posterior samples per observation.")] = "500",
     n_ppc: Annotated[int, typer.Option("--n-ppc", min=0, max=10_000, help="Observations given posterior-predictive simulations (0: none).")] = 40,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Selects observations; seeds sampling and predictive simulations.")] = 0,
-    hpd: Annotated[bool, typer.Option("--hpd/--no-hpd", help="Also compute HPD expected coverage from the posterior density (200 observations; slower).")] = False,
+    hpd: Annotated[
+        bool, typer.Option("--hpd/--no-hpd", help="Also compute HPD expected coverage from the posterior density (200 observations; slower).")
+    ] = False,
     c2st: Annotated[bool, typer.Option("--c2st/--no-c2st", help="Also run C2ST of prior vs data-averaged posterior.")] = True,
-    lc2st: Annotated[bool, typer.Option("--lc2st/--no-lc2st", help="Also run sbi's L-C2ST: local calibration at 3 held-out observations (20 null classifiers).")] = False,
+    lc2st: Annotated[
+        bool, typer.Option("--lc2st/--no-lc2st", help="Also run sbi's L-C2ST: local calibration at 3 held-out observations (20 null classifiers).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Calibrate and check a posterior on held-out simulations: SBC, TARP, recovery, predictive checks.
@@ -41,8 +45,8 @@ def evaluate(
     from rich.table import Table
 
     from inference import load_posterior
-    from inference.evaluate import load_held_out, summary_table
     from inference.evaluate import evaluate as run_evaluation
+    from inference.evaluate import load_held_out, summary_table
 
     try:
         post = load_posterior(posterior)
@@ -72,7 +76,10 @@ def evaluate(
 
 
 def compare(
-    reports_in: Annotated[list[str], typer.Argument(metavar="REPORT...", help="Two or more report directories from `farm evaluate` (e.g. handcrafted, summary-net, flow-matching).")],
+    reports_in: Annotated[
+        list[str],
+        typer.Argument(metavar="REPORT...", help="Two or more report directories from `farm evaluate` (e.g. handcrafted, summary-net, flow-matching)."),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
 ) -> None:
     """Print evaluation reports side by side: calibration, contraction, predictive error, training time.

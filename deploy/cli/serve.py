@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,11 +18,18 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="HTTP port.")] = 8000,
     replicas: Annotated[int, typer.Option("--replicas", min=1, max=64, help="Serve replicas of the posterior (0.5 CPU each).")] = 1,
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster: `auto` or `ray://host:10001`. Default: start a local Ray.")] = None,
-    max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=256, help="Concurrent /sample requests per forward pass; 1 turns batching off.")] = 16,
-    detach: Annotated[bool, typer.Option("--detach", help="Return once the service answers; it keeps running (stop it with `kill -INT PID`, or `serve shutdown` on a cluster).")] = False,
-    pid_file: Annotated[Optional[Path], typer.Option("--pid-file", help="With --detach and a local Ray: write the server's PID here.")] = None,
-    log: Annotated[Optional[Path], typer.Option("--log", help="With --detach and a local Ray: the server's log file (default: farm-serve-PORT.log in the temp dir).")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster: `auto` or `ray://host:10001`. Default: start a local Ray.")] = None,
+    max_batch_size: Annotated[
+        int, typer.Option("--max-batch-size", min=1, max=256, help="Concurrent /sample requests per forward pass; 1 turns batching off.")
+    ] = 16,
+    detach: Annotated[
+        bool,
+        typer.Option("--detach", help="Return once the service answers; it keeps running (stop it with `kill -INT PID`, or `serve shutdown` on a cluster)."),
+    ] = False,
+    pid_file: Annotated[Path | None, typer.Option("--pid-file", help="With --detach and a local Ray: write the server's PID here.")] = None,
+    log: Annotated[
+        Path | None, typer.Option("--log", help="With --detach and a local Ray: the server's log file (default: farm-serve-PORT.log in the temp dir).")
+    ] = None,
 ) -> None:
     """Serve a trained posterior over HTTP with Ray Serve and print its URL.
 
@@ -72,12 +79,12 @@ def serve(
 
 def query(
     url: Annotated[str, typer.Option("--url", help="Base URL printed by `farm serve`, e.g. http://127.0.0.1:8000.")],
-    trace: Annotated[Optional[Path], typer.Option("--trace", help="Recorded trace: .npy (or .csv) of 1000 MADC codes.")] = None,
-    store: Annotated[Optional[str], typer.Option("--store", help="Take the observation from this store (with --index); its true parameters are shown.")] = None,
-    index: Annotated[Optional[int], typer.Option("--index", min=0, help="Sample index in --store.")] = None,
+    trace: Annotated[Path | None, typer.Option("--trace", help="Recorded trace: .npy (or .csv) of 1000 MADC codes.")] = None,
+    store: Annotated[str | None, typer.Option("--store", help="Take the observation from this store (with --index); its true parameters are shown.")] = None,
+    index: Annotated[int | None, typer.Option("--index", min=0, help="Sample index in --store.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, max=10_000, help="Posterior draws.")] = 1000,
-    seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed for reproducible draws.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a pair plot of the draws to this PNG.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed for reproducible draws.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a pair plot of the draws to this PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary rows as JSON.")] = False,
 ) -> None:
     """Ask a running posterior service about one trace; print mean, std and 90 % interval per parameter.
@@ -114,7 +121,11 @@ def query(
     if (warning := misspecification_warning(result)) is not None:
         typer.echo(warning, err=True)  # a log line, not a result: stdout stays the table or the JSON
     if as_json:
-        typer.echo(json.dumps({"fingerprint": result["fingerprint"], "num_samples": result["num_samples"], "rows": rows, "misspecification": result.get("misspecification")}))
+        typer.echo(
+            json.dumps(
+                {"fingerprint": result["fingerprint"], "num_samples": result["num_samples"], "rows": rows, "misspecification": result.get("misspecification")}
+            )
+        )
     else:
         source = str(trace) if trace is not None else f"{store}[{index}]"
         print_table(rows, title=f"posterior for {source} ({result['num_samples']} draws, model {result['fingerprint']})")

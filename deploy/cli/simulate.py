@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,17 +18,35 @@ def simulate(
     n: Annotated[str, typer.Option("--n", help="Number of simulations; `1e6` notation accepted. With --theta: defaults to the number of rows.")] = "",
     out: Annotated[str, typer.Option("--out", help="Zarr store: a local directory or any fsspec URL shared by all nodes.")] = "runs/sims.zarr",
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**64 - 1, help="Root seed in [0, 2^64 - 1]: sample i is a pure function of (seed, i).")] = 0,
-    chips: Annotated[Optional[int], typer.Option("--chips", min=1, help="Ray actors, one per chip or emulator instance (default: CPUs of the cluster).")] = None,
-    chunk: Annotated[Optional[int], typer.Option("--chunk", min=1, max=100_000, help="Samples per store chunk and per work item; fixed when the store is created (default 1000, or the existing store's).")] = None,
+    chips: Annotated[int | None, typer.Option("--chips", min=1, help="Ray actors, one per chip or emulator instance (default: CPUs of the cluster).")] = None,
+    chunk: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk",
+            min=1,
+            max=100_000,
+            help="Samples per store chunk and per work item; fixed when the store is created (default 1000, or the existing store's).",
+        ),
+    ] = None,
     substrate: Annotated[str, typer.Option("--substrate", help="emulator (default) or bss2 (real chip via pynn_brainscales).")] = "emulator",
-    prior: Annotated[Optional[str], typer.Option("--prior", help="Directory of a restricted prior from `farm train classifier`; default: the box prior.")] = None,
-    theta: Annotated[Optional[Path], typer.Option("--theta", help="Simulate these parameter sets instead (.npy or .csv, shape (n, 7), LSB, header optional).")] = None,
+    prior: Annotated[str | None, typer.Option("--prior", help="Directory of a restricted prior from `farm train classifier`; default: the box prior.")] = None,
+    theta: Annotated[
+        Path | None, typer.Option("--theta", help="Simulate these parameter sets instead (.npy or .csv, shape (n, 7), LSB, header optional).")
+    ] = None,
     address: AddressOpt = None,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray (small runs, debugging).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
-    break_lock: Annotated[bool, typer.Option("--break-lock", help="Take the store's lock even if another run still seems to hold it (only when that run is gone).")] = False,
-    chip_ids: Annotated[Optional[str], typer.Option("--chip-ids", help="Emulated chips to draw circuits from: a range 100-103 or a list 1,5,9 (ids 0-1023; default: the pool 0-7). Fixed when the store is created.")] = None,
+    break_lock: Annotated[
+        bool, typer.Option("--break-lock", help="Take the store's lock even if another run still seems to hold it (only when that run is gone).")
+    ] = False,
+    chip_ids: Annotated[
+        str | None,
+        typer.Option(
+            "--chip-ids",
+            help="Emulated chips to draw circuits from: a range 100-103 or a list 1,5,9 (ids 0-1023; default: the pool 0-7). Fixed when the store is created.",
+        ),
+    ] = None,
 ) -> None:
     """Simulate (parameters, membrane trace) pairs into a resumable Zarr store.
 
@@ -68,7 +85,21 @@ def simulate(
     else:
         raise typer.BadParameter("missing; give the number of simulations, e.g. --n 1e6", param_hint="--n")
     chip_model = _chip_model(chip_ids, out)
-    summary = run_farm(out, num_sims=num, seed=seed, chunk_size=chunk, num_chips=chips, substrate=substrate, prior=prior_obj, theta=theta_arr, address=address, in_process=in_process, progress=not quiet, break_lock=break_lock, chip_model=chip_model)
+    summary = run_farm(
+        out,
+        num_sims=num,
+        seed=seed,
+        chunk_size=chunk,
+        num_chips=chips,
+        substrate=substrate,
+        prior=prior_obj,
+        theta=theta_arr,
+        address=address,
+        in_process=in_process,
+        progress=not quiet,
+        break_lock=break_lock,
+        chip_model=chip_model,
+    )
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -93,7 +124,10 @@ def _chip_model(chip_ids: str | None, out: str):  # -> farm.defaults.ChipModel
     except (FileNotFoundError, StoreMismatch, ValueError, OSError):
         return model  # no store yet (or not ours): run_farm creates or refuses it
     if isinstance(have, dict) and ChipModel.from_dict(have).pool != model.pool:
-        raise typer.BadParameter(f"{format_chip_ids(model.pool)} differs from chips {format_chip_ids(ChipModel.from_dict(have).pool)} of the store {out}; a store holds one chip set: use another --out", param_hint="--chip-ids")
+        raise typer.BadParameter(
+            f"{format_chip_ids(model.pool)} differs from chips {format_chip_ids(ChipModel.from_dict(have).pool)} of the store {out}; a store holds one chip set: use another --out",
+            param_hint="--chip-ids",
+        )
     return model
 
 
@@ -149,7 +183,9 @@ def verify(
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+            with Progress(
+                TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)
+            ) as bar:
                 task = bar.add_task("verify", total=total)
                 report = verify_store(s.url, on_chunk=lambda _: bar.advance(task))
         repaired = unflag_damaged(s.url, report) if repair else []
@@ -157,7 +193,17 @@ def verify(
         if lock is not None:
             lock.release()
     if as_json:
-        typer.echo(json.dumps({"store": report.store, "chunks_checked": report.chunks_checked, "damaged_chunks": report.damaged_chunks, "repaired": repaired, "damage": [{"chunk": d.chunk, "array": d.array, "problem": d.problem} for d in report.damage]}))
+        typer.echo(
+            json.dumps(
+                {
+                    "store": report.store,
+                    "chunks_checked": report.chunks_checked,
+                    "damaged_chunks": report.damaged_chunks,
+                    "repaired": repaired,
+                    "damage": [{"chunk": d.chunk, "array": d.array, "problem": d.problem} for d in report.damage],
+                }
+            )
+        )
     else:
         for d in report.damage:
             typer.echo(d.describe(s))

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from deploy.cli.common import AddressOpt
-from inference.config import ESTIMATORS, FEATURES, TRAIN_DEFAULTS as D
+from inference.config import ESTIMATORS, FEATURES
+from inference.config import TRAIN_DEFAULTS as D
 
 train_app = typer.Typer(help="Train the restriction classifier or an amortized posterior with Ray Train, from Zarr stores.", no_args_is_help=True)
 
 StoreOpt = Annotated[list[str], typer.Option("--store", help="Zarr store from `farm simulate`; repeat for several stores of one setup.")]
 OutOpt = Annotated[str, typer.Option("--out", help="Artifact directory; checkpoints go inside, so re-running the same command resumes a killed training.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="Ray Train workers (data-parallel).")]
+GpusOpt = Annotated[float, typer.Option("--gpus-per-worker", min=0, max=16, help="GPUs each worker reserves (Ray Train use_gpu); 0 trains on CPUs.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, max=10_000, help="Maximum epochs; early stopping on the validation loss may end sooner.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, max=65_536, help="Samples per step and worker.")]
 LrOpt = Annotated[float, typer.Option("--lr", min=1e-6, max=0.5, help="Adam learning rate.")]
@@ -39,9 +41,10 @@ def _run_train(task: Any, *, as_json: bool, **kwargs: Any) -> None:
 def train_classifier(
     store: StoreOpt,
     out: OutOpt = "artifacts/restricted",
-    heldout: Annotated[Optional[list[str]], typer.Option("--heldout", help="Store(s) from the box prior to report recall/precision on.")] = None,
+    heldout: Annotated[list[str] | None, typer.Option("--heldout", help="Store(s) from the box prior to report recall/precision on.")] = None,
     target_recall: Annotated[float, typer.Option("--target-recall", min=0.5, max=1.0, help="Share of in-regime samples the restricted prior keeps.")] = 0.99,
     workers: WorkersOpt = D["num_workers"],
+    gpus_per_worker: GpusOpt = D["gpus_per_worker"],
     epochs: EpochsOpt = D["epochs"],
     batch_size: BatchOpt = D["batch_size"],
     lr: LrOpt = D["learning_rate"],
@@ -59,19 +62,45 @@ def train_classifier(
     """
     from inference.tasks import ClassifierTask
 
-    _run_train(ClassifierTask(target_recall=target_recall, heldout=tuple(heldout or ())), stores=store, out=out, workers=workers, epochs=epochs,
-               batch_size=batch_size, learning_rate=lr, patience=patience, seed=seed, address=address, quiet=quiet, as_json=as_json)
+    _run_train(
+        ClassifierTask(target_recall=target_recall, heldout=tuple(heldout or ())),
+        stores=store,
+        out=out,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        patience=patience,
+        seed=seed,
+        address=address,
+        quiet=quiet,
+        as_json=as_json,
+    )
 
 
 @train_app.command("npe")
 def train_npe(
     store: StoreOpt,
     out: OutOpt = "artifacts/npe",
-    features: Annotated[str, typer.Option("--features", help="handcrafted (named summary statistics) or summary-net (1D CNN on the raw trace).")] = "handcrafted",
-    prior: Annotated[Optional[str], typer.Option("--prior", help="Restricted prior directory the store was simulated from (copied into the artifact).")] = None,
-    estimator: Annotated[str, typer.Option("--estimator", help="nsf (neural spline flow: one pass per draw) or flow-matching (vector field, ODE solve per draw).")] = "nsf",
-    ensemble: Annotated[int, typer.Option("--ensemble", min=1, max=16, help="K posteriors (seeds seed..seed+K-1, parallel Ray Train runs when the cluster has room) served as their equal mixture.")] = 1,
+    features: Annotated[
+        str, typer.Option("--features", help="handcrafted (named summary statistics) or summary-net (1D CNN on the raw trace).")
+    ] = "handcrafted",
+    prior: Annotated[str | None, typer.Option("--prior", help="Restricted prior directory the store was simulated from (copied into the artifact).")] = None,
+    estimator: Annotated[
+        str, typer.Option("--estimator", help="nsf (neural spline flow: one pass per draw) or flow-matching (vector field, ODE solve per draw).")
+    ] = "nsf",
+    ensemble: Annotated[
+        int,
+        typer.Option(
+            "--ensemble",
+            min=1,
+            max=16,
+            help="K posteriors (seeds seed..seed+K-1, parallel Ray Train runs when the cluster has room) served as their equal mixture.",
+        ),
+    ] = 1,
     workers: WorkersOpt = D["num_workers"],
+    gpus_per_worker: GpusOpt = D["gpus_per_worker"],
     epochs: EpochsOpt = D["epochs"],
     batch_size: BatchOpt = D["batch_size"],
     lr: LrOpt = D["learning_rate"],
@@ -91,8 +120,22 @@ def train_npe(
         raise typer.BadParameter(f"{estimator!r} unknown; choose {' or '.join(ESTIMATORS)}", param_hint="--estimator")
     from inference.tasks import NPETask
 
-    _run_train(NPETask(features=features, prior=prior, estimator=estimator), stores=store, out=out, workers=workers, epochs=epochs, batch_size=batch_size,
-               learning_rate=lr, patience=patience, seed=seed, address=address, quiet=quiet, as_json=as_json, ensemble=ensemble)
+    _run_train(
+        NPETask(features=features, prior=prior, estimator=estimator),
+        stores=store,
+        out=out,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        patience=patience,
+        seed=seed,
+        address=address,
+        quiet=quiet,
+        as_json=as_json,
+        ensemble=ensemble,
+    )
 
 
 def register(app: typer.Typer) -> None:
