@@ -7,6 +7,7 @@ Serve binds 127.0.0.1 unless a host is given, so a laptop never exposes the mode
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from deploy.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_REQUEST_TIMEOUT_S
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -41,7 +44,7 @@ class ServeOptions:
     port: int = DEFAULT_PORT
     replicas: int = 1
     address: str | None = None
-    max_batch_size: int = 16
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -87,16 +90,15 @@ def connect_ray(opts: ServeOptions) -> None:
     import ray
 
     from deploy.limits import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+    from farm import raycluster
 
     if ray.is_initialized():
         return
     if opts.address is None:
         # Serve's proxy (started by this private Ray) refuses oversized bodies from their headers.
         os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
-        # "local": a private Ray, never someone else's `ray start` cluster on this machine.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
+    # None: a private Ray bound to 127.0.0.1, never someone else's `ray start` cluster on this machine.
+    raycluster.connect_ray(opts.address, quiet=True, log_level=logging.INFO, object_store_memory=None, configure_logging=False)
 
 
 def deploy(opts: ServeOptions) -> str:
@@ -107,7 +109,7 @@ def deploy(opts: ServeOptions) -> str:
     """
     from ray import serve
 
-    from deploy.service import APP_NAME, DEFAULT_REQUEST_TIMEOUT_S, posterior_app
+    from deploy.service import APP_NAME, posterior_app
 
     connect_ray(opts)
     # One HTTP proxy, on the head: the node users reach (and the only one a loopback bind can serve).

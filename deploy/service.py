@@ -23,7 +23,6 @@ import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -58,25 +57,18 @@ from deploy.schemas import (
     SampleRequest,
     SampleResponse,
 )
+from deploy.settings import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_MODEL_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    MAX_ONGOING_REQUESTS,
+    MAX_QUEUED_REQUESTS,
+)
 from deploy.summaries import significant_digits, summarize_draws
+from farm.versions import package_version
 
 APP_NAME = "bss2-posterior"
-DEFAULT_MAX_BATCH_SIZE = 16
-DEFAULT_BATCH_WAIT_S = 0.005
-#: Model-bound requests one replica holds (one batch running, one filling); more get 503 + Retry-After.
-DEFAULT_MAX_MODEL_QUEUE = 2 * DEFAULT_MAX_BATCH_SIZE
-#: Requests in one replica at once: the model queue plus room for /health and /info while it is full.
-MAX_ONGOING_REQUESTS = 2 * DEFAULT_MAX_MODEL_QUEUE
-#: Requests the proxy holds for a replica with no free slot; more get Serve's 503 + Retry-After.
-MAX_QUEUED_REQUESTS = 128
-DEFAULT_REQUEST_TIMEOUT_S = 30.0
-
-
-def package_version() -> str:
-    try:
-        return version("bss2-farm")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-        return "0+unknown"
 
 
 api = FastAPI(

@@ -33,7 +33,7 @@ _PUBLIC: dict[str, str] = {
     "simulate_theta": "farm.simulate",
     "SimStore": "farm.store",
     "StoreMismatch": "farm.store",
-    "StoreSpec": "farm.store",
+    "StoreSpec": "farm.storespec",
     "open_dataset": "farm.store",
     "check_available": "farm.substrate",
     "get_substrate": "farm.substrate",

@@ -24,6 +24,7 @@ def connect_ray(
     quiet: bool = True,
     log_level: int = logging.WARNING,
     object_store_memory: int | None = LOCAL_OBJECT_STORE_BYTES,
+    configure_logging: bool = True,
 ) -> bool:
     """Connect this process to Ray unless it already is.
 
@@ -35,6 +36,8 @@ def connect_ray(
         quiet: keep worker stdout/stderr off this process's terminal.
         log_level: level of Ray's own loggers in this process.
         object_store_memory: object store bytes of a local cluster (None: Ray's default).
+        configure_logging: let Ray configure this process's root logging (the farm's CLI); False
+            leaves the caller's logging alone and only sets Ray's own level (trainer, server).
 
     Returns:
         True if this call started or joined Ray (the caller may shut it down), False if Ray was
@@ -48,7 +51,11 @@ def connect_ray(
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": log_level, "log_to_driver": not quiet}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet, "configure_logging": configure_logging}
+    if configure_logging:
+        kwargs["logging_level"] = log_level
+    else:
+        kwargs["logging_config"] = ray.LoggingConfig(log_level=logging.getLevelName(log_level))
     if address is None or address == "local":
         address = "local"
         # Ray turns token authentication on for a new local cluster and warns at every start that it

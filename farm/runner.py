@@ -21,8 +21,9 @@ from farm.prior import AnyPrior, BoxPrior
 from farm.progress import ProgressBar
 from farm.scheduler import run_on_ray
 from farm.simulate import sim_schema
-from farm.store import SimStore, StoreSpec, normalise_url
+from farm.store import SimStore, normalise_url
 from farm.storepath import check_parent_writable, classify, is_remote
+from farm.storespec import StoreSpec
 from farm.substrate import get_substrate
 from farm.thetafile import theta_fingerprint
 

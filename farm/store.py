@@ -22,7 +22,6 @@ import os
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,72 +30,19 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from farm.defaults import EMULATOR_VERSION, STORE_FORMAT_VERSION, ChipModel, Protocol, Regime
+from farm.defaults import STORE_FORMAT_VERSION, Regime
 from farm.errors import FarmInputError
-from farm.schema import SAMPLE_DIM, StoreSchema
+from farm.schema import SAMPLE_DIM
 from farm.storepath import PathState, begin_creation, check_parent_writable, classify, end_creation
+from farm.storespec import IDENTITY_KEYS, StoreSpec, normalise_json
 from farm.versions import package_version
 
-#: Attributes that must match for a run to append to an existing store.
-IDENTITY_KEYS = ("format_version", "emulator_version", "substrate", "seed", "chunk_size", "prior", "protocol", "chip_model", "theta_source")
 #: Bytes-to-bytes codecs of new stores: compress, then checksum the compressed chunk.
 _COMPRESSORS = (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), zarr.codecs.Crc32cCodec())
-#: Hard limits: beyond these a run is a typo, not a plan (and the chunk_done array alone would not fit).
-MAX_SIMS = 10**10
-MAX_CHUNKS = 10**7
-MAX_SEED = 2**64 - 1
 
 
 class StoreMismatch(FarmInputError):
     """The store exists but was made with other settings, or is not a farm store."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoreSpec:
-    """What a run writes: the identity of every sample in it, and the layout of its rows."""
-
-    seed: int
-    num_sims: int
-    chunk_size: int
-    prior: dict[str, Any]
-    protocol: Protocol
-    chip_model: ChipModel
-    regime: Regime
-    schema: StoreSchema
-    substrate: str = "emulator"
-    theta_source: str = "prior"
-
-    def __post_init__(self) -> None:
-        if self.num_sims < 1:
-            raise FarmInputError(f"num_sims={self.num_sims} must be >= 1")
-        if self.chunk_size < 1:
-            raise FarmInputError(f"chunk_size={self.chunk_size} must be >= 1")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise FarmInputError(f"seed={self.seed} must be in [0, 2**64 - 1]")
-        if self.num_sims > MAX_SIMS:
-            raise FarmInputError(f"num_sims={self.num_sims} is more than the {MAX_SIMS:.0e} samples a store may hold")
-        if -(-self.num_sims // self.chunk_size) > MAX_CHUNKS:
-            raise FarmInputError(
-                f"num_sims={self.num_sims} in chunks of {self.chunk_size} makes {-(-self.num_sims // self.chunk_size)} chunks; at most {MAX_CHUNKS:.0e} allowed, give a larger --chunk"
-            )
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "format_version": STORE_FORMAT_VERSION,
-            "emulator_version": EMULATOR_VERSION,
-            "substrate": self.substrate,
-            "seed": int(self.seed),
-            "chunk_size": int(self.chunk_size),
-            "prior": self.prior,
-            "protocol": self.protocol.to_dict(),
-            "chip_model": self.chip_model.to_dict(),
-            "theta_source": self.theta_source,
-        }
-
-
-def _normalise(value: Any) -> Any:
-    """JSON round-trip so tuples/lists and ints/floats compare the way they are stored."""
-    return json.loads(json.dumps(value))
 
 
 class SimStore:
@@ -189,12 +135,12 @@ class SimStore:
             }
         )
         # Attributes and consolidated metadata last, in one write; the caller then removes the marker.
-        _publish(url, _normalise(attrs))
+        _publish(url, normalise_json(attrs))
         _reached("create:published")
         return cls(url, zarr.open_group(url, mode="r+", zarr_format=3))
 
     def _check_identity(self, spec: StoreSpec) -> None:
-        want = _normalise(spec.identity())
+        want = normalise_json(spec.identity())
         for key in IDENTITY_KEYS:
             have = self.attrs.get(key)
             if have != want[key]:
@@ -328,8 +274,8 @@ class SimStore:
         return np.asarray(self.group[name][start:stop])
 
     def set_attrs(self, **attrs: Any) -> None:
-        _publish(self.url, _normalise(attrs))
-        self.attrs.update(_normalise(attrs))
+        _publish(self.url, normalise_json(attrs))
+        self.attrs.update(normalise_json(attrs))
 
     # ------------------------------------------------------------------ reading
     def describe(self) -> dict[str, Any]:

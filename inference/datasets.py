@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,7 +126,7 @@ class StoreSet:
             out[name] = np.asarray(g[name][ref.start : ref.stop])
         if "label" in fields:
             sc = out["spike_count"] if "spike_count" in out else np.asarray(g["spike_count"][ref.start : ref.stop])
-            out["label"] = ((sc >= self.regime.min_spikes) & (sc <= self.regime.max_spikes)).astype(np.float32)
+            out["label"] = self.regime.contains(sc).astype(np.float32)
         out["index"] = np.arange(ref.start, ref.stop, dtype=np.int64)
         return out
 
@@ -199,7 +197,7 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
     from inference.transforms import theta_to_unbounded_np
 
     low, high = box_bounds(stores)
-    for ref, rows in _prefetch(stores, stores.chunks, ("theta", "features", "trace", "label")):
+    for ref, rows in prefetch_chunks(stores, stores.chunks, ("theta", "features", "trace", "label")):
         flags = quality_flags(rows["trace"], rows["theta"], rows["features"], adc_max)
         bad = flags["nan"] | flags["saturated"] | flags["flat"]
         for k in counts:
@@ -272,39 +270,9 @@ def box_bounds(stores: StoreSet) -> tuple[NDArray[np.float64], NDArray[np.float6
     return np.asarray(boxes[0].low), np.asarray(boxes[0].high)
 
 
-def _prefetch(stores: StoreSet, refs: Sequence[ChunkRef], fields: Sequence[str], depth: int = 2) -> Iterator[tuple[ChunkRef, dict[str, NDArray[Any]]]]:
+def prefetch_chunks(stores: StoreSet, refs: Sequence[ChunkRef], fields: Sequence[str], depth: int = 2) -> Iterator[tuple[ChunkRef, dict[str, NDArray[Any]]]]:
     """Read chunks on a background thread (Zarr decompression releases the GIL) while the caller computes."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    _END = object()
-
-    def worker() -> None:
-        try:
-            for ref in refs:
-                if stop.is_set():
-                    return
-                q.put((ref, stores.read(ref, fields)))
-            q.put(_END)
-        except BaseException as e:  # surfaced in the consumer
-            q.put(e)
-
-    th = threading.Thread(target=worker, daemon=True)
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while th.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                th.join(timeout=0.05)
+    return background(((ref, stores.read(ref, fields)) for ref in refs), depth)
 
 
 class ChunkStream:
@@ -353,7 +321,7 @@ class ChunkStream:
         buf: list[dict[str, NDArray[Any]]] = []
         pending: dict[str, NDArray[Any]] | None = None
         refs = self.shard(epoch, shuffle)
-        for i, (ref, rows) in enumerate(_prefetch(self.stores, refs, self.fields)):
+        for i, (ref, rows) in enumerate(prefetch_chunks(self.stores, refs, self.fields)):
             keep = self._keep(ref, rows)
             buf.append({k: v[keep] for k, v in rows.items()})
             if len(buf) < self.shuffle_chunks and i < len(refs) - 1:

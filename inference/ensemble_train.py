@@ -8,12 +8,14 @@ members are done. Member 0 is exactly the single posterior the same command with
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from farm.errors import FarmInputError, FarmRuntimeError
+from farm.raycluster import connect_ray
 from inference.ensemble import MAX_MEMBERS, member_dir, write_ensemble
 from inference.errors import TrainingError
 from inference.tasks import NPETask, Task
@@ -66,18 +68,11 @@ def train_ensemble(
     if not ray.is_initialized():
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # as inference.train: workers print their own progress
         try:
-            ray.init(
-                address=address or "local",
-                include_dashboard=False,
-                log_to_driver=not quiet,
-                configure_logging=False,
-                logging_config=ray.LoggingConfig(log_level="ERROR"),
-            )
+            started = connect_ray(address, quiet=quiet, log_level=logging.ERROR, object_store_memory=None, configure_logging=False)
         except Exception as e:  # e.g. a raylet that did not start on an overloaded node: one line, exit 1
             raise TrainingError(
                 f"could not start or join Ray (address={address or 'local'}): {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; re-run to retry"
             ) from None
-        started = True
     try:
         free = int(ray.available_resources().get("CPU", 0))
         parallel = free >= num_members * workers  # every worker of every member gets at least one CPU

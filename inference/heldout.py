@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from inference.datasets import StoreSet, _prefetch
+from inference.datasets import StoreSet, prefetch_chunks
 from inference.quality import quality_flags
 from inference.splits import SPLITS, split_of
 
@@ -50,7 +50,7 @@ def split_rows(
     want = tuple(dict.fromkeys([*fields, "theta", "features", "trace"]))
     out: dict[str, list[NDArray[Any]]] = {}
     count = 0
-    for ref, rows in _prefetch(s, s.chunks, want):
+    for ref, rows in prefetch_chunks(s, s.chunks, want):
         flags = quality_flags(rows["trace"], rows["theta"], rows["features"], s.chip_model.adc_max_code)
         keep = ~(flags["nan"] | flags["saturated"] | flags["flat"]) & (split_of(rows["index"], val_fraction, test_fraction) == SPLITS.index(split))
         for k in (*fields, "index"):

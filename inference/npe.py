@@ -121,14 +121,7 @@ def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str,
         prior.save(out / PRIOR_SUBDIR)
     model = outcome.best_model()
     history = outcome.state["history"]
-    metrics: dict[str, Any] = {
-        "best_val_loss": outcome.state["best_val"],
-        "best_epoch": outcome.state["best_epoch"] + 1,
-        "epochs_trained": len(history),
-        "resumed_at_epochs": outcome.state["resumed_at"],
-        "num_train": plan.num_train,
-        "num_val": plan.num_val,
-        "num_test": plan.num_test,
+    metrics: dict[str, Any] = outcome.summary() | {
         "splits": plan.splits(),
         "excluded": plan.flag_counts,
     }

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from farm.defaults import ChipModel, PriorBox, Protocol, Regime
+from farm.defaults import ChipModel, Protocol, Regime
 from farm.features import FEATURE_NAMES, summarize
-from farm.prior import AnyPrior, BoxPrior, RestrictedPrior
+from farm.prior import AnyPrior, RestrictedPrior, prior_from_attrs
 from inference.artifacts import read_artifact
-from inference.errors import RejectionBudgetExceeded
+from inference.errors import ArtifactError, RejectionBudgetExceeded
 from inference.flow_matching import ESTIMATOR as FM_ESTIMATOR
 from inference.flow_matching import FlowMatchingConfig, FlowMatchingModel
 from inference.flows import FlowConfig, NPEModel
@@ -356,15 +356,10 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
 
         return load_ensemble(d, protocol)  # type: ignore[return-value]
     m, state = read_artifact(d, KIND, protocol)
-    prior: AnyPrior
-    if m.get("prior", {}).get("type") == "restricted":
-        prior = RestrictedPrior.load(d / PRIOR_SUBDIR)
-        if prior.fingerprint != m["prior"].get("fingerprint"):
-            raise ValueError(
-                f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from the manifest's {m['prior'].get('fingerprint')}"
-            )
-    else:
-        prior = BoxPrior(PriorBox.from_dict(m["prior"]))
+    described = prior_from_attrs(m.get("prior"))
+    prior: AnyPrior = RestrictedPrior.load(d / PRIOR_SUBDIR) if described.is_restricted else described.box_prior()
+    if described.is_restricted and not described.matches(prior):
+        raise ArtifactError(f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from the manifest's {described.fingerprint}")
     estimator = m["architecture"].get("estimator", "nsf")
     model: NPEModel | FlowMatchingModel
     if estimator == FM_ESTIMATOR:

@@ -90,7 +90,7 @@ def simulated_in_regime_fraction(prior: BoxPrior, protocol: Protocol, chip_model
     """Share of fresh simulations from ``prior`` whose spike count lies in the regime (the paper's 2 % -> 38 %)."""
     batch = simulate_indices(prior, seed, np.arange(num_sims), get_substrate("emulator", protocol, chip_model))
     sc = batch.spike_count
-    return float(np.mean((sc >= regime.min_spikes) & (sc <= regime.max_spikes)))
+    return float(np.mean(regime.contains(sc)))
 
 
 def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list[str] | None = None, num_check_sims: int = 2000) -> dict[str, Any]:
@@ -153,16 +153,7 @@ def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list
             "prior": box.to_dict(),
             "restricted_prior": {"fingerprint": prior.fingerprint, "files": ["restricted_prior.json", "weights.npz"]},
             "train_config": cfg.identity(),
-            "metrics": metrics
-            | {
-                "best_val_loss": outcome.state["best_val"],
-                "best_epoch": outcome.state["best_epoch"] + 1,
-                "epochs_trained": len(history),
-                "resumed_at_epochs": outcome.state["resumed_at"],
-                "num_train": plan.num_train,
-                "num_val": plan.num_val,
-                "num_test": plan.num_test,
-            },
+            "metrics": metrics | outcome.summary(),
             "history": history,
         },
     )

@@ -18,7 +18,7 @@ SPLITS = ("train", "val", "test")
 
 def _unit(indices: NDArray[np.integer]) -> NDArray[np.float64]:
     """A uniform [0, 1) number per sample index: farm's splitmix64 hash, top 53 bits."""
-    z = rng.mix64(np.asarray(indices, dtype=np.uint64))
+    z = rng.splitmix64_np(np.asarray(indices, dtype=np.uint64))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 

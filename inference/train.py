@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from farm.raycluster import connect_ray
 from inference.config import TrainConfig
 from inference.datasets import ChunkStream, DataPlan, StoreSet, box_bounds, plan_data
 from inference.errors import TrainingError
@@ -219,6 +220,18 @@ class TrainOutcome:
         model.load_state_dict(self.state["best_model"])
         return model.eval()
 
+    def summary(self) -> dict[str, Any]:
+        """What every finished training reports in its artifact: best epoch and loss, epochs run, split sizes."""
+        return {
+            "best_val_loss": self.state["best_val"],
+            "best_epoch": self.state["best_epoch"] + 1,
+            "epochs_trained": len(self.state["history"]),
+            "resumed_at_epochs": self.state["resumed_at"],
+            "num_train": self.plan.num_train,
+            "num_val": self.plan.num_val,
+            "num_test": self.plan.num_test,
+        }
+
 
 def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None = None) -> TrainOutcome:
     """Plan the data, run the Ray Train ``TorchTrainer``, return the best model's state.
@@ -259,14 +272,7 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
         # polling without a dashboard) would drown it, so workers log at WARNING and above. Quiet
         # runs forward nothing from workers: a failure still arrives as trainer.fit()'s exception.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            log_to_driver=cfg.progress,
-            configure_logging=False,
-            logging_config=ray.LoggingConfig(log_level="ERROR"),
-        )
-        started = True
+        started = connect_ray(address, quiet=not cfg.progress, log_level=logging.ERROR, object_store_memory=None, configure_logging=False)
     try:
         cpus = cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)
         cfg_run = replace(cfg, cpus_per_worker=cpus, plan=plan.to_dict(), stats=stats)

@@ -205,15 +205,8 @@ def test_import_farm_is_cheap_and_the_store_does_not_load_the_kernel() -> None:
 
 
 @pytest.fixture()
-def tiny_disk(tmp_path: Path):
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("needs permission to mount a tmpfs (root in the CI container)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def tiny_disk(mount_tmpfs) -> Path:
+    return mount_tmpfs("1m")
 
 
 def test_in_process_disk_full_is_a_farm_error_and_resumes(reference_store: Path, tiny_disk: Path) -> None:

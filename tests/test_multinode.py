@@ -181,15 +181,8 @@ def _cmdline(pid: int) -> bytes:
 
 
 @pytest.fixture()
-def tiny_disk(tmp_path: Path):
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("needs permission to mount a tmpfs (root in the CI container)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def tiny_disk(mount_tmpfs) -> Path:
+    return mount_tmpfs("3m")
 
 
 def test_disk_full_gives_clear_error_keeps_chunks_and_resumes(cluster: LoopbackCluster, reference: Path, tiny_disk: Path) -> None:

@@ -9,53 +9,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from farm.defaults import PARAMETER_NAMES, ChipModel, PriorBox, Protocol
+from farm.defaults import PriorBox
 from farm.features import FEATURE_NAMES
 from farm.prior import RestrictedPrior
-from inference.flows import FlowConfig, NPEModel
+from inference.flows import FlowConfig
 from inference.posterior import AmortizedPosterior
-
-
-def _half_box(threshold: float = 0.0) -> RestrictedPrior:
-    """Accepts theta whose first parameter lies below ``centre - threshold * half-width``."""
-    box = PriorBox()
-    low, high = np.asarray(box.low, dtype=np.float64), np.asarray(box.high, dtype=np.float64)
-    w = np.zeros((7, 1))
-    w[0, 0] = -1.0
-    return RestrictedPrior(box, [w], [np.array([-threshold])], (low + high) / 2, (high - low) / 2, threshold_logit=0.0, acceptance_rate=0.5)
+from tests.untrained import half_box, untrained_posterior
 
 
 def _posterior(prior: RestrictedPrior, seed: int = 0) -> AmortizedPosterior:
-    import torch
-
-    torch.manual_seed(seed)
-    box = PriorBox()
-    stats = {
-        "low": list(box.low),
-        "high": list(box.high),
-        "feature_mean": [0.0] * len(FEATURE_NAMES),
-        "feature_std": [1.0] * len(FEATURE_NAMES),
-        "theta_mean": [0.0] * 7,
-        "theta_std": [1.0] * 7,
-        "trace_mean": 0.0,
-        "trace_std": 1.0,
-    }
-    config = FlowConfig(variant="handcrafted", transforms=2, hidden_features=16)
-    manifest = {
-        "architecture": config.to_dict(),
-        "parameter_names": list(PARAMETER_NAMES),
-        "feature_names": list(FEATURE_NAMES),
-        "protocol": Protocol().to_dict(),
-        "chip_model": ChipModel().to_dict(),
-        "trace_length": Protocol().num_samples,
-        "fingerprint": "test",
-    }
-    return AmortizedPosterior(NPEModel(config, stats), manifest, prior)
+    return untrained_posterior(FlowConfig(variant="handcrafted", transforms=2, hidden_features=16), prior, seed=seed)
 
 
 @pytest.fixture(scope="module")
 def post() -> AmortizedPosterior:
-    return _posterior(_half_box())
+    return _posterior(half_box())
 
 
 def _features(n: int, seed: int = 0) -> np.ndarray:
@@ -95,6 +63,6 @@ def test_log_prob_integrates_to_one_over_the_restricted_region(post):
 
 
 def test_a_region_the_posterior_cannot_reach_is_a_clear_error():
-    unreachable = _posterior(_half_box(threshold=1.0 - 1e-12))  # first parameter within 1e-12 of the box's low edge
+    unreachable = _posterior(half_box(threshold=1.0 - 1e-12))  # first parameter within 1e-12 of the box's low edge
     with pytest.raises(ValueError, match="outside the restricted prior"):
         unreachable.sample(5, features=_features(1)[0], seed=0)

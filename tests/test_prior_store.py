@@ -15,7 +15,8 @@ from farm.defaults import PARAMETER_NAMES, ChipModel, PriorBox, Protocol, Regime
 from farm.errors import FarmInputError
 from farm.prior import BoxPrior, RestrictedPrior, load_prior, prior_from_attrs
 from farm.simulate import sim_schema, simulate_indices
-from farm.store import SimStore, StoreMismatch, StoreSpec, open_dataset
+from farm.store import SimStore, StoreMismatch, open_dataset
+from farm.storespec import StoreSpec
 from farm.substrate import check_available, get_substrate
 
 

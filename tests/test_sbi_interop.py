@@ -12,51 +12,21 @@ import numpy as np
 import pytest
 import torch
 
-from farm.defaults import PARAMETER_NAMES, ChipModel, PriorBox, Protocol
-from farm.features import FEATURE_NAMES
-from farm.prior import BoxPrior, RestrictedPrior
+from farm.defaults import PriorBox
+from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
-from inference.flows import FlowConfig, NPEModel
+from inference.flows import FlowConfig
 from inference.posterior import AmortizedPosterior
 from inference.sbi_interop import RestrictedBoxPrior, to_sbi
+from tests.untrained import half_box, untrained_posterior
 
 # float32 flow outputs vs the native float64 densities: |log q| ~ 10-100, float32 keeps ~7 digits.
 RTOL, ATOL = 1e-5, 1e-3
 
 
-def _half_box() -> RestrictedPrior:
-    """Accepts theta whose leak_i_bias lies below the box centre (half the box)."""
-    box = PriorBox()
-    low, high = np.asarray(box.low, dtype=np.float64), np.asarray(box.high, dtype=np.float64)
-    w = np.zeros((7, 1))
-    w[0, 0] = -1.0
-    return RestrictedPrior(box, [w], [np.array([0.0])], (low + high) / 2, (high - low) / 2, threshold_logit=0.0, acceptance_rate=0.5)
-
-
 def _posterior(variant: str, prior, seed: int = 0) -> AmortizedPosterior:
-    torch.manual_seed(seed)
-    box = PriorBox()
-    stats = {
-        "low": list(box.low),
-        "high": list(box.high),
-        "feature_mean": [0.0] * len(FEATURE_NAMES),
-        "feature_std": [10.0] * len(FEATURE_NAMES),
-        "theta_mean": [0.0] * 7,
-        "theta_std": [1.0] * 7,
-        "trace_mean": 500.0,
-        "trace_std": 100.0,
-    }
     config = FlowConfig(variant=variant, transforms=2, hidden_features=16, embedding_features=8, cnn_channels=(4, 4))
-    manifest = {
-        "architecture": config.to_dict(),
-        "parameter_names": list(PARAMETER_NAMES),
-        "feature_names": list(FEATURE_NAMES),
-        "protocol": Protocol().to_dict(),
-        "chip_model": ChipModel().to_dict(),
-        "trace_length": Protocol().num_samples,
-        "fingerprint": "test",
-    }
-    return AmortizedPosterior(NPEModel(config, stats), manifest, prior)
+    return untrained_posterior(config, prior, feature_std=10.0, trace_mean=500.0, trace_std=100.0, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +52,7 @@ def test_box_posterior_has_the_native_densities_and_samples_in_the_box(variant: 
 
 
 def test_restricted_posterior_matches_native_and_respects_the_region(sims) -> None:
-    prior = _half_box()
+    prior = half_box()
     native = _posterior("handcrafted", prior)
     post = to_sbi(native)
     theta, traces = sims
@@ -102,7 +72,7 @@ def test_restricted_posterior_matches_native_and_respects_the_region(sims) -> No
 
 
 def test_restricted_prior_is_a_torch_distribution_sbi_accepts() -> None:
-    prior = _half_box()
+    prior = half_box()
     dist = RestrictedBoxPrior(prior)
     torch.manual_seed(0)
     a = dist.sample((500,))

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from deploy.cli.common import bad_input, fail
+from deploy.settings import DEFAULT_MAX_BATCH_SIZE
 
 
 def serve(
@@ -21,7 +22,7 @@ def serve(
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster: `auto` or `ray://host:10001`. Default: start a local Ray.")] = None,
     max_batch_size: Annotated[
         int, typer.Option("--max-batch-size", min=1, max=256, help="Concurrent /sample requests per forward pass; 1 turns batching off.")
-    ] = 16,
+    ] = DEFAULT_MAX_BATCH_SIZE,
     detach: Annotated[
         bool,
         typer.Option("--detach", help="Return once the service answers; it keeps running (stop it with `kill -INT PID`, or `serve shutdown` on a cluster)."),
