@@ -8,10 +8,17 @@ terminal, a private loopback cluster when no address is given), and a process ma
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from farm.errors import FarmError, FarmInputError
+
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _drop_auth_default_notice(record: logging.LogRecord) -> bool:
+    """Ray's notice that token authentication is on by default (it stays on; only the notice goes)."""
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
 
 #: Object store of a private local Ray: the farm's actors return only small statistics.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
@@ -59,8 +66,8 @@ def connect_ray(
     if address is None or address == "local":
         address = "local"
         # Ray turns token authentication on for a new local cluster and warns at every start that it
-        # did so by default; saying so explicitly keeps it on and the terminal quiet.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # did so by default: keep it on, keep that one line off the user's terminal.
+        logging.getLogger(_AUTH_LOGGER).addFilter(_drop_auth_default_notice)
         kwargs["_node_ip_address"] = "127.0.0.1"
         if object_store_memory is not None:
             kwargs["object_store_memory"] = int(object_store_memory)
