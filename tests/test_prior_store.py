@@ -20,6 +20,20 @@ from farm.storespec import StoreSpec
 from farm.substrate import check_available, get_substrate
 
 
+def box_spec(*, seed: int, num_sims: int, chunk_size: int) -> StoreSpec:
+    """A default-setup store spec (box prior, default protocol, chip and regime)."""
+    return StoreSpec(
+        seed=seed,
+        num_sims=num_sims,
+        chunk_size=chunk_size,
+        prior=BoxPrior().to_dict(),
+        protocol=Protocol(),
+        chip_model=ChipModel(),
+        regime=Regime(),
+        schema=sim_schema(Protocol()),
+    )
+
+
 def toy_restricted(box: PriorBox | None = None) -> RestrictedPrior:
     """A one-layer 'classifier' accepting leak_i_bias < 300: the answer is known exactly."""
     box = box or PriorBox()
@@ -73,16 +87,7 @@ def test_prior_box_validates(kwargs: dict) -> None:
 @given(num_sims=st.integers(1, 90), chunk=st.integers(1, 40))
 def test_store_write_read_round_trips_for_any_chunk_size(tmp_path_factory, num_sims: int, chunk: int) -> None:
     url = str(tmp_path_factory.mktemp("rt") / "s.zarr")
-    spec = StoreSpec(
-        seed=9,
-        num_sims=num_sims,
-        chunk_size=chunk,
-        prior=BoxPrior().to_dict(),
-        protocol=Protocol(),
-        chip_model=ChipModel(),
-        regime=Regime(),
-        schema=sim_schema(Protocol()),
-    )
+    spec = box_spec(seed=9, num_sims=num_sims, chunk_size=chunk)
     store = SimStore.create_or_resume(url, spec)
     sub = get_substrate("emulator")
     expected = simulate_indices(BoxPrior(), 9, np.arange(num_sims), sub)
@@ -97,16 +102,7 @@ def test_store_write_read_round_trips_for_any_chunk_size(tmp_path_factory, num_s
 
 
 def test_open_dataset_hides_unfinished_chunks(tmp_path: Path) -> None:
-    spec = StoreSpec(
-        seed=1,
-        num_sims=50,
-        chunk_size=20,
-        prior=BoxPrior().to_dict(),
-        protocol=Protocol(),
-        chip_model=ChipModel(),
-        regime=Regime(),
-        schema=sim_schema(Protocol()),
-    )
+    spec = box_spec(seed=1, num_sims=50, chunk_size=20)
     store = SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
     store.write_chunk(1, simulate_indices(BoxPrior(), 1, np.arange(20, 40), get_substrate("emulator")).arrays())
     store.mark_done(1)
@@ -195,16 +191,7 @@ def test_bad_input_raises_the_typed_input_error(tmp_path: Path) -> None:
         )
     with pytest.raises(FarmInputError, match="restricted_prior.json"):
         load_prior(tmp_path)
-    spec = StoreSpec(
-        seed=1,
-        num_sims=5,
-        chunk_size=5,
-        prior=BoxPrior().to_dict(),
-        protocol=Protocol(),
-        chip_model=ChipModel(),
-        regime=Regime(),
-        schema=sim_schema(Protocol()),
-    )
+    spec = box_spec(seed=1, num_sims=5, chunk_size=5)
     SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
     with pytest.raises(StoreMismatch, match="seed=1") as info:
         SimStore.create_or_resume(str(tmp_path / "s.zarr"), StoreSpec(**{**{f: getattr(spec, f) for f in spec.__slots__}, "seed": 2}))
@@ -212,16 +199,7 @@ def test_bad_input_raises_the_typed_input_error(tmp_path: Path) -> None:
 
 
 def test_write_chunk_needs_every_array_of_the_schema(tmp_path: Path) -> None:
-    spec = StoreSpec(
-        seed=1,
-        num_sims=40,
-        chunk_size=20,
-        prior=BoxPrior().to_dict(),
-        protocol=Protocol(),
-        chip_model=ChipModel(),
-        regime=Regime(),
-        schema=sim_schema(Protocol()),
-    )
+    spec = box_spec(seed=1, num_sims=40, chunk_size=20)
     store = SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
     arrays = simulate_indices(BoxPrior(), 1, np.arange(20), get_substrate("emulator")).arrays()
     assert set(store.data_arrays) == set(arrays) == set(spec.schema.array_names)
