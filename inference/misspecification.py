@@ -5,7 +5,7 @@ observations and gets its null distribution by reshuffling; a lab sends one trac
 the score here is per observation, in the same summary space the flow is conditioned on (the
 z-scored handcrafted statistics, or the learned CNN embedding): the distance from the
 observation's standardised summary to its k-th nearest training summary (kNN novelty score).
-The threshold is the ``quantile`` (95 %) of the scores of held-out validation rows, which are not
+The threshold is the ``quantile`` (95 %) of the scores of held-out test rows, which are not
 in the reference set, so fresh in-distribution observations exceed it ~5 % of the time.
 
 Independently of the score, a trace is flagged when its own spike count (``farm.features``,

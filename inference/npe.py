@@ -100,14 +100,17 @@ def _in_regime_rows(posterior: AmortizedPosterior, outcome: Any, split: str, lim
 
 
 def calibrate_misspecification(posterior: AmortizedPosterior, outcome: Any, num_reference: int = 5000, num_calibration: int = 2000) -> KNNDetector | None:
-    """The summary-space detector: reference = in-regime training rows, threshold from in-regime validation rows.
+    """The summary-space detector: reference = in-regime training rows, threshold from in-regime test rows.
 
-    Returns None (with a warning) when the validation split holds too few in-regime rows.
+    Why the test split: validation rows chose the best epoch, so the embedding has seen their
+    influence and scores them slightly lower than fresh data; test rows took no part in training,
+    so their 95 % quantile gives the ~5 % false-alarm rate a fresh observation meets.
+    Returns None (with a warning) when the test split holds too few in-regime rows.
     """
     ref = _in_regime_rows(posterior, outcome, "train", num_reference)
-    cal = _in_regime_rows(posterior, outcome, "val", num_calibration)
+    cal = _in_regime_rows(posterior, outcome, "test", num_calibration)
     if len(ref) < 10 or len(cal) < 20:
-        log.warning("only %d training / %d validation rows in the regime: no misspecification score is stored", len(ref), len(cal))
+        log.warning("only %d training / %d test rows in the regime: no misspecification score is stored", len(ref), len(cal))
         return None
     return KNNDetector.fit(ref, cal, k=10, quantile=0.95)
 

@@ -26,6 +26,7 @@ from farm.raycluster import connect_ray
 from inference.config import TrainConfig
 from inference.datasets import ChunkStream, DataPlan, StoreSet, box_bounds, plan_data
 from inference.errors import TrainingError
+from inference.lean_trainer import lean_torch_trainer
 from inference.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,6 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     # Workers may run elsewhere (another cwd or node): local paths become absolute.
     cfg = replace(cfg, stores=tuple(_absolute(s) for s in cfg.stores), out=_absolute(cfg.out))
@@ -276,7 +276,7 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
     try:
         cpus = cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)
         cfg_run = replace(cfg, cpus_per_worker=cpus, plan=plan.to_dict(), stats=stats)
-        trainer = TorchTrainer(
+        trainer = lean_torch_trainer(
             train_loop_per_worker,
             train_loop_config=asdict(cfg_run),
             scaling_config=ScalingConfig(

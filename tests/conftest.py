@@ -24,6 +24,44 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def npe_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A box-prior training store (8000 sims) and a held-out store (300) that several modules share."""
+    from farm.runner import run_farm
+
+    root = tmp_path_factory.mktemp("npe-stores")
+    train, heldout = str(root / "train.zarr"), str(root / "heldout.zarr")
+    run_farm(train, num_sims=8000, seed=21, chunk_size=1000, in_process=True)
+    run_farm(heldout, num_sims=300, seed=22, chunk_size=300, in_process=True)
+    return train, heldout
+
+
+@pytest.fixture(scope="session")
+def handcrafted_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, ray_session) -> tuple[Path, dict]:
+    """One handcrafted NPE trained by the real Ray Train loop (15 epochs at most), shared read-only.
+
+    Every Ray Train run costs ~20 s of fixed start/stop on 2 cores, so the modules that need *a*
+    trained handcrafted posterior (recovery, evaluation, serving, misspecification) share this one.
+    Tests that alter an artifact copy it first.
+    """
+    from inference.training import train
+
+    out = tmp_path_factory.mktemp("hc") / "npe-handcrafted"
+    metrics = train("npe", [npe_stores[0]], str(out), epochs=15, patience=4, batch_size=128, quiet=True)
+    return out, metrics
+
+
+@pytest.fixture(scope="session")
+def summary_net_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, ray_session) -> tuple[Path, dict]:
+    """One summary-network NPE (1 epoch: the contract, not its quality), shared read-only."""
+    from inference.tasks import NPETask
+    from inference.training import train
+
+    out = tmp_path_factory.mktemp("sn") / "npe-summary-net"
+    metrics = train(NPETask(features="summary-net"), [npe_stores[0]], str(out), epochs=1, batch_size=256, quiet=True)
+    return out, metrics
+
+
 @pytest.fixture()
 def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """Mount small tmpfs folders (a disk that fills up on demand); skips where mounting is not allowed."""

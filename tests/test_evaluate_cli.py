@@ -8,22 +8,13 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import main
-from farm.runner import run_farm
 from inference.evaluate import load_report
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, ray_session) -> tuple[Path, str]:
-    from inference.tasks import NPETask
-    from inference.training import train as train_posterior
-
-    root = tmp_path_factory.mktemp("evaluate-cli")
-    train, test = str(root / "train.zarr"), str(root / "test.zarr")
-    run_farm(train, num_sims=4000, seed=31, chunk_size=1000, in_process=True)
-    run_farm(test, num_sims=300, seed=32, chunk_size=300, in_process=True)
-    out = root / "npe-handcrafted"
-    train_posterior(NPETask(features="handcrafted"), [train], str(out), epochs=6, patience=3, batch_size=128, quiet=True)
-    return out, test
+def trained(handcrafted_npe, npe_stores) -> tuple[Path, str]:
+    """The session's handcrafted posterior (real Ray Train) and its held-out store."""
+    return handcrafted_npe[0], npe_stores[1]
 
 
 def test_farm_evaluate_writes_report_and_prints_summary(trained: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,37 +10,23 @@ import pytest
 import torch
 
 from farm.defaults import Protocol
-from farm.runner import run_farm
 from farm.store import SimStore
 from inference import load_posterior
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory) -> tuple[str, str]:
-    root = tmp_path_factory.mktemp("npe")
-    train, heldout = str(root / "train.zarr"), str(root / "heldout.zarr")
-    run_farm(train, num_sims=8000, seed=21, chunk_size=1000, in_process=True)
-    run_farm(heldout, num_sims=300, seed=22, chunk_size=300, in_process=True)
-    return train, heldout
+def stores(npe_stores) -> tuple[str, str]:
+    return npe_stores
 
 
 @pytest.fixture(scope="module")
-def handcrafted(stores, tmp_path_factory, ray_session):
-    from inference.training import train
-
-    out = tmp_path_factory.mktemp("hc") / "npe-handcrafted"
-    metrics = train("npe", [stores[0]], str(out), epochs=15, patience=4, batch_size=128, quiet=True)
-    return out, metrics
+def handcrafted(handcrafted_npe):
+    return handcrafted_npe
 
 
 @pytest.fixture(scope="module")
-def summary_net(stores, tmp_path_factory, ray_session):
-    from inference.tasks import NPETask
-    from inference.training import train
-
-    out = tmp_path_factory.mktemp("sn") / "npe-summary-net"
-    metrics = train(NPETask(features="summary-net"), [stores[0]], str(out), epochs=1, batch_size=256, quiet=True)
-    return out, metrics
+def summary_net(summary_net_npe):
+    return summary_net_npe
 
 
 def _heldout(path: str, n: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

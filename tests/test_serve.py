@@ -1,7 +1,7 @@
 """The posterior service over real HTTP: every endpoint, every bad-input case, fuzzing, replica loss.
 
-One small handcrafted posterior is trained once per module with the real `farm train npe` (Ray
-Train, 1 epoch) on a 2000-sample store, then served by Ray Serve on 127.0.0.1 inside the
+The session's handcrafted posterior (tests/conftest.py: real Ray Train on an 8000-sample store) is
+served by Ray Serve on 127.0.0.1 inside the
 session's local Ray. Results are compared with the same artifact loaded in the test process, so
 the service must answer what the library answers.
 """
@@ -24,7 +24,6 @@ from ray import serve
 from deploy.cli import main
 from deploy.schemas import MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES
 from deploy.service import APP_NAME, package_version, posterior_app
-from farm import run_farm
 from farm.defaults import PARAMETER_NAMES, PriorBox, Protocol
 from farm.features import FEATURE_NAMES, summarize
 from farm.prior import BoxPrior
@@ -40,20 +39,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("serve") / "sims.zarr"
-    run_farm(str(path), 2000, seed=5, chunk_size=500, in_process=True)
-    return path
+def store(npe_stores) -> Path:
+    return Path(npe_stores[0])
 
 
 @pytest.fixture(scope="module")
-def artifact(ray_session, store: Path) -> Path:
-    out = store.parent / "npe-handcrafted"
-    code = main(
-        ["train", "npe", "--store", str(store), "--features", "handcrafted", "--out", str(out), "--epochs", "1", "--batch-size", "128", "--quiet", "--json"]
-    )
-    assert code == 0
-    return out
+def artifact(handcrafted_npe) -> Path:
+    return handcrafted_npe[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The service with a summary-net posterior: the trace is the only input, features are refused with 422.
 
-Trains a 1-epoch summary-net NPE with the real `farm train npe --features summary-net` on a small
-store and serves it over HTTP on 127.0.0.1. Slow-marked: one more Ray Train run.
+Serves the session's 1-epoch summary-net NPE (tests/conftest.py, real Ray Train) over HTTP on
+127.0.0.1. Slow-marked: it needs that Ray Train run.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from deploy.cli import main
 from deploy.service import posterior_app
-from farm import run_farm
 from farm.features import summarize
 from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
@@ -24,30 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def artifact(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve-sn")
-    run_farm(str(root / "sims.zarr"), 2000, seed=6, chunk_size=500, in_process=True)
-    out = root / "npe-summary-net"
-    code = main(
-        [
-            "train",
-            "npe",
-            "--store",
-            str(root / "sims.zarr"),
-            "--features",
-            "summary-net",
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "128",
-            "--quiet",
-            "--json",
-        ]
-    )
-    assert code == 0
-    return out
+def artifact(summary_net_npe) -> Path:
+    return summary_net_npe[0]
 
 
 @pytest.fixture(scope="module")
