@@ -73,13 +73,14 @@ class PosteriorClient:
 
 
 def load_trace_file(path: str | Path) -> NDArray[np.int16]:
-    """A recorded trace from ``.npy`` (no pickle) or ``.csv``/``.txt``: (1000,) or (1, 1000) ADC codes."""
+    """A recorded observation from ``.npy`` (no pickle) or ``.csv``/``.txt``: (T,) or (1, T) ADC codes, or
+    (sweeps, T) for a multi-sweep protocol (one row per sweep); the service checks the shape against its protocol."""
     p = Path(path)
     arr = read_numbers(p, "trace")
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim != 1:
-        raise ValueError(f"{p.name}: shape {arr.shape} is not one trace; expected (1000,) ADC codes")
+    if arr.ndim not in (1, 2) or arr.size == 0:
+        raise ValueError(f"{p.name}: shape {arr.shape} is not one observation; expected (T,) ADC codes (1000 for the step protocol) or (sweeps, T)")
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
         raise ValueError(f"{p.name}: trace contains NaN, inf or non-numbers; expected ADC codes 0..1023")
     if np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 1023:

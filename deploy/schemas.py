@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 from farm.defaults import PARAMETER_NAMES, ChipModel, Protocol
 from farm.features import FEATURE_NAMES
+from farm.protocol import MAX_OBSERVATION_SAMPLES, MAX_SWEEPS
 
 #: Largest number of posterior draws one /sample request may ask for (documented in docs/http-api.md).
 MAX_NUM_SAMPLES = 10_000
@@ -34,10 +35,20 @@ NUM_PARAMETERS = len(PARAMETER_NAMES)
 ADC_MAX_CODE = ChipModel().adc_max_code
 
 AdcCode = Annotated[int, Field(ge=0, le=ADC_MAX_CODE)]
-Trace = Annotated[
-    list[AdcCode], Field(min_length=TRACE_LENGTH, max_length=TRACE_LENGTH, description=f"MADC codes 0..{ADC_MAX_CODE}, {TRACE_LENGTH} samples at 1 MSa/s")
+# The served protocol fixes the exact shape; the service checks it (one 422 line naming the expected shape).
+FlatTrace = Annotated[
+    list[AdcCode],
+    Field(
+        min_length=1,
+        max_length=MAX_OBSERVATION_SAMPLES,
+        description=f"MADC codes 0..{ADC_MAX_CODE} at 1 MSa/s: {TRACE_LENGTH} for the step protocol, sweeps x samples per sweep (flat) for multi-sweep ones",
+    ),
 ]
-Features = Annotated[list[FiniteFloat], Field(min_length=NUM_FEATURES, max_length=NUM_FEATURES, description="handcrafted statistics in FEATURE_NAMES order")]
+SweepTraces = Annotated[list[FlatTrace], Field(min_length=2, max_length=MAX_SWEEPS, description="one list of codes per sweep (multi-sweep protocols)")]
+Trace = FlatTrace | SweepTraces
+Features = Annotated[
+    list[FiniteFloat], Field(min_length=1, max_length=NUM_FEATURES * MAX_SWEEPS, description="handcrafted statistics in the posterior's feature_names order")
+]
 ThetaRow = Annotated[list[FiniteFloat], Field(min_length=NUM_PARAMETERS, max_length=NUM_PARAMETERS)]
 Seed = Annotated[int | None, Field(default=None, ge=0, le=MAX_SEED, description="same seed, same draws; seeded requests bypass the batcher")]
 
@@ -129,6 +140,7 @@ class HealthResponse(BaseModel):
     version: str
     emulator_version: str
     replica: str = Field(description="id of the Serve replica that answered")
+    protocol: str = Field("step", description="the stimulus protocol observations must come from (GET /info has its sweeps)")
 
 
 class ParameterInfo(BaseModel):
@@ -150,3 +162,5 @@ class InfoResponse(BaseModel):
     feature_units: dict[str, str]
     limits: dict[str, int]
     protocol: dict
+    protocol_name: str = Field(description="step, multi-step, or a custom protocol's name")
+    observation_shape: list[int] = Field(description="[T] for one sweep, [sweeps, T] for several; the flat form of sweeps * T codes is accepted too")

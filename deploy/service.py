@@ -38,6 +38,7 @@ from deploy.health import HealthMonitor, probe
 from deploy.http_errors import DeadlineExceeded, RequestRejected, ServiceOverloaded, install_error_handlers, json_response, rejection
 from deploy.limits import RETRY_AFTER_S, ContentLengthLimit
 from deploy.model_calls import Drawn, Job, assess, draw_batch, draw_one
+from deploy.observations import expected_shape, observation_trace
 from deploy.schemas import (
     ADC_MAX_CODE,
     MAX_BODY_BYTES,
@@ -184,12 +185,9 @@ class PosteriorService:
     def _observation(self, req: Observation | PredictiveRequest) -> dict[str, np.ndarray]:
         """The request's trace or features as the numpy keyword the posterior takes."""
         if req.trace is not None:
-            trace = np.asarray(req.trace, dtype=np.int16)
-            if trace.shape[0] != self.posterior.trace_length:
-                raise RequestRejected("trace", f"length {trace.shape[0]} differs from this posterior's trace length {self.posterior.trace_length}")
-            return {"trace": trace}
+            return {"trace": observation_trace(req.trace, self.posterior.protocol, self.posterior.trace_length)}
         if getattr(req, "features", None) is None:
-            raise RequestRejected("trace", "missing; give the trace (1000 ADC codes)")
+            raise RequestRejected("trace", f"missing; give the trace ({expected_shape(self.posterior.protocol, self.posterior.trace_length)} ADC codes)")
         if not self.posterior.accepts_features:
             raise RequestRejected("features", f"this posterior ({self.posterior.variant}) takes `trace` only")
         features = np.asarray(req.features, dtype=np.float32)
@@ -221,11 +219,12 @@ class PosteriorService:
             version=package_version(),
             emulator_version=EMULATOR_VERSION,
             replica=self.replica,
+            protocol=self.posterior.protocol.label,
         )
 
     @api.get("/info", response_model=InfoResponse)
     def info(self) -> InfoResponse:
-        from farm.features import FEATURE_UNITS
+        from farm.features import feature_units
 
         prior = self.posterior.prior
         params = [ParameterInfo(name=n, unit="LSB", low=float(lo), high=float(hi)) for n, lo, hi in zip(self.names, prior.low, prior.high)]
@@ -239,7 +238,7 @@ class PosteriorService:
             adc_max_code=ADC_MAX_CODE,
             accepts_features=bool(self.posterior.accepts_features),
             feature_names=feats,
-            feature_units={f: FEATURE_UNITS.get(f, "") for f in feats},
+            feature_units={f: feature_units(self.posterior.protocol).get(f, "") for f in feats},
             limits={
                 "max_num_samples": MAX_NUM_SAMPLES,
                 "max_theta_rows": MAX_THETA_ROWS,
@@ -247,6 +246,8 @@ class PosteriorService:
                 "max_seed": MAX_SEED,
             },
             protocol=self.posterior.protocol.to_dict(),
+            protocol_name=self.posterior.protocol.label,
+            observation_shape=list(self.posterior.protocol.observation_shape),
         )
 
     @api.post("/sample", response_model=SampleResponse)
@@ -312,7 +313,7 @@ class PosteriorService:
 
     @api.post("/predictive", response_model=PredictiveResponse)
     async def predictive(self, req: PredictiveRequest) -> Response:
-        from farm.features import FEATURE_NAMES, summarize
+        from farm.features import spike_count_column, summarize
         from farm.simulate import simulate_theta
 
         observation = self._observation(req)
@@ -322,7 +323,7 @@ class PosteriorService:
             theta = self.posterior.sample(req.num_samples, seed=seed, **observation)
             sims = simulate_theta(theta, seed=seed, protocol=self.posterior.protocol, chip_model=self.posterior.chip_model)
             observed = summarize(observation["trace"][None, :], self.posterior.protocol, self.posterior.chip_model)[0]
-            return theta, sims, int(observed[FEATURE_NAMES.index("spike_count")]), assess(self.posterior, observation)
+            return theta, sims, int(observed[spike_count_column(self.posterior.protocol)]), assess(self.posterior, observation)
 
         deadline = self._admit()
         try:

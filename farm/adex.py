@@ -5,7 +5,7 @@ Equations (hardware time t in µs, v in mV, w in nA, conductances in µS, C in p
     C dv/dt     = -g_leak (v - v_leak) + g_leak delta_t exp((v - v_t) / delta_t) - w + I(t)  : mV
     tau_w dw/dt = a (v - v_leak) - w                                                   : nA
     on v >= v_threshold:  v <- v_reset,  w <- w + b,  v clamped at v_reset for t_ref
-    I(t) = i_stim during [t_pre, t_pre + t_stim), else 0                              : nA
+    I(t) = i_stim during [t_on, t_off) (a step, or a linear ramp), else 0             : nA
 
 plus temporal noise, a white-noise diffusion on v of ``noise`` mV/sqrt(µs), and the MADC readout:
 v sampled every ``steps_per_sample`` steps, ``codes = round((v - adc_v_min) * adc_scale + adc_noise
@@ -53,7 +53,7 @@ def _integrate_lanes(
     v_threshold_mv: NDArray[np.float64],
     t_ref_us: NDArray[np.float64],
     noise_keys: NDArray[np.uint64],
-    i_stim_na: float,
+    i_wave_na: NDArray[np.float64],
     dt_us: float,
     step_on: int,
     step_off: int,
@@ -128,7 +128,7 @@ def _integrate_lanes(
             if k < m:
                 trace_out[i0 + k, s] = np.int16(code)
         for _ in range(steps_per_sample):
-            current = i_stim_na if (step >= step_on and step < step_off) else 0.0
+            current = i_wave_na[step]
             ustep = np.uint64(step)
             step += 1
             t_spike = step * dt_us
@@ -170,6 +170,22 @@ def _integrate_lanes(
         stim_spike_count_out[i] = stim_count[k]
 
 
+def stimulus_waveform(amplitude_na: float, amplitude_end_na: float | None, step_on: int, step_off: int, num_steps: int) -> NDArray[np.float64]:
+    """The current at every Euler step of one sweep: ``amplitude_na`` in [step_on, step_off), 0 elsewhere,
+    or a linear ramp from ``amplitude_na`` to ``amplitude_end_na`` over the same window.
+
+    A step's values are the very floats the kernel used before waveforms existed (the amplitude
+    and 0.0), so `step` traces stay bit-identical.
+    """
+    wave = np.zeros(num_steps, dtype=np.float64)
+    if amplitude_end_na is None:
+        wave[step_on:step_off] = amplitude_na
+    else:
+        k = np.arange(step_off - step_on, dtype=np.float64)
+        wave[step_on:step_off] = amplitude_na + (amplitude_end_na - amplitude_na) * k / max(step_off - step_on - 1, 1)
+    return wave
+
+
 @numba.njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def integrate_adex(
     c_mem_pf: NDArray[np.float64],
@@ -184,7 +200,7 @@ def integrate_adex(
     v_threshold_mv: NDArray[np.float64],
     t_ref_us: NDArray[np.float64],
     noise_keys: NDArray[np.uint64],
-    i_stim_na: float,
+    i_wave_na: NDArray[np.float64],
     dt_us: float,
     step_on: int,
     step_off: int,
@@ -205,7 +221,10 @@ def integrate_adex(
     Args:
         c_mem_pf ... t_ref_us: (n,) per-neuron physics (farm.chip.NeuronPhysics).
         noise_keys: (n,) uint64, one key per row; temporal and readout noise derive from it.
-        step_on, step_off: integration steps at which the step current switches on and off.
+        i_wave_na: (num_samples * steps_per_sample,) float64, the stimulus current at each Euler step
+            (``stimulus_waveform``: a step or a ramp; 0 outside [step_on, step_off)).
+        step_on, step_off: integration steps at which the current switches on and off (spikes in
+            between count as during the stimulus).
         trace_out: (n, num_samples) int16 ADC codes.
         spike_times_out: (n, S) float32 µs, NaN-padded; the first S spikes of each row.
         spike_count_out: (n,) all spikes; stim_spike_count_out: (n,) spikes during the step.
@@ -228,7 +247,7 @@ def integrate_adex(
             v_threshold_mv,
             t_ref_us,
             noise_keys,
-            i_stim_na,
+            i_wave_na,
             dt_us,
             step_on,
             step_off,

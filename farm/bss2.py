@@ -9,9 +9,10 @@ substrate is built. Calibration comes from calix: pass a calibration file throug
 How a batch runs: the 7 inferred CapMem values are written into ``HXNeuron`` parameters of a
 population on the chip's neuron circuits; the held-fixed parameters (leak potential, threshold,
 refractory time, capacitance) come from the calibration. The MADC records one neuron per run,
-so each row is one run of the protocol; spikes are recorded for all neurons. The step current
-is the neuron's constant-current source, switched on for ``t_stim_us`` by running three
-segments (off / on / off) of the protocol.
+so each row is one run per sweep of the protocol; spikes are recorded for all neurons. A sweep's
+step current is the neuron's constant-current source at the sweep's amplitude, switched on at
+``t_on_us`` and off at ``t_off_us`` by running three segments (off / on / off); the sweeps of a
+row run one after another on the same circuit, like the emulator's. Ramps are refused.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from farm.chip import quantize_capmem
-from farm.defaults import MAX_SPIKES, NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel, Protocol
+from farm.defaults import MAX_SPIKES, NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel, Protocol, Regime, Sweep
 from farm.errors import FarmInputError
-from farm.substrate_base import SubstrateResult
+from farm.substrate_base import SubstrateResult, merge_spike_times
 
 #: CapMem code of the step current, from the protocol's nA through the emulator's gain model.
 I_OFFSET_NA_PER_LSB = 0.1
@@ -62,10 +63,17 @@ def madc_to_codes(v: NDArray[np.floating], adc_max_code: int) -> NDArray[np.int1
 
 
 def resample_trace(times_us: NDArray[np.floating], values: NDArray[np.floating], protocol: Protocol) -> NDArray[np.float64]:
-    """MADC's ~30 MSa/s samples, irregular in time, onto the protocol's 1 MSa/s grid (sample-and-hold)."""
-    grid = np.arange(protocol.num_samples) * protocol.sample_period_us
+    """One sweep's MADC samples (~30 MSa/s, irregular in time) onto the protocol's grid (sample-and-hold)."""
+    grid = np.arange(protocol.samples_per_sweep) * protocol.sample_period_us
     pos = np.clip(np.searchsorted(times_us, grid, side="right") - 1, 0, len(values) - 1)
     return np.asarray(values, dtype=np.float64)[pos]
+
+
+def check_protocol(protocol: Protocol) -> None:
+    """Refuse what the chip's constant-current source cannot play: ramps (it holds one value per run)."""
+    for k, sweep in enumerate(protocol.sweep_list):
+        if sweep.is_ramp:
+            raise FarmInputError(f"sweep {k} of protocol {protocol.label} is a ramp; substrate='bss2' plays step sweeps only (constant_current_i_offset)")
 
 
 class BSS2Substrate:
@@ -80,16 +88,33 @@ class BSS2Substrate:
             raise FarmInputError(INSTALL_HINT) from None
         self.protocol = protocol or Protocol()
         self.chip_model = chip_model or ChipModel()
+        check_protocol(self.protocol)
         self._pynn = pynn
         self._calibration = os.environ.get("BSS2_CALIBRATION")
 
     def run(self, theta_lsb: NDArray[np.float32], chip: NDArray[np.int16], neuron: NDArray[np.int16], noise_keys: NDArray[np.uint64]) -> SubstrateResult:
-        """Each row runs on neuron circuit ``neuron % 512`` of this chip; noise is the chip's own."""
+        """Each row runs every sweep on neuron circuit ``neuron % 512`` of this chip; noise is the chip's own."""
+        p = self.protocol
+        n, t = theta_lsb.shape[0], p.samples_per_sweep
+        trace = np.empty((n, p.num_samples), dtype=np.int16)
+        per_sweep_times, per_sweep_counts = [], []
+        for k, sweep in enumerate(p.sweep_list):
+            codes, times, counts = self._run_sweep(theta_lsb, sweep)
+            trace[:, k * t : (k + 1) * t] = codes
+            per_sweep_times.append(times + np.float32(k * p.duration_us))
+            per_sweep_counts.append(counts)
+        if p.num_sweeps == 1:
+            return SubstrateResult(trace=trace, spike_times=per_sweep_times[0], spike_count=per_sweep_counts[0])
+        return SubstrateResult(trace=trace, spike_times=merge_spike_times(per_sweep_times), spike_count=per_sweep_counts[Regime.reference_sweep(p)])
+
+    def _run_sweep(self, theta_lsb: NDArray[np.float32], sweep: Sweep) -> tuple[NDArray[np.int16], NDArray[np.float32], NDArray[np.int32]]:
+        """One sweep for every row: the neuron's constant-current source at the sweep's amplitude,
+        switched on at ``t_on_us`` and off at ``t_off_us`` by running three segments."""
         pynn = self._pynn
         p = self.protocol
         n = theta_lsb.shape[0]
-        params = hxneuron_parameters(theta_lsb, p.i_stim_na)
-        trace = np.empty((n, p.num_samples), dtype=np.int16)
+        params = hxneuron_parameters(theta_lsb, sweep.amplitude_na)
+        trace = np.empty((n, p.samples_per_sweep), dtype=np.int16)
         spike_times = np.full((n, MAX_SPIKES), np.nan, dtype=np.float32)
         counts = np.zeros(n, dtype=np.int32)
         setup_kwargs: dict[str, Any] = {}
@@ -103,22 +128,22 @@ class BSS2Substrate:
             pop = pynn.Population(1, pynn.cells.HXNeuron(**row_params, constant_current_enable=False), initial_values={})
             pop.record(["v", "spikes"])
             # Hardware time is 1000x biological: pynn_brainscales takes biological ms, so µs map to ms.
-            pynn.run(p.t_pre_us)
+            pynn.run(sweep.t_on_us)
             pop.set(constant_current_enable=True)
-            pynn.run(p.t_stim_us)
+            pynn.run(sweep.t_off_us - sweep.t_on_us)
             pop.set(constant_current_enable=False)
-            pynn.run(p.t_post_us)
+            pynn.run(sweep.duration_us - sweep.t_off_us)
             block = pop.get_data()
             seg = block.segments[-1]
             sig = seg.irregularlysampledsignals[0]
             trace[row] = madc_to_codes(resample_trace(np.asarray(sig.times, dtype=np.float64), np.asarray(sig).ravel(), p), self.chip_model.adc_max_code)
             spikes = np.asarray(seg.spiketrains[0], dtype=np.float64)
-            in_stim = spikes[(spikes > p.stim_on_us) & (spikes <= p.stim_off_us)]
+            in_stim = spikes[(spikes > sweep.t_on_us) & (spikes <= sweep.t_off_us)]
             counts[row] = in_stim.size
             k = min(spikes.size, MAX_SPIKES)
             spike_times[row, :k] = spikes[:k]
             pynn.end()
-        return SubstrateResult(trace=trace, spike_times=spike_times, spike_count=counts)
+        return trace, spike_times, counts
 
 
-__all__ = ["BSS2Substrate", "hxneuron_parameters", "madc_to_codes", "resample_trace", "INSTALL_HINT", "NEURONS_PER_CHIP"]
+__all__ = ["BSS2Substrate", "check_protocol", "hxneuron_parameters", "madc_to_codes", "resample_trace", "INSTALL_HINT", "NEURONS_PER_CHIP"]

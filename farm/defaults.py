@@ -10,7 +10,6 @@ conductances in µS, currents in nA, capacitance in pF (so that µS·mV = nA and
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +17,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from farm.errors import FarmInputError
+from farm.protocol import Protocol as Protocol  # re-exported: the stimulus is defined in farm.protocol
+from farm.protocol import Sweep as Sweep
 
 #: Version of the emulator's physics and RNG streams. Bump it whenever a change alters any
 #: trace bit for the same seed; stores written by another version are refused on resume.
@@ -86,60 +87,6 @@ class PriorBox:
         if d.get("type", "box_uniform") != "box_uniform":
             raise FarmInputError(f"prior type={d.get('type')!r} is not a box prior")
         return cls(names=tuple(d["names"]), low=tuple(float(v) for v in d["low"]), high=tuple(float(v) for v in d["high"]), units=d.get("units", "LSB"))
-
-
-@dataclass(frozen=True, slots=True)
-class Protocol:
-    """Step-current stimulus and readout: 0.1 ms off, 0.6 ms on, 0.3 ms off (hardware µs).
-
-    ``dt_us`` was chosen by a convergence test (docs/emulator.md, "Time step"): halving it changes
-    spike counts by less than the temporal noise does.
-    """
-
-    t_pre_us: float = 100.0
-    t_stim_us: float = 600.0
-    t_post_us: float = 300.0
-    i_stim_na: float = 60.0
-    dt_us: float = 0.1
-    sample_period_us: float = 1.0  # trace stored at 1 MSa/s hardware time
-
-    def __post_init__(self) -> None:
-        for name in ("t_pre_us", "t_stim_us", "t_post_us", "dt_us", "sample_period_us"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise FarmInputError(f"protocol {name}={v} must be a positive finite number")
-        ratio = self.sample_period_us / self.dt_us
-        if abs(ratio - round(ratio)) > 1e-9:
-            raise FarmInputError(f"sample_period_us={self.sample_period_us} must be a whole multiple of dt_us={self.dt_us}")
-        if abs(self.duration_us / self.sample_period_us - round(self.duration_us / self.sample_period_us)) > 1e-9:
-            raise FarmInputError(f"protocol duration {self.duration_us} µs must be a whole multiple of sample_period_us")
-
-    @property
-    def duration_us(self) -> float:
-        return self.t_pre_us + self.t_stim_us + self.t_post_us
-
-    @property
-    def num_samples(self) -> int:
-        return int(round(self.duration_us / self.sample_period_us))
-
-    @property
-    def steps_per_sample(self) -> int:
-        return int(round(self.sample_period_us / self.dt_us))
-
-    @property
-    def stim_on_us(self) -> float:
-        return self.t_pre_us
-
-    @property
-    def stim_off_us(self) -> float:
-        return self.t_pre_us + self.t_stim_us
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Protocol:
-        return cls(**{k: float(v) for k, v in d.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +178,10 @@ class ChipModel:
 
 @dataclass(frozen=True, slots=True)
 class Regime:
-    """The regime of interest: spike count during the step within [min_spikes, max_spikes]."""
+    """The regime of interest: spike count during the step within [min_spikes, max_spikes].
+
+    For a multi-sweep protocol the count is that of ``reference_sweep(protocol)`` (one place decides).
+    """
 
     min_spikes: int = 1
     max_spikes: int = 40
@@ -239,6 +189,20 @@ class Regime:
     def __post_init__(self) -> None:
         if not (0 <= self.min_spikes <= self.max_spikes):
             raise FarmInputError(f"regime [{self.min_spikes}, {self.max_spikes}] needs 0 <= min_spikes <= max_spikes")
+
+    @staticmethod
+    def reference_sweep(protocol: Protocol) -> int:
+        """The sweep whose spike count a multi-sweep observation is judged by: the one whose (mean)
+        amplitude is closest to the ``step`` protocol's 60 nA (the first on a tie).
+
+        Why: the regime, the restriction classifier and every restricted prior were defined on the
+        60 nA step, so a multi-step sample is "in the regime" exactly when its 60 nA sweep would be;
+        a restricted prior trained on `step` stores restricts `multi-step` runs to the same
+        circuits. The store's ``spike_count`` is the chip counter of this sweep.
+        """
+        ref = Protocol().i_stim_na
+        amps = [abs(s.mean_amplitude_na - ref) for s in protocol.sweep_list]
+        return int(np.argmin(amps))
 
     def contains(self, counts: ArrayLike) -> NDArray[np.bool_]:
         """True where a spike count lies in the regime (the restriction classifier's label)."""

@@ -9,6 +9,9 @@ in training and at inference, so statistics stay consistent even where detection
 Undefined statistics get documented fill values (not NaN), so every row is usable:
 fewer than 2 spikes -> mean ISI = step duration, CV = 0; fewer than 3 -> adaptation index = 0;
 no spike -> first-spike latency = step duration, AHP depth = 0.
+
+A multi-sweep protocol gets every statistic per sweep (``feature_names``: ``spike_count@s0``, ...),
+each computed on its own sweep's window exactly as for one step.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from farm.defaults import ChipModel, Protocol
+from farm.defaults import ChipModel, Protocol, Regime
 
 FEATURE_NAMES: tuple[str, ...] = (
     "spike_count",
@@ -140,16 +143,39 @@ def _summarize(codes: NDArray[np.int16], mv_per_code: float, v_min_mv: float, s_
         out[i, 10] = post
 
 
+def feature_names(protocol: Protocol | None = None) -> tuple[str, ...]:
+    """Names of the statistics ``summarize`` returns under ``protocol``.
+
+    One sweep: ``FEATURE_NAMES`` as they always were. Several: every statistic per sweep, sweep by
+    sweep, named ``<statistic>@s<k>`` (k from 0, the ``sweep`` coordinate of the store).
+    """
+    protocol = protocol or Protocol()
+    if protocol.num_sweeps == 1:
+        return FEATURE_NAMES
+    return tuple(f"{name}@s{k}" for k in range(protocol.num_sweeps) for name in FEATURE_NAMES)
+
+
+def feature_units(protocol: Protocol | None = None) -> dict[str, str]:
+    """Units of each name of ``feature_names(protocol)``."""
+    return {name: FEATURE_UNITS[name.split("@")[0]] for name in feature_names(protocol)}
+
+
+def spike_count_column(protocol: Protocol | None = None) -> int:
+    """Column of ``summarize``'s output holding the regime's spike count (``Regime.reference_sweep``)."""
+    protocol = protocol or Protocol()
+    return Regime.reference_sweep(protocol) * len(FEATURE_NAMES) + FEATURE_NAMES.index("spike_count")
+
+
 def summarize(trace_codes: NDArray[np.integer], protocol: Protocol | None = None, chip: ChipModel | None = None) -> NDArray[np.float32]:
-    """Handcrafted statistics, ``FEATURE_NAMES`` order.
+    """Handcrafted statistics, ``feature_names(protocol)`` order.
 
     Args:
-        trace_codes: (n, T) or (T,) MADC codes, T = protocol.num_samples.
+        trace_codes: (n, T) or (T,) MADC codes, T = protocol.num_samples (all sweeps, one after another).
         protocol: the stimulus the traces were recorded under (default protocol if None).
         chip: its ADC range converts codes to mV (default chip if None).
 
     Returns:
-        (n, 11) float32 statistics.
+        (n, 11 * sweeps) float32 statistics.
     """
     protocol = protocol or Protocol()
     chip = chip or ChipModel()
@@ -163,9 +189,15 @@ def summarize(trace_codes: NDArray[np.integer], protocol: Protocol | None = None
             raise ValueError("trace contains NaN or inf; it must hold ADC codes")
         codes = np.rint(codes)
     codes = np.ascontiguousarray(np.clip(codes, -32768, 32767).astype(np.int16))
-    out = np.empty((codes.shape[0], len(FEATURE_NAMES)), dtype=np.float32)
+    f, t = len(FEATURE_NAMES), protocol.samples_per_sweep
+    out = np.empty((codes.shape[0], f * protocol.num_sweeps), dtype=np.float32)
     mv_per_code = (chip.adc_v_max_mv - chip.adc_v_min_mv) / chip.adc_max_code
-    s_on = int(round(protocol.stim_on_us / protocol.sample_period_us))
-    s_off = int(round(protocol.stim_off_us / protocol.sample_period_us))
-    _summarize(codes, mv_per_code, chip.adc_v_min_mv, s_on, s_off, protocol.sample_period_us, SPIKE_DROP_CODES, out)
+    for k, sweep in enumerate(protocol.sweep_list):
+        s_on = int(round(sweep.t_on_us / protocol.sample_period_us))
+        s_off = int(round(sweep.t_off_us / protocol.sample_period_us))
+        part = codes if protocol.num_sweeps == 1 else np.ascontiguousarray(codes[:, k * t : (k + 1) * t])
+        dest = out if protocol.num_sweeps == 1 else np.empty((codes.shape[0], f), dtype=np.float32)
+        _summarize(part, mv_per_code, chip.adc_v_min_mv, s_on, s_off, protocol.sample_period_us, SPIKE_DROP_CODES, dest)
+        if dest is not out:
+            out[:, k * f : (k + 1) * f] = dest
     return out

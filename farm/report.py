@@ -41,6 +41,7 @@ def print_info(s: dict[str, Any]) -> None:
         ("substrate", f"{s['substrate']} (emulator v{s['emulator_version']})"),
         ("prior", prior_text),
         ("theta source", str(s["theta_source"])),
+        ("protocol", str(s.get("protocol", "step"))),
         ("trace length", f"{s['trace_length']} samples"),
         ("created by", str(s["created_by"])),
     ]

@@ -18,6 +18,7 @@ STREAM_THETA = 0x7E7A
 STREAM_PLACEMENT = 0x91AC
 STREAM_NOISE = 0x5E1F
 STREAM_MISMATCH = 0x3A7C
+STREAM_SWEEP = 0x5EE9
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -57,6 +58,19 @@ def splitmix64_np(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
         z = (z ^ (z >> _S30)) * _M1
         z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
+
+
+def sweep_keys(keys: NDArray[np.uint64], sweep: int) -> NDArray[np.uint64]:
+    """Noise keys of sweep ``sweep`` of the samples whose (sweep 0) keys are ``keys``.
+
+    Sweep 0 keeps the key itself, so a one-sweep protocol's noise is exactly that of the ``step``
+    protocol before sweeps existed; later sweeps get independent keys hashed from (key, sweep).
+    """
+    k = np.asarray(keys, dtype=np.uint64)
+    if sweep == 0:
+        return k
+    salt = splitmix64_np(np.array([STREAM_SWEEP * 1_000_003 + int(sweep)], dtype=np.uint64))[0]
+    return splitmix64_np(k ^ salt)
 
 
 @numba.njit(cache=True, inline="always")

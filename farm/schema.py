@@ -23,12 +23,19 @@ class CoordSpec:
         values: labels, (len,) str or numbers.
         dtype: Zarr dtype (``str`` for names, ``"float32"`` for numbers).
         attrs: array attributes (e.g. ``{"units": "us"}``).
+        dim: the dimension it lies along when it is not its own (``sweep`` along ``time``: an
+            auxiliary coordinate, named in the ``coordinates`` attribute of the arrays it labels).
     """
 
     name: str
     values: tuple[Any, ...]
     dtype: Any
     attrs: dict[str, Any] = field(default_factory=dict)
+    dim: str | None = None
+
+    @property
+    def dimension(self) -> str:
+        return self.dim or self.name
 
     def __len__(self) -> int:
         return len(self.values)
@@ -44,6 +51,7 @@ class ArraySpec:
         trailing_dims: dimension names after ``sample`` (each a coordinate or a bare axis).
         trailing_shape: sizes of those dimensions.
         fill_value: what a row not yet simulated holds (NaN, -1, 0).
+        attrs: array attributes (``{"coordinates": "sweep"}`` for xarray's auxiliary coordinates).
     """
 
     name: str
@@ -51,6 +59,7 @@ class ArraySpec:
     trailing_dims: tuple[str, ...] = ()
     trailing_shape: tuple[int, ...] = ()
     fill_value: Any = 0
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.trailing_dims) != len(self.trailing_shape):
@@ -76,7 +85,7 @@ class StoreSchema:
         names = [a.name for a in self.arrays] + [c.name for c in self.coords]
         if len(set(names)) != len(names):
             raise ValueError(f"schema names must be unique, got {names}")
-        sizes = {c.name: len(c) for c in self.coords}
+        sizes = {c.name: len(c) for c in self.coords if c.dim is None}
         for a in self.arrays:
             for dim, size in zip(a.trailing_dims, a.trailing_shape):
                 if dim in sizes and sizes[dim] != size:

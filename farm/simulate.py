@@ -13,9 +13,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from farm import rng
-from farm.defaults import NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel, Protocol
+from farm.defaults import NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel, Protocol, Regime
 from farm.errors import FarmInputError
-from farm.features import FEATURE_NAMES, FEATURE_UNITS, summarize
+from farm.features import feature_names, feature_units, summarize
 from farm.prior import AnyPrior
 from farm.schema import ArraySpec, CoordSpec, StoreSchema
 from farm.substrate import get_substrate
@@ -24,8 +24,9 @@ from farm.substrate_base import Substrate
 
 @dataclass(frozen=True, slots=True)
 class SimBatch:
-    """Rows of a store: theta (n,7) f32 LSB, trace (n,T) i16, spike_count (n,) i32,
-    features (n,F) f32, chip/neuron (n,) i16, seed (n,) u64 noise keys."""
+    """Rows of a store: theta (n,7) f32 LSB, trace (n, sweeps*T) i16, spike_count (n,) i32 (the
+    regime's sweep), features (n,F) f32, chip/neuron (n,) i16, seed (n,) u64 noise keys (sweep 0's;
+    later sweeps' keys derive from it, ``farm.rng.sweep_keys``)."""
 
     theta: NDArray[np.float32]
     trace: NDArray[np.int16]
@@ -44,36 +45,54 @@ class SimBatch:
 
 
 def sim_schema(protocol: Protocol) -> StoreSchema:
-    """The store layout of ``SimBatch`` rows under ``protocol``: labelled axes, dtypes, fill values, units."""
-    t, p, f = protocol.num_samples, len(PARAMETER_NAMES), len(FEATURE_NAMES)
+    """The store layout of ``SimBatch`` rows under ``protocol``: labelled axes, dtypes, fill values, units.
+
+    A multi-sweep protocol keeps one flat ``time`` axis (sweep k's samples after sweep k-1's, at
+    k * duration + t) and adds the auxiliary coordinate ``sweep`` along it, so
+    ``ds.trace.groupby("sweep")`` or ``ds.trace.where(ds.sweep == k)`` split the sweeps.
+    """
+    t, p = protocol.num_samples, len(PARAMETER_NAMES)
+    names = feature_names(protocol)
     time_us = (np.arange(t) * protocol.sample_period_us).astype(np.float32)
+    coords = [
+        CoordSpec("parameter", tuple(PARAMETER_NAMES), str),
+        CoordSpec("feature", names, str),
+        CoordSpec("time", tuple(time_us.tolist()), "float32", {"units": "us"}),
+    ]
+    trace_attrs: dict[str, str] = {}
+    attrs: dict[str, object] = {}
+    spike_count_unit = "spikes during the step current"
+    if protocol.num_sweeps > 1:
+        sweep = np.repeat(np.arange(protocol.num_sweeps), protocol.samples_per_sweep)
+        coords.append(CoordSpec("sweep", tuple(sweep.tolist()), "int16", {"long_name": "sweep of the protocol each time bin belongs to"}, dim="time"))
+        trace_attrs = {"coordinates": "sweep"}
+        ref = Regime.reference_sweep(protocol)
+        attrs = {"num_sweeps": protocol.num_sweeps, "reference_sweep": ref}
+        spike_count_unit = f"spikes during the current of sweep {ref}, the regime's reference sweep (farm.defaults.Regime.reference_sweep)"
     return StoreSchema(
-        coords=(
-            CoordSpec("parameter", tuple(PARAMETER_NAMES), str),
-            CoordSpec("feature", tuple(FEATURE_NAMES), str),
-            CoordSpec("time", tuple(time_us.tolist()), "float32", {"units": "us"}),
-        ),
+        coords=tuple(coords),
         arrays=(
             ArraySpec("theta", "float32", ("parameter",), (p,), np.nan),
-            ArraySpec("trace", "int16", ("time",), (t,), -1),
+            ArraySpec("trace", "int16", ("time",), (t,), -1, trace_attrs),
             ArraySpec("spike_count", "int32", (), (), -1),
-            ArraySpec("features", "float32", ("feature",), (f,), np.nan),
+            ArraySpec("features", "float32", ("feature",), (len(names),), np.nan),
             ArraySpec("chip", "int16", (), (), -1),
             ArraySpec("neuron", "int16", (), (), -1),
             ArraySpec("seed", "uint64", (), (), 0),
         ),
         attrs={
             "parameter_names": list(PARAMETER_NAMES),
-            "feature_names": list(FEATURE_NAMES),
+            "feature_names": list(names),
             "units": {
                 "theta": "LSB (CapMem)",
                 "trace": "ADC code (MADC, 10 bit)",
                 "time": "us (hardware time)",
-                "spike_count": "spikes during the step current",
-                "features": FEATURE_UNITS,
+                "spike_count": spike_count_unit,
+                "features": feature_units(protocol),
             },
             "neurons_per_chip": NEURONS_PER_CHIP,
-        },
+        }
+        | attrs,
     )
 
 

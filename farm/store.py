@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from farm.defaults import STORE_FORMAT_VERSION, Regime
+from farm.defaults import STORE_FORMAT_VERSION, Protocol, Regime
 from farm.errors import FarmInputError
 from farm.schema import SAMPLE_DIM
 from farm.storepath import PathState, begin_creation, check_parent_writable, classify, end_creation
@@ -106,11 +106,12 @@ class SimStore:
         for coord in spec.schema.coords:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # str arrays are not yet in the Zarr v3 spec
-                arr = g.create_array(coord.name, shape=(len(coord),), dtype=coord.dtype, dimension_names=(coord.name,))
+                arr = g.create_array(coord.name, shape=(len(coord),), dtype=coord.dtype, dimension_names=(coord.dimension,))
                 arr[:] = np.array(coord.values, dtype=object if coord.dtype is str else coord.dtype)
             for key, value in coord.attrs.items():
                 arr.attrs[key] = value
         for a in spec.schema.arrays:
+            extra = {"attributes": dict(a.attrs)} if a.attrs else {}  # none for `step`: its metadata stays as it was
             g.create_array(
                 a.name,
                 shape=(n, *a.trailing_shape),
@@ -119,6 +120,7 @@ class SimStore:
                 fill_value=a.fill_value,
                 dimension_names=a.dims,
                 compressors=list(_COMPRESSORS),
+                **extra,
             )
             _reached(f"create:array:{a.name}")
         g.create_array(
@@ -302,6 +304,7 @@ class SimStore:
             "created_by": self.attrs.get("created_by"),
             "regime": regime.to_dict(),
             "trace_length": int(self.group["trace"].shape[1]),
+            "protocol": _protocol_label(self.attrs.get("protocol")),
         }
 
 
@@ -358,6 +361,15 @@ def _reached(step: str) -> None:
         deadline = time.monotonic() + float(os.environ.get("FARM_STORE_PAUSE_S", "60"))
         while marker.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _protocol_label(d: Any) -> str:
+    """`farm info`'s protocol: ``step``, or a sweep protocol's name and sweep count."""
+    try:
+        p = Protocol.from_dict(d) if d is not None else Protocol()
+    except FarmInputError:
+        return "unreadable"
+    return p.label if p.num_sweeps == 1 else f"{p.label} ({p.num_sweeps} sweeps)"
 
 
 def _short(value: Any) -> str:

@@ -21,12 +21,19 @@ class SubstrateResult:
     """What one run of the protocol returns, per neuron row.
 
     trace: (n, T) int16 MADC codes; spike_times: (n, S) float32 µs, NaN-padded;
-    spike_count: (n,) int32 spikes during the step current.
+    spike_count: (n,) int32 spikes during the step current (of ``Regime.reference_sweep`` for several sweeps).
     """
 
     trace: NDArray[np.int16]
     spike_times: NDArray[np.float32]
     spike_count: NDArray[np.int32]
+
+
+def merge_spike_times(per_sweep: list[NDArray[np.float32]]) -> NDArray[np.float32]:
+    """Spike times of several sweeps (each (n, S), NaN-padded) as one (n, S) array on the flat time axis."""
+    allt = np.concatenate(per_sweep, axis=1)
+    order = np.argsort(np.isnan(allt), axis=1, kind="stable")  # real times first, each sweep's in order
+    return np.ascontiguousarray(np.take_along_axis(allt, order, axis=1)[:, : per_sweep[0].shape[1]])
 
 
 @runtime_checkable

@@ -86,12 +86,18 @@ def read_artifact(directory: str | Path, kind: str, protocol: Protocol | None = 
     if not path.is_file():
         raise ArtifactError(f"artifact={str(d)!r} has no {MANIFEST}; pass a directory written by `farm train`")
     m = read_document(path, ArtifactManifest, kind=kind).to_dict()
+    if m.get("protocol") is None:
+        m["protocol"] = Protocol().to_dict()  # artifacts written before protocols were recorded: the step
+    try:
+        have = Protocol.from_dict(m["protocol"])
+    except ValueError as e:
+        raise ArtifactError(f"{path}: protocol {e}") from None
     if m.get("emulator_version") != EMULATOR_VERSION:
         raise ArtifactError(
             f"{path}: trained on emulator_version={m.get('emulator_version')!r}, this farm simulates {EMULATOR_VERSION}: retrain on a new store"
         )
-    if protocol is not None and Protocol.from_dict(m["protocol"]) != protocol:
-        raise ArtifactError(f"{path}: trained on protocol {m['protocol']}, incompatible with the requested {protocol.to_dict()}")
+    if protocol is not None and have != protocol:
+        raise ArtifactError(f"{path}: trained on protocol {have.label} {m['protocol']}, incompatible with the requested {protocol.label} {protocol.to_dict()}")
     wpath = d / m.get("weights", {}).get("file", WEIGHTS)
     if not wpath.is_file():
         raise ArtifactError(f"artifact={str(d)!r} has no {wpath.name}")

@@ -149,8 +149,8 @@ class DataPlan:
     feature_std: list[float]
     theta_mean: list[float]
     theta_std: list[float]
-    trace_mean: float
-    trace_std: float
+    trace_mean: float | list[float]  # a list (one per sweep) for multi-sweep protocols
+    trace_std: float | list[float]
     fingerprint: str
     test_fraction: float = 0.0
     num_test: int = 0
@@ -193,7 +193,8 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
     excluded: dict[str, list[int]] = {}
     n_train = n_val = n_test = n_in = 0
     f_sum = f_sq = th_sum = th_sq = None
-    tr_sum = tr_sq = 0.0
+    num_sweeps = stores.protocol.num_sweeps
+    tr_sum, tr_sq = np.zeros(num_sweeps), np.zeros(num_sweeps)
     from inference.transforms import theta_to_unbounded_np
 
     low, high = box_bounds(stores)
@@ -212,13 +213,13 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
         n_in += int(rows["label"][~bad].sum())
         f = rows["features"][train].astype(np.float64)
         z = theta_to_unbounded_np(rows["theta"][train], low, high)
-        tr = rows["trace"][train].astype(np.float64)
+        tr = rows["trace"][train].astype(np.float64).reshape(-1, num_sweeps, stores.protocol.samples_per_sweep)
         f_sum = f.sum(0) if f_sum is None else f_sum + f.sum(0)
         f_sq = (f**2).sum(0) if f_sq is None else f_sq + (f**2).sum(0)
         th_sum = z.sum(0) if th_sum is None else th_sum + z.sum(0)
         th_sq = (z**2).sum(0) if th_sq is None else th_sq + (z**2).sum(0)
-        tr_sum += float(tr.sum())
-        tr_sq += float((tr**2).sum())
+        tr_sum += tr.sum(axis=(0, 2))
+        tr_sq += (tr**2).sum(axis=(0, 2))
     if n_train < 2:
         raise StoreMismatch(f"stores={stores.urls} have {n_train} usable training samples; simulate more (excluded: {counts})")
     total_bad = sum(counts.values())
@@ -234,9 +235,13 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
 
     fm, fs = mean_std(f_sum, f_sq, n_train)
     tm, ts = mean_std(th_sum, th_sq, n_train)
-    n_codes = n_train * stores.protocol.num_samples
-    trm = tr_sum / n_codes
-    trs = float(np.sqrt(max(tr_sq / n_codes - trm**2, 1e-12)))
+    # One sweep: one scalar mean/std of the codes, as always. Several: one per sweep (a list), which
+    # also tells the summary network how many sweeps to stack as channels (inference.embedding).
+    n_codes = n_train * stores.protocol.samples_per_sweep
+    trm_s = tr_sum / n_codes
+    trs_s = np.sqrt(np.maximum(tr_sq / n_codes - trm_s**2, 1e-12))
+    trm: float | list[float] = float(trm_s[0]) if num_sweeps == 1 else trm_s.tolist()
+    trs: float | list[float] = float(trs_s[0]) if num_sweeps == 1 else trs_s.tolist()
     return DataPlan(
         urls=stores.urls,
         val_fraction=val_fraction,

@@ -41,7 +41,9 @@ class TraceCNN(nn.Module):
     """Trace (batch, T) ADC codes -> (batch, num_features) learned summary statistics.
 
     Args:
-        trace_mean, trace_std: scalar standardisation of codes (fitted on the training split).
+        trace_mean, trace_std: standardisation of codes (fitted on the training split): scalars
+            for one sweep, or one per sweep for a multi-sweep protocol, whose flat (batch,
+            sweeps * T) observation is read as sweeps stacked as input channels (2 per sweep).
         channels: output channels of each block (``pooled``: each block quarters the time axis;
             ``patch``: the first is the patch embedding's, each further block halves the time axis).
         kernel_size: conv kernel width in samples (1 µs each) of the ``pooled`` blocks.
@@ -61,8 +63,8 @@ class TraceCNN(nn.Module):
 
     def __init__(
         self,
-        trace_mean: float,
-        trace_std: float,
+        trace_mean: float | list[float],
+        trace_std: float | list[float],
         channels: tuple[int, ...] = (16, 32, 32),
         kernel_size: int = 7,
         pool_bins: int = 16,
@@ -74,11 +76,18 @@ class TraceCNN(nn.Module):
             raise ValueError(f"cnn_stem={stem!r} must be one of {', '.join(STEMS)}")
         if stem == "patch" and not channels:
             raise ValueError("cnn_channels=() is empty; the patch stem needs at least one conv width")
-        self.register_buffer("trace_mean", torch.tensor(float(trace_mean)))
-        self.register_buffer("trace_std", torch.tensor(float(trace_std)))
+        if isinstance(trace_mean, (list, tuple)):
+            # several sweeps: one mean/std each, shape (sweeps, 1), broadcast over (batch, sweeps, T)
+            self.num_sweeps = len(trace_mean)
+            self.register_buffer("trace_mean", torch.tensor([float(v) for v in trace_mean]).reshape(-1, 1))
+            self.register_buffer("trace_std", torch.tensor([float(v) for v in trace_std]).reshape(-1, 1))
+        else:
+            self.num_sweeps = 1
+            self.register_buffer("trace_mean", torch.tensor(float(trace_mean)))
+            self.register_buffer("trace_std", torch.tensor(float(trace_std)))
         self.stem = stem
         layers: list[nn.Module] = []
-        c_in = 2
+        c_in = 2 * self.num_sweeps
         if stem == "pooled":
             for c in channels:
                 layers += [nn.Conv1d(c_in, c, kernel_size, stride=2, padding=kernel_size // 2), nn.ReLU(), nn.MaxPool1d(2)]
@@ -97,12 +106,20 @@ class TraceCNN(nn.Module):
         self.num_features = num_features
 
     def forward(self, trace: torch.Tensor) -> torch.Tensor:
-        x = (trace.float() - self.trace_mean) / self.trace_std
-        dx = torch.diff(x, dim=1, prepend=x[:, :1])
+        if self.num_sweeps == 1:
+            x = (trace.float() - self.trace_mean) / self.trace_std
+            dx = torch.diff(x, dim=1, prepend=x[:, :1])
+            if self.stem == "pooled":
+                return self.head(self.conv(torch.stack([x, dx], dim=1)))
+            h = self.front(torch.stack([x, dx], dim=-1))  # channels last: (batch, T, 2) -> (batch, steps, C)
+            return self.head(self.conv(h.transpose(1, 2)))
+        # (batch, sweeps * T) -> (batch, sweeps, T): each sweep a channel, with its difference channel
+        x = (trace.float().reshape(trace.shape[0], self.num_sweeps, -1) - self.trace_mean) / self.trace_std
+        dx = torch.diff(x, dim=2, prepend=x[:, :, :1])
+        xc = torch.cat([x, dx], dim=1)  # (batch, 2 * sweeps, T)
         if self.stem == "pooled":
-            return self.head(self.conv(torch.stack([x, dx], dim=1)))
-        h = self.front(torch.stack([x, dx], dim=-1))  # channels last: (batch, T, 2) -> (batch, steps, C)
-        return self.head(self.conv(h.transpose(1, 2)))
+            return self.head(self.conv(xc))
+        return self.head(self.conv(self.front(xc.transpose(1, 2)).transpose(1, 2)))
 
 
 class Standardize(nn.Module):

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from farm.defaults import PARAMETER_PHYSICS
-from farm.features import FEATURE_NAMES
+from farm.features import feature_names, spike_count_column
 from inference import plots
 from inference.diagnostics import RecoveryResult
 from inference.eval_metrics import Calibration, HeldOut, PredictiveCheck
@@ -81,7 +81,7 @@ def _ppc_figures(outdir: Path, posterior: Any, held: HeldOut, ppc: PredictiveChe
     if not kp:
         return {}
     variant, protocol = str(posterior.variant), posterior.protocol
-    sc = FEATURE_NAMES.index("spike_count")
+    sc = spike_count_column(protocol)
     pr, base = ppc.posterior, ppc.prior
     time_us = np.arange(ppc.obs_mv.shape[1]) * protocol.sample_period_us
     labels = [
@@ -102,7 +102,7 @@ def _ppc_figures(outdir: Path, posterior: Any, held: HeldOut, ppc: PredictiveChe
         ).name,
         "ppc_features": plots.plot_feature_z(
             pr.feature_z[:kp],
-            FEATURE_NAMES,
+            feature_names(protocol),
             outdir / "ppc_features.png",
             title=f"Summary-statistic discrepancy, posterior predictive ({variant}); grey: |z| < 2",
         ).name,

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from farm.defaults import ChipModel
-from farm.features import FEATURE_NAMES
+from farm.features import feature_names, spike_count_column
 from farm.simulate import simulate_theta
 from inference import diagnostics as dg
 from inference.quality import quality_flags
@@ -209,7 +209,7 @@ def predictive_check(posterior: Any, held: HeldOut, samples: NDArray[np.float32]
     pred_mv = codes_to_mv(pred.trace, chip).reshape(k, m, -1)
     prior_mv = codes_to_mv(prior_pred.trace, chip).reshape(k, m, -1)
     obs_feat = held.features[ppc_idx]
-    sc = FEATURE_NAMES.index("spike_count")
+    sc = spike_count_column(protocol)
     pr = dg.predictive_discrepancy(obs_mv, pred_mv, obs_feat, pred.features.reshape(k, m, -1), spike_index=sc)
     base = dg.predictive_discrepancy(obs_mv, prior_mv, obs_feat, prior_pred.features.reshape(k, m, -1), spike_index=sc)
     metrics = {
@@ -222,7 +222,7 @@ def predictive_check(posterior: Any, held: HeldOut, samples: NDArray[np.float32]
         "spike_count_error": float(pr.spike_count_error.mean()),
         "prior_spike_count_error": float(base.spike_count_error.mean()),
         "spike_count_coverage_90": float(pr.spike_count_coverage.mean()),
-        "feature_abs_z_median": named(FEATURE_NAMES, np.median(np.abs(pr.feature_z), axis=0)),
+        "feature_abs_z_median": named(feature_names(protocol), np.median(np.abs(pr.feature_z), axis=0)),
         "per_obs_trace_rmse_mv": pr.trace_rmse.tolist(),
     }
     return PredictiveCheck(ppc_idx, m, obs_mv, pred_mv, obs_feat, pred.features.reshape(k, m, -1), pr, base, metrics)

@@ -14,7 +14,7 @@ import numpy as np
 
 from farm.defaults import PARAMETER_NAMES, PriorBox
 from farm.errors import FarmInputError
-from farm.features import FEATURE_NAMES
+from farm.features import feature_names, spike_count_column
 from farm.prior import AnyPrior, BoxPrior, RestrictedPrior
 from inference.artifacts import write_artifact
 from inference.datasets import ChunkStream
@@ -88,7 +88,7 @@ def _in_regime_rows(posterior: AmortizedPosterior, outcome: Any, split: str, lim
     out: list[np.ndarray] = []
     count = 0
     for batch in stream.batches(shuffle=False):
-        keep = posterior.regime.contains(batch["features"][:, FEATURE_NAMES.index("spike_count")])
+        keep = posterior.regime.contains(batch["features"][:, spike_count_column(posterior.protocol)])
         x = batch[posterior.model.x_field][keep]
         if len(x):
             with torch.inference_mode():
@@ -131,7 +131,9 @@ def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str,
     manifest = {
         "architecture": model.config.to_dict(),
         "parameter_names": list(PARAMETER_NAMES),
-        "feature_names": list(FEATURE_NAMES) if model.config.x_field == "features" else [f"cnn_{k}" for k in range(model.embedding.num_features)],
+        "feature_names": list(feature_names(stores.protocol))
+        if model.config.x_field == "features"
+        else [f"cnn_{k}" for k in range(model.embedding.num_features)],
         "standardization": outcome.stats,
         "prior": prior.to_dict(),
         "prior_dir": PRIOR_SUBDIR if isinstance(prior, RestrictedPrior) else None,

@@ -19,7 +19,7 @@ import torch
 from numpy.typing import NDArray
 
 from farm.defaults import ChipModel, Protocol, Regime
-from farm.features import FEATURE_NAMES, summarize
+from farm.features import feature_names, spike_count_column, summarize
 from farm.prior import AnyPrior, RestrictedPrior, prior_from_attrs
 from inference.artifacts import read_artifact
 from inference.errors import ArtifactError, RejectionBudgetExceeded
@@ -54,7 +54,7 @@ class AmortizedPosterior:
         self.estimator: str = manifest["architecture"].get("estimator", "nsf")  # NSF manifests predate the key
         self.parameter_names: tuple[str, ...] = tuple(manifest["parameter_names"])
         self.feature_names: tuple[str, ...] = tuple(manifest["feature_names"])
-        self.protocol = Protocol.from_dict(manifest["protocol"])
+        self.protocol = Protocol.from_dict(manifest["protocol"])  # read_artifact fills in `step` for older artifacts
         self.chip_model = ChipModel.from_dict(manifest["chip_model"])
         self.trace_length: int = int(manifest["trace_length"])
         self.fingerprint: str = manifest["fingerprint"]
@@ -68,6 +68,15 @@ class AmortizedPosterior:
         return f"AmortizedPosterior(variant={self.variant!r}, estimator={self.estimator!r}, prior={type(self.prior).__name__}, fingerprint={self.fingerprint})"
 
     # ------------------------------------------------------------------ inputs
+    def expected_trace_shape(self, batched: bool = False) -> str:
+        """The observation shape(s) this posterior takes, as its error messages name them."""
+        b = "B, " if batched else ""
+        flat = f"({b}{self.trace_length})"
+        if self.protocol.num_sweeps == 1:
+            return flat
+        s, t = self.protocol.observation_shape
+        return f"{flat} or ({b}{s}, {t}) (protocol {self.protocol.label}: {s} sweeps of {t})"
+
     def _inputs(self, trace: Any, features: Any, batched: bool) -> torch.Tensor:
         """Validated embedding input: (B, F) z-scorable statistics or (B, T) ADC codes."""
         if (trace is None) == (features is None):
@@ -84,8 +93,11 @@ class AmortizedPosterior:
                 )
             return torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)).reshape(-1, want[0])
         t = _numeric(trace, "trace")
+        sweeps = self.protocol.observation_shape
+        if len(sweeps) > 1 and t.ndim == lead + 1 and t.shape[-2:] == sweeps:
+            t = t.reshape(*t.shape[:-2], self.trace_length)  # (sweeps, T) per observation -> the flat form
         if t.ndim != lead or t.shape[-1] != self.trace_length:
-            raise ValueError(f"trace shape {t.shape} must be {('(B, ' if batched else '(') + str(self.trace_length)}) ADC codes")
+            raise ValueError(f"trace shape {t.shape} must be {self.expected_trace_shape(batched)} ADC codes")
         top = self.chip_model.adc_max_code
         if t.min() < 0 or t.max() > top:
             raise ValueError(f"trace values span [{t.min():g}, {t.max():g}]; ADC codes must lie in [0, {top}]")
@@ -314,7 +326,7 @@ class AmortizedPosterior:
     @torch.inference_mode()
     def _assess(self, x: torch.Tensor, trace: Any) -> list[dict[str, Any]]:
         codes = None if trace is None else np.rint(np.asarray(trace, dtype=np.float64)).reshape(-1, self.trace_length).astype(np.int16)
-        col = FEATURE_NAMES.index("spike_count")
+        col = spike_count_column(self.protocol)
         counts = x[:, col].numpy() if self.accepts_features else summarize(codes, self.protocol, self.chip_model)[:, col]
         reasons = trace_reasons(codes, counts, self.regime, self.chip_model.adc_max_code)
         scores = None if self.detector is None else self.detector.score(self.model.embedding(x))
@@ -372,7 +384,8 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{d}: weights do not fit the manifest's architecture ({str(e).splitlines()[0]})") from None
-    if model.config.x_field == "features" and tuple(m["feature_names"]) != FEATURE_NAMES:
-        raise ValueError(f"{d}: trained on features {m['feature_names']}, this farm computes {list(FEATURE_NAMES)}: retrain")
+    names = feature_names(Protocol.from_dict(m["protocol"]))
+    if model.config.x_field == "features" and tuple(m["feature_names"]) != names:
+        raise ValueError(f"{d}: trained on features {m['feature_names']}, this farm computes {list(names)}: retrain")
     detector = KNNDetector.load(d, m["misspecification"]) if m.get("misspecification") else None  # older artifacts: regime checks only
     return AmortizedPosterior(model, m, prior, detector)

@@ -80,7 +80,13 @@ def serve(
 
 def query(
     url: Annotated[str, typer.Option("--url", help="Base URL printed by `farm serve`, e.g. http://127.0.0.1:8000.")],
-    trace: Annotated[Path | None, typer.Option("--trace", help="Recorded trace: .npy (or .csv) of 1000 MADC codes.")] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace",
+            help="Recorded trace: .npy (or .csv) of the protocol's MADC codes: 1000 for step; sweeps x T (flat, or one row per sweep) for multi-sweep protocols.",
+        ),
+    ] = None,
     store: Annotated[str | None, typer.Option("--store", help="Take the observation from this store (with --index); its true parameters are shown.")] = None,
     index: Annotated[int | None, typer.Option("--index", min=0, help="Sample index in --store.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, max=10_000, help="Posterior draws.")] = 1000,

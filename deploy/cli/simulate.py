@@ -40,6 +40,13 @@ def simulate(
     break_lock: Annotated[
         bool, typer.Option("--break-lock", help="Take the store's lock even if another run still seems to hold it (only when that run is gone).")
     ] = False,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol",
+            help="Stimulus: a built-in (step, multi-step) or a YAML file of sweeps (docs/emulator.md, Protocols). Default: the store's, or step. Fixed when the store is created.",
+        ),
+    ] = None,
     chip_ids: Annotated[
         str | None,
         typer.Option(
@@ -85,6 +92,7 @@ def simulate(
     else:
         raise typer.BadParameter("missing; give the number of simulations, e.g. --n 1e6", param_hint="--n")
     chip_model = _chip_model(chip_ids, out)
+    protocol_obj = _protocol(protocol, out)
     summary = run_farm(
         out,
         num_sims=num,
@@ -99,6 +107,7 @@ def simulate(
         progress=not quiet,
         break_lock=break_lock,
         chip_model=chip_model,
+        protocol=protocol_obj,
     )
     if as_json:
         typer.echo(json.dumps(summary))
@@ -129,6 +138,31 @@ def _chip_model(chip_ids: str | None, out: str):  # -> farm.defaults.ChipModel
             param_hint="--chip-ids",
         )
     return model
+
+
+def _protocol(spec: str | None, out: str):  # -> farm.defaults.Protocol
+    """The protocol of `--protocol`; without it the existing store's (or `step`); refuses, naming both, to extend a store made with another."""
+    from farm.defaults import Protocol
+    from farm.errors import FarmInputError
+    from farm.protocol import resolve_protocol
+    from farm.store import SimStore, StoreMismatch
+
+    try:
+        have = SimStore.open(out).attrs.get("protocol")
+    except (FileNotFoundError, StoreMismatch, ValueError, OSError):
+        have = None  # no store yet (or not ours): run_farm creates or refuses it
+    try:
+        existing = Protocol.from_dict(have) if isinstance(have, dict) else None
+        if spec is None:
+            return existing or Protocol()
+        want = resolve_protocol(spec)
+    except FarmInputError as e:
+        raise typer.BadParameter(first_line(e), param_hint="--protocol") from None
+    if existing is not None and existing != want:
+        raise typer.BadParameter(
+            f"{want.label} differs from protocol {existing.label} of the store {out}; a store holds one protocol: use another --out", param_hint="--protocol"
+        )
+    return want
 
 
 def info(

@@ -1,0 +1,130 @@
+"""`step` vs `multi-step`: what a richer stimulus buys the posterior, at an equal simulation budget.
+
+Both protocols are simulated from the same prior (the box, or a restricted prior with --prior) at
+the same budget in traces x sweeps: N samples of `step`, N / sweeps samples of `multi-step`. A
+handcrafted NPE is trained on each to early stopping (Ray Train, the library call behind `farm
+train npe`), and both are evaluated on held-out stores that share their parameter sets (same seed,
+same prior stream): per-parameter contraction (1 - posterior var / prior var), NRMSE (posterior
+mean error / prior std) and 90 % interval coverage (calibration). Prints a table; --json writes it.
+
+    python bench/protocols.py --n 100000 [--prior artifacts/restricted] [--n-test 1000] [--out bench-out/protocols]
+    python bench/protocols.py --n 2000 --epochs 2   # a smoke run (minutes on 2 cores)
+
+The issue's target: at N = 1e5 every parameter's contraction >= 0.5 with coverage near 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def simulate(out: Path, protocol_name: str, n: int, seed: int, prior_dir: str | None) -> str:
+    """One store through `farm.runner.run_farm` on the local Ray (resumes if it exists)."""
+    from farm.prior import load_prior
+    from farm.protocol import resolve_protocol
+    from farm.runner import run_farm
+
+    url = str(out / f"{protocol_name}-{n}-s{seed}.zarr")
+    chunk = max(1, min(1000, n // 4))
+    run_farm(url, num_sims=n, seed=seed, chunk_size=chunk, prior=load_prior(prior_dir), protocol=resolve_protocol(protocol_name))
+    return url
+
+
+def evaluate(artifact: Path, test_store: str, num_samples: int, prior_dir: str | None) -> dict[str, list[float]]:
+    """Contraction, NRMSE and 90 % coverage per parameter on every held-out sample."""
+    from farm.prior import load_prior
+    from farm.store import open_dataset
+    from inference import load_posterior
+    from inference.diagnostics import recovery
+
+    post = load_posterior(artifact)
+    ds = open_dataset(test_store)
+    theta, trace = ds.theta.values.astype(np.float64), ds.trace.values
+    samples = np.concatenate([post.sample_batched(num_samples, traces=trace[i : i + 100], seed=i) for i in range(0, len(trace), 100)])
+    prior_std = load_prior(prior_dir).sample(20_000, seed=99).std(axis=0)  # the prior the truths came from
+    rec = recovery(theta, samples, prior_std)
+    lo, hi = np.quantile(samples, [0.05, 0.95], axis=1)
+    coverage = ((theta >= lo) & (theta <= hi)).mean(axis=0)
+    return {"contraction": rec.contraction.tolist(), "nrmse": rec.nrmse.tolist(), "coverage_90": coverage.tolist()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=float, required=True, help="step samples; multi-step gets n / sweeps (equal traces x sweeps)")
+    ap.add_argument("--n-test", type=int, default=500, help="held-out samples per protocol (same parameter sets)")
+    ap.add_argument("--prior", default=None, help="restricted prior directory (`farm train classifier --out`); default the box")
+    ap.add_argument("--epochs", type=int, default=200, help="upper bound; early stopping (--patience) ends training")
+    ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=500, help="posterior draws per held-out observation")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="bench-out/protocols")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+
+    from farm.defaults import PARAMETER_NAMES
+    from farm.protocol import BUILTIN_PROTOCOLS
+    from inference.tasks import NPETask
+    from inference.training import train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = int(args.n)
+    results: dict[str, dict] = {}
+    for name in ("step", "multi-step"):
+        sweeps = BUILTIN_PROTOCOLS[name].num_sweeps
+        num = max(1, n // sweeps)
+        t0 = time.perf_counter()
+        store = simulate(out, name, num, args.seed, args.prior)
+        test = simulate(out, name, args.n_test, args.seed + 1000, args.prior)
+        t_sim = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        artifact = out / f"npe-{name}-{num}"
+        metrics = train(
+            NPETask(features="handcrafted", prior=args.prior),
+            [store],
+            str(artifact),
+            epochs=args.epochs,
+            patience=args.patience,
+            batch_size=min(args.batch_size, max(8, num // 10)),
+            quiet=True,
+        )
+        t_train = time.perf_counter() - t0
+        results[name] = evaluate(artifact, test, args.samples, args.prior) | {
+            "num_sims": num,
+            "sweeps": sweeps,
+            "traces_x_sweeps": num * sweeps,
+            "simulate_seconds": t_sim,
+            "train_seconds": t_train,
+            "epochs_trained": metrics.get("epochs_trained"),
+            "best_epoch": metrics.get("best_epoch"),
+        }
+
+    s, m = results["step"], results["multi-step"]
+    print(f"\nstep ({s['num_sims']} samples x 1 sweep) vs multi-step ({m['num_sims']} samples x {m['sweeps']} sweeps), held-out n={args.n_test}")
+    print(f"{'parameter':24s} {'contraction':>23s} {'NRMSE':>21s} {'90% coverage':>21s}")
+    print(f"{'':24s} {'step':>11s} {'multi':>11s} {'step':>10s} {'multi':>10s} {'step':>10s} {'multi':>10s}")
+    for k, p in enumerate(PARAMETER_NAMES):
+        print(
+            f"{p:24s} {s['contraction'][k]:11.3f} {m['contraction'][k]:11.3f} {s['nrmse'][k]:10.3f} {m['nrmse'][k]:10.3f}"
+            f" {s['coverage_90'][k]:10.3f} {m['coverage_90'][k]:10.3f}"
+        )
+    print(
+        f"{'mean':24s} {np.mean(s['contraction']):11.3f} {np.mean(m['contraction']):11.3f} {np.mean(s['nrmse']):10.3f} {np.mean(m['nrmse']):10.3f}"
+        f" {np.mean(s['coverage_90']):10.3f} {np.mean(m['coverage_90']):10.3f}"
+    )
+    for name in ("step", "multi-step"):
+        r = results[name]
+        print(f"{name}: simulate {r['simulate_seconds']:.1f} s, train {r['train_seconds']:.1f} s ({r['epochs_trained']} epochs, best {r['best_epoch']})")
+    print(f"min contraction: step {min(s['contraction']):.3f}, multi-step {min(m['contraction']):.3f} (target >= 0.5 at n = 1e5)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
