@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# two pytest workers on 2 cores: most of the suite waits on Ray, Ray Train and Serve start-up, not the CPU
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-fast lint format bench clean
 
@@ -25,7 +27,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -x --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -x --durations=15 -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -78,3 +78,51 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     yield mount
     for mnt in mounted:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# ---------------------------------------------------------------- parallel runs (pytest-xdist, `make test`)
+#: Session fixtures that train with Ray Train; the modules using them run in one worker, so each is built once.
+SHARED_POSTERIORS = frozenset({"npe_stores", "handcrafted_npe", "summary_net_npe"})
+POSTERIOR_MODULES = frozenset({"test_evaluate_cli", "test_misspecification", "test_npe", "test_serve", "test_serve_summary_net"})
+#: Groups by their cost on 2 cores, heaviest first, so the two workers finish at about the same time.
+HEAVY_FIRST = (
+    "posteriors",
+    "test_multinode",
+    "test_train_ray",
+    "test_ensemble",
+    "test_classifier",
+    "test_farm",
+    "test_protocols",
+    "test_evaluate",
+    "test_store_safety",
+)
+
+
+def _group_of(nodeid: str) -> str:
+    """The scheduling unit of a test: its module, or ``posteriors`` for the modules sharing the trained posteriors."""
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    return "posteriors" if module in POSTERIOR_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Whole groups go to one worker (module fixtures and the shared posteriors are built once).
+
+    Why not ``--dist loadgroup``: xdist 3.8 marks groups by rewriting ``item._nodeid``, which pytest 9.2's
+    structured node ids ignore, so every test became its own unit and module fixtures ran once per worker.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group_of(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Heaviest groups first (xdist hands them out in collection order), and no posterior user outside its group."""
+    stray = sorted({i.module.__name__ for i in items if SHARED_POSTERIORS & set(i.fixturenames) and _group_of(i.nodeid) != "posteriors"})
+    if stray:
+        raise pytest.UsageError(f"{', '.join(stray)} use the shared posteriors: add them to POSTERIOR_MODULES in tests/conftest.py")
+    rank = {g: k for k, g in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda i: rank.get(_group_of(i.nodeid), len(rank)))  # stable: the order within a group is kept

@@ -199,7 +199,9 @@ def test_cli_query_needs_one_observation(args, capsys):
     assert "--" in one_line_error(capsys, ["query", "--url", "http://127.0.0.1:9", *args])
 
 
-@pytest.mark.parametrize("content, match", [(np.arange(5.0) + 0.5, "whole ADC codes"), (np.full(1000, np.nan), "NaN"), (np.zeros((3, 1000)), "shape")])
+@pytest.mark.parametrize(
+    "content, match", [(np.arange(5.0) + 0.5, "whole ADC codes"), (np.full(1000, np.nan), "NaN"), (np.zeros((2, 3, 1000)), "shape")]
+)  # (sweeps, T) is an observation now; 3-D never is
 def test_cli_query_rejects_bad_trace_file(tmp_path, capsys, content, match):
     path = tmp_path / "obs.npy"
     np.save(path, content)
