@@ -34,6 +34,11 @@ class DriverWorker(threading.Thread):
     Why: starting Ray and the actors takes ~7-9 s on 2 cores, a tenth of a million-trace run,
     and the driver already holds the kernel and the store. It drains the farm's own queue with
     ``run_queue``, so a chunk is flagged exactly as an actor's would be.
+
+    BLAS runs single-threaded meanwhile (``run_on_ray``): OpenBLAS shuts its thread pool down in a
+    fork handler, and Ray's start-up forks while this thread may be inside a threaded ``dgemm``
+    (the restricted prior's classifier), which then waits forever for the workers that were
+    shut down (seen: `farm simulate --prior` hung at 100 % CPU in ``exec_blas_async_wait``).
     """
 
     def __init__(self, queue: ChunkQueue, job: ChunkJob) -> None:
@@ -88,9 +93,12 @@ def run_on_ray(
     """
     import ray
     from ray.exceptions import RayActorError, RayTaskError
+    from threadpoolctl import threadpool_limits
 
     driver: DriverWorker | None = None
+    blas_limit = None
     if address is None and not ray.is_initialized() and len(queue) > DRIVER_MIN_CHUNKS:
+        blas_limit = threadpool_limits(limits=1, user_api="blas")  # set before the thread exists; see DriverWorker
         driver = DriverWorker(queue, job)
         driver.start()
     try:
@@ -99,6 +107,8 @@ def run_on_ray(
         if driver is not None:
             driver.halt.set()
             driver.join()
+        if blas_limit is not None:
+            blas_limit.restore_original_limits()
         if address is None and ray.is_initialized():  # interrupted while the private Ray started
             ray.shutdown()
         raise
@@ -192,6 +202,8 @@ def run_on_ray(
             driver.halt.set()
             driver.join()
             stats["driver_chunks"] = driver.chunks_done
+        if blas_limit is not None:
+            blas_limit.restore_original_limits()
         for actor in list(ready) + list(starting.values()) + [a for a, _ in in_flight.values()]:
             try:
                 ray.kill(actor)

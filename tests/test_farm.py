@@ -84,6 +84,38 @@ def test_driver_simulates_while_its_private_ray_starts_and_the_store_is_the_same
     assert_same_store(reference_store, out)
 
 
+def test_driver_thread_runs_blas_single_threaded_while_ray_starts(tmp_path: Path) -> None:
+    """Regression: `farm simulate --prior` hung at 100 % CPU in OpenBLAS's ``exec_blas_async_wait``.
+
+    OpenBLAS shuts its thread pool down in a fork handler; Ray's start-up forks while the driver
+    thread may be inside a threaded dgemm (the restricted prior's classifier), which then waits for
+    workers that are gone. A thread doing 1000x64 dgemms beside 300 ``os.fork()`` calls hangs the
+    same way here, and runs on with one BLAS thread. So the driver thread must see one BLAS thread.
+    """
+    script = (
+        "import json, sys, threadpoolctl, farm.scheduler as sch\n"
+        "seen = []\n"
+        "real = sch.run_queue\n"
+        "def spy(*a, **k):\n"
+        "    seen.extend(i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas')\n"
+        "    return real(*a, **k)\n"
+        "sch.run_queue = spy\n"
+        "from farm.runner import run_farm\n"
+        "s = run_farm(sys.argv[1], num_sims=2400, seed=11, chunk_size=100)\n"
+        "print(json.dumps({'seen': seen, 'driver_chunks': s.get('driver_chunks', 0)}))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "blas.zarr")],
+        env={**os.environ, "FARM_CHUNK_DELAY_S": "0.2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["driver_chunks"] >= 1 and out["seen"] and set(out["seen"]) == {1}, out
+
+
 def test_sample_i_is_independent_of_chunking(reference_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "chunk700.zarr"
     run_farm(str(out), num_sims=2400, seed=11, chunk_size=700, in_process=True)
