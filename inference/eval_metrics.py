@@ -198,7 +198,10 @@ def predictive_check(posterior: Any, held: HeldOut, samples: NDArray[np.float32]
     ppc_idx = ppc_choice(held.spike_count, num_ppc)
     if not ppc_idx.size:
         return None
-    chip, protocol = posterior.chip_model, posterior.protocol
+    # Simulate on the chips the observations came from (a leave-chips-out store records its own), not the training chips.
+    recorded = held.attrs.get("chip_model")
+    chip = ChipModel.from_dict(recorded) if isinstance(recorded, dict) else posterior.chip_model
+    protocol = posterior.protocol
     m = num_ppc_samples
     theta_pred = samples[ppc_idx, :m, :].reshape(-1, samples.shape[-1])
     pred = simulate_theta(theta_pred, seed=seed + 1_000_003, protocol=protocol, chip_model=chip)
@@ -216,6 +219,7 @@ def predictive_check(posterior: Any, held: HeldOut, samples: NDArray[np.float32]
         "num_obs": int(k),
         "num_samples": int(m),
         "store_index": held.index[ppc_idx].tolist(),
+        "chip_ids": [int(c) for c in chip.pool],
         "trace_rmse_mv": float(pr.trace_rmse.mean()),
         "prior_trace_rmse_mv": float(base.trace_rmse.mean()),
         "trace_rmse_ratio": float(pr.trace_rmse.mean() / base.trace_rmse.mean()),

@@ -109,3 +109,15 @@ def test_evaluate_names_the_overlap_of_test_and_training_chips() -> None:
     assert chip_overlap({"chip_model": ChipModel(chip_ids=(1, 100)).to_dict()}, new)["overlap"] == "partial"
     old = chip_overlap({"chip_model": ChipModel().to_dict()}, new)  # artifacts that record no training chips
     assert old["overlap"] == "unknown" and old["training_chip_ids"] is None
+
+
+def test_predictive_checks_simulate_on_the_chips_the_observations_came_from(tmp_path: Path) -> None:
+    """A leave-chips-out store's posterior-predictive traces come from its own chips, not the training pool."""
+    from inference.evaluate import EvalConfig, evaluate, load_report
+    from tests.test_evaluate import BoxPosterior
+
+    cfg = EvalConfig(num_obs=40, num_samples=50, num_ppc=3, num_ppc_samples=4, num_ppc_plot=1, c2st=False, seed=3)
+    for name, extra, want in (("new.zarr", ("--chip-ids", "100-103"), [100, 101, 102, 103]), ("pool.zarr", (), list(range(8)))):
+        assert _simulate(tmp_path / name, *extra, n=200) == 0
+        evaluate(BoxPosterior(1.0), str(tmp_path / name), tmp_path / f"report-{name}", cfg)
+        assert load_report(tmp_path / f"report-{name}")["ppc"]["chip_ids"] == want
