@@ -22,6 +22,25 @@ def _drop_auth_default_notice(record: logging.LogRecord) -> bool:
 
 #: Object store of a private local Ray: the farm's actors return only small statistics.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+#: Starts of a private local Ray: its raylet has a fixed 30 s to register, which a loaded 2-core machine can miss.
+LOCAL_START_ATTEMPTS = 2
+
+log = logging.getLogger("farm")
+
+
+def _kill_ray_children() -> None:
+    """SIGKILL this process's child processes that are Ray's (Linux /proc; elsewhere nothing)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == me and b"ray" in (stat.parent / "cmdline").read_bytes():
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            continue
 
 
 def connect_ray(
@@ -75,8 +94,19 @@ def connect_ray(
             kwargs["num_cpus"] = int(num_cpus)
     elif num_cpus is not None:
         raise FarmInputError(f"num_cpus={num_cpus} only sizes a local Ray; omit it with address={address!r}")
-    try:
-        ray.init(address=address, **kwargs)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        raise FarmError(f"cannot connect to Ray at address={address!r}: {str(e).splitlines()[0]}") from None
+    attempts = LOCAL_START_ATTEMPTS if address == "local" else 1
+    for attempt in range(attempts):
+        try:
+            ray.init(address=address, **kwargs)
+            return True
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise FarmError(f"cannot connect to Ray at address={address!r}: {str(e).splitlines()[0]}") from None
+        except Exception as e:  # Ray raises a bare Exception when its raylet misses the fixed 30 s start window
+            ray.shutdown()
+            _kill_ray_children()  # the half-started node (GCS, raylet) is not Ray's to shut down: it never got a handle
+            if "timed out during startup" not in str(e) or attempt + 1 == attempts:
+                raise FarmError(
+                    f"the local Ray did not start ({str(e).splitlines()[0]}); is the machine overloaded? retry, or join a cluster with --address"
+                ) from None
+            log.warning("the local Ray missed its 30 s start window (a loaded machine); starting it again")
     return True
