@@ -104,6 +104,7 @@ def _group_of(nodeid: str) -> str:
     return "posteriors" if module in POSTERIOR_MODULES else module
 
 
+@pytest.hookimpl(optionalhook=True)  # a plain `pytest` without pytest-xdist installed still runs
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Whole groups go to one worker (module fixtures and the shared posteriors are built once).
 
