@@ -97,7 +97,10 @@ def wait_for_chunks(out: Path, at_least: int, proc: subprocess.Popen, timeout: f
 def test_simulate_spans_nodes_and_matches_single_node(cluster: LoopbackCluster, reference: Path, tmp_path: Path) -> None:
     # A relative --out, run from a directory that is not the nodes' working directory (they run
     # from pytest's): actors must get the absolute path, or they would miss the store.
-    summary = run_json(farm_cmd(Path("mn.zarr"), cluster), cluster.env, cwd=tmp_path)
+    # Slow chunks (sleep only, data unchanged: 20 chunks of 1 s) so the head's actor cannot finish the run
+    # alone before the worker node's actor is up; on a loaded machine that start took longer than the run.
+    env = {**cluster.env, "FARM_CHUNK_DELAY_S": "1.0"}
+    summary = run_json(farm_cmd(Path("mn.zarr"), cluster), env, cwd=tmp_path)
     assert summary["complete"] and summary["num_nodes"] >= 2, summary["nodes"]
     assert_same(reference, tmp_path / "mn.zarr")
 
