@@ -106,7 +106,7 @@ def connect_ray(
             _kill_ray_children()  # the half-started node (GCS, raylet) is not Ray's to shut down: it never got a handle
             if "timed out during startup" not in str(e) or attempt + 1 == attempts:
                 raise FarmError(
-                    f"the local Ray did not start ({str(e).splitlines()[0]}); is the machine overloaded? retry, or join a cluster with --address"
+                    f"Ray at address={address!r} did not start ({str(e).splitlines()[0]}); is the machine overloaded? retry, or join a running cluster with --address"
                 ) from None
             log.warning("the local Ray missed its 30 s start window (a loaded machine); starting it again")
     return True
