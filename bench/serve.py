@@ -1,6 +1,6 @@
 """Posterior service: /sample latency on a keep-alive client, and throughput with batching on vs off, same run.
 
-Deploys the same artifact twice in one local Ray Serve: ``/batched`` (``@serve.batch``, up to
+Deploys the same artifact twice in one local Ray Serve: ``/batched`` (waiting requests share a pass, up to
 --max-batch-size requests per forward pass) and ``/unbatched`` (max_batch_size=1), one replica each
 with the same CPU share. Baseline for latency: ``posterior.sample`` + ``log_prob`` called directly in
 this process (the floor HTTP + Serve add to). Baseline for throughput: the unbatched app. The two
@@ -100,6 +100,8 @@ async def _under_load(url: str, heavy: dict, honest: dict, clients: int, seconds
     """``clients`` loop on ``heavy`` requests while one honest client times ``honest`` ones and /health.
 
     Shed requests (503) are counted, not retried at once: a heavy client sleeps its ``Retry-After``.
+    Every client sends its own ``X-Client-Id`` (they share one address here), as users behind a
+    gateway that sets it would.
     """
     stop = time.monotonic() + seconds
     codes: dict[int, int] = {}
@@ -107,9 +109,9 @@ async def _under_load(url: str, heavy: dict, honest: dict, clients: int, seconds
     honest_codes: dict[int, int] = {}
     health_ms: list[float] = []
 
-    async def abuser(client: httpx.AsyncClient) -> None:
+    async def abuser(client: httpx.AsyncClient, k: int) -> None:
         while time.monotonic() < stop:
-            r = await client.post("/sample", json=heavy)
+            r = await client.post("/sample", json=heavy, headers={"X-Client-Id": f"heavy-{k}"})
             codes[r.status_code] = codes.get(r.status_code, 0) + 1
             if r.status_code == 503:
                 await asyncio.sleep(float(r.headers.get("retry-after", "1")))
@@ -118,17 +120,17 @@ async def _under_load(url: str, heavy: dict, honest: dict, clients: int, seconds
         await asyncio.sleep(1.0)  # let the load build up first
         while time.monotonic() < stop:
             t0 = time.perf_counter()
-            r = await client.post("/sample", json=honest)
+            r = await client.post("/sample", json=honest, headers={"X-Client-Id": "honest"})
             honest_codes[r.status_code] = honest_codes.get(r.status_code, 0) + 1
             if r.status_code == 200:
                 honest_ms.append(1000 * (time.perf_counter() - t0))
             t0 = time.perf_counter()
-            (await client.get("/health")).raise_for_status()
+            (await client.get("/health", headers={"X-Client-Id": "honest"})).raise_for_status()
             health_ms.append(1000 * (time.perf_counter() - t0))
 
     limits = httpx.Limits(max_connections=clients + 2)
     async with httpx.AsyncClient(base_url=url, timeout=300.0, limits=limits) as client:
-        await asyncio.gather(honest_client(client), *[abuser(client) for _ in range(clients)])
+        await asyncio.gather(honest_client(client), *[abuser(client, k) for k in range(clients)])
     return {
         "heavy_status_counts": codes,
         "honest_status_counts": honest_codes,

@@ -3,12 +3,13 @@
 One deployment, ``PosteriorService``, with a FastAPI ingress. Each replica loads the artifact
 written by ``farm train npe`` once in ``__init__`` (``inference.load_posterior``: no pickle) and
 runs every torch call on one worker thread, so the event loop stays free to accept and queue
-requests while a forward pass runs. Unseeded ``/sample`` requests that arrive while the replica is
-busy are grouped by ``@serve.batch`` into one ``sample_and_log_prob`` call; a lone request on an idle
-replica goes straight to the model. Seeded requests are answered one by one: their draws must not
-depend on which other requests shared the batch. The model work itself (draws, batches, the
-per-observation misspecification check every answer carries) lives in ``deploy.model_calls``, the
-health probe in ``deploy.health``.
+requests while a forward pass runs. Which request goes next, and which one a full replica sheds, is
+decided per client (``deploy.fair_queue``: least recent usage first, so 48 heavy clients cannot
+starve a light one). Unseeded ``/sample`` requests that wait together share one
+``sample_and_log_prob`` call; a lone request on an idle replica goes straight to the model. Seeded
+requests are answered one by one: their draws must not depend on which other requests shared the
+pass. The model work itself (draws, batches, the per-observation misspecification check every
+answer carries) lives in ``deploy.model_calls``, the health probe in ``deploy.health``.
 
 Endpoints: GET /health, GET /info, POST /sample, POST /log_prob, POST /predictive
 (docs/http-api.md). No request field takes a file path or a store URL: the artifact is fixed
@@ -27,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.deployment import Application
 
+from deploy.fair_queue import FairModelQueue, QueueFull
 from deploy.health import HealthMonitor, probe
 from deploy.http_errors import DeadlineExceeded, RequestRejected, ServiceOverloaded, install_error_handlers, json_response, rejection
 from deploy.limits import RETRY_AFTER_S, ContentLengthLimit
@@ -70,6 +72,18 @@ from deploy.summaries import significant_digits, summarize_draws
 from farm.versions import package_version
 
 APP_NAME = "bss2-posterior"
+#: A request's fixed model cost in draws (embedding, misspecification check), added to what it asks for.
+REQUEST_COST_DRAWS = 100
+#: Header naming the client for fair queueing (a gateway can set it from an API key); else the address.
+CLIENT_HEADER = "x-client-id"
+
+
+def client_of(request: Request) -> str:
+    """Who asks: the ``X-Client-Id`` header (at most 128 characters are kept), else the client's address."""
+    named = request.headers.get(CLIENT_HEADER, "").strip()
+    if named:
+        return "id:" + named[:128]
+    return "addr:" + (request.client.host if request.client is not None else "unknown")
 
 
 api = FastAPI(
@@ -111,7 +125,7 @@ class PosteriorService:
     Args:
         posterior: artifact directory from ``farm train npe`` (either variant).
         max_batch_size: most /sample requests grouped into one forward pass; 1 turns batching off.
-        batch_wait_timeout_s: how long the batcher waits to fill a batch.
+        batch_wait_timeout_s: under load, how long a /sample request waits for others to share its pass.
         torch_threads: torch intra-op threads of this replica.
         max_model_queue: model-bound requests held at once; one more is answered 503 + Retry-After.
         request_timeout_s: a request still waiting for the model after this long is answered 504.
@@ -139,48 +153,47 @@ class PosteriorService:
         self.posterior = load_posterior(posterior)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.names = list(self.posterior.parameter_names)
-        self.batching = max_batch_size > 1
-        self.max_model_queue = max_model_queue
         self.request_timeout_s = request_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterior")
-        self._pending = 0  # model-bound requests in this replica (touched only on the event loop)
         self._health = HealthMonitor(self.posterior, self._executor, request_timeout_s)
         probe(self.posterior)  # a model that cannot answer fails the constructor, not the first user
-        if self.batching:
-            self._sample_batch.set_max_batch_size(max_batch_size)
-            self._sample_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._queue = FairModelQueue(
+            capacity=max_model_queue,
+            run=self._on_model_thread,
+            run_batch=lambda jobs: self._on_model_thread(lambda: draw_batch(self.posterior, jobs)),
+            max_batch_size=max_batch_size,
+            batch_wait_s=batch_wait_timeout_s,
+        )
 
-    def _admit(self) -> float:
-        """Count one model-bound request in, or refuse it (503) when the replica's queue is full.
+    def _on_model_thread(self, fn: Callable[[], Any]) -> "asyncio.Future[Any]":
+        return asyncio.wrap_future(self._executor.submit(self._health.timed, fn))
 
-        Returns:
-            The request's deadline (``time.monotonic()`` seconds).
+    async def _model(self, request: Request, cost: float, *, call: Callable[[], Any] | None = None, job: Job | None = None) -> Any:
+        """Queue one model-bound request for its client's turn; 503 when shed, 504 past the deadline, 422 on a ValueError.
+
+        Args:
+            request: the HTTP request (its ``X-Client-Id`` header or address names the client).
+            cost: draws (or rows) it asks of the model: the client's usage grows by it.
+            call: model work that runs alone, or
+            job: an unseeded /sample that may share a pass.
         """
-        if self._pending >= self.max_model_queue:
-            raise ServiceOverloaded(f"replica busy: {self._pending} requests wait for the model (limit {self.max_model_queue}); retry after {RETRY_AFTER_S} s")
-        self._pending += 1
-        return time.monotonic() + self.request_timeout_s
-
-    async def _until(self, deadline: float, awaitable: Any, cancel: Callable[[], Any] | None = None) -> Any:
-        """Await ``awaitable`` until ``deadline``; past it, answer 504 (and drop the call if not started)."""
         try:
-            return await asyncio.wait_for(awaitable, timeout=max(deadline - time.monotonic(), 0.0))
+            entry = self._queue.submit(client_of(request), cost, call=call, batch=None if job is None else (job.num_samples, job))
+        except QueueFull as e:
+            raise ServiceOverloaded(f"{e}; retry after {RETRY_AFTER_S} s") from None
+        try:
+            return await asyncio.wait_for(entry.future, timeout=self.request_timeout_s)
         except TimeoutError:
-            if cancel is not None:
-                cancel()
+            self._queue.withdraw(entry)
             raise DeadlineExceeded(f"request_timeout_s: no answer from the model within {self.request_timeout_s:g} s; retry later") from None
-
-    async def _run(self, deadline: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a torch call on the replica's worker thread before ``deadline``; its ValueErrors become 422s."""
-        future = self._executor.submit(self._health.timed, lambda: fn(*args, **kwargs))
-        try:
-            return await self._until(deadline, asyncio.wrap_future(future), future.cancel)
+        except QueueFull as e:
+            raise ServiceOverloaded(f"{e}; retry after {RETRY_AFTER_S} s") from None
         except ValueError as e:
             raise rejection(e) from None
 
     async def check_health(self) -> None:
         """Serve's health probe (deploy.health): unhealthy when a model call hangs or a probe draw fails."""
-        await self._health.check(self._pending)
+        await self._health.check(len(self._queue))
 
     def _observation(self, req: Observation | PredictiveRequest) -> dict[str, np.ndarray]:
         """The request's trace or features as the numpy keyword the posterior takes."""
@@ -197,11 +210,6 @@ class PosteriorService:
                 f"length {features.shape[0]} differs from the {len(self.posterior.feature_names)} features {', '.join(self.posterior.feature_names)}",
             )
         return {"features": features}
-
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def _sample_batch(self, jobs: list[Job]) -> list[Drawn | Exception]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._health.timed, lambda: draw_batch(self.posterior, jobs))
 
     @api.get("/health", response_model=HealthResponse)
     def health(self) -> HealthResponse | JSONResponse:
@@ -251,22 +259,15 @@ class PosteriorService:
         )
 
     @api.post("/sample", response_model=SampleResponse)
-    async def sample(self, req: SampleRequest) -> Response:
+    async def sample(self, req: SampleRequest, request: Request) -> Response:
         started = time.perf_counter()
         observation = self._observation(req)
-        deadline = self._admit()
-        try:
-            # A lone request on an idle replica skips the batcher (and its wait); requests that
-            # arrive while the worker thread is busy queue there and share the next forward pass.
-            if req.seed is not None or not self.batching or self._pending == 1:
-                samples, log_prob, batch_size, check = await self._run(deadline, draw_one, self.posterior, req.num_samples, observation, req.seed)
-            else:
-                result = await self._until(deadline, self._sample_batch(Job(req.num_samples, observation)))
-                if isinstance(result, Exception):
-                    raise rejection(result)
-                samples, log_prob, batch_size, check = result
-        finally:
-            self._pending -= 1
+        cost = REQUEST_COST_DRAWS + req.num_samples
+        if req.seed is not None:  # seeded draws must not depend on which requests shared the pass: alone
+            result: Drawn = await self._model(request, cost, call=lambda: draw_one(self.posterior, req.num_samples, observation, req.seed))
+        else:
+            result = await self._model(request, cost, job=Job(req.num_samples, observation))
+        samples, log_prob, batch_size, check = result
         drawn = time.perf_counter()
         samples = significant_digits(samples)
         summary = summarize_draws(samples, log_prob)
@@ -288,20 +289,18 @@ class PosteriorService:
         )
 
     @api.post("/log_prob", response_model=LogProbResponse)
-    async def log_prob(self, req: LogProbRequest) -> Response:
+    async def log_prob(self, req: LogProbRequest, request: Request) -> Response:
         observation = self._observation(req)
         theta = np.asarray(req.theta, dtype=np.float64)
         try:
             self.posterior.prior.check(theta)
         except ValueError as e:
             raise RequestRejected("theta", str(e)) from None
-        deadline = self._admit()
-        try:
-            values, check = await self._run(
-                deadline, lambda: (self.posterior.log_prob(theta.astype(np.float32), **observation), assess(self.posterior, observation))
-            )
-        finally:
-            self._pending -= 1
+        values, check = await self._model(
+            request,
+            REQUEST_COST_DRAWS + len(theta),
+            call=lambda: (self.posterior.log_prob(theta.astype(np.float32), **observation), assess(self.posterior, observation)),
+        )
         return json_response(
             LogProbResponse(
                 parameter_names=self.names,
@@ -312,7 +311,7 @@ class PosteriorService:
         )
 
     @api.post("/predictive", response_model=PredictiveResponse)
-    async def predictive(self, req: PredictiveRequest) -> Response:
+    async def predictive(self, req: PredictiveRequest, request: Request) -> Response:
         from farm.features import spike_count_column, summarize
         from farm.simulate import simulate_theta
 
@@ -325,11 +324,7 @@ class PosteriorService:
             observed = summarize(observation["trace"][None, :], self.posterior.protocol, self.posterior.chip_model)[0]
             return theta, sims, int(observed[spike_count_column(self.posterior.protocol)]), assess(self.posterior, observation)
 
-        deadline = self._admit()
-        try:
-            theta, sims, observed_count, check = await self._run(deadline, run)
-        finally:
-            self._pending -= 1
+        theta, sims, observed_count, check = await self._model(request, REQUEST_COST_DRAWS + req.num_samples, call=run)
         return json_response(
             PredictiveResponse(
                 parameter_names=self.names,

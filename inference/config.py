@@ -126,6 +126,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "val_fraction",
         "test_fraction",
         "gpus_per_worker",
+        "cpus_per_worker",
         "seed",
         "variant",
     )

@@ -42,12 +42,14 @@ def handcrafted_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPa
 
     Every Ray Train run costs ~20 s of fixed start/stop on 2 cores, so the modules that need *a*
     trained handcrafted posterior (recovery, evaluation, serving, misspecification) share this one.
-    Tests that alter an artifact copy it first.
+    Tests that alter an artifact copy it first. One torch thread (``cpus_per_worker=1``): the other
+    xdist worker keeps the second core busy, and two torch threads on one free core ran 10x slower
+    (500 instead of ~6,000 samples/s: OpenMP's barriers wait for a thread that is not scheduled).
     """
     from inference.training import train
 
     out = tmp_path_factory.mktemp("hc") / "npe-handcrafted"
-    metrics = train("npe", [npe_stores[0]], str(out), epochs=15, patience=4, batch_size=128, quiet=True)
+    metrics = train("npe", [npe_stores[0]], str(out), epochs=15, patience=4, batch_size=128, cpus_per_worker=1, quiet=True)
     return out, metrics
 
 
@@ -58,7 +60,7 @@ def summary_net_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPa
     from inference.training import train
 
     out = tmp_path_factory.mktemp("sn") / "npe-summary-net"
-    metrics = train(NPETask(features="summary-net"), [npe_stores[0]], str(out), epochs=1, batch_size=256, quiet=True)
+    metrics = train(NPETask(features="summary-net"), [npe_stores[0]], str(out), epochs=1, batch_size=256, cpus_per_worker=1, quiet=True)
     return out, metrics
 
 

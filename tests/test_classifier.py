@@ -26,7 +26,7 @@ def trained(tmp_path_factory, ray_session):
     run_farm(pilot, num_sims=8000, seed=11, chunk_size=1000, in_process=True)
     run_farm(heldout, num_sims=3000, seed=12, chunk_size=1000, in_process=True)
     out = root / "restricted"
-    metrics = train(ClassifierTask(heldout=(heldout,)), [pilot], str(out), epochs=12, patience=4, quiet=True)
+    metrics = train(ClassifierTask(heldout=(heldout,)), [pilot], str(out), epochs=12, patience=4, cpus_per_worker=1, quiet=True)
     return out, metrics, heldout
 
 

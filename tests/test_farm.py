@@ -72,48 +72,37 @@ def test_same_seed_bit_identical_across_actor_counts(ray_session, reference_stor
         assert_same_store(reference_store, out)
 
 
-def test_driver_simulates_while_its_private_ray_starts_and_the_store_is_the_same(reference_store: Path, tmp_path: Path) -> None:
-    """`farm simulate` without --address starts a local Ray; the driver works meanwhile, then hands over."""
-    out = tmp_path / "private.zarr"
-    cmd = [*FARM, "simulate", "--n", "2400", "--seed", "11", "--chunk", "100", "--out", str(out), "--quiet", "--json"]
-    # Slow chunks (sleep only, data unchanged) so Ray is up before the driver could finish alone.
-    res = subprocess.run(cmd, env={**os.environ, "FARM_CHUNK_DELAY_S": "0.5"}, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["complete"] and summary["driver_chunks"] >= 1, summary
-    assert_same_store(reference_store, out)
+def test_driver_simulates_single_threaded_blas_while_its_private_ray_starts_and_the_store_is_the_same(reference_store: Path, tmp_path: Path) -> None:
+    """`farm simulate` without --address starts a local Ray; the driver works meanwhile, then hands over.
 
-
-def test_driver_thread_runs_blas_single_threaded_while_ray_starts(tmp_path: Path) -> None:
-    """Regression: `farm simulate --prior` hung at 100 % CPU in OpenBLAS's ``exec_blas_async_wait``.
-
-    OpenBLAS shuts its thread pool down in a fork handler; Ray's start-up forks while the driver
-    thread may be inside a threaded dgemm (the restricted prior's classifier), which then waits for
-    workers that are gone. A thread doing 1000x64 dgemms beside 300 ``os.fork()`` calls hangs the
-    same way here, and runs on with one BLAS thread. So the driver thread must see one BLAS thread.
+    One private Ray start (the costly part) checks two things. The store is the same as the
+    in-process one. And the driver thread sees one BLAS thread: `farm simulate --prior` hung at 100 %
+    CPU in OpenBLAS's ``exec_blas_async_wait``, because OpenBLAS shuts its pool down in a fork
+    handler and Ray's start-up forks while the driver may be inside a threaded dgemm (the
+    restricted prior's classifier); a thread doing 1000x64 dgemms beside 300 ``os.fork()`` calls
+    hangs the same way, and runs on with one BLAS thread.
     """
+    out = tmp_path / "private.zarr"
     script = (
         "import json, sys, threadpoolctl, farm.scheduler as sch\n"
+        "from deploy.cli import main\n"
         "seen = []\n"
         "real = sch.run_queue\n"
         "def spy(*a, **k):\n"
         "    seen.extend(i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas')\n"
         "    return real(*a, **k)\n"
         "sch.run_queue = spy\n"
-        "from farm.runner import run_farm\n"
-        "s = run_farm(sys.argv[1], num_sims=2400, seed=11, chunk_size=100)\n"
-        "print(json.dumps({'seen': seen, 'driver_chunks': s.get('driver_chunks', 0)}))\n"
+        "code = main(['simulate', '--n', '2400', '--seed', '11', '--chunk', '100', '--out', sys.argv[1], '--quiet', '--json'])\n"
+        "print(json.dumps({'code': code, 'blas_threads_seen': seen}))\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "blas.zarr")],
-        env={**os.environ, "FARM_CHUNK_DELAY_S": "0.2"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # Slow chunks (sleep only, data unchanged) so Ray is up before the driver could finish alone.
+    res = subprocess.run([sys.executable, "-c", script, str(out)], env={**os.environ, "FARM_CHUNK_DELAY_S": "0.5"}, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["driver_chunks"] >= 1 and out["seen"] and set(out["seen"]) == {1}, out
+    *_, summary_line, spy_line = res.stdout.strip().splitlines()
+    summary, spy = json.loads(summary_line), json.loads(spy_line)
+    assert spy["code"] == 0 and summary["complete"] and summary["driver_chunks"] >= 1, (summary, spy)
+    assert spy["blas_threads_seen"] and set(spy["blas_threads_seen"]) == {1}, spy
+    assert_same_store(reference_store, out)
 
 
 def test_sample_i_is_independent_of_chunking(reference_store: Path, tmp_path: Path) -> None:

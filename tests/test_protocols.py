@@ -246,7 +246,7 @@ def multi_npe(multi_store, tmp_path_factory, ray_session) -> Path:
     from inference.training import train
 
     out = tmp_path_factory.mktemp("npe") / "multi-hc"
-    train("npe", [multi_store], str(out), epochs=1, batch_size=64, quiet=True)
+    train("npe", [multi_store], str(out), epochs=1, batch_size=64, cpus_per_worker=1, quiet=True)
     return out
 
 

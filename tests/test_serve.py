@@ -306,45 +306,6 @@ def test_replica_survives_the_fuzz_and_bad_requests(client):
     assert client.get("/health").json()["replica"] == before
 
 
-@pytest.mark.slow
-def test_farm_serve_detach_then_query_then_stop(artifact, tmp_path, capsys):
-    """The CLI path end to end: its own local Ray in a background process, bound to 127.0.0.1."""
-    import os
-    import signal
-
-    port = free_port()
-    pid_file = tmp_path / "serve.pid"
-    code = main(["serve", "--posterior", str(artifact), "--port", str(port), "--detach", "--pid-file", str(pid_file), "--log", str(tmp_path / "serve.log")])
-    out = capsys.readouterr().out
-    assert code == 0 and f"http://127.0.0.1:{port}" in out, out
-    pid = int(pid_file.read_text())
-    try:
-        obs = simulate_theta(BoxPrior().sample(1, seed=3), seed=3)
-        np.save(tmp_path / "obs.npy", obs.trace[0])
-        assert main(["query", "--url", f"http://127.0.0.1:{port}", "--trace", str(tmp_path / "obs.npy"), "--n", "100"]) == 0
-        assert "leak_i_bias" in capsys.readouterr().out
-    finally:
-        os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        try:  # reap it if it is our child
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                break
-        except ChildProcessError:
-            pass
-        time.sleep(0.5)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        pytest.fail("farm serve did not stop within 60 s of SIGINT")
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
-    assert "Serving" in (tmp_path / "serve.log").read_text()
-
-
 # ---------------------------------------------------------------- bounds (issue 11)
 @pytest.fixture(scope="module")
 def tight_url(url, artifact: Path):
@@ -420,6 +381,32 @@ def test_full_replica_answers_503_with_retry_after_and_health_stays_up(tight_url
     assert set(health_codes) == {200}, health_codes
 
 
+def test_a_light_client_is_served_while_a_heavy_one_floods_the_queue(tight_url, obs):
+    """Clients named by X-Client-Id: the one that floods a full replica is shed, a light one beside it is not."""
+    flood_body = {"trace": obs.trace[0].tolist(), "num_samples": MAX_NUM_SAMPLES, "seed": 1}  # seeded: one pass each
+    light_body = {"trace": obs.trace[0].tolist(), "num_samples": 100}
+    flood_codes: list[int] = []
+    light_codes: list[int] = []
+
+    def flood(_: int) -> None:
+        with httpx.Client(base_url=tight_url, timeout=120.0, headers={"X-Client-Id": "flood"}) as c:
+            flood_codes.append(c.post("/sample", json=flood_body).status_code)
+
+    with httpx.Client(base_url=tight_url, timeout=120.0, headers={"X-Client-Id": "light"}) as light:
+        for _ in range(20):  # derived from progress: stop at the first wave that filled the replica
+            with ThreadPoolExecutor(8) as ex:
+                futures = [ex.submit(flood, i) for i in range(8)]
+                while 503 not in flood_codes and not all(f.done() for f in futures):
+                    time.sleep(0.01)
+                light_codes.append(light.post("/sample", json=light_body).status_code)  # the queue is full now
+                for f in futures:
+                    f.result()
+            if 503 in flood_codes:
+                break
+    assert 503 in flood_codes and set(flood_codes) <= {200, 503}, flood_codes
+    assert set(light_codes) == {200}, light_codes
+
+
 def test_request_past_its_deadline_is_504(url, artifact, obs):
     serve.run(posterior_app(str(artifact), request_timeout_s=1e-6, num_cpus=0.01), name="deadline", route_prefix="/deadline")
     try:
@@ -459,48 +446,63 @@ def _alive(pid: int, cmdline: str) -> bool:
         return False
 
 
-@pytest.mark.slow  # its own private Ray: ~70 s on 2 cores; `make test` runs it
-def test_farm_serve_stops_cleanly_on_sigterm(artifact, tmp_path):
-    """`python -m deploy.cli serve` with its defaults: loopback only, 413 in the proxy, SIGTERM leaves no Ray behind."""
+def _exit_status(pid: int, timeout_s: float) -> int | None:
+    """Wait for ``pid`` to end; its exit code if it is our child (reaped here), 0 if someone else reaped it, None on timeout."""
+    import os
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # not our child: it is gone once signal 0 fails
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return 0
+        time.sleep(0.2)
+    return None
+
+
+@pytest.mark.slow  # its own private Ray, the costliest start of the suite (60-110 s on 2 cores): one test for the whole CLI path
+def test_farm_serve_detached_with_defaults_answers_queries_and_stops_on_sigterm(artifact, tmp_path, capsys):
+    """`farm serve --detach` with its defaults: loopback only, 413 in Serve's proxy, `farm query` answers;
+    SIGTERM (what systemd and Kubernetes send) stops it with exit 0 and leaves no Ray process behind."""
     import os
     import signal
-    import subprocess
-    import sys
 
     import ray
 
-    from deploy.launch import wait_healthy
-
     port = free_port()
-    log = tmp_path / "serve.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "deploy.cli", "serve", "--posterior", str(artifact), "--port", str(port)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
+    pid_file, log = tmp_path / "serve.pid", tmp_path / "serve.log"
+    code = main(["serve", "--posterior", str(artifact), "--port", str(port), "--detach", "--pid-file", str(pid_file), "--log", str(log)])
+    out = capsys.readouterr().out
+    assert code == 0 and f"http://127.0.0.1:{port}" in out, out
+    pid = int(pid_file.read_text())
+    ray_procs: dict[int, str] = {}
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", timeout_s=300.0, process=proc, log=log)
-        ray_procs = {p: c for p, c in _ray_processes_of(proc.pid).items() if any(k in c for k in ("raylet", "gcs_server", "dashboard", "runtime_env", "ray::"))}
+        ray_procs = {p: c for p, c in _ray_processes_of(pid).items() if any(k in c for k in ("raylet", "gcs_server", "dashboard", "runtime_env", "ray::"))}
         assert any("raylet" in c for c in ray_procs.values()) and any("gcs_server" in c for c in ray_procs.values()), ray_procs
         node_ip = ray.util.get_node_ip_address()
         if not node_ip.startswith("127."):  # the DEFAULT host: nothing listens on the node's own address
             with socket.socket() as s:
                 s.settimeout(2.0)
                 assert s.connect_ex((node_ip, port)) != 0, f"farm serve listens on {node_ip}:{port} by default"
+        obs = simulate_theta(BoxPrior().sample(1, seed=3), seed=3)
+        np.save(tmp_path / "obs.npy", obs.trace[0])
+        assert main(["query", "--url", f"http://127.0.0.1:{port}", "--trace", str(tmp_path / "obs.npy"), "--n", "100"]) == 0
+        assert "leak_i_bias" in capsys.readouterr().out
         # Serve's proxy itself refuses the announced 100 MB (deploy.limits.ContentLengthLimit).
         answer = raw_request(port, b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"{}")
         assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower(), answer[:300]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        os.kill(pid, signal.SIGTERM)
+        status = _exit_status(pid, timeout_s=120.0)
+        if status is None:
+            os.killpg(pid, signal.SIGKILL)
+    assert status == 0, f"farm serve exited {status} after SIGTERM: {log.read_text()[-2000:]}"
+    assert "Serving" in log.read_text()
     deadline = time.monotonic() + 30  # Ray's processes exit on their own after the driver's shutdown; allow them time
     while time.monotonic() < deadline and any(_alive(p, c) for p, c in ray_procs.items()):
         time.sleep(0.5)
@@ -508,6 +510,8 @@ def test_farm_serve_stops_cleanly_on_sigterm(artifact, tmp_path):
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, f"Ray processes outlived farm serve: {left}"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
 
 
 # ---------------------------------------------------------------- misspecification, rejection budget, health (issues 11/12)

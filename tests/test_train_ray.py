@@ -36,6 +36,7 @@ def test_two_workers_give_the_same_loss_curve_shape_as_one(store, tmp_path, ray_
             epochs=4,
             patience=4,
             batch_size=256 // workers,
+            cpus_per_worker=1,  # one torch thread each: the other xdist worker keeps a core busy
             progress=False,
         )
         curves[workers] = np.array([h["val_loss"] for h in run_training(cfg).state["history"]])
@@ -52,7 +53,7 @@ def test_two_workers_give_the_same_loss_curve_shape_as_one(store, tmp_path, ray_
 def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray_session) -> None:
     """SIGKILL the `farm train` driver mid-run, then run the same training again: it resumes."""
     out = tmp_path / "npe"
-    args = ["npe", "--store", store, "--out", str(out), "--epochs", "3", "--patience", "3", "--batch-size", "64"]
+    args = ["npe", "--store", store, "--out", str(out), "--epochs", "3", "--patience", "3", "--batch-size", "64", "--cpus-per-worker", "1"]
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "train", *args, "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -78,7 +79,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "manifest.json").exists()
-    cfg = TrainConfig(task="npe", stores=(store,), out=str(out), epochs=3, patience=3, batch_size=64, progress=False)
+    cfg = TrainConfig(task="npe", stores=(store,), out=str(out), epochs=3, patience=3, batch_size=64, cpus_per_worker=1, progress=False)
     state = run_training(cfg).state
     resumed = state["resumed_at"]
     assert len(resumed) == 1 and 1 <= resumed[0] < 3  # picked up after a finished epoch, not from scratch

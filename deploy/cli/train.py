@@ -16,6 +16,15 @@ train_app = typer.Typer(help="Train the restriction classifier or an amortized p
 StoreOpt = Annotated[list[str], typer.Option("--store", help="Zarr store from `farm simulate`; repeat for several stores of one setup.")]
 OutOpt = Annotated[str, typer.Option("--out", help="Artifact directory; checkpoints go inside, so re-running the same command resumes a killed training.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="Ray Train workers (data-parallel).")]
+CpusOpt = Annotated[
+    int,
+    typer.Option(
+        "--cpus-per-worker",
+        min=0,
+        max=256,
+        help="CPUs each worker reserves, and its torch threads; 0 = the cluster's CPUs / workers. Use 1 on a machine busy with other work.",
+    ),
+]
 GpusOpt = Annotated[float, typer.Option("--gpus-per-worker", min=0, max=16, help="GPUs each worker reserves (Ray Train use_gpu); 0 trains on CPUs.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, max=10_000, help="Maximum epochs; early stopping on the validation loss may end sooner.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, max=65_536, help="Samples per step and worker.")]
@@ -44,6 +53,7 @@ def train_classifier(
     heldout: Annotated[list[str] | None, typer.Option("--heldout", help="Store(s) from the box prior to report recall/precision on.")] = None,
     target_recall: Annotated[float, typer.Option("--target-recall", min=0.5, max=1.0, help="Share of in-regime samples the restricted prior keeps.")] = 0.99,
     workers: WorkersOpt = D["num_workers"],
+    cpus_per_worker: CpusOpt = D["cpus_per_worker"],
     gpus_per_worker: GpusOpt = D["gpus_per_worker"],
     epochs: EpochsOpt = D["epochs"],
     batch_size: BatchOpt = D["batch_size"],
@@ -67,6 +77,7 @@ def train_classifier(
         stores=store,
         out=out,
         workers=workers,
+        cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker,
         epochs=epochs,
         batch_size=batch_size,
@@ -100,6 +111,7 @@ def train_npe(
         ),
     ] = 1,
     workers: WorkersOpt = D["num_workers"],
+    cpus_per_worker: CpusOpt = D["cpus_per_worker"],
     gpus_per_worker: GpusOpt = D["gpus_per_worker"],
     epochs: EpochsOpt = D["epochs"],
     batch_size: BatchOpt = D["batch_size"],
@@ -125,6 +137,7 @@ def train_npe(
         stores=store,
         out=out,
         workers=workers,
+        cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker,
         epochs=epochs,
         batch_size=batch_size,
