@@ -70,6 +70,7 @@ from deploy.settings import (
 )
 from deploy.summaries import significant_digits, summarize_draws
 from farm.versions import package_version
+from inference.threads import torch_threads_kept
 
 APP_NAME = "bss2-posterior"
 #: A request's fixed model cost in draws (embedding, misspecification check), added to what it asks for.
@@ -320,8 +321,9 @@ class PosteriorService:
 
         def run() -> tuple[np.ndarray, Any, int, dict[str, Any]]:
             theta = self.posterior.sample(req.num_samples, seed=seed, **observation)
-            sims = simulate_theta(theta, seed=seed, protocol=self.posterior.protocol, chip_model=self.posterior.chip_model)
-            observed = summarize(observation["trace"][None, :], self.posterior.protocol, self.posterior.chip_model)[0]
+            with torch_threads_kept():  # the emulator's numba launch would leave this thread's torch on every core
+                sims = simulate_theta(theta, seed=seed, protocol=self.posterior.protocol, chip_model=self.posterior.chip_model)
+                observed = summarize(observation["trace"][None, :], self.posterior.protocol, self.posterior.chip_model)[0]
             return theta, sims, int(observed[spike_count_column(self.posterior.protocol)]), assess(self.posterior, observation)
 
         theta, sims, observed_count, check = await self._model(request, REQUEST_COST_DRAWS + req.num_samples, call=run)

@@ -20,6 +20,7 @@ from farm.features import feature_names, spike_count_column
 from farm.simulate import simulate_theta
 from inference import diagnostics as dg
 from inference.quality import quality_flags
+from inference.threads import torch_threads_kept
 
 _BATCH = 100  # observations per sample_batched call: bounds memory at 100 x num_samples x 7
 
@@ -204,9 +205,10 @@ def predictive_check(posterior: Any, held: HeldOut, samples: NDArray[np.float32]
     protocol = posterior.protocol
     m = num_ppc_samples
     theta_pred = samples[ppc_idx, :m, :].reshape(-1, samples.shape[-1])
-    pred = simulate_theta(theta_pred, seed=seed + 1_000_003, protocol=protocol, chip_model=chip)
     theta_prior = posterior.prior.sample(ppc_idx.size * m, seed=seed + 11)
-    prior_pred = simulate_theta(theta_prior, seed=seed + 2_000_003, protocol=protocol, chip_model=chip)
+    with torch_threads_kept():
+        pred = simulate_theta(theta_pred, seed=seed + 1_000_003, protocol=protocol, chip_model=chip)
+        prior_pred = simulate_theta(theta_prior, seed=seed + 2_000_003, protocol=protocol, chip_model=chip)
     k = ppc_idx.size
     obs_mv = codes_to_mv(held.trace[ppc_idx], chip)
     pred_mv = codes_to_mv(pred.trace, chip).reshape(k, m, -1)

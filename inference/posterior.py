@@ -27,6 +27,7 @@ from inference.flow_matching import ESTIMATOR as FM_ESTIMATOR
 from inference.flow_matching import FlowMatchingConfig, FlowMatchingModel
 from inference.flows import FlowConfig, NPEModel
 from inference.misspecification import KNNDetector, assess, trace_reasons
+from inference.threads import torch_threads_kept
 
 KIND = "npe_posterior"
 PRIOR_SUBDIR = "prior"
@@ -103,7 +104,8 @@ class AmortizedPosterior:
             raise ValueError(f"trace values span [{t.min():g}, {t.max():g}]; ADC codes must lie in [0, {top}]")
         t = t.reshape(-1, self.trace_length)
         if self.accepts_features:
-            return torch.from_numpy(summarize(np.rint(t).astype(np.int16), self.protocol, self.chip_model))
+            with torch_threads_kept():  # numba's OpenMP launch would leave torch on every core
+                return torch.from_numpy(summarize(np.rint(t).astype(np.int16), self.protocol, self.chip_model))
         return torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
 
     # ------------------------------------------------------------------ sampling
@@ -327,7 +329,11 @@ class AmortizedPosterior:
     def _assess(self, x: torch.Tensor, trace: Any) -> list[dict[str, Any]]:
         codes = None if trace is None else np.rint(np.asarray(trace, dtype=np.float64)).reshape(-1, self.trace_length).astype(np.int16)
         col = spike_count_column(self.protocol)
-        counts = x[:, col].numpy() if self.accepts_features else summarize(codes, self.protocol, self.chip_model)[:, col]
+        if self.accepts_features:
+            counts = x[:, col].numpy()
+        else:
+            with torch_threads_kept():
+                counts = summarize(codes, self.protocol, self.chip_model)[:, col]
         reasons = trace_reasons(codes, counts, self.regime, self.chip_model.adc_max_code)
         scores = None if self.detector is None else self.detector.score(self.model.embedding(x))
         return assess(scores, self.detector, reasons)

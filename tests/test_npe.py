@@ -74,6 +74,25 @@ def test_samples_stay_in_the_support_and_are_reproducible(handcrafted, stores) -
     assert post.log_prob(m, trace=trace[0])[0] >= np.max(post.log_prob(s[:200], trace=trace[0])) - 1e-6
 
 
+def test_a_trace_observation_leaves_torch_on_the_threads_it_was_given(handcrafted, stores) -> None:
+    """Serve replicas pin torch to one thread; the handcrafted summary (a numba OpenMP kernel) must not undo it.
+
+    numba's OpenMP launch sets the calling thread's OpenMP thread count to every core, and torch
+    shares it: without ``inference.threads.torch_threads_kept`` a replica ran on two threads after its
+    first trace (3-40x slower on a busy 2-core machine). On a one-core machine the check is vacuous.
+    """
+    post = load_posterior(handcrafted[0])
+    _, trace, _ = _heldout(stores[1], 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        post.sample(10, trace=trace[0], seed=1)
+        post.misspecification(trace=trace[1])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_log_prob_is_a_normalised_density_in_lsb_space(handcrafted, stores) -> None:
     """Importance check: E_q[1/q] over the box volume = 1 for a density supported in the box."""
     post = load_posterior(handcrafted[0])
