@@ -291,7 +291,7 @@ structured_body = st.fixed_dictionaries({}, optional=field_values).map(lambda d:
 body_text = st.one_of(structured_body, json_value.map(lambda v: json.dumps(v, allow_nan=True)), st.binary(max_size=64), st.text(max_size=64))
 
 
-@settings(max_examples=240, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(path=st.sampled_from(["/sample", "/log_prob", "/predictive"]), body=body_text)
 def test_fuzzed_bodies_never_500(url, path, body):
     with httpx.Client(base_url=url, timeout=120.0) as c:
