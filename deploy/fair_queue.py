@@ -199,6 +199,8 @@ class FairModelQueue:
                     results = list(await self._run_batch([e.payload for e in group]))
             except Exception as error:  # the call itself failed: every request of the pass gets it
                 results = [error] * len(group)
+            if len(results) != len(group):  # never strand a request marked running
+                results = [RuntimeError(f"a pass of {len(group)} requests returned {len(results)} answers")] * len(group)
             for e, result in zip(group, results, strict=True):
                 if e in self._entries:
                     self._drop(e)
