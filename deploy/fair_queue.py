@@ -3,13 +3,15 @@
 Why: a replica has one model thread and a bounded queue. First come, first served lets 48 clients
 that each ask for 10,000 draws keep the queue full, so a scientist asking for 1,000 draws is shed
 like them (docs/performance.md, "Load run"). Here the queue is ordered by *least recent usage*: each
-client's model cost (the draws of its passes so far, decayed with a half-life) decides its place, so
-a light client goes before heavy ones, and heavy clients take turns among themselves. A full queue
+client's model cost (the draws of its passes so far, decayed with a half-life, plus what it has
+waiting ahead of the request) decides its place, so a light client goes before heavy ones, and
+heavy clients take turns among themselves. A full queue
 sheds the newest waiting request of the client with the most load (usage plus what it has waiting),
 and only for a newcomer whose client would still carry less, so a light client is never shed while
 a heavier one holds a place. Unseeded /sample requests that wait at the same time share one
 forward pass (continuous batching): the next request in line takes along waiting requests that ask
-for at most as many draws, so a small request never waits for a large one's pass.
+for at most as many draws, up to a draw budget per pass, so a small request never waits for a large
+one's pass, and no pass is so large that a light newcomer waits long for the model thread.
 
 Clients are told apart by the ``X-Client-Id`` header (a gateway can set it from an API key), else by
 their address. Pure asyncio: no Serve, no torch, so its rules are tested directly.
@@ -56,6 +58,7 @@ class FairModelQueue:
         run: runs a zero-argument callable on the model thread (returns an awaitable of its result).
         run_batch: runs a list of batch payloads as one pass; returns one result per payload.
         max_batch_size: most requests in one pass.
+        max_pass_draws: most draws in one pass (a single larger request still gets its own pass).
         batch_wait_s: under load, how long the oldest batchable request waits for batch mates.
         half_life_s: decay of each client's recorded usage.
         clock: monotonic seconds (a test passes its own).
@@ -67,6 +70,7 @@ class FairModelQueue:
         run: Callable[[Callable[[], Any]], Any],
         run_batch: Callable[[list[Any]], Any],
         max_batch_size: int = 1,
+        max_pass_draws: int = 16_000,
         batch_wait_s: float = 0.0,
         half_life_s: float = USAGE_HALF_LIFE_S,
         clock: Callable[[], float] = time.monotonic,
@@ -75,6 +79,7 @@ class FairModelQueue:
             raise ValueError(f"capacity={capacity} and max_batch_size={max_batch_size} must be >= 1")
         self.capacity = capacity
         self.max_batch_size = max_batch_size
+        self.max_pass_draws = max_pass_draws
         self.batch_wait_s = batch_wait_s
         self._run, self._run_batch = run, run_batch
         self._rate = math.log(2.0) / half_life_s
@@ -159,18 +164,43 @@ class FairModelQueue:
             self._wake = asyncio.Event()
             self._worker = loop.create_task(self._serve_forever())
 
-    def next_group(self) -> list[Entry]:
-        """The next pass: the least-used client's oldest request, plus batch mates that ask no more draws."""
+    def finish_tags(self) -> dict[Entry, float]:
+        """Each waiting request's place in line: its client's usage plus its own and its older waiting requests' cost.
+
+        This is the usage the client would have once the request is served (a virtual finish time,
+        as in fair queueing), so among clients that were never served a small request still goes
+        before a large one, and a client's backlog counts against its later requests.
+        """
         now = self._clock()
-        usage = {c: self.usage(c, now) for c in {e.client for e in self._entries}}
-        waiting = sorted((e for e in self._entries if not e.running), key=lambda e: (usage[e.client], e.seq))
+        tags: dict[Entry, float] = {}
+        ahead: dict[str, float] = {}
+        for e in sorted((e for e in self._entries if not e.running), key=lambda e: e.seq):
+            ahead[e.client] = ahead.get(e.client, self.usage(e.client, now)) + e.cost
+            tags[e] = ahead[e.client]
+        return tags
+
+    def next_group(self) -> list[Entry]:
+        """The next pass: the request with the lowest finish tag, plus batch mates that ask no more draws.
+
+        Mates join while the pass holds at most ``max_batch_size`` requests and ``max_pass_draws``
+        draws: one pass is not preempted, so its size bounds how long a light newcomer waits, and a
+        pass of large requests gains little from batching on a CPU (docs/performance.md).
+        """
+        tags = self.finish_tags()
+        waiting = sorted(tags, key=lambda e: (tags[e], e.seq))
         if not waiting:
             return []
         head = waiting[0]
         if head.call is not None or self.max_batch_size == 1:
             return [head]
-        mates = [e for e in waiting[1:] if e.call is None and e.num_samples <= head.num_samples]
-        return [head, *mates[: self.max_batch_size - 1]]
+        group, draws = [head], head.num_samples
+        for e in waiting[1:]:
+            if len(group) == self.max_batch_size:
+                break
+            if e.call is None and e.num_samples <= head.num_samples and draws + e.num_samples <= self.max_pass_draws:
+                group.append(e)
+                draws += e.num_samples
+        return group
 
     def _worth_waiting(self, group: list[Entry]) -> bool:
         """A batchable pass that is not full waits for mates, but only under load and only ``batch_wait_s``."""

@@ -88,10 +88,10 @@ def test_a_full_queue_sheds_the_heaviest_clients_waiting_request_not_the_light_o
         for _ in range(3):
             model.release.set()
             await settle()
-        return [await e.future for e in (flood[0], flood[1], light)], model.order
+        return [await e.future for e in (flood[0], light, flood[1])], model.order
 
     answers, order = asyncio.run(scenario())
-    assert answers == order == ["flood0", "flood1", "light"]  # flood1 has not been served yet either: it goes first
+    assert answers == order == ["flood0", "light", "flood1"]  # neither client was served yet: the smaller request first
 
 
 def test_waiting_samples_share_a_pass_but_never_one_asking_more_draws():
@@ -111,6 +111,26 @@ def test_waiting_samples_share_a_pass_but_never_one_asking_more_draws():
     order, answer = asyncio.run(scenario())
     assert order == [("first",), ("small0", "small1", "small2"), ("small3",), ("big",)]
     assert answer == "draws for small0"
+
+
+def test_a_pass_holds_at_most_max_pass_draws_so_a_newcomer_never_waits_behind_a_huge_one():
+    async def scenario():
+        model = Model()
+        queue = FairModelQueue(capacity=64, run=model.run, run_batch=model.run_batch, max_batch_size=16, max_pass_draws=20_000)
+        first = queue.submit("h0", 100, batch=(100, "first"))
+        await settle()
+        heavy = [queue.submit(f"h{k}", 10_000, batch=(10_000, f"heavy{k}")) for k in range(1, 6)]
+        huge = queue.submit("h9", 50_000, batch=(50_000, "huge"))
+        light = queue.submit("light", 1_000, batch=(1_000, "light"))
+        for _ in range(6):
+            model.release.set()
+            await settle()
+        await asyncio.gather(*(e.future for e in [first, *heavy, huge, light]))
+        return model.order
+
+    order = asyncio.run(scenario())
+    # clients never served: the light request first; then two 10k requests per pass; the 50k one alone, last
+    assert order == [("first",), ("light",), ("heavy1", "heavy2"), ("heavy3", "heavy4"), ("heavy5",), ("huge",)]
 
 
 def test_a_withdrawn_request_is_never_run_and_a_failed_call_reaches_only_its_request():
