@@ -28,14 +28,9 @@ from farm.defaults import PARAMETER_NAMES, PriorBox, Protocol
 from farm.features import FEATURE_NAMES, summarize
 from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
+from tests.cluster import descendants, free_port
 
 JSON = {"content-type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -419,23 +414,13 @@ def test_request_past_its_deadline_is_504(url, artifact, obs):
 
 
 def _ray_processes_of(pid: int) -> dict[int, str]:
-    """Descendants of ``pid`` (from /proc), with their command lines."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = {}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            try:
-                found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            todo.append(child)
+    """Descendants of ``pid`` (tests.cluster.descendants), with their command lines."""
+    found = {}
+    for child in descendants(pid):
+        try:
+            found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
     return found
 
 
