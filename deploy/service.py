@@ -185,12 +185,13 @@ class PosteriorService:
         try:
             return await asyncio.wait_for(entry.future, timeout=self.request_timeout_s)
         except TimeoutError:
-            self._queue.withdraw(entry)
             raise DeadlineExceeded(f"request_timeout_s: no answer from the model within {self.request_timeout_s:g} s; retry later") from None
         except QueueFull as e:
             raise ServiceOverloaded(f"{e}; retry after {RETRY_AFTER_S} s") from None
         except ValueError as e:
             raise rejection(e) from None
+        finally:  # past its deadline, or the client went away: a request not yet started never runs
+            self._queue.withdraw(entry)
 
     async def check_health(self) -> None:
         """Serve's health probe (deploy.health): unhealthy when a model call hangs or a probe draw fails."""
