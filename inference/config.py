@@ -14,6 +14,9 @@ TASK_NAMES = ("classifier", "npe")
 FEATURES = ("handcrafted", "summary-net")
 #: The NPE's density estimator: a neural spline flow, or a flow-matching vector field (``inference.flow_matching``).
 ESTIMATORS = ("nsf", "flow-matching")
+#: Front ends of the summary network's CNN (``inference.embedding.TraceCNN``): ``pooled`` strided convs
+#: with max-pooling (artifacts without a ``cnn_stem`` were trained with it), ``patch`` GEMM patch merges.
+CNN_STEMS = ("pooled", "patch")
 #: Learning-rate schedules (``inference.train.make_scheduler``).
 LR_SCHEDULES = ("plateau", "cosine", "none")
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from inference.config import CNN_STEMS
+
 #: Layouts of the CNN's front end. ``pooled``: every block a stride-2 conv then a max-pool (the
 #: original net; artifacts written before ``cnn_stem`` existed use it). ``patch``: non-overlapping
 #: patches of ``PATCH`` samples, then blocks that merge neighbouring pairs, each a matrix multiply.
-STEMS = ("pooled", "patch")
+STEMS = CNN_STEMS
 #: Samples per patch of the ``patch`` stem: 8 µs, shorter than the membrane time constants
 #: (tens of µs); a reset is one large step of the difference channel, inside exactly one patch.
 PATCH = 8
@@ -51,6 +53,10 @@ class TraceCNN(nn.Module):
         num_features: size of the summary vector passed to the flow.
         stem: one of ``STEMS``; ``pooled`` is the default so configs without a stem rebuild the
             network their weights were trained in.
+        input_pool: average every ``input_pool`` samples of the z-scored trace before the difference
+            channel and the CNN (1 = none, as before the option existed). The membrane moves on tens
+            of µs and a reset stays a single large step of the pooled trace, while every layer's cost
+            falls by the same factor.
 
     The input has two channels, the z-scored trace and its first difference: a spike is a reset,
     a large negative step, which the difference channel makes a single-sample event (on the
@@ -70,6 +76,7 @@ class TraceCNN(nn.Module):
         pool_bins: int = 16,
         num_features: int = 32,
         stem: str = "pooled",
+        input_pool: int = 1,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -85,7 +92,10 @@ class TraceCNN(nn.Module):
             self.num_sweeps = 1
             self.register_buffer("trace_mean", torch.tensor(float(trace_mean)))
             self.register_buffer("trace_std", torch.tensor(float(trace_std)))
+        if input_pool < 1:
+            raise ValueError(f"cnn_input_pool={input_pool} must be >= 1")
         self.stem = stem
+        self.input_pool = input_pool
         layers: list[nn.Module] = []
         c_in = 2 * self.num_sweeps
         if stem == "pooled":
@@ -107,19 +117,29 @@ class TraceCNN(nn.Module):
 
     def forward(self, trace: torch.Tensor) -> torch.Tensor:
         if self.num_sweeps == 1:
-            x = (trace.float() - self.trace_mean) / self.trace_std
+            x = self._pooled((trace.float() - self.trace_mean) / self.trace_std)
             dx = torch.diff(x, dim=1, prepend=x[:, :1])
             if self.stem == "pooled":
                 return self.head(self.conv(torch.stack([x, dx], dim=1)))
             h = self.front(torch.stack([x, dx], dim=-1))  # channels last: (batch, T, 2) -> (batch, steps, C)
             return self.head(self.conv(h.transpose(1, 2)))
         # (batch, sweeps * T) -> (batch, sweeps, T): each sweep a channel, with its difference channel
-        x = (trace.float().reshape(trace.shape[0], self.num_sweeps, -1) - self.trace_mean) / self.trace_std
+        x = self._pooled((trace.float().reshape(trace.shape[0], self.num_sweeps, -1) - self.trace_mean) / self.trace_std)
         dx = torch.diff(x, dim=2, prepend=x[:, :, :1])
         xc = torch.cat([x, dx], dim=1)  # (batch, 2 * sweeps, T)
         if self.stem == "pooled":
             return self.head(self.conv(xc))
         return self.head(self.conv(self.front(xc.transpose(1, 2)).transpose(1, 2)))
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean over non-overlapping windows of ``input_pool`` samples (last axis; the end padded by repetition)."""
+        k = self.input_pool
+        if k == 1:
+            return x
+        pad = -x.shape[-1] % k
+        if pad:
+            x = torch.cat([x, x[..., -1:].expand(*x.shape[:-1], pad)], dim=-1)
+        return x.reshape(*x.shape[:-1], x.shape[-1] // k, k).mean(-1)
 
 
 class Standardize(nn.Module):

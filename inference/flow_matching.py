@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from inference.config import FEATURES
-from inference.embedding import Standardize, TraceCNN
+from inference.embedding import STEMS, Standardize, TraceCNN
 from inference.transforms import BoxLogit
 
 ESTIMATOR = "flow-matching"
@@ -46,10 +46,13 @@ class FlowMatchingConfig:
         hidden_features: width of the two theta layers of the field.
         condition_features, condition_layers: width and depth of the (x, t) conditioning MLP.
         time_features: sinusoidal features of t (even).
-        embedding_features, cnn_channels, cnn_pool_bins: the CNN summary net (as ``FlowConfig``).
+        embedding_features, cnn_channels, cnn_pool_bins, cnn_stem: the CNN summary net (as ``FlowConfig``).
         sigma_min: width of the path's end at the data (Lipman et al. 2023).
         time_power: training times are drawn with density ~ t**time_power, weighting the data
             end where the field bends (Wildberger et al. 2023 use 1 / (1 + alpha), alpha = 4).
+        time_samples: path points (t, z0) drawn per training row; the row's embedding is computed
+            once and shared, so K > 1 lowers the loss's variance (the time draw dominates it) at
+            little cost when the embedding is the expensive part (the summary network).
         ode_steps, ode_method: the fixed-step solver; the grid t_k = 1 - (1 - k/N)^2 is dense
             near the data, where a narrow posterior makes the field steep.
     """
@@ -62,17 +65,31 @@ class FlowMatchingConfig:
     embedding_features: int = 32
     cnn_channels: tuple[int, ...] = (16, 32, 32)
     cnn_pool_bins: int = 16
+    cnn_stem: str = "pooled"
+    cnn_input_pool: int = 1
     sigma_min: float = 1e-3
     time_power: float = 0.2
+    time_samples: int = 1
     ode_steps: int = 6
     ode_method: str = "rk4"
 
     def __post_init__(self) -> None:
         if self.variant not in FEATURES:
             raise ValueError(f"features={self.variant!r} must be one of {', '.join(FEATURES)}")
+        if self.cnn_stem not in STEMS:
+            raise ValueError(f"cnn_stem={self.cnn_stem!r} must be one of {', '.join(STEMS)}")
         if self.ode_method not in ODE_METHODS:
             raise ValueError(f"ode_method={self.ode_method!r} must be one of {', '.join(ODE_METHODS)}")
-        for name in ("hidden_features", "condition_features", "condition_layers", "embedding_features", "cnn_pool_bins", "ode_steps"):
+        for name in (
+            "hidden_features",
+            "condition_features",
+            "condition_layers",
+            "embedding_features",
+            "cnn_pool_bins",
+            "cnn_input_pool",
+            "time_samples",
+            "ode_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.time_features < 2 or self.time_features % 2:
@@ -96,6 +113,8 @@ class FlowMatchingConfig:
         d = {k: v for k, v in d.items() if k != "estimator"}
         if "cnn_channels" in d:
             d["cnn_channels"] = tuple(d["cnn_channels"])
+        d.setdefault("cnn_stem", "pooled")
+        d.setdefault("cnn_input_pool", 1)  # manifests written before the stem was a choice
         return cls(**d)
 
 
@@ -286,8 +305,15 @@ class ConditionalVectorField(nn.Module):
 
     def loss(self, z1: Tensor, context: Tensor) -> Tensor:
         """Conditional flow-matching loss per row, (n,): mean squared error to the path's velocity."""
+        k = self.config.time_samples
+        if k > 1:  # K path points per row: rows repeated, the mean over them is the row's loss
+            rows = z1.shape[0]
+            return self._loss(z1.repeat(k, 1), context.repeat(k, 1)).reshape(k, rows).mean(0)
+        return self._loss(z1, context)
+
+    def _loss(self, z1: Tensor, context: Tensor) -> Tensor:
         n = z1.shape[0]
-        t = torch.rand(n, dtype=z1.dtype) ** (1.0 / (1.0 + self.config.time_power))  # density ~ t**power
+        t = torch.rand(n, dtype=z1.dtype, device=z1.device) ** (1.0 / (1.0 + self.config.time_power))  # density ~ t**power
         z0 = torch.randn_like(z1)
         s = self.config.sigma_min
         zt = (1 - (1 - s) * t[:, None]) * z0 + t[:, None] * z1
@@ -311,7 +337,13 @@ class FlowMatchingModel(nn.Module):
             self.embedding: nn.Module = Standardize(stats["feature_mean"], stats["feature_std"])
         else:
             self.embedding = TraceCNN(
-                stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, pool_bins=config.cnn_pool_bins, num_features=config.embedding_features
+                stats["trace_mean"],
+                stats["trace_std"],
+                channels=config.cnn_channels,
+                pool_bins=config.cnn_pool_bins,
+                num_features=config.embedding_features,
+                stem=config.cnn_stem,
+                input_pool=config.cnn_input_pool,
             )
         self.flow = ConditionalVectorField(len(stats["low"]), self.embedding.num_features, config)
 

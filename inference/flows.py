@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from inference.config import FEATURES
-from inference.embedding import Standardize, TraceCNN
+from inference.embedding import STEMS, Standardize, TraceCNN
 from inference.spline_flow import spline_flow
 from inference.transforms import BoxLogit
 
@@ -28,6 +28,7 @@ class FlowConfig:
         transforms: NSF coupling layers; hidden_features: width of each layer's MLP; bins: spline bins.
         embedding_features: summary size of the CNN; cnn_channels: its conv widths;
         cnn_pool_bins: time bins after its final pooling.
+        cnn_stem: the CNN's front end (``inference.embedding.STEMS``); manifests without it were ``pooled``.
         passes: zuko's coupling passes per transform; 2 = coupling layers (sampling costs 2 network
             passes per transform, ~4x faster than autoregressive), None = fully autoregressive (7).
     """
@@ -40,6 +41,8 @@ class FlowConfig:
     embedding_features: int = 32
     cnn_channels: tuple[int, ...] = (16, 32, 32)
     cnn_pool_bins: int = 16
+    cnn_stem: str = "pooled"
+    cnn_input_pool: int = 1
     passes: int | None = 2
 
     def __post_init__(self) -> None:
@@ -47,7 +50,9 @@ class FlowConfig:
             raise ValueError(f"passes={self.passes} must be None (autoregressive) or in [2, 7]")
         if self.variant not in FEATURES:
             raise ValueError(f"features={self.variant!r} must be one of {', '.join(FEATURES)}")
-        for name in ("transforms", "hidden_features", "hidden_layers", "bins", "embedding_features", "cnn_pool_bins"):
+        if self.cnn_stem not in STEMS:
+            raise ValueError(f"cnn_stem={self.cnn_stem!r} must be one of {', '.join(STEMS)}")
+        for name in ("transforms", "hidden_features", "hidden_layers", "bins", "embedding_features", "cnn_pool_bins", "cnn_input_pool"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
@@ -65,6 +70,8 @@ class FlowConfig:
         d = dict(d)
         d["cnn_channels"] = tuple(d.get("cnn_channels", (16, 32, 32)))
         d.setdefault("passes", None)
+        d.setdefault("cnn_stem", "pooled")
+        d.setdefault("cnn_input_pool", 1)
         return cls(**d)
 
 
@@ -85,7 +92,13 @@ class NPEModel(nn.Module):
             self.embedding: nn.Module = Standardize(stats["feature_mean"], stats["feature_std"])
         else:
             self.embedding = TraceCNN(
-                stats["trace_mean"], stats["trace_std"], channels=config.cnn_channels, pool_bins=config.cnn_pool_bins, num_features=config.embedding_features
+                stats["trace_mean"],
+                stats["trace_std"],
+                channels=config.cnn_channels,
+                pool_bins=config.cnn_pool_bins,
+                num_features=config.embedding_features,
+                stem=config.cnn_stem,
+                input_pool=config.cnn_input_pool,
             )
         dim = len(stats["low"])
         self.flow = spline_flow(

@@ -55,12 +55,17 @@ def handcrafted_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def summary_net_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, ray_session) -> tuple[Path, dict]:
-    """One summary-network NPE (1 epoch: the contract, not its quality), shared read-only."""
+    """One summary-network NPE (1 epoch: the contract, not its quality), shared read-only.
+
+    It is `make demo`'s served configuration: flow matching, input pooling and several path points per
+    row (the NSF summary net is built, without Ray Train, in test_sbi_interop).
+    """
     from inference.tasks import NPETask
     from inference.training import train
 
     out = tmp_path_factory.mktemp("sn") / "npe-summary-net"
-    metrics = train(NPETask(features="summary-net"), [npe_stores[0]], str(out), epochs=1, batch_size=256, cpus_per_worker=1, quiet=True)
+    task = NPETask(features="summary-net", estimator="flow-matching", flow={"cnn_input_pool": 2, "time_samples": 2})
+    metrics = train(task, [npe_stores[0]], str(out), epochs=1, batch_size=256, cpus_per_worker=1, quiet=True)
     return out, metrics
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,11 +170,16 @@ def test_model_draws_stay_in_the_box_and_weights_reload_without_pickle():
 
 
 def test_config_round_trips_and_rejects_bad_values():
-    cfg = FlowMatchingConfig(variant="summary-net", cnn_channels=(8, 8), ode_method="midpoint")
+    cfg = FlowMatchingConfig(variant="summary-net", cnn_channels=(8, 8), ode_method="midpoint", cnn_input_pool=2, time_samples=4)
     d = cfg.to_dict()
     assert d["estimator"] == "flow-matching"
     assert FlowMatchingConfig.from_dict(d) == cfg
-    for bad in ({"ode_method": "euler"}, {"ode_steps": 0}, {"time_features": 7}, {"variant": "raw"}, {"sigma_min": 1.0}):
+    # a manifest written before the summary net's stem and input pooling were choices rebuilds that net
+    old = {k: v for k, v in d.items() if k not in ("cnn_stem", "cnn_input_pool", "time_samples")}
+    rebuilt = FlowMatchingConfig.from_dict(old)
+    assert (rebuilt.cnn_stem, rebuilt.cnn_input_pool, rebuilt.time_samples) == ("pooled", 1, 1)
+    bad_values = ({"ode_method": "euler"}, {"ode_steps": 0}, {"time_features": 7}, {"variant": "raw"}, {"sigma_min": 1.0})
+    for bad in (*bad_values, {"cnn_stem": "conv"}, {"cnn_input_pool": 0}, {"time_samples": 0}):
         with pytest.raises(ValueError, match=next(iter(bad)).replace("variant", "features")):
             FlowMatchingConfig(**bad)
 
@@ -184,6 +190,19 @@ def test_cli_rejects_an_unknown_estimator(capsys):
     assert main(["train", "npe", "--store", "runs/none.zarr", "--estimator", "maf"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'maf'" in err and "nsf or flow-matching" in err
+
+
+@pytest.mark.parametrize(
+    ("arch", "named"),
+    [("depth=3", "'depth=3'"), ("time_samples", "'time_samples'"), ("time_samples=0", "time_samples=0"), ("cnn_stem=conv", "cnn_stem='conv'")],
+)
+def test_cli_rejects_a_bad_architecture_field_in_one_line(capsys, arch, named):
+    from deploy.cli import main
+
+    argv = ["train", "npe", "--store", "runs/none.zarr", "--estimator", "flow-matching", "--features", "summary-net", "--arch", arch]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and "--arch" in err
 
 
 def test_task_keeps_nsf_configs_and_carries_the_estimator_to_workers():
@@ -199,3 +218,40 @@ def test_task_keeps_nsf_configs_and_carries_the_estimator_to_workers():
     assert isinstance(worker.build_model(fmc, {**STATS, "feature_mean": [0.0] * 11, "feature_std": [1.0] * 11}), FlowMatchingModel)
     with pytest.raises(ValueError, match="estimator='maf' must be one of nsf, flow-matching"):
         NPETask(estimator="maf")
+
+
+def test_each_row_averages_its_time_samples_over_one_embedding():
+    """K path points per row: the row's loss is the mean of K single-point losses on the same draws."""
+    cfg = FlowMatchingConfig(hidden_features=16, condition_features=16, time_samples=4)
+    flow = ConditionalVectorField(3, 5, cfg)
+    z1, ctx = torch.randn(6, 3), torch.randn(6, 5)
+    torch.manual_seed(7)
+    per_row = flow.loss(z1, ctx)
+    single = ConditionalVectorField(3, 5, FlowMatchingConfig(hidden_features=16, condition_features=16))
+    single.load_state_dict(flow.state_dict())
+    torch.manual_seed(7)
+    each = single.loss(z1.repeat(4, 1), ctx.repeat(4, 1)).reshape(4, 6)
+    assert per_row.shape == (6,)
+    torch.testing.assert_close(per_row, each.mean(0))
+
+
+def test_validation_sees_the_same_draws_every_epoch_and_leaves_training_randomness_alone():
+    """A stochastic validation loss that changed between epochs by noise alone would halve the learning
+    rate and stop training on noise; it must be a function of the weights only."""
+    from inference.tasks import NPETask
+    from inference.train import _validate
+
+    class Batches:  # the ChunkStream interface _validate reads
+        def batches(self, epoch, shuffle):
+            rng = np.random.default_rng(0)
+            for _ in range(3):
+                yield {"theta": rng.uniform(STATS["low"], STATS["high"], (64, 3)), "features": rng.normal(size=(64, 2)).astype(np.float32)}
+
+    torch.manual_seed(0)
+    model = FlowMatchingModel(FlowMatchingConfig(hidden_features=16, condition_features=16), STATS)
+    task = NPETask(estimator="flow-matching")
+    state = torch.get_rng_state()
+    first = _validate(task, model, Batches(), epoch=0, world=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(10)  # training draws in between
+    assert _validate(task, model, Batches(), epoch=5, world=1) == first

@@ -108,6 +108,8 @@ def test_summary_net_variant_honours_the_contract(summary_net, stores) -> None:
     out, metrics = summary_net
     post = load_posterior(out)
     assert post.variant == "summary-net" and not post.accepts_features and post.trace_length == 1000
+    arch = json.loads((out / "manifest.json").read_text())["architecture"]
+    assert (arch["estimator"], arch["cnn_input_pool"], arch["time_samples"]) == ("flow-matching", 2, 2)
     _, trace, feats = _heldout(stores[1], 4)
     s = post.sample_batched(50, traces=trace, seed=0)
     assert s.shape == (4, 50, 7) and post.prior.support(s.reshape(-1, 7)).all()

@@ -33,6 +33,39 @@ PatienceOpt = Annotated[int, typer.Option("--patience", min=1, max=10_000, help=
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed of initialisation and shuffling.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch progress.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")]
+ArchOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arch",
+        help="Architecture FIELD=VALUE, repeatable, e.g. --arch cnn_input_pool=2 --arch time_samples=4 (fields: docs/inference.md, 'Architecture').",
+    ),
+]
+
+
+def _architecture(items: list[str] | None, features: str, estimator: str) -> dict[str, Any]:
+    """--arch FIELD=VALUE pairs as the estimator's config fields, checked before any training starts."""
+    from dataclasses import fields
+
+    from inference.flow_matching import FlowMatchingConfig
+    from inference.flows import FlowConfig
+
+    cls = FlowMatchingConfig if estimator == "flow-matching" else FlowConfig
+    allowed = [f.name for f in fields(cls) if f.name != "variant"]
+    arch: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or key not in allowed:
+            raise typer.BadParameter(f"{item!r}: give FIELD=VALUE with FIELD one of {', '.join(allowed)} ({estimator})", param_hint="--arch")
+        try:
+            value = json.loads(raw)  # numbers, lists ([16,32]), null; anything else stays a string
+        except json.JSONDecodeError:
+            value = raw
+        arch[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        cls(variant=features, **arch)
+    except (TypeError, ValueError) as e:
+        raise typer.BadParameter(str(e).splitlines()[0], param_hint="--arch") from None
+    return arch
 
 
 def _run_train(task: Any, *, as_json: bool, **kwargs: Any) -> None:
@@ -110,6 +143,7 @@ def train_npe(
             help="K posteriors (seeds seed..seed+K-1, parallel Ray Train runs when the cluster has room) served as their equal mixture.",
         ),
     ] = 1,
+    arch: ArchOpt = None,
     workers: WorkersOpt = D["num_workers"],
     cpus_per_worker: CpusOpt = D["cpus_per_worker"],
     gpus_per_worker: GpusOpt = D["gpus_per_worker"],
@@ -133,7 +167,7 @@ def train_npe(
     from inference.tasks import NPETask
 
     _run_train(
-        NPETask(features=features, prior=prior, estimator=estimator),
+        NPETask(features=features, prior=prior, estimator=estimator, flow=_architecture(arch, features, estimator)),
         stores=store,
         out=out,
         workers=workers,
