@@ -46,7 +46,8 @@ DEMO_SN_ARCH ?= --arch cnn_input_pool=2 --arch time_samples=4
 DEMO_EVAL ?= --n-obs 300 --n-samples 300
 DEMO_PORT ?= 8765
 FARM := $(BIN)/farm
-# the two trainings and the two evaluations run side by side, one torch thread each (2 cores)
+# the two trainings run side by side, one torch thread each (2 cores); the handcrafted posterior is
+# evaluated while the summary network still trains
 NPE_ARGS = --store $(DEMO)/train.zarr --prior $(DEMO)/restricted --estimator $(DEMO_ESTIMATOR) --cpus-per-worker 1 $(DEMO_TRAIN) -q
 
 demo: $(STAMP)
@@ -58,14 +59,14 @@ demo: $(STAMP)
 	@echo "== 3/7 training and held-out simulations from the restricted prior"
 	$(FARM) simulate --n $(DEMO_SIMS) --seed 2 --prior $(DEMO)/restricted --out $(DEMO)/train.zarr -q
 	$(FARM) simulate --n $(DEMO_TEST) --seed 3 --prior $(DEMO)/restricted --out $(DEMO)/test.zarr -q
-	@echo "== 4/7 amortized posteriors, side by side: handcrafted statistics and summary network"
-	$(FARM) train npe $(NPE_ARGS) --features handcrafted --out $(DEMO)/npe-handcrafted > $(DEMO)/train-handcrafted.log 2>&1 & hc=$$!; \
+	@echo "== 4/7 amortized posteriors side by side (handcrafted statistics: trained, then evaluated; summary network: trained)"
+	($(FARM) train npe $(NPE_ARGS) --features handcrafted --out $(DEMO)/npe-handcrafted && \
+	  OMP_NUM_THREADS=1 $(FARM) evaluate --posterior $(DEMO)/npe-handcrafted --store $(DEMO)/test.zarr --out $(DEMO)/reports/handcrafted $(DEMO_EVAL)) \
+	  > $(DEMO)/handcrafted.log 2>&1 & hc=$$!; \
 	  $(FARM) train npe $(NPE_ARGS) --features summary-net $(DEMO_SN_ARCH) --out $(DEMO)/npe-summary-net; sn=$$?; \
-	  wait $$hc; hcs=$$?; cat $(DEMO)/train-handcrafted.log; test $$sn -eq 0 && test $$hcs -eq 0
-	@echo "== 5/7 evaluation on the held-out store, side by side"
-	OMP_NUM_THREADS=1 $(FARM) evaluate --posterior $(DEMO)/npe-handcrafted --store $(DEMO)/test.zarr --out $(DEMO)/reports/handcrafted $(DEMO_EVAL) > $(DEMO)/evaluate-handcrafted.log 2>&1 & hc=$$!; \
-	  OMP_NUM_THREADS=1 $(FARM) evaluate --posterior $(DEMO)/npe-summary-net --store $(DEMO)/test.zarr --out $(DEMO)/reports/summary-net $(DEMO_EVAL) > $(DEMO)/evaluate-summary-net.log 2>&1; sn=$$?; \
-	  wait $$hc; hcs=$$?; tail -n 4 $(DEMO)/evaluate-handcrafted.log $(DEMO)/evaluate-summary-net.log; test $$sn -eq 0 && test $$hcs -eq 0
+	  wait $$hc; hcs=$$?; cat $(DEMO)/handcrafted.log; test $$sn -eq 0 && test $$hcs -eq 0
+	@echo "== 5/7 evaluation of the summary network on the held-out store, then both side by side"
+	$(FARM) evaluate --posterior $(DEMO)/npe-summary-net --store $(DEMO)/test.zarr --out $(DEMO)/reports/summary-net $(DEMO_EVAL)
 	$(FARM) compare $(DEMO)/reports/handcrafted $(DEMO)/reports/summary-net
 	@echo "== 6/7 serve the summary-network posterior and query it over HTTP"
 	$(FARM) serve --posterior $(DEMO)/npe-summary-net --port $(DEMO_PORT) --detach --pid-file $(DEMO)/serve.pid
