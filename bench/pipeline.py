@@ -124,6 +124,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--extrapolate", type=int, default=1_000_000)
     ap.add_argument("--skip-sbi", action="store_true")
+    ap.add_argument("--estimator", default="nsf", choices=("nsf", "flow-matching"), help="the NPEs' density estimator")
+    ap.add_argument("--sn-arch", action="append", default=[], metavar="FIELD=VALUE", help="`farm train npe --arch` of the summary-net NPE, repeatable")
+    ap.add_argument("--cpus-per-worker", type=int, default=0, help="`farm train --cpus-per-worker` of every training")
     ap.add_argument(
         "--sim-in-process",
         action="store_true",
@@ -133,7 +136,8 @@ def main() -> None:
     args = ap.parse_args()
     n, n_test = args.n, max(1000, args.n // 10)
     sim_opts = ("-q", "--in-process") if args.sim_in_process else ("-q",)
-    train_opts = ("--epochs", args.epochs, "--patience", args.patience, "--batch-size", args.batch_size, "--quiet")
+    train_opts = ("--epochs", args.epochs, "--patience", args.patience, "--batch-size", args.batch_size, "--cpus-per-worker", args.cpus_per_worker, "--quiet")
+    arch_opts = {"handcrafted": (), "summary-net": tuple(a for item in args.sn_arch for a in ("--arch", item))}
     stages: dict[str, float] = {}
     rates: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +163,20 @@ def main() -> None:
             stage(
                 f"train NPE {features}",
                 lambda f=features, o=out: farm(
-                    "train", "npe", "--store", root / "train.zarr", "--prior", root / "restricted", "--features", f, "--out", o, *train_opts
+                    "train",
+                    "npe",
+                    "--store",
+                    root / "train.zarr",
+                    "--prior",
+                    root / "restricted",
+                    "--features",
+                    f,
+                    "--estimator",
+                    args.estimator,
+                    *arch_opts[f],
+                    "--out",
+                    o,
+                    *train_opts,
                 ),
             )
             rates[f"NPE {features}"] = dict(zip(("samples_per_s", "epochs"), history_rate(out), strict=True))
@@ -212,6 +229,9 @@ def report(stages: dict[str, float], rates: dict[str, dict[str, float]], n: int,
         base = rates.get(f"sbi {k}") if not k.startswith("sbi") else None
         ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else ""
         print(f"| {k} | {r['samples_per_s']:,.0f} | {int(r['epochs'])} | {ratio} |")
+    hand, net = rates.get("NPE handcrafted"), rates.get("NPE summary-net")
+    if hand and net:
+        print(f"\nsummary-net / handcrafted training samples/s: {net['samples_per_s'] / hand['samples_per_s']:.2f}x (issue 14 aims >= 0.8x)")
 
 
 if __name__ == "__main__":

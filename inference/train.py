@@ -31,6 +31,12 @@ from inference.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+#: Smallest drop of the validation loss that counts as an improvement for early stopping (nats per row
+#: for NSF, squared error for flow matching). The mean loss over ~3,000 validation rows has a sampling
+#: error near 1e-2, so smaller gains are not evidence of a better posterior; at 1e-4 they kept patience
+#: alive for 70 epochs at the learning-rate floor (demo handcrafted flow matching: 0.8277 at epoch 106,
+#: 0.8247 at 175).
+MIN_IMPROVEMENT = 1e-3
 #: Seed of the validation pass's random draws (the same every epoch; see ``_validate``).
 VALIDATION_SEED = 0x5EED_0F_7A1
 
@@ -144,7 +150,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sched.step(val["val_loss"])
         elif sched is not None:
             sched.step()
-        improved = val["val_loss"] < state["best_val"] - 1e-4
+        improved = val["val_loss"] < state["best_val"] - MIN_IMPROVEMENT
         if improved:
             state.update(
                 best_val=val["val_loss"], best_epoch=epoch, bad_epochs=0, best_model={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
