@@ -2,9 +2,13 @@
 
 Deploys the same artifact twice in one local Ray Serve: ``/batched`` (waiting requests share a pass, up to
 --max-batch-size requests per forward pass) and ``/unbatched`` (max_batch_size=1), one replica each
-with the same CPU share. Baseline for latency: ``posterior.sample`` + ``log_prob`` called directly in
-this process (the floor HTTP + Serve add to). Baseline for throughput: the unbatched app. The two
-apps alternate in rounds (medians reported), so load changes on a shared machine hit both alike.
+with the same CPU share. Baseline for latency: ``posterior.sample_and_log_prob`` (what /sample runs)
+called directly in this process (the floor HTTP + Serve add to); Ray's workers get this process's
+niceness (--worker-niceness), so both sides run at one priority. Baseline for throughput: the unbatched
+app. The two apps (and, for latency, the library floor) alternate in rounds (medians reported), so load
+changes on a shared machine hit them alike. Where one request's time goes is printed too (bench/serve_split.py: CPU time of each stage in
+this process, the restricted prior's rejection + classifier share, and the replica's Server-Timing
+against the client's latency for what lies outside the handler).
 Prints p50/p99 latencies, requests/s, and the ratios; --json writes them. The load run (--load-clients
 48) floods the batched app with 10 000-draw requests and reports an honest client's p50/p99 against the
 unloaded figures of the same run, the status codes the flood got (503s are shed load) and /health under load.
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from serve_split import print_split, request_split  # bench/ is sys.path[0] when run as a script
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -56,17 +61,24 @@ def train_small_posterior(root: Path) -> Path:
     return out
 
 
-def sequential_latency(url: str, body: dict, num: int, warmup: int = 5) -> list[float]:
-    """Seconds per /sample request, one at a time on one keep-alive connection."""
+def sequential_latency(url: str, body: dict, num: int, warmup: int = 5) -> tuple[list[float], list[float]]:
+    """Seconds per /sample request, one at a time on one keep-alive connection, and the replica's part of each.
+
+    The replica's part is its ``Server-Timing: replica;dur=`` (handler start to encoded answer), so
+    ``time - replica`` is what the request spent outside the handler: client, proxy hop, body parsing.
+    """
     with httpx.Client(base_url=url, timeout=120.0) as client:
         for _ in range(warmup):
             client.post("/sample", json=body).raise_for_status()
-        times = []
+        times, replica = [], []
         for _ in range(num):
             t0 = time.perf_counter()
-            client.post("/sample", json=body).raise_for_status()
+            r = client.post("/sample", json=body)
             times.append(time.perf_counter() - t0)
-    return times
+            r.raise_for_status()
+            timing = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+            replica.append(float(timing["replica"]) / 1000)
+    return times, replica
 
 
 async def _throughput(url: str, bodies: list[dict], clients: int) -> tuple[float, list[int]]:
@@ -156,6 +168,13 @@ def main() -> None:
     ap.add_argument("--load-clients", type=int, default=48, help="load run: clients asking for --load-draws each (0: skip)")
     ap.add_argument("--load-draws", type=int, default=10_000)
     ap.add_argument("--load-seconds", type=float, default=30.0)
+    ap.add_argument("--split-reps", type=int, default=20, help="repetitions of each stage of the in-process request split")
+    ap.add_argument(
+        "--worker-niceness",
+        type=int,
+        default=os.nice(0),
+        help="niceness of the local Ray's workers (Serve proxy, replicas); default: this process's, so the library floor and the replica run at one priority (Ray's own default is 15)",
+    )
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
 
@@ -167,6 +186,10 @@ def main() -> None:
     from inference import load_posterior
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
+    # Ray starts its workers at niceness 15: on a machine shared with other jobs the replica and the
+    # proxy then yield to every normal process while the library floor (here) does not, and the
+    # ratio measured priority, not HTTP. Same niceness for both unless asked otherwise.
+    os.environ["RAY_worker_niceness"] = str(args.worker_niceness)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         artifact = Path(args.posterior) if args.posterior else train_small_posterior(Path(tmp.name))
@@ -181,11 +204,17 @@ def main() -> None:
 
         torch.set_num_threads(1)  # as in a replica (deploy/service.py)
         threadpool_limits(limits=1)
-        floor = []
-        for i in range(max(10, args.latency_requests // 4)):
-            t0 = time.perf_counter()
-            posterior.sample_and_log_prob(args.draws, traces=obs.trace[i % 32][None], normalized=False)  # what /sample runs
-            floor.append(time.perf_counter() - t0)
+
+        def library_latency(num: int) -> list[float]:
+            """Seconds per call of what /sample runs, on the observation the HTTP requests send."""
+            times = []
+            for _ in range(num):
+                t0 = time.perf_counter()
+                posterior.sample_and_log_prob(args.draws, traces=obs.trace[0][None], normalized=False)
+                times.append(time.perf_counter() - t0)
+            return times
+
+        library_latency(3)  # warm-up
         # What batching can gain inside the model: B requests as B calls vs one call of B rows.
         model_gain = {}
         for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
@@ -219,15 +248,21 @@ def main() -> None:
             "fingerprint": posterior.fingerprint,
             "variant": posterior.variant,
         }
-        results["library_p50_ms"] = 1000 * percentile(floor, 50)
+        results["niceness"] = {"library": os.nice(0), "ray_workers": ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())}
         for draws, gain in model_gain.items():
             results[f"model_batching_gain_{draws}"] = gain
-        # The two apps alternate in rounds, so a load change on a shared machine hits both alike.
+        # The two apps and the library floor alternate in rounds, so a load change on a shared machine hits all alike.
         lat: dict[str, list[float]] = {"batched": [], "unbatched": []}
+        in_replica: dict[str, list[float]] = {"batched": [], "unbatched": []}
+        floor: list[float] = []
         per_round = max(1, args.latency_requests // args.rounds)
         for _ in range(args.rounds):
+            floor += library_latency(max(3, per_round // 2))
             for app in ("batched", "unbatched"):
-                lat[app] += sequential_latency(f"{base}/{app}", body, per_round)
+                t, r = sequential_latency(f"{base}/{app}", body, per_round)
+                lat[app] += t
+                in_replica[app] += r
+        results["library_p50_ms"] = 1000 * percentile(floor, 50)
         # The floor of any request through the proxy and a replica: GET /health, no model work.
         with httpx.Client(base_url=f"{base}/unbatched", timeout=60.0) as client:
             health = []
@@ -239,6 +274,10 @@ def main() -> None:
         for app, values in lat.items():
             results[f"{app}_p50_ms"] = 1000 * percentile(values, 50)
             results[f"{app}_p99_ms"] = 1000 * percentile(values, 99)
+            results[f"{app}_replica_p50_ms"] = 1000 * percentile(in_replica[app], 50)
+            results[f"{app}_outside_replica_p50_ms"] = 1000 * percentile([t - r for t, r in zip(values, in_replica[app])], 50)
+        # Where one request's time goes, in this process on one thread (CPU time: robust to a busy machine).
+        results["split"] = request_split(posterior, obs.trace[0], args.draws, reps=args.split_reps)
 
         for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
             bodies = [{"trace": traces[i % 32], "num_samples": draws} for i in range(args.requests)]
@@ -264,12 +303,23 @@ def main() -> None:
         ray.shutdown()
         tmp.cleanup()
 
-    print(f"posterior {results['variant']} {results['fingerprint']}; /sample with {args.draws} draws; replica {args.replica_cpus} CPU, 1 torch thread")
+    print(
+        f"posterior {results['variant']} {results['fingerprint']}; /sample with {args.draws} draws; replica {args.replica_cpus} CPU, 1 torch thread; "
+        f"niceness library {results['niceness']['library']}, Ray workers {results['niceness']['ray_workers']}"
+    )
     print(
         f"  latency, keep-alive, one at a time:  library {results['library_p50_ms']:.1f} ms p50 | batched p50 {results['batched_p50_ms']:.1f} ms, p99 {results['batched_p99_ms']:.1f} ms | unbatched p50 {results['unbatched_p50_ms']:.1f} ms, p99 {results['unbatched_p99_ms']:.1f} ms"
     )
     print(
-        f"  HTTP + Serve overhead over the library (p50): {results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x; GET /health p50 {results['health_p50_ms']:.1f} ms"
+        f"  HTTP + Serve overhead over the library (p50): {results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x unbatched, "
+        f"{results['batched_p50_ms'] / results['library_p50_ms']:.2f}x batched (aim <= 1.2x); GET /health p50 {results['health_p50_ms']:.1f} ms"
+    )
+    print_split(
+        results["split"],
+        results["unbatched_p50_ms"],
+        results["unbatched_replica_p50_ms"],
+        results["unbatched_outside_replica_p50_ms"],
+        results["library_p50_ms"],
     )
     for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
         rounds = ", ".join(f"{v:.2f}" for v in results[f"batching_speedup_{draws}_per_round"])

@@ -35,11 +35,23 @@ def assess(posterior: Any, observation: dict[str, np.ndarray]) -> dict[str, Any]
     return posterior.misspecification(**observation)
 
 
+def draw_and_assess(posterior: Any, num_samples: int, seed: int | None, **batched: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Draws, log-densities and misspecification checks of B observations (``traces=`` or ``features=``).
+
+    One summary and one embedding per observation serve both (``AmortizedPosterior.sample_and_assess``);
+    a posterior without that method (an ensemble) answers with its two calls.
+    """
+    if (both := getattr(posterior, "sample_and_assess", None)) is not None:
+        return both(num_samples, seed=seed, normalized=False, **batched)
+    draws, log_prob = posterior.sample_and_log_prob(num_samples, seed=seed, normalized=False, **batched)
+    return draws, log_prob, posterior.misspecification_batched(**batched)
+
+
 def draw_one(posterior: Any, num_samples: int, observation: dict[str, np.ndarray], seed: int | None) -> Drawn:
     """Draws for one request, their log-densities, batch size 1 and the request's misspecification."""
     ((keyword, value),) = observation.items()
-    samples, log_prob = posterior.sample_and_log_prob(num_samples, seed=seed, normalized=False, **{BATCHED[keyword]: value[None]})
-    return samples[0], log_prob[0], 1, assess(posterior, observation)
+    samples, log_prob, (check,) = draw_and_assess(posterior, num_samples, seed, **{BATCHED[keyword]: value[None]})
+    return samples[0], log_prob[0], 1, check
 
 
 def draw_batch(posterior: Any, jobs: list[Job]) -> list[Drawn | Exception]:
@@ -58,8 +70,7 @@ def draw_batch(posterior: Any, jobs: list[Job]) -> list[Drawn | Exception]:
         n_max = max(jobs[i].num_samples for i in idx)
         try:
             stacked = np.stack([jobs[i].observation[kind] for i in idx])
-            draws, log_prob = posterior.sample_and_log_prob(n_max, normalized=False, **{keyword: stacked})
-            checks = posterior.misspecification_batched(**{keyword: stacked})
+            draws, log_prob, checks = draw_and_assess(posterior, n_max, None, **{keyword: stacked})
             for row, i in enumerate(idx):
                 n = jobs[i].num_samples
                 results[i] = (np.ascontiguousarray(draws[row, :n]), log_prob[row, :n], len(idx), checks[row])

@@ -22,18 +22,17 @@ from farm.defaults import ChipModel, Protocol, Regime
 from farm.features import feature_names, spike_count_column, summarize
 from farm.prior import AnyPrior, RestrictedPrior, prior_from_attrs
 from inference.artifacts import read_artifact
-from inference.errors import ArtifactError, RejectionBudgetExceeded
+from inference.errors import ArtifactError
 from inference.flow_matching import ESTIMATOR as FM_ESTIMATOR
 from inference.flow_matching import FlowMatchingConfig, FlowMatchingModel
 from inference.flows import FlowConfig, NPEModel
 from inference.misspecification import KNNDetector, assess, trace_reasons
+from inference.rejection import first_round, keep_inside
 from inference.threads import torch_threads_kept
 
 KIND = "npe_posterior"
 PRIOR_SUBDIR = "prior"
 MAX_SAMPLES = 1_000_000
-_MAX_ROUNDS = 200  # a row gets at most this many times num_samples draws
-_ROUND_ROWS = 1 << 20  # most flow rows drawn at once in a rejection round (bounds memory)
 _ACCEPTANCE_CACHE = 4096  # observations whose leakage correction is kept
 
 
@@ -109,73 +108,32 @@ class AmortizedPosterior:
         return torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
 
     # ------------------------------------------------------------------ sampling
+    @torch.inference_mode()
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.embedding(x)
+
     @torch.inference_mode()  # ~15 % faster than no_grad here; only numpy leaves it
-    def _sample_z(self, x: torch.Tensor, num_samples: int, with_log_prob: bool = False) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
-        """(B, n, 7) theta for inputs x (B, ·), every sample inside the prior support.
+    def _sample_z(self, ctx: torch.Tensor, num_samples: int, with_log_prob: bool = False) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        """(B, n, 7) theta for embedded inputs ctx (B, ·), every sample inside the prior support.
 
         With ``with_log_prob`` also (B, n) log q(theta | x) from the same flow pass (zuko's
         ``rsample_and_log_prob``: one extra forward pass instead of a second sampling run),
-        without the restricted prior's leakage correction.
-
-        A restricted prior rejects draws outside its region. A row still short after a round is
-        redrawn with a count sized from its own acceptance so far (one flow pass over all short
-        rows, each context repeated as often as that row needs), so a batch does not draw for
-        every row what its least accepted row needs. A row gets at most
-        ``_MAX_ROUNDS * num_samples`` draws before the observation is declared out of reach.
+        without the restricted prior's leakage correction. A restricted prior rejects draws
+        outside its region and redraws for the observations still short (inference.rejection).
         """
-        context = self.model.embedding(x)
         tf = self.model.theta_transform
 
-        def finish(z: torch.Tensor, lp_z: torch.Tensor | None) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        def draw(context: torch.Tensor, shape: tuple[int, ...]) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+            flow = self.model.flow(context)
+            z, lp_z = flow.rsample_and_log_prob(shape) if with_log_prob else (flow.sample(shape), None)
             theta = tf.inverse(z)
-            lp = None if lp_z is None else (lp_z.double() + tf.log_abs_det_jacobian(theta)).numpy()
-            return theta.numpy(), lp
+            return theta.numpy(), None if lp_z is None else (lp_z.double() + tf.log_abs_det_jacobian(theta)).numpy()
 
-        def draw(flow: Any, shape: tuple[int, ...]) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
-            return finish(*flow.rsample_and_log_prob(shape)) if with_log_prob else finish(flow.sample(shape), None)
-
-        # A restricted prior rejects some draws: the first round draws ~10 % more, so an
-        # observation well inside the region needs no second round (a flow call costs ~3 ms
-        # before its first row). The count depends on num_samples only: seeds stay reproducible.
-        first = num_samples + (num_samples // 10 + 16 if self._restricted else 0)
-        theta, lp = draw(self.model.flow(context), (first,))  # (first, B, 7), (first, B)
-        theta = theta.transpose(1, 0, 2)
-        lp = None if lp is None else lp.T
+        theta, lp = draw(ctx, (first_round(num_samples) if self._restricted else num_samples,))  # (first, B, 7), (first, B)
+        theta, lp = theta.transpose(1, 0, 2), None if lp is None else lp.T
         if not self._restricted:
             return theta, lp
-        b, dim = theta.shape[0], theta.shape[-1]
-        out = np.empty((b, num_samples, dim), dtype=theta.dtype)
-        out_lp = np.empty((b, num_samples)) if with_log_prob else None
-        filled = np.zeros(b, dtype=np.int64)
-        drawn = np.zeros(b, dtype=np.int64)
-        accepted = np.zeros(b, dtype=np.int64)
-        budget = _MAX_ROUNDS * num_samples
-        rows = np.repeat(np.arange(b), first)  # observation of each candidate
-        theta, lp = theta.reshape(-1, dim), None if lp is None else lp.reshape(-1)
-        while True:
-            ok = self.prior.support(theta)  # one classifier pass for every candidate of the round
-            np.add.at(drawn, rows, 1)
-            np.add.at(accepted, rows[ok], 1)
-            present = np.unique(rows)  # rows is sorted: each observation's candidates are contiguous
-            for i, lo, hi in zip(present, np.searchsorted(rows, present, "left"), np.searchsorted(rows, present, "right")):
-                cand = lo + np.flatnonzero(ok[lo:hi])[: num_samples - filled[i]]
-                out[i, filled[i] : filled[i] + cand.size] = theta[cand]
-                if out_lp is not None:
-                    out_lp[i, filled[i] : filled[i] + cand.size] = lp[cand]
-                filled[i] += cand.size
-            pending = np.flatnonzero(filled < num_samples)
-            if pending.size == 0:
-                return out, out_lp
-            if np.any(drawn[pending] >= budget):
-                out_of_budget = pending[drawn[pending] >= budget]
-                raise RejectionBudgetExceeded(budget, _MAX_ROUNDS, float(np.max(accepted[out_of_budget] / drawn[out_of_budget])), out_of_budget.size)
-            rate = np.maximum(accepted[pending], 1) / drawn[pending]
-            need = np.ceil(1.2 * (num_samples - filled[pending]) / rate).astype(np.int64) + 8
-            need = np.minimum(need, budget - drawn[pending])
-            if need.sum() > _ROUND_ROWS:  # bound memory; the next round draws the rest
-                need = np.maximum(need * _ROUND_ROWS // need.sum(), 1)
-            rows = np.repeat(pending, need)
-            theta, lp = draw(self.model.flow(context[torch.from_numpy(rows)]), ())
+        return keep_inside(self.prior, theta, lp, num_samples, lambda rows: draw(ctx[torch.from_numpy(rows)], ()))
 
     def sample(self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
         """Draw theta ~ q(theta | x) for ONE observation.
@@ -188,11 +146,11 @@ class AmortizedPosterior:
         Returns:
             (num_samples, 7) float32 LSB, inside the prior support.
         """
-        return self._draw(self._inputs(trace, features, batched=False), num_samples, seed)[0][0]
+        return self._draw(self._embed(self._inputs(trace, features, batched=False)), num_samples, seed)[0][0]
 
     def sample_batched(self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
         """Draw for B observations at once: traces (B, T) or features (B, F) -> (B, num_samples, 7) float32."""
-        return self._draw(self._inputs(traces, features, batched=True), num_samples, seed)[0]
+        return self._draw(self._embed(self._inputs(traces, features, batched=True)), num_samples, seed)[0]
 
     def sample_and_log_prob(
         self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True
@@ -209,19 +167,33 @@ class AmortizedPosterior:
             ((B, n, 7) float32 LSB, (B, n) float64 log q(theta | x)); the same draws as
             ``sample_batched`` with the same seed.
         """
+        return self.sample_and_assess(num_samples, traces=traces, features=features, seed=seed, normalized=normalized, assess=False)[:2]  # type: ignore[return-value]
+
+    def sample_and_assess(
+        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True, assess: bool = True
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64], list[dict[str, Any]] | None]:
+        """``sample_and_log_prob`` plus ``misspecification_batched`` (``assess``) of the same B observations.
+
+        Why: a served /sample answer carries both; called apart, each validated and summarised the
+        traces (a numba pass for the handcrafted features) and ran the embedding. Here both are
+        computed once; the draws, densities and checks are those of the two calls.
+        """
         x = self._inputs(traces, features, batched=True)
-        theta, lp = self._draw(x, num_samples, seed, with_log_prob=True)
+        context = self._embed(x)
+        theta, lp = self._draw(context, num_samples, seed, with_log_prob=True)
         assert lp is not None
         if normalized and self._restricted:
             lp -= np.log([self._acceptance(x[i : i + 1]) for i in range(x.shape[0])])[:, None]
-        return theta, lp
+        return theta, lp, self._assess(x, traces, context) if assess else None
 
-    def _draw(self, x: torch.Tensor, num_samples: int, seed: int | None, with_log_prob: bool = False) -> tuple[NDArray[np.float32], NDArray[np.float64] | None]:
+    def _draw(
+        self, ctx: torch.Tensor, num_samples: int, seed: int | None, with_log_prob: bool = False
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64] | None]:
         n = _count(num_samples)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            theta, lp = self._sample_z(x, n, with_log_prob)
+            theta, lp = self._sample_z(ctx, n, with_log_prob)
         return theta.astype(np.float32), lp
 
     # ------------------------------------------------------------------ densities
@@ -282,7 +254,7 @@ class AmortizedPosterior:
         x = self._inputs(trace, features, batched=False)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            theta0 = self._sample_z(x, n)[0][0]
+            theta0 = self._sample_z(self._embed(x), n)[0][0]
         ctx = self.model.embedding(x).detach()
         with torch.no_grad():
             lp0 = self.model.log_prob(torch.from_numpy(theta0), ctx).numpy()
@@ -326,7 +298,7 @@ class AmortizedPosterior:
         return self._assess(self._inputs(traces, features, batched=True), traces)
 
     @torch.inference_mode()
-    def _assess(self, x: torch.Tensor, trace: Any) -> list[dict[str, Any]]:
+    def _assess(self, x: torch.Tensor, trace: Any, ctx: torch.Tensor | None = None) -> list[dict[str, Any]]:
         codes = None if trace is None else np.rint(np.asarray(trace, dtype=np.float64)).reshape(-1, self.trace_length).astype(np.int16)
         col = spike_count_column(self.protocol)
         if self.accepts_features:
@@ -335,7 +307,7 @@ class AmortizedPosterior:
             with torch_threads_kept():
                 counts = summarize(codes, self.protocol, self.chip_model)[:, col]
         reasons = trace_reasons(codes, counts, self.regime, self.chip_model.adc_max_code)
-        scores = None if self.detector is None else self.detector.score(self.model.embedding(x))
+        scores = None if self.detector is None else self.detector.score(self.model.embedding(x) if ctx is None else ctx)
         return assess(scores, self.detector, reasons)
 
 
