@@ -35,7 +35,7 @@ test-fast: $(STAMP)
 # --- demo (issue 6): the whole pipeline at laptop size, into demo-out/ (sizes overridable: make demo DEMO_SIMS=100000)
 DEMO ?= demo-out
 DEMO_PILOT ?= 20000
-DEMO_SIMS ?= 30000
+DEMO_SIMS ?= 20000
 DEMO_TEST ?= 1000
 # training runs to convergence (early stopping, patience 20, LR halved on plateaus); extra `farm train` flags go here
 DEMO_TRAIN ?=
