@@ -5,6 +5,8 @@ Anchor: sbi's ``CNNEmbedding`` (``sbi/neural_nets/embedding_nets/cnn.py``), kept
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -153,3 +155,21 @@ class Standardize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
+
+
+def make_embedding(config: Any, stats: dict[str, Any]) -> nn.Module:
+    """The embedding an estimator's config names (``FlowConfig`` or ``FlowMatchingConfig``: same fields).
+
+    z-scored named statistics for ``handcrafted``; the CNN with the config's summary-net fields otherwise.
+    """
+    if config.x_field == "features":
+        return Standardize(stats["feature_mean"], stats["feature_std"])
+    return TraceCNN(
+        stats["trace_mean"],
+        stats["trace_std"],
+        channels=config.cnn_channels,
+        pool_bins=config.cnn_pool_bins,
+        num_features=config.embedding_features,
+        stem=config.cnn_stem,
+        input_pool=config.cnn_input_pool,
+    )

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from inference.config import FEATURES
-from inference.embedding import STEMS, Standardize, TraceCNN
+from inference.embedding import STEMS, make_embedding
 from inference.transforms import BoxLogit
 
 ESTIMATOR = "flow-matching"
@@ -333,18 +333,7 @@ class FlowMatchingModel(nn.Module):
         super().__init__()
         self.config = config
         self.theta_transform = BoxLogit(stats["low"], stats["high"], stats["theta_mean"], stats["theta_std"])
-        if config.x_field == "features":
-            self.embedding: nn.Module = Standardize(stats["feature_mean"], stats["feature_std"])
-        else:
-            self.embedding = TraceCNN(
-                stats["trace_mean"],
-                stats["trace_std"],
-                channels=config.cnn_channels,
-                pool_bins=config.cnn_pool_bins,
-                num_features=config.embedding_features,
-                stem=config.cnn_stem,
-                input_pool=config.cnn_input_pool,
-            )
+        self.embedding = make_embedding(config, stats)
         self.flow = ConditionalVectorField(len(stats["low"]), self.embedding.num_features, config)
 
     @property

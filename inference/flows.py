@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from inference.config import FEATURES
-from inference.embedding import STEMS, Standardize, TraceCNN
+from inference.embedding import STEMS, make_embedding
 from inference.spline_flow import spline_flow
 from inference.transforms import BoxLogit
 
@@ -88,18 +88,7 @@ class NPEModel(nn.Module):
         super().__init__()
         self.config = config
         self.theta_transform = BoxLogit(stats["low"], stats["high"], stats["theta_mean"], stats["theta_std"])
-        if config.x_field == "features":
-            self.embedding: nn.Module = Standardize(stats["feature_mean"], stats["feature_std"])
-        else:
-            self.embedding = TraceCNN(
-                stats["trace_mean"],
-                stats["trace_std"],
-                channels=config.cnn_channels,
-                pool_bins=config.cnn_pool_bins,
-                num_features=config.embedding_features,
-                stem=config.cnn_stem,
-                input_pool=config.cnn_input_pool,
-            )
+        self.embedding = make_embedding(config, stats)
         dim = len(stats["low"])
         self.flow = spline_flow(
             dim, self.embedding.num_features, config.transforms, config.bins, (config.hidden_features,) * config.hidden_layers, config.passes
