@@ -46,7 +46,7 @@ class FlowMatchingConfig:
         hidden_features: width of the two theta layers of the field.
         condition_features, condition_layers: width and depth of the (x, t) conditioning MLP.
         time_features: sinusoidal features of t (even).
-        embedding_features, cnn_channels, cnn_pool_bins, cnn_stem: the CNN summary net (as ``FlowConfig``).
+        embedding_features, cnn_channels, cnn_pool_bins, cnn_stem, cnn_input_pool: the CNN summary net (as ``FlowConfig``).
         sigma_min: width of the path's end at the data (Lipman et al. 2023).
         time_power: training times are drawn with density ~ t**time_power, weighting the data
             end where the field bends (Wildberger et al. 2023 use 1 / (1 + alpha), alpha = 4).

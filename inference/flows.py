@@ -29,6 +29,7 @@ class FlowConfig:
         embedding_features: summary size of the CNN; cnn_channels: its conv widths;
         cnn_pool_bins: time bins after its final pooling.
         cnn_stem: the CNN's front end (``inference.embedding.STEMS``); manifests without it were ``pooled``.
+        cnn_input_pool: samples averaged before the CNN (``TraceCNN``'s ``input_pool``); manifests without it: 1.
         passes: zuko's coupling passes per transform; 2 = coupling layers (sampling costs 2 network
             passes per transform, ~4x faster than autoregressive), None = fully autoregressive (7).
     """
