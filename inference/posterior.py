@@ -167,12 +167,13 @@ class AmortizedPosterior:
             ((B, n, 7) float32 LSB, (B, n) float64 log q(theta | x)); the same draws as
             ``sample_batched`` with the same seed.
         """
-        return self.sample_and_assess(num_samples, traces=traces, features=features, seed=seed, normalized=normalized, assess=False)[:2]  # type: ignore[return-value]
+        x = self._inputs(traces, features, batched=True)
+        return self._draw_with_log_prob(x, self._embed(x), num_samples, seed, normalized)
 
     def sample_and_assess(
-        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True, assess: bool = True
-    ) -> tuple[NDArray[np.float32], NDArray[np.float64], list[dict[str, Any]] | None]:
-        """``sample_and_log_prob`` plus ``misspecification_batched`` (``assess``) of the same B observations.
+        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64], list[dict[str, Any]]]:
+        """``sample_and_log_prob`` plus ``misspecification_batched`` of the same B observations.
 
         Why: a served /sample answer carries both; called apart, each validated and summarised the
         traces (a numba pass for the handcrafted features) and ran the embedding. Here both are
@@ -180,11 +181,17 @@ class AmortizedPosterior:
         """
         x = self._inputs(traces, features, batched=True)
         context = self._embed(x)
+        theta, lp = self._draw_with_log_prob(x, context, num_samples, seed, normalized)
+        return theta, lp, self._assess(x, traces, context)
+
+    def _draw_with_log_prob(
+        self, x: torch.Tensor, context: torch.Tensor, num_samples: int, seed: int | None, normalized: bool
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         theta, lp = self._draw(context, num_samples, seed, with_log_prob=True)
         assert lp is not None
         if normalized and self._restricted:
             lp -= np.log([self._acceptance(x[i : i + 1]) for i in range(x.shape[0])])[:, None]
-        return theta, lp, self._assess(x, traces, context) if assess else None
+        return theta, lp
 
     def _draw(
         self, ctx: torch.Tensor, num_samples: int, seed: int | None, with_log_prob: bool = False
