@@ -9,6 +9,10 @@ mean error / prior std) and 90 % interval coverage (calibration). Prints a table
 
     python bench/protocols.py --n 100000 [--prior artifacts/restricted] [--n-test 1000] [--out bench-out/protocols]
     python bench/protocols.py --n 2000 --epochs 2   # a smoke run (minutes on 2 cores)
+    python bench/protocols.py --n 100000 --estimator flow-matching --out bench-out/protocols   # reuses the stores
+
+Stores are named by protocol, size and seed, so a second run with another --estimator and the same
+--out trains and evaluates on the very same data (the artifacts are named by estimator).
 
 The issue's target: at N = 1e5 every parameter's contraction >= 0.5 with coverage near 0.9.
 """
@@ -55,10 +59,16 @@ def evaluate(artifact: Path, test_store: str, num_samples: int, prior_dir: str |
     rec = recovery(theta, samples, prior_std)
     lo, hi = np.quantile(samples, [0.05, 0.95], axis=1)
     coverage = ((theta >= lo) & (theta <= hi)).mean(axis=0)
+    # Central-interval coverage at nine levels: the calibration curve's deviation (signed < 0: over-confident).
+    levels = np.linspace(0.1, 0.9, 9)
+    rank = (samples < theta[:, None, :]).mean(axis=1)  # (n, 7) posterior CDF at the truth
+    curve = np.array([(np.abs(rank - 0.5) <= lvl / 2).mean(axis=0) for lvl in levels])  # (9, 7)
     return {
         "contraction": rec.contraction.tolist(),
         "nrmse": rec.nrmse.tolist(),
         "coverage_90": coverage.tolist(),
+        "coverage_dev_signed": float((curve - levels[:, None]).mean()),
+        "coverage_dev_abs": float(np.abs(curve - levels[:, None]).mean()),
         "n_evaluated": int(kept.sum()),
         "n_rejection_failures": int((~kept).sum()),
     }
@@ -95,7 +105,16 @@ def main() -> None:
         metavar="PROTOCOL=N",
         help="override --epochs for one protocol (e.g. step=45 to end a resumed run at a time limit)",
     )
+    ap.add_argument(
+        "--sims-for",
+        action="append",
+        default=[],
+        metavar="PROTOCOL=N",
+        help="samples of one protocol instead of the equal-budget count (e.g. multi-step=100000 for an equal wall-clock comparison)",
+    )
+    ap.add_argument("--only", action="append", default=[], choices=("step", "multi-step"), help="run only this protocol (repeatable)")
     ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--estimator", default="nsf", choices=("nsf", "flow-matching"), help="`farm train npe --estimator` of both NPEs")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--samples", type=int, default=500, help="posterior draws per held-out observation")
     ap.add_argument("--seed", type=int, default=1)
@@ -112,18 +131,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     n = int(args.n)
     epochs_for = {k: int(v) for k, _, v in (e.partition("=") for e in args.epochs_for)}
+    sims_for = {k: int(float(v)) for k, _, v in (e.partition("=") for e in args.sims_for)}
     results: dict[str, dict] = {}
-    for name in ("step", "multi-step"):
+    for name in args.only or ("step", "multi-step"):
         sweeps = BUILTIN_PROTOCOLS[name].num_sweeps
-        num = max(1, n // sweeps)
+        num = sims_for.get(name, max(1, n // sweeps))
         t0 = time.perf_counter()
         store = simulate(out, name, num, args.seed, args.prior)
         test = simulate(out, name, args.n_test, args.seed + 1000, args.prior)
         t_sim = time.perf_counter() - t0
         t0 = time.perf_counter()
-        artifact = out / f"npe-{name}-{num}"
+        artifact = out / (f"npe-{name}-{num}" if args.estimator == "nsf" else f"npe-{name}-{num}-{args.estimator}")
         metrics = train(
-            NPETask(features="handcrafted", prior=args.prior),
+            NPETask(features="handcrafted", prior=args.prior, estimator=args.estimator),
             [store],
             str(artifact),
             epochs=epochs_for.get(name, args.epochs),
@@ -142,27 +162,28 @@ def main() -> None:
             "best_epoch": metrics.get("best_epoch"),
         }
 
-    s, m = results["step"], results["multi-step"]
-    print(f"\nstep ({s['num_sims']} samples x 1 sweep) vs multi-step ({m['num_sims']} samples x {m['sweeps']} sweeps), held-out n={args.n_test}")
-    print(f"{'parameter':24s} {'contraction':>23s} {'NRMSE':>21s} {'90% coverage':>21s}")
-    print(f"{'':24s} {'step':>11s} {'multi':>11s} {'step':>10s} {'multi':>10s} {'step':>10s} {'multi':>10s}")
-    for k, p in enumerate(PARAMETER_NAMES):
-        print(
-            f"{p:24s} {s['contraction'][k]:11.3f} {m['contraction'][k]:11.3f} {s['nrmse'][k]:10.3f} {m['nrmse'][k]:10.3f}"
-            f" {s['coverage_90'][k]:10.3f} {m['coverage_90'][k]:10.3f}"
-        )
+    names = list(results)
     print(
-        f"{'mean':24s} {np.mean(s['contraction']):11.3f} {np.mean(m['contraction']):11.3f} {np.mean(s['nrmse']):10.3f} {np.mean(m['nrmse']):10.3f}"
-        f" {np.mean(s['coverage_90']):10.3f} {np.mean(m['coverage_90']):10.3f}"
+        f"\n{args.estimator}: "
+        + " vs ".join(f"{k} ({results[k]['num_sims']} samples x {results[k]['sweeps']} sweeps)" for k in names)
+        + f", held-out n={args.n_test}"
     )
-    for name in ("step", "multi-step"):
+    print(f"{'parameter':24s}" + "".join(f" {'contr ' + k:>17s} {'NRMSE ' + k:>17s} {'cov90 ' + k:>17s}" for k in names))
+    for k, p in enumerate(PARAMETER_NAMES):
+        print(f"{p:24s}" + "".join(f" {results[q]['contraction'][k]:17.3f} {results[q]['nrmse'][k]:17.3f} {results[q]['coverage_90'][k]:17.3f}" for q in names))
+    print(
+        f"{'mean':24s}"
+        + "".join(f" {np.mean(results[q]['contraction']):17.3f} {np.mean(results[q]['nrmse']):17.3f} {np.mean(results[q]['coverage_90']):17.3f}" for q in names)
+    )
+    for name in names:
         r = results[name]
+        print(
+            f"{name}: coverage - level over 9 levels x 7 parameters: signed {r['coverage_dev_signed']:+.3f}, mean abs {r['coverage_dev_abs']:.3f};"
+            f" min contraction {min(r['contraction']):.3f} (target >= 0.5 at n = 1e5)"
+        )
         print(f"{name}: simulate {r['simulate_seconds']:.1f} s, train {r['train_seconds']:.1f} s ({r['epochs_trained']} epochs, best {r['best_epoch']})")
-    for name in ("step", "multi-step"):
-        r = results[name]
         if r["n_rejection_failures"]:
             print(f"{name}: {r['n_rejection_failures']} held-out observation(s) left out (posterior outside the restricted prior)")
-    print(f"min contraction: step {min(s['contraction']):.3f}, multi-step {min(m['contraction']):.3f} (target >= 0.5 at n = 1e5)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -2,7 +2,7 @@
 
 Deploys the same artifact twice in one local Ray Serve: ``/batched`` (waiting requests share a pass, up to
 --max-batch-size requests per forward pass) and ``/unbatched`` (max_batch_size=1), one replica each
-with the same CPU share. Baseline for latency: ``posterior.sample_and_log_prob`` (what /sample runs)
+with the same CPU share. Baseline for latency: ``posterior.sample_and_assess`` (what /sample runs: draws, densities, misspecification check)
 called directly in this process (the floor HTTP + Serve add to); Ray's workers get this process's
 niceness (--worker-niceness), so both sides run at one priority. Baseline for throughput: the unbatched
 app. The two apps (and, for latency, the library floor) alternate in rounds (medians reported), so load
@@ -210,7 +210,7 @@ def main() -> None:
             times = []
             for _ in range(num):
                 t0 = time.perf_counter()
-                posterior.sample_and_log_prob(args.draws, traces=obs.trace[0][None], normalized=False)
+                posterior.sample_and_assess(args.draws, traces=obs.trace[0][None], normalized=False)
                 times.append(time.perf_counter() - t0)
             return times
 
@@ -223,10 +223,10 @@ def main() -> None:
             for _ in range(3):
                 t0 = time.perf_counter()
                 for i in range(b):
-                    posterior.sample_and_log_prob(draws, traces=obs.trace[i % 32][None], normalized=False)
+                    posterior.sample_and_assess(draws, traces=obs.trace[i % 32][None], normalized=False)
                 one_by_one.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                posterior.sample_and_log_prob(draws, traces=obs.trace[np.arange(b) % 32], normalized=False)
+                posterior.sample_and_assess(draws, traces=obs.trace[np.arange(b) % 32], normalized=False)
                 batched.append(time.perf_counter() - t0)
             model_gain[draws] = statistics.median(one_by_one) / statistics.median(batched)
 

@@ -189,26 +189,35 @@ def reader_only(store: str, variant: str, batch_size: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def workers_scaling(store: str, variant: str, batch_size: int, epochs: int, root: Path) -> dict[int, float]:
+def workers_scaling(store: str, variant: str, batch_size: int, epochs: int, root: Path) -> dict[str, float]:
+    """Samples/s of Ray Train runs (median over the epochs after the first, which includes warm-up).
+
+    ``1``/``2``: the same global batch split over 1 or 2 workers sharing the machine's cores
+    (strong scaling, the cluster's CPUs / workers threads each). ``1x1``/``2x1``: one core per
+    worker and the same batch per worker (weak scaling, as `--cpus-per-worker 1 --workers N`),
+    the issue's "N workers on N cores vs one worker on one core".
+    """
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         out = {}
-        for workers in (1, 2):
+        runs = {"1": (1, 0, batch_size), "2": (2, 0, batch_size // 2), "1x1": (1, 1, batch_size), "2x1": (2, 1, batch_size)}
+        for name, (workers, cpus, batch) in runs.items():
             cfg = TrainConfig(
                 task="npe",
                 stores=(store,),
-                out=str(root / f"w{workers}"),
+                out=str(root / f"w{name}"),
                 variant=variant,
                 num_workers=workers,
+                cpus_per_worker=cpus,
                 epochs=epochs + 1,
                 patience=100,
-                batch_size=batch_size // workers,
+                batch_size=batch,
                 progress=False,
             )
             hist = run_training(cfg).state["history"]
-            out[workers] = statistics.median(h["samples_per_s"] for h in hist[1:])  # epoch 1 includes warm-up
+            out[name] = statistics.median(h["samples_per_s"] for h in hist[1:])
         return out
     finally:
         ray.shutdown()
@@ -252,7 +261,11 @@ def main() -> None:
         if not args.skip_workers:
             w = workers_scaling(store, args.variant, args.batch_size, args.epochs, root)
             print(
-                f"{args.variant}: Ray Train 1 worker {w[1]:,.0f} samples/s, 2 workers {w[2]:,.0f} samples/s -> ratio {w[2] / w[1]:.2f} (same global batch {args.batch_size})"
+                f"{args.variant}: Ray Train 1 worker {w['1']:,.0f} samples/s, 2 workers {w['2']:,.0f} samples/s -> ratio {w['2'] / w['1']:.2f} (same global batch {args.batch_size}, cores shared)"
+            )
+            print(
+                f"{args.variant}: Ray Train 1 worker on 1 core {w['1x1']:,.0f} samples/s, 2 workers on 1 core each {w['2x1']:,.0f} samples/s"
+                f" -> ratio {w['2x1'] / w['1x1']:.2f} (batch {args.batch_size} per worker; aim >= 1.6 = 0.8 x 2)"
             )
 
 

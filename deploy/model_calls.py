@@ -38,13 +38,9 @@ def assess(posterior: Any, observation: dict[str, np.ndarray]) -> dict[str, Any]
 def draw_and_assess(posterior: Any, num_samples: int, seed: int | None, **batched: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Draws, log-densities and misspecification checks of B observations (``traces=`` or ``features=``).
 
-    One summary and one embedding per observation serve both (``AmortizedPosterior.sample_and_assess``);
-    a posterior without that method (an ensemble) answers with its two calls.
+    One summary and one embedding per observation serve both (``AmortizedPosterior.sample_and_assess``).
     """
-    if (both := getattr(posterior, "sample_and_assess", None)) is not None:
-        return both(num_samples, seed=seed, normalized=False, **batched)
-    draws, log_prob = posterior.sample_and_log_prob(num_samples, seed=seed, normalized=False, **batched)
-    return draws, log_prob, posterior.misspecification_batched(**batched)
+    return posterior.sample_and_assess(num_samples, seed=seed, normalized=False, **batched)
 
 
 def draw_one(posterior: Any, num_samples: int, observation: dict[str, np.ndarray], seed: int | None) -> Drawn:

@@ -160,6 +160,15 @@ class EnsemblePosterior:
         lp = np.stack([self._log_prob_checked(theta[b], {one: value[b]}) for b in range(len(value))])
         return theta, lp
 
+    def sample_and_assess(
+        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64], list[dict[str, Any]]]:
+        """``sample_and_log_prob`` plus ``misspecification_batched``: the interface a served /sample
+        calls (``AmortizedPosterior.sample_and_assess``); the mixture shares no embedding across
+        members, so this is the two calls."""
+        theta, lp = self.sample_and_log_prob(num_samples, traces=traces, features=features, seed=seed, normalized=normalized)
+        return theta, lp, self.misspecification_batched(traces=traces, features=features)
+
     # ------------------------------------------------------------------ densities
     def member_log_probs(self, theta: Any, *, trace: Any = None, features: Any = None) -> NDArray[np.float64]:
         """(K, m) log q_k(theta | x) of every member for ONE observation."""

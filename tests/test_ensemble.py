@@ -12,6 +12,7 @@ from scipy.special import logsumexp
 from typer.testing import CliRunner
 
 from deploy.cli import app
+from deploy.model_calls import draw_and_assess
 from farm.runner import run_farm
 from farm.store import SimStore
 from inference import load_posterior
@@ -71,6 +72,11 @@ def test_mixture_log_prob_is_logsumexp_of_members_minus_log_k(trained, store) ->
     draws, lp_draws = post.sample_and_log_prob(20, traces=trace, seed=9)
     np.testing.assert_array_equal(draws, post.sample_batched(20, traces=trace, seed=9))
     np.testing.assert_allclose(lp_draws[1], post.log_prob(draws[1], trace=trace[1]), rtol=0, atol=1e-9)
+    # what a served /sample calls: the same draws and densities, plus member 0's misspecification checks
+    served, served_lp, checks = draw_and_assess(post, 20, 9, traces=trace)
+    np.testing.assert_array_equal(served, draws)
+    np.testing.assert_array_equal(served_lp, lp_draws)
+    assert checks == post.members[0].misspecification_batched(traces=trace)
 
 
 def test_mixture_log_prob_handles_minus_infinity() -> None:

@@ -1,0 +1,106 @@
+"""/sample through Serve's HTTP proxy vs straight to the replica (Serve's direct ingress), same run.
+
+The HTTP-over-library ratio of ``bench/serve.py`` includes one hop a request makes before any of our
+code runs: client -> Serve's proxy actor -> (Ray actor call) -> replica. Ray Serve 2.60 has an
+experimental mode, ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, in which the ingress replica runs its own
+HTTP server (a port from 30000 up, on Serve's host), meant to sit behind an external load balancer
+that reads Serve's target groups. This measures what that hop costs: one posterior, one replica
+(max_batch_size 1, 1 torch thread), and per round the library floor (``sample_and_assess``, this
+process, one thread), then sequential keep-alive /sample requests through the proxy and straight to
+the replica's port; medians over interleaved rounds, so load changes hit all three alike.
+
+    python bench/serve_direct.py --posterior demo-out/npe-summary-net [--draws 1000] [--requests 60] [--rounds 3]
+
+Not wired into `farm serve`: the mode is experimental, the replica's port is found through Serve's
+private controller API, and routing over several replicas needs Serve's HAProxy ingress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from serve import free_port, percentile, sequential_latency  # bench/ is sys.path[0] when run as a script
+
+
+def replica_url(app: str, proxy_port: int, timeout_s: float = 120.0) -> str:
+    """The direct-ingress HTTP target of ``app``'s replica, once the controller has allocated it."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        details = ray.get(controller.get_serve_instance_details.remote())
+        for group in details.get("target_groups") or []:
+            if group.get("app_name") == app and str(group.get("protocol")).upper().endswith("HTTP"):
+                ports = [t["port"] for t in group["targets"] if t["port"] != proxy_port]
+                if ports:
+                    return f"http://127.0.0.1:{ports[0]}"
+        time.sleep(0.5)
+    raise SystemExit(f"no direct-ingress target for app {app!r} after {timeout_s:.0f} s (is RAY_SERVE_ENABLE_DIRECT_INGRESS honoured by this Ray?)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--posterior", required=True, help="artifact directory from `farm train npe`")
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--requests", type=int, default=60, help="requests per path and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by Serve's controller and replicas at import
+    os.environ["RAY_worker_niceness"] = str(os.nice(0))  # replica and proxy at this process's priority (bench/serve.py)
+    import ray
+    import torch
+    from ray import serve
+    from threadpoolctl import threadpool_limits
+
+    from deploy.service import posterior_app
+    from farm.simulate import simulate_theta
+    from inference import load_posterior
+
+    posterior = load_posterior(args.posterior)
+    obs = simulate_theta(posterior.prior.sample(1, seed=2), seed=2, protocol=posterior.protocol, chip_model=posterior.chip_model)
+    body = {"trace": obs.trace[0].tolist(), "num_samples": args.draws}
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(posterior_app(str(args.posterior), max_batch_size=1, num_cpus=0.5, num_replicas=1), name="post", route_prefix="/")
+        direct = replica_url("post", port)
+        proxy = f"http://127.0.0.1:{port}"
+        for _ in range(3):
+            posterior.sample_and_assess(args.draws, traces=obs.trace[:1], normalized=False)
+        lat: dict[str, list[float]] = {"library": [], "proxy": [], "direct": []}
+        inside: dict[str, list[float]] = {"proxy": [], "direct": []}
+        for _ in range(args.rounds):
+            for _ in range(max(3, args.requests // 2)):
+                t0 = time.perf_counter()
+                posterior.sample_and_assess(args.draws, traces=obs.trace[:1], normalized=False)
+                lat["library"].append(time.perf_counter() - t0)
+            for name, url in (("proxy", proxy), ("direct", direct)):
+                t, r = sequential_latency(url, body, args.requests)
+                lat[name] += t
+                inside[name] += r
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    p50 = {k: 1000 * percentile(v, 50) for k, v in lat.items()}
+    outside = {k: 1000 * percentile([t - r for t, r in zip(lat[k], inside[k], strict=True)], 50) for k in inside}
+    print(f"/sample {args.draws} draws, {posterior.variant} {posterior.fingerprint}, {args.rounds} rounds x {args.requests} requests per path")
+    print(f"  library p50 {p50['library']:.1f} ms")
+    for k in ("proxy", "direct"):
+        print(f"  {k:6s} p50 {p50[k]:.1f} ms = {p50[k] / p50['library']:.2f}x library; outside the handler {outside[k]:.1f} ms (aim <= 1.2x)")
+    if args.json:
+        args.json.write_text(json.dumps({"p50_ms": p50, "outside_handler_p50_ms": outside, "draws": args.draws}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
