@@ -50,10 +50,17 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--requests", type=int, default=60, help="requests per path and round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--user-code-on-loop",
+        action="store_true",
+        help="RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0: the handler on the replica's main event loop (one thread less contending for the GIL)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by Serve's controller and replicas at import
+    if args.user_code_on_loop:
+        os.environ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] = "0"
     os.environ["RAY_worker_niceness"] = str(os.nice(0))  # replica and proxy at this process's priority (bench/serve.py)
     import ray
     import torch
