@@ -153,15 +153,13 @@ def main() -> None:
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
+    from deploy.cli.train import architecture_fields
+
     n, n_test = args.n, max(1000, args.n // 10)
     sim_opts = ("-q", "--in-process") if args.sim_in_process else ("-q",)
     train_opts = ("--epochs", args.epochs, "--patience", args.patience, "--batch-size", args.batch_size, "--cpus-per-worker", args.cpus_per_worker, "--quiet")
     arch_opts = {"handcrafted": (), "summary-net": tuple(a for item in args.sn_arch for a in ("--arch", item))}
-    sn_arch = {}
-    for item in args.sn_arch:  # as `farm train npe --arch` reads them (the CLI checks them first)
-        key, _, raw = item.partition("=")
-        value = json.loads(raw)
-        sn_arch[key] = tuple(value) if isinstance(value, list) else value
+    sn_arch = architecture_fields(args.sn_arch, "summary-net", args.estimator)  # as `farm train npe --arch` reads them
     stages: dict[str, float] = {}
     rates: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -79,6 +80,16 @@ def sequential_latency(url: str, body: dict, num: int, warmup: int = 5) -> tuple
             timing = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
             replica.append(float(timing["replica"]) / 1000)
     return times, replica
+
+
+def library_latency(posterior: Any, draws: int, trace: np.ndarray, num: int) -> list[float]:
+    """Seconds per call of what /sample runs (``sample_and_assess``), in this process, on the observation the HTTP requests send."""
+    times = []
+    for _ in range(num):
+        t0 = time.perf_counter()
+        posterior.sample_and_assess(draws, traces=trace[None], normalized=False)
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 async def _throughput(url: str, bodies: list[dict], clients: int) -> tuple[float, list[int]]:
@@ -204,17 +215,7 @@ def main() -> None:
 
         torch.set_num_threads(1)  # as in a replica (deploy/service.py)
         threadpool_limits(limits=1)
-
-        def library_latency(num: int) -> list[float]:
-            """Seconds per call of what /sample runs, on the observation the HTTP requests send."""
-            times = []
-            for _ in range(num):
-                t0 = time.perf_counter()
-                posterior.sample_and_assess(args.draws, traces=obs.trace[0][None], normalized=False)
-                times.append(time.perf_counter() - t0)
-            return times
-
-        library_latency(3)  # warm-up
+        library_latency(posterior, args.draws, obs.trace[0], 3)  # warm-up
         # What batching can gain inside the model: B requests as B calls vs one call of B rows.
         model_gain = {}
         for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
@@ -257,7 +258,7 @@ def main() -> None:
         floor: list[float] = []
         per_round = max(1, args.latency_requests // args.rounds)
         for _ in range(args.rounds):
-            floor += library_latency(max(3, per_round // 2))
+            floor += library_latency(posterior, args.draws, obs.trace[0], max(3, per_round // 2))
             for app in ("batched", "unbatched"):
                 t, r = sequential_latency(f"{base}/{app}", body, per_round)
                 lat[app] += t

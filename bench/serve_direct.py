@@ -23,7 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from serve import free_port, percentile, sequential_latency  # bench/ is sys.path[0] when run as a script
+from serve import free_port, library_latency, percentile, sequential_latency  # bench/ is sys.path[0] when run as a script
 
 
 def replica_url(app: str, proxy_port: int, timeout_s: float = 120.0) -> str:
@@ -83,15 +83,11 @@ def main() -> None:
         serve.run(posterior_app(str(args.posterior), max_batch_size=1, num_cpus=0.5, num_replicas=1), name="post", route_prefix="/")
         direct = replica_url("post", port)
         proxy = f"http://127.0.0.1:{port}"
-        for _ in range(3):
-            posterior.sample_and_assess(args.draws, traces=obs.trace[:1], normalized=False)
+        library_latency(posterior, args.draws, obs.trace[0], 3)  # warm-up
         lat: dict[str, list[float]] = {"library": [], "proxy": [], "direct": []}
         inside: dict[str, list[float]] = {"proxy": [], "direct": []}
         for _ in range(args.rounds):
-            for _ in range(max(3, args.requests // 2)):
-                t0 = time.perf_counter()
-                posterior.sample_and_assess(args.draws, traces=obs.trace[:1], normalized=False)
-                lat["library"].append(time.perf_counter() - t0)
+            lat["library"] += library_latency(posterior, args.draws, obs.trace[0], max(3, args.requests // 2))
             for name, url in (("proxy", proxy), ("direct", direct)):
                 t, r = sequential_latency(url, body, args.requests)
                 lat[name] += t

@@ -259,10 +259,10 @@ class AmortizedPosterior:
         """
         n = _count(num_samples)
         x = self._inputs(trace, features, batched=False)
+        ctx = self.model.embedding(x).detach()  # a normal tensor (not inference-mode): the ascent below differentiates through the flow
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            theta0 = self._sample_z(self._embed(x), n)[0][0]
-        ctx = self.model.embedding(x).detach()
+            theta0 = self._sample_z(ctx, n)[0][0]
         with torch.no_grad():
             lp0 = self.model.log_prob(torch.from_numpy(theta0), ctx).numpy()
         best = theta0[int(np.argmax(lp0))]

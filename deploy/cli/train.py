@@ -42,7 +42,7 @@ ArchOpt = Annotated[
 ]
 
 
-def _architecture(items: list[str] | None, features: str, estimator: str) -> dict[str, Any]:
+def architecture_fields(items: list[str] | None, features: str, estimator: str) -> dict[str, Any]:
     """--arch FIELD=VALUE pairs as the estimator's config fields, checked before any training starts."""
     from dataclasses import fields
 
@@ -167,7 +167,7 @@ def train_npe(
     from inference.tasks import NPETask
 
     _run_train(
-        NPETask(features=features, prior=prior, estimator=estimator, flow=_architecture(arch, features, estimator)),
+        NPETask(features=features, prior=prior, estimator=estimator, flow=architecture_fields(arch, features, estimator)),
         stores=store,
         out=out,
         workers=workers,
