@@ -13,11 +13,12 @@ v sampled every ``steps_per_sample`` steps, ``codes = round((v - adc_v_min) * ad
 has the convergence test). All randomness comes from ``noise_keys`` through farm.rng, so a row's
 trace is a pure function of its inputs, whatever the batch it runs in or the thread that runs it.
 
-Speed: one neuron's Euler step is a serial chain (v -> exp -> v), so each thread advances
-``_LANES`` neurons in lockstep and their independent chains overlap in the CPU's out-of-order
-window; exp is farm.expm's inlined copy of glibc's (same bits, no libm call spilling registers).
-Each neuron still sees the same float operations in the same order: traces are bit-identical to
-the one-neuron-at-a-time loop. No fastmath: it would reorder and fuse float operations.
+Speed: each thread advances ``LANES`` neurons in lockstep, and the step itself is explicit SIMD
+(farm.simd_step: one vector instruction per float operation for 4 lanes on AVX2, a vectorised copy of
+glibc's exp, branch-free refractory clamp); the rare spike resets run in scalar code. Each neuron
+still sees the same float operations in the same order: traces are bit-identical to the
+one-neuron-at-a-time loop on any x86-64 (tests/test_kernel.py checks a baseline SSE2 build too).
+No fastmath: it would reorder and fuse float operations.
 """
 
 from __future__ import annotations
@@ -28,13 +29,11 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from farm.expm import exp
+from farm.expm import _TAB as _EXP_TABLE
 from farm.rng import mix64, to_normal_fast
+from farm.simd_step import DT_C, DT_TAU_W, G_LEAK, G_LEAK_DELTA_T, INV_DELTA_T, LANES, PARAM_ROWS, V_LEAK, V_RESET, V_T, V_THRESHOLD, A, euler_step
 
-_EXP_ARG_MAX = 30.0  # exp(30) already crosses any threshold within one step; avoids overflow
-_EXP_ARG_MIN = -30.0  # exp(-30) ~ 1e-13: below the rounding of v (~600 mV * 2e-16) after dt/C scaling
 _ADC_STREAM = np.uint64(0xADC0ADC0ADC0ADC0)
-_LANES = 8  # neurons per thread in lockstep; docs/performance.md has the 1/4/8/16 measurements
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -69,55 +68,44 @@ def _integrate_lanes(
     spike_count_out: NDArray[np.int32],
     stim_spike_count_out: NDArray[np.int32],
 ) -> None:
-    """Rows i0 .. i0+m-1 (m <= _LANES) advanced together, step by step; see integrate_adex."""
+    """Rows i0 .. i0+m-1 (m <= LANES) advanced together, step by step; see integrate_adex."""
     max_spikes = spike_times_out.shape[1]
     sigma_step = noise_mv_per_sqrt_us * math.sqrt(dt_us)
-    # Per-lane state and constants, contiguous so the lanes' loads share cache lines.
-    v = np.empty(_LANES)
-    w = np.empty(_LANES)
-    el = np.empty(_LANES)
-    vr = np.empty(_LANES)
-    vt = np.empty(_LANES)
-    a = np.empty(_LANES)
-    b = np.empty(_LANES)
-    gl = np.empty(_LANES)
-    dt_tau_w = np.empty(_LANES)
-    vth = np.empty(_LANES)
-    dt_c = np.empty(_LANES)
-    inv_dT = np.empty(_LANES)
-    gl_dT = np.empty(_LANES)
-    noise_key = np.empty(_LANES, dtype=np.uint64)
-    adc_key = np.empty(_LANES, dtype=np.uint64)
-    n_ref = np.empty(_LANES, dtype=np.int64)
-    ref = np.zeros(_LANES, dtype=np.int64)
-    count = np.zeros(_LANES, dtype=np.int64)
-    stim_count = np.zeros(_LANES, dtype=np.int64)
-    for k in range(_LANES):
-        # Lanes past the last row (m < _LANES) repeat it, so every loop has a constant trip count
-        # LLVM can unroll, keeping lane state in registers; their results are never written.
+    # Lane state and constants as (row, lane) arrays: farm.simd_step loads each row as one vector.
+    state = np.empty((2, LANES))  # v, w
+    params = np.empty((len(PARAM_ROWS), LANES))
+    b = np.empty(LANES)
+    noise_key = np.empty(LANES, dtype=np.uint64)
+    adc_key = np.empty(LANES, dtype=np.uint64)
+    n_ref = np.empty(LANES, dtype=np.int64)
+    ref = np.zeros(LANES, dtype=np.int64)
+    count = np.zeros(LANES, dtype=np.int64)
+    stim_count = np.zeros(LANES, dtype=np.int64)
+    for k in range(LANES):
+        # Lanes past the last row (m < LANES) repeat it; their results are never written.
         i = i0 + min(k, m - 1)
-        el[k] = v_leak_mv[i]
-        vr[k] = v_reset_mv[i]
-        vt[k] = v_t_mv[i]
-        a[k] = a_us[i]
+        params[V_LEAK, k] = v_leak_mv[i]
+        params[V_T, k] = v_t_mv[i]
+        params[INV_DELTA_T, k] = 1.0 / delta_t_mv[i]
+        params[G_LEAK, k] = g_leak_us[i]
+        params[G_LEAK_DELTA_T, k] = g_leak_us[i] * delta_t_mv[i]
+        params[DT_C, k] = dt_us / c_mem_pf[i]
+        params[A, k] = a_us[i]
+        params[DT_TAU_W, k] = dt_us / tau_w_us[i]
+        params[V_RESET, k] = v_reset_mv[i]
+        params[V_THRESHOLD, k] = v_threshold_mv[i]
         b[k] = b_na[i]
-        gl[k] = g_leak_us[i]
-        dt_tau_w[k] = dt_us / tau_w_us[i]
-        vth[k] = v_threshold_mv[i]
         n_ref[k] = int(round(t_ref_us[i] / dt_us))
-        dt_c[k] = dt_us / c_mem_pf[i]
-        inv_dT[k] = 1.0 / delta_t_mv[i]
-        gl_dT[k] = g_leak_us[i] * delta_t_mv[i]
         noise_key[k] = mix64(noise_keys[i])
         adc_key[k] = mix64(noise_keys[i] ^ _ADC_STREAM)
-        v[k] = v_leak_mv[i]
-        w[k] = 0.0
+        state[0, k] = v_leak_mv[i]
+        state[1, k] = 0.0
     step = 0
     for s in range(num_samples):
         # MADC sample at the start of each sample period.
         us = np.uint64(s)
-        for k in range(_LANES):
-            code = (v[k] - adc_v_min_mv) * adc_codes_per_mv
+        for k in range(LANES):
+            code = (state[0, k] - adc_v_min_mv) * adc_codes_per_mv
             if adc_noise_lsb > 0.0:
                 code += adc_noise_lsb * to_normal_fast(mix64(adc_key[k] ^ us))
             code = math.floor(code + 0.5)
@@ -131,37 +119,21 @@ def _integrate_lanes(
             current = i_wave_na[step]
             ustep = np.uint64(step)
             step += 1
-            t_spike = step * dt_us
-            in_stim = step > step_on and step <= step_off
-            for k in range(_LANES):
-                vk = v[k]
-                wk = w[k]
-                dw = dt_tau_w[k] * (a[k] * (vk - el[k]) - wk)
-                if ref[k] > 0:
-                    ref[k] -= 1
-                    vk = vr[k]
-                else:
-                    arg = (vk - vt[k]) * inv_dT[k]
-                    if arg > _EXP_ARG_MAX:
-                        arg = _EXP_ARG_MAX
-                    # Far below v_t the exponential term is under float64 resolution of v: skip it.
-                    spike_current = gl_dT[k] * exp(arg) if arg > _EXP_ARG_MIN else 0.0
-                    vk += dt_c[k] * (-gl[k] * (vk - el[k]) + spike_current - wk + current)
-                    if sigma_step > 0.0:
-                        vk += sigma_step * to_normal_fast(mix64(noise_key[k] ^ ustep))
-                wk += dw
-                if vk >= vth[k]:
-                    c = count[k]
-                    if c < max_spikes and k < m:
-                        spike_times_out[i0 + k, c] = np.float32(t_spike)
-                    count[k] = c + 1
-                    if in_stim:
-                        stim_count[k] += 1
-                    vk = vr[k]
-                    wk += b[k]
-                    ref[k] = n_ref[k]
-                v[k] = vk
-                w[k] = wk
+            if euler_step(state, params, noise_key, ref, _EXP_TABLE, current, ustep, sigma_step):
+                # Spike: reset the lanes that crossed (rare, so scalar).
+                t_spike = step * dt_us
+                in_stim = step > step_on and step <= step_off
+                for k in range(LANES):
+                    if state[0, k] >= params[V_THRESHOLD, k]:
+                        c = count[k]
+                        if c < max_spikes and k < m:
+                            spike_times_out[i0 + k, c] = np.float32(t_spike)
+                        count[k] = c + 1
+                        if in_stim:
+                            stim_count[k] += 1
+                        state[0, k] = params[V_RESET, k]
+                        state[1, k] += b[k]
+                        ref[k] = n_ref[k]
     for k in range(m):
         i = i0 + k
         for j in range(min(count[k], max_spikes), max_spikes):
@@ -230,11 +202,11 @@ def integrate_adex(
         spike_count_out: (n,) all spikes; stim_spike_count_out: (n,) spikes during the step.
     """
     n = g_leak_us.shape[0]
-    for blk in numba.prange((n + _LANES - 1) // _LANES):
-        i0 = blk * _LANES
+    for blk in numba.prange((n + LANES - 1) // LANES):
+        i0 = blk * LANES
         _integrate_lanes(
             i0,
-            min(_LANES, n - i0),
+            min(LANES, n - i0),
             c_mem_pf,
             g_leak_us,
             v_leak_mv,

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
+import pytest
+from numba.core import types
+from numba.extending import intrinsic
 
-from farm import rng
+from farm import rng, simd_step
 from farm.defaults import ChipModel, Protocol
 from farm.emulator import EmulatorSubstrate
-from farm.expm import exp
+from farm.expm import _TAB, exp
 
 # sha256 of (trace, spike_times, spike_count) for the rows of _rows(), computed with the
 # one-neuron-at-a-time kernel and libm exp of EMULATOR_VERSION 1.0 (commit 65352dc). A store
@@ -89,6 +97,71 @@ def test_inlined_exp_equals_libm_exp_bitwise() -> None:
     )
     ours, libm = _exp_both(x)
     assert np.array_equal(ours.view(np.uint64), libm.view(np.uint64))
+
+
+@intrinsic
+def _lanes_of(typingctx, x, table, exp_out, noise_out):  # type: ignore[no-untyped-def]
+    """farm.simd_step's vector exp of x[:LANES], and its vector noise of the uint64 bits of x."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ptrs = [context.make_array(ty)(context, builder, a).data for ty, a in zip(signature.args, args)]
+        xv = builder.load(builder.bitcast(ptrs[0], simd_step._vf.as_pointer()), align=8)
+        bits = builder.bitcast(xv, simd_step._vi)
+        builder.store(simd_step._exp(builder, xv, ptrs[1]), builder.bitcast(ptrs[2], simd_step._vf.as_pointer()), align=8)
+        noise = simd_step._normal_fast(builder, simd_step._mix64(builder, bits))
+        builder.store(noise, builder.bitcast(ptrs[3], simd_step._vf.as_pointer()), align=8)
+        return context.get_dummy_value()
+
+    return types.void(x, table, exp_out, noise_out), codegen
+
+
+@numba.njit(cache=True)
+def _vector_and_scalar(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(vector exp, libm exp, vector noise, scalar noise) of x; x.size a multiple of LANES."""
+    lanes = simd_step.LANES
+    ours, libm, noise, scalar_noise = np.empty_like(x), np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    bits = x.view(np.uint64)
+    for i in range(0, x.size, lanes):
+        _lanes_of(x[i : i + lanes], _TAB, ours[i : i + lanes], noise[i : i + lanes])
+    for i in range(x.size):
+        libm[i] = math.exp(x[i])
+        scalar_noise[i] = rng.to_normal_fast(rng.mix64(bits[i]))
+    return ours, libm, noise, scalar_noise
+
+
+def test_vector_step_parts_equal_their_scalar_definitions_bitwise() -> None:
+    """The SIMD step's exp is glibc's on the kernel's argument range |x| <= 30 (tiny |x| included,
+    where glibc takes a special case), and its noise is farm.rng's, lane by lane."""
+    g = np.random.default_rng(1)
+    x = np.concatenate(
+        [
+            g.uniform(-30.0, 30.0, 1_000_000),
+            g.uniform(-1e-3, 1e-3, 100_000),
+            np.arange(-30 * 128, 30 * 128 + 1) * (math.log(2) / 128),
+            [0.0, -0.0, 5e-17, -5e-17, 2.0**-54, -(2.0**-54), 1e-300, -1e-300, 30.0, -30.0],
+        ]
+    )
+    x = np.concatenate([x, np.zeros(-x.size % simd_step.LANES)])
+    ours, libm, noise, scalar_noise = _vector_and_scalar(x)
+    assert np.array_equal(ours.view(np.uint64), libm.view(np.uint64))
+    assert np.array_equal(noise, scalar_noise)
+
+
+def test_traces_identical_on_a_cpu_without_avx_or_fma(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The digest again, compiled for baseline x86-64 (SSE2: the vector step splits into 2-wide
+    ops, fma becomes libm's exact fma): stores do not depend on the host's instruction set."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the generic target named here is x86-64's")
+    code = (
+        "from tests.test_kernel import _rows, _digest\n"
+        "from farm.defaults import ChipModel, Protocol\n"
+        "from farm.emulator import EmulatorSubstrate\n"
+        "r = EmulatorSubstrate(Protocol(), ChipModel()).run(*_rows())\n"
+        "print(_digest(r.trace, r.spike_times, r.spike_count))\n"
+    )
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == _DIGEST_V1_0
 
 
 def test_splitmix64_np_matches_mix64_and_published_values() -> None:
