@@ -11,8 +11,8 @@ the replica's port; medians over interleaved rounds, so load changes hit all thr
 
     python bench/serve_direct.py --posterior demo-out/npe-summary-net [--draws 1000] [--requests 60] [--rounds 3]
 
-Not wired into `farm serve`: the mode is experimental, the replica's port is found through Serve's
-private controller API, and routing over several replicas needs Serve's HAProxy ingress.
+`farm serve --direct-ingress` serves the same way (one replica, local Ray); this bench sets the
+replica up itself for max_batch_size 1 and half a CPU, as bench/serve.py does.
 """
 
 from __future__ import annotations
@@ -20,28 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 from serve import free_port, library_latency, percentile, sequential_latency  # bench/ is sys.path[0] when run as a script
-
-
-def replica_url(app: str, proxy_port: int, timeout_s: float = 120.0) -> str:
-    """The direct-ingress HTTP target of ``app``'s replica, once the controller has allocated it."""
-    import ray
-    from ray.serve.context import _get_global_client
-
-    controller = _get_global_client()._controller
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        details = ray.get(controller.get_serve_instance_details.remote())
-        for group in details.get("target_groups") or []:
-            if group.get("app_name") == app and str(group.get("protocol")).upper().endswith("HTTP"):
-                ports = [t["port"] for t in group["targets"] if t["port"] != proxy_port]
-                if ports:
-                    return f"http://127.0.0.1:{ports[0]}"
-        time.sleep(0.5)
-    raise SystemExit(f"no direct-ingress target for app {app!r} after {timeout_s:.0f} s (is RAY_SERVE_ENABLE_DIRECT_INGRESS honoured by this Ray?)")
 
 
 def main() -> None:
@@ -58,7 +39,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by Serve's controller and replicas at import
+    from deploy.launch import DIRECT_INGRESS_DRAIN_ENV, DIRECT_INGRESS_ENV
+
+    os.environ[DIRECT_INGRESS_ENV] = "1"  # read by Serve's controller and replicas at import
+    os.environ.setdefault(DIRECT_INGRESS_DRAIN_ENV, "2")  # as `farm serve --direct-ingress`: no 30 s drain at shutdown
     if args.user_code_on_loop:
         os.environ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] = "0"
     os.environ["RAY_worker_niceness"] = str(os.nice(0))  # replica and proxy at this process's priority (bench/serve.py)
@@ -67,7 +51,8 @@ def main() -> None:
     from ray import serve
     from threadpoolctl import threadpool_limits
 
-    from deploy.service import posterior_app
+    from deploy.launch import ServeOptions, replica_url
+    from deploy.service import APP_NAME, posterior_app
     from farm.simulate import simulate_theta
     from inference import load_posterior
 
@@ -80,8 +65,8 @@ def main() -> None:
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(posterior_app(str(args.posterior), max_batch_size=1, num_cpus=0.5, num_replicas=1), name="post", route_prefix="/")
-        direct = replica_url("post", port)
+        serve.run(posterior_app(str(args.posterior), max_batch_size=1, num_cpus=0.5, num_replicas=1), name=APP_NAME, route_prefix="/")
+        direct = replica_url(ServeOptions(posterior=str(args.posterior), port=port, direct_ingress=True))
         proxy = f"http://127.0.0.1:{port}"
         library_latency(posterior, args.draws, obs.trace[0], 3)  # warm-up
         lat: dict[str, list[float]] = {"library": [], "proxy": [], "direct": []}

@@ -24,6 +24,9 @@ from deploy.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_REQUEST_TIMEOUT_S
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+#: Ray Serve's (experimental, 2.60) switch for replicas that answer HTTP on ports of their own.
+DIRECT_INGRESS_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+DIRECT_INGRESS_DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,8 @@ class ServeOptions:
         replicas: Serve replicas of the posterior deployment.
         address: Ray cluster address (``auto``, ``ray://host:10001``); None starts a local Ray.
         max_batch_size: /sample requests per forward pass (1 turns batching off).
+        direct_ingress: the replica also answers HTTP itself, on a port of its own (Ray Serve's
+            experimental direct ingress), skipping the proxy hop; one replica, private local Ray only.
     """
 
     posterior: str
@@ -45,6 +50,7 @@ class ServeOptions:
     replicas: int = 1
     address: str | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    direct_ingress: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -53,6 +59,11 @@ class ServeOptions:
             raise ValueError(f"replicas={self.replicas} outside [1, 64]")
         if not 1 <= self.max_batch_size <= 256:
             raise ValueError(f"max_batch_size={self.max_batch_size} outside [1, 256]")
+        if self.direct_ingress and (self.replicas != 1 or self.address is not None):
+            # Several replicas need a load balancer reading Serve's target groups (Serve's HAProxy
+            # mode), and a running cluster's Serve was started without the mode.
+            what = f"replicas={self.replicas}" if self.replicas != 1 else f"address={self.address!r}"
+            raise ValueError(f"direct_ingress with {what}: it works with one replica on a private local Ray (no --address, --replicas 1)")
 
     @property
     def url(self) -> str:
@@ -97,15 +108,49 @@ def connect_ray(opts: ServeOptions) -> None:
     if opts.address is None:
         # Serve's proxy (started by this private Ray) refuses oversized bodies from their headers.
         os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+    if opts.direct_ingress:
+        # Read by Serve's controller and replicas when they start: they inherit this environment.
+        os.environ[DIRECT_INGRESS_ENV] = "1"
+        # Serve keeps a leaving replica's port open >= 30 s so a load balancer can notice; clients of
+        # `farm serve` call the port themselves, so stop within seconds (in-flight requests still finish).
+        os.environ.setdefault(DIRECT_INGRESS_DRAIN_ENV, "2")
     # None: a private Ray bound to 127.0.0.1, never someone else's `ray start` cluster on this machine.
     raycluster.connect_ray(opts.address, quiet=True, log_level=logging.INFO, object_store_memory=None, configure_logging=False)
+
+
+def replica_url(opts: ServeOptions, timeout_s: float = 120.0) -> str:
+    """The URL at which the (one) replica answers HTTP itself, once Serve has given it a port.
+
+    Serve publishes it only as a target group of its controller (what an external load balancer
+    reads); there is no public call for it in Ray 2.60, hence the controller's own method.
+    """
+    import ray
+    from ray.serve.context import _get_global_client
+
+    from deploy.service import APP_NAME
+
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        details = ray.get(controller.get_serve_instance_details.remote())
+        for group in details.get("target_groups") or []:
+            if group.get("app_name") == APP_NAME and str(group.get("protocol")).upper().endswith("HTTP"):
+                ports = [t["port"] for t in group.get("targets", []) if t["port"] != opts.port]
+                if ports:
+                    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
+                    return f"http://{host}:{ports[0]}"
+        time.sleep(0.5)
+    raise RuntimeError(
+        f"Serve gave the replica no HTTP port within {timeout_s:.0f} s (does this Ray honour {DIRECT_INGRESS_ENV}?); serve without --direct-ingress"
+    )
 
 
 def deploy(opts: ServeOptions) -> str:
     """Connect to (or start) Ray, start Serve's proxy on (host, port) and deploy the app.
 
     Returns:
-        The base URL of the service.
+        The base URL of the service; with ``opts.direct_ingress``, followed by `` (direct: URL)``,
+        the replica's own address.
     """
     from ray import serve
 
@@ -118,7 +163,7 @@ def deploy(opts: ServeOptions) -> str:
     # A path that exists here is made absolute; on a cluster it must name the same shared mount on every node.
     posterior = str(Path(opts.posterior).resolve()) if Path(opts.posterior).exists() else opts.posterior
     serve.run(posterior_app(posterior, num_replicas=opts.replicas, max_batch_size=opts.max_batch_size), name=APP_NAME, route_prefix="/")
-    return opts.url
+    return f"{opts.url} (direct: {replica_url(opts)})" if opts.direct_ingress else opts.url
 
 
 def serve_until_interrupted(opts: ServeOptions, announce) -> None:
@@ -175,7 +220,7 @@ def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen |
             try:
                 r = client.get(f"{url}/health")
                 if r.status_code == 200:
-                    if log is None or _has_ready_line(log, log_offset):
+                    if log is None or ready_line(log, log_offset) is not None:
                         return r.json()
                     last = "healthy, not yet announced"
                 else:
@@ -186,10 +231,14 @@ def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen |
     raise TimeoutError(f"{url}/health did not answer within {timeout_s:.0f} s (last: {last})")
 
 
-def _has_ready_line(log: Path, offset: int) -> bool:
+def ready_line(log: Path, offset: int) -> str | None:
+    """The server's "Serving ... at URL" line in ``log`` after ``offset``, or None before it is written."""
     with open(log, "rb") as fh:
         fh.seek(offset)
-        return any(line.startswith(READY_MARKER.encode()) for line in fh)
+        for line in fh:
+            if line.startswith(READY_MARKER.encode()):
+                return line.decode(errors="replace").strip()
+    return None
 
 
 def spawn_detached(opts: ServeOptions, log_path: Path | None = None) -> tuple[subprocess.Popen, Path, int]:
@@ -216,6 +265,7 @@ def spawn_detached(opts: ServeOptions, log_path: Path | None = None) -> tuple[su
         str(opts.replicas),
         "--max-batch-size",
         str(opts.max_batch_size),
+        *(["--direct-ingress"] if opts.direct_ingress else []),
     ]
     # Unbuffered, so the log shows "Serving ..." while it serves, not only after a clean exit.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

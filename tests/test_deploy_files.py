@@ -161,7 +161,16 @@ def test_serve_binds_loopback_by_default():
     assert parse_farm(["serve", "--posterior", "x"])["host"] == "127.0.0.1"
 
 
-@pytest.mark.parametrize("kwargs, match", [({"port": 0}, "port=0"), ({"replicas": 0}, "replicas=0"), ({"max_batch_size": 999}, "max_batch_size=999")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"port": 0}, "port=0"),
+        ({"replicas": 0}, "replicas=0"),
+        ({"max_batch_size": 999}, "max_batch_size=999"),
+        ({"direct_ingress": True, "replicas": 2}, "replicas=2"),
+        ({"direct_ingress": True, "address": "auto"}, "address='auto'"),
+    ],
+)
 def test_serve_options_validate(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ServeOptions(posterior="x", **kwargs)
@@ -192,6 +201,12 @@ def test_cli_serve_rejects_bad_posterior(tmp_path, capsys, make):
 
 def test_cli_serve_rejects_bad_port(capsys):
     assert "--port" in one_line_error(capsys, ["serve", "--posterior", "x", "--port", "70000"])
+
+
+@pytest.mark.parametrize("extra, named", [(["--replicas", "2"], "--replicas 2"), (["--address", "auto"], "--address auto")])
+def test_cli_serve_direct_ingress_needs_one_replica_on_a_local_ray(capsys, extra, named):
+    line = one_line_error(capsys, ["serve", "--posterior", "x", "--direct-ingress", *extra])
+    assert "--direct-ingress" in line and named in line, line
 
 
 @pytest.mark.parametrize("args", [[], ["--trace", "a.npy", "--store", "s.zarr", "--index", "0"], ["--store", "s.zarr"]])

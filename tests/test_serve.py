@@ -9,6 +9,7 @@ the service must answer what the library answers.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -451,9 +452,12 @@ def _exit_status(pid: int, timeout_s: float) -> int | None:
 
 
 @pytest.mark.slow  # its own private Ray, the costliest start of the suite (60-110 s on 2 cores): one test for the whole CLI path
-def test_farm_serve_detached_with_defaults_answers_queries_and_stops_on_sigterm(artifact, tmp_path, capsys):
-    """`farm serve --detach` with its defaults: loopback only, 413 in Serve's proxy, `farm query` answers;
-    SIGTERM (what systemd and Kubernetes send) stops it with exit 0 and leaves no Ray process behind."""
+def test_farm_serve_detached_answers_through_proxy_and_replica_port_and_stops_on_sigterm(artifact, tmp_path, capsys):
+    """`farm serve --detach --direct-ingress`, other options at their defaults: proxy and replica port
+    loopback only, 413 from both, `farm query` answers on both; SIGTERM (what systemd and Kubernetes
+    send) stops it with exit 0, closes both ports and leaves no Ray process behind. (--direct-ingress
+    only adds the replica's own port; the proxy path is the default one. In-process tests cover the
+    app behind it.)"""
     import os
     import signal
 
@@ -461,9 +465,12 @@ def test_farm_serve_detached_with_defaults_answers_queries_and_stops_on_sigterm(
 
     port = free_port()
     pid_file, log = tmp_path / "serve.pid", tmp_path / "serve.log"
-    code = main(["serve", "--posterior", str(artifact), "--port", str(port), "--detach", "--pid-file", str(pid_file), "--log", str(log)])
+    code = main(["serve", "--posterior", str(artifact), "--port", str(port), "--detach", "--direct-ingress", "--pid-file", str(pid_file), "--log", str(log)])
     out = capsys.readouterr().out
     assert code == 0 and f"http://127.0.0.1:{port}" in out, out
+    direct = re.search(r"direct: (http://127\.0\.0\.1:(\d+))", out)
+    assert direct is not None and int(direct.group(2)) != port, out
+    direct_url, direct_port = direct.group(1), int(direct.group(2))
     pid = int(pid_file.read_text())
     ray_procs: dict[int, str] = {}
     try:
@@ -471,16 +478,24 @@ def test_farm_serve_detached_with_defaults_answers_queries_and_stops_on_sigterm(
         assert any("raylet" in c for c in ray_procs.values()) and any("gcs_server" in c for c in ray_procs.values()), ray_procs
         node_ip = ray.util.get_node_ip_address()
         if not node_ip.startswith("127."):  # the DEFAULT host: nothing listens on the node's own address
-            with socket.socket() as s:
-                s.settimeout(2.0)
-                assert s.connect_ex((node_ip, port)) != 0, f"farm serve listens on {node_ip}:{port} by default"
+            for p in (port, direct_port):
+                with socket.socket() as s:
+                    s.settimeout(2.0)
+                    assert s.connect_ex((node_ip, p)) != 0, f"farm serve listens on {node_ip}:{p} by default"
         obs = simulate_theta(BoxPrior().sample(1, seed=3), seed=3)
         np.save(tmp_path / "obs.npy", obs.trace[0])
-        assert main(["query", "--url", f"http://127.0.0.1:{port}", "--trace", str(tmp_path / "obs.npy"), "--n", "100"]) == 0
-        assert "leak_i_bias" in capsys.readouterr().out
-        # Serve's proxy itself refuses the announced 100 MB (deploy.limits.ContentLengthLimit).
-        answer = raw_request(port, b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"{}")
-        assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower(), answer[:300]
+        for url in (f"http://127.0.0.1:{port}", direct_url):
+            assert main(["query", "--url", url, "--trace", str(tmp_path / "obs.npy"), "--n", "100"]) == 0
+            assert "leak_i_bias" in capsys.readouterr().out
+        # The same seeded request gives the same draws on both paths: one replica behind both.
+        body = {"trace": obs.trace[0].tolist(), "num_samples": 50, "seed": 7}
+        via_proxy = httpx.post(f"http://127.0.0.1:{port}/sample", json=body, timeout=60.0).json()["samples"]
+        assert httpx.post(f"{direct_url}/sample", json=body, timeout=60.0).json()["samples"] == via_proxy
+        # Serve's proxy itself refuses the announced 100 MB (deploy.limits.ContentLengthLimit), and so
+        # does the replica's own server.
+        for p in (port, direct_port):
+            answer = raw_request(p, b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"{}")
+            assert answer.startswith(b"HTTP/1.1 413"), (p, answer[:300])
     finally:
         os.kill(pid, signal.SIGTERM)
         status = _exit_status(pid, timeout_s=120.0)
@@ -495,8 +510,9 @@ def test_farm_serve_detached_with_defaults_answers_queries_and_stops_on_sigterm(
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, f"Ray processes outlived farm serve: {left}"
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
+    for url in (f"http://127.0.0.1:{port}", direct_url):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/health", timeout=5.0)
 
 
 # ---------------------------------------------------------------- misspecification, rejection budget, health (issues 11/12)
