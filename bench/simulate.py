@@ -24,7 +24,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from farm.defaults import DEFAULT_CHUNK
+from farm.defaults import default_chunk_size
 from farm.prior import BoxPrior
 from farm.simulate import simulate_indices
 from farm.substrate import get_substrate
@@ -53,10 +53,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=float, default=1e6)
     ap.add_argument("--chips", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--chunk", type=int, help="samples per store chunk (the farm's --chunk; default: the farm's for --n); the bare loop runs the same chunks")
     ap.add_argument("--baseline-fraction", type=float, default=0.2, help="share of the chunks the baseline runs (scaled up)")
     args = ap.parse_args()
     n = int(args.n)
-    chunk = DEFAULT_CHUNK
+    chunk = args.chunk or default_chunk_size(n)
     numba.set_num_threads(os.cpu_count() or 2)
     prior, sub = BoxPrior(), get_substrate("emulator")
     simulate_indices(prior, 0, np.arange(10), sub)  # compile
@@ -67,7 +68,24 @@ def main() -> None:
     base_rate = n_base / (time.perf_counter() - t0)
 
     out = Path(tempfile.mkdtemp(prefix="bench-sim-")) / "sims.zarr"
-    cmd = [sys.executable, "-m", "deploy.cli", "simulate", "--n", str(n), "--out", str(out), "--seed", "0", "--chips", str(args.chips), "--quiet", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        "simulate",
+        "--n",
+        str(n),
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+        "--chips",
+        str(args.chips),
+        "--chunk",
+        str(chunk),
+        "--quiet",
+        "--json",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     peak = 0
@@ -90,7 +108,7 @@ def main() -> None:
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     shutil.rmtree(out.parent, ignore_errors=True)
     farm_rate = n / wall
-    print(f"n = {n:,}  chips = {args.chips}  cores = {os.cpu_count()}")
+    print(f"n = {n:,}  chips = {args.chips}  cores = {os.cpu_count()}  chunk = {chunk}")
     print(f"bare kernel loop (in-process, {n_base:,} sims): {base_rate:,.0f} traces/s  -> {n / base_rate:,.1f} s for n")
     print(f"farm simulate (Ray + Zarr, wall incl. start-up): {farm_rate:,.0f} traces/s  -> {wall:,.1f} s")
     print(f"farm overhead: {wall / (n / base_rate) - 1:+.1%}  (ratio farm/bare time {wall / (n / base_rate):.2f})")

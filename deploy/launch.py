@@ -67,8 +67,12 @@ class ServeOptions:
 
     @property
     def url(self) -> str:
+        return self.url_at(self.port)
+
+    def url_at(self, port: int) -> str:
+        """A client's URL for ``port`` on the bound host (a wildcard bind is reached on loopback)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{port}"
 
 
 def check_posterior(path: str) -> str:
@@ -137,8 +141,7 @@ def replica_url(opts: ServeOptions, timeout_s: float = 120.0) -> str:
             if group.get("app_name") == APP_NAME and str(group.get("protocol")).upper().endswith("HTTP"):
                 ports = [t["port"] for t in group.get("targets", []) if t["port"] != opts.port]
                 if ports:
-                    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
-                    return f"http://{host}:{ports[0]}"
+                    return opts.url_at(ports[0])
         time.sleep(0.5)
     raise RuntimeError(
         f"Serve gave the replica no HTTP port within {timeout_s:.0f} s (does this Ray honour {DIRECT_INGRESS_ENV}?); serve without --direct-ingress"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from farm.defaults import DEFAULT_CHUNK, ChipModel, Protocol, Regime
+from farm.defaults import ChipModel, Protocol, Regime, default_chunk_size
 from farm.errors import FarmError, FarmInputError
 from farm.job import ChunkJob, ChunkQueue, run_queue
 from farm.lock import StoreLock
@@ -69,7 +69,7 @@ def run_farm(
         num_sims: samples the store should hold.
         seed: root seed; sample i is a pure function of (seed, i).
         chunk_size: samples per store chunk and work item, fixed at creation; None: the
-            existing store's, or ``DEFAULT_CHUNK`` for a new store.
+            existing store's, or ``default_chunk_size(num_sims)`` for a new store.
         num_chips: actors; default one per CPU of the cluster.
         prior: BoxPrior (default) or RestrictedPrior.
         theta: (num_sims, 7) parameter sets to simulate instead of prior draws.
@@ -94,7 +94,7 @@ def run_farm(
     regime = regime or Regime()
     theta_source = "prior" if theta is None else theta_fingerprint(theta)
     if chunk_size is None:
-        chunk_size = SimStore.existing_chunk_size(out) or DEFAULT_CHUNK
+        chunk_size = SimStore.existing_chunk_size(out) or default_chunk_size(num_sims)
     if theta is not None and theta.shape[0] != num_sims:
         raise FarmInputError(f"theta has {theta.shape[0]} rows but num_sims={num_sims}")
     spec = StoreSpec(

@@ -1,8 +1,9 @@
 """One Euler step of ``LANES`` AdEx neurons as explicit SIMD: the kernel's hot loop, in LLVM vector IR.
 
-Why hand-written IR: LLVM will not vectorise the lane loop by itself (its SLP cost model rejects the
-64-bit multiplies of the noise hash, and lane state in numba arrays may alias), so the step ran as
-8 interleaved scalar chains. Here every lane's float operation is the very IEEE operation of
+Why hand-written IR: LLVM did not vectorise the lane loop by itself, whether written over lane arrays
+or over one scalar variable per lane (the assembly stayed scalar; likely the noise hash's 64-bit
+multiplies, which AVX2 lacks, and the exp's table lookups), so the step ran as 8 interleaved scalar
+chains. Here every lane's float operation is the very IEEE operation of
 farm.adex's scalar formulation, in the same order (no fast-math, FMA only where glibc's exp has
 one), so a row's trace is bit-identical to emulator 1.0's; tests/test_kernel.py pins it by digest.
 On AVX2 a <LANES x double> op is LANES/4 instructions; without AVX, LLVM splits it further, same bits.
@@ -20,8 +21,8 @@ resets those lanes in scalar code.
 
 LANES = 16 (four AVX2 vectors whose chains overlap): 4 / 8 / 16 / 32 lanes measured 6.7x / 7.6-8.1x /
 8.5-8.8x / 9.3x the numpy baseline of bench/kernel.py (docs/performance.md). Numba caches
-farm/adex.py's kernel by adex.py's own timestamp, not this file's: after editing this file, touch
-farm/adex.py (or clear farm/__pycache__), or a stale compiled kernel runs.
+farm/adex.py's kernel by adex.py's own file: editing this file means updating
+``farm.adex.INLINED_SOURCES_SHA256`` (tests/test_kernel.py says so), which invalidates that cache.
 """
 
 from __future__ import annotations

@@ -111,6 +111,23 @@ def test_sample_i_is_independent_of_chunking(reference_store: Path, tmp_path: Pa
     assert_same_store(reference_store, out)
 
 
+def test_new_store_chunking_grows_with_the_run_and_an_existing_store_keeps_its_own(tmp_path: Path, monkeypatch) -> None:
+    """Large runs get 4000-row chunks (their seven small writes per chunk cost the same at any size);
+    growing a store never changes its chunking. The threshold is lowered here so the run stays small."""
+    import farm.defaults
+    from farm.defaults import LARGE_RUN_CHUNK, default_chunk_size
+
+    assert default_chunk_size(199_999) == 1000 and default_chunk_size(200_000) == LARGE_RUN_CHUNK == 4000
+    monkeypatch.setattr(farm.defaults, "LARGE_RUN", 1500)
+    monkeypatch.setattr(farm.defaults, "LARGE_RUN_CHUNK", 600)
+    small, large = tmp_path / "small.zarr", tmp_path / "large.zarr"
+    run_farm(str(small), num_sims=1400, seed=11, in_process=True)
+    run_farm(str(large), num_sims=1500, seed=11, in_process=True)
+    assert SimStore.open(str(small)).chunk_size == 1000 and SimStore.open(str(large)).chunk_size == 600
+    run_farm(str(small), num_sims=2000, seed=11, in_process=True)  # grown past the threshold
+    assert SimStore.open(str(small)).chunk_size == 1000
+
+
 def test_extending_a_store_continues_the_same_sequence(reference_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "grow.zarr"
     run_farm(str(out), num_sims=1000, seed=11, chunk_size=300, in_process=True)  # last chunk partial

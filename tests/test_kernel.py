@@ -54,6 +54,21 @@ def test_traces_equal_emulator_1_0_bit_for_bit() -> None:
     assert _digest(r.trace, r.spike_times, r.spike_count) == _DIGEST_V1_0
 
 
+def test_kernel_cache_key_follows_the_sources_compiled_into_it() -> None:
+    """Numba's cache of farm/adex.py's kernels is keyed by adex.py alone; the code it inlines lives in
+    three other files. Their hash sits in adex.py, so editing them forces a change there too."""
+    from farm import adex
+
+    root = Path(adex.__file__).parent
+    h = hashlib.sha256()
+    for name in ("simd_step.py", "expm.py", "rng.py"):
+        h.update((root / name).read_bytes())
+    assert adex.INLINED_SOURCES_SHA256 == h.hexdigest(), (
+        f"farm/simd_step.py, expm.py or rng.py changed: set INLINED_SOURCES_SHA256 in farm/adex.py to {h.hexdigest()!r} "
+        "(that edit makes numba recompile the kernel instead of loading a stale one)"
+    )
+
+
 def test_row_independent_of_batch_position_size_and_threads() -> None:
     """Rows are interleaved several per thread; a row's result must not depend on its neighbours."""
     theta, chip, neuron, keys = _rows(23)  # not a multiple of the interleaving width

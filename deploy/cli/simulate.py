@@ -25,7 +25,7 @@ def simulate(
             "--chunk",
             min=1,
             max=100_000,
-            help="Samples per store chunk and per work item; fixed when the store is created (default 1000, or the existing store's).",
+            help="Samples per store chunk and per work item; fixed when the store is created (default 1000, 4000 from --n 2e5 on, or the existing store's).",
         ),
     ] = None,
     substrate: Annotated[str, typer.Option("--substrate", help="emulator (default) or bss2 (real chip via pynn_brainscales).")] = "emulator",
