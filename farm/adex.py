@@ -29,7 +29,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from farm.expm import _TAB as _EXP_TABLE
+from farm.expm import TABLE as _EXP_TABLE
 from farm.rng import mix64, to_normal_fast
 from farm.simd_step import DT_C, DT_TAU_W, G_LEAK, G_LEAK_DELTA_T, INV_DELTA_T, LANES, PARAM_ROWS, V_LEAK, V_RESET, V_T, V_THRESHOLD, A, euler_step
 
@@ -37,7 +37,7 @@ _ADC_STREAM = np.uint64(0xADC0ADC0ADC0ADC0)
 #: sha256 of farm/simd_step.py, farm/expm.py and farm/rng.py (in that order), whose code numba compiles
 #: into this module's kernels. Numba's on-disk cache watches only this file, so a change to one of them
 #: must change this line too (tests/test_kernel.py checks), or a stale compiled kernel keeps running.
-INLINED_SOURCES_SHA256 = "c0c229cf296c8f96f79833e9a4151765be9b4e5c8bccc31c29d51014f0e7f8c3"
+INLINED_SOURCES_SHA256 = "63d1df2196af7ee62e189d879173b056c9ee66f58b78140c68ce571636da6452"
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

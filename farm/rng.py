@@ -20,9 +20,9 @@ STREAM_NOISE = 0x5E1F
 STREAM_MISMATCH = 0x3A7C
 STREAM_SWEEP = 0x5EE9
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+M1 = np.uint64(0xBF58476D1CE4E5B9)
+M2 = np.uint64(0x94D049BB133111EB)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
@@ -31,16 +31,16 @@ _S16 = np.uint64(16)
 _S32 = np.uint64(32)
 _S48 = np.uint64(48)
 _MASK16 = np.uint64(0xFFFF)
-_INV65536 = 1.0 / 65536.0  # a power of two: x * 2^-16 == x / 65536 exactly
+INV65536 = 1.0 / 65536.0  # a power of two: x * 2^-16 == x / 65536 exactly
 _INV53 = 1.0 / 9007199254740992.0
 
 
 @numba.njit(cache=True, inline="always")
 def mix64(x: np.uint64) -> np.uint64:
     """splitmix64 finaliser of ``x + golden``: a bijective, avalanche-complete 64-bit hash."""
-    z = x + _GOLDEN
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
+    z = x + GOLDEN
+    z = (z ^ (z >> _S30)) * M1
+    z = (z ^ (z >> _S27)) * M2
     return z ^ (z >> _S31)
 
 
@@ -53,10 +53,10 @@ def splitmix64_np(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
     Returns:
         uint64 array of the same shape, equal to ``mix64`` applied to each element.
     """
-    z = np.asarray(x, dtype=np.uint64) + _GOLDEN
+    z = np.asarray(x, dtype=np.uint64) + GOLDEN
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2^64 by design
-        z = (z ^ (z >> _S30)) * _M1
-        z = (z ^ (z >> _S27)) * _M2
+        z = (z ^ (z >> _S30)) * M1
+        z = (z ^ (z >> _S27)) * M2
     return z ^ (z >> _S31)
 
 
@@ -95,7 +95,7 @@ def to_normal_fast(h: np.uint64) -> float:
     # The four 16-bit parts sum exactly in integers (< 2^18) and convert exactly through int64,
     # so this equals the float sum of four float(uint64) conversions at a quarter of their cost.
     s = np.int64((h & _MASK16) + ((h >> _S16) & _MASK16) + ((h >> _S32) & _MASK16) + (h >> _S48))
-    return (float(s) * _INV65536 - 2.0) * 1.7320508075688772
+    return (float(s) * INV65536 - 2.0) * 1.7320508075688772
 
 
 @numba.njit(cache=True)

@@ -37,7 +37,6 @@ LANES = 16
 # Rows of the ``params`` array handed to euler_step: per-lane constants, (len(PARAM_ROWS), LANES).
 PARAM_ROWS = ("v_leak", "v_t", "inv_delta_t", "g_leak", "g_leak_delta_t", "dt_c", "a", "dt_tau_w", "v_reset", "v_threshold")
 V_LEAK, V_T, INV_DELTA_T, G_LEAK, G_LEAK_DELTA_T, DT_C, A, DT_TAU_W, V_RESET, V_THRESHOLD = range(len(PARAM_ROWS))
-_P = {name: i for i, name in enumerate(PARAM_ROWS)}
 EXP_ARG_MAX = 30.0  # exp(30) already crosses any threshold within one step; avoids overflow
 EXP_ARG_MIN = -30.0  # exp(-30) ~ 1e-13: below the rounding of v (~600 mV * 2e-16) after dt/C scaling
 
@@ -67,9 +66,9 @@ def _fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Val
 
 def _mix64(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """farm.rng.mix64 on a vector of uint64 (wrapping arithmetic, as numba's uint64)."""
-    z = builder.add(x, _splat(int(rng._GOLDEN), _vi))
-    z = builder.mul(builder.xor(z, builder.lshr(z, _splat(30, _vi))), _splat(int(rng._M1), _vi))
-    z = builder.mul(builder.xor(z, builder.lshr(z, _splat(27, _vi))), _splat(int(rng._M2), _vi))
+    z = builder.add(x, _splat(int(rng.GOLDEN), _vi))
+    z = builder.mul(builder.xor(z, builder.lshr(z, _splat(30, _vi))), _splat(int(rng.M1), _vi))
+    z = builder.mul(builder.xor(z, builder.lshr(z, _splat(27, _vi))), _splat(int(rng.M2), _vi))
     return builder.xor(z, builder.lshr(z, _splat(31, _vi)))
 
 
@@ -81,19 +80,21 @@ def _normal_fast(builder: ir.IRBuilder, h: ir.Value) -> ir.Value:
     s = builder.add(s, builder.and_(builder.lshr(h, _splat(32, _vi)), mask))
     s = builder.add(s, builder.lshr(h, _splat(48, _vi)))
     f = builder.sitofp(builder.trunc(s, _vi32), _vf)
-    f = builder.fsub(builder.fmul(f, _splat(rng._INV65536, _vf)), _splat(2.0, _vf))
+    f = builder.fsub(builder.fmul(f, _splat(rng.INV65536, _vf)), _splat(2.0, _vf))
     return builder.fmul(f, _splat(1.7320508075688772, _vf))
 
 
 def _exp(builder: ir.IRBuilder, x: ir.Value, table: ir.Value) -> ir.Value:
-    """farm.expm.exp on a vector, main path only (callers keep |x| <= 30: no special cases, and tiny |x| gives 1 + x rounded, as glibc's special case does): glibc's exp, same fused operations in the same order."""
-    kd = _fma(builder, x, _splat(expm._INV_LN2_N, _vf), _splat(expm._SHIFT, _vf))
+    """glibc's exp (farm.expm's data) on a vector, same fused operations in the same order: its main
+    path only, which is exact for the kernel's |x| <= 30 (tiny |x| gives 1 + x rounded, as glibc's
+    special case does)."""
+    kd = _fma(builder, x, _splat(expm.INV_LN2_N, _vf), _splat(expm.SHIFT, _vf))
     ki = builder.bitcast(kd, _vi)
-    kd = builder.fsub(kd, _splat(expm._SHIFT, _vf))
-    r = _fma(builder, kd, _splat(expm._NEG_LN2_HI_N, _vf), x)
-    r = _fma(builder, kd, _splat(expm._NEG_LN2_LO_N, _vf), r)
-    idx = builder.shl(builder.and_(ki, _splat(expm._N - 1, _vi)), _splat(1, _vi))
-    top = builder.shl(ki, _splat(52 - expm._TABLE_BITS, _vi))
+    kd = builder.fsub(kd, _splat(expm.SHIFT, _vf))
+    r = _fma(builder, kd, _splat(expm.NEG_LN2_HI_N, _vf), x)
+    r = _fma(builder, kd, _splat(expm.NEG_LN2_LO_N, _vf), r)
+    idx = builder.shl(builder.and_(ki, _splat(expm.N - 1, _vi)), _splat(1, _vi))
+    top = builder.shl(ki, _splat(52 - expm.TABLE_BITS, _vi))
     tail = ir.Constant(_vi, ir.Undefined)
     hi = ir.Constant(_vi, ir.Undefined)
     for k in range(LANES):
@@ -104,8 +105,8 @@ def _exp(builder: ir.IRBuilder, x: ir.Value, table: ir.Value) -> ir.Value:
     tail = builder.bitcast(tail, _vf)
     scale = builder.bitcast(builder.add(hi, top), _vf)
     r2 = builder.fmul(r, r)
-    p23 = _fma(builder, r, _splat(expm._C3, _vf), _splat(expm._C2, _vf))
-    p45 = _fma(builder, r, _splat(expm._C5, _vf), _splat(expm._C4, _vf))
+    p23 = _fma(builder, r, _splat(expm.C3, _vf), _splat(expm.C2, _vf))
+    p45 = _fma(builder, r, _splat(expm.C5, _vf), _splat(expm.C4, _vf))
     tmp = _fma(builder, p23, r2, builder.fadd(r, tail))
     tmp = _fma(builder, builder.fmul(r2, r2), p45, tmp)
     return _fma(builder, scale, tmp, scale)
@@ -120,7 +121,7 @@ def euler_step(typingctx, state, params, noise_keys, refractory, table, current,
         params: float64 (len(PARAM_ROWS), LANES) C array of per-lane constants, rows as PARAM_ROWS.
         noise_keys: uint64 (LANES,) mixed temporal-noise keys (``mix64(key)``).
         refractory: int64 (LANES,) steps left clamped at v_reset; decremented.
-        table: farm.expm._TAB (uint64).
+        table: farm.expm.TABLE (uint64).
         current: float64 stimulus current of this step [nA]; step: uint64 step index (noise counter);
         sigma_step: float64 noise per step [mV] (0 disables noise).
     """
@@ -142,35 +143,35 @@ def euler_step(typingctx, state, params, noise_keys, refractory, table, current,
             ptr = builder.gep(base, [ir.Constant(_i64, i * LANES)], inbounds=True)
             return builder.bitcast(ptr, ty.as_pointer())
 
-        def param(name: str) -> ir.Value:
-            return builder.load(row(pa, _P[name], _vf), align=8)
+        def param(index: int) -> ir.Value:
+            return builder.load(row(pa, index, _vf), align=8)
 
         v_ptr, w_ptr, ref_ptr = row(st, 0, _vf), row(st, 1, _vf), row(refp, 0, _vi)
         v = builder.load(v_ptr, align=8)
         w = builder.load(w_ptr, align=8)
         ref = builder.load(ref_ptr, align=8)
-        v_leak = param("v_leak")
+        v_leak = param(V_LEAK)
         v_minus_leak = builder.fsub(v, v_leak)
-        dw = builder.fmul(param("dt_tau_w"), builder.fsub(builder.fmul(param("a"), v_minus_leak), w))
-        arg = builder.fmul(builder.fsub(v, param("v_t")), param("inv_delta_t"))
+        dw = builder.fmul(param(DT_TAU_W), builder.fsub(builder.fmul(param(A), v_minus_leak), w))
+        arg = builder.fmul(builder.fsub(v, param(V_T)), param(INV_DELTA_T))
         arg = builder.select(builder.fcmp_ordered(">", arg, _splat(EXP_ARG_MAX, _vf)), _splat(EXP_ARG_MAX, _vf), arg)
         above_min = builder.fcmp_ordered(">", arg, _splat(EXP_ARG_MIN, _vf))
         e = _exp(builder, builder.select(above_min, arg, _splat(EXP_ARG_MIN, _vf)), tab)
-        i_exp = builder.select(above_min, builder.fmul(param("g_leak_delta_t"), e), _splat(0.0, _vf))
-        drive = builder.fmul(builder.fneg(param("g_leak")), v_minus_leak)
+        i_exp = builder.select(above_min, builder.fmul(param(G_LEAK_DELTA_T), e), _splat(0.0, _vf))
+        drive = builder.fmul(builder.fneg(param(G_LEAK)), v_minus_leak)
         drive = builder.fadd(builder.fsub(builder.fadd(drive, i_exp), w), _broadcast(builder, current, _vf))
-        v_free = builder.fadd(v, builder.fmul(param("dt_c"), drive))
+        v_free = builder.fadd(v, builder.fmul(param(DT_C), drive))
         counter = _broadcast(builder, step, _vi)
         keyv = builder.load(row(keys, 0, _vi), align=8)
         sigma_v = _broadcast(builder, sigma, _vf)
         noisy = builder.fadd(v_free, builder.fmul(sigma_v, _normal_fast(builder, _mix64(builder, builder.xor(keyv, counter)))))
         v_free = builder.select(builder.fcmp_ordered(">", sigma_v, _splat(0.0, _vf)), noisy, v_free)
         in_ref = builder.icmp_signed(">", ref, _splat(0, _vi))
-        v_new = builder.select(in_ref, param("v_reset"), v_free)
+        v_new = builder.select(in_ref, param(V_RESET), v_free)
         builder.store(v_new, v_ptr, align=8)
         builder.store(builder.fadd(w, dw), w_ptr, align=8)
         builder.store(builder.select(in_ref, builder.sub(ref, _splat(1, _vi)), ref), ref_ptr, align=8)
-        fired = builder.fcmp_ordered(">=", v_new, param("v_threshold"))
+        fired = builder.fcmp_ordered(">=", v_new, param(V_THRESHOLD))
         bits = builder.bitcast(fired, ir.IntType(LANES))
         return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(LANES), 0))
 
