@@ -76,8 +76,14 @@ def stream_vs_memory(store: str, variant: str, batch_size: int, epochs: int) -> 
     return max(results["streamed"]), max(results["in-memory"])
 
 
-#: Trace embeddings compared with the handcrafted baseline: (stem, channels).
-EMBEDDINGS = {"pooled 16-32-32": ("pooled", (16, 32, 32)), "patch 8-16-32": ("patch", (8, 16, 32)), "patch 8-16": ("patch", (8, 16))}
+#: Trace embeddings compared with the handcrafted baseline.
+#: name -> (stem, channels, input_pool)
+EMBEDDINGS = {
+    "pooled 16-32-32": ("pooled", (16, 32, 32), 1),
+    "pooled 16-32-32, input pool 2": ("pooled", (16, 32, 32), 2),
+    "pooled 8-16-32, input pool 2": ("pooled", (8, 16, 32), 2),
+    "patch 8-16-32": ("patch", (8, 16, 32), 1),
+}
 
 
 def embedding_model(name: str, stats: dict) -> NPEModel:
@@ -86,9 +92,11 @@ def embedding_model(name: str, stats: dict) -> NPEModel:
     if name == "handcrafted":
         return NPEModel(FlowConfig(), stats)
     model = NPEModel(FlowConfig(variant="summary-net"), stats)
-    stem, channels = EMBEDDINGS[name]
+    stem, channels, input_pool = EMBEDDINGS[name]
     torch.manual_seed(0)
-    model.embedding = TraceCNN(stats["trace_mean"], stats["trace_std"], channels=channels, stem=stem, num_features=model.embedding.num_features)
+    model.embedding = TraceCNN(
+        stats["trace_mean"], stats["trace_std"], channels=channels, stem=stem, num_features=model.embedding.num_features, input_pool=input_pool
+    )
     return model
 
 

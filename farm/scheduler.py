@@ -29,7 +29,7 @@ NO_ACTOR_TIMEOUT_S = 300
 
 
 class DriverWorker(threading.Thread):
-    """Simulates chunks in the driver while a private local Ray starts, until the first actor is up.
+    """Simulates chunks in the driver while a private local Ray starts, until every actor is up.
 
     Why: starting Ray and the actors takes ~7-9 s on 2 cores, a tenth of a million-trace run,
     and the driver already holds the kernel and the store. It drains the farm's own queue with
@@ -143,7 +143,9 @@ def run_on_ray(
             spawn()
         stats["num_workers"] = num_chips
         while len(queue) or in_flight or (driver is not None and driver.is_alive()):
-            if driver is not None and ready:  # an actor is up: the driver hands over after its current chunk
+            if driver is not None and len(ready) >= num_chips:
+                # Every actor is up: the driver hands over after its current chunk. (Stopping at the
+                # first would leave a core idle while the others still load the kernel.)
                 driver.stop()
                 stats["driver_chunks"] = driver.chunks_done
                 driver = None

@@ -38,7 +38,7 @@ from farm.storespec import IDENTITY_KEYS, StoreSpec, normalise_json
 from farm.versions import package_version
 
 #: Bytes-to-bytes codecs of new stores: compress, then checksum the compressed chunk.
-_COMPRESSORS = (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), zarr.codecs.Crc32cCodec())
+_COMPRESSORS = (zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), zarr.codecs.Crc32cCodec())
 
 
 class StoreMismatch(FarmInputError):

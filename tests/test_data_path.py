@@ -10,7 +10,7 @@ import torch
 
 from farm.runner import run_farm
 from inference.datasets import ChunkStream, StoreSet, plan_data
-from inference.embedding import STEMS, TraceCNN
+from inference.embedding import STEMS, PairMax, TraceCNN
 from inference.prefetch import background
 
 
@@ -23,6 +23,32 @@ def test_pooled_is_the_default_and_keeps_the_old_weight_layout() -> None:
     TraceCNN(1.0, 2.0, stem="pooled").load_state_dict(old.state_dict(), strict=True)
     with pytest.raises(RuntimeError):  # a patch net cannot silently take pooled weights
         TraceCNN(1.0, 2.0, stem="patch").load_state_dict(old.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("length", [1000, 997])
+def test_pooled_net_computes_what_it_was_trained_as_bit_for_bit(length: int) -> None:
+    """The cheaper pair max (pool, then ReLU) gives the original conv -> ReLU -> MaxPool1d(2) net's
+    summaries and weight gradients exactly, so artifacts and training runs keep their numbers.
+
+    Odd lengths leave a last unpaired step that both drop; ties after ReLU (both zero) get zero
+    gradient either way, and a tie above zero sends it to the first element in both.
+    """
+    torch.manual_seed(3)
+    net = TraceCNN(500.0, 50.0)
+    original = torch.nn.Sequential(*[torch.nn.MaxPool1d(2) if isinstance(m, PairMax) else m for m in net.conv])
+    for i in range(0, len(original) - 2, 3):  # conv, PairMax, ReLU -> conv, ReLU, MaxPool1d
+        original[i + 1], original[i + 2] = original[i + 2], original[i + 1]
+    trace = torch.randint(0, 1023, (64, length), dtype=torch.int16)
+    trace[:, 100:110] = 700  # plateaus: exact ties inside pooling windows
+    grads = []
+    for conv in (net.conv, original):
+        net.zero_grad()
+        net.conv = conv
+        out = net(trace)
+        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1], strict=True))
 
 
 @pytest.mark.parametrize("stem", STEMS)
