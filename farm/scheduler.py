@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from farm.chip_actor import ChipActor
 from farm.errors import FarmError
 from farm.job import ChunkJob, ChunkQueue, run_queue
-from farm.raycluster import connect_ray
+from farm.raycluster import connect_ray, ray_connected
 from farm.substrate import get_substrate
 
 log = logging.getLogger("farm")
@@ -96,9 +95,8 @@ def run_on_ray(
 
     driver: DriverWorker | None = None
     blas_limit = None
-    # Ray is imported only once the driver works (~0.6 s of imports hidden); not imported yet means not running.
-    ray_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    if address is None and not ray_running and len(queue) > DRIVER_MIN_CHUNKS:
+    # Ray is imported only once the driver works: its imports hide behind the driver's chunks.
+    if address is None and not ray_connected() and len(queue) > DRIVER_MIN_CHUNKS:
         blas_limit = threadpool_limits(limits=1, user_api="blas")  # set before the thread exists; see DriverWorker
         driver = DriverWorker(queue, job)
         driver.start()
@@ -113,8 +111,10 @@ def run_on_ray(
             driver.join()
         if blas_limit is not None:
             blas_limit.restore_original_limits()
-        if address is None and "ray" in sys.modules and sys.modules["ray"].is_initialized():  # interrupted while the private Ray started
-            sys.modules["ray"].shutdown()
+        if address is None and ray_connected():  # interrupted while the private Ray started
+            import ray
+
+            ray.shutdown()
         raise
     starting: dict[Any, Any] = {}  # ready() ref -> actor
     ready: dict[Any, int] = {}  # actor -> chunks in flight
@@ -146,10 +146,12 @@ def run_on_ray(
         for _ in range(num_chips):
             spawn()
         stats["num_workers"] = num_chips
+        # Actors that can run at once on the private Ray (one CPU each; `--chips` may ask for more).
+        runnable = min(num_chips, max(1, int(ray.cluster_resources().get("CPU", 1))))
         while len(queue) or in_flight or (driver is not None and driver.is_alive()):
-            if driver is not None and len(ready) >= num_chips:
-                # Every actor is up: the driver hands over after its current chunk. (Stopping at the
-                # first would leave a core idle while the others still load the kernel.)
+            if driver is not None and len(ready) >= runnable:
+                # Every actor that can run is up: the driver hands over after its current chunk.
+                # (Stopping at the first would leave a core idle while the others load the kernel.)
                 driver.stop()
                 stats["driver_chunks"] = driver.chunks_done
                 driver = None

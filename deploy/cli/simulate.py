@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -65,6 +64,7 @@ def simulate(
     Example: farm simulate --n 1e6 --out runs/sims.zarr --seed 1
     """
     from farm.prior import load_prior
+    from farm.raycluster import ray_connected
     from farm.runner import run_farm
     from farm.substrate import check_available
     from farm.thetafile import read_theta
@@ -94,7 +94,7 @@ def simulate(
         raise typer.BadParameter("missing; give the number of simulations, e.g. --n 1e6", param_hint="--n")
     chip_model = _chip_model(chip_ids, out)
     protocol_obj = _protocol(protocol, out)
-    ray_was_running = _ray_running()
+    ray_was_running = ray_connected()
     summary = run_farm(
         out,
         num_sims=num,
@@ -117,14 +117,10 @@ def simulate(
         from farm.report import print_summary
 
         print_summary(summary)
-    if not ray_was_running and _ray_running():
-        # This command's own Ray: stop it now rather than in Ray's exit hook, which first sleeps 0.5 s.
-        sys.modules["ray"].shutdown()
+    if not ray_was_running and ray_connected():
+        import ray
 
-
-def _ray_running() -> bool:
-    """Whether this process is connected to Ray (not imported yet: not connected)."""
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+        ray.shutdown()  # this command's own Ray: now, not in Ray's exit hook, which first sleeps 0.5 s
 
 
 def _chip_model(chip_ids: str | None, out: str):  # -> farm.defaults.ChipModel
