@@ -125,8 +125,9 @@ def run_on_ray(
     last_progress = time.monotonic()
     interrupted = False
     try:
+        cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if num_chips is None:
-            num_chips = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            num_chips = cluster_cpus
         num_chips = max(1, min(num_chips, len(queue)))
         max_failures = max_actor_failures if max_actor_failures is not None else 5 * num_chips + 10
         actor_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ChipActor)
@@ -147,7 +148,7 @@ def run_on_ray(
             spawn()
         stats["num_workers"] = num_chips
         # Actors that can run at once on the private Ray (one CPU each; `--chips` may ask for more).
-        runnable = min(num_chips, max(1, int(ray.cluster_resources().get("CPU", 1))))
+        runnable = min(num_chips, cluster_cpus)
         while len(queue) or in_flight or (driver is not None and driver.is_alive()):
             if driver is not None and len(ready) >= runnable:
                 # Every actor that can run is up: the driver hands over after its current chunk.
