@@ -115,4 +115,9 @@ def connect_ray(
                     f"Ray at address={address!r} did not start ({str(e).splitlines()[0]}); is the machine overloaded? retry, or join a running cluster with --address"
                 ) from None
             log.warning("the local Ray missed its 30 s start window (a loaded machine); starting it again")
+        except BaseException:  # Ctrl-C or SIGTERM mid-start: ray.init never returned a handle to the node it began
+            if address == "local":
+                ray.shutdown()
+                _kill_ray_children()
+            raise
     return True
