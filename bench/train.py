@@ -3,9 +3,10 @@
 Every comparison is measured in this run, on this machine, so only the ratios mean anything:
 
 1. ``--embeddings``: the same rows and steps through the NPE with handcrafted statistics (the
-   baseline) vs each trace embedding (``pooled``: the original CNN, ``patch``: patch-merge nets),
-   epochs interleaved round-robin; prints samples/s, the ratio to handcrafted, and the validation
-   NLL after the same epochs (aim: >= 0.8x handcrafted's samples/s, NLL no worse than ``pooled``);
+   baseline) vs each trace embedding (``pooled``: the original CNN, ``patch``: patch-merge nets,
+   ``hybrid``: the statistics beside a small CNN), epochs interleaved round-robin; prints samples/s,
+   the ratio to handcrafted, and the validation NLL after the same epochs (aim: >= 0.8x
+   handcrafted's samples/s, NLL no worse than ``pooled``; converged NLL: docs/performance.md);
 2. the same training steps fed by ``ChunkStream`` from the Zarr store vs by tensors already in
    memory (aim: streaming >= 0.8x in-memory), and the share of step time the training thread
    waits on the reader with batching on a thread (``steady``) vs inline (aim: < 5 %);
@@ -26,8 +27,9 @@ import numpy as np
 import torch
 
 from farm.runner import run_farm
+from inference.config import HYBRID_ARCH
 from inference.datasets import ChunkStream, StoreSet, plan_data
-from inference.embedding import TraceCNN
+from inference.embedding import model_input
 from inference.flows import FlowConfig, NPEModel
 from inference.train import TrainConfig, model_stats, run_training
 
@@ -76,33 +78,29 @@ def stream_vs_memory(store: str, variant: str, batch_size: int, epochs: int) -> 
     return max(results["streamed"]), max(results["in-memory"])
 
 
-#: Trace embeddings compared with the handcrafted baseline.
-#: name -> (stem, channels, input_pool)
-EMBEDDINGS = {
-    "pooled 16-32-32": ("pooled", (16, 32, 32), 1),
-    "pooled 16-32-32, input pool 2": ("pooled", (16, 32, 32), 2),
-    "pooled 8-16-32, input pool 2": ("pooled", (8, 16, 32), 2),
-    "patch 8-16-32": ("patch", (8, 16, 32), 1),
+#: Embeddings compared with the handcrafted baseline: name -> FlowConfig fields (NSF, as `farm train npe`).
+EMBEDDINGS: dict[str, dict] = {
+    "handcrafted": {},
+    "pooled 16-32-32": {"variant": "summary-net"},
+    "pooled 16-32-32, input pool 2": {"variant": "summary-net", "cnn_input_pool": 2},
+    "pooled 8-16-32, input pool 2": {"variant": "summary-net", "cnn_channels": (8, 16, 32), "cnn_input_pool": 2},
+    "patch 8-16-32": {"variant": "summary-net", "cnn_stem": "patch", "cnn_channels": (8, 16, 32)},
+    "hybrid (default)": {"variant": "hybrid", **HYBRID_ARCH},
+    "hybrid, input pool 8, 8 bins": {"variant": "hybrid", **HYBRID_ARCH, "cnn_input_pool": 8, "cnn_pool_bins": 8},
+    "hybrid, 8-16-32 input pool 2": {"variant": "hybrid", **HYBRID_ARCH, "cnn_channels": (8, 16, 32), "cnn_input_pool": 2},
 }
 
 
 def embedding_model(name: str, stats: dict) -> NPEModel:
-    """An NPE with the named embedding (``handcrafted`` or a key of ``EMBEDDINGS``), seeded alike."""
+    """An NPE with the named embedding (a key of ``EMBEDDINGS``), seeded alike."""
     torch.manual_seed(0)
-    if name == "handcrafted":
-        return NPEModel(FlowConfig(), stats)
-    model = NPEModel(FlowConfig(variant="summary-net"), stats)
-    stem, channels, input_pool = EMBEDDINGS[name]
-    torch.manual_seed(0)
-    model.embedding = TraceCNN(
-        stats["trace_mean"], stats["trace_std"], channels=channels, stem=stem, num_features=model.embedding.num_features, input_pool=input_pool
-    )
-    return model
+    return NPEModel(FlowConfig(**EMBEDDINGS[name]), stats)
 
 
 def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, dict[str, float]]:
     """Samples/s (wall and this thread's CPU time) and validation NLL per embedding, same rows and steps.
 
+    Each step is the trainer's (``inference.train``): loss, backward, gradient clipping, Adam.
     Epochs run round-robin over the variants, so a load change on a shared machine hits all of
     them; the CPU-time rate (``time.thread_time``, exact with one torch thread) is the steadier one.
     """
@@ -110,48 +108,45 @@ def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, 
     plan = plan_data(stores)
     stats = model_stats(plan, stores)
 
-    def rows(split: str) -> dict[str, torch.Tensor]:
+    def rows(split: str) -> dict[str, np.ndarray]:
         bs = list(ChunkStream(stores, plan, split, ("theta", "features", "trace"), 4096).batches(0, shuffle=False))
-        return {k: torch.from_numpy(np.concatenate([b[k] for b in bs])) for k in ("theta", "features", "trace")}
+        return {k: np.concatenate([b[k] for b in bs]) for k in ("theta", "features", "trace")}
 
     train, val = rows("train"), rows("val")
-    names = ["handcrafted", *EMBEDDINGS]
+    names = list(EMBEDDINGS)
     models = {n: embedding_model(n, stats) for n in names}
     opts = {n: torch.optim.Adam(m.parameters(), lr=1e-3) for n, m in models.items()}
     wall = dict.fromkeys(names, 0.0)
     cpu = dict.fromkeys(names, 0.0)
     seen = dict.fromkeys(names, 0)
     for epoch in range(epochs):
-        perm = torch.from_numpy(np.random.default_rng(epoch).permutation(len(train["theta"])))
+        perm = np.random.default_rng(epoch).permutation(len(train["theta"]))
         for n in names:
-            field = "features" if n == "handcrafted" else "trace"
             model, opt = models[n].train(), opts[n]
             t0, c0 = time.perf_counter(), time.thread_time()
             for s in range(0, len(perm) - batch_size + 1, batch_size):
-                idx = perm[s : s + batch_size]
-                loss = model(train["theta"][idx], train[field][idx])
+                batch = {k: v[perm[s : s + batch_size]] for k, v in train.items()}  # what a ChunkStream batch holds
+                loss = model(torch.from_numpy(batch["theta"]), torch.from_numpy(model_input(batch, model.x_fields)))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
-                seen[n] += len(idx)
+                seen[n] += batch_size
             wall[n] += time.perf_counter() - t0
             cpu[n] += time.thread_time() - c0
     out = {}
     with torch.no_grad():
         for n in names:
-            field = "features" if n == "handcrafted" else "trace"
-            nll = float(
-                sum(
-                    models[n].eval()(val["theta"][s : s + 4096], val[field][s : s + 4096]) * len(val["theta"][s : s + 4096])
-                    for s in range(0, len(val["theta"]), 4096)
-                )
-                / len(val["theta"])
-            )
+            model = models[n].eval()
+            total = 0.0
+            for s in range(0, len(val["theta"]), 4096):
+                part = {k: v[s : s + 4096] for k, v in val.items()}
+                total += float(model(torch.from_numpy(part["theta"]), torch.from_numpy(model_input(part, model.x_fields)))) * len(part["theta"])
             out[n] = {
                 "samples_per_s": seen[n] / wall[n],
                 "cpu_samples_per_s": seen[n] / cpu[n],
-                "val_nll": nll,
-                "parameters": sum(p.numel() for p in models[n].parameters()),
+                "val_nll": total / len(val["theta"]),
+                "parameters": sum(p.numel() for p in model.parameters()),
             }
     return out
 
@@ -254,7 +249,7 @@ def main() -> None:
             base = res["handcrafted"]
             for name, r in res.items():
                 print(
-                    f"embedding {name:>16}: {r['samples_per_s']:,.0f} samples/s ({r['samples_per_s'] / base['samples_per_s']:.2f}x handcrafted), "
+                    f"embedding {name:>30}: {r['samples_per_s']:,.0f} samples/s ({r['samples_per_s'] / base['samples_per_s']:.2f}x handcrafted), "
                     f"CPU-time {r['cpu_samples_per_s']:,.0f}/s ({r['cpu_samples_per_s'] / base['cpu_samples_per_s']:.2f}x), val NLL {r['val_nll']:.3f} after {args.epochs} epochs, {r['parameters']:,} parameters"
                 )
         w = wait_share(store, args.variant, args.batch_size, steps=60)

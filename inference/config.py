@@ -11,7 +11,14 @@ from typing import Any
 #: Training tasks by name (``inference.tasks.TASKS`` maps each to its task class).
 TASK_NAMES = ("classifier", "npe")
 #: What the NPE's embedding reads: named statistics or the raw trace through a 1D CNN.
-FEATURES = ("handcrafted", "summary-net")
+FEATURES = ("handcrafted", "summary-net", "hybrid")
+#: Store arrays each ``FEATURES`` variant's embedding reads, concatenated in this order
+#: (``inference.embedding.model_input``): the hybrid sees the statistics and the trace.
+INPUT_FIELDS: dict[str, tuple[str, ...]] = {"handcrafted": ("features",), "summary-net": ("trace",), "hybrid": ("features", "trace")}
+#: The hybrid's trace network, where ``--arch`` leaves a field out: the statistics already carry the
+#: spikes, so a small net over the 4x averaged trace is enough to learn what they miss (docs/performance.md,
+#: "Hybrid summary network"). Resolved into the run's config, so its manifest records every field.
+HYBRID_ARCH: dict[str, Any] = {"cnn_channels": (8, 16), "cnn_input_pool": 4, "embedding_features": 16, "cnn_pool_bins": 16}
 #: The NPE's density estimator: a neural spline flow, or a flow-matching vector field (``inference.flow_matching``).
 ESTIMATORS = ("nsf", "flow-matching")
 #: Front ends of the summary network's CNN (``inference.embedding.TraceCNN``): ``pooled`` strided convs
@@ -28,7 +35,7 @@ class TrainConfig:
     Args:
         task: ``classifier`` (theta -> in regime) or ``npe`` (posterior estimator).
         stores: Zarr stores to train on; out: the artifact directory (checkpoints inside).
-        variant: for ``npe``: ``handcrafted`` or ``summary-net``.
+        variant: for ``npe``: ``handcrafted``, ``summary-net`` or ``hybrid`` (``FEATURES``).
         num_workers: Ray Train workers (data-parallel, DDP over gloo).
         cpus_per_worker: CPUs each worker reserves (and torch threads it uses); 0 = share the cluster.
         epochs: maximum epochs (a safety cap: early stopping ends a run, as in sbi's ``stop_after_epochs``).
@@ -135,4 +142,4 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     )
 }
 
-__all__ = ["ESTIMATORS", "FEATURES", "LR_SCHEDULES", "TASK_NAMES", "TRAIN_DEFAULTS", "TrainConfig"]
+__all__ = ["ESTIMATORS", "FEATURES", "HYBRID_ARCH", "INPUT_FIELDS", "LR_SCHEDULES", "TASK_NAMES", "TRAIN_DEFAULTS", "TrainConfig"]

@@ -5,8 +5,10 @@ Anchor: sbi's ``CNNEmbedding`` (``sbi/neural_nets/embedding_nets/cnn.py``), kept
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,14 +176,46 @@ class Standardize(nn.Module):
         return (x.float() - self.mean) / self.std
 
 
+class StatisticsAndTrace(nn.Module):
+    """[statistics | trace] (batch, F + T) -> [z-scored statistics | learned trace summary] (batch, F + D).
+
+    The ``hybrid`` embedding. Why: the statistics already state the spike count, timing and
+    adaptation that a trace-only CNN must learn from 1000 samples at full rate; beside them a small
+    net over the averaged trace only has to learn what they leave out (the sub-threshold shape), and
+    costs a fraction of the summary net (docs/performance.md, "Hybrid summary network").
+    """
+
+    def __init__(self, statistics: Standardize, trace: TraceCNN) -> None:
+        super().__init__()
+        self.statistics = statistics
+        self.trace = trace
+        self.num_statistics = statistics.num_features
+        self.num_features = statistics.num_features + trace.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.num_statistics
+        return torch.cat([self.statistics(x[:, :f]), self.trace(x[:, f:])], dim=1)
+
+
+def model_input(batch: Mapping[str, np.ndarray], fields: tuple[str, ...]) -> np.ndarray:
+    """The embedding's input from a batch of store arrays: the one field, or float32 [features | trace].
+
+    float32 holds every ADC code (int16) exactly, so the hybrid's trace half is the trace itself.
+    """
+    if len(fields) == 1:
+        return batch[fields[0]]
+    return np.concatenate([np.asarray(batch[f], dtype=np.float32) for f in fields], axis=1)
+
+
 def make_embedding(config: Any, stats: dict[str, Any]) -> nn.Module:
     """The embedding an estimator's config names (``FlowConfig`` or ``FlowMatchingConfig``: same fields).
 
-    z-scored named statistics for ``handcrafted``; the CNN with the config's summary-net fields otherwise.
+    z-scored named statistics for ``handcrafted``; the CNN with the config's summary-net fields for
+    ``summary-net``; both side by side for ``hybrid``.
     """
-    if config.x_field == "features":
+    if config.x_fields == ("features",):
         return Standardize(stats["feature_mean"], stats["feature_std"])
-    return TraceCNN(
+    cnn = TraceCNN(
         stats["trace_mean"],
         stats["trace_std"],
         channels=config.cnn_channels,
@@ -190,3 +224,6 @@ def make_embedding(config: Any, stats: dict[str, Any]) -> nn.Module:
         stem=config.cnn_stem,
         input_pool=config.cnn_input_pool,
     )
+    if "features" in config.x_fields:
+        return StatisticsAndTrace(Standardize(stats["feature_mean"], stats["feature_std"]), cnn)
+    return cnn

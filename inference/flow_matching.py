@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from inference.config import FEATURES
+from inference.config import FEATURES, INPUT_FIELDS
 from inference.embedding import STEMS, make_embedding
 from inference.transforms import BoxLogit
 
@@ -42,7 +42,8 @@ class FlowMatchingConfig:
     """Architecture and ODE settings of the flow-matching estimator (stored in the artifact manifest).
 
     Args:
-        variant: ``handcrafted`` (z-scored named statistics) or ``summary-net`` (1D CNN on the trace).
+        variant: ``handcrafted`` (z-scored named statistics), ``summary-net`` (1D CNN on the trace) or
+            ``hybrid`` (the statistics beside a small CNN's summary of the trace).
         hidden_features: width of the two theta layers of the field.
         condition_features, condition_layers: width and depth of the (x, t) conditioning MLP.
         time_features: sinusoidal features of t (even).
@@ -100,9 +101,9 @@ class FlowMatchingConfig:
             raise ValueError(f"time_power={self.time_power} outside [0, 10]")
 
     @property
-    def x_field(self) -> str:
-        """Store array the embedding reads: ``features`` (handcrafted) or ``trace`` (summary net)."""
-        return "features" if self.variant == "handcrafted" else "trace"
+    def x_fields(self) -> tuple[str, ...]:
+        """Store arrays the embedding reads (``INPUT_FIELDS``): ``features``, ``trace`` or both (hybrid)."""
+        return INPUT_FIELDS[self.variant]
 
     def to_dict(self) -> dict[str, Any]:
         """Manifest form; ``estimator`` tells ``load_posterior`` which model to rebuild."""
@@ -337,8 +338,8 @@ class FlowMatchingModel(nn.Module):
         self.flow = ConditionalVectorField(len(stats["low"]), self.embedding.num_features, config)
 
     @property
-    def x_field(self) -> str:
-        return self.config.x_field
+    def x_fields(self) -> tuple[str, ...]:
+        return self.config.x_fields
 
     def forward(self, theta: Tensor, x: Tensor) -> Tensor:
         """Mean flow-matching loss of a batch: theta (n, 7) LSB, x (n, ·) features or traces."""

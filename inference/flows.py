@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from inference.config import FEATURES
+from inference.config import FEATURES, INPUT_FIELDS
 from inference.embedding import STEMS, make_embedding
 from inference.spline_flow import spline_flow
 from inference.transforms import BoxLogit
@@ -24,7 +24,8 @@ class FlowConfig:
     """Architecture of the posterior estimator (stored in the artifact manifest).
 
     Args:
-        variant: ``handcrafted`` (z-scored named statistics) or ``summary-net`` (1D CNN on the trace).
+        variant: ``handcrafted`` (z-scored named statistics), ``summary-net`` (1D CNN on the trace) or
+            ``hybrid`` (the statistics beside a small CNN's summary of the trace).
         transforms: NSF coupling layers; hidden_features: width of each layer's MLP; bins: spline bins.
         embedding_features: summary size of the CNN; cnn_channels: its conv widths;
         cnn_pool_bins: time bins after its final pooling.
@@ -58,9 +59,9 @@ class FlowConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
     @property
-    def x_field(self) -> str:
-        """Store array the embedding reads: ``features`` (handcrafted) or ``trace`` (summary net)."""
-        return "features" if self.variant == "handcrafted" else "trace"
+    def x_fields(self) -> tuple[str, ...]:
+        """Store arrays the embedding reads (``INPUT_FIELDS``): ``features``, ``trace`` or both (hybrid)."""
+        return INPUT_FIELDS[self.variant]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,9 +97,9 @@ class NPEModel(nn.Module):
         )
 
     @property
-    def x_field(self) -> str:
-        """Store array the embedding reads: ``features`` or ``trace``."""
-        return self.config.x_field
+    def x_fields(self) -> tuple[str, ...]:
+        """Store arrays the embedding reads (``FlowConfig.x_fields``)."""
+        return self.config.x_fields
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Mean negative log-density of standardised z (the NPE loss; Jacobian is constant per theta)."""

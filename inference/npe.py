@@ -18,6 +18,7 @@ from farm.features import feature_names, spike_count_column
 from farm.prior import AnyPrior, BoxPrior, RestrictedPrior
 from inference.artifacts import write_artifact
 from inference.datasets import ChunkStream
+from inference.embedding import model_input
 from inference.misspecification import KNNDetector
 from inference.posterior import KIND, PRIOR_SUBDIR, AmortizedPosterior, load_posterior
 
@@ -89,7 +90,7 @@ def _in_regime_rows(posterior: AmortizedPosterior, outcome: Any, split: str, lim
     count = 0
     for batch in stream.batches(shuffle=False):
         keep = posterior.regime.contains(batch["features"][:, spike_count_column(posterior.protocol)])
-        x = batch[posterior.model.x_field][keep]
+        x = model_input(batch, posterior.model.x_fields)[keep]
         if len(x):
             with torch.inference_mode():
                 out.append(posterior.model.embedding(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy())
@@ -115,6 +116,12 @@ def calibrate_misspecification(posterior: AmortizedPosterior, outcome: Any, num_
     return KNNDetector.fit(ref, cal, k=10, quantile=0.95)
 
 
+def summary_names(model: Any, protocol: Any) -> list[str]:
+    """Names of the embedding's outputs: the named statistics, then ``cnn_k`` for each learned one."""
+    names = list(feature_names(protocol)) if "features" in model.config.x_fields else []
+    return names + [f"cnn_{k}" for k in range(model.embedding.num_features - len(names))]
+
+
 def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str, Any]:
     """Write the posterior artifact into ``outcome.config.out`` and return its metrics."""
     cfg, out = outcome.config, Path(outcome.config.out)
@@ -131,9 +138,7 @@ def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str,
     manifest = {
         "architecture": model.config.to_dict(),
         "parameter_names": list(PARAMETER_NAMES),
-        "feature_names": list(feature_names(stores.protocol))
-        if model.config.x_field == "features"
-        else [f"cnn_{k}" for k in range(model.embedding.num_features)],
+        "feature_names": summary_names(model, stores.protocol),
         "standardization": outcome.stats,
         "prior": prior.to_dict(),
         "prior_dir": PRIOR_SUBDIR if isinstance(prior, RestrictedPrior) else None,

@@ -60,7 +60,10 @@ class AmortizedPosterior:
         self.fingerprint: str = manifest["fingerprint"]
         self.regime = Regime.from_dict(manifest.get("regime"))
         self.detector = detector
-        self.accepts_features = model.config.x_field == "features"
+        self.accepts_features = model.config.x_fields == ("features",)
+        #: the embedding's input starts with the named statistics (handcrafted and hybrid)
+        self._reads_statistics = "features" in model.config.x_fields
+        self._reads_trace = "trace" in model.config.x_fields
         self._restricted = isinstance(prior, RestrictedPrior)
         self._acceptance_cache: OrderedDict[bytes, float] = OrderedDict()
 
@@ -78,7 +81,7 @@ class AmortizedPosterior:
         return f"{flat} or ({b}{s}, {t}) (protocol {self.protocol.label}: {s} sweeps of {t})"
 
     def _inputs(self, trace: Any, features: Any, batched: bool) -> torch.Tensor:
-        """Validated embedding input: (B, F) z-scorable statistics or (B, T) ADC codes."""
+        """Validated embedding input: (B, F) statistics, (B, T) ADC codes, or (B, F + T) both (hybrid)."""
         if (trace is None) == (features is None):
             raise ValueError("give exactly one of trace= or features=")
         lead = 2 if batched else 1
@@ -102,10 +105,13 @@ class AmortizedPosterior:
         if t.min() < 0 or t.max() > top:
             raise ValueError(f"trace values span [{t.min():g}, {t.max():g}]; ADC codes must lie in [0, {top}]")
         t = t.reshape(-1, self.trace_length)
-        if self.accepts_features:
-            with torch_threads_kept():  # numba's OpenMP launch would leave torch on every core
-                return torch.from_numpy(summarize(np.rint(t).astype(np.int16), self.protocol, self.chip_model))
-        return torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
+        if not self._reads_statistics:
+            return torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
+        with torch_threads_kept():  # numba's OpenMP launch would leave torch on every core
+            f = summarize(np.rint(t).astype(np.int16), self.protocol, self.chip_model)
+        if not self._reads_trace:
+            return torch.from_numpy(f)
+        return torch.from_numpy(np.concatenate([f.astype(np.float32), t.astype(np.float32)], axis=1))  # hybrid: [statistics | trace]
 
     # ------------------------------------------------------------------ sampling
     @torch.inference_mode()
@@ -308,7 +314,7 @@ class AmortizedPosterior:
     def _assess(self, x: torch.Tensor, trace: Any, ctx: torch.Tensor | None = None) -> list[dict[str, Any]]:
         codes = None if trace is None else np.rint(np.asarray(trace, dtype=np.float64)).reshape(-1, self.trace_length).astype(np.int16)
         col = spike_count_column(self.protocol)
-        if self.accepts_features:
+        if self._reads_statistics:  # the input starts with the statistics
             counts = x[:, col].numpy()
         else:
             with torch_threads_kept():
@@ -370,7 +376,7 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
     except RuntimeError as e:
         raise ValueError(f"{d}: weights do not fit the manifest's architecture ({str(e).splitlines()[0]})") from None
     names = feature_names(Protocol.from_dict(m["protocol"]))
-    if model.config.x_field == "features" and tuple(m["feature_names"]) != names:
+    if "features" in model.config.x_fields and tuple(m["feature_names"][: len(names)]) != names:
         raise ValueError(f"{d}: trained on features {m['feature_names']}, this farm computes {list(names)}: retrain")
     detector = KNNDetector.load(d, m["misspecification"]) if m.get("misspecification") else None  # older artifacts: regime checks only
     return AmortizedPosterior(model, m, prior, detector)

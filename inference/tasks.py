@@ -18,7 +18,8 @@ import torch
 
 from farm.errors import FarmInputError
 from inference.classifier import ClassifierConfig, RegimeClassifier, box_moments
-from inference.config import ESTIMATORS, FEATURES, TASK_NAMES, TrainConfig
+from inference.config import ESTIMATORS, FEATURES, HYBRID_ARCH, INPUT_FIELDS, TASK_NAMES, TrainConfig
+from inference.embedding import model_input
 from inference.errors import TrainingError
 from inference.flow_matching import ESTIMATOR as FM_ESTIMATOR
 from inference.flow_matching import FlowMatchingConfig, FlowMatchingModel
@@ -129,7 +130,8 @@ class NPETask:
     """Amortized neural posterior estimation: embedding + a conditional density estimator of theta.
 
     Args:
-        features: ``handcrafted`` (the store's named statistics) or ``summary-net`` (a CNN on the trace).
+        features: ``handcrafted`` (the store's named statistics), ``summary-net`` (a CNN on the trace) or
+            ``hybrid`` (the statistics beside a small CNN on the trace).
         prior: the restricted prior directory the store was simulated from (``farm train classifier --out``).
         flow: architecture fields overriding the estimator's defaults (``FlowConfig`` or ``FlowMatchingConfig``).
         estimator: ``nsf`` (neural spline flow, loss -log q(theta | x)) or ``flow-matching``
@@ -155,13 +157,14 @@ class NPETask:
         return cls(features=cfg.variant, flow=dict(cfg.flow), estimator=cfg.flow.get("estimator", "nsf"))
 
     @property
-    def x_field(self) -> str:
-        """Store array the embedding reads."""
-        return FlowConfig(variant=self.features).x_field
+    def x_fields(self) -> tuple[str, ...]:
+        """Store arrays the embedding reads."""
+        return INPUT_FIELDS[self.features]
 
     def flow_config(self, cfg: TrainConfig) -> FlowConfig | FlowMatchingConfig:
-        """The estimator's config: its defaults overridden by ``cfg.flow``."""
-        d = {k: v for k, v in cfg.flow.items() if k != "estimator"} | {"variant": self.features}
+        """The estimator's config: its defaults (``HYBRID_ARCH``'s for the hybrid) overridden by ``cfg.flow``."""
+        base = HYBRID_ARCH if self.features == "hybrid" else {}
+        d = base | {k: v for k, v in cfg.flow.items() if k != "estimator"} | {"variant": self.features}
         if "cnn_channels" in d:
             d["cnn_channels"] = tuple(d["cnn_channels"])
         return FlowMatchingConfig(**d) if self.estimator == FM_ESTIMATOR else FlowConfig(**d)
@@ -172,14 +175,14 @@ class NPETask:
         return replace(cfg, flow={k: v for k, v in self.flow_config(cfg).to_dict().items() if k != "variant"})
 
     def fields(self) -> tuple[str, ...]:
-        return ("theta", self.x_field)
+        return ("theta", *self.x_fields)
 
     def build_model(self, cfg: TrainConfig, stats: dict[str, Any]) -> torch.nn.Module:
         arch = self.flow_config(cfg)
         return FlowMatchingModel(arch, stats) if isinstance(arch, FlowMatchingConfig) else NPEModel(arch, stats)
 
     def batch_loss(self, model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
-        return model(_tensor(batch["theta"], model), _tensor(batch[self.x_field], model)), {}
+        return model(_tensor(batch["theta"], model), _tensor(model_input(batch, self.x_fields), model)), {}
 
     def check_inputs(self, stores: list[str]) -> None:
         """Refuse a --prior that is not the store's before training, not after."""

@@ -75,6 +75,40 @@ def test_patch_stem_sees_a_single_sample_reset() -> None:
     assert not torch.allclose(a, b)
 
 
+@pytest.mark.parametrize("estimator", ["nsf", "flow-matching"])
+def test_hybrid_embeds_the_statistics_unchanged_beside_the_cnn_of_the_trace(estimator: str) -> None:
+    """The flow's context is [z-scored statistics | CNN(trace)]: the statistics reach it exactly as the
+    handcrafted embedding gives them, and the learned part depends on the trace alone."""
+    from inference.config import HYBRID_ARCH
+    from inference.embedding import Standardize, model_input
+    from inference.flow_matching import FlowMatchingConfig, FlowMatchingModel
+    from inference.flows import FlowConfig, NPEModel
+
+    f = 11
+    stats = {"low": [0.0] * 7, "high": [1.0] * 7, "theta_mean": [0.0] * 7, "theta_std": [1.0] * 7}
+    stats |= {"feature_mean": list(np.linspace(1, 5, f)), "feature_std": list(np.linspace(0.5, 2, f)), "trace_mean": 500.0, "trace_std": 50.0}
+    torch.manual_seed(0)
+    if estimator == "nsf":
+        model = NPEModel(FlowConfig(variant="hybrid", **HYBRID_ARCH), stats)
+    else:
+        model = FlowMatchingModel(FlowMatchingConfig(variant="hybrid", **HYBRID_ARCH), stats)
+    assert model.x_fields == ("features", "trace")
+    rng = np.random.default_rng(1)
+    batch = {"features": rng.normal(3, 1, (4, f)).astype(np.float32), "trace": rng.integers(0, 1023, (4, 1000)).astype(np.int16)}
+    x = torch.from_numpy(model_input(batch, model.x_fields))
+    assert x.dtype == torch.float32 and x.shape == (4, f + 1000) and torch.equal(x[:, f:], torch.from_numpy(batch["trace"]).float())
+    with torch.no_grad():
+        ctx = model.embedding(x)
+        assert ctx.shape == (4, f + HYBRID_ARCH["embedding_features"])
+        assert torch.equal(ctx[:, :f], Standardize(stats["feature_mean"], stats["feature_std"])(torch.from_numpy(batch["features"])))
+        other = x.clone()
+        other[:, :f] += 1.0  # other statistics, the same trace: the learned half is unchanged
+        assert torch.equal(model.embedding(other)[:, f:], ctx[:, f:])
+    loss = model(torch.full((4, 7), 0.5), x)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.embedding.trace.parameters())
+
+
 def test_unknown_stem_is_a_one_line_value_error() -> None:
     with pytest.raises(ValueError, match=r"cnn_stem='conv' must be one of pooled, patch"):
         TraceCNN(500.0, 50.0, stem="conv")

@@ -54,6 +54,7 @@ def test_tasks_by_name_or_object_and_bad_names() -> None:
     task = NPETask(features="summary-net")
     assert get_task(task) is task and task.fields() == ("theta", "trace")
     assert get_task("npe").fields() == ("theta", "features")
+    assert NPETask(features="hybrid").fields() == ("theta", "features", "trace")
     with pytest.raises(ValueError, match="task='vae' must be one of classifier, npe"):
         get_task("vae")
     with pytest.raises(ValueError, match="features='cnn' must be one of handcrafted, summary-net"):

@@ -29,6 +29,17 @@ def summary_net(summary_net_npe):
     return summary_net_npe
 
 
+@pytest.fixture(scope="module")
+def hybrid(stores, ray_session, tmp_path_factory: pytest.TempPathFactory):
+    """A hybrid NPE (NSF, its default architecture, 2 epochs: the contract, not its quality)."""
+    from inference.tasks import NPETask
+    from inference.training import train
+
+    out = tmp_path_factory.mktemp("hy") / "npe-hybrid"
+    metrics = train(NPETask(features="hybrid"), [stores[0]], str(out), epochs=2, batch_size=256, cpus_per_worker=1, quiet=True)
+    return out, metrics
+
+
 def _heldout(path: str, n: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = SimStore.open(path)
     return np.asarray(s.group["theta"][:n]), np.asarray(s.group["trace"][:n]), np.asarray(s.group["features"][:n])
@@ -163,3 +174,36 @@ def test_bad_inputs_raise_one_line_value_errors(handcrafted, kwargs, match) -> N
     with pytest.raises(ValueError, match=match) as e:
         post.sample(n, **kwargs)
     assert "\n" not in str(e.value)
+
+
+def test_hybrid_posterior_takes_a_trace_and_embeds_it_as_training_saw_the_store(hybrid, stores) -> None:
+    """Served, the hybrid computes the statistics from the trace itself: they must be the store's.
+
+    A mismatch (other statistics, order, or dtype) would shift every served posterior away from the
+    one that was trained and validated, with no error anywhere.
+    """
+    from farm.features import FEATURE_NAMES
+    from inference.config import HYBRID_ARCH
+    from inference.embedding import model_input
+
+    out, _ = hybrid
+    post = load_posterior(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert post.variant == "hybrid" and not post.accepts_features
+    arch = manifest["architecture"]
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items() if k in HYBRID_ARCH} == HYBRID_ARCH
+    learned = HYBRID_ARCH["embedding_features"]
+    assert manifest["feature_names"] == [*FEATURE_NAMES, *(f"cnn_{k}" for k in range(learned))]
+    _, trace, feats = _heldout(stores[1], 6)
+    with torch.inference_mode():
+        trained_as = post.model.embedding(torch.from_numpy(model_input({"features": feats, "trace": trace}, post.model.x_fields)))
+        served_as = post.model.embedding(post._inputs(trace, None, batched=True))
+    assert served_as.shape == (6, len(FEATURE_NAMES) + learned)
+    # the same statistics (one function, one trace) through the same modules: equal to float32 rounding
+    torch.testing.assert_close(served_as, trained_as, rtol=1e-5, atol=1e-5)
+    s = post.sample_batched(50, traces=trace, seed=0)
+    assert s.shape == (6, 50, 7) and post.prior.support(s.reshape(-1, 7)).all()
+    with pytest.raises(ValueError, match="hybrid posterior reads raw traces; pass trace="):
+        post.sample(10, features=feats[0])
+    report = post.misspecification(trace=trace[0])
+    assert report["score"] is not None and report["threshold"] is not None
