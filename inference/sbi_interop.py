@@ -3,7 +3,7 @@
 Why: sbi users already have ``run_sbc``, ``pairplot`` and L-C2ST written against ``NeuralPosterior``.
 ``to_sbi`` wraps the artifact's embedding + flow in sbi 0.27's ``ConditionalDensityEstimator`` and
 its prior in a torch ``Distribution``, so every one of those works on a `farm train npe` artifact.
-Its ``x`` is the raw MADC trace (T,) for both variants: the handcrafted one summarises inside.
+Its ``x`` is the raw MADC trace (T,) for every variant: the handcrafted and hybrid ones summarise inside.
 The prior's support is the region the artifact's prior allows (the box, or the box where the
 restriction classifier accepts), so sbi's rejection and leakage correction do what the native
 posterior does.
@@ -105,8 +105,8 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
     Args:
         posterior: a loaded ``AmortizedPosterior`` (its model, standardisation and input checks are reused).
 
-    ``log_prob`` returns float32 like sbi's own flows. The handcrafted variant computes its
-    statistics with numpy, so gradients do not flow back into x (sbi never needs them).
+    ``log_prob`` returns float32 like sbi's own flows. The handcrafted and hybrid variants compute
+    their statistics with numpy, so gradients do not flow back into x (sbi never needs them).
     """
 
     def __init__(self, posterior: Any) -> None:
@@ -118,7 +118,7 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
         return self.net.embedding
 
     def _context(self, condition: Tensor) -> Tensor:
-        """(B, T) traces -> (B, D) embedding (statistics computed inside for the handcrafted variant)."""
+        """(B, T) traces -> (B, D) embedding (statistics computed inside for the handcrafted and hybrid variants)."""
         c = condition.detach().reshape(-1, self.condition_shape[0])
         if c.shape[0] > 1 and bool((c == c[:1]).all()):
             # sbi's potential repeats x_o for every theta (MAP, leakage): embed it once.

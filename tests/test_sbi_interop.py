@@ -35,7 +35,7 @@ def sims():
     return theta, simulate_theta(theta, seed=3).trace
 
 
-@pytest.mark.parametrize("variant", ["summary-net", "handcrafted"])
+@pytest.mark.parametrize("variant", ["summary-net", "handcrafted", "hybrid"])
 def test_box_posterior_has_the_native_densities_and_samples_in_the_box(variant: str, sims) -> None:
     native = _posterior(variant, BoxPrior())
     post = to_sbi(native)
