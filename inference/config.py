@@ -10,7 +10,7 @@ from typing import Any
 
 #: Training tasks by name (``inference.tasks.TASKS`` maps each to its task class).
 TASK_NAMES = ("classifier", "npe")
-#: What the NPE's embedding reads: named statistics or the raw trace through a 1D CNN.
+#: What the NPE's embedding reads: named statistics, the raw trace through a 1D CNN, or both (hybrid).
 FEATURES = ("handcrafted", "summary-net", "hybrid")
 #: Store arrays each ``FEATURES`` variant's embedding reads, concatenated in this order
 #: (``inference.embedding.model_input``): the hybrid sees the statistics and the trace.
