@@ -63,14 +63,16 @@ def sbi_baseline(store: str, features: str, epochs: int, patience: int, batch_si
     from sbi.utils import BoxUniform
     from torch.utils.tensorboard import SummaryWriter
 
+    from inference.config import INPUT_FIELDS
     from inference.datasets import ChunkStream, StoreSet, box_bounds, plan_data
+    from inference.embedding import model_input
 
     stores = StoreSet([store])
     plan = plan_data(stores)
-    field = "features" if features == "handcrafted" else "trace"
-    rows = [b for split in ("train", "val") for b in ChunkStream(stores, plan, split, ("theta", field), 4096).batches(0, shuffle=False)]
+    fields = INPUT_FIELDS[features]
+    rows = [b for split in ("train", "val") for b in ChunkStream(stores, plan, split, ("theta", *fields), 4096).batches(0, shuffle=False)]
     theta = torch.from_numpy(np.concatenate([b["theta"] for b in rows])).float()
-    x = torch.from_numpy(np.concatenate([b[field] for b in rows]).astype(np.float32))
+    x = torch.from_numpy(np.concatenate([model_input(b, fields) for b in rows]).astype(np.float32))
     low, high = box_bounds(stores)
     prior = BoxUniform(torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32))
     embedding = torch.nn.Identity()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from farm.runner import run_farm
-from inference.config import HYBRID_ARCH
+from inference.config import FEATURES, HYBRID_ARCH, INPUT_FIELDS, architecture_defaults
 from inference.datasets import ChunkStream, StoreSet, plan_data
 from inference.embedding import model_input
 from inference.flows import FlowConfig, NPEModel
@@ -53,16 +53,16 @@ def stream_vs_memory(store: str, variant: str, batch_size: int, epochs: int) -> 
     stores = StoreSet([store])
     plan = plan_data(stores)
     stats = model_stats(plan, stores)
-    field = "features" if variant == "handcrafted" else "trace"
-    stream = ChunkStream(stores, plan, "train", ("theta", field), batch_size)
+    fields = INPUT_FIELDS[variant]
+    stream = ChunkStream(stores, plan, "train", ("theta", *fields), batch_size)
 
     def streamed(epoch: int):
         for b in stream.batches(epoch, drop_last=True):
-            yield torch.from_numpy(b["theta"]), torch.from_numpy(np.ascontiguousarray(b[field]))
+            yield torch.from_numpy(b["theta"]), torch.from_numpy(np.ascontiguousarray(model_input(b, fields)))
 
     rows = [b for b in stream.batches(0, shuffle=False)]
     theta_all = torch.from_numpy(np.concatenate([b["theta"] for b in rows]))
-    x_all = torch.from_numpy(np.concatenate([b[field] for b in rows]))
+    x_all = torch.from_numpy(np.concatenate([model_input(b, fields) for b in rows]))
 
     def in_memory(epoch: int):
         perm = torch.from_numpy(np.random.default_rng(epoch).permutation(len(theta_all)))
@@ -74,7 +74,7 @@ def stream_vs_memory(store: str, variant: str, batch_size: int, epochs: int) -> 
     for _ in range(3):  # interleaved repeats, best of each: other load on the machine only slows runs down
         for name, fn in (("in-memory", in_memory), ("streamed", streamed)):
             torch.manual_seed(0)
-            results[name].append(time_epochs(NPEModel(FlowConfig(variant=variant), stats), fn, epochs))
+            results[name].append(time_epochs(NPEModel(FlowConfig(variant=variant, **architecture_defaults(variant)), stats), fn, epochs))
     return max(results["streamed"]), max(results["in-memory"])
 
 
@@ -156,12 +156,12 @@ def wait_share(store: str, variant: str, batch_size: int, steps: int) -> dict[st
     stores = StoreSet([store])
     plan = plan_data(stores)
     stats = model_stats(plan, stores)
-    field = "features" if variant == "handcrafted" else "trace"
+    fields = INPUT_FIELDS[variant]
     out = {}
     for name, ahead in (("inline", 0), ("thread", 8), ("inline ", 0), ("thread ", 8)):  # twice each, interleaved
-        stream = ChunkStream(stores, plan, "train", ("theta", field), batch_size)
+        stream = ChunkStream(stores, plan, "train", ("theta", *fields), batch_size)
         torch.manual_seed(0)
-        model = NPEModel(FlowConfig(variant=variant), stats)
+        model = NPEModel(FlowConfig(variant=variant, **architecture_defaults(variant)), stats)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         waited, t0 = 0.0, time.perf_counter()
         it = iter(stream.steady(0, steps, ahead=ahead))
@@ -171,7 +171,7 @@ def wait_share(store: str, variant: str, batch_size: int, steps: int) -> dict[st
             waited += time.perf_counter() - w0
             if b is None:
                 break
-            loss = model(torch.from_numpy(b["theta"]), torch.from_numpy(np.ascontiguousarray(b[field])))
+            loss = model(torch.from_numpy(b["theta"]), torch.from_numpy(np.ascontiguousarray(model_input(b, fields))))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -185,8 +185,7 @@ def reader_only(store: str, variant: str, batch_size: int) -> float:
     """Rows/s the Zarr reader alone delivers (no model): the headroom over training's appetite."""
     stores = StoreSet([store])
     plan = plan_data(stores)
-    field = "features" if variant == "handcrafted" else "trace"
-    stream = ChunkStream(stores, plan, "train", ("theta", field), batch_size)
+    stream = ChunkStream(stores, plan, "train", ("theta", *INPUT_FIELDS[variant]), batch_size)
     t0 = time.perf_counter()
     n = sum(len(b["theta"]) for b in stream.batches(0))
     return n / (time.perf_counter() - t0)
@@ -230,7 +229,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", help="existing store; default: simulate --n samples into a temporary one")
     ap.add_argument("--n", type=int, default=20_000)
-    ap.add_argument("--variant", choices=("handcrafted", "summary-net"), default="handcrafted")
+    ap.add_argument("--variant", choices=FEATURES, default="handcrafted")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--skip-workers", action="store_true", help="no Ray Train worker scaling")

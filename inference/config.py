@@ -19,6 +19,17 @@ INPUT_FIELDS: dict[str, tuple[str, ...]] = {"handcrafted": ("features",), "summa
 #: spikes, so a small net over the 4x averaged trace is enough to learn what they miss (docs/performance.md,
 #: "Hybrid summary network"). Resolved into the run's config, so its manifest records every field.
 HYBRID_ARCH: dict[str, Any] = {"cnn_channels": (8, 16), "cnn_input_pool": 4, "embedding_features": 16, "cnn_pool_bins": 16}
+
+
+def architecture_defaults(variant: str) -> dict[str, Any]:
+    """Estimator fields whose default depends on the variant (the hybrid's small CNN); ``{}`` for the others.
+
+    Every builder of a config from a variant (the training task, the benchmarks) starts from these, so
+    ``hybrid`` means the same network wherever it is built.
+    """
+    return dict(HYBRID_ARCH) if variant == "hybrid" else {}
+
+
 #: The NPE's density estimator: a neural spline flow, or a flow-matching vector field (``inference.flow_matching``).
 ESTIMATORS = ("nsf", "flow-matching")
 #: Front ends of the summary network's CNN (``inference.embedding.TraceCNN``): ``pooled`` strided convs
@@ -142,4 +153,4 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     )
 }
 
-__all__ = ["ESTIMATORS", "FEATURES", "HYBRID_ARCH", "INPUT_FIELDS", "LR_SCHEDULES", "TASK_NAMES", "TRAIN_DEFAULTS", "TrainConfig"]
+__all__ = ["ESTIMATORS", "FEATURES", "HYBRID_ARCH", "architecture_defaults", "INPUT_FIELDS", "LR_SCHEDULES", "TASK_NAMES", "TRAIN_DEFAULTS", "TrainConfig"]

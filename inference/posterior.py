@@ -22,6 +22,7 @@ from farm.defaults import ChipModel, Protocol, Regime
 from farm.features import feature_names, spike_count_column, summarize
 from farm.prior import AnyPrior, RestrictedPrior, prior_from_attrs
 from inference.artifacts import read_artifact
+from inference.embedding import model_input
 from inference.errors import ArtifactError
 from inference.flow_matching import ESTIMATOR as FM_ESTIMATOR
 from inference.flow_matching import FlowMatchingConfig, FlowMatchingModel
@@ -63,7 +64,6 @@ class AmortizedPosterior:
         self.accepts_features = model.config.x_fields == ("features",)
         #: the embedding's input starts with the named statistics (handcrafted and hybrid)
         self._reads_statistics = "features" in model.config.x_fields
-        self._reads_trace = "trace" in model.config.x_fields
         self._restricted = isinstance(prior, RestrictedPrior)
         self._acceptance_cache: OrderedDict[bytes, float] = OrderedDict()
 
@@ -104,14 +104,11 @@ class AmortizedPosterior:
         top = self.chip_model.adc_max_code
         if t.min() < 0 or t.max() > top:
             raise ValueError(f"trace values span [{t.min():g}, {t.max():g}]; ADC codes must lie in [0, {top}]")
-        t = t.reshape(-1, self.trace_length)
-        if not self._reads_statistics:
-            return torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))
-        with torch_threads_kept():  # numba's OpenMP launch would leave torch on every core
-            f = summarize(np.rint(t).astype(np.int16), self.protocol, self.chip_model)
-        if not self._reads_trace:
-            return torch.from_numpy(f)
-        return torch.from_numpy(np.concatenate([f.astype(np.float32), t.astype(np.float32)], axis=1))  # hybrid: [statistics | trace]
+        arrays = {"trace": t.reshape(-1, self.trace_length)}
+        if self._reads_statistics:
+            with torch_threads_kept():  # numba's OpenMP launch would leave torch on every core
+                arrays["features"] = summarize(np.rint(arrays["trace"]).astype(np.int16), self.protocol, self.chip_model)
+        return torch.from_numpy(np.ascontiguousarray(model_input(arrays, self.model.config.x_fields), dtype=np.float32))
 
     # ------------------------------------------------------------------ sampling
     @torch.inference_mode()

@@ -18,7 +18,7 @@ import torch
 
 from farm.errors import FarmInputError
 from inference.classifier import ClassifierConfig, RegimeClassifier, box_moments
-from inference.config import ESTIMATORS, FEATURES, HYBRID_ARCH, INPUT_FIELDS, TASK_NAMES, TrainConfig
+from inference.config import ESTIMATORS, FEATURES, INPUT_FIELDS, TASK_NAMES, TrainConfig, architecture_defaults
 from inference.embedding import model_input
 from inference.errors import TrainingError
 from inference.flow_matching import ESTIMATOR as FM_ESTIMATOR
@@ -162,9 +162,8 @@ class NPETask:
         return INPUT_FIELDS[self.features]
 
     def flow_config(self, cfg: TrainConfig) -> FlowConfig | FlowMatchingConfig:
-        """The estimator's config: its defaults (``HYBRID_ARCH``'s for the hybrid) overridden by ``cfg.flow``."""
-        base = HYBRID_ARCH if self.features == "hybrid" else {}
-        d = base | {k: v for k, v in cfg.flow.items() if k != "estimator"} | {"variant": self.features}
+        """The estimator's config: its defaults (``architecture_defaults``) overridden by ``cfg.flow``."""
+        d = architecture_defaults(self.features) | {k: v for k, v in cfg.flow.items() if k != "estimator"} | {"variant": self.features}
         if "cnn_channels" in d:
             d["cnn_channels"] = tuple(d["cnn_channels"])
         return FlowMatchingConfig(**d) if self.estimator == FM_ESTIMATOR else FlowConfig(**d)
