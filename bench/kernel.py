@@ -17,11 +17,11 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from farm.chip import neuron_physics
 from farm.defaults import ChipModel, Protocol
-from farm.emulator import EmulatorSubstrate
 from farm.prior import BoxPrior
 from farm.simulate import noise_keys, placement
+from farm.substrates.circuits import neuron_physics
+from farm.substrates.emulator import EmulatorSubstrate
 
 
 def numpy_euler(theta: np.ndarray, protocol: Protocol, model: ChipModel) -> int:

@@ -18,8 +18,8 @@ from farm.defaults import PriorBox, Regime
 from farm.features import summarize
 from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
-from inference.distortions import DISTORTIONS, OTHER_CHIPS, distort, other_chip
-from inference.misspecification import KNNDetector, trace_reasons
+from inference.diagnostics.misspecification import KNNDetector, trace_reasons
+from inference.evaluation.distortions import DISTORTIONS, OTHER_CHIPS, distort, other_chip
 
 
 def in_regime(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

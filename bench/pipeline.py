@@ -63,9 +63,9 @@ def sbi_baseline(store: str, features: str, epochs: int, patience: int, batch_si
     from sbi.utils import BoxUniform
     from torch.utils.tensorboard import SummaryWriter
 
-    from inference.config import INPUT_FIELDS
-    from inference.datasets import ChunkStream, StoreSet, box_bounds, plan_data
-    from inference.embedding import model_input
+    from inference.data.datasets import ChunkStream, StoreSet, box_bounds, plan_data
+    from inference.defaults import INPUT_FIELDS
+    from inference.nets.embeddings import model_input
 
     stores = StoreSet([store])
     plan = plan_data(stores)
@@ -77,9 +77,9 @@ def sbi_baseline(store: str, features: str, epochs: int, patience: int, batch_si
     prior = BoxUniform(torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32))
     embedding = torch.nn.Identity()
     if features != "handcrafted":
-        from inference.embedding import make_embedding
-        from inference.flow_matching import FlowMatchingConfig
-        from inference.flows import FlowConfig
+        from inference.nets.embeddings import make_embedding
+        from inference.nets.flow_matching import FlowMatchingConfig
+        from inference.nets.nsf import FlowConfig
 
         config = (FlowMatchingConfig if estimator == "flow-matching" else FlowConfig)(variant=features, **arch)
         embedding = make_embedding(config, {"trace_mean": plan.trace_mean, "trace_std": plan.trace_std})

@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from inference.posterior import AmortizedPosterior
+    from inference.posteriors.amortized import AmortizedPosterior
 
 
 def simulate(out: Path, protocol_name: str, n: int, seed: int, prior_dir: str | None) -> str:
-    """One store through `farm.runner.run_farm` on the local Ray (resumes if it exists)."""
+    """One store through `farm.run.runner.run_farm` on the local Ray (resumes if it exists)."""
     from farm.prior import load_prior
     from farm.protocol import resolve_protocol
-    from farm.runner import run_farm
+    from farm.run.runner import run_farm
 
     url = str(out / f"{protocol_name}-{n}-s{seed}.zarr")
     chunk = max(1, min(1000, n // 4))
@@ -46,9 +46,9 @@ def simulate(out: Path, protocol_name: str, n: int, seed: int, prior_dir: str | 
 def evaluate(artifact: Path, test_store: str, num_samples: int, prior_dir: str | None) -> dict[str, list[float]]:
     """Contraction, NRMSE and 90 % coverage per parameter on every held-out sample."""
     from farm.prior import load_prior
-    from farm.store import open_dataset
+    from farm.store.sim_store import open_dataset
     from inference import load_posterior
-    from inference.diagnostics import recovery
+    from inference.diagnostics.calibration import recovery
 
     post = load_posterior(artifact)
     ds = open_dataset(test_store)
@@ -124,8 +124,8 @@ def main() -> None:
 
     from farm.defaults import PARAMETER_NAMES
     from farm.protocol import BUILTIN_PROTOCOLS
-    from inference.tasks import NPETask
-    from inference.training import train
+    from inference.training.api import train
+    from inference.training.tasks import NPETask
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

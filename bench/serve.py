@@ -192,7 +192,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from deploy.service import posterior_app
+    from deploy.serve.app import posterior_app
     from farm.simulate import simulate_theta
     from inference import load_posterior
 
@@ -213,7 +213,7 @@ def main() -> None:
         import torch
         from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(1)  # as in a replica (deploy/service.py)
+        torch.set_num_threads(1)  # as in a replica (deploy/serve/app.py)
         threadpool_limits(limits=1)
         library_latency(posterior, args.draws, obs.trace[0], 3)  # warm-up
         # What batching can gain inside the model: B requests as B calls vs one call of B rows.

@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from deploy.launch import DIRECT_INGRESS_DRAIN_ENV, DIRECT_INGRESS_ENV
+    from deploy.serve.launch import DIRECT_INGRESS_DRAIN_ENV, DIRECT_INGRESS_ENV
 
     os.environ[DIRECT_INGRESS_ENV] = "1"  # read by Serve's controller and replicas at import
     os.environ.setdefault(DIRECT_INGRESS_DRAIN_ENV, "2")  # as `farm serve --direct-ingress`: no 30 s drain at shutdown
@@ -51,8 +51,8 @@ def main() -> None:
     from ray import serve
     from threadpoolctl import threadpool_limits
 
-    from deploy.launch import ServeOptions, replica_url
-    from deploy.service import APP_NAME, posterior_app
+    from deploy.serve.app import APP_NAME, posterior_app
+    from deploy.serve.launch import ServeOptions, replica_url
     from farm.simulate import simulate_theta
     from inference import load_posterior
 

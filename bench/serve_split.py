@@ -4,7 +4,7 @@ Why a module of its own: bench/serve.py measures end-to-end latencies; this meas
 the benchmark process on one thread with ``time.thread_time`` (CPU seconds of this thread), so a
 busy machine (other jobs on the same cores) changes the figures far less than wall-clock ratios.
 Stages run interleaved, ``reps`` times each, and medians are reported. The model-thread stages call
-the same functions a replica calls (``deploy.model_calls.draw_batch``, ``deploy.service.sample_response``).
+the same functions a replica calls (``deploy.serve.model_calls.draw_batch``, ``deploy.serve.app.sample_response``).
 
 How the restricted prior's share is measured: the same ``draw_batch`` runs with rejection switched
 off on the posterior (the flow then draws exactly ``num_samples`` rows, as for a box prior); the
@@ -58,10 +58,10 @@ def request_split(posterior: Any, trace: np.ndarray, num_samples: int, reps: int
         ``{stage: ms}`` plus ``candidates_per_draw``, ``rounds_per_request`` and ``classifier_ms``
         (restricted priors only; zeros otherwise).
     """
-    from deploy.model_calls import Job, draw_batch
-    from deploy.observations import observation_trace
-    from deploy.schemas import SampleRequest
-    from deploy.service import sample_response
+    from deploy.serve.app import sample_response
+    from deploy.serve.model_calls import Job, draw_batch
+    from deploy.serve.observations import observation_trace
+    from deploy.serve.schemas import SampleRequest
     from farm.features import summarize
     from inference.threads import torch_threads_kept
 

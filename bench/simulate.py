@@ -27,7 +27,7 @@ import numpy as np
 from farm.defaults import default_chunk_size
 from farm.prior import BoxPrior
 from farm.simulate import simulate_indices
-from farm.substrate import get_substrate
+from farm.substrates.registry import get_substrate
 
 
 def rss_of_tree(root_pid: int) -> int:

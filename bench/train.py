@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from farm.runner import run_farm
-from inference.config import FEATURES, HYBRID_ARCH, INPUT_FIELDS, architecture_defaults
-from inference.datasets import ChunkStream, StoreSet, plan_data
-from inference.embedding import model_input
-from inference.flows import FlowConfig, NPEModel
-from inference.train import TrainConfig, model_stats, run_training
+from farm.run.runner import run_farm
+from inference.data.datasets import ChunkStream, StoreSet, plan_data
+from inference.defaults import FEATURES, HYBRID_ARCH, INPUT_FIELDS, architecture_defaults
+from inference.nets.embeddings import model_input
+from inference.nets.nsf import FlowConfig, NPEModel
+from inference.training.loop import TrainConfig, model_stats, run_training
 
 
 def time_epochs(model: NPEModel, batches_fn, epochs: int) -> float:
@@ -100,7 +100,7 @@ def embedding_model(name: str, stats: dict) -> NPEModel:
 def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, dict[str, float]]:
     """Samples/s (wall and this thread's CPU time) and validation NLL per embedding, same rows and steps.
 
-    Each step is the trainer's (``inference.train``): loss, backward, gradient clipping, Adam.
+    Each step is the trainer's (``inference.training.loop``): loss, backward, gradient clipping, Adam.
     Epochs run round-robin over the variants, so a load change on a shared machine hits all of
     them; the CPU-time rate (``time.thread_time``, exact with one torch thread) is the steadier one.
     """

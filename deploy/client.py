@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from deploy.summaries import central_interval
-from farm.thetafile import read_numbers
+from farm.store.user_arrays import read_numbers
 
 
 class QueryError(Exception):
@@ -90,7 +90,7 @@ def load_trace_file(path: str | Path) -> NDArray[np.int16]:
 
 def load_store_trace(store: str, index: int) -> tuple[NDArray[np.int16], NDArray[np.float32]]:
     """Trace and true parameters of sample ``index`` of a farm store (local path or fsspec URL)."""
-    from farm.store import open_dataset
+    from farm.store.sim_store import open_dataset
 
     ds = open_dataset(store)
     n = int(ds.sizes["sample"])

@@ -36,7 +36,7 @@ PARAMETER_NAMES: tuple[str, ...] = (
     "adaptation_i_bias_b",
     "adaptation_i_bias_tau",
 )
-#: What each parameter controls physically (after the LSB-to-physics mapping in farm/chip.py).
+#: What each parameter controls physically (after the LSB-to-physics mapping in farm/substrates/circuits.py).
 PARAMETER_PHYSICS: dict[str, str] = {
     "leak_i_bias": "tau_mem",
     "reset_v_reset": "v_reset",

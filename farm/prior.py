@@ -1,6 +1,6 @@
 """The 7-parameter prior: the box in CapMem LSB, and the classifier-restricted prior.
 
-Both draw sample i as a pure function of (seed, i) through farm.rng, so a store simulated from
+Both draw sample i as a pure function of (seed, i) through farm.kernel.rng, so a store simulated from
 either is bit-identical however the work was split. The restricted prior is the one `inference`
 trains (Reference: Deistler et al. 2022, "Truncated proposals for scalable and hassle-free
 simulation-based inference"; sbi's ``RestrictionEstimator``). It is stored as JSON + ``.npz``
@@ -21,9 +21,9 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from farm import rng
 from farm.defaults import PriorBox
 from farm.errors import FarmInputError, FarmRuntimeError
+from farm.kernel import rng
 
 RESTRICTED_FORMAT_VERSION = "1"
 RESTRICTED_MANIFEST = "restricted_prior.json"

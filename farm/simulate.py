@@ -12,21 +12,21 @@ from dataclasses import dataclass, fields
 import numpy as np
 from numpy.typing import NDArray
 
-from farm import rng
 from farm.defaults import NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel, Protocol, Regime
 from farm.errors import FarmInputError
 from farm.features import feature_names, feature_units, summarize
+from farm.kernel import rng
 from farm.prior import AnyPrior
-from farm.schema import ArraySpec, CoordSpec, StoreSchema
-from farm.substrate import get_substrate
-from farm.substrate_base import Substrate
+from farm.store.schema import ArraySpec, CoordSpec, StoreSchema
+from farm.substrates.base import Substrate
+from farm.substrates.registry import get_substrate
 
 
 @dataclass(frozen=True, slots=True)
 class SimBatch:
     """Rows of a store: theta (n,7) f32 LSB, trace (n, sweeps*T) i16, spike_count (n,) i32 (the
     regime's sweep), features (n,F) f32, chip/neuron (n,) i16, seed (n,) u64 noise keys (sweep 0's;
-    later sweeps' keys derive from it, ``farm.rng.sweep_keys``)."""
+    later sweeps' keys derive from it, ``farm.kernel.rng.sweep_keys``)."""
 
     theta: NDArray[np.float32]
     trace: NDArray[np.int16]

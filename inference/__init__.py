@@ -1,7 +1,7 @@
 """Amortized inference for the BSS-2 AdEx neuron: restriction classifier, NPE, Ray Train on Zarr.
 
 ``load_posterior(DIR)`` rebuilds a trained posterior from its artifact with no pickle;
-``inference.training.train`` trains and writes those artifacts (what `farm train` runs).
+``inference.training.api.train`` trains and writes those artifacts (what `farm train` runs).
 
 Names load on first use (module ``__getattr__``): a Serve replica that only loads a posterior
 never imports the trainer, Ray Train or Zarr.
@@ -14,32 +14,32 @@ from farm.lazy import lazy_exports
 #: public name -> module that defines it
 _LAZY = {
     "FORMAT_VERSION": "inference.artifacts",
-    "AmortizedPosterior": "inference.posterior",
-    "load_posterior": "inference.posterior",
+    "AmortizedPosterior": "inference.posteriors.amortized",
+    "load_posterior": "inference.posteriors.amortized",
     "ArtifactError": "inference.errors",
     "TrainingError": "inference.errors",
-    "TRAIN_DEFAULTS": "inference.config",
-    "TrainConfig": "inference.config",
-    "ClassifierConfig": "inference.classifier",
-    "RegimeClassifier": "inference.classifier",
-    "FlowConfig": "inference.flows",
-    "NPEModel": "inference.flows",
-    "ChunkStream": "inference.datasets",
-    "DataPlan": "inference.datasets",
-    "StoreSet": "inference.datasets",
-    "is_validation": "inference.splits",
-    "plan_data": "inference.datasets",
-    "quality_flags": "inference.quality",
-    "ClassifierTask": "inference.tasks",
-    "NPETask": "inference.tasks",
-    "get_task": "inference.tasks",
-    "run_training": "inference.train",
-    "train": "inference.training",
-    "split_of": "inference.splits",
-    "split_rows": "inference.heldout",
-    "PriorMismatch": "inference.datasets",
+    "TRAIN_DEFAULTS": "inference.defaults",
+    "TrainConfig": "inference.defaults",
+    "ClassifierConfig": "inference.nets.classifier",
+    "RegimeClassifier": "inference.nets.classifier",
+    "FlowConfig": "inference.nets.nsf",
+    "NPEModel": "inference.nets.nsf",
+    "ChunkStream": "inference.data.datasets",
+    "DataPlan": "inference.data.datasets",
+    "StoreSet": "inference.data.datasets",
+    "is_validation": "inference.data.splits",
+    "plan_data": "inference.data.datasets",
+    "quality_flags": "inference.data.quality",
+    "ClassifierTask": "inference.training.tasks",
+    "NPETask": "inference.training.tasks",
+    "get_task": "inference.training.tasks",
+    "run_training": "inference.training.loop",
+    "train": "inference.training.api",
+    "split_of": "inference.data.splits",
+    "split_rows": "inference.data.heldout",
+    "PriorMismatch": "inference.data.datasets",
     "RejectionBudgetExceeded": "inference.errors",
-    "format_metrics": "inference.training",
+    "format_metrics": "inference.training.api",
 }
 
 __all__ = sorted(_LAZY)

@@ -68,7 +68,7 @@ class RestrictedPriorDocument(Document):
 
 
 class EvaluationReport(Document):
-    """``metrics.json`` of `farm evaluate` (``inference.report``)."""
+    """``metrics.json`` of `farm evaluate` (``inference.evaluation.report``)."""
 
     KINDS = ("evaluation_report",)
     FORMAT_VERSION = REPORT_FORMAT_VERSION

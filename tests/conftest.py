@@ -27,7 +27,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def npe_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A box-prior training store (8000 sims) and a held-out store (300) that several modules share."""
-    from farm.runner import run_farm
+    from farm.run.runner import run_farm
 
     root = tmp_path_factory.mktemp("npe-stores")
     train, heldout = str(root / "train.zarr"), str(root / "heldout.zarr")
@@ -46,7 +46,7 @@ def handcrafted_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPa
     xdist worker keeps the second core busy, and two torch threads on one free core ran 10x slower
     (500 instead of ~6,000 samples/s: OpenMP's barriers wait for a thread that is not scheduled).
     """
-    from inference.training import train
+    from inference.training.api import train
 
     out = tmp_path_factory.mktemp("hc") / "npe-handcrafted"
     metrics = train("npe", [npe_stores[0]], str(out), epochs=15, patience=4, batch_size=128, cpus_per_worker=1, quiet=True)
@@ -60,8 +60,8 @@ def summary_net_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPa
     It is `make demo`'s served configuration: flow matching, input pooling and several path points per
     row (the NSF summary net is built, without Ray Train, in test_sbi_interop).
     """
-    from inference.tasks import NPETask
-    from inference.training import train
+    from inference.training.api import train
+    from inference.training.tasks import NPETask
 
     out = tmp_path_factory.mktemp("sn") / "npe-summary-net"
     task = NPETask(features="summary-net", estimator="flow-matching", flow={"cnn_input_pool": 2, "time_samples": 2})

@@ -9,13 +9,13 @@ import pytest
 import xarray as xr
 
 from deploy.cli import main as farm_main
-from farm import rng
-from farm.chip import format_chip_ids, parse_chip_ids
 from farm.defaults import NEURONS_PER_CHIP, NUM_EMULATED_CHIPS, ChipModel
 from farm.errors import FarmInputError
-from farm.runner import run_farm
+from farm.kernel import rng
+from farm.run.runner import run_farm
 from farm.simulate import placement, simulate_theta
-from farm.store import StoreMismatch
+from farm.store.sim_store import StoreMismatch
+from farm.substrates.circuits import format_chip_ids, parse_chip_ids
 
 
 def _simulate(out: Path, *extra: str, n: int = 60) -> int:
@@ -100,7 +100,7 @@ def test_cli_bad_chip_ids_exit_2_with_one_line(text: str, tmp_path: Path, capsys
 
 
 def test_evaluate_names_the_overlap_of_test_and_training_chips() -> None:
-    from inference.eval_local import chip_overlap
+    from inference.evaluation.local import chip_overlap
 
     new = {"chip_model": ChipModel(chip_ids=(100, 101)).to_dict()}
     default = {"chip_model": ChipModel().to_dict()}
@@ -113,7 +113,7 @@ def test_evaluate_names_the_overlap_of_test_and_training_chips() -> None:
 
 def test_predictive_checks_simulate_on_the_chips_the_observations_came_from(tmp_path: Path) -> None:
     """A leave-chips-out store's posterior-predictive traces come from its own chips, not the training pool."""
-    from inference.evaluate import EvalConfig, evaluate, load_report
+    from inference.evaluation.evaluate import EvalConfig, evaluate, load_report
     from tests.test_evaluate import BoxPosterior
 
     cfg = EvalConfig(num_obs=40, num_samples=50, num_ppc=3, num_ppc_samples=4, num_ppc_plot=1, c2st=False, seed=3)

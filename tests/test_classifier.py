@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from farm.prior import RestrictedPrior, load_prior
-from farm.runner import run_farm
-from farm.store import SimStore
-from inference.classifier import ClassifierConfig, RegimeClassifier
-from inference.restriction import classification_metrics, threshold_for_recall
+from farm.run.runner import run_farm
+from farm.store.sim_store import SimStore
+from inference.nets.classifier import ClassifierConfig, RegimeClassifier
+from inference.training.restricted_prior import classification_metrics, threshold_for_recall
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_session):
     """A classifier trained with Ray Train on a 8000-sample pilot store, checked on a held-out store."""
-    from inference.tasks import ClassifierTask
-    from inference.training import train
+    from inference.training.api import train
+    from inference.training.tasks import ClassifierTask
 
     root = tmp_path_factory.mktemp("cls")
     pilot, heldout = str(root / "pilot.zarr"), str(root / "heldout.zarr")

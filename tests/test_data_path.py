@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from farm.runner import run_farm
-from inference.datasets import ChunkStream, StoreSet, plan_data
-from inference.embedding import STEMS, PairMax, TraceCNN
-from inference.prefetch import background
+from farm.run.runner import run_farm
+from inference.data.datasets import ChunkStream, StoreSet, plan_data
+from inference.data.prefetch import background
+from inference.nets.embeddings import STEMS, PairMax, TraceCNN
 
 
 def test_pooled_is_the_default_and_keeps_the_old_weight_layout() -> None:
@@ -79,10 +79,10 @@ def test_patch_stem_sees_a_single_sample_reset() -> None:
 def test_hybrid_embeds_the_statistics_unchanged_beside_the_cnn_of_the_trace(estimator: str) -> None:
     """The flow's context is [z-scored statistics | CNN(trace)]: the statistics reach it exactly as the
     handcrafted embedding gives them, and the learned part depends on the trace alone."""
-    from inference.config import HYBRID_ARCH
-    from inference.embedding import Standardize, model_input
-    from inference.flow_matching import FlowMatchingConfig, FlowMatchingModel
-    from inference.flows import FlowConfig, NPEModel
+    from inference.defaults import HYBRID_ARCH
+    from inference.nets.embeddings import Standardize, model_input
+    from inference.nets.flow_matching import FlowMatchingConfig, FlowMatchingModel
+    from inference.nets.nsf import FlowConfig, NPEModel
 
     f = 11
     stats = {"low": [0.0] * 7, "high": [1.0] * 7, "theta_mean": [0.0] * 7, "theta_std": [1.0] * 7}

@@ -22,8 +22,8 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from deploy.cli import app, main
-from deploy.launch import DEFAULT_HOST, ServeOptions
-from deploy.service import AppArgs, build_app
+from deploy.serve.app import AppArgs, build_app
+from deploy.serve.launch import DEFAULT_HOST, ServeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -92,7 +92,7 @@ def test_serve_config_valid_and_builds():
     assert config["http_options"]["host"] == "127.0.0.1"  # loopback unless told otherwise
     (application,) = config["applications"]
     module, attr = application["import_path"].split(":")
-    assert (module, attr) == ("deploy.service", "build_app")
+    assert (module, attr) == ("deploy.serve.app", "build_app")
     AppArgs.model_validate(application["args"])
     built = build_app(application["args"])  # binding needs no Ray
     assert type(built).__name__ == "Application"
@@ -113,7 +113,7 @@ def test_kuberay_manifests():
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(serve_config)
-    assert serve_config["applications"][0]["import_path"] == "deploy.service:build_app"
+    assert serve_config["applications"][0]["import_path"] == "deploy.serve.app:build_app"
     AppArgs.model_validate(serve_config["applications"][0]["args"])
     for doc, cluster in ((service, service["spec"]["rayClusterConfig"]), (job, job["spec"]["rayClusterSpec"])):
         assert cluster["rayVersion"] == ray.__version__
@@ -296,7 +296,7 @@ def test_image_turns_token_auth_on_and_no_file_holds_a_token():
     text = (DEPLOY / "Dockerfile").read_text()
     env = dict(re.findall(r"(RAY_[A-Z_]+)=(\S+)", " ".join(re.findall(r"^ENV\s+(.+?)(?<!\\)$", text, flags=re.M | re.S))))
     assert env.get("RAY_AUTH_MODE") == "token", env
-    assert env.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH") == "deploy.limits:proxy_middlewares", env
+    assert env.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH") == "deploy.serve.limits:proxy_middlewares", env
     for path in [DEPLOY / "Dockerfile", DEPLOY / "cluster.yaml", *sorted((DEPLOY / "kuberay").glob("*.yaml")), ROOT / "docs" / "cluster.md"]:
         literal = re.findall(r"RAY_AUTH_TOKEN\s*[=:]\s*['\"]?(?!\$)[A-Za-z0-9]{8,}", path.read_text())
         assert not literal, (path.name, literal)
@@ -306,8 +306,8 @@ def test_proxy_callback_refuses_big_bodies_from_the_header():
     """The middleware Serve's proxy loads: 413 from Content-Length without calling the app or receive."""
     import asyncio
 
-    from deploy.limits import ContentLengthLimit, proxy_middlewares
-    from deploy.schemas import MAX_BODY_BYTES
+    from deploy.serve.limits import ContentLengthLimit, proxy_middlewares
+    from deploy.serve.schemas import MAX_BODY_BYTES
 
     (mw,) = proxy_middlewares()
     assert mw.cls is ContentLengthLimit

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference import diagnostics as dg
+from inference.diagnostics import calibration as dg
 
 N, S, D = 400, 400, 3
 SIGMA_X = 0.5

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from farm.errors import FarmInputError
-from inference.config import TRAIN_DEFAULTS, TrainConfig
+from inference.defaults import TRAIN_DEFAULTS, TrainConfig
 from inference.documents import ArtifactManifest, EvaluationReport, read_document
 from inference.errors import ArtifactError
-from inference.tasks import ClassifierTask, NPETask, get_task
+from inference.training.tasks import ClassifierTask, NPETask, get_task
 
 
 def _write(tmp_path, body) -> str:

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.chip import neuron_physics
 from farm.defaults import ChipModel, PriorBox, Protocol
-from farm.emulator import EmulatorSubstrate
 from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
+from farm.substrates.circuits import neuron_physics
+from farm.substrates.emulator import EmulatorSubstrate
 
 
 def reference_adex(theta: np.ndarray, protocol: Protocol, model: ChipModel) -> tuple[list[np.ndarray], np.ndarray]:

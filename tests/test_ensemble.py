@@ -12,12 +12,12 @@ from scipy.special import logsumexp
 from typer.testing import CliRunner
 
 from deploy.cli import app
-from deploy.model_calls import draw_and_assess
-from farm.runner import run_farm
-from farm.store import SimStore
+from deploy.serve.model_calls import draw_and_assess
+from farm.run.runner import run_farm
+from farm.store.sim_store import SimStore
 from inference import load_posterior
-from inference.ensemble import EnsemblePosterior, mixture_log_prob
 from inference.errors import ArtifactError
+from inference.posteriors.ensemble import EnsemblePosterior, mixture_log_prob
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_farm_train_npe_ensemble_2_writes_one_loadable_mixture(trained) -> None:
     assert isinstance(post, EnsemblePosterior) and post.num_members == 2
     fps = {m.fingerprint for m in post.members}
     assert len(fps) == 2 and post.fingerprint not in fps  # different seeds, different members; the mixture has its own identity
-    from deploy.launch import check_posterior  # what `farm serve` loads before it starts Ray
+    from deploy.serve.launch import check_posterior  # what `farm serve` loads before it starts Ray
 
     assert check_posterior(out) == f"handcrafted posterior {post.fingerprint}"
 
@@ -142,7 +142,7 @@ def test_ensemble_out_of_range_exits_2_with_one_line(store, tmp_path, k) -> None
 
 
 def test_library_refuses_bad_ensembles(store, tmp_path) -> None:
-    from inference.training import train
+    from inference.training.api import train
 
     with pytest.raises(ValueError, match=r"ensemble=0 outside \[1, 16\]"):
         train("npe", [store], str(tmp_path / "o"), ensemble=0)

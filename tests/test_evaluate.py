@@ -1,4 +1,4 @@
-"""`inference.evaluate` and `farm evaluate` / `farm compare` on a small store from the real farm.
+"""`inference.evaluation.evaluate` and `farm evaluate` / `farm compare` on a small store from the real farm.
 
 The posteriors here have known answers: the prior itself (truths are drawn from the same box, so
 p(theta | x) := prior is exactly calibrated and learns nothing) and a prior squeezed to 30 % of its
@@ -17,8 +17,8 @@ import pytest
 from deploy.cli import main
 from farm.defaults import PARAMETER_NAMES, ChipModel, Protocol
 from farm.prior import BoxPrior
-from farm.runner import run_farm
-from inference.evaluate import EvalConfig, compare_reports, evaluate, load_held_out, load_report, summary_table
+from farm.run.runner import run_farm
+from inference.evaluation.evaluate import EvalConfig, compare_reports, evaluate, load_held_out, load_report, summary_table
 
 
 class BoxPosterior:

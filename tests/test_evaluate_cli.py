@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import main
-from inference.evaluate import load_report
+from inference.evaluation.evaluate import load_report
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The replica's fair queue: a light client is served before heavy ones and is never the one shed.
 
-These drive ``deploy.fair_queue.FairModelQueue`` with a model call that waits on an event, so the
+These drive ``deploy.serve.fair_queue.FairModelQueue`` with a model call that waits on an event, so the
 order of service is observed exactly; the Serve app's use of it is tested in test_serve.py.
 """
 
@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from deploy.fair_queue import FairModelQueue, QueueFull
+from deploy.serve.fair_queue import FairModelQueue, QueueFull
 
 
 class Model:

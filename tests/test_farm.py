@@ -20,8 +20,8 @@ from farm.defaults import PARAMETER_NAMES
 from farm.errors import FarmError
 from farm.features import FEATURE_NAMES
 from farm.prior import BoxPrior
-from farm.runner import run_farm
-from farm.store import SimStore, open_dataset
+from farm.run.runner import run_farm
+from farm.store.sim_store import SimStore, open_dataset
 
 FARM = [sys.executable, "-m", "deploy.cli"]
 ARRAYS = ("theta", "trace", "spike_count", "features", "chip", "neuron", "seed")
@@ -84,7 +84,7 @@ def test_driver_simulates_single_threaded_blas_while_its_private_ray_starts_and_
     """
     out = tmp_path / "private.zarr"
     script = (
-        "import json, sys, threadpoolctl, farm.scheduler as sch\n"
+        "import json, sys, threadpoolctl, farm.run.scheduler as sch\n"
         "from deploy.cli import main\n"
         "seen = []\n"
         "real = sch.run_queue\n"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference import flow_matching as fm
-from inference.flow_matching import ConditionalVectorField, FlowMatchingConfig, FlowMatchingModel, VectorField, time_grid
+from inference.nets import flow_matching as fm
+from inference.nets.flow_matching import ConditionalVectorField, FlowMatchingConfig, FlowMatchingModel, VectorField, time_grid
 
 
 @pytest.fixture(autouse=True)
@@ -206,8 +206,8 @@ def test_cli_rejects_a_bad_architecture_field_in_one_line(capsys, arch, named):
 
 
 def test_task_keeps_nsf_configs_and_carries_the_estimator_to_workers():
-    from inference.config import TrainConfig
-    from inference.tasks import NPETask, task_for
+    from inference.defaults import TrainConfig
+    from inference.training.tasks import NPETask, task_for
 
     base = TrainConfig(task="npe", stores=("s.zarr",), out="o")
     nsf = NPETask().configure(base)
@@ -238,8 +238,8 @@ def test_each_row_averages_its_time_samples_over_one_embedding():
 def test_validation_sees_the_same_draws_every_epoch_and_leaves_training_randomness_alone():
     """A stochastic validation loss that changed between epochs by noise alone would halve the learning
     rate and stop training on noise; it must be a function of the weights only."""
-    from inference.tasks import NPETask
-    from inference.train import _validate
+    from inference.training.loop import _validate
+    from inference.training.tasks import NPETask
 
     class Batches:  # the ChunkStream interface _validate reads
         def batches(self, epoch, shuffle):

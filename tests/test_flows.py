@@ -11,7 +11,7 @@ import torch
 import zuko
 from zuko.transforms import MonotonicRQSTransform
 
-from inference.spline_flow import FastRQSTransform, spline_flow
+from inference.nets.spline_flow import FastRQSTransform, spline_flow
 
 # Float64 tolerance for every equality below. The worst amplification of rounding is the
 # spline inverse: solving the bin's quadratic is conditioned by 1 / (smallest derivative), and

@@ -21,10 +21,10 @@ import pytest
 from numba.core import types
 from numba.extending import intrinsic
 
-from farm import rng, simd_step
 from farm.defaults import ChipModel, Protocol
-from farm.emulator import EmulatorSubstrate
-from farm.expm import TABLE
+from farm.kernel import rng, simd_step
+from farm.kernel.expm import TABLE
+from farm.substrates.emulator import EmulatorSubstrate
 
 # sha256 of (trace, spike_times, spike_count) for the rows of _rows(), computed with the
 # one-neuron-at-a-time kernel and libm exp of EMULATOR_VERSION 1.0 (commit 65352dc). A store
@@ -55,16 +55,16 @@ def test_traces_equal_emulator_1_0_bit_for_bit() -> None:
 
 
 def test_kernel_cache_key_follows_the_sources_compiled_into_it() -> None:
-    """Numba's cache of farm/adex.py's kernels is keyed by adex.py alone; the code it inlines lives in
+    """Numba's cache of farm/kernel/adex.py's kernels is keyed by adex.py alone; the code it inlines lives in
     three other files. Their hash sits in adex.py, so editing them forces a change there too."""
-    from farm import adex
+    from farm.kernel import adex
 
     root = Path(adex.__file__).parent
     h = hashlib.sha256()
     for name in ("simd_step.py", "expm.py", "rng.py"):
         h.update((root / name).read_bytes())
     assert adex.INLINED_SOURCES_SHA256 == h.hexdigest(), (
-        f"farm/simd_step.py, expm.py or rng.py changed: set INLINED_SOURCES_SHA256 in farm/adex.py to {h.hexdigest()!r} "
+        f"farm/kernel/simd_step.py, expm.py or rng.py changed: set INLINED_SOURCES_SHA256 in farm/kernel/adex.py to {h.hexdigest()!r} "
         "(that edit makes numba recompile the kernel instead of loading a stale one)"
     )
 
@@ -90,7 +90,7 @@ def test_row_independent_of_batch_position_size_and_threads() -> None:
 
 @intrinsic
 def _lanes_of(typingctx, x, table, exp_out, noise_out):  # type: ignore[no-untyped-def]
-    """farm.simd_step's vector exp of x[:LANES], and its vector noise of the uint64 bits of x."""
+    """farm.kernel.simd_step's vector exp of x[:LANES], and its vector noise of the uint64 bits of x."""
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         ptrs = [context.make_array(ty)(context, builder, a).data for ty, a in zip(signature.args, args)]
@@ -120,7 +120,7 @@ def _vector_and_scalar(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def test_vector_step_parts_equal_their_scalar_definitions_bitwise() -> None:
     """The SIMD step's exp is glibc's on the kernel's argument range |x| <= 30 (tiny |x| included,
-    where glibc takes a special case), and its noise is farm.rng's, lane by lane."""
+    where glibc takes a special case), and its noise is farm.kernel.rng's, lane by lane."""
     g = np.random.default_rng(1)
     x = np.concatenate(
         [
@@ -144,7 +144,7 @@ def test_traces_identical_on_a_cpu_without_avx_or_fma(tmp_path) -> None:  # type
     code = (
         "from tests.test_kernel import _rows, _digest\n"
         "from farm.defaults import ChipModel, Protocol\n"
-        "from farm.emulator import EmulatorSubstrate\n"
+        "from farm.substrates.emulator import EmulatorSubstrate\n"
         "r = EmulatorSubstrate(Protocol(), ChipModel()).run(*_rows())\n"
         "print(_digest(r.trace, r.spike_times, r.spike_count))\n"
     )

@@ -8,8 +8,8 @@ import pytest
 from farm.defaults import PriorBox, Regime
 from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
-from inference.distortions import distort, other_chip
-from inference.misspecification import UNAVAILABLE, KNNDetector, assess, trace_reasons
+from inference.diagnostics.misspecification import UNAVAILABLE, KNNDetector, assess, trace_reasons
+from inference.evaluation.distortions import distort, other_chip
 
 REGIME = Regime()
 

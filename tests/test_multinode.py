@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from farm.runner import run_farm
-from farm.store import SimStore
+from farm.run.runner import run_farm
+from farm.store.sim_store import SimStore
 from tests.cluster import LoopbackCluster, descendants, node_id_of, pids_matching
 
 FARM = [sys.executable, "-m", "deploy.cli"]

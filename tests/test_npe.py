@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from farm.defaults import Protocol
-from farm.store import SimStore
+from farm.store.sim_store import SimStore
 from inference import load_posterior
 
 
@@ -32,8 +32,8 @@ def summary_net(summary_net_npe):
 @pytest.fixture(scope="module")
 def hybrid(stores, ray_session, tmp_path_factory: pytest.TempPathFactory):
     """A hybrid NPE (NSF, its default architecture, 2 epochs: the contract, not its quality)."""
-    from inference.tasks import NPETask
-    from inference.training import train
+    from inference.training.api import train
+    from inference.training.tasks import NPETask
 
     out = tmp_path_factory.mktemp("hy") / "npe-hybrid"
     metrics = train(NPETask(features="hybrid"), [stores[0]], str(out), epochs=2, batch_size=256, cpus_per_worker=1, quiet=True)
@@ -183,8 +183,8 @@ def test_hybrid_posterior_takes_a_trace_and_embeds_it_as_training_saw_the_store(
     one that was trained and validated, with no error anywhere.
     """
     from farm.features import FEATURE_NAMES
-    from inference.config import HYBRID_ARCH
-    from inference.embedding import model_input
+    from inference.defaults import HYBRID_ARCH
+    from inference.nets.embeddings import model_input
 
     out, _ = hybrid
     post = load_posterior(out)

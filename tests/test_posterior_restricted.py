@@ -12,8 +12,8 @@ import pytest
 from farm.defaults import PriorBox
 from farm.features import FEATURE_NAMES
 from farm.prior import RestrictedPrior
-from inference.flows import FlowConfig
-from inference.posterior import AmortizedPosterior
+from inference.nets.nsf import FlowConfig
+from inference.posteriors.amortized import AmortizedPosterior
 from tests.untrained import half_box, untrained_posterior
 
 

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from farm.bss2 import hxneuron_parameters, madc_to_codes, resample_trace
 from farm.defaults import PARAMETER_NAMES, ChipModel, PriorBox, Protocol, Regime
 from farm.errors import FarmInputError
 from farm.prior import BoxPrior, RestrictedPrior, load_prior, prior_from_attrs
 from farm.simulate import sim_schema, simulate_indices
-from farm.store import SimStore, StoreMismatch, open_dataset
-from farm.storespec import StoreSpec
-from farm.substrate import check_available, get_substrate
+from farm.store.sim_store import SimStore, StoreMismatch, open_dataset
+from farm.store.spec import StoreSpec
+from farm.substrates.bss2 import hxneuron_parameters, madc_to_codes, resample_trace
+from farm.substrates.registry import check_available, get_substrate
 
 
 def box_spec(*, seed: int, num_sims: int, chunk_size: int) -> StoreSpec:
@@ -140,7 +140,7 @@ def test_madc_resampling_and_codes() -> None:
 
 @pytest.mark.parametrize("scheme", ["memory://", "file://"])
 def test_store_at_fsspec_url(scheme: str, tmp_path: Path) -> None:
-    from farm.runner import run_farm
+    from farm.run.runner import run_farm
 
     url = f"{scheme}{tmp_path}/s.zarr" if scheme == "file://" else f"memory://{tmp_path.name}/s.zarr"
     summary = run_farm(url, num_sims=300, seed=4, chunk_size=100, in_process=True)

@@ -19,9 +19,9 @@ from farm.defaults import ChipModel, Protocol, Regime, Sweep
 from farm.errors import FarmInputError
 from farm.features import FEATURE_NAMES, feature_names, spike_count_column, summarize
 from farm.protocol import BUILTIN_PROTOCOLS, MULTI_STEP_AMPLITUDES_NA, dump_protocol, load_protocol_file, resolve_protocol
-from farm.runner import run_farm
+from farm.run.runner import run_farm
 from farm.simulate import simulate_theta
-from farm.store import SimStore, StoreMismatch, open_dataset
+from farm.store.sim_store import SimStore, StoreMismatch, open_dataset
 
 MULTI = BUILTIN_PROTOCOLS["multi-step"]
 S, T = MULTI.num_sweeps, MULTI.samples_per_sweep
@@ -232,7 +232,7 @@ def test_unknown_protocol_name_is_exit_2(tmp_path, capsys):
 
 
 def test_training_refuses_stores_of_different_protocols(multi_store, tmp_path):
-    from inference.datasets import StoreSet
+    from inference.data.datasets import StoreSet
 
     step = str(tmp_path / "step.zarr")
     run_farm(step, num_sims=20, seed=1, chunk_size=20, in_process=True)
@@ -243,7 +243,7 @@ def test_training_refuses_stores_of_different_protocols(multi_store, tmp_path):
 # ---------------------------------------------------------------- inference and serving
 @pytest.fixture(scope="module")
 def multi_npe(multi_store, tmp_path_factory, ray_session) -> Path:
-    from inference.training import train
+    from inference.training.api import train
 
     out = tmp_path_factory.mktemp("npe") / "multi-hc"
     train("npe", [multi_store], str(out), epochs=1, batch_size=64, cpus_per_worker=1, quiet=True)
@@ -284,7 +284,7 @@ def test_artifact_without_protocol_reads_as_step(multi_npe, tmp_path):
 def test_summary_network_reads_every_sweep():
     import torch
 
-    from inference.embedding import TraceCNN
+    from inference.nets.embeddings import TraceCNN
 
     for stem in ("pooled", "patch"):
         net = TraceCNN([500.0] * S, [60.0] * S, stem=stem)
@@ -295,8 +295,8 @@ def test_summary_network_reads_every_sweep():
 
 
 def test_served_observation_shapes():
-    from deploy.observations import as_observation
-    from deploy.schemas import SampleRequest
+    from deploy.serve.observations import as_observation
+    from deploy.serve.schemas import SampleRequest
 
     obs = np.full(S * T, 500)
     assert as_observation(obs.tolist(), MULTI, S * T).shape == (S * T,)

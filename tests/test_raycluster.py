@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from farm import raycluster
 from farm.errors import FarmError
+from farm.run import raycluster
 
 TIMEOUT = Exception(
     "The current node timed out during startup. This could happen because some of the raylet failed to startup or the GCS has become overloaded."

@@ -15,9 +15,9 @@ import torch
 from farm.defaults import PriorBox
 from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
-from inference.flows import FlowConfig
-from inference.posterior import AmortizedPosterior
-from inference.sbi_interop import RestrictedBoxPrior, to_sbi
+from inference.nets.nsf import FlowConfig
+from inference.posteriors.amortized import AmortizedPosterior
+from inference.posteriors.sbi_interop import RestrictedBoxPrior, to_sbi
 from tests.untrained import half_box, untrained_posterior
 
 # float32 flow outputs vs the native float64 densities: |log q| ~ 10-100, float32 keeps ~7 digits.

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from ray import serve
 
 from deploy.cli import main
-from deploy.schemas import MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES
-from deploy.service import APP_NAME, package_version, posterior_app
+from deploy.serve.app import APP_NAME, package_version, posterior_app
+from deploy.serve.schemas import MAX_BODY_BYTES, MAX_NUM_SAMPLES, MAX_PREDICTIVE_SAMPLES
 from farm.defaults import PARAMETER_NAMES, PriorBox, Protocol
 from farm.features import FEATURE_NAMES, summarize
 from farm.prior import BoxPrior
@@ -180,7 +180,7 @@ def test_binds_loopback_only(url):
 
 
 def test_farm_query_prints_the_posterior_of_a_store_sample(url, store, tmp_path, capsys):
-    from farm.store import open_dataset
+    from farm.store.sim_store import open_dataset
 
     code = main(["query", "--url", url, "--store", str(store), "--index", "3", "--n", "200", "--seed", "4", "--json", "--plot", str(tmp_path / "pair.png")])
     out = capsys.readouterr()
@@ -411,7 +411,7 @@ def test_request_past_its_deadline_is_504(url, artifact, obs):
             assert r.status_code == 504 and "request_timeout_s" in r.json()["message"], r.text[:300]
             # The abandoned model call runs on in the replica; a health check (every 2 s) that lands while it
             # does finds it past 2 x request_timeout_s and reports the replica unhealthy until it ends
-            # (deploy/health.py): how long depends on the CPU. So wait for the service to answer again,
+            # (deploy/serve/health.py): how long depends on the CPU. So wait for the service to answer again,
             # polling; the bound is a cap for a hung replica, not a timing requirement.
             cap = time.monotonic() + 120.0
             while (code := c.get("/health").status_code) != 200 and time.monotonic() < cap:
@@ -499,7 +499,7 @@ def test_farm_serve_detached_answers_through_proxy_and_replica_port_and_stops_on
         body = {"trace": obs.trace[0].tolist(), "num_samples": 50, "seed": 7}
         via_proxy = httpx.post(f"http://127.0.0.1:{port}/sample", json=body, timeout=60.0).json()["samples"]
         assert httpx.post(f"{direct_url}/sample", json=body, timeout=60.0).json()["samples"] == via_proxy
-        # Serve's proxy itself refuses the announced 100 MB (deploy.limits.ContentLengthLimit), and so
+        # Serve's proxy itself refuses the announced 100 MB (deploy.serve.limits.ContentLengthLimit), and so
         # does the replica's own server.
         for p in (port, direct_port):
             answer = raw_request(p, b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"{}")
@@ -527,7 +527,7 @@ def test_farm_serve_detached_answers_through_proxy_and_replica_port_and_stops_on
 @pytest.fixture(scope="module")
 def dead_trace(store: Path) -> list[int]:
     """A dead neuron: every code at the store's resting level (median before the step), no spikes."""
-    from farm.store import open_dataset
+    from farm.store.sim_store import open_dataset
 
     pre = int(PROTOCOL_PRE_US)
     return [int(np.median(open_dataset(str(store)).trace.values[:, :pre]))] * 1000
@@ -561,7 +561,7 @@ def typical_index(store: Path) -> int:
     matters. Its spike count is in the regime and it sits at the centre of the training summaries.
     """
     from farm.defaults import Regime
-    from farm.store import open_dataset
+    from farm.store.sim_store import open_dataset
 
     ds = open_dataset(str(store))
     rows = np.flatnonzero(Regime().contains(ds.spike_count.values))
@@ -571,7 +571,7 @@ def typical_index(store: Path) -> int:
 
 
 def test_in_distribution_trace_is_not_flagged(client, store, typical_index, posterior):
-    from farm.store import open_dataset
+    from farm.store.sim_store import open_dataset
 
     trace = open_dataset(str(store)).trace.values[typical_index]
     check = client.post("/sample", json={"trace": trace.tolist(), "num_samples": 20, "seed": 1}).json()["misspecification"]
@@ -600,7 +600,7 @@ def _derived_artifact(src: Path, out: Path, prior=None, nan_weights: bool = Fals
     import torch
 
     from inference.artifacts import read_artifact, write_artifact
-    from inference.posterior import KIND, PRIOR_SUBDIR
+    from inference.posteriors.amortized import KIND, PRIOR_SUBDIR
 
     m, state = read_artifact(src, KIND)
     stamped = ("kind", "format_version", "package_version", "emulator_version", "weights", "fingerprint", "misspecification")
@@ -652,7 +652,7 @@ def test_nan_weights_fail_the_health_probe(artifact, posterior, tmp_path):
     import asyncio
     from concurrent.futures import ThreadPoolExecutor as Pool
 
-    from deploy.health import HealthMonitor, ModelUnhealthy, probe
+    from deploy.serve.health import HealthMonitor, ModelUnhealthy, probe
     from inference import load_posterior
 
     sick = load_posterior(_derived_artifact(artifact, tmp_path / "npe-nan", nan_weights=True))

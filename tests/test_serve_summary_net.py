@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from deploy.service import posterior_app
+from deploy.serve.app import posterior_app
 from farm.features import summarize
 from farm.prior import BoxPrior
 from farm.simulate import simulate_theta

@@ -25,10 +25,10 @@ import zarr
 
 from deploy.cli import main
 from farm.defaults import PriorBox
-from farm.lock import StoreLock, StoreLocked
 from farm.prior import RestrictedPrior
-from farm.runner import run_farm
-from farm.store import SimStore, open_dataset
+from farm.run.runner import run_farm
+from farm.store.lock import StoreLock, StoreLocked
+from farm.store.sim_store import SimStore, open_dataset
 
 FARM = [sys.executable, "-m", "deploy.cli"]
 N, CHUNK, SEED, N_SMALL = 300, 50, 5, 120  # N_SMALL leaves a partial last chunk, so growth must reset its flag
@@ -260,7 +260,7 @@ def test_verify_names_damaged_chunks_and_repair_recomputes_them_identically(tmp_
 
 def test_stores_without_checksums_stay_readable_and_resumable(tmp_path: Path, reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store made before checksums (blosc only) resumes with its own codecs and verifies."""
-    import farm.store as store_mod
+    import farm.store.sim_store as store_mod
 
     out = tmp_path / "old.zarr"
     monkeypatch.setattr(store_mod, "_COMPRESSORS", store_mod._COMPRESSORS[:1])

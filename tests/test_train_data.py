@@ -9,12 +9,12 @@ import zarr
 from deploy.cli import main
 from farm.defaults import PriorBox
 from farm.prior import BoxPrior
-from farm.runner import run_farm
-from inference.datasets import ChunkStream, PriorMismatch, StoreSet, plan_data
-from inference.heldout import split_rows
-from inference.quality import quality_flags
-from inference.splits import is_validation, split_of
-from inference.transforms import theta_to_unbounded_np
+from farm.run.runner import run_farm
+from inference.data.datasets import ChunkStream, PriorMismatch, StoreSet, plan_data
+from inference.data.heldout import split_rows
+from inference.data.quality import quality_flags
+from inference.data.splits import is_validation, split_of
+from inference.nets.transforms import theta_to_unbounded_np
 
 BAD_ROWS = {"flat": 3, "saturated": 17, "nan": 1500}
 
@@ -129,7 +129,7 @@ def test_steady_gives_every_worker_the_same_step_count(store: str) -> None:
 
 def test_mismatched_stores_are_refused(store: str, tmp_path) -> None:
     from farm.defaults import Protocol
-    from farm.store import StoreMismatch
+    from farm.store.sim_store import StoreMismatch
 
     other = str(tmp_path / "o.zarr")
     run_farm(other, num_sims=100, seed=1, chunk_size=100, in_process=True, protocol=Protocol(i_stim_na=80.0))

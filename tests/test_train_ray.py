@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from deploy.cli import main
-from farm.runner import run_farm
-from inference.train import TrainConfig, TrainingError, run_training
+from farm.run.runner import run_farm
+from inference.training.loop import TrainConfig, TrainingError, run_training
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_two_workers_give_the_same_loss_curve_shape_as_one(store, tmp_path, ray_
         assert len(c) == 4 and c[-1] < 0.8 * c[0]  # both learn
     assert np.all(np.diff(curves[1]) < 0.02) and np.all(np.diff(curves[2]) < 0.02)  # both (nearly) monotone
     np.testing.assert_allclose(curves[2], curves[1], rtol=0.25)  # and they track each other
-    # no run leaves its placement group behind though Ray Train's own cleaner is off (inference/lean_trainer.py)
+    # no run leaves its placement group behind though Ray Train's own cleaner is off (inference/training/lean_trainer.py)
     import ray.util
 
     assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())

@@ -8,8 +8,8 @@ import torch
 from farm.defaults import PARAMETER_NAMES, ChipModel, PriorBox, Protocol
 from farm.features import FEATURE_NAMES
 from farm.prior import AnyPrior, RestrictedPrior
-from inference.flows import FlowConfig, NPEModel
-from inference.posterior import AmortizedPosterior
+from inference.nets.nsf import FlowConfig, NPEModel
+from inference.posteriors.amortized import AmortizedPosterior
 
 
 def half_box(threshold: float = 0.0) -> RestrictedPrior:

@@ -32,7 +32,7 @@ def evaluate(
 
     Example: farm evaluate --posterior runs/npe-hand --store runs/test.zarr --out reports/hand
     """
-    from inference.evaluate import EvalConfig
+    from inference.evaluation.evaluate import EvalConfig
 
     sizes = {}
     for option, name, value in (("--n-obs", "num_obs", n_obs), ("--n-samples", "num_samples", n_samples)):
@@ -45,8 +45,8 @@ def evaluate(
     from rich.table import Table
 
     from inference import load_posterior
-    from inference.evaluate import evaluate as run_evaluation
-    from inference.evaluate import load_held_out, summary_table
+    from inference.evaluation.evaluate import evaluate as run_evaluation
+    from inference.evaluation.evaluate import load_held_out, summary_table
 
     try:
         post = load_posterior(posterior)
@@ -89,7 +89,7 @@ def compare(
     from rich.console import Console
     from rich.table import Table
 
-    from inference.evaluate import compare_reports, load_report
+    from inference.evaluation.evaluate import compare_reports, load_report
 
     if len(reports_in) < 2:
         raise typer.BadParameter(f"{len(reports_in)} report given; compare needs two or more", param_hint="REPORT...")

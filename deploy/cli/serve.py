@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from deploy.cli.common import bad_input, fail
-from deploy.settings import DEFAULT_MAX_BATCH_SIZE
+from deploy.defaults import DEFAULT_MAX_BATCH_SIZE
 
 
 def serve(
@@ -46,7 +46,17 @@ def serve(
 
     Example: farm serve --posterior artifacts/npe-handcrafted --port 8000
     """
-    from deploy.launch import READY_MARKER, ServeOptions, check_posterior, deploy, port_free, ready_line, serve_until_interrupted, spawn_detached, wait_healthy
+    from deploy.serve.launch import (
+        READY_MARKER,
+        ServeOptions,
+        check_posterior,
+        deploy,
+        port_free,
+        ready_line,
+        serve_until_interrupted,
+        spawn_detached,
+        wait_healthy,
+    )
 
     if direct_ingress and address is not None:
         raise typer.BadParameter(

@@ -64,10 +64,10 @@ def simulate(
     Example: farm simulate --n 1e6 --out runs/sims.zarr --seed 1
     """
     from farm.prior import load_prior
-    from farm.raycluster import ray_connected
-    from farm.runner import run_farm
-    from farm.substrate import check_available
-    from farm.thetafile import read_theta
+    from farm.run.raycluster import ray_connected
+    from farm.run.runner import run_farm
+    from farm.store.user_arrays import read_theta
+    from farm.substrates.registry import check_available
 
     try:
         check_available(substrate)
@@ -114,7 +114,7 @@ def simulate(
     if as_json:
         typer.echo(json.dumps(summary))
     else:
-        from farm.report import print_summary
+        from farm.run.report import print_summary
 
         print_summary(summary)
     if not ray_was_running and ray_connected():
@@ -125,10 +125,10 @@ def simulate(
 
 def _chip_model(chip_ids: str | None, out: str):  # -> farm.defaults.ChipModel
     """The chip model of `--chip-ids`; refuses, naming both chip sets, to resume a store made with other chips."""
-    from farm.chip import format_chip_ids, parse_chip_ids
     from farm.defaults import ChipModel
     from farm.errors import FarmInputError
-    from farm.store import SimStore, StoreMismatch
+    from farm.store.sim_store import SimStore, StoreMismatch
+    from farm.substrates.circuits import format_chip_ids, parse_chip_ids
 
     try:
         model = ChipModel(chip_ids=parse_chip_ids(chip_ids)) if chip_ids is not None else ChipModel()
@@ -151,7 +151,7 @@ def _protocol(spec: str | None, out: str):  # -> farm.defaults.Protocol
     from farm.defaults import Protocol
     from farm.errors import FarmInputError
     from farm.protocol import resolve_protocol
-    from farm.store import SimStore, StoreMismatch
+    from farm.store.sim_store import SimStore, StoreMismatch
 
     try:
         have = SimStore.open(out).attrs.get("protocol")
@@ -179,8 +179,8 @@ def info(
 
     Example: farm info runs/sims.zarr
     """
-    from farm.report import print_info
-    from farm.store import SimStore
+    from farm.run.report import print_info
+    from farm.store.sim_store import SimStore
 
     try:
         s = SimStore.open(store)
@@ -206,9 +206,9 @@ def verify(
 
     Example: farm verify runs/sims.zarr --repair
     """
-    from farm.lock import StoreLock
-    from farm.store import SimStore
-    from farm.verify import unflag_damaged, verify_store
+    from farm.store.lock import StoreLock
+    from farm.store.sim_store import SimStore
+    from farm.store.verify import unflag_damaged, verify_store
 
     try:
         s = SimStore.open(store)

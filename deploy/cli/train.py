@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from deploy.cli.common import AddressOpt
-from inference.config import ESTIMATORS, FEATURES
-from inference.config import TRAIN_DEFAULTS as D
+from inference.defaults import ESTIMATORS, FEATURES
+from inference.defaults import TRAIN_DEFAULTS as D
 
 train_app = typer.Typer(help="Train the restriction classifier or an amortized posterior with Ray Train, from Zarr stores.", no_args_is_help=True)
 
@@ -46,8 +46,8 @@ def architecture_fields(items: list[str] | None, features: str, estimator: str) 
     """--arch FIELD=VALUE pairs as the estimator's config fields, checked before any training starts."""
     from dataclasses import fields
 
-    from inference.flow_matching import FlowMatchingConfig
-    from inference.flows import FlowConfig
+    from inference.nets.flow_matching import FlowMatchingConfig
+    from inference.nets.nsf import FlowConfig
 
     cls = FlowMatchingConfig if estimator == "flow-matching" else FlowConfig
     allowed = [f.name for f in fields(cls) if f.name != "variant"]
@@ -70,7 +70,7 @@ def architecture_fields(items: list[str] | None, features: str, estimator: str) 
 
 def _run_train(task: Any, *, as_json: bool, **kwargs: Any) -> None:
     """Train through the library; its typed errors become exit codes in `deploy.cli.main`."""
-    from inference.training import format_metrics, train
+    from inference.training.api import format_metrics, train
 
     metrics = train(task, **kwargs)
     if as_json:
@@ -103,7 +103,7 @@ def train_classifier(
 
     Example: farm train classifier --store runs/pilot.zarr --out artifacts/restricted
     """
-    from inference.tasks import ClassifierTask
+    from inference.training.tasks import ClassifierTask
 
     _run_train(
         ClassifierTask(target_recall=target_recall, heldout=tuple(heldout or ())),
@@ -168,7 +168,7 @@ def train_npe(
         raise typer.BadParameter(f"{features!r} unknown; choose one of {', '.join(FEATURES)}", param_hint="--features")
     if estimator not in ESTIMATORS:
         raise typer.BadParameter(f"{estimator!r} unknown; choose {' or '.join(ESTIMATORS)}", param_hint="--estimator")
-    from inference.tasks import NPETask
+    from inference.training.tasks import NPETask
 
     _run_train(
         NPETask(features=features, prior=prior, estimator=estimator, flow=architecture_fields(arch, features, estimator)),

@@ -1,0 +1,1 @@
+"""The Ray Serve application: HTTP schemas, limits, load shedding, health, and `farm serve`."""

@@ -1,0 +1,173 @@
+"""`farm simulate` as a Python call: create or resume the store, then run its pending chunks.
+
+Where the chunks run is the one choice made here: in this process (``in_process=True``), or on
+Ray actors (``farm.run.scheduler``), with the driver itself working while a private local Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from farm.defaults import ChipModel, Protocol, Regime, default_chunk_size
+from farm.errors import FarmError, FarmInputError
+from farm.prior import AnyPrior, BoxPrior
+from farm.run.job import ChunkJob, ChunkQueue, run_queue
+from farm.run.progress import ProgressBar
+from farm.run.scheduler import run_on_ray
+from farm.simulate import sim_schema
+from farm.store.lock import StoreLock
+from farm.store.paths import check_parent_writable, classify, is_remote
+from farm.store.sim_store import SimStore, normalise_url
+from farm.store.spec import StoreSpec
+from farm.store.user_arrays import theta_fingerprint
+from farm.substrates.registry import get_substrate
+
+
+def _chunk_delay_s() -> float:
+    """FARM_CHUNK_DELAY_S: a per-chunk sleep for fault-injection tests (never changes data)."""
+    return float(os.environ.get("FARM_CHUNK_DELAY_S", "0") or 0)
+
+
+def absolute_url(url: str) -> str:
+    """A local store path made absolute; other fsspec URLs unchanged.
+
+    Why: actors on other nodes open the store themselves, from their own working directory,
+    so a relative ``--out`` would name a different (or no) store there.
+    """
+    return url if is_remote(url) else os.path.abspath(os.path.expanduser(url))
+
+
+def run_farm(
+    out: str,
+    num_sims: int,
+    *,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    num_chips: int | None = None,
+    substrate: str = "emulator",
+    prior: AnyPrior | None = None,
+    theta: NDArray[np.float32] | None = None,
+    address: str | None = None,
+    in_process: bool = False,
+    progress: bool = False,
+    protocol: Protocol | None = None,
+    chip_model: ChipModel | None = None,
+    regime: Regime | None = None,
+    max_in_flight_per_chip: int = 2,
+    max_actor_failures: int | None = None,
+    break_lock: bool = False,
+) -> dict[str, Any]:
+    """Fill (or resume, or extend) the store at ``out``; the Python form of `farm simulate`.
+
+    Args:
+        out: local path or fsspec URL of the store.
+        num_sims: samples the store should hold.
+        seed: root seed; sample i is a pure function of (seed, i).
+        chunk_size: samples per store chunk and work item, fixed at creation; None: the
+            existing store's, or ``default_chunk_size(num_sims)`` for a new store.
+        num_chips: actors; default one per CPU of the cluster.
+        prior: BoxPrior (default) or RestrictedPrior.
+        theta: (num_sims, 7) parameter sets to simulate instead of prior draws.
+        address: Ray cluster address; None starts (or reuses) a local Ray.
+        in_process: run without Ray in this process.
+        break_lock: take the store's lock even from a run that still looks alive.
+
+    Returns:
+        Summary dict (samples done, traces/s, fraction in the regime of interest, nodes used).
+
+    Raises:
+        FarmInputError: bad settings, a store made with other settings (``StoreMismatch``), an
+            ``out`` that holds something else (``StoreRefused``), or a store another run is
+            writing (``StoreLocked``).
+        FarmError: the run could not finish; completed chunks are kept and a re-run resumes.
+    """
+    if theta is not None and (theta.dtype.fields is not None or not np.issubdtype(theta.dtype, np.number) or theta.ndim != 2):
+        raise FarmInputError(f"theta dtype={theta.dtype} ndim={theta.ndim}; give a plain numeric (n, 7) array")
+    prior = prior or BoxPrior()
+    protocol = protocol or Protocol()
+    chip_model = chip_model or ChipModel()
+    regime = regime or Regime()
+    theta_source = "prior" if theta is None else theta_fingerprint(theta)
+    if chunk_size is None:
+        chunk_size = SimStore.existing_chunk_size(out) or default_chunk_size(num_sims)
+    if theta is not None and theta.shape[0] != num_sims:
+        raise FarmInputError(f"theta has {theta.shape[0]} rows but num_sims={num_sims}")
+    spec = StoreSpec(
+        seed=seed,
+        num_sims=num_sims,
+        chunk_size=chunk_size,
+        prior=prior.to_dict(),
+        protocol=protocol,
+        chip_model=chip_model,
+        regime=regime,
+        schema=sim_schema(protocol),
+        substrate=substrate,
+        theta_source=theta_source,
+    )
+    # Refuse a foreign --out before the lock file appears beside it; then one writer at a time,
+    # and the lock is held before creation touches the store path.
+    out = normalise_url(out)
+    classify(out)
+    check_parent_writable(out)
+    with StoreLock(out, break_lock=break_lock) as lock:
+        store = SimStore.create_or_resume(out, spec)
+        if theta is not None and not store.attrs.get("theta_written"):
+            store.write_array("theta", theta)
+            store.set_attrs(theta_written=True)
+        job = ChunkJob(
+            store_url=absolute_url(store.url),
+            seed=seed,
+            prior=prior,
+            substrate=substrate,
+            protocol=protocol,
+            chip_model=chip_model,
+            regime=regime,
+            theta_from_store=theta is not None,
+            chunk_delay_s=_chunk_delay_s(),
+        )
+        pending = store.pending_chunks()
+        skipped = store.num_sims - sum(b - a for a, b in map(store.chunk_bounds, pending))
+        t0 = time.perf_counter()
+        stats: dict[str, Any] = {"num_workers": 0, "nodes": set(), "chunks_retried": 0, "retried_on": set()}
+        try:
+            with ProgressBar(total=store.num_sims, done=skipped, enabled=progress) as bar:
+                queue = ChunkQueue(store, pending, bar)
+                if pending and in_process:
+                    # Errors other than store I/O propagate unchanged: the caller's own process ran them.
+                    run_queue(queue, job, get_substrate(job.substrate, job.protocol, job.chip_model))
+                    stats.update(num_workers=1, nodes={"local"})
+                elif pending:
+                    run_on_ray(
+                        queue,
+                        job,
+                        stats,
+                        address=address,
+                        num_chips=num_chips,
+                        max_in_flight_per_chip=max_in_flight_per_chip,
+                        max_actor_failures=max_actor_failures,
+                    )
+        except OSError as e:  # the driver's own writes (done flags) on a full or vanished store
+            raise FarmError(f"writing to {store.url} failed: {e.strerror or e}; completed chunks are kept, re-run the same command to resume") from None
+        if lock.lost:
+            raise FarmError(f"another run took over the lock of {out}; run `farm verify {out}`, then re-run the same command")
+    seconds = time.perf_counter() - t0
+    summary = store.describe()
+    simulated_now = summary["completed_sims"] - skipped
+    summary.update(
+        simulated_now=simulated_now,
+        skipped=skipped,
+        seconds=seconds,
+        sims_per_second=simulated_now / seconds if seconds > 0 else 0.0,
+        num_workers=stats["num_workers"],
+        num_nodes=len(stats["nodes"]),
+        nodes=sorted(stats["nodes"]),
+        chunks_retried=stats["chunks_retried"],
+        retried_on=sorted(stats["retried_on"]),
+        driver_chunks=stats.get("driver_chunks", 0),
+    )
+    return summary

@@ -1,0 +1,1 @@
+"""Posteriors: the amortized posterior, the ensemble mixture, and the one loader that knows both."""

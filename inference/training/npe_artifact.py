@@ -1,0 +1,164 @@
+"""From a finished NPE training to a posterior artifact, with a quick held-out check.
+
+The artifact is what :func:`inference.load_posterior` rebuilds: ``manifest.json``, ``weights.pt``
+and, for a restricted prior, a copy of it in ``prior/`` so the artifact is self-contained.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from farm.defaults import PARAMETER_NAMES, PriorBox
+from farm.errors import FarmInputError
+from farm.features import feature_names, spike_count_column
+from farm.prior import AnyPrior, BoxPrior, RestrictedPrior
+from inference.artifacts import write_artifact
+from inference.data.datasets import ChunkStream
+from inference.diagnostics.misspecification import KNNDetector
+from inference.nets.embeddings import model_input
+from inference.posteriors.amortized import KIND, PRIOR_SUBDIR, AmortizedPosterior, load_posterior
+
+log = logging.getLogger(__name__)
+
+
+def resolve_prior(store_prior: dict[str, Any] | None, prior_dir: str | Path | None) -> AnyPrior:
+    """The prior the training samples came from.
+
+    Args:
+        store_prior: the store's ``prior`` attribute (box dict, or restricted with its fingerprint).
+        prior_dir: the restricted prior directory (``farm train classifier --out``), if any.
+
+    Raises:
+        FarmInputError: ``prior_dir`` is not the prior the store was simulated from (a ValueError).
+    """
+    store_prior = store_prior or PriorBox().to_dict()
+    if prior_dir is not None:
+        prior = RestrictedPrior.load(prior_dir)
+        if store_prior.get("type") == "restricted" and store_prior.get("fingerprint") != prior.fingerprint:
+            raise FarmInputError(
+                f"prior={str(prior_dir)!r} has fingerprint {prior.fingerprint}, but the store was simulated from {store_prior.get('fingerprint')}"
+            )
+        if store_prior.get("type") != "restricted":
+            raise FarmInputError(f"prior={str(prior_dir)!r} given, but the store was simulated from the box prior; omit --prior")
+        return prior
+    if store_prior.get("type") == "restricted":
+        log.warning("store was simulated from restricted prior %s but no --prior was given: the posterior's support is its box", store_prior.get("fingerprint"))
+        return BoxPrior(PriorBox.from_dict(store_prior["box"]))
+    return BoxPrior(PriorBox.from_dict(store_prior))
+
+
+def heldout_check(posterior: AmortizedPosterior, outcome: Any, num_obs: int = 200, num_samples: int = 500, level: float = 0.9) -> dict[str, Any]:
+    """Coverage and width of central credible intervals on test-split observations.
+
+    Why the test split: validation rows chose the best epoch (early stopping), so coverage on
+    them is optimistic; test rows took no part in training.
+
+    Returns:
+        ``coverage`` (share of true parameters inside their ``level`` interval, per parameter and
+        mean) and ``relative_width`` (interval width / prior box width).
+    """
+    stream = ChunkStream(outcome.stores, outcome.plan, "test", ("theta", "features", "trace"), num_obs)
+    batch = next(stream.batches(shuffle=False), None)
+    if batch is None:
+        return {"split": "test", "level": level, "num_observations": 0}
+    kw = {"features": batch["features"]} if posterior.accepts_features else {"traces": batch["trace"]}
+    s = posterior.sample_batched(num_samples, seed=0, **kw).astype(np.float64)
+    lo, hi = np.quantile(s, [(1 - level) / 2, (1 + level) / 2], axis=1)
+    covered = (batch["theta"] >= lo) & (batch["theta"] <= hi)
+    width = (hi - lo) / (posterior.prior.high - posterior.prior.low)
+    return {
+        "split": "test",
+        "level": level,
+        "num_observations": int(len(batch["theta"])),
+        "coverage": float(covered.mean()),
+        "coverage_per_parameter": dict(zip(PARAMETER_NAMES, covered.mean(0).tolist(), strict=True)),
+        "relative_width": float(width.mean()),
+        "relative_width_per_parameter": dict(zip(PARAMETER_NAMES, width.mean(0).tolist(), strict=True)),
+    }
+
+
+def _in_regime_rows(posterior: AmortizedPosterior, outcome: Any, split: str, limit: int) -> np.ndarray:
+    """Summaries (embedding outputs) of up to ``limit`` in-regime rows of one split, in chunk order."""
+    import torch
+
+    stream = ChunkStream(outcome.stores, outcome.plan, split, ("features", "trace"), 1024)
+    out: list[np.ndarray] = []
+    count = 0
+    for batch in stream.batches(shuffle=False):
+        keep = posterior.regime.contains(batch["features"][:, spike_count_column(posterior.protocol)])
+        x = model_input(batch, posterior.model.x_fields)[keep]
+        if len(x):
+            with torch.inference_mode():
+                out.append(posterior.model.embedding(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy())
+            count += len(x)
+        if count >= limit:
+            break
+    return np.concatenate(out)[:limit] if out else np.empty((0, 0), np.float32)
+
+
+def calibrate_misspecification(posterior: AmortizedPosterior, outcome: Any, num_reference: int = 5000, num_calibration: int = 2000) -> KNNDetector | None:
+    """The summary-space detector: reference = in-regime training rows, threshold from in-regime test rows.
+
+    Why the test split: validation rows chose the best epoch, so the embedding has seen their
+    influence and scores them slightly lower than fresh data; test rows took no part in training,
+    so their 95 % quantile gives the ~5 % false-alarm rate a fresh observation meets.
+    Returns None (with a warning) when the test split holds too few in-regime rows.
+    """
+    ref = _in_regime_rows(posterior, outcome, "train", num_reference)
+    cal = _in_regime_rows(posterior, outcome, "test", num_calibration)
+    if len(ref) < 10 or len(cal) < 20:
+        log.warning("only %d training / %d test rows in the regime: no misspecification score is stored", len(ref), len(cal))
+        return None
+    return KNNDetector.fit(ref, cal, k=10, quantile=0.95)
+
+
+def summary_names(model: Any, protocol: Any) -> list[str]:
+    """Names of the embedding's outputs: the named statistics, then ``cnn_k`` for each learned one."""
+    names = list(feature_names(protocol)) if "features" in model.config.x_fields else []
+    return names + [f"cnn_{k}" for k in range(model.embedding.num_features - len(names))]
+
+
+def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str, Any]:
+    """Write the posterior artifact into ``outcome.config.out`` and return its metrics."""
+    cfg, out = outcome.config, Path(outcome.config.out)
+    stores, plan = outcome.stores, outcome.plan
+    prior = resolve_prior(stores.priors[0], prior_dir)
+    if isinstance(prior, RestrictedPrior):
+        prior.save(out / PRIOR_SUBDIR)
+    model = outcome.best_model()
+    history = outcome.state["history"]
+    metrics: dict[str, Any] = outcome.summary() | {
+        "splits": plan.splits(),
+        "excluded": plan.flag_counts,
+    }
+    manifest = {
+        "architecture": model.config.to_dict(),
+        "parameter_names": list(PARAMETER_NAMES),
+        "feature_names": summary_names(model, stores.protocol),
+        "standardization": outcome.stats,
+        "prior": prior.to_dict(),
+        "prior_dir": PRIOR_SUBDIR if isinstance(prior, RestrictedPrior) else None,
+        "protocol": stores.protocol.to_dict(),
+        "chip_model": stores.chip_model.to_dict(),
+        "training_chip_ids": [int(c) for c in stores.chip_model.pool],
+        "regime": stores.regime.to_dict(),
+        "trace_length": stores.protocol.num_samples,
+        "stores": [{"url": u, "prior": p} for u, p in zip(stores.urls, stores.priors, strict=True)],
+        "store_fingerprint": plan.fingerprint,
+        "train_config": cfg.identity(),
+        "metrics": metrics,
+        "history": history,
+    }
+    write_artifact(out, KIND, model.state_dict(), manifest)
+    posterior = load_posterior(out)
+    metrics["heldout"] = heldout_check(posterior, outcome)
+    detector = calibrate_misspecification(posterior, outcome)
+    if detector is not None:
+        manifest["misspecification"] = detector.save(out)
+        metrics["misspecification"] = detector.meta()
+    write_artifact(out, KIND, model.state_dict(), manifest | {"metrics": metrics})
+    return metrics
