@@ -36,7 +36,22 @@ def train_pair(root: Path) -> tuple[Path, Path]:
     for est in ("nsf", "flow-matching"):
         out = root / f"npe-{est}"
         code = farm_main(
-            ["train", "npe", "--store", str(store), "--features", "handcrafted", "--estimator", est, "--out", str(out), "--epochs", "2", "--quiet", "--json"]
+            [
+                "train",
+                "npe",
+                "--store",
+                str(store),
+                "--features",
+                "handcrafted",
+                "--estimator",
+                est,
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--quiet",
+                "--json",
+            ]
         )
         if code != 0:
             raise SystemExit(f"training the {est} bench posterior failed (exit {code})")
@@ -72,23 +87,51 @@ def main(argv: list[str] | None = None) -> int:
         nsf_dir, fm_dir = (args.nsf, args.fm) if args.nsf and args.fm else train_pair(Path(tmp))
         posteriors = {"nsf": load_posterior(nsf_dir), "flow-matching": load_posterior(fm_dir)}
     # the training split's mean statistics: a typical observation, the same for both
-    features = np.asarray(posteriors["nsf"].manifest["standardization"]["feature_mean"], dtype=np.float32)
-    results: dict[str, dict[str, list[float]]] = {k: {"sample_and_log_prob_ms": [], "log_prob_ms": []} for k in posteriors}
+    features = np.asarray(
+        posteriors["nsf"].manifest["standardization"]["feature_mean"], dtype=np.float32
+    )
+    results: dict[str, dict[str, list[float]]] = {
+        k: {"sample_and_log_prob_ms": [], "log_prob_ms": []} for k in posteriors
+    }
     for _ in range(args.rounds):
         for name, post in posteriors.items():
             theta = post.sample(args.draws, features=features, seed=1)
             post.sample_and_log_prob(args.draws, features=features[None], seed=0)  # warm-up
             results[name]["sample_and_log_prob_ms"].append(
-                p50_ms(lambda post=post: post.sample_and_log_prob(args.draws, features=features[None], seed=0), args.reps)
+                p50_ms(
+                    lambda post=post: post.sample_and_log_prob(
+                        args.draws, features=features[None], seed=0
+                    ),
+                    args.reps,
+                )
             )
-            results[name]["log_prob_ms"].append(p50_ms(lambda post=post, theta=theta: post.log_prob(theta, features=features), max(3, args.reps // 3)))
+            results[name]["log_prob_ms"].append(
+                p50_ms(
+                    lambda post=post, theta=theta: post.log_prob(theta, features=features),
+                    max(3, args.reps // 3),
+                )
+            )
     summary = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
     ratios = {k: summary["flow-matching"][k] / summary["nsf"][k] for k in summary["nsf"]}
-    print(f"torch threads {args.threads}, {args.draws} draws / parameter sets, p50 of {args.reps} calls, median of {args.rounds} rounds")
+    print(
+        f"torch threads {args.threads}, {args.draws} draws / parameter sets, p50 of {args.reps} calls, median of {args.rounds} rounds"
+    )
     for k in summary["nsf"]:
-        print(f"{k:24s} nsf {summary['nsf'][k]:8.2f} ms   flow-matching {summary['flow-matching'][k]:8.2f} ms   ratio {ratios[k]:.2f}x")
+        print(
+            f"{k:24s} nsf {summary['nsf'][k]:8.2f} ms   flow-matching {summary['flow-matching'][k]:8.2f} ms   ratio {ratios[k]:.2f}x"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"summary_ms": summary, "ratio_fm_over_nsf": ratios, "threads": args.threads, "draws": args.draws}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "summary_ms": summary,
+                    "ratio_fm_over_nsf": ratios,
+                    "threads": args.threads,
+                    "draws": args.draws,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -35,7 +35,12 @@ def numpy_euler(theta: np.ndarray, protocol: Protocol, model: ChipModel) -> int:
         current = protocol.i_stim_na if on <= step < off else 0.0
         dw = dt / ph.tau_w_us * (ph.a_us * (v - ph.v_leak_mv) - w)
         v = v + dt / ph.c_mem_pf * (
-            -ph.g_leak_us * (v - ph.v_leak_mv) + ph.g_leak_us * ph.delta_t_mv * np.exp(np.minimum((v - ph.v_t_mv) / ph.delta_t_mv, 30.0)) - w + current
+            -ph.g_leak_us * (v - ph.v_leak_mv)
+            + ph.g_leak_us
+            * ph.delta_t_mv
+            * np.exp(np.minimum((v - ph.v_t_mv) / ph.delta_t_mv, 30.0))
+            - w
+            + current
         )
         w = w + dw
         fired = v >= ph.v_threshold_mv
@@ -62,13 +67,21 @@ def main() -> None:
     sub = EmulatorSubstrate(protocol, model)
     sub.run(theta[:10], chip[:10], neuron[:10], keys[:10])  # compile / load cache
     theta_np = theta[: args.n_numpy].astype(np.float64)
-    best, best_numpy = alternate(lambda: sub.run(theta, chip, neuron, keys), lambda: numpy_euler(theta_np, protocol, model), args.repeats)
+    best, best_numpy = alternate(
+        lambda: sub.run(theta, chip, neuron, keys),
+        lambda: numpy_euler(theta_np, protocol, model),
+        args.repeats,
+    )
     kernel_rate = args.n * steps / best
     numpy_rate = args.n_numpy * steps / best_numpy
-    print(f"kernel (numba, {args.threads} threads, noise+mismatch+ADC): {kernel_rate:.3g} neuron-steps/s  ({args.n / best:,.0f} traces/s)")
+    print(
+        f"kernel (numba, {args.threads} threads, noise+mismatch+ADC): {kernel_rate:.3g} neuron-steps/s  ({args.n / best:,.0f} traces/s)"
+    )
     print(f"baseline (numpy Euler, no noise):                {numpy_rate:.3g} neuron-steps/s")
     ratio = kernel_rate / numpy_rate
-    print(f"ratio kernel / numpy: {ratio:.1f}x   (target >= 6.5x: {'yes' if ratio >= 6.5 else 'NO'}; kernel >= 1e8: {'yes' if kernel_rate >= 1e8 else 'NO'})")
+    print(
+        f"ratio kernel / numpy: {ratio:.1f}x   (target >= 6.5x: {'yes' if ratio >= 6.5 else 'NO'}; kernel >= 1e8: {'yes' if kernel_rate >= 1e8 else 'NO'})"
+    )
     # The same comparison with both on one thread pinned to one CPU: on a VM whose virtual CPUs run at
     # different speeds (a busy host), the 2-thread figure moves with whichever CPU the single-threaded
     # baseline lands on; this one compares like with like.
@@ -79,16 +92,22 @@ def main() -> None:
         n1 = args.n // 4
         try:
             one, one_numpy = alternate(
-                lambda: sub.run(theta[:n1], chip[:n1], neuron[:n1], keys[:n1]), lambda: numpy_euler(theta_np, protocol, model), args.repeats
+                lambda: sub.run(theta[:n1], chip[:n1], neuron[:n1], keys[:n1]),
+                lambda: numpy_euler(theta_np, protocol, model),
+                args.repeats,
             )
         finally:
             os.sched_setaffinity(0, cpus)
             numba.set_num_threads(args.threads)
         rate1, rate1_numpy = n1 * steps / one, args.n_numpy * steps / one_numpy
-        print(f"one thread each, pinned to CPU {min(cpus)}: kernel {rate1:.3g}, numpy {rate1_numpy:.3g} neuron-steps/s: ratio {rate1 / rate1_numpy:.1f}x")
+        print(
+            f"one thread each, pinned to CPU {min(cpus)}: kernel {rate1:.3g}, numpy {rate1_numpy:.3g} neuron-steps/s: ratio {rate1 / rate1_numpy:.1f}x"
+        )
 
 
-def alternate(kernel: Callable[[], object], baseline: Callable[[], object], repeats: int) -> tuple[float, float]:
+def alternate(
+    kernel: Callable[[], object], baseline: Callable[[], object], repeats: int
+) -> tuple[float, float]:
     """Best wall seconds of each, the two alternating, so a burst of load from other processes on a
     shared machine hits both rather than skewing the ratio."""
     best = best_baseline = float("inf")

@@ -49,7 +49,9 @@ class Mixture:
         from sklearn.mixture import GaussianMixture
 
         self.mean, self.std = ref.mean(0), ref.std(0) + 1e-9
-        self.gmm = GaussianMixture(8, covariance_type="full", reg_covar=1e-3, random_state=0).fit((ref - self.mean) / self.std)
+        self.gmm = GaussianMixture(8, covariance_type="full", reg_covar=1e-3, random_state=0).fit(
+            (ref - self.mean) / self.std
+        )
         self.threshold = float(np.quantile(self.score(cal), q))
 
     def score(self, x: np.ndarray) -> np.ndarray:
@@ -58,7 +60,12 @@ class Mixture:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=20000, help="box-prior simulations for the reference set (about 19 %% in regime)")
+    ap.add_argument(
+        "--n",
+        type=int,
+        default=20000,
+        help="box-prior simulations for the reference set (about 19 %% in regime)",
+    )
     args = ap.parse_args()
     _, _, f_ref = in_regime(1, args.n)
     _, _, f_cal = in_regime(2, args.n // 2)
@@ -68,14 +75,26 @@ def main() -> None:
     methods["gmm-8 (neg. log-density)"] = Mixture(f_ref, f_cal)
     cases: dict[str, np.ndarray] = {"in-distribution (fresh)": trace}
     cases |= {f"distorted: {d}": distort(trace, d) for d in DISTORTIONS}
-    cases |= {f"chip: {c}": simulate_theta(theta, seed=4, chip_model=other_chip(c)).trace for c in OTHER_CHIPS}
+    cases |= {
+        f"chip: {c}": simulate_theta(theta, seed=4, chip_model=other_chip(c)).trace
+        for c in OTHER_CHIPS
+    }
     print(f"reference {len(f_ref)} in-regime rows, calibration {len(f_cal)}, test {len(f_test)}")
-    print(f"{'case':28s} " + " ".join(f"{m:>24s}" for m in methods) + f" {'knn k=10 + trace checks':>24s}")
+    print(
+        f"{'case':28s} "
+        + " ".join(f"{m:>24s}" for m in methods)
+        + f" {'knn k=10 + trace checks':>24s}"
+    )
     for name, t in cases.items():
         f = summarize(t)
         rates = [float(np.mean(m.score(f) > m.threshold)) for m in methods.values()]
         reasons = trace_reasons(t, f[:, 0], Regime(), 1023)
-        total = float(np.mean((methods["knn k=10"].score(f) > methods["knn k=10"].threshold) | np.array([bool(r) for r in reasons])))
+        total = float(
+            np.mean(
+                (methods["knn k=10"].score(f) > methods["knn k=10"].threshold)
+                | np.array([bool(r) for r in reasons])
+            )
+        )
         print(f"{name:28s} " + " ".join(f"{r:24.3f}" for r in rates) + f" {total:24.3f}")
 
 

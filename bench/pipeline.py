@@ -53,7 +53,15 @@ def history_rate(artifact: Path, stage_seconds: float) -> dict[str, float]:
     }
 
 
-def sbi_baseline(store: str, features: str, epochs: int, patience: int, batch_size: int, estimator: str, arch: dict) -> dict[str, float]:
+def sbi_baseline(
+    store: str,
+    features: str,
+    epochs: int,
+    patience: int,
+    batch_size: int,
+    estimator: str,
+    arch: dict,
+) -> dict[str, float]:
     """sbi's trainer on our train + val rows, timed around ``train()``: NPE with a zuko NSF of our flow's size,
     or FMPE with an MLP field of our field's width when we train flow matching; the summary net is our CNN
     with the same architecture fields, so the network's cost is the same and the trainer's is what differs."""
@@ -70,27 +78,58 @@ def sbi_baseline(store: str, features: str, epochs: int, patience: int, batch_si
     stores = StoreSet([store])
     plan = plan_data(stores)
     fields = INPUT_FIELDS[features]
-    rows = [b for split in ("train", "val") for b in ChunkStream(stores, plan, split, ("theta", *fields), 4096).batches(0, shuffle=False)]
+    rows = [
+        b
+        for split in ("train", "val")
+        for b in ChunkStream(stores, plan, split, ("theta", *fields), 4096).batches(
+            0, shuffle=False
+        )
+    ]
     theta = torch.from_numpy(np.concatenate([b["theta"] for b in rows])).float()
     x = torch.from_numpy(np.concatenate([model_input(b, fields) for b in rows]).astype(np.float32))
     low, high = box_bounds(stores)
-    prior = BoxUniform(torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32))
+    prior = BoxUniform(
+        torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+    )
     embedding = torch.nn.Identity()
     if features != "handcrafted":
         from inference.nets.embeddings import make_embedding
         from inference.nets.flow_matching import FlowMatchingConfig
         from inference.nets.nsf import FlowConfig
 
-        config = (FlowMatchingConfig if estimator == "flow-matching" else FlowConfig)(variant=features, **arch)
-        embedding = make_embedding(config, {"trace_mean": plan.trace_mean, "trace_std": plan.trace_std})
+        config = (FlowMatchingConfig if estimator == "flow-matching" else FlowConfig)(
+            variant=features, **arch
+        )
+        embedding = make_embedding(
+            config, {"trace_mean": plan.trace_mean, "trace_std": plan.trace_std}
+        )
     z_score_x = "none" if features != "handcrafted" else "independent"
-    logs = SummaryWriter(log_dir=str(Path(store).parent / f"sbi-logs-{features}"))  # not sbi's default ./sbi-logs
+    logs = SummaryWriter(
+        log_dir=str(Path(store).parent / f"sbi-logs-{features}")
+    )  # not sbi's default ./sbi-logs
     if estimator == "flow-matching":
-        build = posterior_flow_nn(model="mlp", hidden_features=128, num_layers=3, embedding_net=embedding, z_score_x=z_score_x)
-        npe = FMPE(prior=prior, density_estimator=build, show_progress_bars=False, summary_writer=logs)
+        build = posterior_flow_nn(
+            model="mlp",
+            hidden_features=128,
+            num_layers=3,
+            embedding_net=embedding,
+            z_score_x=z_score_x,
+        )
+        npe = FMPE(
+            prior=prior, density_estimator=build, show_progress_bars=False, summary_writer=logs
+        )
     else:
-        build = posterior_nn(model="zuko_nsf", hidden_features=64, num_transforms=5, num_bins=8, embedding_net=embedding, z_score_x=z_score_x)
-        npe = NPE(prior=prior, density_estimator=build, show_progress_bars=False, summary_writer=logs)
+        build = posterior_nn(
+            model="zuko_nsf",
+            hidden_features=64,
+            num_transforms=5,
+            num_bins=8,
+            embedding_net=embedding,
+            z_score_x=z_score_x,
+        )
+        npe = NPE(
+            prior=prior, density_estimator=build, show_progress_bars=False, summary_writer=logs
+        )
     npe.append_simulations(theta, x)
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -104,7 +143,12 @@ def sbi_baseline(store: str, features: str, epochs: int, patience: int, batch_si
     seconds = time.perf_counter() - t0
     epochs_trained = len(npe._summary["training_loss"])
     rate = epochs_trained * plan.num_train / seconds
-    return {"seconds": seconds, "epochs": epochs_trained, "samples_per_s": rate, "wall_samples_per_s": rate}
+    return {
+        "seconds": seconds,
+        "epochs": epochs_trained,
+        "samples_per_s": rate,
+        "wall_samples_per_s": rate,
+    }
 
 
 def serve_one_query(posterior: Path, store: Path, root: Path) -> None:
@@ -118,7 +162,19 @@ def serve_one_query(posterior: Path, store: Path, root: Path) -> None:
     farm("serve", "--posterior", posterior, "--port", port, "--detach", "--pid-file", pid_file)
     pid = int(pid_file.read_text().strip())
     try:
-        farm("query", "--url", f"http://127.0.0.1:{port}", "--store", store, "--index", 0, "--n", 1000, "--seed", 0)
+        farm(
+            "query",
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--store",
+            store,
+            "--index",
+            0,
+            "--n",
+            1000,
+            "--seed",
+            0,
+        )
     finally:
         os.kill(pid, signal.SIGINT)
         for _ in range(120):
@@ -133,9 +189,24 @@ def serve_one_query(posterior: Path, store: Path, root: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=100_000, help="simulations from the box and from the restricted prior")
-    ap.add_argument("--epochs", type=int, default=200, help="epoch cap of every training (early stopping usually ends it)")
-    ap.add_argument("--patience", type=int, default=10, help="early-stopping patience of every training and of sbi")
+    ap.add_argument(
+        "--n",
+        type=int,
+        default=100_000,
+        help="simulations from the box and from the restricted prior",
+    )
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=200,
+        help="epoch cap of every training (early stopping usually ends it)",
+    )
+    ap.add_argument(
+        "--patience",
+        type=int,
+        default=10,
+        help="early-stopping patience of every training and of sbi",
+    )
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--extrapolate", type=int, default=1_000_000)
     ap.add_argument("--skip-sbi", action="store_true")
@@ -145,9 +216,25 @@ def main() -> None:
         default=0,
         help="epoch cap of sbi's trainer (0 = --epochs): its samples/s is the baseline, so a few epochs measure it",
     )
-    ap.add_argument("--estimator", default="nsf", choices=("nsf", "flow-matching"), help="the NPEs' density estimator")
-    ap.add_argument("--sn-arch", action="append", default=[], metavar="FIELD=VALUE", help="`farm train npe --arch` of the summary-net NPE, repeatable")
-    ap.add_argument("--cpus-per-worker", type=int, default=0, help="`farm train --cpus-per-worker` of every training")
+    ap.add_argument(
+        "--estimator",
+        default="nsf",
+        choices=("nsf", "flow-matching"),
+        help="the NPEs' density estimator",
+    )
+    ap.add_argument(
+        "--sn-arch",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="`farm train npe --arch` of the summary-net NPE, repeatable",
+    )
+    ap.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        default=0,
+        help="`farm train --cpus-per-worker` of every training",
+    )
     ap.add_argument(
         "--sim-in-process",
         action="store_true",
@@ -159,9 +246,24 @@ def main() -> None:
 
     n, n_test = args.n, max(1000, args.n // 10)
     sim_opts = ("-q", "--in-process") if args.sim_in_process else ("-q",)
-    train_opts = ("--epochs", args.epochs, "--patience", args.patience, "--batch-size", args.batch_size, "--cpus-per-worker", args.cpus_per_worker, "--quiet")
-    arch_opts = {"handcrafted": (), "summary-net": tuple(a for item in args.sn_arch for a in ("--arch", item))}
-    sn_arch = architecture_fields(args.sn_arch, "summary-net", args.estimator)  # as `farm train npe --arch` reads them
+    train_opts = (
+        "--epochs",
+        args.epochs,
+        "--patience",
+        args.patience,
+        "--batch-size",
+        args.batch_size,
+        "--cpus-per-worker",
+        args.cpus_per_worker,
+        "--quiet",
+    )
+    arch_opts = {
+        "handcrafted": (),
+        "summary-net": tuple(a for item in args.sn_arch for a in ("--arch", item)),
+    }
+    sn_arch = architecture_fields(
+        args.sn_arch, "summary-net", args.estimator
+    )  # as `farm train npe --arch` reads them
     stages: dict[str, float] = {}
     rates: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,13 +275,49 @@ def main() -> None:
             stages[name] = time.perf_counter() - t0
             print(f"[pipeline] {name}: {stages[name]:.1f} s", file=sys.stderr, flush=True)
 
-        stage("simulate box", lambda: farm("simulate", "--n", n, "--seed", 1, "--out", root / "box.zarr", *sim_opts))
-        stage("train classifier", lambda: farm("train", "classifier", "--store", root / "box.zarr", "--out", root / "restricted", *train_opts))
+        stage(
+            "simulate box",
+            lambda: farm("simulate", "--n", n, "--seed", 1, "--out", root / "box.zarr", *sim_opts),
+        )
+        stage(
+            "train classifier",
+            lambda: farm(
+                "train",
+                "classifier",
+                "--store",
+                root / "box.zarr",
+                "--out",
+                root / "restricted",
+                *train_opts,
+            ),
+        )
         rates["classifier"] = history_rate(root / "restricted", stages["train classifier"])
 
         def simulate_restricted() -> None:
-            farm("simulate", "--n", n, "--seed", 2, "--prior", root / "restricted", "--out", root / "train.zarr", *sim_opts)
-            farm("simulate", "--n", n_test, "--seed", 3, "--prior", root / "restricted", "--out", root / "test.zarr", *sim_opts)
+            farm(
+                "simulate",
+                "--n",
+                n,
+                "--seed",
+                2,
+                "--prior",
+                root / "restricted",
+                "--out",
+                root / "train.zarr",
+                *sim_opts,
+            )
+            farm(
+                "simulate",
+                "--n",
+                n_test,
+                "--seed",
+                3,
+                "--prior",
+                root / "restricted",
+                "--out",
+                root / "test.zarr",
+                *sim_opts,
+            )
 
         stage("simulate restricted", simulate_restricted)
         for features in ("handcrafted", "summary-net"):
@@ -221,7 +359,10 @@ def main() -> None:
                 "--no-lc2st",
             ),
         )
-        stage("serve + one query", lambda: serve_one_query(root / "npe-summary-net", root / "test.zarr", root))
+        stage(
+            "serve + one query",
+            lambda: serve_one_query(root / "npe-summary-net", root / "test.zarr", root),
+        )
         if not args.skip_sbi:
             import torch
 
@@ -242,25 +383,39 @@ def main() -> None:
 
 
 #: Stages whose time grows with N (simulation, and training epochs over N rows).
-SCALES = ("simulate box", "train classifier", "simulate restricted", "train NPE handcrafted", "train NPE summary-net")
+SCALES = (
+    "simulate box",
+    "train classifier",
+    "simulate restricted",
+    "train NPE handcrafted",
+    "train NPE summary-net",
+)
 
 
-def report(stages: dict[str, float], rates: dict[str, dict[str, float]], n: int, target: int) -> None:
+def report(
+    stages: dict[str, float], rates: dict[str, dict[str, float]], n: int, target: int
+) -> None:
     total = sum(stages.values())
     scaled = {k: v * (target / n if k in SCALES else 1.0) for k, v in stages.items()}
     total_x = sum(scaled.values())
     print(f"| stage | N = {n:,}: s | share | N = {target:,} (extrapolated): s | share |")
     print("| --- | --- | --- | --- | --- |")
     for k, v in stages.items():
-        print(f"| {k} | {v:,.1f} | {v / total:.1%} | {scaled[k]:,.0f} | {scaled[k] / total_x:.1%} |")
+        print(
+            f"| {k} | {v:,.1f} | {v / total:.1%} | {scaled[k]:,.0f} | {scaled[k] / total_x:.1%} |"
+        )
     print(f"| total | {total:,.1f} | | {total_x:,.0f} | |")
     print()
-    print("| training | step samples/s | wall samples/s | epochs | s | wall vs sbi, same features |")
+    print(
+        "| training | step samples/s | wall samples/s | epochs | s | wall vs sbi, same features |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for k, r in rates.items():
         base = rates.get(f"sbi {k}") if not k.startswith("sbi") else None
         ratio = f"{r['wall_samples_per_s'] / base['wall_samples_per_s']:.2f}x" if base else ""
-        print(f"| {k} | {r['samples_per_s']:,.0f} | {r['wall_samples_per_s']:,.0f} | {int(r['epochs'])} | {r['seconds']:,.0f} | {ratio} |")
+        print(
+            f"| {k} | {r['samples_per_s']:,.0f} | {r['wall_samples_per_s']:,.0f} | {int(r['epochs'])} | {r['seconds']:,.0f} | {ratio} |"
+        )
     hand, net = rates.get("NPE handcrafted"), rates.get("NPE summary-net")
     if hand and net:
         print(

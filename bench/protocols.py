@@ -39,11 +39,20 @@ def simulate(out: Path, protocol_name: str, n: int, seed: int, prior_dir: str | 
 
     url = str(out / f"{protocol_name}-{n}-s{seed}.zarr")
     chunk = max(1, min(1000, n // 4))
-    run_farm(url, num_sims=n, seed=seed, chunk_size=chunk, prior=load_prior(prior_dir), protocol=resolve_protocol(protocol_name))
+    run_farm(
+        url,
+        num_sims=n,
+        seed=seed,
+        chunk_size=chunk,
+        prior=load_prior(prior_dir),
+        protocol=resolve_protocol(protocol_name),
+    )
     return url
 
 
-def evaluate(artifact: Path, test_store: str, num_samples: int, prior_dir: str | None) -> dict[str, list[float]]:
+def evaluate(
+    artifact: Path, test_store: str, num_samples: int, prior_dir: str | None
+) -> dict[str, list[float]]:
     """Contraction, NRMSE and 90 % coverage per parameter on every held-out sample."""
     from farm.prior import load_prior
     from farm.store.sim_store import open_dataset
@@ -55,7 +64,9 @@ def evaluate(artifact: Path, test_store: str, num_samples: int, prior_dir: str |
     theta, trace = ds.theta.values.astype(np.float64), ds.trace.values
     samples, kept = _sample_all(post, trace, num_samples)
     theta = theta[kept]
-    prior_std = load_prior(prior_dir).sample(20_000, seed=99).std(axis=0)  # the prior the truths came from
+    prior_std = (
+        load_prior(prior_dir).sample(20_000, seed=99).std(axis=0)
+    )  # the prior the truths came from
     rec = recovery(theta, samples, prior_std)
     lo, hi = np.quantile(samples, [0.05, 0.95], axis=1)
     coverage = ((theta >= lo) & (theta <= hi)).mean(axis=0)
@@ -74,7 +85,9 @@ def evaluate(artifact: Path, test_store: str, num_samples: int, prior_dir: str |
     }
 
 
-def _sample_all(post: AmortizedPosterior, trace: np.ndarray, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+def _sample_all(
+    post: AmortizedPosterior, trace: np.ndarray, num_samples: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Draws for every observation; one whose posterior mass lies outside the restricted prior
     (RejectionBudgetExceeded) is left out and counted, rather than ending the whole benchmark."""
     from inference.errors import RejectionBudgetExceeded
@@ -94,10 +107,29 @@ def _sample_all(post: AmortizedPosterior, trace: np.ndarray, num_samples: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=float, required=True, help="step samples; multi-step gets n / sweeps (equal traces x sweeps)")
-    ap.add_argument("--n-test", type=int, default=500, help="held-out samples per protocol (same parameter sets)")
-    ap.add_argument("--prior", default=None, help="restricted prior directory (`farm train classifier --out`); default the box")
-    ap.add_argument("--epochs", type=int, default=200, help="upper bound; early stopping (--patience) ends training")
+    ap.add_argument(
+        "--n",
+        type=float,
+        required=True,
+        help="step samples; multi-step gets n / sweeps (equal traces x sweeps)",
+    )
+    ap.add_argument(
+        "--n-test",
+        type=int,
+        default=500,
+        help="held-out samples per protocol (same parameter sets)",
+    )
+    ap.add_argument(
+        "--prior",
+        default=None,
+        help="restricted prior directory (`farm train classifier --out`); default the box",
+    )
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=200,
+        help="upper bound; early stopping (--patience) ends training",
+    )
     ap.add_argument(
         "--epochs-for",
         action="append",
@@ -112,11 +144,24 @@ def main() -> None:
         metavar="PROTOCOL=N",
         help="samples of one protocol instead of the equal-budget count (e.g. multi-step=100000 for an equal wall-clock comparison)",
     )
-    ap.add_argument("--only", action="append", default=[], choices=("step", "multi-step"), help="run only this protocol (repeatable)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=("step", "multi-step"),
+        help="run only this protocol (repeatable)",
+    )
     ap.add_argument("--patience", type=int, default=10)
-    ap.add_argument("--estimator", default="nsf", choices=("nsf", "flow-matching"), help="`farm train npe --estimator` of both NPEs")
+    ap.add_argument(
+        "--estimator",
+        default="nsf",
+        choices=("nsf", "flow-matching"),
+        help="`farm train npe --estimator` of both NPEs",
+    )
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--samples", type=int, default=500, help="posterior draws per held-out observation")
+    ap.add_argument(
+        "--samples", type=int, default=500, help="posterior draws per held-out observation"
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="bench-out/protocols")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -141,7 +186,9 @@ def main() -> None:
         test = simulate(out, name, args.n_test, args.seed + 1000, args.prior)
         t_sim = time.perf_counter() - t0
         t0 = time.perf_counter()
-        artifact = out / (f"npe-{name}-{num}" if args.estimator == "nsf" else f"npe-{name}-{num}-{args.estimator}")
+        artifact = out / (
+            f"npe-{name}-{num}" if args.estimator == "nsf" else f"npe-{name}-{num}-{args.estimator}"
+        )
         metrics = train(
             NPETask(features="handcrafted", prior=args.prior, estimator=args.estimator),
             [store],
@@ -165,15 +212,29 @@ def main() -> None:
     names = list(results)
     print(
         f"\n{args.estimator}: "
-        + " vs ".join(f"{k} ({results[k]['num_sims']} samples x {results[k]['sweeps']} sweeps)" for k in names)
+        + " vs ".join(
+            f"{k} ({results[k]['num_sims']} samples x {results[k]['sweeps']} sweeps)" for k in names
+        )
         + f", held-out n={args.n_test}"
     )
-    print(f"{'parameter':24s}" + "".join(f" {'contr ' + k:>17s} {'NRMSE ' + k:>17s} {'cov90 ' + k:>17s}" for k in names))
+    print(
+        f"{'parameter':24s}"
+        + "".join(f" {'contr ' + k:>17s} {'NRMSE ' + k:>17s} {'cov90 ' + k:>17s}" for k in names)
+    )
     for k, p in enumerate(PARAMETER_NAMES):
-        print(f"{p:24s}" + "".join(f" {results[q]['contraction'][k]:17.3f} {results[q]['nrmse'][k]:17.3f} {results[q]['coverage_90'][k]:17.3f}" for q in names))
+        print(
+            f"{p:24s}"
+            + "".join(
+                f" {results[q]['contraction'][k]:17.3f} {results[q]['nrmse'][k]:17.3f} {results[q]['coverage_90'][k]:17.3f}"
+                for q in names
+            )
+        )
     print(
         f"{'mean':24s}"
-        + "".join(f" {np.mean(results[q]['contraction']):17.3f} {np.mean(results[q]['nrmse']):17.3f} {np.mean(results[q]['coverage_90']):17.3f}" for q in names)
+        + "".join(
+            f" {np.mean(results[q]['contraction']):17.3f} {np.mean(results[q]['nrmse']):17.3f} {np.mean(results[q]['coverage_90']):17.3f}"
+            for q in names
+        )
     )
     for name in names:
         r = results[name]
@@ -181,9 +242,13 @@ def main() -> None:
             f"{name}: coverage - level over 9 levels x 7 parameters: signed {r['coverage_dev_signed']:+.3f}, mean abs {r['coverage_dev_abs']:.3f};"
             f" min contraction {min(r['contraction']):.3f} (target >= 0.5 at n = 1e5)"
         )
-        print(f"{name}: simulate {r['simulate_seconds']:.1f} s, train {r['train_seconds']:.1f} s ({r['epochs_trained']} epochs, best {r['best_epoch']})")
+        print(
+            f"{name}: simulate {r['simulate_seconds']:.1f} s, train {r['train_seconds']:.1f} s ({r['epochs_trained']} epochs, best {r['best_epoch']})"
+        )
         if r["n_rejection_failures"]:
-            print(f"{name}: {r['n_rejection_failures']} held-out observation(s) left out (posterior outside the restricted prior)")
+            print(
+                f"{name}: {r['n_rejection_failures']} held-out observation(s) left out (posterior outside the restricted prior)"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -56,13 +56,30 @@ def train_small_posterior(root: Path) -> Path:
 
     store, out = root / "sims.zarr", root / "npe-handcrafted"
     run_farm(str(store), 3000, seed=1, chunk_size=1000, in_process=True)
-    code = farm_main(["train", "npe", "--store", str(store), "--features", "handcrafted", "--out", str(out), "--epochs", "2", "--quiet", "--json"])
+    code = farm_main(
+        [
+            "train",
+            "npe",
+            "--store",
+            str(store),
+            "--features",
+            "handcrafted",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--quiet",
+            "--json",
+        ]
+    )
     if code != 0:
         raise SystemExit(f"training the bench posterior failed (exit {code})")
     return out
 
 
-def sequential_latency(url: str, body: dict, num: int, warmup: int = 5) -> tuple[list[float], list[float]]:
+def sequential_latency(
+    url: str, body: dict, num: int, warmup: int = 5
+) -> tuple[list[float], list[float]]:
     """Seconds per /sample request, one at a time on one keep-alive connection, and the replica's part of each.
 
     The replica's part is its ``Server-Timing: replica;dur=`` (handler start to encoded answer), so
@@ -166,20 +183,44 @@ async def _under_load(url: str, heavy: dict, honest: dict, clients: int, seconds
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--posterior", help="artifact directory from `farm train npe` (default: train a small one)")
+    ap.add_argument(
+        "--posterior", help="artifact directory from `farm train npe` (default: train a small one)"
+    )
     ap.add_argument("--draws", type=int, default=1000, help="num_samples per /sample request")
     ap.add_argument("--latency-requests", type=int, default=100)
-    ap.add_argument("--clients", type=int, default=16, help="concurrent clients for the throughput test")
+    ap.add_argument(
+        "--clients", type=int, default=16, help="concurrent clients for the throughput test"
+    )
     ap.add_argument("--requests", type=int, default=160, help="requests per throughput measurement")
-    ap.add_argument("--small-draws", type=int, default=10, help="also measure throughput at this many draws (0: skip)")
+    ap.add_argument(
+        "--small-draws",
+        type=int,
+        default=10,
+        help="also measure throughput at this many draws (0: skip)",
+    )
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray")
     ap.add_argument("--replica-cpus", type=float, default=0.5)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating batched/unbatched rounds (medians are reported)")
-    ap.add_argument("--load-clients", type=int, default=48, help="load run: clients asking for --load-draws each (0: skip)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating batched/unbatched rounds (medians are reported)",
+    )
+    ap.add_argument(
+        "--load-clients",
+        type=int,
+        default=48,
+        help="load run: clients asking for --load-draws each (0: skip)",
+    )
     ap.add_argument("--load-draws", type=int, default=10_000)
     ap.add_argument("--load-seconds", type=float, default=30.0)
-    ap.add_argument("--split-reps", type=int, default=20, help="repetitions of each stage of the in-process request split")
+    ap.add_argument(
+        "--split-reps",
+        type=int,
+        default=20,
+        help="repetitions of each stage of the in-process request split",
+    )
     ap.add_argument(
         "--worker-niceness",
         type=int,
@@ -201,7 +242,13 @@ def main() -> None:
     # proxy then yield to every normal process while the library floor (here) does not, and the
     # ratio measured priority, not HTTP. Same niceness for both unless asked otherwise.
     os.environ["RAY_worker_niceness"] = str(args.worker_niceness)
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         artifact = Path(args.posterior) if args.posterior else train_small_posterior(Path(tmp.name))
         posterior = load_posterior(artifact)
@@ -224,10 +271,14 @@ def main() -> None:
             for _ in range(3):
                 t0 = time.perf_counter()
                 for i in range(b):
-                    posterior.sample_and_assess(draws, traces=obs.trace[i % 32][None], normalized=False)
+                    posterior.sample_and_assess(
+                        draws, traces=obs.trace[i % 32][None], normalized=False
+                    )
                 one_by_one.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                posterior.sample_and_assess(draws, traces=obs.trace[np.arange(b) % 32], normalized=False)
+                posterior.sample_and_assess(
+                    draws, traces=obs.trace[np.arange(b) % 32], normalized=False
+                )
                 batched.append(time.perf_counter() - t0)
             model_gain[draws] = statistics.median(one_by_one) / statistics.median(batched)
 
@@ -235,9 +286,20 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         common = {"num_cpus": args.replica_cpus, "num_replicas": 1}
         serve.run(
-            posterior_app(str(artifact), max_batch_size=args.max_batch_size, batch_wait_timeout_s=0.005, **common), name="batched", route_prefix="/batched"
+            posterior_app(
+                str(artifact),
+                max_batch_size=args.max_batch_size,
+                batch_wait_timeout_s=0.005,
+                **common,
+            ),
+            name="batched",
+            route_prefix="/batched",
         )
-        serve.run(posterior_app(str(artifact), max_batch_size=1, **common), name="unbatched", route_prefix="/unbatched")
+        serve.run(
+            posterior_app(str(artifact), max_batch_size=1, **common),
+            name="unbatched",
+            route_prefix="/unbatched",
+        )
         base = f"http://127.0.0.1:{port}"
 
         body = {"trace": traces[0], "num_samples": args.draws}
@@ -249,7 +311,10 @@ def main() -> None:
             "fingerprint": posterior.fingerprint,
             "variant": posterior.variant,
         }
-        results["niceness"] = {"library": os.nice(0), "ray_workers": ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())}
+        results["niceness"] = {
+            "library": os.nice(0),
+            "ray_workers": ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote()),
+        }
         for draws, gain in model_gain.items():
             results[f"model_batching_gain_{draws}"] = gain
         # The two apps and the library floor alternate in rounds, so a load change on a shared machine hits all alike.
@@ -276,7 +341,9 @@ def main() -> None:
             results[f"{app}_p50_ms"] = 1000 * percentile(values, 50)
             results[f"{app}_p99_ms"] = 1000 * percentile(values, 99)
             results[f"{app}_replica_p50_ms"] = 1000 * percentile(in_replica[app], 50)
-            results[f"{app}_outside_replica_p50_ms"] = 1000 * percentile([t - r for t, r in zip(values, in_replica[app])], 50)
+            results[f"{app}_outside_replica_p50_ms"] = 1000 * percentile(
+                [t - r for t, r in zip(values, in_replica[app])], 50
+            )
         # Where one request's time goes, in this process on one thread (CPU time: robust to a busy machine).
         results["split"] = request_split(posterior, obs.trace[0], args.draws, reps=args.split_reps)
 
@@ -285,7 +352,9 @@ def main() -> None:
             rps: dict[str, list[float]] = {"batched": [], "unbatched": []}
             sizes: dict[str, list[int]] = {"batched": [], "unbatched": []}
             for app in ("unbatched", "batched"):
-                asyncio.run(_throughput(f"{base}/{app}", bodies[: args.clients], args.clients))  # warm-up
+                asyncio.run(
+                    _throughput(f"{base}/{app}", bodies[: args.clients], args.clients)
+                )  # warm-up
             for _ in range(args.rounds):
                 for app in ("unbatched", "batched"):
                     r, b = asyncio.run(_throughput(f"{base}/{app}", bodies, args.clients))
@@ -294,11 +363,17 @@ def main() -> None:
             for app in ("unbatched", "batched"):
                 results[f"{app}_rps_{draws}"] = statistics.median(rps[app])
                 results[f"{app}_mean_batch_{draws}"] = statistics.fmean(sizes[app])
-            results[f"batching_speedup_{draws}"] = results[f"batched_rps_{draws}"] / results[f"unbatched_rps_{draws}"]
-            results[f"batching_speedup_{draws}_per_round"] = [bb / uu for bb, uu in zip(rps["batched"], rps["unbatched"])]
+            results[f"batching_speedup_{draws}"] = (
+                results[f"batched_rps_{draws}"] / results[f"unbatched_rps_{draws}"]
+            )
+            results[f"batching_speedup_{draws}_per_round"] = [
+                bb / uu for bb, uu in zip(rps["batched"], rps["unbatched"])
+            ]
         if args.load_clients:  # an honest client's latency while the replica is flooded (baseline: batched_p50/p99 above)
             heavy = {"trace": traces[1], "num_samples": args.load_draws}
-            results["load"] = asyncio.run(_under_load(f"{base}/batched", heavy, body, args.load_clients, args.load_seconds))
+            results["load"] = asyncio.run(
+                _under_load(f"{base}/batched", heavy, body, args.load_clients, args.load_seconds)
+            )
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -332,13 +407,17 @@ def main() -> None:
         )
     if "load" in results:
         load = results["load"]
-        print(f"  load: {args.load_clients} clients x {args.load_draws} draws for {args.load_seconds:.0f} s: heavy answers {load['heavy_status_counts']}")
+        print(
+            f"  load: {args.load_clients} clients x {args.load_draws} draws for {args.load_seconds:.0f} s: heavy answers {load['heavy_status_counts']}"
+        )
         if load["honest_p50_ms"] is not None:
             print(
                 f"    honest client ({args.draws} draws): p50 {load['honest_p50_ms']:.1f} ms, p99 {load['honest_p99_ms']:.1f} ms "
                 f"({load['honest_p50_ms'] / results['batched_p50_ms']:.1f}x / {load['honest_p99_ms'] / results['batched_p99_ms']:.1f}x unloaded); answers {load['honest_status_counts']}"
             )
-        print(f"    GET /health under load: p50 {load['health_under_load_p50_ms']:.1f} ms, max {load['health_under_load_max_ms']:.1f} ms")
+        print(
+            f"    GET /health under load: p50 {load['health_under_load_p50_ms']:.1f} ms, max {load['health_under_load_max_ms']:.1f} ms"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     sys.stdout.flush()

@@ -22,7 +22,12 @@ import json
 import os
 from pathlib import Path
 
-from serve import free_port, library_latency, percentile, sequential_latency  # bench/ is sys.path[0] when run as a script
+from serve import (
+    free_port,
+    library_latency,
+    percentile,
+    sequential_latency,
+)  # bench/ is sys.path[0] when run as a script
 
 
 def main() -> None:
@@ -42,10 +47,14 @@ def main() -> None:
     from deploy.serve.launch import DIRECT_INGRESS_DRAIN_ENV, DIRECT_INGRESS_ENV
 
     os.environ[DIRECT_INGRESS_ENV] = "1"  # read by Serve's controller and replicas at import
-    os.environ.setdefault(DIRECT_INGRESS_DRAIN_ENV, "2")  # as `farm serve --direct-ingress`: no 30 s drain at shutdown
+    os.environ.setdefault(
+        DIRECT_INGRESS_DRAIN_ENV, "2"
+    )  # as `farm serve --direct-ingress`: no 30 s drain at shutdown
     if args.user_code_on_loop:
         os.environ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] = "0"
-    os.environ["RAY_worker_niceness"] = str(os.nice(0))  # replica and proxy at this process's priority (bench/serve.py)
+    os.environ["RAY_worker_niceness"] = str(
+        os.nice(0)
+    )  # replica and proxy at this process's priority (bench/serve.py)
     import ray
     import torch
     from ray import serve
@@ -57,22 +66,41 @@ def main() -> None:
     from inference import load_posterior
 
     posterior = load_posterior(args.posterior)
-    obs = simulate_theta(posterior.prior.sample(1, seed=2), seed=2, protocol=posterior.protocol, chip_model=posterior.chip_model)
+    obs = simulate_theta(
+        posterior.prior.sample(1, seed=2),
+        seed=2,
+        protocol=posterior.protocol,
+        chip_model=posterior.chip_model,
+    )
     body = {"trace": obs.trace[0].tolist(), "num_samples": args.draws}
     torch.set_num_threads(1)
     threadpool_limits(limits=1)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(posterior_app(str(args.posterior), max_batch_size=1, num_cpus=0.5, num_replicas=1), name=APP_NAME, route_prefix="/")
-        direct = replica_url(ServeOptions(posterior=str(args.posterior), port=port, direct_ingress=True))
+        serve.run(
+            posterior_app(str(args.posterior), max_batch_size=1, num_cpus=0.5, num_replicas=1),
+            name=APP_NAME,
+            route_prefix="/",
+        )
+        direct = replica_url(
+            ServeOptions(posterior=str(args.posterior), port=port, direct_ingress=True)
+        )
         proxy = f"http://127.0.0.1:{port}"
         library_latency(posterior, args.draws, obs.trace[0], 3)  # warm-up
         lat: dict[str, list[float]] = {"library": [], "proxy": [], "direct": []}
         inside: dict[str, list[float]] = {"proxy": [], "direct": []}
         for _ in range(args.rounds):
-            lat["library"] += library_latency(posterior, args.draws, obs.trace[0], max(3, args.requests // 2))
+            lat["library"] += library_latency(
+                posterior, args.draws, obs.trace[0], max(3, args.requests // 2)
+            )
             for name, url in (("proxy", proxy), ("direct", direct)):
                 t, r = sequential_latency(url, body, args.requests)
                 lat[name] += t
@@ -81,13 +109,24 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
     p50 = {k: 1000 * percentile(v, 50) for k, v in lat.items()}
-    outside = {k: 1000 * percentile([t - r for t, r in zip(lat[k], inside[k], strict=True)], 50) for k in inside}
-    print(f"/sample {args.draws} draws, {posterior.variant} {posterior.fingerprint}, {args.rounds} rounds x {args.requests} requests per path")
+    outside = {
+        k: 1000 * percentile([t - r for t, r in zip(lat[k], inside[k], strict=True)], 50)
+        for k in inside
+    }
+    print(
+        f"/sample {args.draws} draws, {posterior.variant} {posterior.fingerprint}, {args.rounds} rounds x {args.requests} requests per path"
+    )
     print(f"  library p50 {p50['library']:.1f} ms")
     for k in ("proxy", "direct"):
-        print(f"  {k:6s} p50 {p50[k]:.1f} ms = {p50[k] / p50['library']:.2f}x library; outside the handler {outside[k]:.1f} ms (aim <= 1.2x)")
+        print(
+            f"  {k:6s} p50 {p50[k]:.1f} ms = {p50[k] / p50['library']:.2f}x library; outside the handler {outside[k]:.1f} ms (aim <= 1.2x)"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"p50_ms": p50, "outside_handler_p50_ms": outside, "draws": args.draws}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"p50_ms": p50, "outside_handler_p50_ms": outside, "draws": args.draws}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def _rejection_off(posterior: Any) -> Iterator[None]:
         posterior._restricted = restricted
 
 
-def request_split(posterior: Any, trace: np.ndarray, num_samples: int, reps: int = 20) -> dict[str, Any]:
+def request_split(
+    posterior: Any, trace: np.ndarray, num_samples: int, reps: int = 20
+) -> dict[str, Any]:
     """CPU milliseconds (median of ``reps``) of each stage of one unseeded /sample request, in this thread.
 
     Returns:
@@ -83,23 +85,50 @@ def request_split(posterior: Any, trace: np.ndarray, num_samples: int, reps: int
         draw_batch(posterior, [Job(num_samples, {"trace": trace})])  # warm-up (numba, allocator)
         counter.seconds, counter.calls, counter.candidates = 0.0, 0, 0
         for _ in range(reps):
-            req = timed("parse + validate body", lambda b: SampleRequest.model_validate(json.loads(b)), body)
-            obs = timed("observation check", observation_trace, req.trace, posterior.protocol, posterior.trace_length)
+            req = timed(
+                "parse + validate body", lambda b: SampleRequest.model_validate(json.loads(b)), body
+            )
+            obs = timed(
+                "observation check",
+                observation_trace,
+                req.trace,
+                posterior.protocol,
+                posterior.trace_length,
+            )
             job = Job(num_samples, {"trace": obs})
             if posterior.accepts_features:
-                with torch_threads_kept():  # numba's OpenMP launch would leave this thread's torch on every core
-                    timed("summary (handcrafted features)", summarize, obs[None], posterior.protocol, posterior.chip_model)
+                with (
+                    torch_threads_kept()
+                ):  # numba's OpenMP launch would leave this thread's torch on every core
+                    timed(
+                        "summary (handcrafted features)",
+                        summarize,
+                        obs[None],
+                        posterior.protocol,
+                        posterior.chip_model,
+                    )
             timed("misspecification check", posterior.misspecification_batched, traces=obs[None])
             with _rejection_off(posterior):
                 timed("model thread, rejection off", draw_batch, posterior, [job])
             (drawn,) = timed("model thread", draw_batch, posterior, [job])
-            timed("response: digits, summaries, JSON", sample_response, names, fingerprint, drawn, None, time.perf_counter(), time.perf_counter())
+            timed(
+                "response: digits, summaries, JSON",
+                sample_response,
+                names,
+                fingerprint,
+                drawn,
+                None,
+                time.perf_counter(),
+                time.perf_counter(),
+            )
     finally:
         if restricted:
             del posterior.prior.support
     ms = {k: 1000 * statistics.median(v) for k, v in stages.items()}
     # Paired per repetition (the two calls run back to back), so a load change between reps cancels.
-    ms["rejection + classifier"] = 1000 * statistics.median(a - b for a, b in zip(stages["model thread"], stages["model thread, rejection off"]))
+    ms["rejection + classifier"] = 1000 * statistics.median(
+        a - b for a, b in zip(stages["model thread"], stages["model thread, rejection off"])
+    )
     calls = max(counter.calls, 1)
     return ms | {
         "classifier_ms": 1000 * counter.seconds / reps,
@@ -109,21 +138,41 @@ def request_split(posterior: Any, trace: np.ndarray, num_samples: int, reps: int
     }
 
 
-def print_split(split: dict[str, Any], http_p50_ms: float, replica_p50_ms: float, outside_p50_ms: float, library_p50_ms: float) -> None:
+def print_split(
+    split: dict[str, Any],
+    http_p50_ms: float,
+    replica_p50_ms: float,
+    outside_p50_ms: float,
+    library_p50_ms: float,
+) -> None:
     """The split as a table: CPU ms in this process, then wall ms of the HTTP request around them."""
     rows = [
-        ("parse + validate body (FastAPI does this before the handler)", split["parse + validate body"]),
+        (
+            "parse + validate body (FastAPI does this before the handler)",
+            split["parse + validate body"],
+        ),
         ("observation check", split["observation check"]),
-        ("model thread, rejection off (summary, embedding, flow, check)", split["model thread, rejection off"]),
-        ("  summary alone (handcrafted features)", split.get("summary (handcrafted features)", 0.0)),
+        (
+            "model thread, rejection off (summary, embedding, flow, check)",
+            split["model thread, rejection off"],
+        ),
+        (
+            "  summary alone (handcrafted features)",
+            split.get("summary (handcrafted features)", 0.0),
+        ),
         ("  misspecification check alone (own summary + kNN)", split["misspecification check"]),
-        ("rejection + classifier (what the restricted prior adds)", split["rejection + classifier"]),
+        (
+            "rejection + classifier (what the restricted prior adds)",
+            split["rejection + classifier"],
+        ),
         ("  of which the classifier", split["classifier_ms"]),
         ("response: digits, mean/std/MAP, JSON", split["response: digits, summaries, JSON"]),
     ]
     print("  split of one /sample request (CPU ms on one thread in this process, median):")
     for name, value in rows:
-        print(f"    {name:62s} {value:7.1f} ms  ({100 * value / http_p50_ms:4.1f} % of the HTTP p50)")
+        print(
+            f"    {name:62s} {value:7.1f} ms  ({100 * value / http_p50_ms:4.1f} % of the HTTP p50)"
+        )
     print(
         f"    rejection: {split['candidates_per_draw']:.3f} candidates per accepted draw, {split['rounds_per_request']:.2f} flow rounds per request, "
         f"classifier {split['classifier_ms_per_round']:.1f} ms per round"

@@ -53,8 +53,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=float, default=1e6)
     ap.add_argument("--chips", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--chunk", type=int, help="samples per store chunk (the farm's --chunk; default: the farm's for --n); the bare loop runs the same chunks")
-    ap.add_argument("--baseline-fraction", type=float, default=0.2, help="share of the chunks the baseline runs (scaled up)")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        help="samples per store chunk (the farm's --chunk; default: the farm's for --n); the bare loop runs the same chunks",
+    )
+    ap.add_argument(
+        "--baseline-fraction",
+        type=float,
+        default=0.2,
+        help="share of the chunks the baseline runs (scaled up)",
+    )
     args = ap.parse_args()
     n = int(args.n)
     chunk = args.chunk or default_chunk_size(n)
@@ -109,10 +118,18 @@ def main() -> None:
     shutil.rmtree(out.parent, ignore_errors=True)
     farm_rate = n / wall
     print(f"n = {n:,}  chips = {args.chips}  cores = {os.cpu_count()}  chunk = {chunk}")
-    print(f"bare kernel loop (in-process, {n_base:,} sims): {base_rate:,.0f} traces/s  -> {n / base_rate:,.1f} s for n")
-    print(f"farm simulate (Ray + Zarr, wall incl. start-up): {farm_rate:,.0f} traces/s  -> {wall:,.1f} s")
-    print(f"farm overhead: {wall / (n / base_rate) - 1:+.1%}  (ratio farm/bare time {wall / (n / base_rate):.2f})")
-    print(f"peak RSS (driver + actors): {peak / 2**30:.2f} GiB   store on disk: {size / 2**20:,.0f} MiB")
+    print(
+        f"bare kernel loop (in-process, {n_base:,} sims): {base_rate:,.0f} traces/s  -> {n / base_rate:,.1f} s for n"
+    )
+    print(
+        f"farm simulate (Ray + Zarr, wall incl. start-up): {farm_rate:,.0f} traces/s  -> {wall:,.1f} s"
+    )
+    print(
+        f"farm overhead: {wall / (n / base_rate) - 1:+.1%}  (ratio farm/bare time {wall / (n / base_rate):.2f})"
+    )
+    print(
+        f"peak RSS (driver + actors): {peak / 2**30:.2f} GiB   store on disk: {size / 2**20:,.0f} MiB"
+    )
     summary = json.loads(stdout.strip().splitlines()[-1])
     print(
         f"of the wall time: {summary['seconds']:.1f} s in the farm (Ray start, simulation, writes), {wall - summary['seconds']:.1f} s process start-up and Ray shutdown; "

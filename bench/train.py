@@ -58,7 +58,10 @@ def stream_vs_memory(store: str, variant: str, batch_size: int, epochs: int) -> 
 
     def streamed(epoch: int):
         for b in stream.batches(epoch, drop_last=True):
-            yield torch.from_numpy(b["theta"]), torch.from_numpy(np.ascontiguousarray(model_input(b, fields)))
+            yield (
+                torch.from_numpy(b["theta"]),
+                torch.from_numpy(np.ascontiguousarray(model_input(b, fields))),
+            )
 
     rows = [b for b in stream.batches(0, shuffle=False)]
     theta_all = torch.from_numpy(np.concatenate([b["theta"] for b in rows]))
@@ -71,10 +74,18 @@ def stream_vs_memory(store: str, variant: str, batch_size: int, epochs: int) -> 
             yield theta_all[idx], x_all[idx]
 
     results: dict[str, list[float]] = {"in-memory": [], "streamed": []}
-    for _ in range(3):  # interleaved repeats, best of each: other load on the machine only slows runs down
+    for _ in range(
+        3
+    ):  # interleaved repeats, best of each: other load on the machine only slows runs down
         for name, fn in (("in-memory", in_memory), ("streamed", streamed)):
             torch.manual_seed(0)
-            results[name].append(time_epochs(NPEModel(FlowConfig(variant=variant, **architecture_defaults(variant)), stats), fn, epochs))
+            results[name].append(
+                time_epochs(
+                    NPEModel(FlowConfig(variant=variant, **architecture_defaults(variant)), stats),
+                    fn,
+                    epochs,
+                )
+            )
     return max(results["streamed"]), max(results["in-memory"])
 
 
@@ -83,11 +94,25 @@ EMBEDDINGS: dict[str, dict] = {
     "handcrafted": {},
     "pooled 16-32-32": {"variant": "summary-net"},
     "pooled 16-32-32, input pool 2": {"variant": "summary-net", "cnn_input_pool": 2},
-    "pooled 8-16-32, input pool 2": {"variant": "summary-net", "cnn_channels": (8, 16, 32), "cnn_input_pool": 2},
+    "pooled 8-16-32, input pool 2": {
+        "variant": "summary-net",
+        "cnn_channels": (8, 16, 32),
+        "cnn_input_pool": 2,
+    },
     "patch 8-16-32": {"variant": "summary-net", "cnn_stem": "patch", "cnn_channels": (8, 16, 32)},
     "hybrid (default)": {"variant": "hybrid", **HYBRID_ARCH},
-    "hybrid, input pool 8, 8 bins": {"variant": "hybrid", **HYBRID_ARCH, "cnn_input_pool": 8, "cnn_pool_bins": 8},
-    "hybrid, 8-16-32 input pool 2": {"variant": "hybrid", **HYBRID_ARCH, "cnn_channels": (8, 16, 32), "cnn_input_pool": 2},
+    "hybrid, input pool 8, 8 bins": {
+        "variant": "hybrid",
+        **HYBRID_ARCH,
+        "cnn_input_pool": 8,
+        "cnn_pool_bins": 8,
+    },
+    "hybrid, 8-16-32 input pool 2": {
+        "variant": "hybrid",
+        **HYBRID_ARCH,
+        "cnn_channels": (8, 16, 32),
+        "cnn_input_pool": 2,
+    },
 }
 
 
@@ -109,7 +134,11 @@ def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, 
     stats = model_stats(plan, stores)
 
     def rows(split: str) -> dict[str, np.ndarray]:
-        bs = list(ChunkStream(stores, plan, split, ("theta", "features", "trace"), 4096).batches(0, shuffle=False))
+        bs = list(
+            ChunkStream(stores, plan, split, ("theta", "features", "trace"), 4096).batches(
+                0, shuffle=False
+            )
+        )
         return {k: np.concatenate([b[k] for b in bs]) for k in ("theta", "features", "trace")}
 
     train, val = rows("train"), rows("val")
@@ -125,8 +154,13 @@ def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, 
             model, opt = models[n].train(), opts[n]
             t0, c0 = time.perf_counter(), time.thread_time()
             for s in range(0, len(perm) - batch_size + 1, batch_size):
-                batch = {k: v[perm[s : s + batch_size]] for k, v in train.items()}  # what a ChunkStream batch holds
-                loss = model(torch.from_numpy(batch["theta"]), torch.from_numpy(model_input(batch, model.x_fields)))
+                batch = {
+                    k: v[perm[s : s + batch_size]] for k, v in train.items()
+                }  # what a ChunkStream batch holds
+                loss = model(
+                    torch.from_numpy(batch["theta"]),
+                    torch.from_numpy(model_input(batch, model.x_fields)),
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -141,7 +175,12 @@ def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, 
             total = 0.0
             for s in range(0, len(val["theta"]), 4096):
                 part = {k: v[s : s + 4096] for k, v in val.items()}
-                total += float(model(torch.from_numpy(part["theta"]), torch.from_numpy(model_input(part, model.x_fields)))) * len(part["theta"])
+                total += float(
+                    model(
+                        torch.from_numpy(part["theta"]),
+                        torch.from_numpy(model_input(part, model.x_fields)),
+                    )
+                ) * len(part["theta"])
             out[n] = {
                 "samples_per_s": seen[n] / wall[n],
                 "cpu_samples_per_s": seen[n] / cpu[n],
@@ -158,7 +197,12 @@ def wait_share(store: str, variant: str, batch_size: int, steps: int) -> dict[st
     stats = model_stats(plan, stores)
     fields = INPUT_FIELDS[variant]
     out = {}
-    for name, ahead in (("inline", 0), ("thread", 8), ("inline ", 0), ("thread ", 8)):  # twice each, interleaved
+    for name, ahead in (
+        ("inline", 0),
+        ("thread", 8),
+        ("inline ", 0),
+        ("thread ", 8),
+    ):  # twice each, interleaved
         stream = ChunkStream(stores, plan, "train", ("theta", *fields), batch_size)
         torch.manual_seed(0)
         model = NPEModel(FlowConfig(variant=variant, **architecture_defaults(variant)), stats)
@@ -171,7 +215,10 @@ def wait_share(store: str, variant: str, batch_size: int, steps: int) -> dict[st
             waited += time.perf_counter() - w0
             if b is None:
                 break
-            loss = model(torch.from_numpy(b["theta"]), torch.from_numpy(np.ascontiguousarray(model_input(b, fields))))
+            loss = model(
+                torch.from_numpy(b["theta"]),
+                torch.from_numpy(np.ascontiguousarray(model_input(b, fields))),
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -191,7 +238,9 @@ def reader_only(store: str, variant: str, batch_size: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def workers_scaling(store: str, variant: str, batch_size: int, epochs: int, root: Path) -> dict[str, float]:
+def workers_scaling(
+    store: str, variant: str, batch_size: int, epochs: int, root: Path
+) -> dict[str, float]:
     """Samples/s of Ray Train runs (median over the epochs after the first, which includes warm-up).
 
     ``1``/``2``: the same global batch split over 1 or 2 workers sharing the machine's cores
@@ -201,10 +250,21 @@ def workers_scaling(store: str, variant: str, batch_size: int, epochs: int, root
     """
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         out = {}
-        runs = {"1": (1, 0, batch_size), "2": (2, 0, batch_size // 2), "1x1": (1, 1, batch_size), "2x1": (2, 1, batch_size)}
+        runs = {
+            "1": (1, 0, batch_size),
+            "2": (2, 0, batch_size // 2),
+            "1x1": (1, 1, batch_size),
+            "2x1": (2, 1, batch_size),
+        }
         for name, (workers, cpus, batch) in runs.items():
             cfg = TrainConfig(
                 task="npe",
@@ -227,14 +287,25 @@ def workers_scaling(store: str, variant: str, batch_size: int, epochs: int, root
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", help="existing store; default: simulate --n samples into a temporary one")
+    ap.add_argument(
+        "--store", help="existing store; default: simulate --n samples into a temporary one"
+    )
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--variant", choices=FEATURES, default="handcrafted")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--skip-workers", action="store_true", help="no Ray Train worker scaling")
-    ap.add_argument("--embeddings", action="store_true", help="compare trace embeddings with the handcrafted baseline")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 makes CPU-time rates exact on a shared machine)")
+    ap.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="compare trace embeddings with the handcrafted baseline",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads (1 makes CPU-time rates exact on a shared machine)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -259,7 +330,9 @@ def main() -> None:
         print(
             f"{args.variant}: streamed from Zarr {streamed:,.0f} samples/s, in-memory tensors {memory:,.0f} samples/s -> ratio {streamed / memory:.2f} (aim >= 0.8)"
         )
-        print(f"{args.variant}: the Zarr reader alone delivers {reader_only(store, args.variant, args.batch_size):,.0f} rows/s")
+        print(
+            f"{args.variant}: the Zarr reader alone delivers {reader_only(store, args.variant, args.batch_size):,.0f} rows/s"
+        )
         if not args.skip_workers:
             w = workers_scaling(store, args.variant, args.batch_size, args.epochs, root)
             print(

@@ -52,11 +52,16 @@ class PosteriorClient:
         try:
             r = self._http.request(method, path, json=body)
         except httpx.HTTPError as e:
-            raise QueryError(f"cannot reach {self.url}{path}: {type(e).__name__} {e}".strip()) from None
+            raise QueryError(
+                f"cannot reach {self.url}{path}: {type(e).__name__} {e}".strip()
+            ) from None
         if r.status_code == 422:
             raise QueryError(r.json().get("message", r.text), status=422)
         if r.status_code != 200:
-            raise QueryError(f"{self.url}{path} answered HTTP {r.status_code}: {r.text[:200]}", status=r.status_code)
+            raise QueryError(
+                f"{self.url}{path} answered HTTP {r.status_code}: {r.text[:200]}",
+                status=r.status_code,
+            )
         return r.json()
 
     def health(self) -> dict[str, Any]:
@@ -65,8 +70,13 @@ class PosteriorClient:
     def info(self) -> dict[str, Any]:
         return self._call("GET", "/info")
 
-    def sample(self, trace: NDArray[np.integer], num_samples: int = 1000, seed: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"trace": np.asarray(trace).astype(int).tolist(), "num_samples": int(num_samples)}
+    def sample(
+        self, trace: NDArray[np.integer], num_samples: int = 1000, seed: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "trace": np.asarray(trace).astype(int).tolist(),
+            "num_samples": int(num_samples),
+        }
         if seed is not None:
             body["seed"] = int(seed)
         return self._call("POST", "/sample", body)
@@ -80,11 +90,17 @@ def load_trace_file(path: str | Path) -> NDArray[np.int16]:
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim not in (1, 2) or arr.size == 0:
-        raise ValueError(f"{p.name}: shape {arr.shape} is not one observation; expected (T,) ADC codes (1000 for the step protocol) or (sweeps, T)")
+        raise ValueError(
+            f"{p.name}: shape {arr.shape} is not one observation; expected (T,) ADC codes (1000 for the step protocol) or (sweeps, T)"
+        )
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{p.name}: trace contains NaN, inf or non-numbers; expected ADC codes 0..1023")
+        raise ValueError(
+            f"{p.name}: trace contains NaN, inf or non-numbers; expected ADC codes 0..1023"
+        )
     if np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 1023:
-        raise ValueError(f"{p.name}: values must be whole ADC codes in [0, 1023], got range [{arr.min():g}, {arr.max():g}]")
+        raise ValueError(
+            f"{p.name}: values must be whole ADC codes in [0, 1023], got range [{arr.min():g}, {arr.max():g}]"
+        )
     return arr.astype(np.int16)
 
 
@@ -95,9 +111,13 @@ def load_store_trace(store: str, index: int) -> tuple[NDArray[np.int16], NDArray
     ds = open_dataset(store)
     n = int(ds.sizes["sample"])
     if not 0 <= index < n:
-        raise ValueError(f"index={index} outside [0, {n - 1}] of the {n} completed samples in {store}")
+        raise ValueError(
+            f"index={index} outside [0, {n - 1}] of the {n} completed samples in {store}"
+        )
     row = ds.isel(sample=index)
-    return np.asarray(row["trace"].values, dtype=np.int16), np.asarray(row["theta"].values, dtype=np.float32)
+    return np.asarray(row["trace"].values, dtype=np.int16), np.asarray(
+        row["theta"].values, dtype=np.float32
+    )
 
 
 def misspecification_warning(result: dict[str, Any]) -> str | None:
@@ -114,7 +134,9 @@ def misspecification_warning(result: dict[str, Any]) -> str | None:
     return f"warning: observation unlike the training data: {reasons}"
 
 
-def summary_rows(result: dict[str, Any], truth: NDArray[np.floating] | None = None, level: float = 0.9) -> list[dict[str, Any]]:
+def summary_rows(
+    result: dict[str, Any], truth: NDArray[np.floating] | None = None, level: float = 0.9
+) -> list[dict[str, Any]]:
     """One row per parameter: mean, std, equal-tailed ``level`` interval, MAP (and the true value)."""
     samples = np.asarray(result["samples"], dtype=np.float64)
     lower, upper = central_interval(samples, level)
@@ -152,12 +174,19 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         if col in rows[0]:
             table.add_column(label, justify="left" if col == "parameter" else "right")
     for row in rows:
-        cells = [row["parameter"]] + [f"{row[c]:.1f}" for c in ("mean", "std", "lower", "upper", "map", "true") if c in row]
+        cells = [row["parameter"]] + [
+            f"{row[c]:.1f}" for c in ("mean", "std", "lower", "upper", "map", "true") if c in row
+        ]
         table.add_row(*cells)
     Console().print(table)
 
 
-def save_pairplot(result: dict[str, Any], info: dict[str, Any], out: str | Path, truth: NDArray[np.floating] | None = None) -> Path:
+def save_pairplot(
+    result: dict[str, Any],
+    info: dict[str, Any],
+    out: str | Path,
+    truth: NDArray[np.floating] | None = None,
+) -> Path:
     """Pair plot of the posterior draws over the prior box (sbi's ``pairplot``), true values marked."""
     import matplotlib
 
@@ -168,7 +197,13 @@ def save_pairplot(result: dict[str, Any], info: dict[str, Any], out: str | Path,
     samples = np.asarray(result["samples"], dtype=np.float32)
     limits = [[p["low"], p["high"]] for p in info["parameters"]]
     labels = [f"{p['name']} [{p['unit']}]" for p in info["parameters"]]
-    fig, _ = pairplot(samples, points=None if truth is None else np.asarray(truth, dtype=np.float32)[None, :], limits=limits, labels=labels, figsize=(12, 12))
+    fig, _ = pairplot(
+        samples,
+        points=None if truth is None else np.asarray(truth, dtype=np.float32)[None, :],
+        limits=limits,
+        labels=labels,
+        figsize=(12, 12),
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90, bbox_inches="tight")

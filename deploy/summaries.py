@@ -10,7 +10,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 
-def summarize_draws(samples: NDArray[np.floating], log_prob: NDArray[np.floating] | None = None) -> dict[str, NDArray[np.float64]]:
+def summarize_draws(
+    samples: NDArray[np.floating], log_prob: NDArray[np.floating] | None = None
+) -> dict[str, NDArray[np.float64]]:
     """Per-parameter mean and std of posterior draws, plus the highest-density draw.
 
     Args:
@@ -24,7 +26,10 @@ def summarize_draws(samples: NDArray[np.floating], log_prob: NDArray[np.floating
     s = np.asarray(samples, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] < 1:
         raise ValueError(f"samples shape {s.shape} must be (n >= 1, d)")
-    out = {"mean": s.mean(axis=0), "std": s.std(axis=0, ddof=1) if s.shape[0] > 1 else np.zeros(s.shape[1])}
+    out = {
+        "mean": s.mean(axis=0),
+        "std": s.std(axis=0, ddof=1) if s.shape[0] > 1 else np.zeros(s.shape[1]),
+    }
     if log_prob is not None:
         lp = np.asarray(log_prob, dtype=np.float64)
         if lp.shape != (s.shape[0],):
@@ -33,7 +38,9 @@ def summarize_draws(samples: NDArray[np.floating], log_prob: NDArray[np.floating
     return out
 
 
-def central_interval(samples: NDArray[np.floating], level: float = 0.9) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def central_interval(
+    samples: NDArray[np.floating], level: float = 0.9
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Equal-tailed credible interval per parameter.
 
     Args:

@@ -17,7 +17,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from farm.errors import FarmInputError
-from farm.protocol import Protocol as Protocol  # re-exported: the stimulus is defined in farm.protocol
+from farm.protocol import (
+    Protocol as Protocol,
+)  # re-exported: the stimulus is defined in farm.protocol
 from farm.protocol import Sweep as Sweep
 
 #: Version of the emulator's physics and RNG streams. Bump it whenever a change alters any
@@ -70,23 +72,38 @@ class PriorBox:
 
     def __post_init__(self) -> None:
         if not (len(self.names) == len(self.low) == len(self.high)):
-            raise FarmInputError(f"prior names/low/high lengths differ: {len(self.names)}/{len(self.low)}/{len(self.high)}")
+            raise FarmInputError(
+                f"prior names/low/high lengths differ: {len(self.names)}/{len(self.low)}/{len(self.high)}"
+            )
         for name, lo, hi in zip(self.names, self.low, self.high):
             if not (0.0 <= lo < hi <= CAPMEM_MAX_LSB):
-                raise FarmInputError(f"prior bounds for {name}=[{lo}, {hi}] must satisfy 0 <= low < high <= {CAPMEM_MAX_LSB} LSB")
+                raise FarmInputError(
+                    f"prior bounds for {name}=[{lo}, {hi}] must satisfy 0 <= low < high <= {CAPMEM_MAX_LSB} LSB"
+                )
 
     @property
     def dim(self) -> int:
         return len(self.names)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "box_uniform", "names": list(self.names), "low": list(self.low), "high": list(self.high), "units": self.units}
+        return {
+            "type": "box_uniform",
+            "names": list(self.names),
+            "low": list(self.low),
+            "high": list(self.high),
+            "units": self.units,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PriorBox:
         if d.get("type", "box_uniform") != "box_uniform":
             raise FarmInputError(f"prior type={d.get('type')!r} is not a box prior")
-        return cls(names=tuple(d["names"]), low=tuple(float(v) for v in d["low"]), high=tuple(float(v) for v in d["high"]), units=d.get("units", "LSB"))
+        return cls(
+            names=tuple(d["names"]),
+            low=tuple(float(v) for v in d["low"]),
+            high=tuple(float(v) for v in d["high"]),
+            units=d.get("units", "LSB"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +127,9 @@ class ChipModel:
     delta_t_offset_mv: float = 1.0
     a_us_per_lsb: float = 0.0005
     b_na_per_lsb: float = 0.03
-    tau_w_scale_us_lsb: float = 6000.0  # tau_w = scale / (lsb + offset): larger bias, faster adaptation
+    tau_w_scale_us_lsb: float = (
+        6000.0  # tau_w = scale / (lsb + offset): larger bias, faster adaptation
+    )
     tau_w_offset_lsb: float = 20.0
     # Fixed-pattern mismatch (relative sigma of each gain, and absolute voltage offsets) after calibration.
     mismatch_gain_calibrated: float = 0.02
@@ -135,12 +154,27 @@ class ChipModel:
             raise FarmInputError(f"num_chips={self.num_chips} must be >= 1")
         if self.chip_ids is not None:
             ids = tuple(int(c) for c in self.chip_ids)
-            if not ids or ids != tuple(sorted(set(ids))) or ids[0] < 0 or ids[-1] >= NUM_EMULATED_CHIPS:
-                raise FarmInputError(f"chip_ids={list(ids)} must be a non-empty sorted list of distinct ids in [0, {NUM_EMULATED_CHIPS - 1}]")
+            if (
+                not ids
+                or ids != tuple(sorted(set(ids)))
+                or ids[0] < 0
+                or ids[-1] >= NUM_EMULATED_CHIPS
+            ):
+                raise FarmInputError(
+                    f"chip_ids={list(ids)} must be a non-empty sorted list of distinct ids in [0, {NUM_EMULATED_CHIPS - 1}]"
+                )
             object.__setattr__(self, "chip_ids", ids)
         if not self.adc_v_min_mv < self.adc_v_max_mv:
-            raise FarmInputError(f"adc range [{self.adc_v_min_mv}, {self.adc_v_max_mv}] mV is empty")
-        for name in ("noise_mv_per_sqrt_us", "adc_noise_lsb", "mismatch_gain_calibrated", "mismatch_gain_uncalibrated", "mismatch_offset_mv"):
+            raise FarmInputError(
+                f"adc range [{self.adc_v_min_mv}, {self.adc_v_max_mv}] mV is empty"
+            )
+        for name in (
+            "noise_mv_per_sqrt_us",
+            "adc_noise_lsb",
+            "mismatch_gain_calibrated",
+            "mismatch_gain_uncalibrated",
+            "mismatch_offset_mv",
+        ):
             if getattr(self, name) < 0:
                 raise FarmInputError(f"chip {name}={getattr(self, name)} must be >= 0")
 
@@ -156,7 +190,13 @@ class ChipModel:
     def ideal(self) -> ChipModel:
         """The same chip without mismatch or noise: for reference tests and noise-free predictions."""
         d = asdict(self)
-        d.update(mismatch_gain_calibrated=0.0, mismatch_gain_uncalibrated=0.0, mismatch_offset_mv=0.0, noise_mv_per_sqrt_us=0.0, adc_noise_lsb=0.0)
+        d.update(
+            mismatch_gain_calibrated=0.0,
+            mismatch_gain_uncalibrated=0.0,
+            mismatch_offset_mv=0.0,
+            noise_mv_per_sqrt_us=0.0,
+            adc_noise_lsb=0.0,
+        )
         return ChipModel(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,7 +228,9 @@ class Regime:
 
     def __post_init__(self) -> None:
         if not (0 <= self.min_spikes <= self.max_spikes):
-            raise FarmInputError(f"regime [{self.min_spikes}, {self.max_spikes}] needs 0 <= min_spikes <= max_spikes")
+            raise FarmInputError(
+                f"regime [{self.min_spikes}, {self.max_spikes}] needs 0 <= min_spikes <= max_spikes"
+            )
 
     @staticmethod
     def reference_sweep(protocol: Protocol) -> int:
@@ -215,7 +257,11 @@ class Regime:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Regime:
         """A store's ``regime`` attribute; None (stores that predate it) gives the default."""
-        return cls() if not d else cls(min_spikes=int(d["min_spikes"]), max_spikes=int(d["max_spikes"]))
+        return (
+            cls()
+            if not d
+            else cls(min_spikes=int(d["min_spikes"]), max_spikes=int(d["max_spikes"]))
+        )
 
 
 #: Spike times kept per trace by the kernel (counts stay exact beyond it).

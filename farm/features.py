@@ -56,7 +56,16 @@ _SMOOTH = 5
 
 
 @numba.njit(cache=True, parallel=True)
-def _summarize(codes: NDArray[np.int16], mv_per_code: float, v_min_mv: float, s_on: int, s_off: int, dt_s: float, drop: int, out: NDArray[np.float32]) -> None:
+def _summarize(
+    codes: NDArray[np.int16],
+    mv_per_code: float,
+    v_min_mv: float,
+    s_on: int,
+    s_off: int,
+    dt_s: float,
+    drop: int,
+    out: NDArray[np.float32],
+) -> None:
     n, t = codes.shape
     stim_len = (s_off - s_on) * dt_s
     for i in numba.prange(n):
@@ -163,10 +172,16 @@ def feature_units(protocol: Protocol | None = None) -> dict[str, str]:
 def spike_count_column(protocol: Protocol | None = None) -> int:
     """Column of ``summarize``'s output holding the regime's spike count (``Regime.reference_sweep``)."""
     protocol = protocol or Protocol()
-    return Regime.reference_sweep(protocol) * len(FEATURE_NAMES) + FEATURE_NAMES.index("spike_count")
+    return Regime.reference_sweep(protocol) * len(FEATURE_NAMES) + FEATURE_NAMES.index(
+        "spike_count"
+    )
 
 
-def summarize(trace_codes: NDArray[np.integer], protocol: Protocol | None = None, chip: ChipModel | None = None) -> NDArray[np.float32]:
+def summarize(
+    trace_codes: NDArray[np.integer],
+    protocol: Protocol | None = None,
+    chip: ChipModel | None = None,
+) -> NDArray[np.float32]:
     """Handcrafted statistics, ``feature_names(protocol)`` order.
 
     Args:
@@ -183,7 +198,9 @@ def summarize(trace_codes: NDArray[np.integer], protocol: Protocol | None = None
     if codes.ndim == 1:
         codes = codes[None, :]
     if codes.ndim != 2 or codes.shape[1] != protocol.num_samples:
-        raise ValueError(f"trace shape {np.shape(trace_codes)} must be (n, {protocol.num_samples}) ADC codes")
+        raise ValueError(
+            f"trace shape {np.shape(trace_codes)} must be (n, {protocol.num_samples}) ADC codes"
+        )
     if not np.issubdtype(codes.dtype, np.integer):
         if not np.all(np.isfinite(codes)):
             raise ValueError("trace contains NaN or inf; it must hold ADC codes")
@@ -195,9 +212,22 @@ def summarize(trace_codes: NDArray[np.integer], protocol: Protocol | None = None
     for k, sweep in enumerate(protocol.sweep_list):
         s_on = int(round(sweep.t_on_us / protocol.sample_period_us))
         s_off = int(round(sweep.t_off_us / protocol.sample_period_us))
-        part = codes if protocol.num_sweeps == 1 else np.ascontiguousarray(codes[:, k * t : (k + 1) * t])
+        part = (
+            codes
+            if protocol.num_sweeps == 1
+            else np.ascontiguousarray(codes[:, k * t : (k + 1) * t])
+        )
         dest = out if protocol.num_sweeps == 1 else np.empty((codes.shape[0], f), dtype=np.float32)
-        _summarize(part, mv_per_code, chip.adc_v_min_mv, s_on, s_off, protocol.sample_period_us, SPIKE_DROP_CODES, dest)
+        _summarize(
+            part,
+            mv_per_code,
+            chip.adc_v_min_mv,
+            s_on,
+            s_off,
+            protocol.sample_period_us,
+            SPIKE_DROP_CODES,
+            dest,
+        )
         if dest is not out:
             out[:, k * f : (k + 1) * f] = dest
     return out

@@ -46,7 +46,9 @@ class BoxPrior:
     def dim(self) -> int:
         return self.box.dim
 
-    def sample_indexed(self, seed: int, indices: NDArray[np.integer] | range, attempt: int = 0) -> NDArray[np.float32]:
+    def sample_indexed(
+        self, seed: int, indices: NDArray[np.integer] | range, attempt: int = 0
+    ) -> NDArray[np.float32]:
         """(n, 7) float32 draws; row k depends only on (seed, indices[k], attempt)."""
         keys = rng.stream_keys(int(seed), rng.as_indices(indices), rng.STREAM_THETA)
         u = rng.uniforms(keys, int(attempt), self.dim)
@@ -68,13 +70,19 @@ class BoxPrior:
         """Raise a one-line ValueError naming the first parameter value outside the prior."""
         t = np.asarray(theta, dtype=np.float64)
         if t.ndim != 2 or t.shape[1] != self.dim:
-            raise FarmInputError(f"theta shape {t.shape} must be (n, {self.dim}) in order {', '.join(self.names)}")
+            raise FarmInputError(
+                f"theta shape {t.shape} must be (n, {self.dim}) in order {', '.join(self.names)}"
+            )
         if not np.all(np.isfinite(t)):
-            raise FarmInputError("theta contains NaN or inf; every value must be a finite CapMem LSB")
+            raise FarmInputError(
+                "theta contains NaN or inf; every value must be a finite CapMem LSB"
+            )
         bad = ~((t >= self.low) & (t <= self.high))
         if bad.any():
             row, col = (int(v) for v in np.argwhere(bad)[0])
-            raise FarmInputError(f"theta row {row}: {self.names[col]}={t[row, col]:g} outside [{self.low[col]:g}, {self.high[col]:g}] LSB")
+            raise FarmInputError(
+                f"theta row {row}: {self.names[col]}={t[row, col]:g} outside [{self.low[col]:g}, {self.high[col]:g}] LSB"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return self.box.to_dict()
@@ -105,7 +113,9 @@ class RestrictedPrior(BoxPrior):
     ) -> None:
         super().__init__(box)
         if len(weights) != len(biases) or not weights:
-            raise FarmInputError(f"restricted prior needs matching weights/biases, got {len(weights)}/{len(biases)}")
+            raise FarmInputError(
+                f"restricted prior needs matching weights/biases, got {len(weights)}/{len(biases)}"
+            )
         if not 0.0 < acceptance_rate <= 1.0:
             raise FarmInputError(f"acceptance_rate={acceptance_rate} must be in (0, 1]")
         self.weights = [np.asarray(w, dtype=np.float64) for w in weights]
@@ -118,7 +128,9 @@ class RestrictedPrior(BoxPrior):
 
     def logit(self, theta: NDArray[np.floating]) -> NDArray[np.float64]:
         """Classifier logit of P(in regime | theta), float64 for stable accept decisions."""
-        h = (np.asarray(theta, dtype=np.float64).reshape(-1, self.dim) - self.input_mean) / self.input_std
+        h = (
+            np.asarray(theta, dtype=np.float64).reshape(-1, self.dim) - self.input_mean
+        ) / self.input_std
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = h @ w + b
             if k < len(self.weights) - 1:
@@ -129,9 +141,19 @@ class RestrictedPrior(BoxPrior):
         return super().support(theta) & (self.logit(theta) >= self.threshold_logit)
 
     def log_prob(self, theta: NDArray[np.floating]) -> NDArray[np.float64]:
-        return np.where(self.support(theta), -float(np.sum(np.log(self.high - self.low))) - math.log(self.acceptance_rate), -np.inf)
+        return np.where(
+            self.support(theta),
+            -float(np.sum(np.log(self.high - self.low))) - math.log(self.acceptance_rate),
+            -np.inf,
+        )
 
-    def sample_indexed(self, seed: int, indices: NDArray[np.integer] | range, attempt: int = 0, max_attempts: int = 10_000) -> NDArray[np.float32]:
+    def sample_indexed(
+        self,
+        seed: int,
+        indices: NDArray[np.integer] | range,
+        attempt: int = 0,
+        max_attempts: int = 10_000,
+    ) -> NDArray[np.float32]:
         idx = rng.as_indices(indices)
         out = np.empty((idx.size, self.dim), dtype=np.float32)
         pending = np.arange(idx.size)
@@ -158,7 +180,13 @@ class RestrictedPrior(BoxPrior):
     @property
     def fingerprint(self) -> str:
         h = hashlib.sha256(json.dumps(self.box.to_dict(), sort_keys=True).encode())
-        for arr in (*self.weights, *self.biases, self.input_mean, self.input_std, np.array([self.threshold_logit])):
+        for arr in (
+            *self.weights,
+            *self.biases,
+            self.input_mean,
+            self.input_std,
+            np.array([self.threshold_logit]),
+        ):
             h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
         return h.hexdigest()[:16]
 
@@ -166,7 +194,9 @@ class RestrictedPrior(BoxPrior):
         """Write ``restricted_prior.json`` + ``weights.npz``; loadable with no pickle."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        arrays = {f"W{k}": w for k, w in enumerate(self.weights)} | {f"b{k}": b for k, b in enumerate(self.biases)}
+        arrays = {f"W{k}": w for k, w in enumerate(self.weights)} | {
+            f"b{k}": b for k, b in enumerate(self.biases)
+        }
         np.savez(d / RESTRICTED_WEIGHTS, **arrays)
         manifest = {
             "kind": "restricted_prior",
@@ -179,7 +209,11 @@ class RestrictedPrior(BoxPrior):
             "threshold_logit": self.threshold_logit,
             "acceptance_rate": self.acceptance_rate,
             "fingerprint": self.fingerprint,
-            **{k: v for k, v in self.meta.items() if k not in {"kind", "format_version", "prior", "fingerprint"}},
+            **{
+                k: v
+                for k, v in self.meta.items()
+                if k not in {"kind", "format_version", "prior", "fingerprint"}
+            },
         }
         (d / RESTRICTED_MANIFEST).write_text(json.dumps(manifest, indent=2))
         return d
@@ -189,9 +223,14 @@ class RestrictedPrior(BoxPrior):
         d = Path(directory)
         mpath = d / RESTRICTED_MANIFEST
         if not mpath.is_file():
-            raise FarmInputError(f"prior={str(d)!r} has no {RESTRICTED_MANIFEST}; pass a directory written by `farm train classifier`")
+            raise FarmInputError(
+                f"prior={str(d)!r} has no {RESTRICTED_MANIFEST}; pass a directory written by `farm train classifier`"
+            )
         m = json.loads(mpath.read_text())
-        if m.get("kind") != "restricted_prior" or m.get("format_version") != RESTRICTED_FORMAT_VERSION:
+        if (
+            m.get("kind") != "restricted_prior"
+            or m.get("format_version") != RESTRICTED_FORMAT_VERSION
+        ):
             raise FarmInputError(
                 f"{mpath}: kind={m.get('kind')!r} format_version={m.get('format_version')!r}; expected restricted_prior v{RESTRICTED_FORMAT_VERSION}"
             )
@@ -200,9 +239,30 @@ class RestrictedPrior(BoxPrior):
                 num = int(m["num_layers"])
                 weights = [z[f"W{k}"] for k in range(num)]
                 biases = [z[f"b{k}"] for k in range(num)]
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:  # a truncated weights.npz is a BadZipFile
-            raise FarmInputError(f"{d / RESTRICTED_WEIGHTS}: unreadable restricted prior ({type(e).__name__}); re-run `farm train classifier`") from None
-        meta = {k: v for k, v in m.items() if k not in {"prior", "input_mean", "input_std", "threshold_logit", "acceptance_rate", "num_layers", "activation"}}
+        except (
+            OSError,
+            EOFError,
+            KeyError,
+            ValueError,
+            zipfile.BadZipFile,
+        ) as e:  # a truncated weights.npz is a BadZipFile
+            raise FarmInputError(
+                f"{d / RESTRICTED_WEIGHTS}: unreadable restricted prior ({type(e).__name__}); re-run `farm train classifier`"
+            ) from None
+        meta = {
+            k: v
+            for k, v in m.items()
+            if k
+            not in {
+                "prior",
+                "input_mean",
+                "input_std",
+                "threshold_logit",
+                "acceptance_rate",
+                "num_layers",
+                "activation",
+            }
+        }
         prior = cls(
             PriorBox.from_dict(m["prior"]),
             weights,
@@ -214,7 +274,9 @@ class RestrictedPrior(BoxPrior):
             meta,
         )
         if "fingerprint" in m and m["fingerprint"] != prior.fingerprint:
-            raise FarmInputError(f"{mpath}: fingerprint {m['fingerprint']} does not match its weights ({prior.fingerprint}); the artifact is corrupt")
+            raise FarmInputError(
+                f"{mpath}: fingerprint {m['fingerprint']} does not match its weights ({prior.fingerprint}); the artifact is corrupt"
+            )
         return prior
 
 
@@ -250,7 +312,10 @@ class PriorDescription:
 
     def matches(self, prior: AnyPrior) -> bool:
         """True if ``prior`` is the prior described (same kind and fingerprint)."""
-        return isinstance(prior, RestrictedPrior) == self.is_restricted and prior.fingerprint == self.fingerprint
+        return (
+            isinstance(prior, RestrictedPrior) == self.is_restricted
+            and prior.fingerprint == self.fingerprint
+        )
 
 
 def prior_from_attrs(prior_attr: Mapping[str, Any] | None) -> PriorDescription:

@@ -65,16 +65,24 @@ class Sweep:
 
     @property
     def mean_amplitude_na(self) -> float:
-        return self.amplitude_na if self.amplitude_end_na is None else 0.5 * (self.amplitude_na + self.amplitude_end_na)
+        return (
+            self.amplitude_na
+            if self.amplitude_end_na is None
+            else 0.5 * (self.amplitude_na + self.amplitude_end_na)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in _SWEEP_KEYS}
-        return d if self.amplitude_end_na is None else d | {"amplitude_end_na": self.amplitude_end_na}
+        return (
+            d if self.amplitude_end_na is None else d | {"amplitude_end_na": self.amplitude_end_na}
+        )
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "sweep") -> Sweep:
         if not isinstance(d, dict):
-            raise FarmInputError(f"{where}={d!r} must be a mapping with keys {', '.join(_SWEEP_KEYS)}")
+            raise FarmInputError(
+                f"{where}={d!r} must be a mapping with keys {', '.join(_SWEEP_KEYS)}"
+            )
         missing = [k for k in _SWEEP_KEYS if k not in d]
         unknown = sorted(set(d) - {*_SWEEP_KEYS, "amplitude_end_na"})
         if missing or unknown:
@@ -107,7 +115,14 @@ class Protocol:
     name: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("t_pre_us", "t_stim_us", "t_post_us", "i_stim_na", "dt_us", "sample_period_us"):
+        for name in (
+            "t_pre_us",
+            "t_stim_us",
+            "t_post_us",
+            "i_stim_na",
+            "dt_us",
+            "sample_period_us",
+        ):
             object.__setattr__(self, name, _finite(name, getattr(self, name)))
         for name in ("t_pre_us", "t_stim_us", "t_post_us", "dt_us", "sample_period_us"):
             v = getattr(self, name)
@@ -116,27 +131,53 @@ class Protocol:
         if self.sweeps:
             self._normalise_sweeps()
         else:
-            object.__setattr__(self, "name", "")  # the legacy single step has no name in its identity
+            object.__setattr__(
+                self, "name", ""
+            )  # the legacy single step has no name in its identity
         ratio = self.sample_period_us / self.dt_us
         if abs(ratio - round(ratio)) > 1e-9:
-            raise FarmInputError(f"sample_period_us={self.sample_period_us} must be a whole multiple of dt_us={self.dt_us}")
-        if abs(self.duration_us / self.sample_period_us - round(self.duration_us / self.sample_period_us)) > 1e-9:
-            raise FarmInputError(f"protocol duration {self.duration_us} µs must be a whole multiple of sample_period_us")
+            raise FarmInputError(
+                f"sample_period_us={self.sample_period_us} must be a whole multiple of dt_us={self.dt_us}"
+            )
+        if (
+            abs(
+                self.duration_us / self.sample_period_us
+                - round(self.duration_us / self.sample_period_us)
+            )
+            > 1e-9
+        ):
+            raise FarmInputError(
+                f"protocol duration {self.duration_us} µs must be a whole multiple of sample_period_us"
+            )
         if self.num_samples > MAX_OBSERVATION_SAMPLES:
-            raise FarmInputError(f"protocol has {self.num_samples} MADC samples per observation; at most {MAX_OBSERVATION_SAMPLES} allowed")
+            raise FarmInputError(
+                f"protocol has {self.num_samples} MADC samples per observation; at most {MAX_OBSERVATION_SAMPLES} allowed"
+            )
 
     def _normalise_sweeps(self) -> None:
         legacy = Protocol.__dataclass_fields__
-        if any(getattr(self, k) != legacy[k].default for k in ("t_pre_us", "t_stim_us", "t_post_us", "i_stim_na")):
-            raise FarmInputError("protocol gives both sweeps and t_pre_us/t_stim_us/t_post_us/i_stim_na; give one of the two")
-        sweeps = tuple(s if isinstance(s, Sweep) else Sweep.from_dict(s, f"sweeps[{k}]") for k, s in enumerate(self.sweeps))
+        if any(
+            getattr(self, k) != legacy[k].default
+            for k in ("t_pre_us", "t_stim_us", "t_post_us", "i_stim_na")
+        ):
+            raise FarmInputError(
+                "protocol gives both sweeps and t_pre_us/t_stim_us/t_post_us/i_stim_na; give one of the two"
+            )
+        sweeps = tuple(
+            s if isinstance(s, Sweep) else Sweep.from_dict(s, f"sweeps[{k}]")
+            for k, s in enumerate(self.sweeps)
+        )
         if len(sweeps) > MAX_SWEEPS:
             raise FarmInputError(f"protocol has {len(sweeps)} sweeps; at most {MAX_SWEEPS} allowed")
         lengths = sorted({s.duration_us for s in sweeps})
         if len(lengths) > 1:
-            raise FarmInputError(f"sweeps have different duration_us {lengths}; every sweep must have the same length so sweeps stack as channels")
+            raise FarmInputError(
+                f"sweeps have different duration_us {lengths}; every sweep must have the same length so sweeps stack as channels"
+            )
         if len(sweeps) == 1 and not sweeps[0].is_ramp:
-            s = sweeps[0]  # one step: the legacy form, the same protocol as `step` when the numbers agree
+            s = sweeps[
+                0
+            ]  # one step: the legacy form, the same protocol as `step` when the numbers agree
             for k, v in (
                 ("t_pre_us", s.t_on_us),
                 ("t_stim_us", s.t_off_us - s.t_on_us),
@@ -155,7 +196,9 @@ class Protocol:
         """Every sweep, the legacy single step included."""
         if self.sweeps:
             return self.sweeps
-        return (Sweep(self.t_pre_us, self.t_pre_us + self.t_stim_us, self.duration_us, self.i_stim_na),)
+        return (
+            Sweep(self.t_pre_us, self.t_pre_us + self.t_stim_us, self.duration_us, self.i_stim_na),
+        )
 
     @property
     def label(self) -> str:
@@ -169,7 +212,11 @@ class Protocol:
     @property
     def duration_us(self) -> float:
         """Length of one sweep (all sweeps have the same)."""
-        return self.sweeps[0].duration_us if self.sweeps else self.t_pre_us + self.t_stim_us + self.t_post_us
+        return (
+            self.sweeps[0].duration_us
+            if self.sweeps
+            else self.t_pre_us + self.t_stim_us + self.t_post_us
+        )
 
     @property
     def samples_per_sweep(self) -> int:
@@ -197,13 +244,32 @@ class Protocol:
     @property
     def observation_shape(self) -> tuple[int, ...]:
         """(T,) for one sweep, (sweeps, T) for several (what a served posterior accepts besides the flat form)."""
-        return (self.samples_per_sweep,) if self.num_sweeps == 1 else (self.num_sweeps, self.samples_per_sweep)
+        return (
+            (self.samples_per_sweep,)
+            if self.num_sweeps == 1
+            else (self.num_sweeps, self.samples_per_sweep)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The legacy six fields for a single step (stores and artifacts of today unchanged), else name + sweeps."""
         if not self.sweeps:
-            return {k: getattr(self, k) for k in ("t_pre_us", "t_stim_us", "t_post_us", "i_stim_na", "dt_us", "sample_period_us")}
-        return {"name": self.name, "dt_us": self.dt_us, "sample_period_us": self.sample_period_us, "sweeps": [s.to_dict() for s in self.sweeps]}
+            return {
+                k: getattr(self, k)
+                for k in (
+                    "t_pre_us",
+                    "t_stim_us",
+                    "t_post_us",
+                    "i_stim_na",
+                    "dt_us",
+                    "sample_period_us",
+                )
+            }
+        return {
+            "name": self.name,
+            "dt_us": self.dt_us,
+            "sample_period_us": self.sample_period_us,
+            "sweeps": [s.to_dict() for s in self.sweeps],
+        }
 
     @classmethod
     def from_dict(cls, d: Any) -> Protocol:
@@ -213,15 +279,25 @@ class Protocol:
         if "sweeps" in d:
             allowed = {"name", "dt_us", "sample_period_us", "sweeps"}
             if sorted(set(d) - allowed):
-                raise FarmInputError(f"protocol keys {sorted(set(d) - allowed)} unknown; a sweep protocol has {', '.join(sorted(allowed))}")
+                raise FarmInputError(
+                    f"protocol keys {sorted(set(d) - allowed)} unknown; a sweep protocol has {', '.join(sorted(allowed))}"
+                )
             sweeps = d["sweeps"]
             if not isinstance(sweeps, list) or not sweeps:
-                raise FarmInputError(f"protocol sweeps={sweeps!r} must be a non-empty list of sweeps")
+                raise FarmInputError(
+                    f"protocol sweeps={sweeps!r} must be a non-empty list of sweeps"
+                )
             kw: dict[str, Any] = {k: d[k] for k in ("dt_us", "sample_period_us") if k in d}
-            return cls(sweeps=tuple(Sweep.from_dict(s, f"sweeps[{k}]") for k, s in enumerate(sweeps)), name=str(d.get("name") or "custom"), **kw)
+            return cls(
+                sweeps=tuple(Sweep.from_dict(s, f"sweeps[{k}]") for k, s in enumerate(sweeps)),
+                name=str(d.get("name") or "custom"),
+                **kw,
+            )
         allowed = {"t_pre_us", "t_stim_us", "t_post_us", "i_stim_na", "dt_us", "sample_period_us"}
         if sorted(set(d) - allowed):
-            raise FarmInputError(f"protocol keys {sorted(set(d) - allowed)} unknown; give `sweeps` or some of {', '.join(sorted(allowed))}")
+            raise FarmInputError(
+                f"protocol keys {sorted(set(d) - allowed)} unknown; give `sweeps` or some of {', '.join(sorted(allowed))}"
+            )
         return cls(**{k: _finite(k, v) for k, v in d.items()})
 
 
@@ -236,7 +312,9 @@ def multi_step_protocol() -> Protocol:
     """``multi-step``: the step's timing (0.1 / 0.6 / 0.3 ms) at each of ``MULTI_STEP_AMPLITUDES_NA``."""
     step = Protocol()
     on, off, dur = step.t_pre_us, step.t_pre_us + step.t_stim_us, step.duration_us
-    return Protocol(sweeps=tuple(Sweep(on, off, dur, a) for a in MULTI_STEP_AMPLITUDES_NA), name="multi-step")
+    return Protocol(
+        sweeps=tuple(Sweep(on, off, dur, a) for a in MULTI_STEP_AMPLITUDES_NA), name="multi-step"
+    )
 
 
 #: Protocols by name (`farm simulate --protocol NAME`).
@@ -251,9 +329,13 @@ def load_protocol_file(path: str | Path) -> Protocol:
     try:
         data = yaml.safe_load(p.read_text())
     except OSError as e:
-        raise FarmInputError(f"protocol file {str(p)!r} cannot be read: {e.strerror or e}") from None
+        raise FarmInputError(
+            f"protocol file {str(p)!r} cannot be read: {e.strerror or e}"
+        ) from None
     except yaml.YAMLError as e:
-        raise FarmInputError(f"protocol file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise FarmInputError(
+            f"protocol file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}"
+        ) from None
     try:
         return Protocol.from_dict(data)
     except FarmInputError as e:
@@ -277,7 +359,9 @@ def resolve_protocol(spec: str | Path | Protocol | None) -> Protocol:
         if not Path(text).is_file():
             raise FarmInputError(f"protocol file {text!r} does not exist")
         return load_protocol_file(text)
-    raise FarmInputError(f"protocol={text!r} is neither a built-in ({', '.join(BUILTIN_PROTOCOLS)}) nor a YAML file")
+    raise FarmInputError(
+        f"protocol={text!r} is neither a built-in ({', '.join(BUILTIN_PROTOCOLS)}) nor a YAML file"
+    )
 
 
 def dump_protocol(protocol: Protocol) -> str:
@@ -287,4 +371,13 @@ def dump_protocol(protocol: Protocol) -> str:
     return yaml.safe_dump(protocol.to_dict(), sort_keys=False)
 
 
-__all__ = ["BUILTIN_PROTOCOLS", "MAX_SWEEPS", "MULTI_STEP_AMPLITUDES_NA", "Protocol", "Sweep", "dump_protocol", "load_protocol_file", "resolve_protocol"]
+__all__ = [
+    "BUILTIN_PROTOCOLS",
+    "MAX_SWEEPS",
+    "MULTI_STEP_AMPLITUDES_NA",
+    "Protocol",
+    "Sweep",
+    "dump_protocol",
+    "load_protocol_file",
+    "resolve_protocol",
+]

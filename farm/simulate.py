@@ -64,7 +64,15 @@ def sim_schema(protocol: Protocol) -> StoreSchema:
     spike_count_unit = "spikes during the step current"
     if protocol.num_sweeps > 1:
         sweep = np.repeat(np.arange(protocol.num_sweeps), protocol.samples_per_sweep)
-        coords.append(CoordSpec("sweep", tuple(sweep.tolist()), "int16", {"long_name": "sweep of the protocol each time bin belongs to"}, dim="time"))
+        coords.append(
+            CoordSpec(
+                "sweep",
+                tuple(sweep.tolist()),
+                "int16",
+                {"long_name": "sweep of the protocol each time bin belongs to"},
+                dim="time",
+            )
+        )
         trace_attrs = {"coordinates": "sweep"}
         ref = Regime.reference_sweep(protocol)
         attrs = {"num_sweeps": protocol.num_sweeps, "reference_sweep": ref}
@@ -96,13 +104,17 @@ def sim_schema(protocol: Protocol) -> StoreSchema:
     )
 
 
-def placement(seed: int, indices: NDArray[np.integer], chip_model: ChipModel) -> tuple[NDArray[np.int16], NDArray[np.int16]]:
+def placement(
+    seed: int, indices: NDArray[np.integer], chip_model: ChipModel
+) -> tuple[NDArray[np.int16], NDArray[np.int16]]:
     """The emulated (chip, neuron) sample i runs on: a pure function of (seed, i).
 
     The chip is drawn uniformly from ``chip_model.pool``; for the default pool 0..num_chips-1 the
     k-th pool entry is chip k, so stores made before ``chip_ids`` existed are reproduced bit for bit.
     """
-    u = rng.uniforms(rng.stream_keys(int(seed), rng.as_indices(indices), rng.STREAM_PLACEMENT), 0, 2)
+    u = rng.uniforms(
+        rng.stream_keys(int(seed), rng.as_indices(indices), rng.STREAM_PLACEMENT), 0, 2
+    )
     pool = np.asarray(chip_model.pool, dtype=np.int64)
     chip = pool[np.minimum((u[:, 0] * pool.size).astype(np.int64), pool.size - 1)]
     neuron = np.minimum((u[:, 1] * NEURONS_PER_CHIP).astype(np.int64), NEURONS_PER_CHIP - 1)
@@ -113,7 +125,9 @@ def noise_keys(seed: int, indices: NDArray[np.integer]) -> NDArray[np.uint64]:
     return rng.stream_keys(int(seed), rng.as_indices(indices), rng.STREAM_NOISE)
 
 
-def simulate_rows(theta: NDArray[np.floating], seed: int, indices: NDArray[np.integer], substrate: Substrate) -> SimBatch:
+def simulate_rows(
+    theta: NDArray[np.floating], seed: int, indices: NDArray[np.integer], substrate: Substrate
+) -> SimBatch:
     """Simulate given parameter rows as samples ``indices`` of a run with root ``seed``."""
     idx = rng.as_indices(indices)
     theta32 = np.ascontiguousarray(theta, dtype=np.float32)
@@ -123,10 +137,20 @@ def simulate_rows(theta: NDArray[np.floating], seed: int, indices: NDArray[np.in
     keys = noise_keys(seed, idx)
     res = substrate.run(theta32, chip, neuron, keys)
     feats = summarize(res.trace, substrate.protocol, substrate.chip_model)
-    return SimBatch(theta=theta32, trace=res.trace, spike_count=res.spike_count, features=feats, chip=chip, neuron=neuron, seed=keys)
+    return SimBatch(
+        theta=theta32,
+        trace=res.trace,
+        spike_count=res.spike_count,
+        features=feats,
+        chip=chip,
+        neuron=neuron,
+        seed=keys,
+    )
 
 
-def simulate_indices(prior: AnyPrior, seed: int, indices: NDArray[np.integer], substrate: Substrate) -> SimBatch:
+def simulate_indices(
+    prior: AnyPrior, seed: int, indices: NDArray[np.integer], substrate: Substrate
+) -> SimBatch:
     """Samples ``indices`` of the run (prior, seed): parameters drawn from the prior's stream."""
     idx = rng.as_indices(indices)
     return simulate_rows(prior.sample_indexed(seed, idx), seed, idx, substrate)
@@ -149,7 +173,9 @@ def simulate_theta(
         protocol, chip_model: defaults if None.
         substrate: a name (``emulator``, ``bss2``) or a built substrate.
     """
-    sub = get_substrate(substrate, protocol, chip_model) if isinstance(substrate, str) else substrate
+    sub = (
+        get_substrate(substrate, protocol, chip_model) if isinstance(substrate, str) else substrate
+    )
     t = np.asarray(theta, dtype=np.float32)
     if t.ndim == 1:
         t = t[None, :]

@@ -48,7 +48,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_artifact(directory: str | Path, kind: str, state_dict: dict[str, torch.Tensor], manifest: dict[str, Any]) -> Path:
+def write_artifact(
+    directory: str | Path, kind: str, state_dict: dict[str, torch.Tensor], manifest: dict[str, Any]
+) -> Path:
     """Save weights and a manifest stamped with kind, versions and a content fingerprint.
 
     Returns:
@@ -58,10 +60,29 @@ def write_artifact(directory: str | Path, kind: str, state_dict: dict[str, torch
     d.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, d / WEIGHTS)
     weights_sha = file_sha256(d / WEIGHTS)
-    body = {"kind": kind, "format_version": FORMAT_VERSION, "package_version": package_version(), "emulator_version": EMULATOR_VERSION, **manifest}
-    ident = {k: body.get(k) for k in ("kind", "architecture", "prior", "standardization", "protocol", "chip_model", "feature_names")}
+    body = {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "package_version": package_version(),
+        "emulator_version": EMULATOR_VERSION,
+        **manifest,
+    }
+    ident = {
+        k: body.get(k)
+        for k in (
+            "kind",
+            "architecture",
+            "prior",
+            "standardization",
+            "protocol",
+            "chip_model",
+            "feature_names",
+        )
+    }
     body["weights"] = {"file": WEIGHTS, "sha256": weights_sha}
-    body["fingerprint"] = hashlib.sha256((json.dumps(jsonable(ident), sort_keys=True) + weights_sha).encode()).hexdigest()[:16]
+    body["fingerprint"] = hashlib.sha256(
+        (json.dumps(jsonable(ident), sort_keys=True) + weights_sha).encode()
+    ).hexdigest()[:16]
     path = d / MANIFEST
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(jsonable(body), indent=2))
@@ -69,7 +90,9 @@ def write_artifact(directory: str | Path, kind: str, state_dict: dict[str, torch
     return path
 
 
-def read_artifact(directory: str | Path, kind: str, protocol: Protocol | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_artifact(
+    directory: str | Path, kind: str, protocol: Protocol | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Manifest and weights of an artifact, after compatibility checks.
 
     Args:
@@ -84,10 +107,14 @@ def read_artifact(directory: str | Path, kind: str, protocol: Protocol | None = 
     d = Path(directory)
     path = d / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"artifact={str(d)!r} has no {MANIFEST}; pass a directory written by `farm train`")
+        raise ArtifactError(
+            f"artifact={str(d)!r} has no {MANIFEST}; pass a directory written by `farm train`"
+        )
     m = read_document(path, ArtifactManifest, kind=kind).to_dict()
     if m.get("protocol") is None:
-        m["protocol"] = Protocol().to_dict()  # artifacts written before protocols were recorded: the step
+        m["protocol"] = (
+            Protocol().to_dict()
+        )  # artifacts written before protocols were recorded: the step
     try:
         have = Protocol.from_dict(m["protocol"])
     except ValueError as e:
@@ -97,12 +124,16 @@ def read_artifact(directory: str | Path, kind: str, protocol: Protocol | None = 
             f"{path}: trained on emulator_version={m.get('emulator_version')!r}, this farm simulates {EMULATOR_VERSION}: retrain on a new store"
         )
     if protocol is not None and have != protocol:
-        raise ArtifactError(f"{path}: trained on protocol {have.label} {m['protocol']}, incompatible with the requested {protocol.label} {protocol.to_dict()}")
+        raise ArtifactError(
+            f"{path}: trained on protocol {have.label} {m['protocol']}, incompatible with the requested {protocol.label} {protocol.to_dict()}"
+        )
     wpath = d / m.get("weights", {}).get("file", WEIGHTS)
     if not wpath.is_file():
         raise ArtifactError(f"artifact={str(d)!r} has no {wpath.name}")
     sha = m.get("weights", {}).get("sha256")
     if sha and file_sha256(wpath) != sha:
-        raise ArtifactError(f"{wpath}: checksum differs from the manifest; the artifact is corrupt or was edited")
+        raise ArtifactError(
+            f"{wpath}: checksum differs from the manifest; the artifact is corrupt or was edited"
+        )
     state = torch.load(wpath, weights_only=True, map_location="cpu")
     return m, state

@@ -14,11 +14,20 @@ TASK_NAMES = ("classifier", "npe")
 FEATURES = ("handcrafted", "summary-net", "hybrid")
 #: Store arrays each ``FEATURES`` variant's embedding reads, concatenated in this order
 #: (``inference.nets.embeddings.model_input``): the hybrid sees the statistics and the trace.
-INPUT_FIELDS: dict[str, tuple[str, ...]] = {"handcrafted": ("features",), "summary-net": ("trace",), "hybrid": ("features", "trace")}
+INPUT_FIELDS: dict[str, tuple[str, ...]] = {
+    "handcrafted": ("features",),
+    "summary-net": ("trace",),
+    "hybrid": ("features", "trace"),
+}
 #: The hybrid's trace network, where ``--arch`` leaves a field out: the statistics already carry the
 #: spikes, so a small net over the 4x averaged trace is enough to learn what they miss (docs/performance.md,
 #: "Hybrid summary network"). Resolved into the run's config, so its manifest records every field.
-HYBRID_ARCH: dict[str, Any] = {"cnn_channels": (8, 16), "cnn_input_pool": 4, "embedding_features": 16, "cnn_pool_bins": 16}
+HYBRID_ARCH: dict[str, Any] = {
+    "cnn_channels": (8, 16),
+    "cnn_input_pool": 4,
+    "embedding_features": 16,
+    "cnn_pool_bins": 16,
+}
 
 
 def architecture_defaults(variant: str) -> dict[str, Any]:
@@ -110,18 +119,31 @@ class TrainConfig:
         if not (0 < self.learning_rate < 1):
             raise ValueError(f"learning_rate={self.learning_rate} outside (0, 1)")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule={self.lr_schedule!r} must be one of {', '.join(LR_SCHEDULES)}")
+            raise ValueError(
+                f"lr_schedule={self.lr_schedule!r} must be one of {', '.join(LR_SCHEDULES)}"
+            )
         if not (0 < self.val_fraction < 0.5):
             raise ValueError(f"val_fraction={self.val_fraction} outside (0, 0.5)")
         if not (0 < self.test_fraction < 0.5) or self.val_fraction + self.test_fraction >= 0.5:
-            raise ValueError(f"test_fraction={self.test_fraction} outside (0, 0.5 - val_fraction={self.val_fraction})")
+            raise ValueError(
+                f"test_fraction={self.test_fraction} outside (0, 0.5 - val_fraction={self.val_fraction})"
+            )
         if not 0 <= self.gpus_per_worker <= 16:
             raise ValueError(f"gpus_per_worker={self.gpus_per_worker} outside [0, 16]")
 
     def identity(self) -> dict[str, Any]:
         """Settings that must match to resume (workers, epochs and progress may change)."""
         d = asdict(self)
-        for k in ("num_workers", "cpus_per_worker", "gpus_per_worker", "progress", "out", "epochs", "plan", "stats"):
+        for k in (
+            "num_workers",
+            "cpus_per_worker",
+            "gpus_per_worker",
+            "progress",
+            "out",
+            "epochs",
+            "plan",
+            "stats",
+        ):
             d.pop(k)
         d["stores"] = list(d["stores"])
         return d
@@ -153,4 +175,14 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     )
 }
 
-__all__ = ["ESTIMATORS", "FEATURES", "HYBRID_ARCH", "architecture_defaults", "INPUT_FIELDS", "LR_SCHEDULES", "TASK_NAMES", "TRAIN_DEFAULTS", "TrainConfig"]
+__all__ = [
+    "ESTIMATORS",
+    "FEATURES",
+    "HYBRID_ARCH",
+    "architecture_defaults",
+    "INPUT_FIELDS",
+    "LR_SCHEDULES",
+    "TASK_NAMES",
+    "TRAIN_DEFAULTS",
+    "TrainConfig",
+]

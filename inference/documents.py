@@ -98,18 +98,24 @@ def read_document(path: str | Path, model: type[D], kind: str | None = None) -> 
     """
     p = Path(path)
     if not p.is_file():
-        raise ArtifactError(f"{p}: no such file; {model.REMEDY or 'pass a file this package wrote'}")
+        raise ArtifactError(
+            f"{p}: no such file; {model.REMEDY or 'pass a file this package wrote'}"
+        )
     try:
         raw = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{p}: not valid JSON ({getattr(e, 'msg', e)})") from None
     if not isinstance(raw, dict):
-        raise ArtifactError(f"{p}: holds a JSON {type(raw).__name__}, expected an object with kind and format_version")
+        raise ArtifactError(
+            f"{p}: holds a JSON {type(raw).__name__}, expected an object with kind and format_version"
+        )
     kinds = (kind,) if kind else model.KINDS
     if raw.get("kind") not in kinds:
         raise ArtifactError(f"{p}: kind={raw.get('kind')!r}, expected {' or '.join(kinds)}")
     if raw.get("format_version") != model.FORMAT_VERSION:
-        raise ArtifactError(f"{p}: format_version={raw.get('format_version')!r}; this package reads {model.FORMAT_VERSION}: {model.REMEDY}")
+        raise ArtifactError(
+            f"{p}: format_version={raw.get('format_version')!r}; this package reads {model.FORMAT_VERSION}: {model.REMEDY}"
+        )
     try:
         return model.model_validate(raw)
     except ValidationError as e:
@@ -118,4 +124,12 @@ def read_document(path: str | Path, model: type[D], kind: str | None = None) -> 
         raise ArtifactError(f"{p}: field {where}: {err['msg']}") from None
 
 
-__all__ = ["ARTIFACT_FORMAT_VERSION", "REPORT_FORMAT_VERSION", "ArtifactManifest", "Document", "EvaluationReport", "RestrictedPriorDocument", "read_document"]
+__all__ = [
+    "ARTIFACT_FORMAT_VERSION",
+    "REPORT_FORMAT_VERSION",
+    "ArtifactManifest",
+    "Document",
+    "EvaluationReport",
+    "RestrictedPriorDocument",
+    "read_document",
+]

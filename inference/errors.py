@@ -23,7 +23,9 @@ class RejectionBudgetExceeded(FarmInputError):
         num_observations: how many observations of the batch ran out.
     """
 
-    def __init__(self, budget: int, max_rounds: int, acceptance: float, num_observations: int = 1) -> None:
+    def __init__(
+        self, budget: int, max_rounds: int, acceptance: float, num_observations: int = 1
+    ) -> None:
         self.budget = int(budget)
         self.max_rounds = int(max_rounds)
         self.acceptance = float(acceptance)

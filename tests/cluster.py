@@ -75,28 +75,68 @@ class LoopbackCluster:
     def __init__(self) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[subprocess.Popen] = []
 
     def _start(self, args: list[str]) -> subprocess.Popen:
-        cmd = [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args]
-        proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        cmd = [
+            str(BIN / "ray"),
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+            *args,
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.nodes.append(proc)
         return proc
 
     def start_head(self, num_cpus: int = 1) -> None:
-        self._start(["--head", f"--port={self.port}", f"--num-cpus={num_cpus}", "--include-dashboard=false", "--resources", json.dumps({"head_node": 1})])
+        self._start(
+            [
+                "--head",
+                f"--port={self.port}",
+                f"--num-cpus={num_cpus}",
+                "--include-dashboard=false",
+                "--resources",
+                json.dumps({"head_node": 1}),
+            ]
+        )
         self.wait_for_nodes(1)
 
     def add_worker(self, num_cpus: int = 1) -> subprocess.Popen:
         have = self.count_nodes()
-        proc = self._start([f"--address={self.address}", f"--num-cpus={num_cpus}", "--resources", json.dumps({"worker_node": 1})])
+        proc = self._start(
+            [
+                f"--address={self.address}",
+                f"--num-cpus={num_cpus}",
+                "--resources",
+                json.dumps({"worker_node": 1}),
+            ]
+        )
         self.wait_for_nodes(have + 1)
         return proc
 
     def count_nodes(self) -> int:
-        res = subprocess.run([str(BIN / "ray"), "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [str(BIN / "ray"), "status", f"--address={self.address}"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if res.returncode != 0:
             return 0
         active = res.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]

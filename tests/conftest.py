@@ -19,7 +19,14 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 * 1024**2,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     yield ray
     ray.shutdown()
 
@@ -37,7 +44,9 @@ def npe_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def handcrafted_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, ray_session) -> tuple[Path, dict]:
+def handcrafted_npe(
+    npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, ray_session
+) -> tuple[Path, dict]:
     """One handcrafted NPE trained by the real Ray Train loop (15 epochs at most), shared read-only.
 
     Every Ray Train run costs ~20 s of fixed start/stop on 2 cores, so the modules that need *a*
@@ -49,12 +58,23 @@ def handcrafted_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPa
     from inference.training.api import train
 
     out = tmp_path_factory.mktemp("hc") / "npe-handcrafted"
-    metrics = train("npe", [npe_stores[0]], str(out), epochs=15, patience=4, batch_size=128, cpus_per_worker=1, quiet=True)
+    metrics = train(
+        "npe",
+        [npe_stores[0]],
+        str(out),
+        epochs=15,
+        patience=4,
+        batch_size=128,
+        cpus_per_worker=1,
+        quiet=True,
+    )
     return out, metrics
 
 
 @pytest.fixture(scope="session")
-def summary_net_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, ray_session) -> tuple[Path, dict]:
+def summary_net_npe(
+    npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, ray_session
+) -> tuple[Path, dict]:
     """One summary-network NPE (1 epoch: the contract, not its quality), shared read-only.
 
     It is `make demo`'s served configuration: flow matching, input pooling and several path points per
@@ -64,8 +84,14 @@ def summary_net_npe(npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPa
     from inference.training.tasks import NPETask
 
     out = tmp_path_factory.mktemp("sn") / "npe-summary-net"
-    task = NPETask(features="summary-net", estimator="flow-matching", flow={"cnn_input_pool": 2, "time_samples": 2})
-    metrics = train(task, [npe_stores[0]], str(out), epochs=1, batch_size=256, cpus_per_worker=1, quiet=True)
+    task = NPETask(
+        features="summary-net",
+        estimator="flow-matching",
+        flow={"cnn_input_pool": 2, "time_samples": 2},
+    )
+    metrics = train(
+        task, [npe_stores[0]], str(out), epochs=1, batch_size=256, cpus_per_worker=1, quiet=True
+    )
     return out, metrics
 
 
@@ -77,7 +103,13 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     def mount(size: str) -> Path:
         mnt = tmp_path / f"disk{len(mounted)}"
         mnt.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        if (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
             pytest.skip("needs permission to mount a tmpfs (root in the CI container)")
         mounted.append(mnt)
         return mnt
@@ -90,7 +122,15 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 # ---------------------------------------------------------------- parallel runs (pytest-xdist, `make test`)
 #: Session fixtures that train with Ray Train; the modules using them run in one worker, so each is built once.
 SHARED_POSTERIORS = frozenset({"npe_stores", "handcrafted_npe", "summary_net_npe"})
-POSTERIOR_MODULES = frozenset({"test_evaluate_cli", "test_misspecification", "test_npe", "test_serve", "test_serve_summary_net"})
+POSTERIOR_MODULES = frozenset(
+    {
+        "test_evaluate_cli",
+        "test_misspecification",
+        "test_npe",
+        "test_serve",
+        "test_serve_summary_net",
+    }
+)
 #: Groups by their cost on 2 cores, heaviest first, so the two workers finish at about the same time.
 HEAVY_FIRST = (
     "posteriors",
@@ -129,8 +169,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Heaviest groups first (xdist hands them out in collection order), and no posterior user outside its group."""
-    stray = sorted({i.module.__name__ for i in items if SHARED_POSTERIORS & set(i.fixturenames) and _group_of(i.nodeid) != "posteriors"})
+    stray = sorted(
+        {
+            i.module.__name__
+            for i in items
+            if SHARED_POSTERIORS & set(i.fixturenames) and _group_of(i.nodeid) != "posteriors"
+        }
+    )
     if stray:
-        raise pytest.UsageError(f"{', '.join(stray)} use the shared posteriors: add them to POSTERIOR_MODULES in tests/conftest.py")
+        raise pytest.UsageError(
+            f"{', '.join(stray)} use the shared posteriors: add them to POSTERIOR_MODULES in tests/conftest.py"
+        )
     rank = {g: k for k, g in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda i: rank.get(_group_of(i.nodeid), len(rank)))  # stable: the order within a group is kept
+    items.sort(
+        key=lambda i: rank.get(_group_of(i.nodeid), len(rank))
+    )  # stable: the order within a group is kept

@@ -26,7 +26,15 @@ def trained(tmp_path_factory, ray_session):
     run_farm(pilot, num_sims=8000, seed=11, chunk_size=1000, in_process=True)
     run_farm(heldout, num_sims=3000, seed=12, chunk_size=1000, in_process=True)
     out = root / "restricted"
-    metrics = train(ClassifierTask(heldout=(heldout,)), [pilot], str(out), epochs=12, patience=4, cpus_per_worker=1, quiet=True)
+    metrics = train(
+        ClassifierTask(heldout=(heldout,)),
+        [pilot],
+        str(out),
+        epochs=12,
+        patience=4,
+        cpus_per_worker=1,
+        quiet=True,
+    )
     return out, metrics, heldout
 
 
@@ -49,16 +57,27 @@ def test_classifier_beats_chance_by_a_wide_margin_on_a_heldout_store(trained) ->
     h = metrics["heldout"]
     assert h["recall"] >= 0.95  # target 0.99 on validation; held-out is close
     assert h["precision"] > 2 * y.mean()  # the restricted region is much richer than the box
-    t = metrics["test"]  # the pilot's own test split: used neither to train nor to pick the threshold
+    t = metrics[
+        "test"
+    ]  # the pilot's own test split: used neither to train nor to pick the threshold
     assert t["recall"] >= 0.9 and 500 < t["num_samples"] < 1100  # 10 % of 8000
 
 
-def test_restricted_prior_concentrates_the_regime_and_drives_farm_simulate(trained, tmp_path) -> None:
+def test_restricted_prior_concentrates_the_regime_and_drives_farm_simulate(
+    trained, tmp_path
+) -> None:
     out, metrics, _ = trained
     assert metrics["restricted_in_regime_fraction"] > 2 * metrics["box_in_regime_fraction"]
     assert 0.0 < metrics["acceptance_rate"] < 0.8
     prior = load_prior(out)  # what `farm simulate --prior OUT` loads, numpy only
-    summary = run_farm(str(tmp_path / "r.zarr"), num_sims=1000, seed=5, chunk_size=500, in_process=True, prior=prior)
+    summary = run_farm(
+        str(tmp_path / "r.zarr"),
+        num_sims=1000,
+        seed=5,
+        chunk_size=500,
+        in_process=True,
+        prior=prior,
+    )
     assert summary["fraction_in_regime"] > 2 * metrics["box_in_regime_fraction"]
     assert SimStore.open(tmp_path / "r.zarr").attrs["prior"]["fingerprint"] == prior.fingerprint
 
@@ -66,11 +85,20 @@ def test_restricted_prior_concentrates_the_regime_and_drives_farm_simulate(train
 def test_numpy_export_matches_the_torch_classifier(trained) -> None:
     out, _, _ = trained
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["kind"] == "restriction_classifier" and manifest["emulator_version"] and manifest["package_version"]
+    assert (
+        manifest["kind"] == "restriction_classifier"
+        and manifest["emulator_version"]
+        and manifest["package_version"]
+    )
     model = RegimeClassifier(ClassifierConfig(**manifest["architecture"]), [0.0] * 7, [1.0] * 7)
     model.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
     theta = load_prior(None).sample(500, seed=3)
-    np.testing.assert_allclose(RestrictedPrior.load(out).logit(theta), model(torch.from_numpy(theta)).detach().double().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        RestrictedPrior.load(out).logit(theta),
+        model(torch.from_numpy(theta)).detach().double().numpy(),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_threshold_keeps_the_target_recall() -> None:

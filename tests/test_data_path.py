@@ -18,7 +18,11 @@ def test_pooled_is_the_default_and_keeps_the_old_weight_layout() -> None:
     """Artifacts trained before ``stem`` existed hold these exact keys and shapes; they must load strictly."""
     old = TraceCNN(500.0, 50.0)
     shapes = {k: tuple(v.shape) for k, v in old.state_dict().items()}
-    assert shapes["conv.0.weight"] == (16, 2, 7) and shapes["conv.3.weight"] == (32, 16, 7) and shapes["conv.6.weight"] == (32, 32, 7)
+    assert (
+        shapes["conv.0.weight"] == (16, 2, 7)
+        and shapes["conv.3.weight"] == (32, 16, 7)
+        and shapes["conv.6.weight"] == (32, 32, 7)
+    )
     assert shapes["head.0.weight"] == (64, 32 * 16)
     TraceCNN(1.0, 2.0, stem="pooled").load_state_dict(old.state_dict(), strict=True)
     with pytest.raises(RuntimeError):  # a patch net cannot silently take pooled weights
@@ -35,7 +39,9 @@ def test_pooled_net_computes_what_it_was_trained_as_bit_for_bit(length: int) -> 
     """
     torch.manual_seed(3)
     net = TraceCNN(500.0, 50.0)
-    original = torch.nn.Sequential(*[torch.nn.MaxPool1d(2) if isinstance(m, PairMax) else m for m in net.conv])
+    original = torch.nn.Sequential(
+        *[torch.nn.MaxPool1d(2) if isinstance(m, PairMax) else m for m in net.conv]
+    )
     for i in range(0, len(original) - 2, 3):  # conv, PairMax, ReLU -> conv, ReLU, MaxPool1d
         original[i + 1], original[i + 2] = original[i + 2], original[i + 1]
     trace = torch.randint(0, 1023, (64, length), dtype=torch.int16)
@@ -53,9 +59,13 @@ def test_pooled_net_computes_what_it_was_trained_as_bit_for_bit(length: int) -> 
 
 @pytest.mark.parametrize("stem", STEMS)
 # input pooling divides the length the CNN sees: 64 samples / 3 leave the pooled net too few steps
-@pytest.mark.parametrize(("length", "input_pool"), [(1000, 1), (997, 1), (64, 1), (1000, 3), (997, 3)])
+@pytest.mark.parametrize(
+    ("length", "input_pool"), [(1000, 1), (997, 1), (64, 1), (1000, 3), (997, 3)]
+)
 def test_every_stem_summarises_any_trace_length(stem: str, length: int, input_pool: int) -> None:
-    net = TraceCNN(500.0, 50.0, channels=(8, 16, 32), stem=stem, num_features=12, input_pool=input_pool)
+    net = TraceCNN(
+        500.0, 50.0, channels=(8, 16, 32), stem=stem, num_features=12, input_pool=input_pool
+    )
     trace = torch.randint(0, 1023, (5, length), dtype=torch.int16)
     out = net(trace)
     assert out.shape == (5, 12) and torch.isfinite(out).all()
@@ -86,7 +96,12 @@ def test_hybrid_embeds_the_statistics_unchanged_beside_the_cnn_of_the_trace(esti
 
     f = 11
     stats = {"low": [0.0] * 7, "high": [1.0] * 7, "theta_mean": [0.0] * 7, "theta_std": [1.0] * 7}
-    stats |= {"feature_mean": list(np.linspace(1, 5, f)), "feature_std": list(np.linspace(0.5, 2, f)), "trace_mean": 500.0, "trace_std": 50.0}
+    stats |= {
+        "feature_mean": list(np.linspace(1, 5, f)),
+        "feature_std": list(np.linspace(0.5, 2, f)),
+        "trace_mean": 500.0,
+        "trace_std": 50.0,
+    }
     torch.manual_seed(0)
     if estimator == "nsf":
         model = NPEModel(FlowConfig(variant="hybrid", **HYBRID_ARCH), stats)
@@ -94,19 +109,33 @@ def test_hybrid_embeds_the_statistics_unchanged_beside_the_cnn_of_the_trace(esti
         model = FlowMatchingModel(FlowMatchingConfig(variant="hybrid", **HYBRID_ARCH), stats)
     assert model.x_fields == ("features", "trace")
     rng = np.random.default_rng(1)
-    batch = {"features": rng.normal(3, 1, (4, f)).astype(np.float32), "trace": rng.integers(0, 1023, (4, 1000)).astype(np.int16)}
+    batch = {
+        "features": rng.normal(3, 1, (4, f)).astype(np.float32),
+        "trace": rng.integers(0, 1023, (4, 1000)).astype(np.int16),
+    }
     x = torch.from_numpy(model_input(batch, model.x_fields))
-    assert x.dtype == torch.float32 and x.shape == (4, f + 1000) and torch.equal(x[:, f:], torch.from_numpy(batch["trace"]).float())
+    assert (
+        x.dtype == torch.float32
+        and x.shape == (4, f + 1000)
+        and torch.equal(x[:, f:], torch.from_numpy(batch["trace"]).float())
+    )
     with torch.no_grad():
         ctx = model.embedding(x)
         assert ctx.shape == (4, f + HYBRID_ARCH["embedding_features"])
-        assert torch.equal(ctx[:, :f], Standardize(stats["feature_mean"], stats["feature_std"])(torch.from_numpy(batch["features"])))
+        assert torch.equal(
+            ctx[:, :f],
+            Standardize(stats["feature_mean"], stats["feature_std"])(
+                torch.from_numpy(batch["features"])
+            ),
+        )
         other = x.clone()
         other[:, :f] += 1.0  # other statistics, the same trace: the learned half is unchanged
         assert torch.equal(model.embedding(other)[:, f:], ctx[:, f:])
     loss = model(torch.full((4, 7), 0.5), x)
     loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in model.embedding.trace.parameters())
+    assert torch.isfinite(loss) and all(
+        p.grad is not None for p in model.embedding.trace.parameters()
+    )
 
 
 def test_unknown_stem_is_a_one_line_value_error() -> None:
@@ -145,7 +174,9 @@ def test_background_stops_its_thread_and_closes_the_source_when_the_consumer_sto
     it = background(endless(), 3)
     assert [next(it) for _ in range(4)] == [0, 1, 2, 3]
     it.close()  # what a `break` out of the training loop does
-    assert closed.wait(10) and not any(t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert closed.wait(10) and not any(
+        t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate()
+    )
 
 
 @pytest.fixture(scope="module")

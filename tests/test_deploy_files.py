@@ -67,7 +67,9 @@ def parse_farm(argv: list[str]) -> dict:
     cmd, name, rest = group, "farm", list(argv)
     while hasattr(cmd, "commands") and rest and not rest[0].startswith("-"):
         name, rest = rest[0], rest[1:]
-        assert name in cmd.commands, f"`farm ... {name}` is not a farm sub-command (have {sorted(cmd.commands)})"
+        assert name in cmd.commands, (
+            f"`farm ... {name}` is not a farm sub-command (have {sorted(cmd.commands)})"
+        )
         cmd = cmd.commands[name]
     if rest == ["--help"]:
         return {}
@@ -98,7 +100,9 @@ def test_serve_config_valid_and_builds():
     assert type(built).__name__ == "Application"
     (dep,) = application["deployments"]
     assert dep["name"] == "PosteriorService" and dep["ray_actor_options"]["num_cpus"] <= 1
-    assert 1 <= dep["autoscaling_config"]["min_replicas"] <= dep["autoscaling_config"]["max_replicas"]
+    assert (
+        1 <= dep["autoscaling_config"]["min_replicas"] <= dep["autoscaling_config"]["max_replicas"]
+    )
 
 
 def test_build_app_rejects_unknown_args():
@@ -115,14 +119,22 @@ def test_kuberay_manifests():
     ServeDeploySchema.model_validate(serve_config)
     assert serve_config["applications"][0]["import_path"] == "deploy.serve.app:build_app"
     AppArgs.model_validate(serve_config["applications"][0]["args"])
-    for doc, cluster in ((service, service["spec"]["rayClusterConfig"]), (job, job["spec"]["rayClusterSpec"])):
+    for doc, cluster in (
+        (service, service["spec"]["rayClusterConfig"]),
+        (job, job["spec"]["rayClusterSpec"]),
+    ):
         assert cluster["rayVersion"] == ray.__version__
         found = images(doc)
         assert found and set(found) == {IMAGE}, found
     entry = shlex.split(job["spec"]["entrypoint"])
     assert entry[:1] == ["bash"] and entry[-2] == "-c"
     commands = farm_commands(entry[-1])
-    assert [c[:2] for c in commands] == [["simulate", "--n"], ["train", "classifier"], ["simulate", "--n"], ["train", "npe"]]
+    assert [c[:2] for c in commands] == [
+        ["simulate", "--n"],
+        ["train", "classifier"],
+        ["simulate", "--n"],
+        ["train", "npe"],
+    ]
     for argv in commands:
         params = parse_farm(argv)
         assert params.get("address") == "auto", argv
@@ -140,8 +152,12 @@ def test_dockerfile_matches_project():
     assert "-c constraints.txt" in text and IMAGE in text
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     copied = " ".join(re.findall(r"^COPY\s+(.+)$", text, flags=re.M))
-    for needed in [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]] + [project["project"]["readme"]]:
-        assert re.search(rf"(^|\s){re.escape(needed)}(\s|$)", copied), f"Dockerfile does not copy {needed}"
+    for needed in [
+        p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    ] + [project["project"]["readme"]]:
+        assert re.search(rf"(^|\s){re.escape(needed)}(\s|$)", copied), (
+            f"Dockerfile does not copy {needed}"
+        )
 
 
 def test_cluster_walkthrough_commands_parse():
@@ -152,7 +168,10 @@ def test_cluster_walkthrough_commands_parse():
     assert {"simulate", "train", "serve", "query"} <= verbs, verbs
     for argv in commands:
         parse_farm(argv)
-    assert any(argv[0] == "simulate" and "--address" in argv and parse_farm(argv)["n"] == "1e6" for argv in commands)
+    assert any(
+        argv[0] == "simulate" and "--address" in argv and parse_farm(argv)["n"] == "1e6"
+        for argv in commands
+    )
 
 
 def test_serve_binds_loopback_by_default():
@@ -203,19 +222,29 @@ def test_cli_serve_rejects_bad_port(capsys):
     assert "--port" in one_line_error(capsys, ["serve", "--posterior", "x", "--port", "70000"])
 
 
-@pytest.mark.parametrize("extra, named", [(["--replicas", "2"], "--replicas 2"), (["--address", "auto"], "--address auto")])
+@pytest.mark.parametrize(
+    "extra, named",
+    [(["--replicas", "2"], "--replicas 2"), (["--address", "auto"], "--address auto")],
+)
 def test_cli_serve_direct_ingress_needs_one_replica_on_a_local_ray(capsys, extra, named):
     line = one_line_error(capsys, ["serve", "--posterior", "x", "--direct-ingress", *extra])
     assert "--direct-ingress" in line and named in line, line
 
 
-@pytest.mark.parametrize("args", [[], ["--trace", "a.npy", "--store", "s.zarr", "--index", "0"], ["--store", "s.zarr"]])
+@pytest.mark.parametrize(
+    "args", [[], ["--trace", "a.npy", "--store", "s.zarr", "--index", "0"], ["--store", "s.zarr"]]
+)
 def test_cli_query_needs_one_observation(args, capsys):
     assert "--" in one_line_error(capsys, ["query", "--url", "http://127.0.0.1:9", *args])
 
 
 @pytest.mark.parametrize(
-    "content, match", [(np.arange(5.0) + 0.5, "whole ADC codes"), (np.full(1000, np.nan), "NaN"), (np.zeros((2, 3, 1000)), "shape")]
+    "content, match",
+    [
+        (np.arange(5.0) + 0.5, "whole ADC codes"),
+        (np.full(1000, np.nan), "NaN"),
+        (np.zeros((2, 3, 1000)), "shape"),
+    ],
 )  # (sweeps, T) is an observation now; 3-D never is
 def test_cli_query_rejects_bad_trace_file(tmp_path, capsys, content, match):
     path = tmp_path / "obs.npy"
@@ -227,14 +256,21 @@ def test_cli_query_rejects_bad_trace_file(tmp_path, capsys, content, match):
 def test_cli_query_rejects_bad_url(tmp_path, capsys):
     path = tmp_path / "obs.npy"
     np.save(path, np.full(1000, 500, dtype=np.int16))
-    assert "--url" in one_line_error(capsys, ["query", "--url", "localhost:8000", "--trace", str(path)])
+    assert "--url" in one_line_error(
+        capsys, ["query", "--url", "localhost:8000", "--trace", str(path)]
+    )
 
 
 def test_cli_query_unreachable_service(tmp_path, capsys):
     path = tmp_path / "obs.npy"
     np.save(path, np.full(1000, 500, dtype=np.int16))
     code, err = run_cli(capsys, ["query", "--url", "http://127.0.0.1:9", "--trace", str(path)])
-    assert code == 1 and "cannot reach" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (
+        code == 1
+        and "cannot reach" in err
+        and "Traceback" not in err
+        and len(err.strip().splitlines()) == 1
+    )
 
 
 def test_recorded_trace_files_load_or_fail_on_one_line(tmp_path):
@@ -250,7 +286,12 @@ def test_recorded_trace_files_load_or_fail_on_one_line(tmp_path):
     np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object))
     np.save(tmp_path / "high.npy", codes + 100)
     (tmp_path / "t.json").write_text("[1, 2]")
-    for name, needle in (("missing.npy", "does not exist"), ("t.json", "unknown format '.json'"), ("high.npy", "[0, 1023]"), ("pickled.npy", "allow_pickle")):
+    for name, needle in (
+        ("missing.npy", "does not exist"),
+        ("t.json", "unknown format '.json'"),
+        ("high.npy", "[0, 1023]"),
+        ("pickled.npy", "allow_pickle"),
+    ):
         with pytest.raises(ValueError, match=re.escape(needle)):
             load_trace_file(tmp_path / name)
 
@@ -279,7 +320,9 @@ def test_kuberay_containers_use_token_auth_from_a_secret(name):
         env = {e["name"]: e for e in c.get("env", [])}
         assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", (name, c["name"])
         token = env.get("RAY_AUTH_TOKEN", {})
-        assert "value" not in token and token.get("valueFrom", {}).get("secretKeyRef", {}).get("key"), (name, c["name"], token)
+        assert "value" not in token and token.get("valueFrom", {}).get("secretKeyRef", {}).get(
+            "key"
+        ), (name, c["name"], token)
 
 
 def test_cluster_launcher_uses_token_auth_without_a_literal_token():
@@ -294,11 +337,26 @@ def test_cluster_launcher_uses_token_auth_without_a_literal_token():
 
 def test_image_turns_token_auth_on_and_no_file_holds_a_token():
     text = (DEPLOY / "Dockerfile").read_text()
-    env = dict(re.findall(r"(RAY_[A-Z_]+)=(\S+)", " ".join(re.findall(r"^ENV\s+(.+?)(?<!\\)$", text, flags=re.M | re.S))))
+    env = dict(
+        re.findall(
+            r"(RAY_[A-Z_]+)=(\S+)",
+            " ".join(re.findall(r"^ENV\s+(.+?)(?<!\\)$", text, flags=re.M | re.S)),
+        )
+    )
     assert env.get("RAY_AUTH_MODE") == "token", env
-    assert env.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH") == "deploy.serve.limits:proxy_middlewares", env
-    for path in [DEPLOY / "Dockerfile", DEPLOY / "cluster.yaml", *sorted((DEPLOY / "kuberay").glob("*.yaml")), ROOT / "docs" / "cluster.md"]:
-        literal = re.findall(r"RAY_AUTH_TOKEN\s*[=:]\s*['\"]?(?!\$)[A-Za-z0-9]{8,}", path.read_text())
+    assert (
+        env.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH")
+        == "deploy.serve.limits:proxy_middlewares"
+    ), env
+    for path in [
+        DEPLOY / "Dockerfile",
+        DEPLOY / "cluster.yaml",
+        *sorted((DEPLOY / "kuberay").glob("*.yaml")),
+        ROOT / "docs" / "cluster.md",
+    ]:
+        literal = re.findall(
+            r"RAY_AUTH_TOKEN\s*[=:]\s*['\"]?(?!\$)[A-Za-z0-9]{8,}", path.read_text()
+        )
         assert not literal, (path.name, literal)
 
 
@@ -323,8 +381,18 @@ def test_proxy_callback_refuses_big_bodies_from_the_header():
         sent.append(message)
 
     limit = ContentLengthLimit(app)
-    scope = {"type": "http", "path": "/sample", "headers": [(b"content-length", str(MAX_BODY_BYTES + 1).encode())]}
+    scope = {
+        "type": "http",
+        "path": "/sample",
+        "headers": [(b"content-length", str(MAX_BODY_BYTES + 1).encode())],
+    }
     asyncio.run(limit(scope, receive, send))
-    assert sent[0]["status"] == 413 and not called and str(MAX_BODY_BYTES) in sent[1]["body"].decode()
-    asyncio.run(limit({**scope, "headers": [(b"content-length", str(MAX_BODY_BYTES).encode())]}, receive, send))
+    assert (
+        sent[0]["status"] == 413 and not called and str(MAX_BODY_BYTES) in sent[1]["body"].decode()
+    )
+    asyncio.run(
+        limit(
+            {**scope, "headers": [(b"content-length", str(MAX_BODY_BYTES).encode())]}, receive, send
+        )
+    )
     assert called == ["/sample"]

@@ -19,7 +19,9 @@ SIGMA_X = 0.5
 POST_VAR = 1.0 / (1.0 + 1.0 / SIGMA_X**2)
 
 
-def toy(scale: float = 1.0, shift: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def toy(
+    scale: float = 1.0, shift: float = 0.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(theta (N,D), samples (N,S,D), posterior mean (N,D)); samples have std scale*exact, mean + shift*exact std."""
     rng = np.random.default_rng(seed)
     theta = rng.normal(size=(N, D))
@@ -44,7 +46,10 @@ def test_exact_posterior_is_calibrated() -> None:
     assert dg.verdict(sbc, tarp)["verdict"] == "calibrated"
 
 
-@pytest.mark.parametrize(("scale", "shift", "expected"), [(0.4, 0.0, "over-confident"), (2.5, 0.0, "under-confident"), (1.0, 1.0, "biased")])
+@pytest.mark.parametrize(
+    ("scale", "shift", "expected"),
+    [(0.4, 0.0, "over-confident"), (2.5, 0.0, "under-confident"), (1.0, 1.0, "biased")],
+)
 def test_miscalibrated_posteriors_are_flagged(scale: float, shift: float, expected: str) -> None:
     theta, samples, _ = toy(scale=scale, shift=shift)
     sbc = dg.sbc(theta, samples)
@@ -81,7 +86,9 @@ def test_hpd_coverage_from_exact_density() -> None:
     good = dg.hpd_coverage(lps, lpt)
     assert dg.coverage_deviation(dg.DEFAULT_LEVELS, good)["max_abs"] < 0.08
     narrow = toy(scale=0.4)[1]
-    bad = dg.hpd_coverage(log_prob(narrow, mean[:, None, :], 0.16 * POST_VAR), log_prob(theta, mean, 0.16 * POST_VAR))
+    bad = dg.hpd_coverage(
+        log_prob(narrow, mean[:, None, :], 0.16 * POST_VAR), log_prob(theta, mean, 0.16 * POST_VAR)
+    )
     assert dg.coverage_deviation(dg.DEFAULT_LEVELS, bad)["signed"] < -0.2
 
 
@@ -103,18 +110,29 @@ def test_recovery_matches_analytic_values() -> None:
     np.testing.assert_allclose(rec.z_outside_2, 0.05, atol=0.03)
     np.testing.assert_allclose(rec.z_mean, 0.0, atol=0.15)
     over = dg.recovery(theta, toy(scale=0.4)[1], prior_std=np.ones(D))
-    assert np.all(over.z_std > 2.0) and np.all(over.z_outside_2 > 0.3) and np.all(over.contraction > rec.contraction)
+    assert (
+        np.all(over.z_std > 2.0)
+        and np.all(over.z_outside_2 > 0.3)
+        and np.all(over.contraction > rec.contraction)
+    )
 
 
 def test_predictive_discrepancy_known_offset() -> None:
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(3, 50))
     feats = rng.uniform(1, 5, size=(3, 4))
-    same = dg.predictive_discrepancy(obs, np.repeat(obs[:, None], 6, axis=1), feats, np.repeat(feats[:, None], 6, axis=1))
+    same = dg.predictive_discrepancy(
+        obs, np.repeat(obs[:, None], 6, axis=1), feats, np.repeat(feats[:, None], 6, axis=1)
+    )
     np.testing.assert_allclose(same.trace_rmse, 0.0)
     np.testing.assert_allclose(same.spike_count_error, 0.0)
     assert same.spike_count_coverage.all()
-    shifted = dg.predictive_discrepancy(obs, obs[:, None] + np.array([1.0, 3.0])[None, :, None], feats, feats[:, None] + np.array([2.0, 4.0])[None, :, None])
+    shifted = dg.predictive_discrepancy(
+        obs,
+        obs[:, None] + np.array([1.0, 3.0])[None, :, None],
+        feats,
+        feats[:, None] + np.array([2.0, 4.0])[None, :, None],
+    )
     np.testing.assert_allclose(shifted.trace_rmse, 2.0)
     np.testing.assert_allclose(shifted.spike_count_error, 3.0)
     np.testing.assert_allclose(shifted.feature_z, -3.0)
@@ -129,7 +147,9 @@ def test_predictive_discrepancy_known_offset() -> None:
         ((10, 3), (10, 1, 3), "S=1"),
     ],
 )
-def test_bad_shapes_raise_one_line(theta_shape: tuple[int, ...], samples_shape: tuple[int, ...], match: str) -> None:
+def test_bad_shapes_raise_one_line(
+    theta_shape: tuple[int, ...], samples_shape: tuple[int, ...], match: str
+) -> None:
     with pytest.raises(ValueError, match=match) as e:
         dg.sbc(np.zeros(theta_shape), np.zeros(samples_shape))
     assert "\n" not in str(e.value)

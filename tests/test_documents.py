@@ -19,7 +19,13 @@ def _write(tmp_path, body) -> str:
     return str(path)
 
 
-MANIFEST = {"kind": "npe_posterior", "format_version": "1", "emulator_version": "x", "package_version": "0", "architecture": {"variant": "handcrafted"}}
+MANIFEST = {
+    "kind": "npe_posterior",
+    "format_version": "1",
+    "emulator_version": "x",
+    "package_version": "0",
+    "architecture": {"variant": "handcrafted"},
+}
 
 
 def test_a_current_manifest_reads_back_with_every_field_as_written(tmp_path) -> None:
@@ -32,7 +38,10 @@ def test_a_current_manifest_reads_back_with_every_field_as_written(tmp_path) -> 
     [
         ("{not json", "not valid JSON"),
         ("[1, 2]", "JSON list"),
-        ({**MANIFEST, "kind": "restriction_classifier"}, "kind='restriction_classifier', expected npe_posterior"),
+        (
+            {**MANIFEST, "kind": "restriction_classifier"},
+            "kind='restriction_classifier', expected npe_posterior",
+        ),
         ({**MANIFEST, "format_version": "0"}, "format_version='0'; this package reads 1: retrain"),
         ({**MANIFEST, "emulator_version": 3}, "field emulator_version"),
     ],
@@ -72,5 +81,10 @@ def test_training_defaults_are_the_config_defaults() -> None:
     from deploy.cli import app
 
     help_text = CliRunner().invoke(app, ["train", "npe", "--help"], terminal_width=200).output
-    assert f"[default: {TRAIN_DEFAULTS['epochs']}]" in help_text and f"[default: {TRAIN_DEFAULTS['batch_size']}]" in help_text
-    assert TrainConfig(**{**cfg.identity(), "out": "o"}).stores == ("s",)  # a JSON round-trip gives a list
+    assert (
+        f"[default: {TRAIN_DEFAULTS['epochs']}]" in help_text
+        and f"[default: {TRAIN_DEFAULTS['batch_size']}]" in help_text
+    )
+    assert TrainConfig(**{**cfg.identity(), "out": "o"}).stores == (
+        "s",
+    )  # a JSON round-trip gives a list

@@ -14,7 +14,9 @@ from farm.substrates.circuits import neuron_physics
 from farm.substrates.emulator import EmulatorSubstrate
 
 
-def reference_adex(theta: np.ndarray, protocol: Protocol, model: ChipModel) -> tuple[list[np.ndarray], np.ndarray]:
+def reference_adex(
+    theta: np.ndarray, protocol: Protocol, model: ChipModel
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Textbook forward-Euler AdEx, vectorised over neurons with numpy: spike times and v samples."""
     n = theta.shape[0]
     ph = neuron_physics(theta, np.zeros(n, int), np.arange(n) % 512, model)
@@ -32,7 +34,9 @@ def reference_adex(theta: np.ndarray, protocol: Protocol, model: ChipModel) -> t
             v_samples[:, step // protocol.steps_per_sample] = v
         current = protocol.i_stim_na if on <= step < off else 0.0
         dw = dt / ph.tau_w_us * (ph.a_us * (v - ph.v_leak_mv) - w)
-        exp_term = ph.g_leak_us * ph.delta_t_mv * np.exp(np.minimum((v - ph.v_t_mv) / ph.delta_t_mv, 30.0))
+        exp_term = (
+            ph.g_leak_us * ph.delta_t_mv * np.exp(np.minimum((v - ph.v_t_mv) / ph.delta_t_mv, 30.0))
+        )
         dv = dt / ph.c_mem_pf * (-ph.g_leak_us * (v - ph.v_leak_mv) + exp_term - w + current)
         clamped = ref > 0
         v = np.where(clamped, ph.v_reset_mv, v + dv)
@@ -61,7 +65,10 @@ def test_kernel_matches_numpy_reference(handful: np.ndarray) -> None:
     protocol, model = Protocol(), ChipModel().ideal()
     ref_spikes, ref_v = reference_adex(handful, protocol, model)
     res = EmulatorSubstrate(protocol, model).run(
-        handful.astype(np.float32), np.zeros(len(handful), np.int16), (np.arange(len(handful)) % 512).astype(np.int16), np.zeros(len(handful), np.uint64)
+        handful.astype(np.float32),
+        np.zeros(len(handful), np.int16),
+        (np.arange(len(handful)) % 512).astype(np.int16),
+        np.zeros(len(handful), np.uint64),
     )
     spiking = 0
     for i, spikes in enumerate(ref_spikes):
@@ -72,7 +79,16 @@ def test_kernel_matches_numpy_reference(handful: np.ndarray) -> None:
         assert res.spike_count[i] == in_stim
         spiking += spikes.size > 0
     assert 3 <= spiking < len(ref_spikes), "the handful should mix silent and spiking neurons"
-    codes = np.clip(np.floor((ref_v - model.adc_v_min_mv) * model.adc_max_code / (model.adc_v_max_mv - model.adc_v_min_mv) + 0.5), 0, model.adc_max_code)
+    codes = np.clip(
+        np.floor(
+            (ref_v - model.adc_v_min_mv)
+            * model.adc_max_code
+            / (model.adc_v_max_mv - model.adc_v_min_mv)
+            + 0.5
+        ),
+        0,
+        model.adc_max_code,
+    )
     assert np.max(np.abs(codes - res.trace)) <= 1
 
 
@@ -86,24 +102,32 @@ def test_mismatch_makes_chips_differ_but_reproducibly() -> None:
     b = sub.run(theta, np.zeros(64, np.int16), neurons, keys)
     c = sub.run(theta, np.ones(64, np.int16), neurons, keys)
     np.testing.assert_array_equal(a.trace, b.trace)
-    assert len(np.unique(a.spike_count)) > 1, "neurons of one chip must differ (fixed-pattern mismatch)"
+    assert len(np.unique(a.spike_count)) > 1, (
+        "neurons of one chip must differ (fixed-pattern mismatch)"
+    )
     assert not np.array_equal(a.trace, c.trace), "two chips must differ"
 
 
 def test_temporal_noise_varies_between_trials_of_one_neuron() -> None:
     theta = np.tile(np.array([[150, 450, 700, 200, 100, 300, 200]], np.float32), (16, 1))
     sub = EmulatorSubstrate()
-    res = sub.run(theta, np.zeros(16, np.int16), np.zeros(16, np.int16), np.arange(16, dtype=np.uint64))
+    res = sub.run(
+        theta, np.zeros(16, np.int16), np.zeros(16, np.int16), np.arange(16, dtype=np.uint64)
+    )
     assert len({r.tobytes() for r in res.trace}) == 16
     rest = res.trace[:, 20:100].astype(float)
-    assert 1.0 < rest.std(axis=1).mean() < 10.0, "readout + membrane noise should be a few ADC codes at rest"
+    assert 1.0 < rest.std(axis=1).mean() < 10.0, (
+        "readout + membrane noise should be a few ADC codes at rest"
+    )
 
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.floats(0.0, 1.0), min_size=7, max_size=7), st.integers(0, 2**32))
 def test_any_theta_in_prior_gives_finite_trace_within_adc_range(u: list[float], seed: int) -> None:
     box = PriorBox()
-    theta = np.array([lo + ui * (hi - lo) for lo, hi, ui in zip(box.low, box.high, u)], dtype=np.float32)
+    theta = np.array(
+        [lo + ui * (hi - lo) for lo, hi, ui in zip(box.low, box.high, u)], dtype=np.float32
+    )
     batch = simulate_theta(theta, seed=seed)
     assert batch.trace.dtype == np.int16
     assert batch.trace.min() >= 0 and batch.trace.max() <= 1023
@@ -115,8 +139,12 @@ def test_time_step_converged() -> None:
     """Halving dt changes the spike count less than trial-to-trial noise does (docs/emulator.md)."""
     theta = BoxPrior().sample(400, seed=3)
     coarse = simulate_theta(theta, seed=1, chip_model=ChipModel().ideal()).spike_count.astype(float)
-    fine = simulate_theta(theta, seed=1, chip_model=ChipModel().ideal(), protocol=Protocol(dt_us=0.05)).spike_count.astype(float)
-    trial = simulate_theta(theta, seed=2).spike_count.astype(float) - simulate_theta(theta, seed=1).spike_count.astype(float)
+    fine = simulate_theta(
+        theta, seed=1, chip_model=ChipModel().ideal(), protocol=Protocol(dt_us=0.05)
+    ).spike_count.astype(float)
+    trial = simulate_theta(theta, seed=2).spike_count.astype(float) - simulate_theta(
+        theta, seed=1
+    ).spike_count.astype(float)
     active = fine > 0
     rel_err = np.abs(coarse - fine)[active] / fine[active]
     assert np.median(rel_err) < 0.05

@@ -18,7 +18,14 @@ from deploy.cli import main
 from farm.defaults import PARAMETER_NAMES, ChipModel, Protocol
 from farm.prior import BoxPrior
 from farm.run.runner import run_farm
-from inference.evaluation.evaluate import EvalConfig, compare_reports, evaluate, load_held_out, load_report, summary_table
+from inference.evaluation.evaluate import (
+    EvalConfig,
+    compare_reports,
+    evaluate,
+    load_held_out,
+    load_report,
+    summary_table,
+)
 
 
 class BoxPosterior:
@@ -35,10 +42,15 @@ class BoxPosterior:
         self.protocol = Protocol()
         self.chip_model = ChipModel()
         self.fingerprint = f"box-{scale}"
-        mid, half = (self.prior.low + self.prior.high) / 2, (self.prior.high - self.prior.low) / 2 * scale
+        mid, half = (
+            (self.prior.low + self.prior.high) / 2,
+            (self.prior.high - self.prior.low) / 2 * scale,
+        )
         self.lo, self.hi = mid - half, mid + half
 
-    def sample_batched(self, num_samples: int, *, traces=None, features=None, seed=None) -> np.ndarray:
+    def sample_batched(
+        self, num_samples: int, *, traces=None, features=None, seed=None
+    ) -> np.ndarray:
         rng = np.random.default_rng(seed)
         return rng.uniform(self.lo, self.hi, size=(len(traces), num_samples, 7)).astype(np.float32)
 
@@ -47,7 +59,9 @@ class BoxPosterior:
         return np.where(inside, -float(np.sum(np.log(self.hi - self.lo))), -np.inf)
 
 
-CFG = EvalConfig(num_obs=200, num_samples=200, num_ppc=6, num_ppc_samples=8, num_ppc_plot=2, c2st=False, seed=3)
+CFG = EvalConfig(
+    num_obs=200, num_samples=200, num_ppc=6, num_ppc_samples=8, num_ppc_plot=2, c2st=False, seed=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +74,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def reports(store: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("reports")
-    evaluate(BoxPosterior(1.0), store, root / "exact", EvalConfig(**{**CFG.__dict__, "c2st": True, "hpd": True}))
+    evaluate(
+        BoxPosterior(1.0),
+        store,
+        root / "exact",
+        EvalConfig(**{**CFG.__dict__, "c2st": True, "hpd": True}),
+    )
     evaluate(BoxPosterior(0.3), store, root / "narrow", CFG)
     return {"exact": root / "exact", "narrow": root / "narrow"}
 
@@ -69,9 +88,15 @@ def test_prior_as_posterior_is_calibrated_and_uninformative(reports: dict[str, P
     m = load_report(reports["exact"])
     s = m["summary"]
     assert s["verdict"] == "calibrated" and s["sbc_failed"] == 0
-    assert abs(s["tarp_atc"]) < 0.05 and s["coverage_dev_mean_abs"] < 0.06 and s["hpd_coverage_dev_mean_abs"] < 0.08
+    assert (
+        abs(s["tarp_atc"]) < 0.05
+        and s["coverage_dev_mean_abs"] < 0.06
+        and s["hpd_coverage_dev_mean_abs"] < 0.08
+    )
     assert abs(s["contraction_mean"]) < 0.1 and s["nrmse_mean"] == pytest.approx(1.0, abs=0.12)
-    assert all(abs(v - 0.5) < 0.1 for v in m["sbc"]["c2st_dap"].values())  # data-averaged posterior == prior
+    assert all(
+        abs(v - 0.5) < 0.1 for v in m["sbc"]["c2st_dap"].values()
+    )  # data-averaged posterior == prior
     assert m["store"]["prior_matches"] and m["posterior"]["fingerprint"] == "box-1.0"
     assert set(m["versions"]) >= {"bss2_farm", "torch", "sbi", "numpy"}
 
@@ -85,7 +110,15 @@ def test_overconfident_posterior_is_flagged(reports: dict[str, Path]) -> None:
 
 def test_report_files_and_predictive_checks(reports: dict[str, Path]) -> None:
     m = json.loads((reports["exact"] / "metrics.json").read_text())
-    for name in ("sbc_ranks", "coverage", "recovery", "contraction_z", "pair", "ppc_traces", "ppc_features"):
+    for name in (
+        "sbc_ranks",
+        "coverage",
+        "recovery",
+        "contraction_z",
+        "pair",
+        "ppc_traces",
+        "ppc_features",
+    ):
         png = reports["exact"] / m["figures"][name]
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size < 400_000
     ppc = m["ppc"]
@@ -122,7 +155,9 @@ def test_cli_compare(reports: dict[str, Path], capsys: pytest.CaptureFixture[str
     assert "calibrated" in text and "over-confident" in text and "adaptation_i_bias_tau" in text
 
 
-def test_cli_compare_rejects_non_report(tmp_path: Path, reports: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_compare_rejects_non_report(
+    tmp_path: Path, reports: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["compare", str(reports["exact"]), str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no metrics.json" in err and len(err.splitlines()) == 1
@@ -131,9 +166,29 @@ def test_cli_compare_rejects_non_report(tmp_path: Path, reports: dict[str, Path]
     assert "expected evaluation_report" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("args", "message"), [(["--n-obs", "1.5"], "--n-obs"), (["--n-obs", "5"], "num_obs=5"), (["--n-samples", "0"], "--n-samples")])
-def test_cli_evaluate_rejects_bad_sizes(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
-    code = main(["evaluate", "--posterior", str(tmp_path), "--store", store, "--out", str(tmp_path / "r"), *args])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-obs", "1.5"], "--n-obs"),
+        (["--n-obs", "5"], "num_obs=5"),
+        (["--n-samples", "0"], "--n-samples"),
+    ],
+)
+def test_cli_evaluate_rejects_bad_sizes(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code = main(
+        [
+            "evaluate",
+            "--posterior",
+            str(tmp_path),
+            "--store",
+            store,
+            "--out",
+            str(tmp_path / "r"),
+            *args,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and message.replace("num_obs", "--n-obs") in err and len(err.splitlines()) == 1
 

@@ -17,10 +17,29 @@ def trained(handcrafted_npe, npe_stores) -> tuple[Path, str]:
     return handcrafted_npe[0], npe_stores[1]
 
 
-def test_farm_evaluate_writes_report_and_prints_summary(trained: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_farm_evaluate_writes_report_and_prints_summary(
+    trained: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     post, test = trained
     out = tmp_path / "report"
-    code = main(["evaluate", "--posterior", str(post), "--store", test, "--out", str(out), "--n-obs", "80", "--n-samples", "100", "--n-ppc", "4", "--no-c2st"])
+    code = main(
+        [
+            "evaluate",
+            "--posterior",
+            str(post),
+            "--store",
+            test,
+            "--out",
+            str(out),
+            "--n-obs",
+            "80",
+            "--n-samples",
+            "100",
+            "--n-ppc",
+            "4",
+            "--no-c2st",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "calibration verdict" in text and "TARP ATC" in text and "metrics.json" in text
@@ -34,10 +53,15 @@ def test_farm_evaluate_writes_report_and_prints_summary(trained: tuple[Path, str
     print(json.dumps(s))
     for name in m["figures"].values():
         assert (out / name).is_file()
-    assert m["posterior"]["fingerprint"] == json.loads((post / "manifest.json").read_text())["fingerprint"]
+    assert (
+        m["posterior"]["fingerprint"]
+        == json.loads((post / "manifest.json").read_text())["fingerprint"]
+    )
 
 
-def test_farm_evaluate_json(trained: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_farm_evaluate_json(
+    trained: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     post, test = trained
     code = main(
         [
@@ -63,11 +87,39 @@ def test_farm_evaluate_json(trained: tuple[Path, str], tmp_path: Path, capsys: p
     assert summary["num_obs"] == 20 and summary["ppc_trace_rmse_mv"] is None
 
 
-def test_farm_evaluate_bad_paths_exit_2(trained: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_farm_evaluate_bad_paths_exit_2(
+    trained: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     post, test = trained
-    assert main(["evaluate", "--posterior", str(tmp_path), "--store", test, "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--posterior",
+                str(tmp_path),
+                "--store",
+                test,
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "--posterior" in err and len(err.splitlines()) == 1
-    assert main(["evaluate", "--posterior", str(post), "--store", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--posterior",
+                str(post),
+                "--store",
+                str(tmp_path / "missing.zarr"),
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "--store" in err and "missing.zarr" in err and len(err.splitlines()) == 1

@@ -79,9 +79,13 @@ def test_a_full_queue_sheds_the_heaviest_clients_waiting_request_not_the_light_o
         queue = FairModelQueue(capacity=3, run=model.run, run_batch=model.run_batch)
         flood = [queue.submit(f"flood{k}", 10_000, call=lambda k=k: f"flood{k}") for k in range(3)]
         await settle()
-        with pytest.raises(QueueFull, match="limit 3"):  # a fourth heavy client is no lighter than those waiting
+        with pytest.raises(
+            QueueFull, match="limit 3"
+        ):  # a fourth heavy client is no lighter than those waiting
             queue.submit("flood3", 10_000, call=lambda: "flood3")
-        light = queue.submit("light", 1_000, call=lambda: "light")  # admitted: flood2 (the newest heaviest) makes room
+        light = queue.submit(
+            "light", 1_000, call=lambda: "light"
+        )  # admitted: flood2 (the newest heaviest) makes room
         with pytest.raises(QueueFull, match="lighter client"):
             await flood[2].future
         assert len(queue) == 3
@@ -91,13 +95,17 @@ def test_a_full_queue_sheds_the_heaviest_clients_waiting_request_not_the_light_o
         return [await e.future for e in (flood[0], light, flood[1])], model.order
 
     answers, order = asyncio.run(scenario())
-    assert answers == order == ["flood0", "light", "flood1"]  # neither client was served yet: the smaller request first
+    assert (
+        answers == order == ["flood0", "light", "flood1"]
+    )  # neither client was served yet: the smaller request first
 
 
 def test_waiting_samples_share_a_pass_but_never_one_asking_more_draws():
     async def scenario():
         model = Model()
-        queue = FairModelQueue(capacity=16, run=model.run, run_batch=model.run_batch, max_batch_size=3)
+        queue = FairModelQueue(
+            capacity=16, run=model.run, run_batch=model.run_batch, max_batch_size=3
+        )
         first = queue.submit("c", 100, batch=(100, "first"))
         await settle()  # alone on an idle model: a pass of one
         small = [queue.submit("c", 1_000, batch=(1_000, f"small{k}")) for k in range(4)]
@@ -116,7 +124,13 @@ def test_waiting_samples_share_a_pass_but_never_one_asking_more_draws():
 def test_a_pass_holds_at_most_max_pass_draws_so_a_newcomer_never_waits_behind_a_huge_one():
     async def scenario():
         model = Model()
-        queue = FairModelQueue(capacity=64, run=model.run, run_batch=model.run_batch, max_batch_size=16, max_pass_draws=20_000)
+        queue = FairModelQueue(
+            capacity=64,
+            run=model.run,
+            run_batch=model.run_batch,
+            max_batch_size=16,
+            max_pass_draws=20_000,
+        )
         first = queue.submit("h0", 100, batch=(100, "first"))
         await settle()
         heavy = [queue.submit(f"h{k}", 10_000, batch=(10_000, f"heavy{k}")) for k in range(1, 6)]
@@ -130,7 +144,14 @@ def test_a_pass_holds_at_most_max_pass_draws_so_a_newcomer_never_waits_behind_a_
 
     order = asyncio.run(scenario())
     # clients never served: the light request first; then two 10k requests per pass; the 50k one alone, last
-    assert order == [("first",), ("light",), ("heavy1", "heavy2"), ("heavy3", "heavy4"), ("heavy5",), ("huge",)]
+    assert order == [
+        ("first",),
+        ("light",),
+        ("heavy1", "heavy2"),
+        ("heavy3", "heavy4"),
+        ("heavy5",),
+        ("huge",),
+    ]
 
 
 def test_a_withdrawn_request_is_never_run_and_a_failed_call_reaches_only_its_request():
@@ -156,7 +177,9 @@ def test_a_withdrawn_request_is_never_run_and_a_failed_call_reaches_only_its_req
 
 def test_usage_decays_with_the_half_life():
     now = [0.0]
-    queue = FairModelQueue(capacity=2, run=None, run_batch=None, half_life_s=30.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    queue = FairModelQueue(
+        capacity=2, run=None, run_batch=None, half_life_s=30.0, clock=lambda: now[0]
+    )  # type: ignore[arg-type]
     queue._charge("a", 1000.0)
     now[0] = 60.0
     assert queue.usage("a") == pytest.approx(250.0, rel=1e-12)
@@ -168,7 +191,9 @@ def test_bad_arguments_are_refused():
         FairModelQueue(capacity=0, run=None, run_batch=None)  # type: ignore[arg-type]
 
     async def both():
-        FairModelQueue(capacity=1, run=None, run_batch=None).submit("a", 1, call=lambda: 1, batch=(1, 1))  # type: ignore[arg-type]
+        FairModelQueue(capacity=1, run=None, run_batch=None).submit(
+            "a", 1, call=lambda: 1, batch=(1, 1)
+        )  # type: ignore[arg-type]
 
     with pytest.raises(ValueError, match="exactly one"):
         asyncio.run(both())

@@ -61,18 +61,31 @@ def test_store_is_labelled_dataset(reference_store: Path) -> None:
     assert int(ds.trace.min()) >= 0 and int(ds.trace.max()) <= 1023
     assert BoxPrior().support(ds.theta.values).all()
     frac = float(((ds.spike_count >= 1) & (ds.spike_count <= 40)).mean())
-    assert 0.05 < frac < 0.6, f"box prior should give a minority in the regime of interest, got {frac:.2f}"
+    assert 0.05 < frac < 0.6, (
+        f"box prior should give a minority in the regime of interest, got {frac:.2f}"
+    )
 
 
-def test_same_seed_bit_identical_across_actor_counts(ray_session, reference_store: Path, tmp_path: Path) -> None:
+def test_same_seed_bit_identical_across_actor_counts(
+    ray_session, reference_store: Path, tmp_path: Path
+) -> None:
     for chips in (1, 2):
         out = tmp_path / f"chips{chips}.zarr"
-        summary = run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, num_chips=chips, max_in_flight_per_chip=1 + chips)
+        summary = run_farm(
+            str(out),
+            num_sims=2400,
+            seed=11,
+            chunk_size=300,
+            num_chips=chips,
+            max_in_flight_per_chip=1 + chips,
+        )
         assert summary["complete"] and summary["num_workers"] == chips
         assert_same_store(reference_store, out)
 
 
-def test_driver_simulates_single_threaded_blas_while_its_private_ray_starts_and_the_store_is_the_same(reference_store: Path, tmp_path: Path) -> None:
+def test_driver_simulates_single_threaded_blas_while_its_private_ray_starts_and_the_store_is_the_same(
+    reference_store: Path, tmp_path: Path
+) -> None:
     """`farm simulate` without --address starts a local Ray; the driver works meanwhile, then hands over.
 
     One private Ray start (the costly part) checks two things. The store is the same as the
@@ -96,11 +109,20 @@ def test_driver_simulates_single_threaded_blas_while_its_private_ray_starts_and_
         "print(json.dumps({'code': code, 'blas_threads_seen': seen}))\n"
     )
     # Slow chunks (sleep only, data unchanged) so Ray is up before the driver could finish alone.
-    res = subprocess.run([sys.executable, "-c", script, str(out)], env={**os.environ, "FARM_CHUNK_DELAY_S": "0.5"}, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(out)],
+        env={**os.environ, "FARM_CHUNK_DELAY_S": "0.5"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     *_, summary_line, spy_line = res.stdout.strip().splitlines()
     summary, spy = json.loads(summary_line), json.loads(spy_line)
-    assert spy["code"] == 0 and summary["complete"] and summary["driver_chunks"] >= 1, (summary, spy)
+    assert spy["code"] == 0 and summary["complete"] and summary["driver_chunks"] >= 1, (
+        summary,
+        spy,
+    )
     assert spy["blas_threads_seen"] and set(spy["blas_threads_seen"]) == {1}, spy
     assert_same_store(reference_store, out)
 
@@ -111,26 +133,37 @@ def test_sample_i_is_independent_of_chunking(reference_store: Path, tmp_path: Pa
     assert_same_store(reference_store, out)
 
 
-def test_new_store_chunking_grows_with_the_run_and_an_existing_store_keeps_its_own(tmp_path: Path, monkeypatch) -> None:
+def test_new_store_chunking_grows_with_the_run_and_an_existing_store_keeps_its_own(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Large runs get 4000-row chunks (their seven small writes per chunk cost the same at any size);
     growing a store never changes its chunking. The threshold is lowered here so the run stays small."""
     import farm.defaults
     from farm.defaults import LARGE_RUN_CHUNK, default_chunk_size
 
-    assert default_chunk_size(199_999) == 1000 and default_chunk_size(200_000) == LARGE_RUN_CHUNK == 4000
+    assert (
+        default_chunk_size(199_999) == 1000
+        and default_chunk_size(200_000) == LARGE_RUN_CHUNK == 4000
+    )
     monkeypatch.setattr(farm.defaults, "LARGE_RUN", 1500)
     monkeypatch.setattr(farm.defaults, "LARGE_RUN_CHUNK", 600)
     small, large = tmp_path / "small.zarr", tmp_path / "large.zarr"
     run_farm(str(small), num_sims=1400, seed=11, in_process=True)
     run_farm(str(large), num_sims=1500, seed=11, in_process=True)
-    assert SimStore.open(str(small)).chunk_size == 1000 and SimStore.open(str(large)).chunk_size == 600
+    assert (
+        SimStore.open(str(small)).chunk_size == 1000 and SimStore.open(str(large)).chunk_size == 600
+    )
     run_farm(str(small), num_sims=2000, seed=11, in_process=True)  # grown past the threshold
     assert SimStore.open(str(small)).chunk_size == 1000
 
 
-def test_extending_a_store_continues_the_same_sequence(reference_store: Path, tmp_path: Path) -> None:
+def test_extending_a_store_continues_the_same_sequence(
+    reference_store: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "grow.zarr"
-    run_farm(str(out), num_sims=1000, seed=11, chunk_size=300, in_process=True)  # last chunk partial
+    run_farm(
+        str(out), num_sims=1000, seed=11, chunk_size=300, in_process=True
+    )  # last chunk partial
     summary = run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, in_process=True)
     assert summary["skipped"] == 900 and summary["simulated_now"] == 1500
     assert_same_store(reference_store, out)
@@ -138,13 +171,28 @@ def test_extending_a_store_continues_the_same_sequence(reference_store: Path, tm
 
 def test_killed_run_resumes_without_gap_or_duplicate(reference_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed.zarr"
-    cmd = [*FARM, "simulate", "--n", "2400", "--seed", "11", "--chunk", "300", "--out", str(out), "--in-process", "--quiet"]
+    cmd = [
+        *FARM,
+        "simulate",
+        "--n",
+        "2400",
+        "--seed",
+        "11",
+        "--chunk",
+        "300",
+        "--out",
+        str(out),
+        "--in-process",
+        "--quiet",
+    ]
     # Slow each chunk down so the kill lands mid-run; the env var only adds sleep, never changes data.
     proc = subprocess.Popen(cmd, env={**os.environ, "FARM_CHUNK_DELAY_S": "0.4"})
     # Kill on observed progress (a flagged chunk), not a timer; the deadline only catches a hang.
     deadline = time.monotonic() + 300
     while chunks_done(out) < 1:
-        assert proc.poll() is None and time.monotonic() < deadline, f"no chunk flagged (exit {proc.poll()})"
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            f"no chunk flagged (exit {proc.poll()})"
+        )
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -164,7 +212,20 @@ def test_theta_file_runs_given_parameters(tmp_path: Path) -> None:
     np.savetxt(tmp_path / "theta.csv", theta[:, ::-1], delimiter=",", header=header, comments="")
     for name in ("theta.npy", "theta.csv"):
         out = tmp_path / f"{name}.zarr"
-        assert farm_main(["simulate", "--theta", str(tmp_path / name), "--out", str(out), "--in-process", "--quiet"]) == 0
+        assert (
+            farm_main(
+                [
+                    "simulate",
+                    "--theta",
+                    str(tmp_path / name),
+                    "--out",
+                    str(out),
+                    "--in-process",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         ds = xr.open_zarr(str(out))
         np.testing.assert_array_equal(ds.theta.values, theta)
         assert ds.attrs["theta_source"].startswith("file:")
@@ -184,7 +245,9 @@ def test_theta_file_runs_given_parameters(tmp_path: Path) -> None:
         (["--n", "10", "--substrate", "bss2"], "pynn_brainscales"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exits_2_with_one_line(
+    args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # In this process (the console entry `main`, as `farm` runs it): an interpreter start per
     # case cost ~2 s each; test_bad_theta_files_exit_2 keeps the check on a real process.
     code = farm_main(["simulate", "--out", str(tmp_path / "x.zarr"), "--in-process", *args])
@@ -202,11 +265,30 @@ def test_bad_theta_files_exit_2(tmp_path: Path) -> None:
     np.save(tmp_path / "outside.npy", outside)
     np.save(tmp_path / "shape.npy", np.zeros((4, 3)))
     (tmp_path / "notes.txt").write_text("hello")
-    for name, needle in (("outside.npy", "exponential_i_bias=5000"), ("shape.npy", "(4, 3)"), ("missing.npy", "does not exist"), ("notes.txt", "")):
+    for name, needle in (
+        ("outside.npy", "exponential_i_bias=5000"),
+        ("shape.npy", "(4, 3)"),
+        ("missing.npy", "does not exist"),
+        ("notes.txt", ""),
+    ):
         res = subprocess.run(
-            [*FARM, "simulate", "--theta", str(tmp_path / name), "--out", str(tmp_path / "t.zarr"), "--in-process"], capture_output=True, text=True
+            [
+                *FARM,
+                "simulate",
+                "--theta",
+                str(tmp_path / name),
+                "--out",
+                str(tmp_path / "t.zarr"),
+                "--in-process",
+            ],
+            capture_output=True,
+            text=True,
         )
-        assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert (
+            res.returncode == 2
+            and needle in res.stderr
+            and len(res.stderr.strip().splitlines()) == 1
+        ), res.stderr
 
 
 def test_refuses_to_mix_settings_and_keeps_data(reference_store: Path, tmp_path: Path) -> None:
@@ -218,14 +300,20 @@ def test_refuses_to_mix_settings_and_keeps_data(reference_store: Path, tmp_path:
         (["--seed", "11", "--n", "600", "--chunk", "200"], "chunk_size=300"),
         (["--seed", "11", "--n", "300"], "shrink"),
     ):
-        res = subprocess.run([*FARM, "simulate", "--out", str(out), "--in-process", *args], capture_output=True, text=True)
+        res = subprocess.run(
+            [*FARM, "simulate", "--out", str(out), "--in-process", *args],
+            capture_output=True,
+            text=True,
+        )
         assert res.returncode == 2 and needle in res.stderr, res.stderr
     np.testing.assert_array_equal(xr.open_zarr(str(out)).trace.values, before)
     assert SimStore.open(out).done_mask().all()
 
 
 def test_info_reports_completeness(reference_store: Path) -> None:
-    res = subprocess.run([*FARM, "info", str(reference_store), "--json"], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [*FARM, "info", str(reference_store), "--json"], capture_output=True, text=True, check=True
+    )
     assert '"completed_sims": 2400' in res.stdout and '"complete": true' in res.stdout
 
 
@@ -239,7 +327,13 @@ def test_import_farm_is_cheap_and_the_store_does_not_load_the_kernel() -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     import farm
 
-    assert farm.run_farm is run_farm and set(farm.__all__) >= {"run_farm", "SimStore", "open_dataset", "FarmError", "FarmInputError"}
+    assert farm.run_farm is run_farm and set(farm.__all__) >= {
+        "run_farm",
+        "SimStore",
+        "open_dataset",
+        "FarmError",
+        "FarmInputError",
+    }
 
 
 @pytest.fixture()
@@ -247,7 +341,9 @@ def tiny_disk(mount_tmpfs) -> Path:
     return mount_tmpfs("1m")
 
 
-def test_in_process_disk_full_is_a_farm_error_and_resumes(reference_store: Path, tiny_disk: Path) -> None:
+def test_in_process_disk_full_is_a_farm_error_and_resumes(
+    reference_store: Path, tiny_disk: Path
+) -> None:
     out = tiny_disk / "full.zarr"
     with pytest.raises(FarmError, match="No space left on device.*resume") as info:
         run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, in_process=True)
@@ -256,7 +352,9 @@ def test_in_process_disk_full_is_a_farm_error_and_resumes(reference_store: Path,
     assert done.size < 2400 // 300
     ref, got = xr.open_zarr(str(reference_store)), xr.open_zarr(str(out))
     for c in done:  # every flagged chunk is intact
-        np.testing.assert_array_equal(got.trace[c * 300 : (c + 1) * 300].values, ref.trace[c * 300 : (c + 1) * 300].values)
+        np.testing.assert_array_equal(
+            got.trace[c * 300 : (c + 1) * 300].values, ref.trace[c * 300 : (c + 1) * 300].values
+        )
     subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_disk)], check=True)
     assert run_farm(str(out), num_sims=2400, seed=11, chunk_size=300, in_process=True)["complete"]
     assert_same_store(reference_store, out)
@@ -285,15 +383,38 @@ def _live_pids(match) -> list[str]:
     return found
 
 
-def test_sigterm_stops_simulate_cleanly_keeps_chunks_and_leaves_no_ray(reference_store: Path, tmp_path: Path) -> None:
+def test_sigterm_stops_simulate_cleanly_keeps_chunks_and_leaves_no_ray(
+    reference_store: Path, tmp_path: Path
+) -> None:
     """SIGTERM (systemd, Kubernetes) stops `farm simulate` like Ctrl-C: chunks kept, private Ray gone."""
     import tempfile
 
     out = tmp_path / "term.zarr"
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    ray_tmp = tempfile.mkdtemp(
+        prefix="rt", dir="/tmp"
+    )  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "FARM_CHUNK_DELAY_S": "0.5", "RAY_TMPDIR": ray_tmp}
-    cmd = [*FARM, "simulate", "--n", "2400", "--seed", "11", "--chunk", "100", "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = [
+        *FARM,
+        "simulate",
+        "--n",
+        "2400",
+        "--seed",
+        "11",
+        "--chunk",
+        "100",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         # Observed progress, not a timer: SIGTERM once a chunk is flagged (during or after Ray's start).
         deadline = time.monotonic() + 240
@@ -309,13 +430,21 @@ def test_sigterm_stops_simulate_cleanly_keeps_chunks_and_leaves_no_ray(reference
             proc.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode in (130, 143), stderr[-2000:]
-    lines = [ln for ln in stderr.splitlines() if ln.strip() and "WARNING" not in ln and "warn" not in ln.lower()]
-    assert lines == ["Interrupted: completed chunks are kept; re-run the same command to resume."], stderr[-2000:]
+    lines = [
+        ln
+        for ln in stderr.splitlines()
+        if ln.strip() and "WARNING" not in ln and "warn" not in ln.lower()
+    ]
+    assert lines == [
+        "Interrupted: completed chunks are kept; re-run the same command to resume."
+    ], stderr[-2000:]
     done = np.flatnonzero(SimStore.open(out).done_mask())
     assert 1 <= done.size < 24, "the signal should land mid-run"
     ref, got = xr.open_zarr(str(reference_store)), xr.open_zarr(str(out))
     for c in done:  # every flagged chunk is intact (sample i does not depend on chunking)
-        np.testing.assert_array_equal(got.trace[c * 100 : (c + 1) * 100].values, ref.trace[c * 100 : (c + 1) * 100].values)
+        np.testing.assert_array_equal(
+            got.trace[c * 100 : (c + 1) * 100].values, ref.trace[c * 100 : (c + 1) * 100].values
+        )
     # Every process of the run's private Ray (raylet, gcs_server, agents, workers) is gone: they
     # either stay in the command's session or name its Ray temp dir on their command line.
     left = _live_pids(lambda pid, cmdline: ray_tmp in cmdline or _sid(pid) == proc.pid)

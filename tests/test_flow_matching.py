@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from inference.nets import flow_matching as fm
-from inference.nets.flow_matching import ConditionalVectorField, FlowMatchingConfig, FlowMatchingModel, VectorField, time_grid
+from inference.nets.flow_matching import (
+    ConditionalVectorField,
+    FlowMatchingConfig,
+    FlowMatchingModel,
+    VectorField,
+    time_grid,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +28,17 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _random_field(dim: int = 3, context: int = 4, seed: int = 0, scale: float = 0.4) -> ConditionalVectorField:
+def _random_field(
+    dim: int = 3, context: int = 4, seed: int = 0, scale: float = 0.4
+) -> ConditionalVectorField:
     torch.manual_seed(seed)
-    flow = ConditionalVectorField(dim, context, FlowMatchingConfig(hidden_features=16, condition_features=16, time_features=8, ode_steps=16)).double()
+    flow = ConditionalVectorField(
+        dim,
+        context,
+        FlowMatchingConfig(
+            hidden_features=16, condition_features=16, time_features=8, ode_steps=16
+        ),
+    ).double()
     for p in flow.parameters():  # default init zeroes nothing, but scale up so every term matters
         p.data.normal_(0.0, scale)
     return flow
@@ -45,13 +59,17 @@ def test_density_matches_the_jacobian_of_the_solved_map_and_inverts():
     context = torch.randn(1, 4, dtype=torch.float64)
     q = flow(context)
     z0 = torch.randn(3, dtype=torch.float64)
-    jac = torch.autograd.functional.jacobian(lambda a: q._solve(a.reshape(1, 1, 3), time_grid(16), False)[0].reshape(3), z0)
+    jac = torch.autograd.functional.jacobian(
+        lambda a: q._solve(a.reshape(1, 1, 3), time_grid(16), False)[0].reshape(3), z0
+    )
     z1, ell = q._solve(z0.reshape(1, 1, 3), time_grid(16), True)
     # RK4 with 16 steps: the integrated divergence and the discrete map's log-determinant differ by
     # the solver's O(h^4) error, ~1e-6 here; 1e-3 nats is far below any density a test compares
     assert abs(float(ell.reshape(()).detach()) - float(torch.logdet(jac))) < 1e-3
     lp_forward = q._base_log_prob(z0) - ell.reshape(())
-    torch.testing.assert_close(q.log_prob(z1.reshape(1, 3)).reshape(()), lp_forward.reshape(()), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        q.log_prob(z1.reshape(1, 3)).reshape(()), lp_forward.reshape(()), rtol=0, atol=1e-4
+    )
 
 
 def test_chunked_solves_give_the_same_draws(monkeypatch):
@@ -68,7 +86,10 @@ def test_chunked_solves_give_the_same_draws(monkeypatch):
 
 
 # --------------------------------------------------------------------------- a known posterior
-DIM, NOISE = 3, 0.3  # theta ~ N(0, I), x = theta + N(0, NOISE^2 I): q(theta | x) = N(x / (1 + NOISE^2), NOISE^2 / (1 + NOISE^2) I)
+DIM, NOISE = (
+    3,
+    0.3,
+)  # theta ~ N(0, I), x = theta + N(0, NOISE^2 I): q(theta | x) = N(x / (1 + NOISE^2), NOISE^2 / (1 + NOISE^2) I)
 POST_STD = math.sqrt(NOISE**2 / (1 + NOISE**2))
 
 
@@ -78,10 +99,14 @@ def trained():
     torch.set_num_threads(1)
     theta = torch.randn(20_000, DIM)
     x = theta + NOISE * torch.randn_like(theta)
-    flow = ConditionalVectorField(DIM, DIM, FlowMatchingConfig(hidden_features=64, condition_features=64))
+    flow = ConditionalVectorField(
+        DIM, DIM, FlowMatchingConfig(hidden_features=64, condition_features=64)
+    )
     opt = torch.optim.Adam(flow.parameters(), lr=3e-3)
     steps = 1000
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # the regression target is noisy: anneal
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, steps
+    )  # the regression target is noisy: anneal
     held_theta = torch.randn(4000, DIM)
     held_x = held_theta + NOISE * torch.randn_like(held_theta)
 
@@ -145,7 +170,9 @@ STATS = {
 
 def test_model_draws_stay_in_the_box_and_weights_reload_without_pickle():
     torch.manual_seed(0)
-    model = FlowMatchingModel(FlowMatchingConfig(hidden_features=16, condition_features=16, ode_steps=4), STATS).eval()
+    model = FlowMatchingModel(
+        FlowMatchingConfig(hidden_features=16, condition_features=16, ode_steps=4), STATS
+    ).eval()
     for p in model.flow.parameters():
         p.data.normal_(0.0, 0.5)
     buf = io.BytesIO()
@@ -163,14 +190,23 @@ def test_model_draws_stay_in_the_box_and_weights_reload_without_pickle():
         theta = model.theta_transform.inverse(z)
         lp = model.log_prob(theta[:, 0], ctx[:1])
     torch.testing.assert_close(z, z2, rtol=0, atol=0)
-    low, high = torch.tensor(STATS["low"], dtype=torch.float64), torch.tensor(STATS["high"], dtype=torch.float64)
+    low, high = (
+        torch.tensor(STATS["low"], dtype=torch.float64),
+        torch.tensor(STATS["high"], dtype=torch.float64),
+    )
     assert torch.all((theta >= low) & (theta <= high))
     assert lp.shape == (500,) and torch.all(torch.isfinite(lp))
     assert model.forward(theta[:, 0].float(), x[:1].expand(500, -1)).ndim == 0
 
 
 def test_config_round_trips_and_rejects_bad_values():
-    cfg = FlowMatchingConfig(variant="summary-net", cnn_channels=(8, 8), ode_method="midpoint", cnn_input_pool=2, time_samples=4)
+    cfg = FlowMatchingConfig(
+        variant="summary-net",
+        cnn_channels=(8, 8),
+        ode_method="midpoint",
+        cnn_input_pool=2,
+        time_samples=4,
+    )
     d = cfg.to_dict()
     assert d["estimator"] == "flow-matching"
     assert FlowMatchingConfig.from_dict(d) == cfg
@@ -178,7 +214,13 @@ def test_config_round_trips_and_rejects_bad_values():
     old = {k: v for k, v in d.items() if k not in ("cnn_stem", "cnn_input_pool", "time_samples")}
     rebuilt = FlowMatchingConfig.from_dict(old)
     assert (rebuilt.cnn_stem, rebuilt.cnn_input_pool, rebuilt.time_samples) == ("pooled", 1, 1)
-    bad_values = ({"ode_method": "euler"}, {"ode_steps": 0}, {"time_features": 7}, {"variant": "raw"}, {"sigma_min": 1.0})
+    bad_values = (
+        {"ode_method": "euler"},
+        {"ode_steps": 0},
+        {"time_features": 7},
+        {"variant": "raw"},
+        {"sigma_min": 1.0},
+    )
     for bad in (*bad_values, {"cnn_stem": "conv"}, {"cnn_input_pool": 0}, {"time_samples": 0}):
         with pytest.raises(ValueError, match=next(iter(bad)).replace("variant", "features")):
             FlowMatchingConfig(**bad)
@@ -194,12 +236,28 @@ def test_cli_rejects_an_unknown_estimator(capsys):
 
 @pytest.mark.parametrize(
     ("arch", "named"),
-    [("depth=3", "'depth=3'"), ("time_samples", "'time_samples'"), ("time_samples=0", "time_samples=0"), ("cnn_stem=conv", "cnn_stem='conv'")],
+    [
+        ("depth=3", "'depth=3'"),
+        ("time_samples", "'time_samples'"),
+        ("time_samples=0", "time_samples=0"),
+        ("cnn_stem=conv", "cnn_stem='conv'"),
+    ],
 )
 def test_cli_rejects_a_bad_architecture_field_in_one_line(capsys, arch, named):
     from deploy.cli import main
 
-    argv = ["train", "npe", "--store", "runs/none.zarr", "--estimator", "flow-matching", "--features", "summary-net", "--arch", arch]
+    argv = [
+        "train",
+        "npe",
+        "--store",
+        "runs/none.zarr",
+        "--estimator",
+        "flow-matching",
+        "--features",
+        "summary-net",
+        "--arch",
+        arch,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err and "--arch" in err
@@ -215,7 +273,10 @@ def test_task_keeps_nsf_configs_and_carries_the_estimator_to_workers():
     fmc = NPETask(estimator="flow-matching").configure(base)
     assert fmc.flow["estimator"] == "flow-matching"
     worker = task_for(TrainConfig.from_dict({**fmc.identity(), "out": "o"}))
-    assert isinstance(worker.build_model(fmc, {**STATS, "feature_mean": [0.0] * 11, "feature_std": [1.0] * 11}), FlowMatchingModel)
+    assert isinstance(
+        worker.build_model(fmc, {**STATS, "feature_mean": [0.0] * 11, "feature_std": [1.0] * 11}),
+        FlowMatchingModel,
+    )
     with pytest.raises(ValueError, match="estimator='maf' must be one of nsf, flow-matching"):
         NPETask(estimator="maf")
 
@@ -227,7 +288,9 @@ def test_each_row_averages_its_time_samples_over_one_embedding():
     z1, ctx = torch.randn(6, 3), torch.randn(6, 5)
     torch.manual_seed(7)
     per_row = flow.loss(z1, ctx)
-    single = ConditionalVectorField(3, 5, FlowMatchingConfig(hidden_features=16, condition_features=16))
+    single = ConditionalVectorField(
+        3, 5, FlowMatchingConfig(hidden_features=16, condition_features=16)
+    )
     single.load_state_dict(flow.state_dict())
     torch.manual_seed(7)
     each = single.loss(z1.repeat(4, 1), ctx.repeat(4, 1)).reshape(4, 6)
@@ -245,7 +308,10 @@ def test_validation_sees_the_same_draws_every_epoch_and_leaves_training_randomne
         def batches(self, epoch, shuffle):
             rng = np.random.default_rng(0)
             for _ in range(3):
-                yield {"theta": rng.uniform(STATS["low"], STATS["high"], (64, 3)), "features": rng.normal(size=(64, 2)).astype(np.float32)}
+                yield {
+                    "theta": rng.uniform(STATS["low"], STATS["high"], (64, 3)),
+                    "features": rng.normal(size=(64, 2)).astype(np.float32),
+                }
 
     torch.manual_seed(0)
     model = FlowMatchingModel(FlowMatchingConfig(hidden_features=16, condition_features=16), STATS)

@@ -54,27 +54,35 @@ def test_float32_inverse_error_stays_within_its_condition_bound():
 
 def test_flow_takes_nsf_weights_and_gives_the_same_densities_and_draws():
     torch.manual_seed(1)
-    reference = zuko.flows.NSF(features=7, context=11, transforms=3, bins=8, hidden_features=(32, 32), passes=2).double()
+    reference = zuko.flows.NSF(
+        features=7, context=11, transforms=3, bins=8, hidden_features=(32, 32), passes=2
+    ).double()
     flow = spline_flow(7, 11, transforms=3, bins=8, hidden_features=(32, 32), passes=2).double()
     assert flow.state_dict().keys() == reference.state_dict().keys()
     flow.load_state_dict(reference.state_dict())
     ctx = torch.randn(4, 11, dtype=torch.float64)
     theta = torch.randn(4, 7, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(flow(ctx).log_prob(theta), reference(ctx).log_prob(theta), rtol=TOL64, atol=TOL64)
+        torch.testing.assert_close(
+            flow(ctx).log_prob(theta), reference(ctx).log_prob(theta), rtol=TOL64, atol=TOL64
+        )
         torch.manual_seed(2)
         a = flow(ctx).sample((50,))
         torch.manual_seed(2)
         b = reference(ctx).sample((50,))
     assert a.dtype == torch.float64
-    torch.testing.assert_close(a, b, rtol=TOL64, atol=TOL64)  # draws go through three spline inverses
+    torch.testing.assert_close(
+        a, b, rtol=TOL64, atol=TOL64
+    )  # draws go through three spline inverses
 
 
 def test_densities_from_the_sampling_pass_equal_a_separate_density_pass():
     """rsample_and_log_prob reuses the last inverse pass's conditioner for the Jacobian."""
     torch.manual_seed(3)
     for passes in (2, None):  # coupling and fully autoregressive
-        flow = spline_flow(7, 5, transforms=4, bins=8, hidden_features=(32, 32), passes=passes).double()
+        flow = spline_flow(
+            7, 5, transforms=4, bins=8, hidden_features=(32, 32), passes=passes
+        ).double()
         ctx = torch.randn(3, 5, dtype=torch.float64)
         with torch.no_grad():
             z, lp = flow(ctx).rsample_and_log_prob((200,))

@@ -7,13 +7,28 @@ import sys
 
 import pytest
 
-HEAVY = ("ray.train", "zarr", "inference.training.loop", "inference.training.api", "inference.data.datasets")
+HEAVY = (
+    "ray.train",
+    "zarr",
+    "inference.training.loop",
+    "inference.training.api",
+    "inference.data.datasets",
+)
 
 
-@pytest.mark.parametrize("statement", ["import inference", "from inference import load_posterior", "from inference.evaluation.report import load_report, compare_reports"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import inference",
+        "from inference import load_posterior",
+        "from inference.evaluation.report import load_report, compare_reports",
+    ],
+)
 def test_loading_a_posterior_does_not_import_the_trainer(statement: str) -> None:
     code = f"{statement}\nimport sys\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "", f"{statement!r} imported {out}"
 
 

@@ -35,7 +35,9 @@ _DIGEST_V1_0 = "ae26757dbaaf0a3a1853840720b62482369752357dc1a5bbaf0eb1ba9f1c62c5
 def _rows(n: int = 45) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """theta over the whole CapMem range (silent to bursting), spread over chips and neurons."""
     idx = np.arange(n)
-    theta = (rng.uniforms(rng.stream_keys(11, idx, rng.STREAM_THETA), 0, 7) * 1022).astype(np.float32)
+    theta = (rng.uniforms(rng.stream_keys(11, idx, rng.STREAM_THETA), 0, 7) * 1022).astype(
+        np.float32
+    )
     chip = (idx % 4).astype(np.int16)
     neuron = (idx * 37 % 512).astype(np.int16)
     return theta, chip, neuron, rng.stream_keys(11, idx, rng.STREAM_NOISE)
@@ -93,10 +95,16 @@ def _lanes_of(typingctx, x, table, exp_out, noise_out):  # type: ignore[no-untyp
     """farm.kernel.simd_step's vector exp of x[:LANES], and its vector noise of the uint64 bits of x."""
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        ptrs = [context.make_array(ty)(context, builder, a).data for ty, a in zip(signature.args, args)]
+        ptrs = [
+            context.make_array(ty)(context, builder, a).data for ty, a in zip(signature.args, args)
+        ]
         xv = builder.load(builder.bitcast(ptrs[0], simd_step._vf.as_pointer()), align=8)
         bits = builder.bitcast(xv, simd_step._vi)
-        builder.store(simd_step._exp(builder, xv, ptrs[1]), builder.bitcast(ptrs[2], simd_step._vf.as_pointer()), align=8)
+        builder.store(
+            simd_step._exp(builder, xv, ptrs[1]),
+            builder.bitcast(ptrs[2], simd_step._vf.as_pointer()),
+            align=8,
+        )
         noise = simd_step._normal_fast(builder, simd_step._mix64(builder, bits))
         builder.store(noise, builder.bitcast(ptrs[3], simd_step._vf.as_pointer()), align=8)
         return context.get_dummy_value()
@@ -108,7 +116,12 @@ def _lanes_of(typingctx, x, table, exp_out, noise_out):  # type: ignore[no-untyp
 def _vector_and_scalar(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(vector exp, libm exp, vector noise, scalar noise) of x; x.size a multiple of LANES."""
     lanes = simd_step.LANES
-    ours, libm, noise, scalar_noise = np.empty_like(x), np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    ours, libm, noise, scalar_noise = (
+        np.empty_like(x),
+        np.empty_like(x),
+        np.empty_like(x),
+        np.empty_like(x),
+    )
     bits = x.view(np.uint64)
     for i in range(0, x.size, lanes):
         _lanes_of(x[i : i + lanes], TABLE, ours[i : i + lanes], noise[i : i + lanes])
@@ -148,15 +161,32 @@ def test_traces_identical_on_a_cpu_without_avx_or_fma(tmp_path) -> None:  # type
         "r = EmulatorSubstrate(Protocol(), ChipModel()).run(*_rows())\n"
         "print(_digest(r.trace, r.spike_times, r.spike_count))\n"
     )
-    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent.parent, capture_output=True, text=True, check=True)
+    env = {
+        **os.environ,
+        "NUMBA_CPU_NAME": "generic",
+        "NUMBA_CPU_FEATURES": "",
+        "NUMBA_CACHE_DIR": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.split()[-1] == _DIGEST_V1_0
 
 
 def test_splitmix64_np_matches_mix64_and_published_values() -> None:
     # splitmix64 seeded with 0 yields 0xE220A8397B1DCDAF first (Vigna's reference implementation).
     assert rng.splitmix64_np(np.array([0], dtype=np.uint64))[0] == np.uint64(0xE220A8397B1DCDAF)
-    x = np.concatenate([np.arange(1000, dtype=np.uint64), np.array([2**64 - 1, 2**63, 0x9E3779B97F4A7C15], dtype=np.uint64)])
+    x = np.concatenate(
+        [
+            np.arange(1000, dtype=np.uint64),
+            np.array([2**64 - 1, 2**63, 0x9E3779B97F4A7C15], dtype=np.uint64),
+        ]
+    )
     got = rng.splitmix64_np(x)
     assert got.dtype == np.uint64 and got.shape == x.shape
     assert all(got[k] == rng.mix64(x[k]) for k in range(x.size))

@@ -17,7 +17,12 @@ REGIME = Regime()
 def _rows(seed: int, n: int) -> dict[str, np.ndarray]:
     theta = BoxPrior(PriorBox()).sample_indexed(seed, np.arange(n))
     b = simulate_theta(theta, seed=seed)
-    return {"theta": theta, "trace": b.trace, "features": b.features, "in_regime": REGIME.contains(b.features[:, 0])}
+    return {
+        "theta": theta,
+        "trace": b.trace,
+        "features": b.features,
+        "in_regime": REGIME.contains(b.features[:, 0]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,9 @@ def data() -> dict[str, dict[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def detector(data) -> KNNDetector:
     ref, cal = data["ref"], data["cal"]
-    return KNNDetector.fit(ref["features"][ref["in_regime"]], cal["features"][cal["in_regime"]], k=10, quantile=0.95)
+    return KNNDetector.fit(
+        ref["features"][ref["in_regime"]], cal["features"][cal["in_regime"]], k=10, quantile=0.95
+    )
 
 
 def _flagged(det: KNNDetector, trace: np.ndarray) -> np.ndarray:
@@ -52,21 +59,28 @@ def test_dead_neuron_and_flat_traces_are_flagged_with_the_regime_reason(detector
     t = data["test"]
     dead = t["trace"][t["features"][:, 0] == 0][:20]  # silent neurons: the box prior has plenty
     assert len(dead) == 20
-    flat = np.full((1, dead.shape[1]), 341, dtype=np.int16)  # a disconnected readout at the leak potential
+    flat = np.full(
+        (1, dead.shape[1]), 341, dtype=np.int16
+    )  # a disconnected readout at the leak potential
     for trace in (dead, flat):
         from farm.features import summarize
 
         f = summarize(trace)
         for a in assess(detector.score(f), detector, trace_reasons(trace, f[:, 0], REGIME, 1023)):
             assert a["flagged"]
-            assert any(r.startswith("spike_count=0 outside the training regime [1, 40]") for r in a["reasons"]), a["reasons"]
+            assert any(
+                r.startswith("spike_count=0 outside the training regime [1, 40]")
+                for r in a["reasons"]
+            ), a["reasons"]
     assert any("flat trace" in r for r in trace_reasons(flat, np.zeros(1), REGIME, 1023)[0])
 
 
 def test_shifted_baselines_and_noisier_chips_are_detected(detector, data) -> None:
     t = data["test"]
     trace, theta = t["trace"][t["in_regime"]][:400], t["theta"][t["in_regime"]][:400]
-    assert _flagged(detector, distort(trace, "shifted")).mean() >= 0.9  # 53 mV off the calibrated leak potential
+    assert (
+        _flagged(detector, distort(trace, "shifted")).mean() >= 0.9
+    )  # 53 mV off the calibrated leak potential
     noisy = simulate_theta(theta, seed=99, chip_model=other_chip("noise_3x")).trace
     # bench/misspecification.py measures ~0.5 on this case; 0.25 is five times the false-alarm rate.
     assert _flagged(detector, noisy).mean() >= 0.25
@@ -74,13 +88,23 @@ def test_shifted_baselines_and_noisier_chips_are_detected(detector, data) -> Non
 
 def test_detector_round_trips_without_pickle_and_refuses_an_edited_file(detector, tmp_path) -> None:
     block = detector.save(tmp_path)
-    assert block["method"] == "knn" and block["threshold"] == detector.threshold and block["num_calibration"] > 1000
+    assert (
+        block["method"] == "knn"
+        and block["threshold"] == detector.threshold
+        and block["num_calibration"] > 1000
+    )
     back = KNNDetector.load(tmp_path, block)
     probe = detector.reference[:5].astype(np.float64) * detector.std + detector.mean
     np.testing.assert_array_equal(back.score(probe), detector.score(probe))
     with np.load(tmp_path / block["file"], allow_pickle=False) as a:
         assert all(a[k].dtype != object for k in a.files)
-    np.savez(tmp_path / block["file"], reference=detector.reference[:10], mean=detector.mean, std=detector.std, calibration_scores=detector.calibration_scores)
+    np.savez(
+        tmp_path / block["file"],
+        reference=detector.reference[:10],
+        mean=detector.mean,
+        std=detector.std,
+        calibration_scores=detector.calibration_scores,
+    )
     with pytest.raises(ValueError, match="checksum"):
         KNNDetector.load(tmp_path, block)
 
@@ -109,7 +133,9 @@ def artifact(handcrafted_npe):
     return handcrafted_npe[0]
 
 
-def test_a_trained_posterior_flags_a_dead_neuron_and_older_artifacts_still_load(artifact, data, tmp_path) -> None:
+def test_a_trained_posterior_flags_a_dead_neuron_and_older_artifacts_still_load(
+    artifact, data, tmp_path
+) -> None:
     import json
     import shutil
 
@@ -120,7 +146,9 @@ def test_a_trained_posterior_flags_a_dead_neuron_and_older_artifacts_still_load(
     t = data["test"]
     dead = t["trace"][t["features"][:, 0] == 0][0]
     a = post.misspecification(trace=dead)
-    assert a["flagged"] and a["reasons"][0].startswith("spike_count=0 outside the training regime [1, 40]")
+    assert a["flagged"] and a["reasons"][0].startswith(
+        "spike_count=0 outside the training regime [1, 40]"
+    )
     assert a["score"] is not None and a["threshold"] == post.detector.threshold
     fresh = post.misspecification_batched(traces=t["trace"][t["in_regime"]][:300])
     rate = np.mean([x["flagged"] for x in fresh])

@@ -42,7 +42,9 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-def farm_cmd(out: Path, cluster: LoopbackCluster, *extra: str, n: int = N, chunk: int = CHUNK) -> list[str]:
+def farm_cmd(
+    out: Path, cluster: LoopbackCluster, *extra: str, n: int = N, chunk: int = CHUNK
+) -> list[str]:
     return [
         *FARM,
         "simulate",
@@ -89,12 +91,16 @@ def wait_for_chunks(out: Path, at_least: int, proc: subprocess.Popen, timeout: f
         if chunks_done(out) >= at_least:
             return
         if proc.poll() is not None:
-            raise AssertionError(f"farm exited early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(
+                f"farm exited early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+            )
         time.sleep(0.1)
     raise AssertionError(f"fewer than {at_least} chunks after {timeout} s")
 
 
-def test_simulate_spans_nodes_and_matches_single_node(cluster: LoopbackCluster, reference: Path, tmp_path: Path) -> None:
+def test_simulate_spans_nodes_and_matches_single_node(
+    cluster: LoopbackCluster, reference: Path, tmp_path: Path
+) -> None:
     # A relative --out, run from a directory that is not the nodes' working directory (they run
     # from pytest's): actors must get the absolute path, or they would miss the store.
     # Slow chunks (sleep only, data unchanged: 20 chunks of 1 s) so the head's actor cannot finish the run
@@ -105,10 +111,14 @@ def test_simulate_spans_nodes_and_matches_single_node(cluster: LoopbackCluster, 
     assert_same(reference, tmp_path / "mn.zarr")
 
 
-def test_actor_killed_mid_chunk_is_rerun_elsewhere(cluster: LoopbackCluster, reference: Path, tmp_path: Path) -> None:
+def test_actor_killed_mid_chunk_is_rerun_elsewhere(
+    cluster: LoopbackCluster, reference: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "actorkill.zarr"
     env = {**cluster.env, "FARM_CHUNK_DELAY_S": "0.3"}
-    proc = subprocess.Popen(farm_cmd(out, cluster), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        farm_cmd(out, cluster), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     wait_for_chunks(out, 2, proc)
     victims = pids_matching(b"ray::ChipActor")
     assert victims, "no chip actor process found"
@@ -118,10 +128,14 @@ def test_actor_killed_mid_chunk_is_rerun_elsewhere(cluster: LoopbackCluster, ref
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["chunks_retried"] >= 1 and summary["complete"]
     assert_same(reference, out)
-    print(f"RELIABILITY actor SIGKILL: {summary['chunks_retried']} chunk(s) re-run, store identical")
+    print(
+        f"RELIABILITY actor SIGKILL: {summary['chunks_retried']} chunk(s) re-run, store identical"
+    )
 
 
-def test_driver_sigkill_at_random_points_resumes_exactly(cluster: LoopbackCluster, tmp_path: Path) -> None:
+def test_driver_sigkill_at_random_points_resumes_exactly(
+    cluster: LoopbackCluster, tmp_path: Path
+) -> None:
     n, chunk = 6000, 50
     reference = tmp_path / "ref.zarr"
     run_farm(str(reference), num_sims=n, seed=SEED, chunk_size=chunk, in_process=True)
@@ -131,7 +145,13 @@ def test_driver_sigkill_at_random_points_resumes_exactly(cluster: LoopbackCluste
     trials, progress = 4, []
     for _ in range(trials):
         before = max(chunks_done(out), 0)
-        proc = subprocess.Popen(farm_cmd(out, cluster, n=n, chunk=chunk), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            farm_cmd(out, cluster, n=n, chunk=chunk),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         # Kill at a random point of observed progress, not after a fixed delay: start-up takes
         # 2 s on an idle machine and far longer on a loaded one. The extra sleep lands the kill
         # anywhere inside the next chunk (each takes at least FARM_CHUNK_DELAY_S).
@@ -141,27 +161,41 @@ def test_driver_sigkill_at_random_points_resumes_exactly(cluster: LoopbackCluste
         proc.wait()
         progress.append(chunks_done(out))
         # Each kill landed mid-run: after this run flagged something, before the store was full.
-        assert before < progress[-1] < n // chunk, f"kills should land mid-run: chunks done after each kill {progress}"
+        assert before < progress[-1] < n // chunk, (
+            f"kills should land mid-run: chunks done after each kill {progress}"
+        )
     assert progress == sorted(progress), f"flagged chunks never disappear: {progress}"
     summary = run_json(farm_cmd(out, cluster, n=n, chunk=chunk), cluster.env)
     assert summary["complete"] and summary["skipped"] == chunk * progress[-1]
-    assert_same(reference, out)  # zero lost, zero duplicated: every row equals the uninterrupted run
+    assert_same(
+        reference, out
+    )  # zero lost, zero duplicated: every row equals the uninterrupted run
     print(
         f"RELIABILITY driver SIGKILL: {trials} trials, chunks flagged after each kill {progress}, resumed {summary['simulated_now']} samples, 0 lost, 0 duplicated"
     )
 
 
-def test_worker_node_removed_mid_run(cluster: LoopbackCluster, reference: Path, tmp_path: Path) -> None:
+def test_worker_node_removed_mid_run(
+    cluster: LoopbackCluster, reference: Path, tmp_path: Path
+) -> None:
     extra = cluster.add_worker(num_cpus=1)
     out = tmp_path / "nodeloss.zarr"
     env = {**cluster.env, "FARM_CHUNK_DELAY_S": "0.5"}
     lost = node_id_of(extra)
-    proc = subprocess.Popen(farm_cmd(out, cluster, "--chips", "3"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        farm_cmd(out, cluster, "--chips", "3"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # Remove the node only once its actor is up and chunks are flowing, so the loss hits
     # chunks in flight there (observed, not timed).
     deadline = time.monotonic() + 300
     while not any(b"ray::ChipActor" in _cmdline(pid) for pid in descendants(extra.pid)):
-        assert proc.poll() is None and time.monotonic() < deadline, "no chip actor started on the extra node"
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "no chip actor started on the extra node"
+        )
         time.sleep(0.1)
     wait_for_chunks(out, 3, proc)
     cluster.kill_node(extra)
@@ -170,9 +204,15 @@ def test_worker_node_removed_mid_run(cluster: LoopbackCluster, reference: Path, 
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["complete"] and lost in summary["nodes"], summary
     # The fault landed: chunks of the lost node were re-run, and on nodes that survived.
-    assert summary["chunks_retried"] >= 1 and summary["retried_on"] and lost not in summary["retried_on"], summary
+    assert (
+        summary["chunks_retried"] >= 1
+        and summary["retried_on"]
+        and lost not in summary["retried_on"]
+    ), summary
     assert_same(reference, out)
-    print(f"RELIABILITY node loss: {summary['chunks_retried']} chunk(s) re-run on {summary['num_nodes']} nodes, store identical")
+    print(
+        f"RELIABILITY node loss: {summary['chunks_retried']} chunk(s) re-run on {summary['num_nodes']} nodes, store identical"
+    )
 
 
 def _cmdline(pid: int) -> bytes:
@@ -188,12 +228,18 @@ def tiny_disk(mount_tmpfs) -> Path:
     return mount_tmpfs("3m")
 
 
-def test_disk_full_gives_clear_error_keeps_chunks_and_resumes(cluster: LoopbackCluster, reference: Path, tiny_disk: Path) -> None:
+def test_disk_full_gives_clear_error_keeps_chunks_and_resumes(
+    cluster: LoopbackCluster, reference: Path, tiny_disk: Path
+) -> None:
     out = tiny_disk / "full.zarr"
-    res = subprocess.run(farm_cmd(out, cluster), env=cluster.env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        farm_cmd(out, cluster), env=cluster.env, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 1, res.stderr[-2000:]
     err = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("Error:")]
-    assert len(err) == 1 and "No space left on device" in err[0] and "resume" in err[0], res.stderr[-2000:]
+    assert len(err) == 1 and "No space left on device" in err[0] and "resume" in err[0], res.stderr[
+        -2000:
+    ]
     assert "Traceback" not in res.stderr
     store = SimStore.open(out)
     done = np.flatnonzero(store.done_mask())
@@ -203,7 +249,9 @@ def test_disk_full_gives_clear_error_keeps_chunks_and_resumes(cluster: LoopbackC
     for c in done:  # every flagged chunk is intact
         sl = slice(c * CHUNK, (c + 1) * CHUNK)
         np.testing.assert_array_equal(got.trace[sl].values, ref.trace[sl].values)
-    print(f"RELIABILITY disk full: {done.size} of {N // CHUNK} chunks intact after ENOSPC; resume completed")
+    print(
+        f"RELIABILITY disk full: {done.size} of {N // CHUNK} chunks intact after ENOSPC; resume completed"
+    )
     subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
     assert run_json(farm_cmd(out, cluster), cluster.env)["complete"]
     assert_same(reference, out)
@@ -258,11 +306,25 @@ def test_serve_on_the_cluster(small_posterior: Path, cluster: LoopbackCluster) -
     from tests.cluster import free_port
 
     port = free_port()
-    cmd = [*FARM, "serve", "--posterior", str(small_posterior), "--address", cluster.address, "--port", str(port), "--detach"]
+    cmd = [
+        *FARM,
+        "serve",
+        "--posterior",
+        str(small_posterior),
+        "--address",
+        cluster.address,
+        "--port",
+        str(port),
+        "--detach",
+    ]
     res = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()
     assert health["status"] == "ok"
     trace = xr.open_zarr(str(small_posterior.parent / "train.zarr")).trace[1].values.tolist()
-    r = httpx.post(f"http://127.0.0.1:{port}/sample", json={"trace": trace, "num_samples": 100, "seed": 3}, timeout=60)
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/sample",
+        json={"trace": trace, "num_samples": 100, "seed": 3},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text

@@ -36,16 +36,30 @@ def hybrid(stores, ray_session, tmp_path_factory: pytest.TempPathFactory):
     from inference.training.tasks import NPETask
 
     out = tmp_path_factory.mktemp("hy") / "npe-hybrid"
-    metrics = train(NPETask(features="hybrid"), [stores[0]], str(out), epochs=2, batch_size=256, cpus_per_worker=1, quiet=True)
+    metrics = train(
+        NPETask(features="hybrid"),
+        [stores[0]],
+        str(out),
+        epochs=2,
+        batch_size=256,
+        cpus_per_worker=1,
+        quiet=True,
+    )
     return out, metrics
 
 
 def _heldout(path: str, n: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = SimStore.open(path)
-    return np.asarray(s.group["theta"][:n]), np.asarray(s.group["trace"][:n]), np.asarray(s.group["features"][:n])
+    return (
+        np.asarray(s.group["theta"][:n]),
+        np.asarray(s.group["trace"][:n]),
+        np.asarray(s.group["features"][:n]),
+    )
 
 
-def test_handcrafted_recovers_heldout_parameters_at_about_the_nominal_rate(handcrafted, stores) -> None:
+def test_handcrafted_recovers_heldout_parameters_at_about_the_nominal_rate(
+    handcrafted, stores
+) -> None:
     out, _ = handcrafted
     post = load_posterior(out)
     theta, trace, _ = _heldout(stores[1])
@@ -61,8 +75,14 @@ def test_the_heldout_check_uses_only_the_test_split_and_records_it(handcrafted) 
     out, metrics = handcrafted
     h, sp = metrics["heldout"], metrics["splits"]
     assert h["split"] == "test" and 0 < h["num_observations"] <= metrics["num_test"]
-    assert (sp["train_fraction"], sp["val_fraction"], sp["test_fraction"]) == pytest.approx((0.8, 0.1, 0.1))
-    assert sp["rows"] == {"train": metrics["num_train"], "val": metrics["num_val"], "test": metrics["num_test"]}
+    assert (sp["train_fraction"], sp["val_fraction"], sp["test_fraction"]) == pytest.approx(
+        (0.8, 0.1, 0.1)
+    )
+    assert sp["rows"] == {
+        "train": metrics["num_train"],
+        "val": metrics["num_val"],
+        "test": metrics["num_test"],
+    }
     # 8000 rows, 10 % test: the hash gives ~800 (std ~27); the check never sees training rows
     assert 650 < metrics["num_test"] < 950 and metrics["num_train"] > 6 * metrics["num_test"]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -76,13 +96,17 @@ def test_samples_stay_in_the_support_and_are_reproducible(handcrafted, stores) -
     assert s.shape == (2000, 7) and s.dtype == np.float32
     assert post.prior.support(s).all()
     np.testing.assert_array_equal(s, post.sample(2000, trace=trace[0], seed=7))
-    np.testing.assert_array_equal(s, post.sample(2000, features=feats[0], seed=7))  # same statistics, same draws
+    np.testing.assert_array_equal(
+        s, post.sample(2000, features=feats[0], seed=7)
+    )  # same statistics, same draws
     assert post.sample_batched(5, traces=trace, seed=1).shape == (3, 5, 7)
     m = post.map(trace=trace[0], num_samples=200)
     assert m.shape == (7,) and post.prior.support(m[None]).all()
     lp = post.log_prob(np.vstack([s[:4], post.prior.high + 1.0]), trace=trace[0])
     assert lp.dtype == np.float64 and np.isfinite(lp[:4]).all() and lp[4] == -np.inf
-    assert post.log_prob(m, trace=trace[0])[0] >= np.max(post.log_prob(s[:200], trace=trace[0])) - 1e-6
+    assert (
+        post.log_prob(m, trace=trace[0])[0] >= np.max(post.log_prob(s[:200], trace=trace[0])) - 1e-6
+    )
 
 
 def test_a_trace_observation_leaves_torch_on_the_threads_it_was_given(handcrafted, stores) -> None:
@@ -120,7 +144,11 @@ def test_summary_net_variant_honours_the_contract(summary_net, stores) -> None:
     post = load_posterior(out)
     assert post.variant == "summary-net" and not post.accepts_features and post.trace_length == 1000
     arch = json.loads((out / "manifest.json").read_text())["architecture"]
-    assert (arch["estimator"], arch["cnn_input_pool"], arch["time_samples"]) == ("flow-matching", 2, 2)
+    assert (arch["estimator"], arch["cnn_input_pool"], arch["time_samples"]) == (
+        "flow-matching",
+        2,
+        2,
+    )
     _, trace, feats = _heldout(stores[1], 4)
     s = post.sample_batched(50, traces=trace, seed=0)
     assert s.shape == (4, 50, 7) and post.prior.support(s.reshape(-1, 7)).all()
@@ -129,20 +157,37 @@ def test_summary_net_variant_honours_the_contract(summary_net, stores) -> None:
     assert metrics["epochs_trained"] == 1
 
 
-def test_artifact_round_trips_without_pickle_and_refuses_incompatible_ones(handcrafted, tmp_path, stores) -> None:
+def test_artifact_round_trips_without_pickle_and_refuses_incompatible_ones(
+    handcrafted, tmp_path, stores
+) -> None:
     out, metrics = handcrafted
     state = torch.load(out / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     manifest = json.loads((out / "manifest.json").read_text())
-    for key in ("architecture", "prior", "feature_names", "standardization", "protocol", "store_fingerprint", "package_version", "emulator_version", "metrics"):
+    for key in (
+        "architecture",
+        "prior",
+        "feature_names",
+        "standardization",
+        "protocol",
+        "store_fingerprint",
+        "package_version",
+        "emulator_version",
+        "metrics",
+    ):
         assert key in manifest, key
     a, b = load_posterior(out), load_posterior(out)
     _, trace, _ = _heldout(stores[1], 1)
-    np.testing.assert_array_equal(a.sample(100, trace=trace[0], seed=2), b.sample(100, trace=trace[0], seed=2))
+    np.testing.assert_array_equal(
+        a.sample(100, trace=trace[0], seed=2), b.sample(100, trace=trace[0], seed=2)
+    )
     assert a.fingerprint == manifest["fingerprint"]
     with pytest.raises(ValueError, match="protocol"):
         load_posterior(out, protocol=Protocol(i_stim_na=99.0))
-    for key, value, match in (("emulator_version", "0.0", "emulator_version"), ("format_version", "99", "format_version")):
+    for key, value, match in (
+        ("emulator_version", "0.0", "emulator_version"),
+        ("format_version", "99", "format_version"),
+    ):
         bad = tmp_path / key
         shutil.copytree(out, bad, ignore=shutil.ignore_patterns("checkpoints"))
         m = json.loads((bad / "manifest.json").read_text())
@@ -176,7 +221,9 @@ def test_bad_inputs_raise_one_line_value_errors(handcrafted, kwargs, match) -> N
     assert "\n" not in str(e.value)
 
 
-def test_hybrid_posterior_takes_a_trace_and_embeds_it_as_training_saw_the_store(hybrid, stores) -> None:
+def test_hybrid_posterior_takes_a_trace_and_embeds_it_as_training_saw_the_store(
+    hybrid, stores
+) -> None:
     """Served, the hybrid computes the statistics from the trace itself: they must be the store's.
 
     A mismatch (other statistics, order, or dtype) would shift every served posterior away from the
@@ -191,12 +238,16 @@ def test_hybrid_posterior_takes_a_trace_and_embeds_it_as_training_saw_the_store(
     manifest = json.loads((out / "manifest.json").read_text())
     assert post.variant == "hybrid" and not post.accepts_features
     arch = manifest["architecture"]
-    assert {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items() if k in HYBRID_ARCH} == HYBRID_ARCH
+    assert {
+        k: tuple(v) if isinstance(v, list) else v for k, v in arch.items() if k in HYBRID_ARCH
+    } == HYBRID_ARCH
     learned = HYBRID_ARCH["embedding_features"]
     assert manifest["feature_names"] == [*FEATURE_NAMES, *(f"cnn_{k}" for k in range(learned))]
     _, trace, feats = _heldout(stores[1], 6)
     with torch.inference_mode():
-        trained_as = post.model.embedding(torch.from_numpy(model_input({"features": feats, "trace": trace}, post.model.x_fields)))
+        trained_as = post.model.embedding(
+            torch.from_numpy(model_input({"features": feats, "trace": trace}, post.model.x_fields))
+        )
         served_as = post.model.embedding(post._inputs(trace, None, batched=True))
     assert served_as.shape == (6, len(FEATURE_NAMES) + learned)
     # the same statistics (one function, one trace) through the same modules: equal to float32 rounding

@@ -18,7 +18,9 @@ from tests.untrained import half_box, untrained_posterior
 
 
 def _posterior(prior: RestrictedPrior, seed: int = 0) -> AmortizedPosterior:
-    return untrained_posterior(FlowConfig(variant="handcrafted", transforms=2, hidden_features=16), prior, seed=seed)
+    return untrained_posterior(
+        FlowConfig(variant="handcrafted", transforms=2, hidden_features=16), prior, seed=seed
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +46,13 @@ def test_draws_with_densities_are_the_seeded_draws_and_carry_normalised_log_prob
     theta, lp = post.sample_and_log_prob(400, features=x, seed=7)
     np.testing.assert_array_equal(theta, post.sample_batched(400, features=x, seed=7))
     for i in range(3):
-        np.testing.assert_allclose(lp[i], post.log_prob(theta[i], features=x[i]), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(
+            lp[i], post.log_prob(theta[i], features=x[i]), rtol=1e-4, atol=1e-3
+        )
     raw, unnormalised = post.sample_and_log_prob(400, features=x, seed=7, normalized=False)
-    shift = lp - unnormalised  # the leakage correction: one constant per observation, -log(acceptance)
+    shift = (
+        lp - unnormalised
+    )  # the leakage correction: one constant per observation, -log(acceptance)
     assert np.allclose(shift, shift[:, :1], atol=1e-9) and np.all(shift[:, 0] > np.log(1.2))
 
 
@@ -58,11 +64,17 @@ def test_log_prob_integrates_to_one_over_the_restricted_region(post):
     theta = low + (high - low) * rng.random((200_000, 7))
     x = _features(1, seed=4)[0]
     log_q = post.log_prob(theta, features=x)
-    integral = float(np.exp(np.logaddexp.reduce(log_q) - np.log(len(theta)) + np.sum(np.log(high - low))))
-    assert 0.9 < integral < 1.1, integral  # without the correction it would be the acceptance (~0.5)
+    integral = float(
+        np.exp(np.logaddexp.reduce(log_q) - np.log(len(theta)) + np.sum(np.log(high - low)))
+    )
+    assert 0.9 < integral < 1.1, (
+        integral
+    )  # without the correction it would be the acceptance (~0.5)
 
 
 def test_a_region_the_posterior_cannot_reach_is_a_clear_error():
-    unreachable = _posterior(half_box(threshold=1.0 - 1e-12))  # first parameter within 1e-12 of the box's low edge
+    unreachable = _posterior(
+        half_box(threshold=1.0 - 1e-12)
+    )  # first parameter within 1e-12 of the box's low edge
     with pytest.raises(ValueError, match="outside the restricted prior"):
         unreachable.sample(5, features=_features(1)[0], seed=0)

@@ -39,7 +39,15 @@ def toy_restricted(box: PriorBox | None = None) -> RestrictedPrior:
     box = box or PriorBox()
     w = np.zeros((7, 1))
     w[0, 0] = -1.0
-    return RestrictedPrior(box, [w], [np.array([300.0])], np.zeros(7), np.ones(7), threshold_logit=0.0, acceptance_rate=(300 - 40) / (700 - 40))
+    return RestrictedPrior(
+        box,
+        [w],
+        [np.array([300.0])],
+        np.zeros(7),
+        np.ones(7),
+        threshold_logit=0.0,
+        acceptance_rate=(300 - 40) / (700 - 40),
+    )
 
 
 def test_box_prior_draws_are_pure_functions_of_seed_and_index() -> None:
@@ -61,7 +69,11 @@ def test_restricted_prior_samples_only_accepted_region_and_round_trips(tmp_path:
     loaded = load_prior(tmp_path / "r")
     assert isinstance(loaded, RestrictedPrior) and loaded.fingerprint == prior.fingerprint
     np.testing.assert_array_equal(loaded.sample_indexed(1, np.arange(2000)), theta)
-    lp = loaded.log_prob(np.array([[100, 400, 700, 100, 0, 0, 100], [400, 400, 700, 100, 0, 0, 100]], dtype=np.float32))
+    lp = loaded.log_prob(
+        np.array(
+            [[100, 400, 700, 100, 0, 0, 100], [400, 400, 700, 100, 0, 0, 100]], dtype=np.float32
+        )
+    )
     assert np.isfinite(lp[0]) and lp[1] == -np.inf
     manifest = json.loads((tmp_path / "r" / "restricted_prior.json").read_text())
     manifest["threshold_logit"] = 5.0
@@ -77,15 +89,26 @@ def test_prior_check_names_the_bad_value() -> None:
         BoxPrior().check(theta)
 
 
-@pytest.mark.parametrize("kwargs", [{"low": (0,) * 6, "high": (1,) * 7}, {"low": (5.0,) * 7, "high": (5.0,) * 7}, {"high": (2000.0,) * 7}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"low": (0,) * 6, "high": (1,) * 7},
+        {"low": (5.0,) * 7, "high": (5.0,) * 7},
+        {"high": (2000.0,) * 7},
+    ],
+)
 def test_prior_box_validates(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         PriorBox(**kwargs)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(num_sims=st.integers(1, 90), chunk=st.integers(1, 40))
-def test_store_write_read_round_trips_for_any_chunk_size(tmp_path_factory, num_sims: int, chunk: int) -> None:
+def test_store_write_read_round_trips_for_any_chunk_size(
+    tmp_path_factory, num_sims: int, chunk: int
+) -> None:
     url = str(tmp_path_factory.mktemp("rt") / "s.zarr")
     spec = box_spec(seed=9, num_sims=num_sims, chunk_size=chunk)
     store = SimStore.create_or_resume(url, spec)
@@ -104,7 +127,9 @@ def test_store_write_read_round_trips_for_any_chunk_size(tmp_path_factory, num_s
 def test_open_dataset_hides_unfinished_chunks(tmp_path: Path) -> None:
     spec = box_spec(seed=1, num_sims=50, chunk_size=20)
     store = SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
-    store.write_chunk(1, simulate_indices(BoxPrior(), 1, np.arange(20, 40), get_substrate("emulator")).arrays())
+    store.write_chunk(
+        1, simulate_indices(BoxPrior(), 1, np.arange(20, 40), get_substrate("emulator")).arrays()
+    )
     store.mark_done(1)
     ds = open_dataset(str(tmp_path / "s.zarr"))
     assert ds.sizes["sample"] == 20 and int(ds.trace.min()) >= 0
@@ -142,7 +167,9 @@ def test_madc_resampling_and_codes() -> None:
 def test_store_at_fsspec_url(scheme: str, tmp_path: Path) -> None:
     from farm.run.runner import run_farm
 
-    url = f"{scheme}{tmp_path}/s.zarr" if scheme == "file://" else f"memory://{tmp_path.name}/s.zarr"
+    url = (
+        f"{scheme}{tmp_path}/s.zarr" if scheme == "file://" else f"memory://{tmp_path.name}/s.zarr"
+    )
     summary = run_farm(url, num_sims=300, seed=4, chunk_size=100, in_process=True)
     assert summary["complete"]
     ds = open_dataset(url)
@@ -154,20 +181,38 @@ def test_store_prior_attribute_parses_to_one_description(tmp_path: Path) -> None
     """What inference reads back from a store: the box, and whether (and which) restriction."""
     restricted = toy_restricted()
     box = prior_from_attrs(BoxPrior().to_dict())
-    assert not box.is_restricted and box.box == PriorBox() and box.matches(BoxPrior()) and not box.matches(restricted)
+    assert (
+        not box.is_restricted
+        and box.box == PriorBox()
+        and box.matches(BoxPrior())
+        and not box.matches(restricted)
+    )
     assert prior_from_attrs(None) == box  # stores that predate the attribute: the default box
     desc = prior_from_attrs(json.loads(json.dumps(restricted.to_dict())))
-    assert desc.is_restricted and desc.fingerprint == restricted.fingerprint and desc.box_prior().box == PriorBox()
+    assert (
+        desc.is_restricted
+        and desc.fingerprint == restricted.fingerprint
+        and desc.box_prior().box == PriorBox()
+    )
     assert desc.matches(restricted) and not desc.matches(BoxPrior())
-    for bad in ({"type": "restricted", "box": PriorBox().to_dict()}, {"type": "gaussian"}, {"names": ["x"], "low": [0]}):
+    for bad in (
+        {"type": "restricted", "box": PriorBox().to_dict()},
+        {"type": "gaussian"},
+        {"names": ["x"], "low": [0]},
+    ):
         with pytest.raises(FarmInputError, match="prior attribute"):
             prior_from_attrs(bad)
 
 
 def test_regime_contains_is_the_closed_spike_count_interval() -> None:
     r = Regime(min_spikes=1, max_spikes=40)
-    np.testing.assert_array_equal(r.contains(np.array([0, 1, 20, 40, 41])), [False, True, True, True, False])
-    assert Regime.from_dict(json.loads(json.dumps(r.to_dict()))) == r and Regime.from_dict(None) == Regime()
+    np.testing.assert_array_equal(
+        r.contains(np.array([0, 1, 20, 40, 41])), [False, True, True, True, False]
+    )
+    assert (
+        Regime.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+        and Regime.from_dict(None) == Regime()
+    )
 
 
 def test_bad_input_raises_the_typed_input_error(tmp_path: Path) -> None:
@@ -194,7 +239,10 @@ def test_bad_input_raises_the_typed_input_error(tmp_path: Path) -> None:
     spec = box_spec(seed=1, num_sims=5, chunk_size=5)
     SimStore.create_or_resume(str(tmp_path / "s.zarr"), spec)
     with pytest.raises(StoreMismatch, match="seed=1") as info:
-        SimStore.create_or_resume(str(tmp_path / "s.zarr"), StoreSpec(**{**{f: getattr(spec, f) for f in spec.__slots__}, "seed": 2}))
+        SimStore.create_or_resume(
+            str(tmp_path / "s.zarr"),
+            StoreSpec(**{**{f: getattr(spec, f) for f in spec.__slots__}, "seed": 2}),
+        )
     assert isinstance(info.value, FarmInputError)
 
 

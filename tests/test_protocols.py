@@ -18,7 +18,13 @@ from deploy.cli import main
 from farm.defaults import ChipModel, Protocol, Regime, Sweep
 from farm.errors import FarmInputError
 from farm.features import FEATURE_NAMES, feature_names, spike_count_column, summarize
-from farm.protocol import BUILTIN_PROTOCOLS, MULTI_STEP_AMPLITUDES_NA, dump_protocol, load_protocol_file, resolve_protocol
+from farm.protocol import (
+    BUILTIN_PROTOCOLS,
+    MULTI_STEP_AMPLITUDES_NA,
+    dump_protocol,
+    load_protocol_file,
+    resolve_protocol,
+)
 from farm.run.runner import run_farm
 from farm.simulate import simulate_theta
 from farm.store.sim_store import SimStore, StoreMismatch, open_dataset
@@ -31,7 +37,19 @@ S, T = MULTI.num_sweeps, MULTI.samples_per_sweep
 # created_at/created_by. The step protocol must keep reproducing both, bit for bit.
 _STEP_ARRAYS_SHA = "59672e274008ffc12cdfe844e658251408e19e7adcf9c9d1a0d880ecc06a7eca"
 _STEP_ATTRS_SHA = "9fae9501490f8ae9679e59ee36901f04c11ff65e33c7870dfebfa28300bbe8d5"
-_NAMES = ("theta", "trace", "spike_count", "features", "chip", "neuron", "seed", "chunk_done", "time", "feature", "parameter")
+_NAMES = (
+    "theta",
+    "trace",
+    "spike_count",
+    "features",
+    "chip",
+    "neuron",
+    "seed",
+    "chunk_done",
+    "time",
+    "feature",
+    "parameter",
+)
 
 
 def _digests(url: str) -> tuple[str, str]:
@@ -40,7 +58,11 @@ def _digests(url: str) -> tuple[str, str]:
     for name in _NAMES:
         a = np.asarray(s.group[name][:])
         h.update(name.encode())
-        h.update("\n".join(map(str, a.tolist())).encode() if a.dtype.kind not in "iufb" else np.ascontiguousarray(a).tobytes())
+        h.update(
+            "\n".join(map(str, a.tolist())).encode()
+            if a.dtype.kind not in "iufb"
+            else np.ascontiguousarray(a).tobytes()
+        )
     attrs = {k: v for k, v in s.attrs.items() if k not in ("created_at", "created_by")}
     return h.hexdigest(), hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
 
@@ -79,17 +101,45 @@ def test_step_store_is_bit_identical_to_before_protocols(tmp_path, capsys):
     default, named = str(tmp_path / "default.zarr"), str(tmp_path / "named.zarr")
     run_farm(default, num_sims=48, seed=3, chunk_size=16, in_process=True)
     assert _digests(default) == (_STEP_ARRAYS_SHA, _STEP_ATTRS_SHA)
-    assert main(["simulate", "--n", "48", "--seed", "3", "--chunk", "16", "--out", named, "--in-process", "-q", "--protocol", "step"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--n",
+                "48",
+                "--seed",
+                "3",
+                "--chunk",
+                "16",
+                "--out",
+                named,
+                "--in-process",
+                "-q",
+                "--protocol",
+                "step",
+            ]
+        )
+        == 0
+    )
     assert _chunk_files(named) == _chunk_files(default)  # every chunk file and the metadata
     ds = open_dataset(named)
-    assert "sweep" not in ds.coords and ds.trace.shape == (48, 1000) and list(ds.feature.values) == list(FEATURE_NAMES)
+    assert (
+        "sweep" not in ds.coords
+        and ds.trace.shape == (48, 1000)
+        and list(ds.feature.values) == list(FEATURE_NAMES)
+    )
     assert ds.attrs["protocol"] == Protocol().to_dict()
 
 
 def test_a_single_step_sweep_is_the_step_protocol(tmp_path):
     path = tmp_path / "one.yaml"
-    path.write_text("sweeps:\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n")
-    assert load_protocol_file(path) == Protocol() and load_protocol_file(path).to_dict() == Protocol().to_dict()
+    path.write_text(
+        "sweeps:\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n"
+    )
+    assert (
+        load_protocol_file(path) == Protocol()
+        and load_protocol_file(path).to_dict() == Protocol().to_dict()
+    )
 
 
 # ---------------------------------------------------------------- multi-step: layout and physics
@@ -98,11 +148,22 @@ def test_multi_step_store_layout_attrs_and_sweep_coordinate(multi_store):
     assert ds.trace.shape == (1200, S * T) and ds.trace.dtype == np.int16
     assert "sweep" in ds.coords and ds.sweep.dims == ("time",)
     assert np.array_equal(ds.sweep.values, np.repeat(np.arange(S), T))
-    assert np.all(np.diff(ds.time.values) > 0)  # a flat, increasing time axis: sweep k starts at k * duration
+    assert np.all(
+        np.diff(ds.time.values) > 0
+    )  # a flat, increasing time axis: sweep k starts at k * duration
     assert ds.trace.groupby("sweep").mean().shape == (1200, S)
-    assert Protocol.from_dict(ds.attrs["protocol"]) == MULTI and ds.attrs["protocol"]["name"] == "multi-step"
-    assert ds.attrs["num_sweeps"] == S and ds.attrs["reference_sweep"] == Regime.reference_sweep(MULTI) == 1
-    assert list(ds.feature.values) == list(feature_names(MULTI)) and ds.features.shape == (1200, S * len(FEATURE_NAMES))
+    assert (
+        Protocol.from_dict(ds.attrs["protocol"]) == MULTI
+        and ds.attrs["protocol"]["name"] == "multi-step"
+    )
+    assert (
+        ds.attrs["num_sweeps"] == S
+        and ds.attrs["reference_sweep"] == Regime.reference_sweep(MULTI) == 1
+    )
+    assert list(ds.feature.values) == list(feature_names(MULTI)) and ds.features.shape == (
+        1200,
+        S * len(FEATURE_NAMES),
+    )
     assert ds.feature.values[0] == "spike_count@s0" and f"spike_count@s{S - 1}" in ds.feature.values
     # the f-I curve shows: more drive, more spiking, sweep by sweep
     counts = [float(ds.features.sel(feature=f"spike_count@s{k}").mean()) for k in range(S)]
@@ -131,12 +192,18 @@ def test_sweep_noise_first_is_todays_then_independent(multi_store):
     theta, trace = ds.theta.values[:16], ds.trace.values[:16]
     first = simulate_theta(theta, seed=7, protocol=Protocol(i_stim_na=MULTI_STEP_AMPLITUDES_NA[0]))
     assert np.array_equal(trace[:, :T], first.trace)  # sweep 0 keeps the sample's noise key
-    ref = simulate_theta(theta, seed=7, protocol=Protocol())  # sweep 1 is at 60 nA, with its own noise
-    assert (trace[:, T : 2 * T] != ref.trace).any(axis=1).all()  # every row: readout noise alone differs (3 codes rms)
+    ref = simulate_theta(
+        theta, seed=7, protocol=Protocol()
+    )  # sweep 1 is at 60 nA, with its own noise
+    assert (
+        (trace[:, T : 2 * T] != ref.trace).any(axis=1).all()
+    )  # every row: readout noise alone differs (3 codes rms)
     # with noise off the two are the same circuit's response bit for bit (test_sweeps_run_on_the_same_circuit)
 
 
-def test_multi_step_store_is_deterministic_across_chunking_and_actors(multi_store, tmp_path, ray_session):
+def test_multi_step_store_is_deterministic_across_chunking_and_actors(
+    multi_store, tmp_path, ray_session
+):
     other = str(tmp_path / "ray.zarr")
     run_farm(other, num_sims=1200, seed=7, chunk_size=300, num_chips=2, protocol=MULTI)
     a, b = open_dataset(multi_store), open_dataset(other)
@@ -150,18 +217,30 @@ def test_features_are_per_sweep(multi_store):
     f = len(FEATURE_NAMES)
     for k, sweep in enumerate(MULTI.sweep_list):
         alone = Protocol(
-            t_pre_us=sweep.t_on_us, t_stim_us=sweep.t_off_us - sweep.t_on_us, t_post_us=sweep.duration_us - sweep.t_off_us, i_stim_na=sweep.amplitude_na
+            t_pre_us=sweep.t_on_us,
+            t_stim_us=sweep.t_off_us - sweep.t_on_us,
+            t_post_us=sweep.duration_us - sweep.t_off_us,
+            i_stim_na=sweep.amplitude_na,
         )
-        assert np.array_equal(feats[:, k * f : (k + 1) * f], summarize(trace[:, k * T : (k + 1) * T], alone))
-    assert np.array_equal(feats[:, spike_count_column(MULTI)], feats[:, f + FEATURE_NAMES.index("spike_count")])
+        assert np.array_equal(
+            feats[:, k * f : (k + 1) * f], summarize(trace[:, k * T : (k + 1) * T], alone)
+        )
+    assert np.array_equal(
+        feats[:, spike_count_column(MULTI)], feats[:, f + FEATURE_NAMES.index("spike_count")]
+    )
 
 
 def test_ramp_sweep_and_yaml_round_trip(tmp_path, multi_store):
-    ramp = Protocol(sweeps=(Sweep(100, 700, 1000, 60.0), Sweep(100, 700, 1000, 0.0, amplitude_end_na=200.0)), name="step-and-ramp")
+    ramp = Protocol(
+        sweeps=(Sweep(100, 700, 1000, 60.0), Sweep(100, 700, 1000, 0.0, amplitude_end_na=200.0)),
+        name="step-and-ramp",
+    )
     path = tmp_path / "p.yaml"
     path.write_text(dump_protocol(ramp))
     assert load_protocol_file(path) == ramp == resolve_protocol(str(path))
-    assert resolve_protocol("multi-step") == Protocol.from_dict(json.loads(json.dumps(MULTI.to_dict())))
+    assert resolve_protocol("multi-step") == Protocol.from_dict(
+        json.loads(json.dumps(MULTI.to_dict()))
+    )
     # circuits that fire early at 60 nA: a ramp from 0 nA (60 nA after 180 µs) fires later, and still fires
     ds = open_dataset(multi_store)
     lat = ds.features.sel(feature="first_spike_latency_us@s1").values
@@ -178,16 +257,56 @@ def test_cli_protocol_file_equals_builtin(tmp_path, capsys):
     path.write_text(dump_protocol(MULTI))
     a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
     for out, proto in ((a, "multi-step"), (b, str(path))):
-        assert main(["simulate", "--n", "20", "--seed", "2", "--chunk", "10", "--out", out, "--in-process", "-q", "--protocol", proto]) == 0
+        assert (
+            main(
+                [
+                    "simulate",
+                    "--n",
+                    "20",
+                    "--seed",
+                    "2",
+                    "--chunk",
+                    "10",
+                    "--out",
+                    out,
+                    "--in-process",
+                    "-q",
+                    "--protocol",
+                    proto,
+                ]
+            )
+            == 0
+        )
     assert _chunk_files(a) == _chunk_files(b)
-    assert main(["simulate", "--n", "30", "--seed", "2", "--out", a, "--in-process", "-q"]) == 0  # no --protocol: the store's own
-    err = _one_line_exit_2(capsys, ["simulate", "--n", "40", "--seed", "2", "--out", a, "--in-process", "-q", "--protocol", "step"])
+    assert (
+        main(["simulate", "--n", "30", "--seed", "2", "--out", a, "--in-process", "-q"]) == 0
+    )  # no --protocol: the store's own
+    err = _one_line_exit_2(
+        capsys,
+        [
+            "simulate",
+            "--n",
+            "40",
+            "--seed",
+            "2",
+            "--out",
+            a,
+            "--in-process",
+            "-q",
+            "--protocol",
+            "step",
+        ],
+    )
     assert "step" in err and "multi-step" in err
 
 
 # ---------------------------------------------------------------- bad input
 BAD_FILES = [
-    ("unknown-key.yaml", "sweeps:\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n  - {t_on_us: 100}\n", "missing keys"),
+    (
+        "unknown-key.yaml",
+        "sweeps:\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n  - {t_on_us: 100}\n",
+        "missing keys",
+    ),
     (
         "negative.yaml",
         "sweeps:\n  - {t_on_us: -5, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 9}\n",
@@ -219,13 +338,38 @@ BAD_FILES = [
 def test_malformed_protocol_file_is_exit_2_one_line(tmp_path, capsys, name, text, needle):
     path = tmp_path / name
     path.write_text(text)
-    err = _one_line_exit_2(capsys, ["simulate", "--n", "10", "--out", str(tmp_path / "x.zarr"), "--in-process", "-q", "--protocol", str(path)])
+    err = _one_line_exit_2(
+        capsys,
+        [
+            "simulate",
+            "--n",
+            "10",
+            "--out",
+            str(tmp_path / "x.zarr"),
+            "--in-process",
+            "-q",
+            "--protocol",
+            str(path),
+        ],
+    )
     assert needle in err and "--protocol" in err
     assert not (tmp_path / "x.zarr").exists()
 
 
 def test_unknown_protocol_name_is_exit_2(tmp_path, capsys):
-    err = _one_line_exit_2(capsys, ["simulate", "--n", "10", "--out", str(tmp_path / "x.zarr"), "--in-process", "--protocol", "multistep"])
+    err = _one_line_exit_2(
+        capsys,
+        [
+            "simulate",
+            "--n",
+            "10",
+            "--out",
+            str(tmp_path / "x.zarr"),
+            "--in-process",
+            "--protocol",
+            "multistep",
+        ],
+    )
     assert "multistep" in err and "multi-step" in err
     with pytest.raises(FarmInputError, match="does not exist"):
         resolve_protocol(str(tmp_path / "missing.yaml"))
@@ -261,7 +405,11 @@ def test_multi_step_posterior_takes_the_full_observation(multi_npe, multi_store)
     flat = post.sample(50, trace=obs, seed=1)
     stacked = post.sample(50, trace=obs.reshape(S, T), seed=1)
     assert flat.shape == (50, 7) and np.array_equal(flat, stacked)
-    assert post.sample_batched(5, traces=np.stack([obs, obs]).reshape(2, S, T), seed=0).shape == (2, 5, 7)
+    assert post.sample_batched(5, traces=np.stack([obs, obs]).reshape(2, S, T), seed=0).shape == (
+        2,
+        5,
+        7,
+    )
     with pytest.raises(ValueError, match=r"must be \(4000\) or \(4, 1000\)") as e:
         post.sample(10, trace=obs[:T])  # a step observation
     assert "\n" not in str(e.value)
@@ -306,4 +454,6 @@ def test_served_observation_shapes():
             as_observation(bad, MULTI, S * T)
     with pytest.raises(ValueError, match=r"\(1000,\)"):
         as_observation(obs.tolist(), Protocol(), T)
-    assert SampleRequest(trace=obs.reshape(S, T).tolist()).trace is not None  # the body model takes both forms
+    assert (
+        SampleRequest(trace=obs.reshape(S, T).tolist()).trace is not None
+    )  # the body model takes both forms

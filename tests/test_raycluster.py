@@ -35,7 +35,11 @@ def _fake_ray(monkeypatch: pytest.MonkeyPatch, outcomes: list[BaseException | No
 def test_a_missed_start_window_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fake_ray(monkeypatch, [TIMEOUT, None])
     assert raycluster.connect_ray(None) is True
-    assert [("shutdown" in c) for c in calls] == [False, True, False]  # start, clean up, start again
+    assert [("shutdown" in c) for c in calls] == [
+        False,
+        True,
+        False,
+    ]  # start, clean up, start again
 
 
 def test_two_missed_windows_are_one_farm_error_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,8 +25,12 @@ RTOL, ATOL = 1e-5, 1e-3
 
 
 def _posterior(variant: str, prior, seed: int = 0) -> AmortizedPosterior:
-    config = FlowConfig(variant=variant, transforms=2, hidden_features=16, embedding_features=8, cnn_channels=(4, 4))
-    return untrained_posterior(config, prior, feature_std=10.0, trace_mean=500.0, trace_std=100.0, seed=seed)
+    config = FlowConfig(
+        variant=variant, transforms=2, hidden_features=16, embedding_features=8, cnn_channels=(4, 4)
+    )
+    return untrained_posterior(
+        config, prior, feature_std=10.0, trace_mean=500.0, trace_std=100.0, seed=seed
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +101,14 @@ def test_map_sbc_and_batched_sampling_run_through_sbi(sims) -> None:
     post.set_default_x(x[0])
     m = post.map(num_iter=5, num_init_samples=20, show_progress_bars=False)
     assert m.shape == (1, 7) and bool(BoxPrior().support(m.numpy().astype(np.float64)).all())
-    ranks, dap = run_sbc(torch.as_tensor(theta), x, post, num_posterior_samples=30, show_progress_bar=False)
+    ranks, dap = run_sbc(
+        torch.as_tensor(theta), x, post, num_posterior_samples=30, show_progress_bar=False
+    )
     assert ranks.shape == (6, 7) and dap.shape == (6, 7)
-    assert set(check_sbc(ranks, torch.as_tensor(BoxPrior().sample(6, seed=1)), dap, num_posterior_samples=30)) >= {"ks_pvals"}
+    assert set(
+        check_sbc(
+            ranks, torch.as_tensor(BoxPrior().sample(6, seed=1)), dap, num_posterior_samples=30
+        )
+    ) >= {"ks_pvals"}
     batched = post.sample_batched((40,), x=x, show_progress_bars=False)
     assert batched.shape == (40, 6, 7)

@@ -63,7 +63,11 @@ def url(ray_session, artifact: Path):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(posterior_app(str(artifact), max_batch_size=8, batch_wait_timeout_s=0.05), name=APP_NAME, route_prefix="/")
+    serve.run(
+        posterior_app(str(artifact), max_batch_size=8, batch_wait_timeout_s=0.05),
+        name=APP_NAME,
+        route_prefix="/",
+    )
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -75,7 +79,9 @@ def client(url: str):
 
 
 def post_raw(client: httpx.Client, path: str, text: str | bytes) -> httpx.Response:
-    return client.post(path, content=text if isinstance(text, bytes) else text.encode(), headers=JSON)
+    return client.post(
+        path, content=text if isinstance(text, bytes) else text.encode(), headers=JSON
+    )
 
 
 # ---------------------------------------------------------------- endpoints
@@ -85,8 +91,14 @@ def test_health_and_info(client, posterior):
     assert health["fingerprint"] == posterior.fingerprint and health["version"] == package_version()
     info = client.get("/info").json()
     assert [p["name"] for p in info["parameters"]] == list(PARAMETER_NAMES)
-    assert [p["low"] for p in info["parameters"]] == list(PriorBox().low) and [p["high"] for p in info["parameters"]] == list(PriorBox().high)
-    assert info["trace_length"] == 1000 and info["feature_names"] == list(FEATURE_NAMES) and info["accepts_features"]
+    assert [p["low"] for p in info["parameters"]] == list(PriorBox().low) and [
+        p["high"] for p in info["parameters"]
+    ] == list(PriorBox().high)
+    assert (
+        info["trace_length"] == 1000
+        and info["feature_names"] == list(FEATURE_NAMES)
+        and info["accepts_features"]
+    )
     assert info["limits"]["max_num_samples"] == MAX_NUM_SAMPLES
 
 
@@ -123,13 +135,19 @@ def test_sample_reports_where_the_time_went(client, obs):
 
 def test_features_give_the_same_posterior_as_the_trace(client, obs):
     features = summarize(obs.trace[2:3])[0]
-    by_trace = client.post("/sample", json={"trace": obs.trace[2].tolist(), "num_samples": 50, "seed": 5}).json()
-    by_features = client.post("/sample", json={"features": features.tolist(), "num_samples": 50, "seed": 5}).json()
+    by_trace = client.post(
+        "/sample", json={"trace": obs.trace[2].tolist(), "num_samples": 50, "seed": 5}
+    ).json()
+    by_features = client.post(
+        "/sample", json={"features": features.tolist(), "num_samples": 50, "seed": 5}
+    ).json()
     np.testing.assert_allclose(by_trace["samples"], by_features["samples"], rtol=1e-5)
 
 
 def test_log_prob_equals_library(client, obs, posterior):
-    theta = np.vstack([posterior.sample(5, trace=obs.trace[0], seed=1), PriorBox().low, PriorBox().high])
+    theta = np.vstack(
+        [posterior.sample(5, trace=obs.trace[0], seed=1), PriorBox().low, PriorBox().high]
+    )
     r = client.post("/log_prob", json={"trace": obs.trace[0].tolist(), "theta": theta.tolist()})
     assert r.status_code == 200, r.text
     got = np.array([np.nan if v is None else v for v in r.json()["log_prob"]])
@@ -139,12 +157,16 @@ def test_log_prob_equals_library(client, obs, posterior):
 
 
 def test_predictive_simulates_on_the_emulator(client, obs, posterior):
-    r = client.post("/predictive", json={"trace": obs.trace[3].tolist(), "num_samples": 6, "seed": 9})
+    r = client.post(
+        "/predictive", json={"trace": obs.trace[3].tolist(), "num_samples": 6, "seed": 9}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     theta = np.asarray(body["theta"], dtype=np.float32)
     assert theta.shape == (6, 7) and body["seed"] == 9
-    sims = simulate_theta(theta, seed=9, protocol=posterior.protocol, chip_model=posterior.chip_model)
+    sims = simulate_theta(
+        theta, seed=9, protocol=posterior.protocol, chip_model=posterior.chip_model
+    )
     np.testing.assert_array_equal(np.asarray(body["traces"]), sims.trace)
     assert body["spike_count"] == sims.spike_count.tolist()
     assert body["observed_spike_count"] == int(summarize(obs.trace[3:4])[0][0])
@@ -164,7 +186,10 @@ def test_concurrent_requests_share_a_forward_pass(url, obs, posterior):
     # Each request of a batch gets its own observation's misspecification check, not its neighbour's.
     for i, r in enumerate(results):
         want = posterior.misspecification(trace=obs.trace[i % 4])
-        assert r["misspecification"]["flagged"] == want["flagged"] and r["misspecification"]["reasons"] == want["reasons"], (i, r["misspecification"], want)
+        assert (
+            r["misspecification"]["flagged"] == want["flagged"]
+            and r["misspecification"]["reasons"] == want["reasons"]
+        ), (i, r["misspecification"], want)
 
 
 def test_binds_loopback_only(url):
@@ -182,7 +207,24 @@ def test_binds_loopback_only(url):
 def test_farm_query_prints_the_posterior_of_a_store_sample(url, store, tmp_path, capsys):
     from farm.store.sim_store import open_dataset
 
-    code = main(["query", "--url", url, "--store", str(store), "--index", "3", "--n", "200", "--seed", "4", "--json", "--plot", str(tmp_path / "pair.png")])
+    code = main(
+        [
+            "query",
+            "--url",
+            url,
+            "--store",
+            str(store),
+            "--index",
+            "3",
+            "--n",
+            "200",
+            "--seed",
+            "4",
+            "--json",
+            "--plot",
+            str(tmp_path / "pair.png"),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     rows = json.loads(out.out)["rows"]
@@ -224,7 +266,11 @@ BAD = [
     ("/log_prob", {"trace": TRACE, "theta": [[1.0] * 7]}, "leak_i_bias=1"),
     ("/log_prob", {"trace": TRACE, "theta": [[400.0] * 6]}, "theta"),
     ("/log_prob", {"trace": TRACE, "theta": []}, "theta"),
-    ("/log_prob", '{"trace": [500' + ", 500" * 999 + '], "theta": [[NaN, 400, 700, 300, 100, 100, 500]]}', "theta"),
+    (
+        "/log_prob",
+        '{"trace": [500' + ", 500" * 999 + '], "theta": [[NaN, 400, 700, 300, 100, 100, 500]]}',
+        "theta",
+    ),
     ("/log_prob", {"trace": TRACE}, "theta"),
     ("/predictive", {"trace": TRACE, "num_samples": MAX_PREDICTIVE_SAMPLES + 1}, "num_samples"),
     ("/predictive", {"features": FEATS, "num_samples": 2}, "trace"),
@@ -235,7 +281,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("path, body, field", BAD, ids=[f"{p}-{f}-{i}" for i, (p, _, f) in enumerate(BAD)])
+@pytest.mark.parametrize(
+    "path, body, field", BAD, ids=[f"{p}-{f}-{i}" for i, (p, _, f) in enumerate(BAD)]
+)
 def test_bad_request_is_422_naming_the_field(client, path, body, field):
     r = client.post(path, json=body) if isinstance(body, dict) else post_raw(client, path, body)
     assert r.status_code == 422, r.text
@@ -251,11 +299,19 @@ def test_openapi_request_bodies_take_no_paths(client):
     for name in ("SampleRequest", "LogProbRequest", "PredictiveRequest"):
         schema = schemas[name]
         assert schema.get("additionalProperties") is False, name
-        assert set(schema["properties"]) <= {"trace", "features", "num_samples", "seed", "theta"}, name
+        assert set(schema["properties"]) <= {"trace", "features", "num_samples", "seed", "theta"}, (
+            name
+        )
 
 
 # ---------------------------------------------------------------- fuzz (issue 7)
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
 
 
 def _json_containers(inner: st.SearchStrategy) -> st.SearchStrategy:
@@ -273,21 +329,39 @@ trace_value = st.one_of(
 field_values = {
     "trace": trace_value,
     "features": st.one_of(
-        st.lists(st.floats(-1e6, 1e6), min_size=len(FEATURE_NAMES), max_size=len(FEATURE_NAMES)), st.lists(st.floats(allow_nan=True), max_size=12), json_leaf
+        st.lists(st.floats(-1e6, 1e6), min_size=len(FEATURE_NAMES), max_size=len(FEATURE_NAMES)),
+        st.lists(st.floats(allow_nan=True), max_size=12),
+        json_leaf,
     ),
-    "num_samples": st.one_of(st.integers(1, 30), st.integers(-(2**40), 0), st.integers(MAX_NUM_SAMPLES + 1, 2**40), json_leaf),
+    "num_samples": st.one_of(
+        st.integers(1, 30),
+        st.integers(-(2**40), 0),
+        st.integers(MAX_NUM_SAMPLES + 1, 2**40),
+        json_leaf,
+    ),
     "seed": st.one_of(st.integers(-(2**40), 2**40), json_leaf),
     "theta": st.one_of(
-        st.lists(st.lists(st.floats(0, 1100), min_size=7, max_size=7), min_size=1, max_size=4), st.lists(st.lists(json_leaf, max_size=8), max_size=3), json_leaf
+        st.lists(st.lists(st.floats(0, 1100), min_size=7, max_size=7), min_size=1, max_size=4),
+        st.lists(st.lists(json_leaf, max_size=8), max_size=3),
+        json_leaf,
     ),
     "posterior": st.text(max_size=20),
     "store": st.text(max_size=20),
 }
-structured_body = st.fixed_dictionaries({}, optional=field_values).map(lambda d: json.dumps(d, allow_nan=True))
-body_text = st.one_of(structured_body, json_value.map(lambda v: json.dumps(v, allow_nan=True)), st.binary(max_size=64), st.text(max_size=64))
+structured_body = st.fixed_dictionaries({}, optional=field_values).map(
+    lambda d: json.dumps(d, allow_nan=True)
+)
+body_text = st.one_of(
+    structured_body,
+    json_value.map(lambda v: json.dumps(v, allow_nan=True)),
+    st.binary(max_size=64),
+    st.text(max_size=64),
+)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 @given(path=st.sampled_from(["/sample", "/log_prob", "/predictive"]), body=body_text)
 def test_fuzzed_bodies_never_500(url, path, body):
     with httpx.Client(base_url=url, timeout=120.0) as c:
@@ -306,14 +380,20 @@ def test_replica_survives_the_fuzz_and_bad_requests(client):
 @pytest.fixture(scope="module")
 def tight_url(url, artifact: Path):
     """The same artifact as a second app whose replica holds 2 model requests; one more is a 503."""
-    serve.run(posterior_app(str(artifact), max_model_queue=2, num_cpus=0.01), name="tight", route_prefix="/tight")
+    serve.run(
+        posterior_app(str(artifact), max_model_queue=2, num_cpus=0.01),
+        name="tight",
+        route_prefix="/tight",
+    )
     yield f"{url}/tight"
     serve.delete("tight")
 
 
 def raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
     """Send ``head`` + ``body`` on a plain socket; read the answer until its body is complete or the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=60.0) as s:  # 60 s only detects a hang
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=60.0
+    ) as s:  # 60 s only detects a hang
         s.sendall(head + body)
         data = b""
         while True:
@@ -323,7 +403,11 @@ def raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
                 return data
             if b"\r\n\r\n" in data:
                 header, rest = data.split(b"\r\n\r\n", 1)
-                lengths = [int(line.split(b":", 1)[1]) for line in header.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+                lengths = [
+                    int(line.split(b":", 1)[1])
+                    for line in header.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ]
                 if lengths and len(rest) >= lengths[0]:
                     return data
 
@@ -331,7 +415,11 @@ def raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
 def test_huge_content_length_is_413_before_the_body_is_read(url):
     port = int(url.rsplit(":", 1)[1])
     # 100 MB announced, 2 bytes sent: an answer at all proves the body was never awaited.
-    answer = raw_request(port, b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n", b"{}")
+    answer = raw_request(
+        port,
+        b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n",
+        b"{}",
+    )
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert str(MAX_BODY_BYTES) in body["message"] and "100000000" in body["message"]
@@ -362,7 +450,9 @@ def test_full_replica_answers_503_with_retry_after_and_health_stays_up(tight_url
                 retry_after.append(r.headers.get("retry-after"))
 
     with httpx.Client(base_url=tight_url, timeout=120.0) as probe:
-        for _ in range(20):  # derived from progress: stop at the first wave that saturated the replica
+        for _ in range(
+            20
+        ):  # derived from progress: stop at the first wave that saturated the replica
             with ThreadPoolExecutor(9) as ex:
                 futures = [ex.submit(one, i) for i in range(8)]
                 while not retry_after and not all(f.done() for f in futures):
@@ -379,7 +469,11 @@ def test_full_replica_answers_503_with_retry_after_and_health_stays_up(tight_url
 
 def test_a_light_client_is_served_while_a_heavy_one_floods_the_queue(tight_url, obs):
     """Clients named by X-Client-Id: the one that floods a full replica is shed, a light one beside it is not."""
-    flood_body = {"trace": obs.trace[0].tolist(), "num_samples": MAX_NUM_SAMPLES, "seed": 1}  # seeded: one pass each
+    flood_body = {
+        "trace": obs.trace[0].tolist(),
+        "num_samples": MAX_NUM_SAMPLES,
+        "seed": 1,
+    }  # seeded: one pass each
     light_body = {"trace": obs.trace[0].tolist(), "num_samples": 100}
     flood_codes: list[int] = []
     light_codes: list[int] = []
@@ -394,7 +488,9 @@ def test_a_light_client_is_served_while_a_heavy_one_floods_the_queue(tight_url, 
                 futures = [ex.submit(flood, i) for i in range(8)]
                 while 503 not in flood_codes and not all(f.done() for f in futures):
                     time.sleep(0.01)
-                light_codes.append(light.post("/sample", json=light_body).status_code)  # the queue is full now
+                light_codes.append(
+                    light.post("/sample", json=light_body).status_code
+                )  # the queue is full now
                 for f in futures:
                     f.result()
             if 503 in flood_codes:
@@ -404,10 +500,16 @@ def test_a_light_client_is_served_while_a_heavy_one_floods_the_queue(tight_url, 
 
 
 def test_request_past_its_deadline_is_504(url, artifact, obs):
-    serve.run(posterior_app(str(artifact), request_timeout_s=1e-6, num_cpus=0.01), name="deadline", route_prefix="/deadline")
+    serve.run(
+        posterior_app(str(artifact), request_timeout_s=1e-6, num_cpus=0.01),
+        name="deadline",
+        route_prefix="/deadline",
+    )
     try:
         with httpx.Client(base_url=f"{url}/deadline", timeout=120.0) as c:
-            r = c.post("/sample", json={"trace": obs.trace[0].tolist(), "num_samples": MAX_NUM_SAMPLES})
+            r = c.post(
+                "/sample", json={"trace": obs.trace[0].tolist(), "num_samples": MAX_NUM_SAMPLES}
+            )
             assert r.status_code == 504 and "request_timeout_s" in r.json()["message"], r.text[:300]
             # The abandoned model call runs on in the replica; a health check (every 2 s) that lands while it
             # does finds it past 2 x request_timeout_s and reports the replica unhealthy until it ends
@@ -427,7 +529,12 @@ def _ray_processes_of(pid: int) -> dict[int, str]:
     found = {}
     for child in descendants(pid):
         try:
-            found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found[child] = (
+                (Path("/proc") / str(child) / "cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
         except OSError:
             continue
     return found
@@ -435,7 +542,9 @@ def _ray_processes_of(pid: int) -> dict[int, str]:
 
 def _alive(pid: int, cmdline: str) -> bool:
     try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") == cmdline
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace"
+        ) == cmdline
     except OSError:
         return False
 
@@ -460,7 +569,9 @@ def _exit_status(pid: int, timeout_s: float) -> int | None:
 
 
 @pytest.mark.slow  # its own private Ray, the costliest start of the suite (60-110 s on 2 cores): one test for the whole CLI path
-def test_farm_serve_detached_answers_through_proxy_and_replica_port_and_stops_on_sigterm(artifact, tmp_path, capsys):
+def test_farm_serve_detached_answers_through_proxy_and_replica_port_and_stops_on_sigterm(
+    artifact, tmp_path, capsys
+):
     """`farm serve --detach --direct-ingress`, other options at their defaults: proxy and replica port
     loopback only, 413 from both, `farm query` answers on both; SIGTERM (what systemd and Kubernetes
     send) stops it with exit 0, closes both ports and leaves no Ray process behind. (--direct-ingress
@@ -473,7 +584,21 @@ def test_farm_serve_detached_answers_through_proxy_and_replica_port_and_stops_on
 
     port = free_port()
     pid_file, log = tmp_path / "serve.pid", tmp_path / "serve.log"
-    code = main(["serve", "--posterior", str(artifact), "--port", str(port), "--detach", "--direct-ingress", "--pid-file", str(pid_file), "--log", str(log)])
+    code = main(
+        [
+            "serve",
+            "--posterior",
+            str(artifact),
+            "--port",
+            str(port),
+            "--detach",
+            "--direct-ingress",
+            "--pid-file",
+            str(pid_file),
+            "--log",
+            str(log),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and f"http://127.0.0.1:{port}" in out, out
     direct = re.search(r"direct: (http://127\.0\.0\.1:(\d+))", out)
@@ -482,28 +607,51 @@ def test_farm_serve_detached_answers_through_proxy_and_replica_port_and_stops_on
     pid = int(pid_file.read_text())
     ray_procs: dict[int, str] = {}
     try:
-        ray_procs = {p: c for p, c in _ray_processes_of(pid).items() if any(k in c for k in ("raylet", "gcs_server", "dashboard", "runtime_env", "ray::"))}
-        assert any("raylet" in c for c in ray_procs.values()) and any("gcs_server" in c for c in ray_procs.values()), ray_procs
+        ray_procs = {
+            p: c
+            for p, c in _ray_processes_of(pid).items()
+            if any(k in c for k in ("raylet", "gcs_server", "dashboard", "runtime_env", "ray::"))
+        }
+        assert any("raylet" in c for c in ray_procs.values()) and any(
+            "gcs_server" in c for c in ray_procs.values()
+        ), ray_procs
         node_ip = ray.util.get_node_ip_address()
-        if not node_ip.startswith("127."):  # the DEFAULT host: nothing listens on the node's own address
+        if not node_ip.startswith(
+            "127."
+        ):  # the DEFAULT host: nothing listens on the node's own address
             for p in (port, direct_port):
                 with socket.socket() as s:
                     s.settimeout(2.0)
-                    assert s.connect_ex((node_ip, p)) != 0, f"farm serve listens on {node_ip}:{p} by default"
+                    assert s.connect_ex((node_ip, p)) != 0, (
+                        f"farm serve listens on {node_ip}:{p} by default"
+                    )
         obs = simulate_theta(BoxPrior().sample(1, seed=3), seed=3)
         np.save(tmp_path / "obs.npy", obs.trace[0])
         for url in (f"http://127.0.0.1:{port}", direct_url):
-            assert main(["query", "--url", url, "--trace", str(tmp_path / "obs.npy"), "--n", "100"]) == 0
+            assert (
+                main(["query", "--url", url, "--trace", str(tmp_path / "obs.npy"), "--n", "100"])
+                == 0
+            )
             assert "leak_i_bias" in capsys.readouterr().out
         # The same seeded request gives the same draws on both paths: one replica behind both.
         body = {"trace": obs.trace[0].tolist(), "num_samples": 50, "seed": 7}
-        via_proxy = httpx.post(f"http://127.0.0.1:{port}/sample", json=body, timeout=60.0).json()["samples"]
-        assert httpx.post(f"{direct_url}/sample", json=body, timeout=60.0).json()["samples"] == via_proxy
+        via_proxy = httpx.post(f"http://127.0.0.1:{port}/sample", json=body, timeout=60.0).json()[
+            "samples"
+        ]
+        assert (
+            httpx.post(f"{direct_url}/sample", json=body, timeout=60.0).json()["samples"]
+            == via_proxy
+        )
         # Serve's proxy itself refuses the announced 100 MB (deploy.serve.limits.ContentLengthLimit), and so
         # does the replica's own server.
         for p in (port, direct_port):
-            answer = raw_request(p, b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"{}")
-            assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower(), (p, answer[:300])
+            answer = raw_request(
+                p, b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"{}"
+            )
+            assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower(), (
+                p,
+                answer[:300],
+            )
     finally:
         os.kill(pid, signal.SIGTERM)
         status = _exit_status(pid, timeout_s=120.0)
@@ -511,7 +659,9 @@ def test_farm_serve_detached_answers_through_proxy_and_replica_port_and_stops_on
             os.killpg(pid, signal.SIGKILL)
     assert status == 0, f"farm serve exited {status} after SIGTERM: {log.read_text()[-2000:]}"
     assert "Serving" in log.read_text()
-    deadline = time.monotonic() + 30  # Ray's processes exit on their own after the driver's shutdown; allow them time
+    deadline = (
+        time.monotonic() + 30
+    )  # Ray's processes exit on their own after the driver's shutdown; allow them time
     while time.monotonic() < deadline and any(_alive(p, c) for p, c in ray_procs.items()):
         time.sleep(0.5)
     left = {p: c[:120] for p, c in ray_procs.items() if _alive(p, c)}
@@ -540,9 +690,16 @@ def test_dead_neuron_trace_is_answered_and_flagged(client, dead_trace, posterior
     r = client.post("/sample", json={"trace": dead_trace, "num_samples": 50, "seed": 1})
     assert r.status_code == 200, r.text
     check = r.json()["misspecification"]
-    assert check["flagged"] is True and any(reason.startswith("spike_count=0 outside the training regime") for reason in check["reasons"]), check
-    want = posterior.misspecification(trace=np.asarray(dead_trace))  # the service answers what the library answers
-    assert {k: check[k] for k in ("threshold", "flagged", "reasons", "note")} == {k: want[k] for k in ("threshold", "flagged", "reasons", "note")}
+    assert check["flagged"] is True and any(
+        reason.startswith("spike_count=0 outside the training regime")
+        for reason in check["reasons"]
+    ), check
+    want = posterior.misspecification(
+        trace=np.asarray(dead_trace)
+    )  # the service answers what the library answers
+    assert {k: check[k] for k in ("threshold", "flagged", "reasons", "note")} == {
+        k: want[k] for k in ("threshold", "flagged", "reasons", "note")
+    }
     assert (check["score"] is None) == (want["score"] is None) and (
         want["score"] is None or check["score"] == pytest.approx(want["score"], rel=1e-4)
     )  # float32 cdist; thread count may reorder sums
@@ -550,7 +707,11 @@ def test_dead_neuron_trace_is_answered_and_flagged(client, dead_trace, posterior
     lp = client.post("/log_prob", json={"trace": dead_trace, "theta": [list(PriorBox().low)]})
     pred = client.post("/predictive", json={"trace": dead_trace, "num_samples": 1, "seed": 1})
     assert lp.status_code == pred.status_code == 200, (lp.text[:300], pred.text[:300])
-    assert lp.json()["misspecification"]["reasons"] == pred.json()["misspecification"]["reasons"] == check["reasons"]
+    assert (
+        lp.json()["misspecification"]["reasons"]
+        == pred.json()["misspecification"]["reasons"]
+        == check["reasons"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -574,7 +735,9 @@ def test_in_distribution_trace_is_not_flagged(client, store, typical_index, post
     from farm.store.sim_store import open_dataset
 
     trace = open_dataset(str(store)).trace.values[typical_index]
-    check = client.post("/sample", json={"trace": trace.tolist(), "num_samples": 20, "seed": 1}).json()["misspecification"]
+    check = client.post(
+        "/sample", json={"trace": trace.tolist(), "num_samples": 20, "seed": 1}
+    ).json()["misspecification"]
     assert check["reasons"] == [] and check["flagged"] is False, check
     if posterior.detector is not None:
         # The threshold is the 95 % quantile of held-out in-regime scores, so ~5 % of fresh in-regime
@@ -590,7 +753,11 @@ def test_farm_query_warns_about_a_dead_neuron(url, dead_trace, tmp_path, capsys)
     code = main(["query", "--url", url, "--trace", str(path), "--n", "50", "--seed", "1", "--json"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    warning = [line for line in out.err.splitlines() if line.startswith("warning: observation unlike the training data: ")]
+    warning = [
+        line
+        for line in out.err.splitlines()
+        if line.startswith("warning: observation unlike the training data: ")
+    ]
     assert len(warning) == 1 and "spike_count=0" in warning[0], out.err
     assert json.loads(out.out)["misspecification"]["flagged"] is True
 
@@ -603,13 +770,26 @@ def _derived_artifact(src: Path, out: Path, prior=None, nan_weights: bool = Fals
     from inference.posteriors.amortized import KIND, PRIOR_SUBDIR
 
     m, state = read_artifact(src, KIND)
-    stamped = ("kind", "format_version", "package_version", "emulator_version", "weights", "fingerprint", "misspecification")
-    manifest = {k: v for k, v in m.items() if k not in stamped}  # no detector file copied: regime checks only
+    stamped = (
+        "kind",
+        "format_version",
+        "package_version",
+        "emulator_version",
+        "weights",
+        "fingerprint",
+        "misspecification",
+    )
+    manifest = {
+        k: v for k, v in m.items() if k not in stamped
+    }  # no detector file copied: regime checks only
     if prior is not None:
         prior.save(out / PRIOR_SUBDIR)
         manifest |= {"prior": prior.to_dict(), "prior_dir": PRIOR_SUBDIR}
     if nan_weights:
-        state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+        state = {
+            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+            for k, v in state.items()
+        }
     write_artifact(out, KIND, state, manifest)
     return out
 
@@ -622,27 +802,52 @@ def _unreachable_prior():
     low, high = np.asarray(box.low, dtype=np.float64), np.asarray(box.high, dtype=np.float64)
     w = np.zeros((7, 1))
     w[0, 0] = -1.0
-    return RestrictedPrior(box, [w], [np.array([-(1.0 - 1e-12)])], (low + high) / 2, (high - low) / 2, threshold_logit=0.0, acceptance_rate=1e-12)
+    return RestrictedPrior(
+        box,
+        [w],
+        [np.array([-(1.0 - 1e-12)])],
+        (low + high) / 2,
+        (high - low) / 2,
+        threshold_logit=0.0,
+        acceptance_rate=1e-12,
+    )
 
 
 def test_restricted_prior_out_of_reach_is_422_naming_the_budget(url, artifact, obs, tmp_path):
     from inference import load_posterior
     from inference.errors import RejectionBudgetExceeded
 
-    restricted = _derived_artifact(artifact, tmp_path / "npe-unreachable", prior=_unreachable_prior())
-    with pytest.raises(RejectionBudgetExceeded) as info:  # the library's typed error, still a ValueError
+    restricted = _derived_artifact(
+        artifact, tmp_path / "npe-unreachable", prior=_unreachable_prior()
+    )
+    with pytest.raises(
+        RejectionBudgetExceeded
+    ) as info:  # the library's typed error, still a ValueError
         load_posterior(restricted).sample(5, trace=obs.trace[0], seed=0)
     assert info.value.budget == 200 * 5 and isinstance(info.value, ValueError)
-    serve.run(posterior_app(str(restricted), num_cpus=0.01), name="unreachable", route_prefix="/unreachable")
+    serve.run(
+        posterior_app(str(restricted), num_cpus=0.01),
+        name="unreachable",
+        route_prefix="/unreachable",
+    )
     try:
         with httpx.Client(base_url=f"{url}/unreachable", timeout=120.0) as c:
-            for body in ({"trace": obs.trace[0].tolist(), "num_samples": 50, "seed": 3}, {"trace": obs.trace[0].tolist(), "num_samples": 50}):
+            for body in (
+                {"trace": obs.trace[0].tolist(), "num_samples": 50, "seed": 3},
+                {"trace": obs.trace[0].tolist(), "num_samples": 50},
+            ):
                 r = c.post("/sample", json=body)
                 assert r.status_code == 422, r.text[:300]
                 message, detail = r.json()["message"], r.json()["detail"][0]
-                assert "200 x num_samples = 10000 proposals" in message and "\n" not in message, message
-                assert detail["type"] == "rejection_budget_exceeded" and detail["loc"][0] == "body", detail
-            assert c.get("/health").status_code == 200  # a refused observation is not a sick replica
+                assert "200 x num_samples = 10000 proposals" in message and "\n" not in message, (
+                    message
+                )
+                assert (
+                    detail["type"] == "rejection_budget_exceeded" and detail["loc"][0] == "body"
+                ), detail
+            assert (
+                c.get("/health").status_code == 200
+            )  # a refused observation is not a sick replica
     finally:
         serve.delete("unreachable")
 
@@ -664,7 +869,11 @@ def test_nan_weights_fail_the_health_probe(artifact, posterior, tmp_path):
         assert healthy.answer("r1") is None
         with pytest.raises(RuntimeError, match="probe draw failed: ModelUnhealthy"):
             asyncio.run(unhealthy.check(pending=0))
-        assert unhealthy.answer("r2") == {"status": "unhealthy", "message": unhealthy.unhealthy, "replica": "r2"}
+        assert unhealthy.answer("r2") == {
+            "status": "unhealthy",
+            "message": unhealthy.unhealthy,
+            "replica": "r2",
+        }
 
 
 # ---------------------------------------------------------------- replica loss (issue 7); keep last

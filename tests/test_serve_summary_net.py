@@ -47,31 +47,52 @@ def obs():
 
 def test_info_says_trace_only(client):
     info = client.get("/info").json()
-    assert info["variant"] == "summary-net" and not info["accepts_features"] and info["feature_names"] == []
+    assert (
+        info["variant"] == "summary-net"
+        and not info["accepts_features"]
+        and info["feature_names"] == []
+    )
     assert client.get("/health").json()["variant"] == "summary-net"
 
 
 def test_trace_sample_equals_library(client, artifact, obs):
     from inference import load_posterior
 
-    body = client.post("/sample", json={"trace": obs.trace[0].tolist(), "num_samples": 100, "seed": 2}).json()
+    body = client.post(
+        "/sample", json={"trace": obs.trace[0].tolist(), "num_samples": 100, "seed": 2}
+    ).json()
     posterior = load_posterior(artifact)
     local = posterior.sample(100, trace=obs.trace[0], seed=2)
     np.testing.assert_allclose(np.asarray(body["samples"]), local, rtol=1e-4)
     # The misspecification check of a trace-only posterior (CNN embedding space) is the library's.
     want = posterior.misspecification(trace=obs.trace[0])
-    assert body["misspecification"]["flagged"] == want["flagged"] and body["misspecification"]["reasons"] == want["reasons"], (body["misspecification"], want)
+    assert (
+        body["misspecification"]["flagged"] == want["flagged"]
+        and body["misspecification"]["reasons"] == want["reasons"]
+    ), (body["misspecification"], want)
     assert BoxPrior().support(np.asarray(body["samples"])).all()
 
 
-@pytest.mark.parametrize("path, extra", [("/sample", {"num_samples": 5}), ("/log_prob", {"theta": [[400.0, 500.0, 700.0, 300.0, 100.0, 100.0, 500.0]]})])
+@pytest.mark.parametrize(
+    "path, extra",
+    [
+        ("/sample", {"num_samples": 5}),
+        ("/log_prob", {"theta": [[400.0, 500.0, 700.0, 300.0, 100.0, 100.0, 500.0]]}),
+    ],
+)
 def test_features_are_refused(client, obs, path, extra):
     r = client.post(path, json={"features": summarize(obs.trace[:1])[0].tolist(), **extra})
-    assert r.status_code == 422 and r.json()["message"].startswith("body.features: this posterior (summary-net) takes `trace` only"), r.text
+    assert r.status_code == 422 and r.json()["message"].startswith(
+        "body.features: this posterior (summary-net) takes `trace` only"
+    ), r.text
 
 
 def test_predictive_and_log_prob(client, obs):
-    pred = client.post("/predictive", json={"trace": obs.trace[1].tolist(), "num_samples": 3, "seed": 1}).json()
+    pred = client.post(
+        "/predictive", json={"trace": obs.trace[1].tolist(), "num_samples": 3, "seed": 1}
+    ).json()
     assert np.asarray(pred["traces"]).shape == (3, 1000)
-    lp = client.post("/log_prob", json={"trace": obs.trace[1].tolist(), "theta": pred["theta"]}).json()["log_prob"]
+    lp = client.post(
+        "/log_prob", json={"trace": obs.trace[1].tolist(), "theta": pred["theta"]}
+    ).json()["log_prob"]
     assert len(lp) == 3 and all(v is not None for v in lp)

@@ -48,8 +48,14 @@ def test_three_splits_are_disjoint_with_the_documented_fractions() -> None:
     idx = np.arange(100_000)
     split = split_of(idx, 0.1, 0.1)
     # 100k Bernoulli draws: the share's std is <= 0.0016, so +-0.01 is > 6 sigma
-    assert abs((split == 0).mean() - 0.8) < 0.01 and abs((split == 1).mean() - 0.1) < 0.01 and abs((split == 2).mean() - 0.1) < 0.01
-    np.testing.assert_array_equal(split == 1, is_validation(idx, 0.1))  # adding a test split keeps the validation rows
+    assert (
+        abs((split == 0).mean() - 0.8) < 0.01
+        and abs((split == 1).mean() - 0.1) < 0.01
+        and abs((split == 2).mean() - 0.1) < 0.01
+    )
+    np.testing.assert_array_equal(
+        split == 1, is_validation(idx, 0.1)
+    )  # adding a test split keeps the validation rows
     perm = np.random.default_rng(1).permutation(idx)[:999]
     np.testing.assert_array_equal(split_of(perm, 0.1, 0.1), split[perm])
 
@@ -72,16 +78,22 @@ def test_plan_excludes_bad_rows_with_counts_and_fits_on_train_only(store: str) -
     stores = StoreSet([store])
     plan = plan_data(stores, val_fraction=0.2, test_fraction=0.1)
     g = zarr.open_group(store, mode="r")
-    flags = quality_flags(np.asarray(g["trace"][:]), np.asarray(g["theta"][:]), np.asarray(g["features"][:]), 1023)
+    flags = quality_flags(
+        np.asarray(g["trace"][:]), np.asarray(g["theta"][:]), np.asarray(g["features"][:]), 1023
+    )
     assert plan.flag_counts == {k: int(v.sum()) for k, v in flags.items()}
-    assert all(plan.flag_counts[k] >= 1 for k in BAD_ROWS)  # the injected ones (the emulator adds a few saturated)
+    assert all(
+        plan.flag_counts[k] >= 1 for k in BAD_ROWS
+    )  # the injected ones (the emulator adds a few saturated)
     excluded = sorted(sum(plan.excluded.values(), []))
     assert excluded == np.flatnonzero(flags["nan"] | flags["saturated"] | flags["flat"]).tolist()
     assert set(BAD_ROWS.values()) <= set(excluded)
     idx = np.arange(2500)
     good = ~np.isin(idx, excluded)
     split = split_of(idx, 0.2, 0.1)
-    assert (plan.num_train, plan.num_val, plan.num_test) == tuple(int((good & (split == k)).sum()) for k in range(3))
+    assert (plan.num_train, plan.num_val, plan.num_test) == tuple(
+        int((good & (split == k)).sum()) for k in range(3)
+    )
     assert plan.splits()["test_fraction"] == 0.1 and plan.splits()["rows"]["test"] == plan.num_test
     # standardisation equals numpy on the good training rows (neither validation nor test rows)
     train = good & (split == 0)
@@ -110,7 +122,9 @@ def test_streams_cover_each_good_row_once_split_and_sharded(store: str) -> None:
     assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
     excluded = set(sum(plan.excluded.values(), []))
     assert sorted(train + val + test) == sorted(set(range(2500)) - excluded)
-    assert all(split_of(np.array(val), 0.2, 0.1) == 1) and all(split_of(np.array(test), 0.2, 0.1) == 2)
+    assert all(split_of(np.array(val), 0.2, 0.1) == 1) and all(
+        split_of(np.array(test), 0.2, 0.1) == 2
+    )
     # the rows a calibration gets as "held out" are exactly the test stream's
     rows = split_rows([store], "test", ("theta", "features"), val_fraction=0.2, test_fraction=0.1)
     assert sorted(rows["index"].tolist()) == sorted(test) and rows["theta"].shape == (len(test), 7)
@@ -123,7 +137,11 @@ def test_steady_gives_every_worker_the_same_step_count(store: str) -> None:
     plan = plan_data(stores, val_fraction=0.2)
     steps = plan.num_train // (2 * 100)
     for rank in range(2):
-        batches = list(ChunkStream(stores, plan, "train", ("theta",), 100, rank=rank, world_size=2).steady(epoch=0, steps=steps))
+        batches = list(
+            ChunkStream(stores, plan, "train", ("theta",), 100, rank=rank, world_size=2).steady(
+                epoch=0, steps=steps
+            )
+        )
         assert len(batches) == steps and all(len(b["theta"]) == 100 for b in batches)
 
 
@@ -132,7 +150,14 @@ def test_mismatched_stores_are_refused(store: str, tmp_path) -> None:
     from farm.store.sim_store import StoreMismatch
 
     other = str(tmp_path / "o.zarr")
-    run_farm(other, num_sims=100, seed=1, chunk_size=100, in_process=True, protocol=Protocol(i_stim_na=80.0))
+    run_farm(
+        other,
+        num_sims=100,
+        seed=1,
+        chunk_size=100,
+        in_process=True,
+        protocol=Protocol(i_stim_na=80.0),
+    )
     with pytest.raises(StoreMismatch, match="protocol"):
         StoreSet([store, other])
 
@@ -140,13 +165,21 @@ def test_mismatched_stores_are_refused(store: str, tmp_path) -> None:
 def test_stores_from_different_priors_are_refused_naming_both(store: str, tmp_path, capsys) -> None:
     other = str(tmp_path / "narrow.zarr")
     box = PriorBox()
-    narrow = PriorBox(low=box.low, high=tuple(lo + (hi - lo) / 2 for lo, hi in zip(box.low, box.high, strict=True)))
+    narrow = PriorBox(
+        low=box.low,
+        high=tuple(lo + (hi - lo) / 2 for lo, hi in zip(box.low, box.high, strict=True)),
+    )
     run_farm(other, num_sims=100, seed=1, chunk_size=100, in_process=True, prior=BoxPrior(narrow))
     with pytest.raises(PriorMismatch, match="from prior box .* from prior box") as e:
         StoreSet([store, other])
     assert "\n" not in str(e.value) and other in str(e.value) and store in str(e.value)
-    for command in ("npe", "classifier"):  # and `farm train` exits 2 with that line, before any training
-        code = main(["train", command, "--store", store, "--store", other, "--out", str(tmp_path / command)])
+    for command in (
+        "npe",
+        "classifier",
+    ):  # and `farm train` exits 2 with that line, before any training
+        code = main(
+            ["train", command, "--store", store, "--store", other, "--out", str(tmp_path / command)]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and "from prior box" in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / command / "checkpoints").exists()

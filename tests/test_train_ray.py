@@ -42,7 +42,9 @@ def test_two_workers_give_the_same_loss_curve_shape_as_one(store, tmp_path, ray_
         curves[workers] = np.array([h["val_loss"] for h in run_training(cfg).state["history"]])
     for c in curves.values():
         assert len(c) == 4 and c[-1] < 0.8 * c[0]  # both learn
-    assert np.all(np.diff(curves[1]) < 0.02) and np.all(np.diff(curves[2]) < 0.02)  # both (nearly) monotone
+    assert np.all(np.diff(curves[1]) < 0.02) and np.all(
+        np.diff(curves[2]) < 0.02
+    )  # both (nearly) monotone
     np.testing.assert_allclose(curves[2], curves[1], rtol=0.25)  # and they track each other
     # no run leaves its placement group behind though Ray Train's own cleaner is off (inference/training/lean_trainer.py)
     import ray.util
@@ -53,10 +55,27 @@ def test_two_workers_give_the_same_loss_curve_shape_as_one(store, tmp_path, ray_
 def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray_session) -> None:
     """SIGKILL the `farm train` driver mid-run, then run the same training again: it resumes."""
     out = tmp_path / "npe"
-    args = ["npe", "--store", store, "--out", str(out), "--epochs", "3", "--patience", "3", "--batch-size", "64", "--cpus-per-worker", "1"]
+    args = [
+        "npe",
+        "--store",
+        store,
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--patience",
+        "3",
+        "--batch-size",
+        "64",
+        "--cpus-per-worker",
+        "1",
+    ]
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "train", *args, "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        [sys.executable, "-m", "deploy.cli", "train", *args, "--address", address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     snapshot = out / "checkpoints" / "run" / "checkpoint_manager_snapshot.json"
 
@@ -79,10 +98,21 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "manifest.json").exists()
-    cfg = TrainConfig(task="npe", stores=(store,), out=str(out), epochs=3, patience=3, batch_size=64, cpus_per_worker=1, progress=False)
+    cfg = TrainConfig(
+        task="npe",
+        stores=(store,),
+        out=str(out),
+        epochs=3,
+        patience=3,
+        batch_size=64,
+        cpus_per_worker=1,
+        progress=False,
+    )
     state = run_training(cfg).state
     resumed = state["resumed_at"]
-    assert len(resumed) == 1 and 1 <= resumed[0] < 3  # picked up after a finished epoch, not from scratch
+    assert (
+        len(resumed) == 1 and 1 <= resumed[0] < 3
+    )  # picked up after a finished epoch, not from scratch
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3]  # no epoch lost or repeated
     # the learning-rate schedule resumed too: it counted the epochs before the kill, not only those after
     assert state["scheduler"]["last_epoch"] == 3
@@ -92,9 +122,15 @@ def test_resuming_with_other_settings_is_refused(store, tmp_path) -> None:
     import json
 
     first = TrainConfig(task="classifier", stores=(store,), out=str(tmp_path), epochs=1)
-    (tmp_path / "train_config.json").write_text(json.dumps(first.identity()))  # what a started run leaves
+    (tmp_path / "train_config.json").write_text(
+        json.dumps(first.identity())
+    )  # what a started run leaves
     with pytest.raises(TrainingError, match="learning_rate"):
-        run_training(TrainConfig(task="classifier", stores=(store,), out=str(tmp_path), epochs=1, learning_rate=0.01))
+        run_training(
+            TrainConfig(
+                task="classifier", stores=(store,), out=str(tmp_path), epochs=1, learning_rate=0.01
+            )
+        )
 
 
 @pytest.mark.parametrize(
@@ -108,7 +144,9 @@ def test_resuming_with_other_settings_is_refused(store, tmp_path) -> None:
 )
 def test_bad_train_input_exits_2_with_one_line(store, tmp_path, capsys, args, needle) -> None:
     args = [a.replace("STORE", store) for a in args]
-    code = main(["train", *args, "--out", str(tmp_path / "o")])  # the console entry: library errors become exit codes there
+    code = main(
+        ["train", *args, "--out", str(tmp_path / "o")]
+    )  # the console entry: library errors become exit codes there
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert needle in err and len(err.splitlines()) == 1, err
@@ -116,7 +154,14 @@ def test_bad_train_input_exits_2_with_one_line(store, tmp_path, capsys, args, ne
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_a_gpu_worker_gives_a_cpu_loadable_model(store, tmp_path, ray_session) -> None:
-    cfg = TrainConfig(task="classifier", stores=(store,), out=str(tmp_path), epochs=2, gpus_per_worker=1, progress=False)
+    cfg = TrainConfig(
+        task="classifier",
+        stores=(store,),
+        out=str(tmp_path),
+        epochs=2,
+        gpus_per_worker=1,
+        progress=False,
+    )
     outcome = run_training(cfg)
     assert all(v.device.type == "cpu" for v in outcome.state["best_model"].values())
     assert outcome.best_model()(torch.zeros(1, 7) + 300.0).shape == (1,)

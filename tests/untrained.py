@@ -18,11 +18,25 @@ def half_box(threshold: float = 0.0) -> RestrictedPrior:
     low, high = np.asarray(box.low, dtype=np.float64), np.asarray(box.high, dtype=np.float64)
     w = np.zeros((7, 1))
     w[0, 0] = -1.0
-    return RestrictedPrior(box, [w], [np.array([-threshold])], (low + high) / 2, (high - low) / 2, threshold_logit=0.0, acceptance_rate=0.5)
+    return RestrictedPrior(
+        box,
+        [w],
+        [np.array([-threshold])],
+        (low + high) / 2,
+        (high - low) / 2,
+        threshold_logit=0.0,
+        acceptance_rate=0.5,
+    )
 
 
 def untrained_posterior(
-    config: FlowConfig, prior: AnyPrior, *, feature_std: float = 1.0, trace_mean: float = 0.0, trace_std: float = 1.0, seed: int = 0
+    config: FlowConfig,
+    prior: AnyPrior,
+    *,
+    feature_std: float = 1.0,
+    trace_mean: float = 0.0,
+    trace_std: float = 1.0,
+    seed: int = 0,
 ) -> AmortizedPosterior:
     """A random flow of ``config`` over ``prior``, with the standardisation given (feature means 0)."""
     torch.manual_seed(seed)

@@ -49,7 +49,9 @@ def _run(argv: list[str] | None) -> int:
     """The app, with library errors turned into exit codes."""
     try:
         rv = app(args=argv, prog_name="farm", standalone_mode=False)
-    except typer.TyperException as e:  # click's usage errors (typer vendors click; this is its public base)
+    except (
+        typer.TyperException
+    ) as e:  # click's usage errors (typer vendors click; this is its public base)
         message = e.format_message()
         if not message.strip():  # `farm` or `farm train` alone: typer showed the help as it raised
             return 2

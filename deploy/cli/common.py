@@ -7,7 +7,13 @@ from typing import Annotated, NoReturn
 
 import typer
 
-AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster: `auto`, `ray://host:10001`, or host:port. Default: start a local Ray.")]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray cluster: `auto`, `ray://host:10001`, or host:port. Default: start a local Ray.",
+    ),
+]
 
 
 def parse_count(value: str, option: str = "--n") -> int:
@@ -16,9 +22,14 @@ def parse_count(value: str, option: str = "--n") -> int:
     try:
         number = float(text)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a number; give a positive integer such as 1000 or 1e6", param_hint=option) from None
+        raise typer.BadParameter(
+            f"{value!r} is not a number; give a positive integer such as 1000 or 1e6",
+            param_hint=option,
+        ) from None
     if not math.isfinite(number) or number != math.floor(number) or number <= 0:
-        raise typer.BadParameter(f"{value!r} must be a positive whole number (e.g. 1000 or 1e6)", param_hint=option)
+        raise typer.BadParameter(
+            f"{value!r} must be a positive whole number (e.g. 1000 or 1e6)", param_hint=option
+        )
     return int(number)
 
 

@@ -12,21 +12,68 @@ from deploy.cli.common import bad_input, parse_count
 
 
 def evaluate(
-    posterior: Annotated[str, typer.Option("--posterior", help="Posterior artifact directory from `farm train npe`.")],
-    store: Annotated[str, typer.Option("--store", help="Held-out store simulated from the posterior's prior with a seed not used in training.")],
-    out: Annotated[str, typer.Option("--out", help="Report directory: metrics.json and PNG figures are written here.")],
-    n_obs: Annotated[str, typer.Option("--n-obs", help="Held-out observations for SBC, TARP and recovery (at most the store's size).")] = "500",
-    n_samples: Annotated[str, typer.Option("--n-samples", help="Posterior samples per observation.")] = "500",
-    n_ppc: Annotated[int, typer.Option("--n-ppc", min=0, max=10_000, help="Observations given posterior-predictive simulations (0: none).")] = 40,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Selects observations; seeds sampling and predictive simulations.")] = 0,
+    posterior: Annotated[
+        str, typer.Option("--posterior", help="Posterior artifact directory from `farm train npe`.")
+    ],
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            help="Held-out store simulated from the posterior's prior with a seed not used in training.",
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", help="Report directory: metrics.json and PNG figures are written here."
+        ),
+    ],
+    n_obs: Annotated[
+        str,
+        typer.Option(
+            "--n-obs",
+            help="Held-out observations for SBC, TARP and recovery (at most the store's size).",
+        ),
+    ] = "500",
+    n_samples: Annotated[
+        str, typer.Option("--n-samples", help="Posterior samples per observation.")
+    ] = "500",
+    n_ppc: Annotated[
+        int,
+        typer.Option(
+            "--n-ppc",
+            min=0,
+            max=10_000,
+            help="Observations given posterior-predictive simulations (0: none).",
+        ),
+    ] = 40,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", min=0, help="Selects observations; seeds sampling and predictive simulations."
+        ),
+    ] = 0,
     hpd: Annotated[
-        bool, typer.Option("--hpd/--no-hpd", help="Also compute HPD expected coverage from the posterior density (200 observations; slower).")
+        bool,
+        typer.Option(
+            "--hpd/--no-hpd",
+            help="Also compute HPD expected coverage from the posterior density (200 observations; slower).",
+        ),
     ] = False,
-    c2st: Annotated[bool, typer.Option("--c2st/--no-c2st", help="Also run C2ST of prior vs data-averaged posterior.")] = True,
+    c2st: Annotated[
+        bool,
+        typer.Option("--c2st/--no-c2st", help="Also run C2ST of prior vs data-averaged posterior."),
+    ] = True,
     lc2st: Annotated[
-        bool, typer.Option("--lc2st/--no-lc2st", help="Also run sbi's L-C2ST: local calibration at 3 held-out observations (20 null classifiers).")
+        bool,
+        typer.Option(
+            "--lc2st/--no-lc2st",
+            help="Also run sbi's L-C2ST: local calibration at 3 held-out observations (20 null classifiers).",
+        ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Calibrate and check a posterior on held-out simulations: SBC, TARP, recovery, predictive checks.
 
@@ -35,12 +82,25 @@ def evaluate(
     from inference.evaluation.evaluate import EvalConfig
 
     sizes = {}
-    for option, name, value in (("--n-obs", "num_obs", n_obs), ("--n-samples", "num_samples", n_samples)):
+    for option, name, value in (
+        ("--n-obs", "num_obs", n_obs),
+        ("--n-samples", "num_samples", n_samples),
+    ):
         sizes[name] = parse_count(value, option)
         lo, hi = EvalConfig.LIMITS[name]
         if not lo <= sizes[name] <= hi:
-            raise typer.BadParameter(f"{option}={sizes[name]} outside [{lo}, {hi}]", param_hint=option)
-    cfg = EvalConfig(**sizes, num_ppc=n_ppc, num_ppc_samples=min(20, sizes["num_samples"]), seed=seed, hpd=hpd, c2st=c2st, lc2st=lc2st)
+            raise typer.BadParameter(
+                f"{option}={sizes[name]} outside [{lo}, {hi}]", param_hint=option
+            )
+    cfg = EvalConfig(
+        **sizes,
+        num_ppc=n_ppc,
+        num_ppc_samples=min(20, sizes["num_samples"]),
+        seed=seed,
+        hpd=hpd,
+        c2st=c2st,
+        lc2st=lc2st,
+    )
     from rich.console import Console
     from rich.table import Table
 
@@ -51,26 +111,36 @@ def evaluate(
     try:
         post = load_posterior(posterior)
     except (ValueError, OSError, KeyError) as e:
-        raise typer.BadParameter(str(e).splitlines()[0] if str(e) else repr(e), param_hint="--posterior") from None
+        raise typer.BadParameter(
+            str(e).splitlines()[0] if str(e) else repr(e), param_hint="--posterior"
+        ) from None
     try:
         load_held_out(store, 10, seed)
     except ValueError as e:
         raise typer.BadParameter(str(e).splitlines()[0], param_hint="--store") from None
     err = Console(stderr=True)
     try:
-        metrics = run_evaluation(post, store, out, cfg, log=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]")))
+        metrics = run_evaluation(
+            post, store, out, cfg, log=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]"))
+        )
     except ValueError as e:
         bad_input(str(e).splitlines()[0])
     if as_json:
         typer.echo(json.dumps(metrics["summary"]))
         return
-    table = Table(title=f"farm evaluate: {metrics['summary']['variant']}", show_header=False, title_justify="left")
+    table = Table(
+        title=f"farm evaluate: {metrics['summary']['variant']}",
+        show_header=False,
+        title_justify="left",
+    )
     table.add_column("metric", style="bold")
     table.add_column("value")
     for label, value in summary_table(metrics):
         table.add_row(label, value)
     Console().print(table)
-    typer.echo(f"report: {Path(out) / 'metrics.json'} and {len(metrics['figures'])} figures ({', '.join(sorted(metrics['figures'].values()))}) in {out}")
+    typer.echo(
+        f"report: {Path(out) / 'metrics.json'} and {len(metrics['figures'])} figures ({', '.join(sorted(metrics['figures'].values()))}) in {out}"
+    )
     for w in metrics["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {w}")
 
@@ -78,9 +148,14 @@ def evaluate(
 def compare(
     reports_in: Annotated[
         list[str],
-        typer.Argument(metavar="REPORT...", help="Two or more report directories from `farm evaluate` (e.g. handcrafted, summary-net, flow-matching)."),
+        typer.Argument(
+            metavar="REPORT...",
+            help="Two or more report directories from `farm evaluate` (e.g. handcrafted, summary-net, flow-matching).",
+        ),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Print evaluation reports side by side: calibration, contraction, predictive error, training time.
 
@@ -92,13 +167,17 @@ def compare(
     from inference.evaluation.evaluate import compare_reports, load_report
 
     if len(reports_in) < 2:
-        raise typer.BadParameter(f"{len(reports_in)} report given; compare needs two or more", param_hint="REPORT...")
+        raise typer.BadParameter(
+            f"{len(reports_in)} report given; compare needs two or more", param_hint="REPORT..."
+        )
     reports = []
     for i, path in enumerate(reports_in):
         try:
             reports.append(load_report(path))
         except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint=f"REPORT {chr(ord('A') + i) if i < 26 else i + 1}") from None
+            raise typer.BadParameter(
+                str(e), param_hint=f"REPORT {chr(ord('A') + i) if i < 26 else i + 1}"
+            ) from None
     cmp = compare_reports(*reports)
     if as_json:
         typer.echo(json.dumps(cmp))
@@ -111,7 +190,10 @@ def compare(
     t.add_column("better", justify="center")
     for row in cmp["rows"]:
         t.add_row(*row)
-    p = Table(title="per parameter: NRMSE (lower is better) and contraction (higher is better)", title_justify="left")
+    p = Table(
+        title="per parameter: NRMSE (lower is better) and contraction (higher is better)",
+        title_justify="left",
+    )
     p.add_column("parameter", style="bold")
     for head in ("NRMSE", "contraction"):
         for letter in letters:

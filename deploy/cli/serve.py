@@ -15,21 +15,60 @@ from deploy.defaults import DEFAULT_MAX_BATCH_SIZE
 
 
 def serve(
-    posterior: Annotated[str, typer.Option("--posterior", help="Artifact directory written by `farm train npe` (either variant).")],
-    host: Annotated[str, typer.Option("--host", help="Interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it.")] = "127.0.0.1",
+    posterior: Annotated[
+        str,
+        typer.Option(
+            "--posterior", help="Artifact directory written by `farm train npe` (either variant)."
+        ),
+    ],
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", help="Interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it."
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="HTTP port.")] = 8000,
-    replicas: Annotated[int, typer.Option("--replicas", min=1, max=64, help="Serve replicas of the posterior (0.5 CPU each).")] = 1,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster: `auto` or `ray://host:10001`. Default: start a local Ray.")] = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            "--replicas", min=1, max=64, help="Serve replicas of the posterior (0.5 CPU each)."
+        ),
+    ] = 1,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="Ray cluster: `auto` or `ray://host:10001`. Default: start a local Ray.",
+        ),
+    ] = None,
     max_batch_size: Annotated[
-        int, typer.Option("--max-batch-size", min=1, max=256, help="Concurrent /sample requests per forward pass; 1 turns batching off.")
+        int,
+        typer.Option(
+            "--max-batch-size",
+            min=1,
+            max=256,
+            help="Concurrent /sample requests per forward pass; 1 turns batching off.",
+        ),
     ] = DEFAULT_MAX_BATCH_SIZE,
     detach: Annotated[
         bool,
-        typer.Option("--detach", help="Return once the service answers; it keeps running (stop it with `kill -INT PID`, or `serve shutdown` on a cluster)."),
+        typer.Option(
+            "--detach",
+            help="Return once the service answers; it keeps running (stop it with `kill -INT PID`, or `serve shutdown` on a cluster).",
+        ),
     ] = False,
-    pid_file: Annotated[Path | None, typer.Option("--pid-file", help="With --detach and a local Ray: write the server's PID here.")] = None,
+    pid_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--pid-file", help="With --detach and a local Ray: write the server's PID here."
+        ),
+    ] = None,
     log: Annotated[
-        Path | None, typer.Option("--log", help="With --detach and a local Ray: the server's log file (default: farm-serve-PORT.log in the temp dir).")
+        Path | None,
+        typer.Option(
+            "--log",
+            help="With --detach and a local Ray: the server's log file (default: farm-serve-PORT.log in the temp dir).",
+        ),
     ] = None,
     direct_ingress: Annotated[
         bool,
@@ -69,17 +108,27 @@ def serve(
             param_hint="--direct-ingress",
         )
     opts = ServeOptions(
-        posterior=posterior, host=host, port=port, replicas=replicas, address=address, max_batch_size=max_batch_size, direct_ingress=direct_ingress
+        posterior=posterior,
+        host=host,
+        port=port,
+        replicas=replicas,
+        address=address,
+        max_batch_size=max_batch_size,
+        direct_ingress=direct_ingress,
     )
     try:
         described = check_posterior(posterior)
     except (ValueError, OSError) as e:
         raise typer.BadParameter(str(e).splitlines()[0], param_hint="--posterior") from None
     if address is None and not port_free(host, port):
-        raise typer.BadParameter(f"port {port} on {host} is already in use; pick another --port", param_hint="--port")
+        raise typer.BadParameter(
+            f"port {port} on {host} is already in use; pick another --port", param_hint="--port"
+        )
     for name, path in (("--log", log), ("--pid-file", pid_file)):
         if path is not None and not path.parent.is_dir():
-            raise typer.BadParameter(f"directory {str(path.parent)!r} does not exist", param_hint=name)
+            raise typer.BadParameter(
+                f"directory {str(path.parent)!r} does not exist", param_hint=name
+            )
     if detach and address is None:
         proc, log, offset = spawn_detached(opts, log)
         try:
@@ -90,8 +139,14 @@ def serve(
         if pid_file is not None:
             pid_file.write_text(f"{proc.pid}\n")
         line = ready_line(log, offset) or ""
-        where = line.rsplit(" at ", 1)[1].removesuffix("(Ctrl-C to stop)").strip() if " at " in line else opts.url
-        typer.echo(f"Serving {described} at {where} (pid {proc.pid}, log {log}); stop with: kill -INT {proc.pid}")
+        where = (
+            line.rsplit(" at ", 1)[1].removesuffix("(Ctrl-C to stop)").strip()
+            if " at " in line
+            else opts.url
+        )
+        typer.echo(
+            f"Serving {described} at {where} (pid {proc.pid}, log {log}); stop with: kill -INT {proc.pid}"
+        )
         return
 
     def announce(url: str) -> None:
@@ -111,7 +166,10 @@ def serve(
 
 
 def query(
-    url: Annotated[str, typer.Option("--url", help="Base URL printed by `farm serve`, e.g. http://127.0.0.1:8000.")],
+    url: Annotated[
+        str,
+        typer.Option("--url", help="Base URL printed by `farm serve`, e.g. http://127.0.0.1:8000."),
+    ],
     trace: Annotated[
         Path | None,
         typer.Option(
@@ -119,23 +177,51 @@ def query(
             help="Recorded trace: .npy (or .csv) of the protocol's MADC codes: 1000 for step; sweeps x T (flat, or one row per sweep) for multi-sweep protocols.",
         ),
     ] = None,
-    store: Annotated[str | None, typer.Option("--store", help="Take the observation from this store (with --index); its true parameters are shown.")] = None,
-    index: Annotated[int | None, typer.Option("--index", min=0, help="Sample index in --store.")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Take the observation from this store (with --index); its true parameters are shown.",
+        ),
+    ] = None,
+    index: Annotated[
+        int | None, typer.Option("--index", min=0, help="Sample index in --store.")
+    ] = None,
     n: Annotated[int, typer.Option("--n", min=1, max=10_000, help="Posterior draws.")] = 1000,
-    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed for reproducible draws.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a pair plot of the draws to this PNG.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary rows as JSON.")] = False,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", min=0, max=2**32 - 1, help="Seed for reproducible draws."),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a pair plot of the draws to this PNG.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary rows as JSON.")
+    ] = False,
 ) -> None:
     """Ask a running posterior service about one trace; print mean, std and 90 % interval per parameter.
 
     Example: farm query --url http://127.0.0.1:8000 --store runs/test.zarr --index 3 --plot post.png
     """
-    from deploy.client import PosteriorClient, QueryError, load_store_trace, load_trace_file, misspecification_warning, print_table, save_pairplot, summary_rows
+    from deploy.client import (
+        PosteriorClient,
+        QueryError,
+        load_store_trace,
+        load_trace_file,
+        misspecification_warning,
+        print_table,
+        save_pairplot,
+        summary_rows,
+    )
 
     if (trace is None) == (store is None):
-        raise typer.BadParameter("give exactly one of --trace FILE or --store S --index I", param_hint="--trace/--store")
+        raise typer.BadParameter(
+            "give exactly one of --trace FILE or --store S --index I", param_hint="--trace/--store"
+        )
     if store is not None and index is None:
-        raise typer.BadParameter("--store needs --index I (which sample to query)", param_hint="--index")
+        raise typer.BadParameter(
+            "--store needs --index I (which sample to query)", param_hint="--index"
+        )
     truth = None
     try:
         if trace is not None:
@@ -143,7 +229,9 @@ def query(
         else:
             obs, truth = load_store_trace(store, index)
     except (ValueError, OSError, KeyError) as e:
-        raise typer.BadParameter(str(e).splitlines()[0], param_hint="--trace" if trace is not None else "--store/--index") from None
+        raise typer.BadParameter(
+            str(e).splitlines()[0], param_hint="--trace" if trace is not None else "--store/--index"
+        ) from None
     try:
         client = PosteriorClient(url)
     except ValueError as e:
@@ -158,16 +246,26 @@ def query(
             fail(str(e))
     rows = summary_rows(result, truth)
     if (warning := misspecification_warning(result)) is not None:
-        typer.echo(warning, err=True)  # a log line, not a result: stdout stays the table or the JSON
+        typer.echo(
+            warning, err=True
+        )  # a log line, not a result: stdout stays the table or the JSON
     if as_json:
         typer.echo(
             json.dumps(
-                {"fingerprint": result["fingerprint"], "num_samples": result["num_samples"], "rows": rows, "misspecification": result.get("misspecification")}
+                {
+                    "fingerprint": result["fingerprint"],
+                    "num_samples": result["num_samples"],
+                    "rows": rows,
+                    "misspecification": result.get("misspecification"),
+                }
             )
         )
     else:
         source = str(trace) if trace is not None else f"{store}[{index}]"
-        print_table(rows, title=f"posterior for {source} ({result['num_samples']} draws, model {result['fingerprint']})")
+        print_table(
+            rows,
+            title=f"posterior for {source} ({result['num_samples']} draws, model {result['fingerprint']})",
+        )
     if plot is not None:
         out = save_pairplot(result, info, plot, truth)
         typer.echo(f"pair plot: {out}", err=as_json)

@@ -15,10 +15,36 @@ VERIFY_BAR_MIN_CHUNKS = 100
 
 
 def simulate(
-    n: Annotated[str, typer.Option("--n", help="Number of simulations; `1e6` notation accepted. With --theta: defaults to the number of rows.")] = "",
-    out: Annotated[str, typer.Option("--out", help="Zarr store: a local directory or any fsspec URL shared by all nodes.")] = "runs/sims.zarr",
-    seed: Annotated[int, typer.Option("--seed", min=0, max=2**64 - 1, help="Root seed in [0, 2^64 - 1]: sample i is a pure function of (seed, i).")] = 0,
-    chips: Annotated[int | None, typer.Option("--chips", min=1, help="Ray actors, one per chip or emulator instance (default: CPUs of the cluster).")] = None,
+    n: Annotated[
+        str,
+        typer.Option(
+            "--n",
+            help="Number of simulations; `1e6` notation accepted. With --theta: defaults to the number of rows.",
+        ),
+    ] = "",
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", help="Zarr store: a local directory or any fsspec URL shared by all nodes."
+        ),
+    ] = "runs/sims.zarr",
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed",
+            min=0,
+            max=2**64 - 1,
+            help="Root seed in [0, 2^64 - 1]: sample i is a pure function of (seed, i).",
+        ),
+    ] = 0,
+    chips: Annotated[
+        int | None,
+        typer.Option(
+            "--chips",
+            min=1,
+            help="Ray actors, one per chip or emulator instance (default: CPUs of the cluster).",
+        ),
+    ] = None,
     chunk: Annotated[
         int | None,
         typer.Option(
@@ -28,17 +54,43 @@ def simulate(
             help="Samples per store chunk and per work item; fixed when the store is created (default 1000, 4000 from --n 2e5 on, or the existing store's).",
         ),
     ] = None,
-    substrate: Annotated[str, typer.Option("--substrate", help="emulator (default) or bss2 (real chip via pynn_brainscales).")] = "emulator",
-    prior: Annotated[str | None, typer.Option("--prior", help="Directory of a restricted prior from `farm train classifier`; default: the box prior.")] = None,
+    substrate: Annotated[
+        str,
+        typer.Option(
+            "--substrate", help="emulator (default) or bss2 (real chip via pynn_brainscales)."
+        ),
+    ] = "emulator",
+    prior: Annotated[
+        str | None,
+        typer.Option(
+            "--prior",
+            help="Directory of a restricted prior from `farm train classifier`; default: the box prior.",
+        ),
+    ] = None,
     theta: Annotated[
-        Path | None, typer.Option("--theta", help="Simulate these parameter sets instead (.npy or .csv, shape (n, 7), LSB, header optional).")
+        Path | None,
+        typer.Option(
+            "--theta",
+            help="Simulate these parameter sets instead (.npy or .csv, shape (n, 7), LSB, header optional).",
+        ),
     ] = None,
     address: AddressOpt = None,
-    in_process: Annotated[bool, typer.Option("--in-process", help="Run in this process without Ray (small runs, debugging).")] = False,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            "--in-process", help="Run in this process without Ray (small runs, debugging)."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
+    ] = False,
     break_lock: Annotated[
-        bool, typer.Option("--break-lock", help="Take the store's lock even if another run still seems to hold it (only when that run is gone).")
+        bool,
+        typer.Option(
+            "--break-lock",
+            help="Take the store's lock even if another run still seems to hold it (only when that run is gone).",
+        ),
     ] = False,
     protocol: Annotated[
         str | None,
@@ -83,15 +135,22 @@ def simulate(
             theta_arr = read_theta(theta, prior_obj)
         except (ValueError, OSError) as e:
             message = first_line(e)
-            raise typer.BadParameter(message if theta.name in message else f"{theta}: {message}", param_hint="--theta") from None
+            raise typer.BadParameter(
+                message if theta.name in message else f"{theta}: {message}", param_hint="--theta"
+            ) from None
     if n:
         num = parse_count(n)
         if theta_arr is not None and num != theta_arr.shape[0]:
-            raise typer.BadParameter(f"--n {num} differs from the {theta_arr.shape[0]} rows of --theta; omit --n", param_hint="--n")
+            raise typer.BadParameter(
+                f"--n {num} differs from the {theta_arr.shape[0]} rows of --theta; omit --n",
+                param_hint="--n",
+            )
     elif theta_arr is not None:
         num = int(theta_arr.shape[0])
     else:
-        raise typer.BadParameter("missing; give the number of simulations, e.g. --n 1e6", param_hint="--n")
+        raise typer.BadParameter(
+            "missing; give the number of simulations, e.g. --n 1e6", param_hint="--n"
+        )
     chip_model = _chip_model(chip_ids, out)
     protocol_obj = _protocol(protocol, out)
     ray_was_running = ray_connected()
@@ -131,7 +190,9 @@ def _chip_model(chip_ids: str | None, out: str):  # -> farm.defaults.ChipModel
     from farm.substrates.circuits import format_chip_ids, parse_chip_ids
 
     try:
-        model = ChipModel(chip_ids=parse_chip_ids(chip_ids)) if chip_ids is not None else ChipModel()
+        model = (
+            ChipModel(chip_ids=parse_chip_ids(chip_ids)) if chip_ids is not None else ChipModel()
+        )
     except FarmInputError as e:
         raise typer.BadParameter(first_line(e), param_hint="--chip-ids") from None
     try:
@@ -166,13 +227,16 @@ def _protocol(spec: str | None, out: str):  # -> farm.defaults.Protocol
         raise typer.BadParameter(first_line(e), param_hint="--protocol") from None
     if existing is not None and existing != want:
         raise typer.BadParameter(
-            f"{want.label} differs from protocol {existing.label} of the store {out}; a store holds one protocol: use another --out", param_hint="--protocol"
+            f"{want.label} differs from protocol {existing.label} of the store {out}; a store holds one protocol: use another --out",
+            param_hint="--protocol",
         )
     return want
 
 
 def info(
-    store: Annotated[str, typer.Argument(help="Path or fsspec URL of a store written by `farm simulate`.")],
+    store: Annotated[
+        str, typer.Argument(help="Path or fsspec URL of a store written by `farm simulate`.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show what a store holds and how complete it is.
@@ -184,7 +248,9 @@ def info(
 
     try:
         s = SimStore.open(store)
-    except FileNotFoundError as e:  # cannot also be a FarmInputError (OSError and ValueError bases clash)
+    except (
+        FileNotFoundError
+    ) as e:  # cannot also be a FarmInputError (OSError and ValueError bases clash)
         bad_input(str(e))
     summary = s.describe()
     if as_json:
@@ -194,8 +260,16 @@ def info(
 
 
 def verify(
-    store: Annotated[str, typer.Argument(help="Path or fsspec URL of a store written by `farm simulate`.")],
-    repair: Annotated[bool, typer.Option("--repair", help="Clear the done flags of damaged chunks so the same `farm simulate` recomputes them.")] = False,
+    store: Annotated[
+        str, typer.Argument(help="Path or fsspec URL of a store written by `farm simulate`.")
+    ],
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Clear the done flags of damaged chunks so the same `farm simulate` recomputes them.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -215,16 +289,29 @@ def verify(
     except FileNotFoundError as e:
         bad_input(str(e))
     total = int(s.done_mask().sum())
-    lock = StoreLock(s.url).acquire() if repair else None  # a writer must not flag chunks while we clear them
+    lock = (
+        StoreLock(s.url).acquire() if repair else None
+    )  # a writer must not flag chunks while we clear them
     try:
         if quiet or total < VERIFY_BAR_MIN_CHUNKS:
             report = verify_store(s.url)
         else:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             with Progress(
-                TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)
+                TextColumn("[bold]verify"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
             ) as bar:
                 task = bar.add_task("verify", total=total)
                 report = verify_store(s.url, on_chunk=lambda _: bar.advance(task))
@@ -240,18 +327,29 @@ def verify(
                     "chunks_checked": report.chunks_checked,
                     "damaged_chunks": report.damaged_chunks,
                     "repaired": repaired,
-                    "damage": [{"chunk": d.chunk, "array": d.array, "problem": d.problem} for d in report.damage],
+                    "damage": [
+                        {"chunk": d.chunk, "array": d.array, "problem": d.problem}
+                        for d in report.damage
+                    ],
                 }
             )
         )
     else:
         for d in report.damage:
             typer.echo(d.describe(s))
-        typer.echo(f"{report.chunks_checked} flagged chunks read, {len(report.damaged_chunks)} damaged" + (f"; un-flagged {repaired}" if repaired else ""))
+        typer.echo(
+            f"{report.chunks_checked} flagged chunks read, {len(report.damaged_chunks)} damaged"
+            + (f"; un-flagged {repaired}" if repaired else "")
+        )
     if report.damage and not repair:
-        fail(f"{len(report.damaged_chunks)} damaged chunk(s) in {s.url}; run `farm verify {s.url} --repair`, then the same `farm simulate` to recompute them")
+        fail(
+            f"{len(report.damaged_chunks)} damaged chunk(s) in {s.url}; run `farm verify {s.url} --repair`, then the same `farm simulate` to recompute them"
+        )
     if repaired:
-        typer.echo(f"re-run the same `farm simulate --out {s.url}` to recompute chunks {repaired}", err=True)
+        typer.echo(
+            f"re-run the same `farm simulate --out {s.url}` to recompute chunks {repaired}",
+            err=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -11,11 +11,27 @@ from deploy.cli.common import AddressOpt
 from inference.defaults import ESTIMATORS, FEATURES
 from inference.defaults import TRAIN_DEFAULTS as D
 
-train_app = typer.Typer(help="Train the restriction classifier or an amortized posterior with Ray Train, from Zarr stores.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train the restriction classifier or an amortized posterior with Ray Train, from Zarr stores.",
+    no_args_is_help=True,
+)
 
-StoreOpt = Annotated[list[str], typer.Option("--store", help="Zarr store from `farm simulate`; repeat for several stores of one setup.")]
-OutOpt = Annotated[str, typer.Option("--out", help="Artifact directory; checkpoints go inside, so re-running the same command resumes a killed training.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=64, help="Ray Train workers (data-parallel).")]
+StoreOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--store", help="Zarr store from `farm simulate`; repeat for several stores of one setup."
+    ),
+]
+OutOpt = Annotated[
+    str,
+    typer.Option(
+        "--out",
+        help="Artifact directory; checkpoints go inside, so re-running the same command resumes a killed training.",
+    ),
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", min=1, max=64, help="Ray Train workers (data-parallel).")
+]
 CpusOpt = Annotated[
     int,
     typer.Option(
@@ -25,12 +41,40 @@ CpusOpt = Annotated[
         help="CPUs each worker reserves, and its torch threads; 0 = the cluster's CPUs / workers. Use 1 on a machine busy with other work.",
     ),
 ]
-GpusOpt = Annotated[float, typer.Option("--gpus-per-worker", min=0, max=16, help="GPUs each worker reserves (Ray Train use_gpu); 0 trains on CPUs.")]
-EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, max=10_000, help="Maximum epochs; early stopping on the validation loss may end sooner.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, max=65_536, help="Samples per step and worker.")]
+GpusOpt = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-worker",
+        min=0,
+        max=16,
+        help="GPUs each worker reserves (Ray Train use_gpu); 0 trains on CPUs.",
+    ),
+]
+EpochsOpt = Annotated[
+    int,
+    typer.Option(
+        "--epochs",
+        min=1,
+        max=10_000,
+        help="Maximum epochs; early stopping on the validation loss may end sooner.",
+    ),
+]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=2, max=65_536, help="Samples per step and worker.")
+]
 LrOpt = Annotated[float, typer.Option("--lr", min=1e-6, max=0.5, help="Adam learning rate.")]
-PatienceOpt = Annotated[int, typer.Option("--patience", min=1, max=10_000, help="Epochs without validation improvement before stopping.")]
-SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed of initialisation and shuffling.")]
+PatienceOpt = Annotated[
+    int,
+    typer.Option(
+        "--patience",
+        min=1,
+        max=10_000,
+        help="Epochs without validation improvement before stopping.",
+    ),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", min=0, help="Seed of initialisation and shuffling.")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch progress.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")]
 ArchOpt = Annotated[
@@ -55,7 +99,10 @@ def architecture_fields(items: list[str] | None, features: str, estimator: str) 
     for item in items or ():
         key, sep, raw = item.partition("=")
         if not sep or key not in allowed:
-            raise typer.BadParameter(f"{item!r}: give FIELD=VALUE with FIELD one of {', '.join(allowed)} ({estimator})", param_hint="--arch")
+            raise typer.BadParameter(
+                f"{item!r}: give FIELD=VALUE with FIELD one of {', '.join(allowed)} ({estimator})",
+                param_hint="--arch",
+            )
         try:
             value = json.loads(raw)  # numbers, lists ([16,32]), null; anything else stays a string
         except json.JSONDecodeError:
@@ -83,8 +130,21 @@ def _run_train(task: Any, *, as_json: bool, **kwargs: Any) -> None:
 def train_classifier(
     store: StoreOpt,
     out: OutOpt = "artifacts/restricted",
-    heldout: Annotated[list[str] | None, typer.Option("--heldout", help="Store(s) from the box prior to report recall/precision on.")] = None,
-    target_recall: Annotated[float, typer.Option("--target-recall", min=0.5, max=1.0, help="Share of in-regime samples the restricted prior keeps.")] = 0.99,
+    heldout: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--heldout", help="Store(s) from the box prior to report recall/precision on."
+        ),
+    ] = None,
+    target_recall: Annotated[
+        float,
+        typer.Option(
+            "--target-recall",
+            min=0.5,
+            max=1.0,
+            help="Share of in-regime samples the restricted prior keeps.",
+        ),
+    ] = 0.99,
     workers: WorkersOpt = D["num_workers"],
     cpus_per_worker: CpusOpt = D["cpus_per_worker"],
     gpus_per_worker: GpusOpt = D["gpus_per_worker"],
@@ -134,9 +194,19 @@ def train_npe(
             help="handcrafted (named summary statistics), summary-net (1D CNN on the raw trace) or hybrid (the statistics beside a small CNN on the trace: ~2.8x summary-net's training speed, lower held-out loss).",
         ),
     ] = "handcrafted",
-    prior: Annotated[str | None, typer.Option("--prior", help="Restricted prior directory the store was simulated from (copied into the artifact).")] = None,
+    prior: Annotated[
+        str | None,
+        typer.Option(
+            "--prior",
+            help="Restricted prior directory the store was simulated from (copied into the artifact).",
+        ),
+    ] = None,
     estimator: Annotated[
-        str, typer.Option("--estimator", help="nsf (neural spline flow: one pass per draw) or flow-matching (vector field, ODE solve per draw).")
+        str,
+        typer.Option(
+            "--estimator",
+            help="nsf (neural spline flow: one pass per draw) or flow-matching (vector field, ODE solve per draw).",
+        ),
     ] = "nsf",
     ensemble: Annotated[
         int,
@@ -165,13 +235,22 @@ def train_npe(
     Example: farm train npe --store runs/sims.zarr --features summary-net --out artifacts/npe-summary-net
     """
     if features not in FEATURES:
-        raise typer.BadParameter(f"{features!r} unknown; choose one of {', '.join(FEATURES)}", param_hint="--features")
+        raise typer.BadParameter(
+            f"{features!r} unknown; choose one of {', '.join(FEATURES)}", param_hint="--features"
+        )
     if estimator not in ESTIMATORS:
-        raise typer.BadParameter(f"{estimator!r} unknown; choose {' or '.join(ESTIMATORS)}", param_hint="--estimator")
+        raise typer.BadParameter(
+            f"{estimator!r} unknown; choose {' or '.join(ESTIMATORS)}", param_hint="--estimator"
+        )
     from inference.training.tasks import NPETask
 
     _run_train(
-        NPETask(features=features, prior=prior, estimator=estimator, flow=architecture_fields(arch, features, estimator)),
+        NPETask(
+            features=features,
+            prior=prior,
+            estimator=estimator,
+            flow=architecture_fields(arch, features, estimator),
+        ),
         stores=store,
         out=out,
         workers=workers,

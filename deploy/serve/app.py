@@ -45,7 +45,14 @@ from deploy.defaults import (
 )
 from deploy.serve.fair_queue import FairModelQueue, QueueFull
 from deploy.serve.health import HealthMonitor, probe
-from deploy.serve.http_errors import DeadlineExceeded, RequestRejected, ServiceOverloaded, install_error_handlers, json_response, rejection
+from deploy.serve.http_errors import (
+    DeadlineExceeded,
+    RequestRejected,
+    ServiceOverloaded,
+    install_error_handlers,
+    json_response,
+    rejection,
+)
 from deploy.serve.limits import RETRY_AFTER_S, ContentLengthLimit
 from deploy.serve.model_calls import Drawn, Job, assess, draw_batch, draw_one
 from deploy.serve.observations import expected_shape, observation_trace
@@ -87,7 +94,14 @@ def client_of(request: Request) -> str:
     return "addr:" + (request.client.host if request.client is not None else "unknown")
 
 
-def sample_response(names: list[str], fingerprint: str, result: Drawn, seed: int | None, started: float, drawn: float) -> Response:
+def sample_response(
+    names: list[str],
+    fingerprint: str,
+    result: Drawn,
+    seed: int | None,
+    started: float,
+    drawn: float,
+) -> Response:
     """The /sample answer for one request's draws. Above the class: ``serve.ingress`` snapshots the endpoints' globals."""
     samples, log_prob, batch_size, check = result
     samples = significant_digits(samples)
@@ -116,7 +130,9 @@ api = FastAPI(
     description="Amortized posterior over the 7 AdEx CapMem parameters of a BrainScaleS-2 neuron.",
 )
 install_error_handlers(api)
-api.add_middleware(ContentLengthLimit, max_body_bytes=MAX_BODY_BYTES, count_stream=True)  # 413 before the body is read
+api.add_middleware(
+    ContentLengthLimit, max_body_bytes=MAX_BODY_BYTES, count_stream=True
+)  # 413 before the body is read
 
 
 class AppArgs(BaseModel):
@@ -180,7 +196,9 @@ class PosteriorService:
         self.request_timeout_s = request_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterior")
         self._health = HealthMonitor(self.posterior, self._executor, request_timeout_s)
-        probe(self.posterior)  # a model that cannot answer fails the constructor, not the first user
+        probe(
+            self.posterior
+        )  # a model that cannot answer fails the constructor, not the first user
         self._queue = FairModelQueue(
             capacity=max_model_queue,
             run=self._on_model_thread,
@@ -192,7 +210,14 @@ class PosteriorService:
     def _on_model_thread(self, fn: Callable[[], Any]) -> "asyncio.Future[Any]":
         return asyncio.wrap_future(self._executor.submit(self._health.timed, fn))
 
-    async def _model(self, request: Request, cost: float, *, call: Callable[[], Any] | None = None, job: Job | None = None) -> Any:
+    async def _model(
+        self,
+        request: Request,
+        cost: float,
+        *,
+        call: Callable[[], Any] | None = None,
+        job: Job | None = None,
+    ) -> Any:
         """Queue one model-bound request for its client's turn; 503 when shed, 504 past the deadline, 422 on a ValueError.
 
         Args:
@@ -202,13 +227,20 @@ class PosteriorService:
             job: an unseeded /sample that may share a pass.
         """
         try:
-            entry = self._queue.submit(client_of(request), cost, call=call, batch=None if job is None else (job.num_samples, job))
+            entry = self._queue.submit(
+                client_of(request),
+                cost,
+                call=call,
+                batch=None if job is None else (job.num_samples, job),
+            )
         except QueueFull as e:
             raise ServiceOverloaded(f"{e}; retry after {RETRY_AFTER_S} s") from None
         try:
             return await asyncio.wait_for(entry.future, timeout=self.request_timeout_s)
         except TimeoutError:
-            raise DeadlineExceeded(f"request_timeout_s: no answer from the model within {self.request_timeout_s:g} s; retry later") from None
+            raise DeadlineExceeded(
+                f"request_timeout_s: no answer from the model within {self.request_timeout_s:g} s; retry later"
+            ) from None
         except QueueFull as e:
             raise ServiceOverloaded(f"{e}; retry after {RETRY_AFTER_S} s") from None
         except ValueError as e:
@@ -223,11 +255,20 @@ class PosteriorService:
     def _observation(self, req: Observation | PredictiveRequest) -> dict[str, np.ndarray]:
         """The request's trace or features as the numpy keyword the posterior takes."""
         if req.trace is not None:
-            return {"trace": observation_trace(req.trace, self.posterior.protocol, self.posterior.trace_length)}
+            return {
+                "trace": observation_trace(
+                    req.trace, self.posterior.protocol, self.posterior.trace_length
+                )
+            }
         if getattr(req, "features", None) is None:
-            raise RequestRejected("trace", f"missing; give the trace ({expected_shape(self.posterior.protocol, self.posterior.trace_length)} ADC codes)")
+            raise RequestRejected(
+                "trace",
+                f"missing; give the trace ({expected_shape(self.posterior.protocol, self.posterior.trace_length)} ADC codes)",
+            )
         if not self.posterior.accepts_features:
-            raise RequestRejected("features", f"this posterior ({self.posterior.variant}) takes `trace` only")
+            raise RequestRejected(
+                "features", f"this posterior ({self.posterior.variant}) takes `trace` only"
+            )
         features = np.asarray(req.features, dtype=np.float32)
         if features.shape[0] != len(self.posterior.feature_names):
             raise RequestRejected(
@@ -240,7 +281,9 @@ class PosteriorService:
     def health(self) -> HealthResponse | JSONResponse:
         from farm.defaults import EMULATOR_VERSION
 
-        if (unhealthy := self._health.answer(self.replica)) is not None:  # what check_health found; Serve replaces the replica
+        if (
+            unhealthy := self._health.answer(self.replica)
+        ) is not None:  # what check_health found; Serve replaces the replica
             return JSONResponse(status_code=503, content=unhealthy)
 
         model = str(self.posterior.manifest.get("name", f"npe-{self.posterior.variant}"))
@@ -260,7 +303,10 @@ class PosteriorService:
         from farm.features import feature_units
 
         prior = self.posterior.prior
-        params = [ParameterInfo(name=n, unit="LSB", low=float(lo), high=float(hi)) for n, lo, hi in zip(self.names, prior.low, prior.high)]
+        params = [
+            ParameterInfo(name=n, unit="LSB", low=float(lo), high=float(hi))
+            for n, lo, hi in zip(self.names, prior.low, prior.high)
+        ]
         feats = list(self.posterior.feature_names) if self.posterior.accepts_features else []
         return InfoResponse(
             variant=self.posterior.variant,
@@ -288,11 +334,19 @@ class PosteriorService:
         started = time.perf_counter()
         observation = self._observation(req)
         cost = REQUEST_COST_DRAWS + req.num_samples
-        if req.seed is not None:  # seeded draws must not depend on which requests shared the pass: alone
-            result: Drawn = await self._model(request, cost, call=lambda: draw_one(self.posterior, req.num_samples, observation, req.seed))
+        if (
+            req.seed is not None
+        ):  # seeded draws must not depend on which requests shared the pass: alone
+            result: Drawn = await self._model(
+                request,
+                cost,
+                call=lambda: draw_one(self.posterior, req.num_samples, observation, req.seed),
+            )
         else:
             result = await self._model(request, cost, job=Job(req.num_samples, observation))
-        return sample_response(self.names, self.posterior.fingerprint, result, req.seed, started, time.perf_counter())
+        return sample_response(
+            self.names, self.posterior.fingerprint, result, req.seed, started, time.perf_counter()
+        )
 
     @api.post("/log_prob", response_model=LogProbResponse)
     async def log_prob(self, req: LogProbRequest, request: Request) -> Response:
@@ -305,12 +359,18 @@ class PosteriorService:
         values, check = await self._model(
             request,
             REQUEST_COST_DRAWS + len(theta),
-            call=lambda: (self.posterior.log_prob(theta.astype(np.float32), **observation), assess(self.posterior, observation)),
+            call=lambda: (
+                self.posterior.log_prob(theta.astype(np.float32), **observation),
+                assess(self.posterior, observation),
+            ),
         )
         return json_response(
             LogProbResponse(
                 parameter_names=self.names,
-                log_prob=[float(v) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)],
+                log_prob=[
+                    float(v) if math.isfinite(v) else None
+                    for v in np.asarray(values, dtype=np.float64)
+                ],
                 fingerprint=self.posterior.fingerprint,
                 misspecification=Misspecification(**check),
             )
@@ -326,12 +386,30 @@ class PosteriorService:
 
         def run() -> tuple[np.ndarray, Any, int, dict[str, Any]]:
             theta = self.posterior.sample(req.num_samples, seed=seed, **observation)
-            with torch_threads_kept():  # the emulator's numba launch would leave this thread's torch on every core
-                sims = simulate_theta(theta, seed=seed, protocol=self.posterior.protocol, chip_model=self.posterior.chip_model)
-                observed = summarize(observation["trace"][None, :], self.posterior.protocol, self.posterior.chip_model)[0]
-            return theta, sims, int(observed[spike_count_column(self.posterior.protocol)]), assess(self.posterior, observation)
+            with (
+                torch_threads_kept()
+            ):  # the emulator's numba launch would leave this thread's torch on every core
+                sims = simulate_theta(
+                    theta,
+                    seed=seed,
+                    protocol=self.posterior.protocol,
+                    chip_model=self.posterior.chip_model,
+                )
+                observed = summarize(
+                    observation["trace"][None, :],
+                    self.posterior.protocol,
+                    self.posterior.chip_model,
+                )[0]
+            return (
+                theta,
+                sims,
+                int(observed[spike_count_column(self.posterior.protocol)]),
+                assess(self.posterior, observation),
+            )
 
-        theta, sims, observed_count, check = await self._model(request, REQUEST_COST_DRAWS + req.num_samples, call=run)
+        theta, sims, observed_count, check = await self._model(
+            request, REQUEST_COST_DRAWS + req.num_samples, call=run
+        )
         return json_response(
             PredictiveResponse(
                 parameter_names=self.names,
@@ -394,6 +472,8 @@ def posterior_app(
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder for ``serve run deploy/serve_config.yaml`` (``import_path: deploy.serve.app:build_app``)."""
     cfg = AppArgs.model_validate(args)
-    if Path(cfg.posterior).is_dir():  # a relative path means: relative to where `serve run` was started
+    if Path(
+        cfg.posterior
+    ).is_dir():  # a relative path means: relative to where `serve run` was started
         cfg = cfg.model_copy(update={"posterior": str(Path(cfg.posterior).resolve())})
     return PosteriorService.bind(**cfg.model_dump())

@@ -76,7 +76,9 @@ class FairModelQueue:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if capacity < 1 or max_batch_size < 1:
-            raise ValueError(f"capacity={capacity} and max_batch_size={max_batch_size} must be >= 1")
+            raise ValueError(
+                f"capacity={capacity} and max_batch_size={max_batch_size} must be >= 1"
+            )
         self.capacity = capacity
         self.max_batch_size = max_batch_size
         self.max_pass_draws = max_pass_draws
@@ -84,7 +86,9 @@ class FairModelQueue:
         self._run, self._run_batch = run, run_batch
         self._rate = math.log(2.0) / half_life_s
         self._clock = clock
-        self._usage: dict[str, tuple[float, float]] = {}  # client -> (usage, when it was last updated)
+        self._usage: dict[
+            str, tuple[float, float]
+        ] = {}  # client -> (usage, when it was last updated)
         self._entries: list[Entry] = []
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
@@ -98,7 +102,9 @@ class FairModelQueue:
     def usage(self, client: str, now: float | None = None) -> float:
         """The client's decayed model cost of the passes it was granted so far (draws), at ``now``."""
         value, when = self._usage.get(client, (0.0, 0.0))
-        return value * math.exp(-self._rate * max((self._clock() if now is None else now) - when, 0.0))
+        return value * math.exp(
+            -self._rate * max((self._clock() if now is None else now) - when, 0.0)
+        )
 
     def _charge(self, client: str, cost: float) -> None:
         now = self._clock()
@@ -109,10 +115,19 @@ class FairModelQueue:
 
     def load(self, client: str, now: float) -> float:
         """Usage plus the cost of the client's waiting requests: what a full queue sheds by."""
-        return self.usage(client, now) + sum(e.cost for e in self._entries if e.client == client and not e.running)
+        return self.usage(client, now) + sum(
+            e.cost for e in self._entries if e.client == client and not e.running
+        )
 
     # ------------------------------------------------------------------ admission
-    def submit(self, client: str, cost: float, *, call: Callable[[], Any] | None = None, batch: tuple[int, Any] | None = None) -> Entry:
+    def submit(
+        self,
+        client: str,
+        cost: float,
+        *,
+        call: Callable[[], Any] | None = None,
+        batch: tuple[int, Any] | None = None,
+    ) -> Entry:
         """Admit one request, shedding the heaviest client's waiting request if the queue is full.
 
         Args:
@@ -132,14 +147,33 @@ class FairModelQueue:
             raise ValueError("give exactly one of call= and batch=")
         if len(self._entries) >= self.capacity:
             now = self._clock()
-            loads = {c: self.load(c, now) for c in {e.client for e in self._entries if not e.running}}
-            heaviest = max((e for e in self._entries if not e.running), key=lambda e: (loads[e.client], e.seq), default=None)
+            loads = {
+                c: self.load(c, now) for c in {e.client for e in self._entries if not e.running}
+            }
+            heaviest = max(
+                (e for e in self._entries if not e.running),
+                key=lambda e: (loads[e.client], e.seq),
+                default=None,
+            )
             if heaviest is None or loads[heaviest.client] <= self.load(client, now) + cost:
-                raise QueueFull(f"replica busy: {len(self._entries)} requests wait for the model (limit {self.capacity})")
+                raise QueueFull(
+                    f"replica busy: {len(self._entries)} requests wait for the model (limit {self.capacity})"
+                )
             self._drop(heaviest)
-            heaviest.future.set_exception(QueueFull(f"shed for a lighter client: {len(self._entries) + 1} requests wait (limit {self.capacity})"))
+            heaviest.future.set_exception(
+                QueueFull(
+                    f"shed for a lighter client: {len(self._entries) + 1} requests wait (limit {self.capacity})"
+                )
+            )
         loop = asyncio.get_running_loop()
-        entry = Entry(client=client, cost=float(cost), seq=next(self._seq), future=loop.create_future(), admitted=self._clock(), call=call)
+        entry = Entry(
+            client=client,
+            cost=float(cost),
+            seq=next(self._seq),
+            future=loop.create_future(),
+            admitted=self._clock(),
+            call=call,
+        )
         if batch is not None:
             entry.num_samples, entry.payload = batch
         self._entries.append(entry)
@@ -197,7 +231,11 @@ class FairModelQueue:
         for e in waiting[1:]:
             if len(group) == self.max_batch_size:
                 break
-            if e.call is None and e.num_samples <= head.num_samples and draws + e.num_samples <= self.max_pass_draws:
+            if (
+                e.call is None
+                and e.num_samples <= head.num_samples
+                and draws + e.num_samples <= self.max_pass_draws
+            ):
                 group.append(e)
                 draws += e.num_samples
         return group
@@ -230,7 +268,9 @@ class FairModelQueue:
             except Exception as error:  # the call itself failed: every request of the pass gets it
                 results = [error] * len(group)
             if len(results) != len(group):  # never strand a request marked running
-                results = [RuntimeError(f"a pass of {len(group)} requests returned {len(results)} answers")] * len(group)
+                results = [
+                    RuntimeError(f"a pass of {len(group)} requests returned {len(results)} answers")
+                ] * len(group)
             for e, result in zip(group, results, strict=True):
                 if e in self._entries:
                     self._drop(e)

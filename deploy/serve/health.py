@@ -50,7 +50,9 @@ class HealthMonitor:
         request_timeout_s: a model call running longer than twice this marks the replica unhealthy.
     """
 
-    def __init__(self, posterior: Any, executor: ThreadPoolExecutor, request_timeout_s: float) -> None:
+    def __init__(
+        self, posterior: Any, executor: ThreadPoolExecutor, request_timeout_s: float
+    ) -> None:
         self.posterior = posterior
         self.executor = executor
         self.request_timeout_s = request_timeout_s
@@ -73,11 +75,15 @@ class HealthMonitor:
         """
         busy = self.busy_since
         if busy is not None and time.monotonic() - busy > 2 * self.request_timeout_s:
-            self.unhealthy = f"model call running for {time.monotonic() - busy:.0f} s (> 2 x request_timeout_s)"
+            self.unhealthy = (
+                f"model call running for {time.monotonic() - busy:.0f} s (> 2 x request_timeout_s)"
+            )
             raise RuntimeError(self.unhealthy)
         if busy is None and pending == 0:
             try:
-                await asyncio.get_running_loop().run_in_executor(self.executor, probe, self.posterior)
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, probe, self.posterior
+                )
             except Exception as e:  # anything but a rejection: the model cannot answer
                 self.unhealthy = f"probe draw failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 raise RuntimeError(self.unhealthy) from None

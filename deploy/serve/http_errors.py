@@ -47,7 +47,9 @@ def rejection(error: Exception) -> RequestRejected:
     from inference.errors import RejectionBudgetExceeded  # torch-free; the proxy never reaches this
 
     message = str(error).splitlines()[0] if str(error) else "rejected by the posterior"
-    kind = "rejection_budget_exceeded" if isinstance(error, RejectionBudgetExceeded) else "value_error"
+    kind = (
+        "rejection_budget_exceeded" if isinstance(error, RejectionBudgetExceeded) else "value_error"
+    )
     return RequestRejected("body", message, kind)
 
 
@@ -63,11 +65,15 @@ def unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
     """422 body: pydantic-style ``detail`` plus a one-line ``message`` naming the first bad field."""
     first = errors[0]
     where = ".".join(str(p) for p in first["loc"])
-    return JSONResponse(status_code=422, content={"detail": errors, "message": f"{where}: {first['msg']}"})
+    return JSONResponse(
+        status_code=422, content={"detail": errors, "message": f"{where}: {first['msg']}"}
+    )
 
 
 def _plain(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": message, "message": message}, headers=headers)
+    return JSONResponse(
+        status_code=status, content={"detail": message, "message": message}, headers=headers
+    )
 
 
 def install_error_handlers(api: FastAPI) -> None:
@@ -76,18 +82,39 @@ def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Drop the echoed `input` (a whole trace) and `ctx` (may hold exception objects).
-        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
-        return unprocessable(errors or [{"loc": ["body"], "msg": "invalid request", "type": "value_error"}])
+        errors = [
+            {
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
+        return unprocessable(
+            errors or [{"loc": ["body"], "msg": "invalid request", "type": "value_error"}]
+        )
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI answers 400 for a body it cannot even decode (bytes that are no JSON text); that is
         # a malformed request like any other, so it gets the same 422 shape.
         if exc.status_code == 400:
-            return unprocessable([{"loc": ["body"], "msg": f"could not be decoded as JSON ({exc.detail})", "type": "json_invalid"}])
+            return unprocessable(
+                [
+                    {
+                        "loc": ["body"],
+                        "msg": f"could not be decoded as JSON ({exc.detail})",
+                        "type": "json_invalid",
+                    }
+                ]
+            )
         if exc.status_code == 413:  # deploy.serve.limits: a streamed body that grew past the cap
             length = request.headers.get("content-length", "more than the limit of")
-            return JSONResponse(status_code=413, content=json.loads(too_large_body(length)), headers={"connection": "close"})
+            return JSONResponse(
+                status_code=413,
+                content=json.loads(too_large_body(length)),
+                headers={"connection": "close"},
+            )
         return _plain(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @api.exception_handler(RequestRejected)
@@ -103,7 +130,9 @@ def install_error_handlers(api: FastAPI) -> None:
         return _plain(504, str(exc))
 
 
-def json_response(body: BaseModel, started: float | None = None, drawn: float | None = None) -> Response:
+def json_response(
+    body: BaseModel, started: float | None = None, drawn: float | None = None
+) -> Response:
     """The model serialised once by pydantic's Rust encoder, with a ``Server-Timing`` header.
 
     FastAPI's default path re-validates the returned model and runs ``json.dumps`` over it;
@@ -116,6 +145,8 @@ def json_response(body: BaseModel, started: float | None = None, drawn: float | 
     headers = {}
     if started is not None:
         now = time.perf_counter()
-        parts = ([f"draws;dur={1000 * (drawn - started):.2f}"] if drawn is not None else []) + [f"replica;dur={1000 * (now - started):.2f}"]
+        parts = ([f"draws;dur={1000 * (drawn - started):.2f}"] if drawn is not None else []) + [
+            f"replica;dur={1000 * (now - started):.2f}"
+        ]
         headers["Server-Timing"] = ", ".join(parts)
     return Response(content=content, media_type="application/json", headers=headers)

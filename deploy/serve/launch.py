@@ -62,8 +62,12 @@ class ServeOptions:
         if self.direct_ingress and (self.replicas != 1 or self.address is not None):
             # Several replicas need a load balancer reading Serve's target groups (Serve's HAProxy
             # mode), and a running cluster's Serve was started without the mode.
-            what = f"replicas={self.replicas}" if self.replicas != 1 else f"address={self.address!r}"
-            raise ValueError(f"direct_ingress with {what}: it works with one replica on a private local Ray (no --address, --replicas 1)")
+            what = (
+                f"replicas={self.replicas}" if self.replicas != 1 else f"address={self.address!r}"
+            )
+            raise ValueError(
+                f"direct_ingress with {what}: it works with one replica on a private local Ray (no --address, --replicas 1)"
+            )
 
     @property
     def url(self) -> str:
@@ -82,7 +86,9 @@ def check_posterior(path: str) -> str:
         A one-line description (variant and fingerprint).
     """
     if not Path(path).is_dir():
-        raise ValueError(f"{path!r} is not a directory; give the --out directory of `farm train npe`")
+        raise ValueError(
+            f"{path!r} is not a directory; give the --out directory of `farm train npe`"
+        )
     from inference import load_posterior
 
     posterior = load_posterior(path)
@@ -119,7 +125,13 @@ def connect_ray(opts: ServeOptions) -> None:
         # `farm serve` call the port themselves, so stop within seconds (in-flight requests still finish).
         os.environ.setdefault(DIRECT_INGRESS_DRAIN_ENV, "2")
     # None: a private Ray bound to 127.0.0.1, never someone else's `ray start` cluster on this machine.
-    raycluster.connect_ray(opts.address, quiet=True, log_level=logging.INFO, object_store_memory=None, configure_logging=False)
+    raycluster.connect_ray(
+        opts.address,
+        quiet=True,
+        log_level=logging.INFO,
+        object_store_memory=None,
+        configure_logging=False,
+    )
 
 
 def replica_url(opts: ServeOptions, timeout_s: float = 120.0) -> str:
@@ -138,7 +150,9 @@ def replica_url(opts: ServeOptions, timeout_s: float = 120.0) -> str:
     while time.monotonic() < deadline:
         details = ray.get(controller.get_serve_instance_details.remote())
         for group in details.get("target_groups") or []:
-            if group.get("app_name") == APP_NAME and str(group.get("protocol")).upper().endswith("HTTP"):
+            if group.get("app_name") == APP_NAME and str(group.get("protocol")).upper().endswith(
+                "HTTP"
+            ):
                 ports = [t["port"] for t in group.get("targets", []) if t["port"] != opts.port]
                 if ports:
                     return opts.url_at(ports[0])
@@ -162,10 +176,23 @@ def deploy(opts: ServeOptions) -> str:
     connect_ray(opts)
     # One HTTP proxy, on the head: the node users reach (and the only one a loopback bind can serve).
     # The proxy's deadline backs up the replica's own (504): a request never hangs on a stuck replica.
-    serve.start(proxy_location="HeadOnly", http_options={"host": opts.host, "port": opts.port, "request_timeout_s": 2 * DEFAULT_REQUEST_TIMEOUT_S})
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options={
+            "host": opts.host,
+            "port": opts.port,
+            "request_timeout_s": 2 * DEFAULT_REQUEST_TIMEOUT_S,
+        },
+    )
     # A path that exists here is made absolute; on a cluster it must name the same shared mount on every node.
-    posterior = str(Path(opts.posterior).resolve()) if Path(opts.posterior).exists() else opts.posterior
-    serve.run(posterior_app(posterior, num_replicas=opts.replicas, max_batch_size=opts.max_batch_size), name=APP_NAME, route_prefix="/")
+    posterior = (
+        str(Path(opts.posterior).resolve()) if Path(opts.posterior).exists() else opts.posterior
+    )
+    serve.run(
+        posterior_app(posterior, num_replicas=opts.replicas, max_batch_size=opts.max_batch_size),
+        name=APP_NAME,
+        route_prefix="/",
+    )
     return f"{opts.url} (direct: {replica_url(opts)})" if opts.direct_ingress else opts.url
 
 
@@ -208,7 +235,13 @@ def serve_until_interrupted(opts: ServeOptions, announce) -> None:
 READY_MARKER = "Serving "
 
 
-def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen | None = None, log: Path | None = None, log_offset: int = 0) -> dict:
+def wait_healthy(
+    url: str,
+    timeout_s: float = 180.0,
+    process: subprocess.Popen | None = None,
+    log: Path | None = None,
+    log_offset: int = 0,
+) -> dict:
     """Poll ``GET /health`` until it answers 200; fail early if ``process`` exits.
 
     With ``log``, also wait until the server has written its ready line there (after
@@ -219,7 +252,9 @@ def wait_healthy(url: str, timeout_s: float = 180.0, process: subprocess.Popen |
     with httpx.Client(timeout=5.0) as client:
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
-                raise RuntimeError(f"farm serve exited with code {process.returncode} before answering")
+                raise RuntimeError(
+                    f"farm serve exited with code {process.returncode} before answering"
+                )
             try:
                 r = client.get(f"{url}/health")
                 if r.status_code == 200:
@@ -244,7 +279,9 @@ def ready_line(log: Path, offset: int) -> str | None:
     return None
 
 
-def spawn_detached(opts: ServeOptions, log_path: Path | None = None) -> tuple[subprocess.Popen, Path, int]:
+def spawn_detached(
+    opts: ServeOptions, log_path: Path | None = None
+) -> tuple[subprocess.Popen, Path, int]:
     """Run ``farm serve`` (blocking form) in a new session that outlives this process.
 
     Returns:
@@ -273,5 +310,12 @@ def spawn_detached(opts: ServeOptions, log_path: Path | None = None) -> tuple[su
     # Unbuffered, so the log shows "Serving ..." while it serves, not only after a clean exit.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
     return proc, log, offset

@@ -29,7 +29,9 @@ RETRY_AFTER_S = 1
 def too_large_body(length: int | str) -> bytes:
     """The JSON body of a 413: one line naming the size and the cap."""
     message = f"body: {length} bytes exceeds the limit of {MAX_BODY_BYTES} bytes (docs/http-api.md, Limits)"
-    return json.dumps({"detail": [{"loc": ["body"], "msg": message, "type": "too_large"}], "message": message}).encode()
+    return json.dumps(
+        {"detail": [{"loc": ["body"], "msg": message, "type": "too_large"}], "message": message}
+    ).encode()
 
 
 class ContentLengthLimit:
@@ -42,7 +44,9 @@ class ContentLengthLimit:
             proxy reads bodies in a task of its own, where a raise would not become an answer).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES, count_stream: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES, count_stream: bool = False
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.count_stream = count_stream
@@ -50,9 +54,17 @@ class ContentLengthLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
+            if (
+                length is not None
+                and length.strip().isdigit()
+                and int(length) > self.max_body_bytes
+            ):
                 body = too_large_body(int(length))
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ]
                 await send({"type": "http.response.start", "status": 413, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
@@ -65,7 +77,9 @@ class ContentLengthLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_body_bytes:  # FastAPI re-raises HTTPException from body reading: a 413 handler answers
+            if (
+                received > self.max_body_bytes
+            ):  # FastAPI re-raises HTTPException from body reading: a 413 handler answers
                 raise HTTPException(413, detail="streamed body")
             return message
 

@@ -35,7 +35,9 @@ def assess(posterior: Any, observation: dict[str, np.ndarray]) -> dict[str, Any]
     return posterior.misspecification(**observation)
 
 
-def draw_and_assess(posterior: Any, num_samples: int, seed: int | None, **batched: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+def draw_and_assess(
+    posterior: Any, num_samples: int, seed: int | None, **batched: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Draws, log-densities and misspecification checks of B observations (``traces=`` or ``features=``).
 
     One summary and one embedding per observation serve both (``AmortizedPosterior.sample_and_assess``).
@@ -43,10 +45,14 @@ def draw_and_assess(posterior: Any, num_samples: int, seed: int | None, **batche
     return posterior.sample_and_assess(num_samples, seed=seed, normalized=False, **batched)
 
 
-def draw_one(posterior: Any, num_samples: int, observation: dict[str, np.ndarray], seed: int | None) -> Drawn:
+def draw_one(
+    posterior: Any, num_samples: int, observation: dict[str, np.ndarray], seed: int | None
+) -> Drawn:
     """Draws for one request, their log-densities, batch size 1 and the request's misspecification."""
     ((keyword, value),) = observation.items()
-    samples, log_prob, (check,) = draw_and_assess(posterior, num_samples, seed, **{BATCHED[keyword]: value[None]})
+    samples, log_prob, (check,) = draw_and_assess(
+        posterior, num_samples, seed, **{BATCHED[keyword]: value[None]}
+    )
     return samples[0], log_prob[0], 1, check
 
 
@@ -69,7 +75,12 @@ def draw_batch(posterior: Any, jobs: list[Job]) -> list[Drawn | Exception]:
             draws, log_prob, checks = draw_and_assess(posterior, n_max, None, **{keyword: stacked})
             for row, i in enumerate(idx):
                 n = jobs[i].num_samples
-                results[i] = (np.ascontiguousarray(draws[row, :n]), log_prob[row, :n], len(idx), checks[row])
+                results[i] = (
+                    np.ascontiguousarray(draws[row, :n]),
+                    log_prob[row, :n],
+                    len(idx),
+                    checks[row],
+                )
         except ValueError:
             for i in idx:  # isolate the bad request so the others are still answered
                 try:

@@ -36,11 +36,15 @@ def as_observation(trace: Any, protocol: Protocol, trace_length: int) -> NDArray
     try:
         a = np.asarray(trace, dtype=np.int16)
     except (ValueError, TypeError):
-        raise ValueError(f"trace is not a list of codes or a list of equal-length sweeps; expected shape {expected_shape(protocol, trace_length)}") from None
+        raise ValueError(
+            f"trace is not a list of codes or a list of equal-length sweeps; expected shape {expected_shape(protocol, trace_length)}"
+        ) from None
     if a.ndim == 2 and protocol.num_sweeps > 1 and a.shape == protocol.observation_shape:
         return a.reshape(-1)
     if a.ndim != 1 or a.shape[0] != trace_length:
-        raise ValueError(f"trace shape {a.shape} differs from this posterior's observation shape {expected_shape(protocol, trace_length)}")
+        raise ValueError(
+            f"trace shape {a.shape} differs from this posterior's observation shape {expected_shape(protocol, trace_length)}"
+        )
     return a
 
 

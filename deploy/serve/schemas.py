@@ -44,13 +44,33 @@ FlatTrace = Annotated[
         description=f"MADC codes 0..{ADC_MAX_CODE} at 1 MSa/s: {TRACE_LENGTH} for the step protocol, sweeps x samples per sweep (flat) for multi-sweep ones",
     ),
 ]
-SweepTraces = Annotated[list[FlatTrace], Field(min_length=2, max_length=MAX_SWEEPS, description="one list of codes per sweep (multi-sweep protocols)")]
+SweepTraces = Annotated[
+    list[FlatTrace],
+    Field(
+        min_length=2,
+        max_length=MAX_SWEEPS,
+        description="one list of codes per sweep (multi-sweep protocols)",
+    ),
+]
 Trace = FlatTrace | SweepTraces
 Features = Annotated[
-    list[FiniteFloat], Field(min_length=1, max_length=NUM_FEATURES * MAX_SWEEPS, description="handcrafted statistics in the posterior's feature_names order")
+    list[FiniteFloat],
+    Field(
+        min_length=1,
+        max_length=NUM_FEATURES * MAX_SWEEPS,
+        description="handcrafted statistics in the posterior's feature_names order",
+    ),
 ]
 ThetaRow = Annotated[list[FiniteFloat], Field(min_length=NUM_PARAMETERS, max_length=NUM_PARAMETERS)]
-Seed = Annotated[int | None, Field(default=None, ge=0, le=MAX_SEED, description="same seed, same draws; seeded requests bypass the batcher")]
+Seed = Annotated[
+    int | None,
+    Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="same seed, same draws; seeded requests bypass the batcher",
+    ),
+]
 
 
 class _Strict(BaseModel):
@@ -94,10 +114,18 @@ class PredictiveRequest(_Strict):
 class Misspecification(BaseModel):
     """Is the observation like the training data? (``AmortizedPosterior.misspecification``)."""
 
-    score: float | None = Field(description="kNN distance in summary space; null for artifacts without calibration")
-    threshold: float | None = Field(description="95 % quantile of held-out in-distribution scores; null with score")
-    flagged: bool = Field(description="true when any reason applies: do not trust the posterior for this observation")
-    reasons: list[str] = Field(description="one line each: spike count outside the regime, flat or saturated trace, score above threshold")
+    score: float | None = Field(
+        description="kNN distance in summary space; null for artifacts without calibration"
+    )
+    threshold: float | None = Field(
+        description="95 % quantile of held-out in-distribution scores; null with score"
+    )
+    flagged: bool = Field(
+        description="true when any reason applies: do not trust the posterior for this observation"
+    )
+    reasons: list[str] = Field(
+        description="one line each: spike count outside the regime, flat or saturated trace, score above threshold"
+    )
     note: str | None = Field(None, description="why score is null, when it is")
 
 
@@ -116,7 +144,9 @@ class SampleResponse(BaseModel):
 
 class LogProbResponse(BaseModel):
     parameter_names: list[str]
-    log_prob: list[float | None] = Field(description="null where the density is -inf (outside the prior support)")
+    log_prob: list[float | None] = Field(
+        description="null where the density is -inf (outside the prior support)"
+    )
     fingerprint: str
     misspecification: Misspecification
 
@@ -140,7 +170,10 @@ class HealthResponse(BaseModel):
     version: str
     emulator_version: str
     replica: str = Field(description="id of the Serve replica that answered")
-    protocol: str = Field("step", description="the stimulus protocol observations must come from (GET /info has its sweeps)")
+    protocol: str = Field(
+        "step",
+        description="the stimulus protocol observations must come from (GET /info has its sweeps)",
+    )
 
 
 class ParameterInfo(BaseModel):
@@ -163,4 +196,6 @@ class InfoResponse(BaseModel):
     limits: dict[str, int]
     protocol: dict
     protocol_name: str = Field(description="step, multi-step, or a custom protocol's name")
-    observation_shape: list[int] = Field(description="[T] for one sweep, [sweeps, T] for several; the flat form of sweeps * T codes is accepted too")
+    observation_shape: list[int] = Field(
+        description="[T] for one sweep, [sweeps, T] for several; the flat form of sweeps * T codes is accepted too"
+    )

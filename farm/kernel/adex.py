@@ -31,7 +31,21 @@ from numpy.typing import NDArray
 
 from farm.kernel.expm import TABLE as _EXP_TABLE
 from farm.kernel.rng import mix64, to_normal_fast
-from farm.kernel.simd_step import DT_C, DT_TAU_W, G_LEAK, G_LEAK_DELTA_T, INV_DELTA_T, LANES, PARAM_ROWS, V_LEAK, V_RESET, V_T, V_THRESHOLD, A, euler_step
+from farm.kernel.simd_step import (
+    DT_C,
+    DT_TAU_W,
+    G_LEAK,
+    G_LEAK_DELTA_T,
+    INV_DELTA_T,
+    LANES,
+    PARAM_ROWS,
+    V_LEAK,
+    V_RESET,
+    V_T,
+    V_THRESHOLD,
+    A,
+    euler_step,
+)
 
 _ADC_STREAM = np.uint64(0xADC0ADC0ADC0ADC0)
 #: sha256 of farm/kernel/simd_step.py, farm/kernel/expm.py and farm/kernel/rng.py (in that order), whose code numba compiles
@@ -146,7 +160,9 @@ def _integrate_lanes(
         stim_spike_count_out[i] = stim_count[k]
 
 
-def stimulus_waveform(amplitude_na: float, amplitude_end_na: float | None, step_on: int, step_off: int, num_steps: int) -> NDArray[np.float64]:
+def stimulus_waveform(
+    amplitude_na: float, amplitude_end_na: float | None, step_on: int, step_off: int, num_steps: int
+) -> NDArray[np.float64]:
     """The current at every Euler step of one sweep: ``amplitude_na`` in [step_on, step_off), 0 elsewhere,
     or a linear ramp from ``amplitude_na`` to ``amplitude_end_na`` over the same window.
 
@@ -158,7 +174,9 @@ def stimulus_waveform(amplitude_na: float, amplitude_end_na: float | None, step_
         wave[step_on:step_off] = amplitude_na
     else:
         k = np.arange(step_off - step_on, dtype=np.float64)
-        wave[step_on:step_off] = amplitude_na + (amplitude_end_na - amplitude_na) * k / max(step_off - step_on - 1, 1)
+        wave[step_on:step_off] = amplitude_na + (amplitude_end_na - amplitude_na) * k / max(
+            step_off - step_on - 1, 1
+        )
     return wave
 
 

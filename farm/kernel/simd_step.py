@@ -35,10 +35,25 @@ from farm.kernel import expm, rng
 
 LANES = 16
 # Rows of the ``params`` array handed to euler_step: per-lane constants, (len(PARAM_ROWS), LANES).
-PARAM_ROWS = ("v_leak", "v_t", "inv_delta_t", "g_leak", "g_leak_delta_t", "dt_c", "a", "dt_tau_w", "v_reset", "v_threshold")
-V_LEAK, V_T, INV_DELTA_T, G_LEAK, G_LEAK_DELTA_T, DT_C, A, DT_TAU_W, V_RESET, V_THRESHOLD = range(len(PARAM_ROWS))
+PARAM_ROWS = (
+    "v_leak",
+    "v_t",
+    "inv_delta_t",
+    "g_leak",
+    "g_leak_delta_t",
+    "dt_c",
+    "a",
+    "dt_tau_w",
+    "v_reset",
+    "v_threshold",
+)
+V_LEAK, V_T, INV_DELTA_T, G_LEAK, G_LEAK_DELTA_T, DT_C, A, DT_TAU_W, V_RESET, V_THRESHOLD = range(
+    len(PARAM_ROWS)
+)
 EXP_ARG_MAX = 30.0  # exp(30) already crosses any threshold within one step; avoids overflow
-EXP_ARG_MIN = -30.0  # exp(-30) ~ 1e-13: below the rounding of v (~600 mV * 2e-16) after dt/C scaling
+EXP_ARG_MIN = (
+    -30.0
+)  # exp(-30) ~ 1e-13: below the rounding of v (~600 mV * 2e-16) after dt/C scaling
 
 _f64 = ir.DoubleType()
 _i64 = ir.IntType(64)
@@ -60,7 +75,9 @@ def _broadcast(builder: ir.IRBuilder, scalar: ir.Value, ty: ir.VectorType) -> ir
 
 
 def _fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_vf, [_vf, _vf, _vf]), f"llvm.fma.v{LANES}f64")
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_vf, [_vf, _vf, _vf]), f"llvm.fma.v{LANES}f64"
+    )
     return builder.call(fn, [a, b, c])
 
 
@@ -100,8 +117,16 @@ def _exp(builder: ir.IRBuilder, x: ir.Value, table: ir.Value) -> ir.Value:
     for k in range(LANES):
         lane = ir.Constant(_i32, k)
         i = builder.extract_element(idx, lane)
-        tail = builder.insert_element(tail, builder.load(builder.gep(table, [i], inbounds=True), align=8), lane)
-        hi = builder.insert_element(hi, builder.load(builder.gep(table, [builder.add(i, ir.Constant(_i64, 1))], inbounds=True), align=8), lane)
+        tail = builder.insert_element(
+            tail, builder.load(builder.gep(table, [i], inbounds=True), align=8), lane
+        )
+        hi = builder.insert_element(
+            hi,
+            builder.load(
+                builder.gep(table, [builder.add(i, ir.Constant(_i64, 1))], inbounds=True), align=8
+            ),
+            lane,
+        )
     tail = builder.bitcast(tail, _vf)
     scale = builder.bitcast(builder.add(hi, top), _vf)
     r2 = builder.fmul(r, r)
@@ -125,8 +150,16 @@ def euler_step(typingctx, state, params, noise_keys, refractory, table, current,
         current: float64 stimulus current of this step [nA]; step: uint64 step index (noise counter);
         sigma_step: float64 noise per step [mV] (0 disables noise).
     """
-    arrays = ((state, types.float64), (params, types.float64), (noise_keys, types.uint64), (refractory, types.int64), (table, types.uint64))
-    if not all(isinstance(a, types.Array) and a.dtype == dtype and a.layout == "C" for a, dtype in arrays):
+    arrays = (
+        (state, types.float64),
+        (params, types.float64),
+        (noise_keys, types.uint64),
+        (refractory, types.int64),
+        (table, types.uint64),
+    )
+    if not all(
+        isinstance(a, types.Array) and a.dtype == dtype and a.layout == "C" for a, dtype in arrays
+    ):
         return None  # the codegen reads rows of LANES contiguous elements: anything else is a typing error
     sig = types.boolean(state, params, noise_keys, refractory, table, current, step, sigma_step)
 
@@ -154,23 +187,34 @@ def euler_step(typingctx, state, params, noise_keys, refractory, table, current,
         v_minus_leak = builder.fsub(v, v_leak)
         dw = builder.fmul(param(DT_TAU_W), builder.fsub(builder.fmul(param(A), v_minus_leak), w))
         arg = builder.fmul(builder.fsub(v, param(V_T)), param(INV_DELTA_T))
-        arg = builder.select(builder.fcmp_ordered(">", arg, _splat(EXP_ARG_MAX, _vf)), _splat(EXP_ARG_MAX, _vf), arg)
+        arg = builder.select(
+            builder.fcmp_ordered(">", arg, _splat(EXP_ARG_MAX, _vf)), _splat(EXP_ARG_MAX, _vf), arg
+        )
         above_min = builder.fcmp_ordered(">", arg, _splat(EXP_ARG_MIN, _vf))
         e = _exp(builder, builder.select(above_min, arg, _splat(EXP_ARG_MIN, _vf)), tab)
         i_exp = builder.select(above_min, builder.fmul(param(G_LEAK_DELTA_T), e), _splat(0.0, _vf))
         drive = builder.fmul(builder.fneg(param(G_LEAK)), v_minus_leak)
-        drive = builder.fadd(builder.fsub(builder.fadd(drive, i_exp), w), _broadcast(builder, current, _vf))
+        drive = builder.fadd(
+            builder.fsub(builder.fadd(drive, i_exp), w), _broadcast(builder, current, _vf)
+        )
         v_free = builder.fadd(v, builder.fmul(param(DT_C), drive))
         counter = _broadcast(builder, step, _vi)
         keyv = builder.load(row(keys, 0, _vi), align=8)
         sigma_v = _broadcast(builder, sigma, _vf)
-        noisy = builder.fadd(v_free, builder.fmul(sigma_v, _normal_fast(builder, _mix64(builder, builder.xor(keyv, counter)))))
+        noisy = builder.fadd(
+            v_free,
+            builder.fmul(
+                sigma_v, _normal_fast(builder, _mix64(builder, builder.xor(keyv, counter)))
+            ),
+        )
         v_free = builder.select(builder.fcmp_ordered(">", sigma_v, _splat(0.0, _vf)), noisy, v_free)
         in_ref = builder.icmp_signed(">", ref, _splat(0, _vi))
         v_new = builder.select(in_ref, param(V_RESET), v_free)
         builder.store(v_new, v_ptr, align=8)
         builder.store(builder.fadd(w, dw), w_ptr, align=8)
-        builder.store(builder.select(in_ref, builder.sub(ref, _splat(1, _vi)), ref), ref_ptr, align=8)
+        builder.store(
+            builder.select(in_ref, builder.sub(ref, _splat(1, _vi)), ref), ref_ptr, align=8
+        )
         fired = builder.fcmp_ordered(">=", v_new, param(V_THRESHOLD))
         bits = builder.bitcast(fired, ir.IntType(LANES))
         return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(LANES), 0))

@@ -57,7 +57,13 @@ def run_chunk(store: SimStore, job: ChunkJob, substrate: Substrate, chunk: int) 
     t_sim = time.perf_counter() - t0
     store.write_chunk(chunk, batch.arrays())
     in_regime = int(np.sum(job.regime.contains(batch.spike_count)))
-    return {"chunk": chunk, "n": len(batch), "in_regime": in_regime, "sim_seconds": t_sim, "seconds": time.perf_counter() - t0}
+    return {
+        "chunk": chunk,
+        "n": len(batch),
+        "in_regime": in_regime,
+        "sim_seconds": t_sim,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 class ChunkQueue:
@@ -93,7 +99,9 @@ class ChunkQueue:
             self.bar.advance(num_rows)
 
 
-def run_queue(queue: ChunkQueue, job: ChunkJob, substrate: Substrate, halt: threading.Event | None = None) -> int:
+def run_queue(
+    queue: ChunkQueue, job: ChunkJob, substrate: Substrate, halt: threading.Event | None = None
+) -> int:
     """Run chunks from ``queue`` in this thread until it is empty or ``halt`` is set.
 
     A chunk that fails goes back to the queue. Store I/O errors (a full disk, a vanished bucket)

@@ -28,7 +28,14 @@ class ProgressBar:
     def __enter__(self) -> ProgressBar:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(
                 TextColumn("[bold]simulate"),
@@ -42,7 +49,9 @@ class ProgressBar:
                 transient=False,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task("simulate", total=self.total, completed=self.done, rate="")
+            self._task = self._bar.add_task(
+                "simulate", total=self.total, completed=self.done, rate=""
+            )
             self._t0 = time.perf_counter()
             self._done0 = self.done
         return self

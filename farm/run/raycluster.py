@@ -18,7 +18,9 @@ _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 def _drop_auth_default_notice(record: logging.LogRecord) -> bool:
     """Ray's notice that token authentication is on by default (it stays on; only the notice goes)."""
-    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+    return not record.getMessage().startswith(
+        "Token authentication is enabled for this Ray cluster"
+    )
 
 
 #: Object store of a private local Ray: the farm's actors return only small statistics.
@@ -38,7 +40,10 @@ def _kill_ray_children() -> None:
     me = str(os.getpid())
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if stat.read_text().rsplit(")", 1)[1].split()[1] == me and b"ray" in (stat.parent / "cmdline").read_bytes():
+            if (
+                stat.read_text().rsplit(")", 1)[1].split()[1] == me
+                and b"ray" in (stat.parent / "cmdline").read_bytes()
+            ):
                 os.kill(int(stat.parent.name), signal.SIGKILL)
         except (OSError, IndexError, ValueError):
             continue
@@ -83,7 +88,11 @@ def connect_ray(
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet, "configure_logging": configure_logging}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": not quiet,
+        "configure_logging": configure_logging,
+    }
     if configure_logging:
         kwargs["logging_level"] = log_level
     else:
@@ -99,23 +108,33 @@ def connect_ray(
         if num_cpus is not None:
             kwargs["num_cpus"] = int(num_cpus)
     elif num_cpus is not None:
-        raise FarmInputError(f"num_cpus={num_cpus} only sizes a local Ray; omit it with address={address!r}")
+        raise FarmInputError(
+            f"num_cpus={num_cpus} only sizes a local Ray; omit it with address={address!r}"
+        )
     attempts = LOCAL_START_ATTEMPTS if address == "local" else 1
     for attempt in range(attempts):
         try:
             ray.init(address=address, **kwargs)
             return True
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise FarmError(f"cannot connect to Ray at address={address!r}: {str(e).splitlines()[0]}") from None
-        except Exception as e:  # Ray raises a bare Exception when its raylet misses the fixed 30 s start window
+            raise FarmError(
+                f"cannot connect to Ray at address={address!r}: {str(e).splitlines()[0]}"
+            ) from None
+        except (
+            Exception
+        ) as e:  # Ray raises a bare Exception when its raylet misses the fixed 30 s start window
             ray.shutdown()
             _kill_ray_children()  # the half-started node (GCS, raylet) is not Ray's to shut down: it never got a handle
             if "timed out during startup" not in str(e) or attempt + 1 == attempts:
                 raise FarmError(
                     f"Ray at address={address!r} did not start ({str(e).splitlines()[0]}); is the machine overloaded? retry, or join a running cluster with --address"
                 ) from None
-            log.warning("the local Ray missed its 30 s start window (a loaded machine); starting it again")
-        except BaseException:  # Ctrl-C or SIGTERM mid-start: ray.init never returned a handle to the node it began
+            log.warning(
+                "the local Ray missed its 30 s start window (a loaded machine); starting it again"
+            )
+        except (
+            BaseException
+        ):  # Ctrl-C or SIGTERM mid-start: ray.init never returned a handle to the node it began
             if address == "local":
                 ray.shutdown()
                 _kill_ray_children()

@@ -86,8 +86,14 @@ def run_farm(
             writing (``StoreLocked``).
         FarmError: the run could not finish; completed chunks are kept and a re-run resumes.
     """
-    if theta is not None and (theta.dtype.fields is not None or not np.issubdtype(theta.dtype, np.number) or theta.ndim != 2):
-        raise FarmInputError(f"theta dtype={theta.dtype} ndim={theta.ndim}; give a plain numeric (n, 7) array")
+    if theta is not None and (
+        theta.dtype.fields is not None
+        or not np.issubdtype(theta.dtype, np.number)
+        or theta.ndim != 2
+    ):
+        raise FarmInputError(
+            f"theta dtype={theta.dtype} ndim={theta.ndim}; give a plain numeric (n, 7) array"
+        )
     prior = prior or BoxPrior()
     protocol = protocol or Protocol()
     chip_model = chip_model or ChipModel()
@@ -133,13 +139,20 @@ def run_farm(
         pending = store.pending_chunks()
         skipped = store.num_sims - sum(b - a for a, b in map(store.chunk_bounds, pending))
         t0 = time.perf_counter()
-        stats: dict[str, Any] = {"num_workers": 0, "nodes": set(), "chunks_retried": 0, "retried_on": set()}
+        stats: dict[str, Any] = {
+            "num_workers": 0,
+            "nodes": set(),
+            "chunks_retried": 0,
+            "retried_on": set(),
+        }
         try:
             with ProgressBar(total=store.num_sims, done=skipped, enabled=progress) as bar:
                 queue = ChunkQueue(store, pending, bar)
                 if pending and in_process:
                     # Errors other than store I/O propagate unchanged: the caller's own process ran them.
-                    run_queue(queue, job, get_substrate(job.substrate, job.protocol, job.chip_model))
+                    run_queue(
+                        queue, job, get_substrate(job.substrate, job.protocol, job.chip_model)
+                    )
                     stats.update(num_workers=1, nodes={"local"})
                 elif pending:
                     run_on_ray(
@@ -152,9 +165,13 @@ def run_farm(
                         max_actor_failures=max_actor_failures,
                     )
         except OSError as e:  # the driver's own writes (done flags) on a full or vanished store
-            raise FarmError(f"writing to {store.url} failed: {e.strerror or e}; completed chunks are kept, re-run the same command to resume") from None
+            raise FarmError(
+                f"writing to {store.url} failed: {e.strerror or e}; completed chunks are kept, re-run the same command to resume"
+            ) from None
         if lock.lost:
-            raise FarmError(f"another run took over the lock of {out}; run `farm verify {out}`, then re-run the same command")
+            raise FarmError(
+                f"another run took over the lock of {out}; run `farm verify {out}`, then re-run the same command"
+            )
     seconds = time.perf_counter() - t0
     summary = store.describe()
     simulated_now = summary["completed_sims"] - skipped

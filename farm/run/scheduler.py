@@ -97,7 +97,9 @@ def run_on_ray(
     blas_limit = None
     # Ray is imported only once the driver works: its imports hide behind the driver's chunks.
     if address is None and not ray_connected() and len(queue) > DRIVER_MIN_CHUNKS:
-        blas_limit = threadpool_limits(limits=1, user_api="blas")  # set before the thread exists; see DriverWorker
+        blas_limit = threadpool_limits(
+            limits=1, user_api="blas"
+        )  # set before the thread exists; see DriverWorker
         driver = DriverWorker(queue, job)
         driver.start()
     try:
@@ -141,7 +143,9 @@ def run_on_ray(
             nonlocal failures
             failures += 1
             if failures > max_failures:
-                raise FarmError(f"{failures} actors died (limit {max_failures}); completed chunks are kept, re-run to resume") from None
+                raise FarmError(
+                    f"{failures} actors died (limit {max_failures}); completed chunks are kept, re-run to resume"
+                ) from None
             spawn()
 
         for _ in range(num_chips):
@@ -188,7 +192,9 @@ def run_on_ray(
                         actor_died()
                     continue
                 except RayTaskError as e:
-                    raise FarmError(f"chunk {chunk} failed: {_cause(e)}; completed chunks are kept, re-run the same command to resume") from None
+                    raise FarmError(
+                        f"chunk {chunk} failed: {_cause(e)}; completed chunks are kept, re-run the same command to resume"
+                    ) from None
                 queue.finish(chunk, res["n"])
                 stats["nodes"].add(res["node_id"])
                 if chunk in retried:
@@ -202,7 +208,9 @@ def run_on_ray(
                 and (driver is None or not driver.is_alive())
                 and time.monotonic() - last_progress > NO_ACTOR_TIMEOUT_S
             ):
-                raise FarmError(f"no chip actor could be started for {NO_ACTOR_TIMEOUT_S} s; check the cluster's free CPUs (`ray status`)")
+                raise FarmError(
+                    f"no chip actor could be started for {NO_ACTOR_TIMEOUT_S} s; check the cluster's free CPUs (`ray status`)"
+                )
     except (KeyboardInterrupt, SystemExit):
         interrupted = True
         raise

@@ -76,12 +76,28 @@ class StoreLock:
         stale_after_s: heartbeat age after which an owner on another host counts as gone.
     """
 
-    def __init__(self, url: str, *, break_lock: bool = False, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        break_lock: bool = False,
+        stale_after_s: float = STALE_AFTER_S,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
         self.store_url, self.url = url, lock_url(url)
-        self.break_lock, self.stale_after_s, self.heartbeat_s = break_lock, stale_after_s, heartbeat_s
+        self.break_lock, self.stale_after_s, self.heartbeat_s = (
+            break_lock,
+            stale_after_s,
+            heartbeat_s,
+        )
         self.fs, self.path = filesystem(self.url)
         self.owner = LockOwner(
-            socket.gethostname(), os.getpid(), datetime.now(UTC).isoformat(timespec="seconds"), time.time(), uuid.uuid4().hex, _proc_start(os.getpid())
+            socket.gethostname(),
+            os.getpid(),
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            time.time(),
+            uuid.uuid4().hex,
+            _proc_start(os.getpid()),
         )
         self.lost = False
         self._stop = threading.Event()
@@ -93,9 +109,13 @@ class StoreLock:
             try:
                 created = self._try_create()
             except OSError as e:
-                raise FarmInputError(f"lock {self.url!r} of the store cannot be written: {e.strerror or e}; choose a writable --out") from None
+                raise FarmInputError(
+                    f"lock {self.url!r} of the store cannot be written: {e.strerror or e}; choose a writable --out"
+                ) from None
             if created:
-                self._thread = threading.Thread(target=self._beat, name="farm-lock-heartbeat", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._beat, name="farm-lock-heartbeat", daemon=True
+                )
                 self._thread.start()
                 return self
             held = self._read()
@@ -105,9 +125,16 @@ class StoreLock:
                 raise StoreLocked(
                     f"store={self.store_url!r} is being written by {who}; wait for that run, or pass --break-lock if it is gone (lock {self.url})"
                 )
-            log.warning("taking over the lock of %s from %s: %s", self.store_url, held.describe() if held else "an unreadable lock", reason)
+            log.warning(
+                "taking over the lock of %s from %s: %s",
+                self.store_url,
+                held.describe() if held else "an unreadable lock",
+                reason,
+            )
             self._remove_if(held)
-        raise StoreLocked(f"store={self.store_url!r}: could not take its lock {self.url} after 5 tries; another run keeps taking it")
+        raise StoreLocked(
+            f"store={self.store_url!r}: could not take its lock {self.url} after 5 tries; another run keeps taking it"
+        )
 
     def release(self) -> None:
         self._stop.set()
@@ -136,7 +163,9 @@ class StoreLock:
             with open(tmp, "wb") as f:
                 f.write(self._payload())
             try:
-                os.link(tmp, self.path)  # atomic, fails if the lock exists; content already complete
+                os.link(
+                    tmp, self.path
+                )  # atomic, fails if the lock exists; content already complete
                 return True
             except FileExistsError:
                 return False
@@ -147,7 +176,11 @@ class StoreLock:
                 f.write(self._payload())
         except FileExistsError:
             return False
-        except (ValueError, NotImplementedError, TypeError):  # no exclusive create: write, then read back
+        except (
+            ValueError,
+            NotImplementedError,
+            TypeError,
+        ):  # no exclusive create: write, then read back
             if self.fs.exists(self.path):
                 return False
             self.fs.pipe(self.path, self._payload())
@@ -167,7 +200,11 @@ class StoreLock:
     def _gone_reason(self, held: LockOwner | None) -> str | None:
         """Why the holder counts as gone, or None if it may still be running."""
         if held is None:
-            return None if self.fs.exists(self.path) and self._age_of_file() < self.stale_after_s else "lock unreadable and old, or vanished"
+            return (
+                None
+                if self.fs.exists(self.path) and self._age_of_file() < self.stale_after_s
+                else "lock unreadable and old, or vanished"
+            )
         if held.host == self.owner.host:
             if not _pid_alive(held.pid):
                 return f"pid {held.pid} no longer runs on {held.host}"
@@ -188,7 +225,9 @@ class StoreLock:
     def _remove_if(self, held: LockOwner | None) -> None:
         """Remove the lock only if it is still the one judged gone (another run may have taken it)."""
         again = self._read()
-        if (again is None and held is None) or (again is not None and held is not None and again.token == held.token):
+        if (again is None and held is None) or (
+            again is not None and held is not None and again.token == held.token
+        ):
             try:
                 self.fs.rm(self.path)
             except FileNotFoundError:
@@ -200,7 +239,11 @@ class StoreLock:
                 held = self._read()
                 if held is None or held.token != self.owner.token:
                     self.lost = True
-                    log.warning("lost the lock of %s to %s", self.store_url, held.describe() if held else "nobody")
+                    log.warning(
+                        "lost the lock of %s to %s",
+                        self.store_url,
+                        held.describe() if held else "nobody",
+                    )
                     return
                 self.owner = LockOwner(**{**asdict(self.owner), "heartbeat": time.time()})
                 self._write_over()

@@ -67,10 +67,18 @@ def classify(url: str) -> PathState:
             and str(attrs.get("created_by", "")).startswith("bss2-farm")
         ):
             return PathState.STORE
-        what = "a Zarr v3 group not made by bss2-farm" if meta.get("node_type") == "group" else "a Zarr v3 array or unreadable zarr.json"
-        raise StoreRefused(f"out={url!r} holds {what}; nothing was touched, choose a new path for --out")
+        what = (
+            "a Zarr v3 group not made by bss2-farm"
+            if meta.get("node_type") == "group"
+            else "a Zarr v3 array or unreadable zarr.json"
+        )
+        raise StoreRefused(
+            f"out={url!r} holds {what}; nothing was touched, choose a new path for --out"
+        )
     if names & set(_ZARR_V2_KEYS):
-        raise StoreRefused(f"out={url!r} holds a Zarr v2 store (bss2-farm writes Zarr v3); nothing was touched, choose a new path for --out")
+        raise StoreRefused(
+            f"out={url!r} holds a Zarr v2 store (bss2-farm writes Zarr v3); nothing was touched, choose a new path for --out"
+        )
     example = sorted(names)[0]
     raise StoreRefused(
         f"out={url!r} is a folder with {len(names)} entries that are not a bss2-farm store (e.g. {example!r}); nothing was touched, choose a new or empty path for --out"
@@ -94,7 +102,9 @@ def begin_creation(url: str, state: PathState) -> None:
         raise AssertionError(f"begin_creation on a {state.value} location")
     if not is_remote(url):
         fs.makedirs(path, exist_ok=True)
-    fs.pipe(marker, b"bss2-farm: store creation in progress; a run of the same command recreates it\n")
+    fs.pipe(
+        marker, b"bss2-farm: store creation in progress; a run of the same command recreates it\n"
+    )
 
 
 def end_creation(url: str) -> None:
@@ -111,7 +121,9 @@ def check_parent_writable(url: str) -> None:
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK):
-        raise StoreRefused(f"out={url!r}: directory {str(parent)!r} is not writable; choose another --out")
+        raise StoreRefused(
+            f"out={url!r}: directory {str(parent)!r} is not writable; choose another --out"
+        )
 
 
 def lock_url(url: str) -> str:
@@ -134,4 +146,6 @@ def _refuse_working_directory(url: str) -> None:
     target = Path(url.removeprefix("file://")).expanduser().resolve()
     cwd = Path(os.getcwd()).resolve()
     if target == cwd or target in cwd.parents or target == Path.home().resolve():
-        raise StoreRefused(f"out={url!r} is the working directory, the home folder or above them; name a store path such as runs/sims.zarr")
+        raise StoreRefused(
+            f"out={url!r} is the working directory, the home folder or above them; name a store path such as runs/sims.zarr"
+        )

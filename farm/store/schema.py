@@ -63,7 +63,9 @@ class ArraySpec:
 
     def __post_init__(self) -> None:
         if len(self.trailing_dims) != len(self.trailing_shape):
-            raise ValueError(f"array {self.name}: trailing_dims={self.trailing_dims} and trailing_shape={self.trailing_shape} differ in length")
+            raise ValueError(
+                f"array {self.name}: trailing_dims={self.trailing_dims} and trailing_shape={self.trailing_shape} differ in length"
+            )
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -89,7 +91,9 @@ class StoreSchema:
         for a in self.arrays:
             for dim, size in zip(a.trailing_dims, a.trailing_shape):
                 if dim in sizes and sizes[dim] != size:
-                    raise ValueError(f"array {a.name}: dimension {dim} has size {size} but its coordinate has {sizes[dim]}")
+                    raise ValueError(
+                        f"array {a.name}: dimension {dim} has size {size} but its coordinate has {sizes[dim]}"
+                    )
 
     @property
     def array_names(self) -> tuple[str, ...]:

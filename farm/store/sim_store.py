@@ -32,13 +32,22 @@ from numpy.typing import NDArray
 
 from farm.defaults import STORE_FORMAT_VERSION, Protocol, Regime
 from farm.errors import FarmInputError
-from farm.store.paths import PathState, begin_creation, check_parent_writable, classify, end_creation
+from farm.store.paths import (
+    PathState,
+    begin_creation,
+    check_parent_writable,
+    classify,
+    end_creation,
+)
 from farm.store.schema import SAMPLE_DIM
 from farm.store.spec import IDENTITY_KEYS, StoreSpec, normalise_json
 from farm.versions import package_version
 
 #: Bytes-to-bytes codecs of new stores: compress, then checksum the compressed chunk.
-_COMPRESSORS = (zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), zarr.codecs.Crc32cCodec())
+_COMPRESSORS = (
+    zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
+    zarr.codecs.Crc32cCodec(),
+)
 
 
 class StoreMismatch(FarmInputError):
@@ -65,14 +74,26 @@ class SimStore:
         try:
             group = zarr.open_group(url, mode=mode, zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-            raise FileNotFoundError(f"store={url!r} does not exist; create it with `farm simulate --out {url}`") from None
+            raise FileNotFoundError(
+                f"store={url!r} does not exist; create it with `farm simulate --out {url}`"
+            ) from None
         if group.attrs.get("format_version") is None:
-            raise StoreMismatch(f"store={url!r} is not a complete bss2-farm store (no format_version attribute)")
+            raise StoreMismatch(
+                f"store={url!r} is not a complete bss2-farm store (no format_version attribute)"
+            )
         if group.attrs.get("format_version") != STORE_FORMAT_VERSION:
-            raise StoreMismatch(f"store={url!r} has format_version={group.attrs.get('format_version')}; this farm reads {STORE_FORMAT_VERSION}")
+            raise StoreMismatch(
+                f"store={url!r} has format_version={group.attrs.get('format_version')}; this farm reads {STORE_FORMAT_VERSION}"
+            )
         store = cls(url, group)
-        if "chunk_done" not in group or group["chunk_done"].shape[0] < store.num_chunks or any(group[a].shape[0] < store.num_sims for a in store.data_arrays):
-            raise StoreMismatch(f"store={url!r}: its arrays are shorter than num_sims={store.num_sims}; re-run the `farm simulate` that made it to repair it")
+        if (
+            "chunk_done" not in group
+            or group["chunk_done"].shape[0] < store.num_chunks
+            or any(group[a].shape[0] < store.num_sims for a in store.data_arrays)
+        ):
+            raise StoreMismatch(
+                f"store={url!r}: its arrays are shorter than num_sims={store.num_sims}; re-run the `farm simulate` that made it to repair it"
+            )
         return store
 
     @classmethod
@@ -92,7 +113,9 @@ class SimStore:
                 store = cls._create(url, spec)
                 end_creation(url)
             except OSError as e:
-                raise StoreMismatch(f"out={url!r} cannot be created: {e.strerror or e}; choose a writable --out") from None
+                raise StoreMismatch(
+                    f"out={url!r} cannot be created: {e.strerror or e}; choose a writable --out"
+                ) from None
             return store
         # Writers see the arrays as they are, not the published (consolidated) view: repairs need both.
         store = cls(url, zarr.open_group(url, mode="r+", zarr_format=3, use_consolidated=False))
@@ -109,12 +132,19 @@ class SimStore:
         for coord in spec.schema.coords:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # str arrays are not yet in the Zarr v3 spec
-                arr = g.create_array(coord.name, shape=(len(coord),), dtype=coord.dtype, dimension_names=(coord.dimension,))
+                arr = g.create_array(
+                    coord.name,
+                    shape=(len(coord),),
+                    dtype=coord.dtype,
+                    dimension_names=(coord.dimension,),
+                )
                 arr[:] = np.array(coord.values, dtype=object if coord.dtype is str else coord.dtype)
             for key, value in coord.attrs.items():
                 arr.attrs[key] = value
         for a in spec.schema.arrays:
-            extra = {"attributes": dict(a.attrs)} if a.attrs else {}  # none for `step`: its metadata stays as it was
+            extra = (
+                {"attributes": dict(a.attrs)} if a.attrs else {}
+            )  # none for `step`: its metadata stays as it was
             g.create_array(
                 a.name,
                 shape=(n, *a.trailing_shape),
@@ -127,7 +157,13 @@ class SimStore:
             )
             _reached(f"create:array:{a.name}")
         g.create_array(
-            "chunk_done", shape=(num_chunks,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=("chunk",), compressors=[zarr.codecs.Crc32cCodec()]
+            "chunk_done",
+            shape=(num_chunks,),
+            chunks=(1,),
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=("chunk",),
+            compressors=[zarr.codecs.Crc32cCodec()],
         )
         _reached("create:chunk_done")
         attrs = (
@@ -149,8 +185,14 @@ class SimStore:
         for key in IDENTITY_KEYS:
             have = self.attrs.get(key)
             if have != want[key]:
-                hint = "use another --out, or the store's own settings" if key != "emulator_version" else "re-simulate into a new --out with this version"
-                raise StoreMismatch(f"store={self.url!r} was made with {key}={_short(have)}; this run has {key}={_short(want[key])}: {hint}")
+                hint = (
+                    "use another --out, or the store's own settings"
+                    if key != "emulator_version"
+                    else "re-simulate into a new --out with this version"
+                )
+                raise StoreMismatch(
+                    f"store={self.url!r} was made with {key}={_short(have)}; this run has {key}={_short(want[key])}: {hint}"
+                )
 
     def _extend(self, num_sims: int) -> None:
         """Grow the store to ``num_sims`` (or repair an interrupted growth) and publish it last.
@@ -161,7 +203,9 @@ class SimStore:
         """
         have = int(self.attrs["num_sims"])
         if num_sims < have:
-            raise StoreMismatch(f"store={self.url!r} already holds num_sims={have}; --n {num_sims} would shrink it (give --n >= {have}, or another --out)")
+            raise StoreMismatch(
+                f"store={self.url!r} already holds num_sims={have}; --n {num_sims} would shrink it (give --n >= {have}, or another --out)"
+            )
         c = self.chunk_size
         new_chunks = -(-num_sims // c)
         changed = num_sims != have
@@ -217,7 +261,13 @@ class SimStore:
     def data_arrays(self) -> tuple[str, ...]:
         """Names of the per-sample arrays (leading dimension ``sample``), as the schema laid them out."""
         if self._data_arrays is None:
-            self._data_arrays = tuple(sorted(name for name, arr in self.group.arrays() if (arr.metadata.dimension_names or (None,))[0] == SAMPLE_DIM))
+            self._data_arrays = tuple(
+                sorted(
+                    name
+                    for name, arr in self.group.arrays()
+                    if (arr.metadata.dimension_names or (None,))[0] == SAMPLE_DIM
+                )
+            )
         return self._data_arrays
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
@@ -250,10 +300,14 @@ class SimStore:
         """
         start, stop = self.chunk_bounds(chunk)
         if set(arrays) != set(self.data_arrays):
-            raise ValueError(f"chunk {chunk} needs arrays {list(self.data_arrays)}, got {sorted(arrays)}")
+            raise ValueError(
+                f"chunk {chunk} needs arrays {list(self.data_arrays)}, got {sorted(arrays)}"
+            )
         for name in self.data_arrays:
             if len(arrays[name]) != stop - start:
-                raise ValueError(f"chunk {chunk} needs {stop - start} rows of {name}, got {len(arrays[name])}")
+                raise ValueError(
+                    f"chunk {chunk} needs {stop - start} rows of {name}, got {len(arrays[name])}"
+                )
         for name in self.data_arrays:
             self._writer(name)[start:stop] = arrays[name]
 
@@ -352,15 +406,22 @@ def _publish(url: str, attrs: dict[str, Any]) -> None:
     async def publish() -> None:
         store_path = await make_store_path(url, mode="r+")
         group = await AsyncGroup.open(store_path, zarr_format=3, use_consolidated=False)
-        members = {k: v.metadata async for k, v in group.members(max_depth=None, use_consolidated_for_children=False)}
+        members = {
+            k: v.metadata
+            async for k, v in group.members(max_depth=None, use_consolidated_for_children=False)
+        }
         ConsolidatedMetadata._flat_to_nested(members)
         metadata = dataclasses.replace(
-            group.metadata, attributes={**group.metadata.attributes, **attrs}, consolidated_metadata=ConsolidatedMetadata(metadata=members)
+            group.metadata,
+            attributes={**group.metadata.attributes, **attrs},
+            consolidated_metadata=ConsolidatedMetadata(metadata=members),
         )
         await dataclasses.replace(group, metadata=metadata)._save_metadata()
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the creation marker is "not a Zarr node"; consolidated v3 is not in the spec
+        warnings.simplefilter(
+            "ignore"
+        )  # the creation marker is "not a Zarr node"; consolidated v3 is not in the spec
         sync(publish())
 
 

@@ -15,7 +15,17 @@ from farm.errors import FarmInputError
 from farm.store.schema import StoreSchema
 
 #: Attributes that must match for a run to append to an existing store.
-IDENTITY_KEYS = ("format_version", "emulator_version", "substrate", "seed", "chunk_size", "prior", "protocol", "chip_model", "theta_source")
+IDENTITY_KEYS = (
+    "format_version",
+    "emulator_version",
+    "substrate",
+    "seed",
+    "chunk_size",
+    "prior",
+    "protocol",
+    "chip_model",
+    "theta_source",
+)
 #: Hard limits: beyond these a run is a typo, not a plan (and the chunk_done array alone would not fit).
 MAX_SIMS = 10**10
 MAX_CHUNKS = 10**7
@@ -45,7 +55,9 @@ class StoreSpec:
         if not 0 <= self.seed <= MAX_SEED:
             raise FarmInputError(f"seed={self.seed} must be in [0, 2**64 - 1]")
         if self.num_sims > MAX_SIMS:
-            raise FarmInputError(f"num_sims={self.num_sims} is more than the {MAX_SIMS:.0e} samples a store may hold")
+            raise FarmInputError(
+                f"num_sims={self.num_sims} is more than the {MAX_SIMS:.0e} samples a store may hold"
+            )
         if -(-self.num_sims // self.chunk_size) > MAX_CHUNKS:
             raise FarmInputError(
                 f"num_sims={self.num_sims} in chunks of {self.chunk_size} makes {-(-self.num_sims // self.chunk_size)} chunks; at most {MAX_CHUNKS:.0e} allowed, give a larger --chunk"

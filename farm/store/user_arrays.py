@@ -27,9 +27,13 @@ def read_numbers(path: str | Path, what: str, header: tuple[str, ...] = ()) -> N
         try:
             return np.asarray(np.load(p, allow_pickle=False))
         except ValueError as e:  # object arrays (would need pickle) or a corrupt header
-            raise FarmInputError(f"{what} file {p.name}: {str(e).splitlines()[0]}; save a plain numeric array") from None
+            raise FarmInputError(
+                f"{what} file {p.name}: {str(e).splitlines()[0]}; save a plain numeric array"
+            ) from None
     if p.suffix not in (".csv", ".txt"):
-        raise FarmInputError(f"{what} file {p.name}: unknown format {p.suffix!r}; use .npy, .csv or .txt")
+        raise FarmInputError(
+            f"{what} file {p.name}: unknown format {p.suffix!r}; use .npy, .csv or .txt"
+        )
     delimiter = "," if p.suffix == ".csv" else None
     try:
         if header:
@@ -40,7 +44,9 @@ def read_numbers(path: str | Path, what: str, header: tuple[str, ...] = ()) -> N
                 return raw[:, [names.index(n) for n in header]]
         return np.loadtxt(p, delimiter=delimiter, ndmin=2 if header else 0)
     except ValueError as e:  # ragged rows or text where numbers belong
-        raise FarmInputError(f"{what} file {p.name}: {str(e).splitlines()[0]}; give one row of numbers per line") from None
+        raise FarmInputError(
+            f"{what} file {p.name}: {str(e).splitlines()[0]}; give one row of numbers per line"
+        ) from None
 
 
 def read_theta(path: str | Path, prior: AnyPrior) -> NDArray[np.float32]:
@@ -52,14 +58,21 @@ def read_theta(path: str | Path, prior: AnyPrior) -> NDArray[np.float32]:
     try:
         arr = np.asarray(read_numbers(path, "theta", header=PARAMETER_NAMES), dtype=np.float64)
     except TypeError:  # a structured array does not cast to numbers
-        raise FarmInputError(f"{path}: theta must be a plain numeric (n, {len(PARAMETER_NAMES)}) array, not a structured one") from None
+        raise FarmInputError(
+            f"{path}: theta must be a plain numeric (n, {len(PARAMETER_NAMES)}) array, not a structured one"
+        ) from None
     if arr.ndim == 1 and arr.size == len(PARAMETER_NAMES):
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != len(PARAMETER_NAMES) or arr.shape[0] == 0:
-        raise FarmInputError(f"theta shape {arr.shape} must be (n, {len(PARAMETER_NAMES)}) with columns {', '.join(PARAMETER_NAMES)}")
+        raise FarmInputError(
+            f"theta shape {arr.shape} must be (n, {len(PARAMETER_NAMES)}) with columns {', '.join(PARAMETER_NAMES)}"
+        )
     prior.check(arr)
     return arr.astype(np.float32)
 
 
 def theta_fingerprint(theta: NDArray[np.float32]) -> str:
-    return "file:" + hashlib.sha256(np.ascontiguousarray(theta, dtype=np.float32).tobytes()).hexdigest()[:16]
+    return (
+        "file:"
+        + hashlib.sha256(np.ascontiguousarray(theta, dtype=np.float32).tobytes()).hexdigest()[:16]
+    )

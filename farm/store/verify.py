@@ -68,8 +68,16 @@ def verify_store(url: str, on_chunk: Callable[[int], None] | None = None) -> Ver
                 continue
             try:
                 np.asarray(arr[start:stop])
-            except Exception as e:  # any decode failure is damage: crc32c mismatch, truncated blosc frame, ...
-                damage.append(ChunkDamage(chunk, name, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"))
+            except (
+                Exception
+            ) as e:  # any decode failure is damage: crc32c mismatch, truncated blosc frame, ...
+                damage.append(
+                    ChunkDamage(
+                        chunk,
+                        name,
+                        f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                    )
+                )
         if on_chunk is not None:
             on_chunk(chunk)
     return VerifyReport(store.url, int(flagged.size), damage)

@@ -32,7 +32,9 @@ class SubstrateResult:
 def merge_spike_times(per_sweep: list[NDArray[np.float32]]) -> NDArray[np.float32]:
     """Spike times of several sweeps (each (n, S), NaN-padded) as one (n, S) array on the flat time axis."""
     allt = np.concatenate(per_sweep, axis=1)
-    order = np.argsort(np.isnan(allt), axis=1, kind="stable")  # real times first, each sweep's in order
+    order = np.argsort(
+        np.isnan(allt), axis=1, kind="stable"
+    )  # real times first, each sweep's in order
     return np.ascontiguousarray(np.take_along_axis(allt, order, axis=1)[:, : per_sweep[0].shape[1]])
 
 
@@ -48,4 +50,10 @@ class Substrate(TypingProtocol):
     protocol: Protocol
     chip_model: ChipModel
 
-    def run(self, theta_lsb: NDArray[np.float32], chip: NDArray[np.int16], neuron: NDArray[np.int16], noise_keys: NDArray[np.uint64]) -> SubstrateResult: ...
+    def run(
+        self,
+        theta_lsb: NDArray[np.float32],
+        chip: NDArray[np.int16],
+        neuron: NDArray[np.int16],
+        noise_keys: NDArray[np.uint64],
+    ) -> SubstrateResult: ...

@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from farm.defaults import MAX_SPIKES, NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel, Protocol, Regime, Sweep
+from farm.defaults import (
+    MAX_SPIKES,
+    NEURONS_PER_CHIP,
+    PARAMETER_NAMES,
+    ChipModel,
+    Protocol,
+    Regime,
+    Sweep,
+)
 from farm.errors import FarmInputError
 from farm.substrates.base import SubstrateResult, merge_spike_times
 from farm.substrates.circuits import quantize_capmem
@@ -62,7 +70,9 @@ def madc_to_codes(v: NDArray[np.floating], adc_max_code: int) -> NDArray[np.int1
     return np.clip(np.rint(np.asarray(v, dtype=np.float64)), 0, adc_max_code).astype(np.int16)
 
 
-def resample_trace(times_us: NDArray[np.floating], values: NDArray[np.floating], protocol: Protocol) -> NDArray[np.float64]:
+def resample_trace(
+    times_us: NDArray[np.floating], values: NDArray[np.floating], protocol: Protocol
+) -> NDArray[np.float64]:
     """One sweep's MADC samples (~30 MSa/s, irregular in time) onto the protocol's grid (sample-and-hold)."""
     grid = np.arange(protocol.samples_per_sweep) * protocol.sample_period_us
     pos = np.clip(np.searchsorted(times_us, grid, side="right") - 1, 0, len(values) - 1)
@@ -73,7 +83,9 @@ def check_protocol(protocol: Protocol) -> None:
     """Refuse what the chip's constant-current source cannot play: ramps (it holds one value per run)."""
     for k, sweep in enumerate(protocol.sweep_list):
         if sweep.is_ramp:
-            raise FarmInputError(f"sweep {k} of protocol {protocol.label} is a ramp; substrate='bss2' plays step sweeps only (constant_current_i_offset)")
+            raise FarmInputError(
+                f"sweep {k} of protocol {protocol.label} is a ramp; substrate='bss2' plays step sweeps only (constant_current_i_offset)"
+            )
 
 
 class BSS2Substrate:
@@ -81,7 +93,9 @@ class BSS2Substrate:
 
     name = "bss2"
 
-    def __init__(self, protocol: Protocol | None = None, chip_model: ChipModel | None = None) -> None:
+    def __init__(
+        self, protocol: Protocol | None = None, chip_model: ChipModel | None = None
+    ) -> None:
         try:
             import pynn_brainscales.brainscales2 as pynn  # noqa: F401
         except ImportError:
@@ -92,7 +106,13 @@ class BSS2Substrate:
         self._pynn = pynn
         self._calibration = os.environ.get("BSS2_CALIBRATION")
 
-    def run(self, theta_lsb: NDArray[np.float32], chip: NDArray[np.int16], neuron: NDArray[np.int16], noise_keys: NDArray[np.uint64]) -> SubstrateResult:
+    def run(
+        self,
+        theta_lsb: NDArray[np.float32],
+        chip: NDArray[np.int16],
+        neuron: NDArray[np.int16],
+        noise_keys: NDArray[np.uint64],
+    ) -> SubstrateResult:
         """Each row runs every sweep on neuron circuit ``neuron % 512`` of this chip; noise is the chip's own."""
         p = self.protocol
         n, t = theta_lsb.shape[0], p.samples_per_sweep
@@ -104,10 +124,18 @@ class BSS2Substrate:
             per_sweep_times.append(times + np.float32(k * p.duration_us))
             per_sweep_counts.append(counts)
         if p.num_sweeps == 1:
-            return SubstrateResult(trace=trace, spike_times=per_sweep_times[0], spike_count=per_sweep_counts[0])
-        return SubstrateResult(trace=trace, spike_times=merge_spike_times(per_sweep_times), spike_count=per_sweep_counts[Regime.reference_sweep(p)])
+            return SubstrateResult(
+                trace=trace, spike_times=per_sweep_times[0], spike_count=per_sweep_counts[0]
+            )
+        return SubstrateResult(
+            trace=trace,
+            spike_times=merge_spike_times(per_sweep_times),
+            spike_count=per_sweep_counts[Regime.reference_sweep(p)],
+        )
 
-    def _run_sweep(self, theta_lsb: NDArray[np.float32], sweep: Sweep) -> tuple[NDArray[np.int16], NDArray[np.float32], NDArray[np.int32]]:
+    def _run_sweep(
+        self, theta_lsb: NDArray[np.float32], sweep: Sweep
+    ) -> tuple[NDArray[np.int16], NDArray[np.float32], NDArray[np.int32]]:
         """One sweep for every row: the neuron's constant-current source at the sweep's amplitude,
         switched on at ``t_on_us`` and off at ``t_off_us`` by running three segments."""
         pynn = self._pynn
@@ -125,7 +153,11 @@ class BSS2Substrate:
         for row in range(n):
             pynn.setup(**setup_kwargs)
             row_params = {k: (v[row] if isinstance(v, list) else v) for k, v in params.items()}
-            pop = pynn.Population(1, pynn.cells.HXNeuron(**row_params, constant_current_enable=False), initial_values={})
+            pop = pynn.Population(
+                1,
+                pynn.cells.HXNeuron(**row_params, constant_current_enable=False),
+                initial_values={},
+            )
             pop.record(["v", "spikes"])
             # Hardware time is 1000x biological: pynn_brainscales takes biological ms, so µs map to ms.
             pynn.run(sweep.t_on_us)
@@ -136,7 +168,10 @@ class BSS2Substrate:
             block = pop.get_data()
             seg = block.segments[-1]
             sig = seg.irregularlysampledsignals[0]
-            trace[row] = madc_to_codes(resample_trace(np.asarray(sig.times, dtype=np.float64), np.asarray(sig).ravel(), p), self.chip_model.adc_max_code)
+            trace[row] = madc_to_codes(
+                resample_trace(np.asarray(sig.times, dtype=np.float64), np.asarray(sig).ravel(), p),
+                self.chip_model.adc_max_code,
+            )
             spikes = np.asarray(seg.spiketrains[0], dtype=np.float64)
             in_stim = spikes[(spikes > sweep.t_on_us) & (spikes <= sweep.t_off_us)]
             counts[row] = in_stim.size
@@ -146,4 +181,12 @@ class BSS2Substrate:
         return trace, spike_times, counts
 
 
-__all__ = ["BSS2Substrate", "check_protocol", "hxneuron_parameters", "madc_to_codes", "resample_trace", "INSTALL_HINT", "NEURONS_PER_CHIP"]
+__all__ = [
+    "BSS2Substrate",
+    "check_protocol",
+    "hxneuron_parameters",
+    "madc_to_codes",
+    "resample_trace",
+    "INSTALL_HINT",
+    "NEURONS_PER_CHIP",
+]

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from farm.defaults import CAPMEM_MAX_LSB, NEURONS_PER_CHIP, NUM_EMULATED_CHIPS, PARAMETER_NAMES, ChipModel
+from farm.defaults import (
+    CAPMEM_MAX_LSB,
+    NEURONS_PER_CHIP,
+    NUM_EMULATED_CHIPS,
+    PARAMETER_NAMES,
+    ChipModel,
+)
 from farm.errors import FarmInputError
 from farm.kernel import rng
 
@@ -60,7 +66,9 @@ def quantize_capmem(theta_lsb: NDArray[np.floating]) -> NDArray[np.float64]:
     return np.clip(np.rint(np.asarray(theta_lsb, dtype=np.float64)), 0.0, float(CAPMEM_MAX_LSB))
 
 
-def mismatch_draws(chip: NDArray[np.integer], neuron: NDArray[np.integer], model: ChipModel) -> NDArray[np.float64]:
+def mismatch_draws(
+    chip: NDArray[np.integer], neuron: NDArray[np.integer], model: ChipModel
+) -> NDArray[np.float64]:
     """(n, 11) standard normals fixed by (fab_seed, chip, neuron): the circuit's fingerprint."""
     chip = np.asarray(chip, dtype=np.int64)
     neuron = np.asarray(neuron, dtype=np.int64)
@@ -74,7 +82,12 @@ def mismatch_draws(chip: NDArray[np.integer], neuron: NDArray[np.integer], model
     return rng.normals(keys, _NUM_MISMATCH_DRAWS)
 
 
-def neuron_physics(theta_lsb: NDArray[np.floating], chip: NDArray[np.integer], neuron: NDArray[np.integer], model: ChipModel) -> NeuronPhysics:
+def neuron_physics(
+    theta_lsb: NDArray[np.floating],
+    chip: NDArray[np.integer],
+    neuron: NDArray[np.integer],
+    model: ChipModel,
+) -> NeuronPhysics:
     """Physical parameters of each (theta, chip, neuron) row, mismatch included.
 
     Args:
@@ -87,7 +100,11 @@ def neuron_physics(theta_lsb: NDArray[np.floating], chip: NDArray[np.integer], n
         raise ValueError(f"theta shape {theta.shape} must be (n, {len(PARAMETER_NAMES)})")
     lsb = quantize_capmem(theta)
     z = mismatch_draws(chip, neuron, model)
-    s_cal, s_raw, s_off = model.mismatch_gain_calibrated, model.mismatch_gain_uncalibrated, model.mismatch_offset_mv
+    s_cal, s_raw, s_off = (
+        model.mismatch_gain_calibrated,
+        model.mismatch_gain_uncalibrated,
+        model.mismatch_offset_mv,
+    )
 
     def gain(col: int, sigma: float) -> NDArray[np.float64]:
         return np.maximum(1.0 + sigma * z[:, col], _MIN_GAIN)
@@ -120,7 +137,9 @@ def parse_chip_ids(text: str) -> tuple[int, ...]:
         FarmInputError: not a range or list of integers, a reversed range, or an id outside
             the emulator's chips [0, NUM_EMULATED_CHIPS - 1].
     """
-    allowed = f"give a range like 100-103 or a list like 1,5,9 of ids in [0, {NUM_EMULATED_CHIPS - 1}]"
+    allowed = (
+        f"give a range like 100-103 or a list like 1,5,9 of ids in [0, {NUM_EMULATED_CHIPS - 1}]"
+    )
     ids: set[int] = set()
     parts = [p.strip() for p in str(text).split(",")]
     if not any(parts):
@@ -131,11 +150,15 @@ def parse_chip_ids(text: str) -> tuple[int, ...]:
             lo = int(lo_text)
             hi = int(hi_text) if sep else lo
         except ValueError:
-            raise FarmInputError(f"chip ids {text!r}: {part!r} is not an integer or range; {allowed}") from None
+            raise FarmInputError(
+                f"chip ids {text!r}: {part!r} is not an integer or range; {allowed}"
+            ) from None
         if hi < lo:
             raise FarmInputError(f"chip ids {text!r}: range {part} runs backwards; {allowed}")
         if lo < 0 or hi >= NUM_EMULATED_CHIPS:
-            raise FarmInputError(f"chip ids {text!r}: {part} is outside the emulator's chips [0, {NUM_EMULATED_CHIPS - 1}]")
+            raise FarmInputError(
+                f"chip ids {text!r}: {part} is outside the emulator's chips [0, {NUM_EMULATED_CHIPS - 1}]"
+            )
         ids.update(range(lo, hi + 1))
     return tuple(sorted(ids))
 

@@ -17,11 +17,19 @@ class EmulatorSubstrate:
 
     name = "emulator"
 
-    def __init__(self, protocol: Protocol | None = None, chip_model: ChipModel | None = None) -> None:
+    def __init__(
+        self, protocol: Protocol | None = None, chip_model: ChipModel | None = None
+    ) -> None:
         self.protocol = protocol or Protocol()
         self.chip_model = chip_model or ChipModel()
 
-    def run(self, theta_lsb: NDArray[np.float32], chip: NDArray[np.int16], neuron: NDArray[np.int16], noise_keys: NDArray[np.uint64]) -> SubstrateResult:
+    def run(
+        self,
+        theta_lsb: NDArray[np.float32],
+        chip: NDArray[np.int16],
+        neuron: NDArray[np.int16],
+        noise_keys: NDArray[np.uint64],
+    ) -> SubstrateResult:
         """Every sweep of the protocol on the same circuits (same mismatch), each with its own noise.
 
         The trace is the sweeps' codes one after another, (n, sweeps * T); ``spike_count`` is the
@@ -37,7 +45,9 @@ class EmulatorSubstrate:
         times, counts = [], []
         for k, sw in enumerate(sweeps):
             step_on, step_off = int(round(sw.t_on_us / p.dt_us)), int(round(sw.t_off_us / p.dt_us))
-            wave = stimulus_waveform(sw.amplitude_na, sw.amplitude_end_na, step_on, step_off, t * p.steps_per_sample)
+            wave = stimulus_waveform(
+                sw.amplitude_na, sw.amplitude_end_na, step_on, step_off, t * p.steps_per_sample
+            )
             part = trace[:, k * t : (k + 1) * t] if len(sweeps) > 1 else trace
             out = np.empty((n, t), dtype=np.int16) if len(sweeps) > 1 else trace
             spike_times = np.empty((n, MAX_SPIKES), dtype=np.float32)
@@ -78,4 +88,8 @@ class EmulatorSubstrate:
             counts.append(stim)
         if len(sweeps) == 1:
             return SubstrateResult(trace=trace, spike_times=times[0], spike_count=counts[0])
-        return SubstrateResult(trace=trace, spike_times=merge_spike_times(times), spike_count=counts[Regime.reference_sweep(p)])
+        return SubstrateResult(
+            trace=trace,
+            spike_times=merge_spike_times(times),
+            spike_count=counts[Regime.reference_sweep(p)],
+        )

@@ -25,7 +25,9 @@ def check_available(name: str) -> None:
         raise FarmInputError(INSTALL_HINT)
 
 
-def get_substrate(name: str, protocol: Protocol | None = None, chip_model: ChipModel | None = None) -> Substrate:
+def get_substrate(
+    name: str, protocol: Protocol | None = None, chip_model: ChipModel | None = None
+) -> Substrate:
     """Build a substrate by name; the hardware backend is imported only when asked for."""
     protocol = protocol or Protocol()
     chip_model = chip_model or ChipModel()

@@ -79,9 +79,13 @@ class StoreSet:
         for url, s in zip(self.urls[1:], self.stores[1:], strict=True):
             for key in ("emulator_version", "protocol", "chip_model", "regime", "substrate"):
                 if s.attrs.get(key) != first.get(key):
-                    raise StoreMismatch(f"store={url!r} has {key}={s.attrs.get(key)!r}, unlike store={self.urls[0]!r}; train on stores of one setup")
+                    raise StoreMismatch(
+                        f"store={url!r} has {key}={s.attrs.get(key)!r}, unlike store={self.urls[0]!r}; train on stores of one setup"
+                    )
         if first.get("emulator_version") != EMULATOR_VERSION:
-            raise StoreMismatch(f"store={self.urls[0]!r} has emulator_version={first.get('emulator_version')!r}; this farm is {EMULATOR_VERSION}: re-simulate")
+            raise StoreMismatch(
+                f"store={self.urls[0]!r} has emulator_version={first.get('emulator_version')!r}; this farm is {EMULATOR_VERSION}: re-simulate"
+            )
         self.protocol = Protocol.from_dict(first["protocol"])
         self.chip_model = ChipModel.from_dict(first["chip_model"])
         self.regime = Regime(**first.get("regime", {}))
@@ -97,7 +101,9 @@ class StoreSet:
                 start, stop = s.chunk_bounds(int(c))
                 self.chunks.append(ChunkRef(k, int(c), start, stop))
         if not self.chunks:
-            raise StoreMismatch(f"stores={self.urls} hold no completed chunk; finish `farm simulate` first")
+            raise StoreMismatch(
+                f"stores={self.urls} hold no completed chunk; finish `farm simulate` first"
+            )
 
     @property
     def num_samples(self) -> int:
@@ -110,7 +116,17 @@ class StoreSet:
         for s in self.stores:
             ident = {
                 k: s.attrs.get(k)
-                for k in ("seed", "num_sims", "chunk_size", "prior", "protocol", "chip_model", "emulator_version", "theta_source", "substrate")
+                for k in (
+                    "seed",
+                    "num_sims",
+                    "chunk_size",
+                    "prior",
+                    "protocol",
+                    "chip_model",
+                    "emulator_version",
+                    "theta_source",
+                    "substrate",
+                )
             }
             h.update(json.dumps(ident, sort_keys=True).encode())
             h.update(np.packbits(s.done_mask()).tobytes())
@@ -125,7 +141,11 @@ class StoreSet:
                 continue
             out[name] = np.asarray(g[name][ref.start : ref.stop])
         if "label" in fields:
-            sc = out["spike_count"] if "spike_count" in out else np.asarray(g["spike_count"][ref.start : ref.stop])
+            sc = (
+                out["spike_count"]
+                if "spike_count" in out
+                else np.asarray(g["spike_count"][ref.start : ref.stop])
+            )
             out["label"] = self.regime.contains(sc).astype(np.float32)
         out["index"] = np.arange(ref.start, ref.stop, dtype=np.int64)
         return out
@@ -187,7 +207,9 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
     if not 0.0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction={val_fraction} outside (0, 0.5)")
     if not 0.0 <= test_fraction < 0.5 or val_fraction + test_fraction >= 0.5:
-        raise ValueError(f"test_fraction={test_fraction} outside [0, 0.5 - val_fraction={val_fraction})")
+        raise ValueError(
+            f"test_fraction={test_fraction} outside [0, 0.5 - val_fraction={val_fraction})"
+        )
     adc_max = stores.chip_model.adc_max_code
     counts = {"nan": 0, "saturated": 0, "flat": 0}
     excluded: dict[str, list[int]] = {}
@@ -198,7 +220,9 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
     from inference.nets.transforms import theta_to_unbounded_np
 
     low, high = box_bounds(stores)
-    for ref, rows in prefetch_chunks(stores, stores.chunks, ("theta", "features", "trace", "label")):
+    for ref, rows in prefetch_chunks(
+        stores, stores.chunks, ("theta", "features", "trace", "label")
+    ):
         flags = quality_flags(rows["trace"], rows["theta"], rows["features"], adc_max)
         bad = flags["nan"] | flags["saturated"] | flags["flat"]
         for k in counts:
@@ -213,7 +237,11 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
         n_in += int(rows["label"][~bad].sum())
         f = rows["features"][train].astype(np.float64)
         z = theta_to_unbounded_np(rows["theta"][train], low, high)
-        tr = rows["trace"][train].astype(np.float64).reshape(-1, num_sweeps, stores.protocol.samples_per_sweep)
+        tr = (
+            rows["trace"][train]
+            .astype(np.float64)
+            .reshape(-1, num_sweeps, stores.protocol.samples_per_sweep)
+        )
         f_sum = f.sum(0) if f_sum is None else f_sum + f.sum(0)
         f_sq = (f**2).sum(0) if f_sq is None else f_sq + (f**2).sum(0)
         th_sum = z.sum(0) if th_sum is None else th_sum + z.sum(0)
@@ -221,14 +249,21 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
         tr_sum += tr.sum(axis=(0, 2))
         tr_sq += (tr**2).sum(axis=(0, 2))
     if n_train < 2:
-        raise StoreMismatch(f"stores={stores.urls} have {n_train} usable training samples; simulate more (excluded: {counts})")
+        raise StoreMismatch(
+            f"stores={stores.urls} have {n_train} usable training samples; simulate more (excluded: {counts})"
+        )
     total_bad = sum(counts.values())
     if total_bad:
         log.warning(
-            "excluded %d bad samples of %d: %s", sum(len(v) for v in excluded.values()), stores.num_samples, ", ".join(f"{k}={v}" for k, v in counts.items())
+            "excluded %d bad samples of %d: %s",
+            sum(len(v) for v in excluded.values()),
+            stores.num_samples,
+            ", ".join(f"{k}={v}" for k, v in counts.items()),
         )
 
-    def mean_std(s: NDArray[np.float64], sq: NDArray[np.float64], n: int) -> tuple[list[float], list[float]]:
+    def mean_std(
+        s: NDArray[np.float64], sq: NDArray[np.float64], n: int
+    ) -> tuple[list[float], list[float]]:
         m = s / n
         sd = np.sqrt(np.maximum(sq / n - m**2, 0.0))
         return m.tolist(), np.where(sd > 1e-8, sd, 1.0).tolist()
@@ -271,11 +306,15 @@ def box_bounds(stores: StoreSet) -> tuple[NDArray[np.float64], NDArray[np.float6
         d = p.get("box", p) if isinstance(p, dict) else {}
         boxes.append(PriorBox.from_dict(d) if d else PriorBox())
     if any(b != boxes[0] for b in boxes):
-        raise StoreMismatch(f"stores={stores.urls} were drawn from different prior boxes; train on stores of one box")
+        raise StoreMismatch(
+            f"stores={stores.urls} were drawn from different prior boxes; train on stores of one box"
+        )
     return np.asarray(boxes[0].low), np.asarray(boxes[0].high)
 
 
-def prefetch_chunks(stores: StoreSet, refs: Sequence[ChunkRef], fields: Sequence[str], depth: int = 2) -> Iterator[tuple[ChunkRef, dict[str, NDArray[Any]]]]:
+def prefetch_chunks(
+    stores: StoreSet, refs: Sequence[ChunkRef], fields: Sequence[str], depth: int = 2
+) -> Iterator[tuple[ChunkRef, dict[str, NDArray[Any]]]]:
     """Read chunks on a background thread (Zarr decompression releases the GIL) while the caller computes."""
     return background(((ref, stores.read(ref, fields)) for ref in refs), depth)
 
@@ -294,7 +333,15 @@ class ChunkStream:
     """
 
     def __init__(
-        self, stores: StoreSet, plan: DataPlan, split: str, fields: Sequence[str], batch_size: int, rank: int = 0, world_size: int = 1, shuffle_chunks: int = 4
+        self,
+        stores: StoreSet,
+        plan: DataPlan,
+        split: str,
+        fields: Sequence[str],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_chunks: int = 4,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r} must be one of {', '.join(SPLITS)}")
@@ -314,13 +361,17 @@ class ChunkStream:
         return refs[self.rank :: self.world_size]
 
     def _keep(self, ref: ChunkRef, rows: dict[str, NDArray[Any]]) -> NDArray[np.bool_]:
-        keep = split_of(rows["index"], self.plan.val_fraction, self.plan.test_fraction) == SPLITS.index(self.split)
+        keep = split_of(
+            rows["index"], self.plan.val_fraction, self.plan.test_fraction
+        ) == SPLITS.index(self.split)
         bad = self._excluded.get(f"{ref.store}:{ref.chunk}")
         if bad is not None and bad.size:
             keep &= ~np.isin(rows["index"], bad)
         return keep
 
-    def batches(self, epoch: int = 0, shuffle: bool = True, drop_last: bool = False) -> Iterator[dict[str, NDArray[Any]]]:
+    def batches(
+        self, epoch: int = 0, shuffle: bool = True, drop_last: bool = False
+    ) -> Iterator[dict[str, NDArray[Any]]]:
         """One pass over this worker's shard; rows shuffled within a buffer of chunks when ``shuffle``."""
         rng = np.random.default_rng([epoch, self.rank, 0xBEEF])
         buf: list[dict[str, NDArray[Any]]] = []
@@ -331,7 +382,10 @@ class ChunkStream:
             buf.append({k: v[keep] for k, v in rows.items()})
             if len(buf) < self.shuffle_chunks and i < len(refs) - 1:
                 continue
-            block = {k: np.concatenate([b[k] for b in ([pending] if pending else []) + buf]) for k in buf[0]}
+            block = {
+                k: np.concatenate([b[k] for b in ([pending] if pending else []) + buf])
+                for k in buf[0]
+            }
             buf = []
             n = len(block["theta"])
             perm = rng.permutation(n) if shuffle else np.arange(n)
@@ -367,5 +421,7 @@ class ChunkStream:
                 if done >= steps:
                     return
             if not got:
-                raise StoreMismatch(f"worker {self.rank} has no full batch of {self.batch_size} training rows; lower --batch-size or --workers")
+                raise StoreMismatch(
+                    f"worker {self.rank} has no full batch of {self.batch_size} training rows; lower --batch-size or --workers"
+                )
             cycle += 1

@@ -51,8 +51,12 @@ def split_rows(
     out: dict[str, list[NDArray[Any]]] = {}
     count = 0
     for ref, rows in prefetch_chunks(s, s.chunks, want):
-        flags = quality_flags(rows["trace"], rows["theta"], rows["features"], s.chip_model.adc_max_code)
-        keep = ~(flags["nan"] | flags["saturated"] | flags["flat"]) & (split_of(rows["index"], val_fraction, test_fraction) == SPLITS.index(split))
+        flags = quality_flags(
+            rows["trace"], rows["theta"], rows["features"], s.chip_model.adc_max_code
+        )
+        keep = ~(flags["nan"] | flags["saturated"] | flags["flat"]) & (
+            split_of(rows["index"], val_fraction, test_fraction) == SPLITS.index(split)
+        )
         for k in (*fields, "index"):
             out.setdefault(k, []).append(rows[k][keep])
         out.setdefault("store", []).append(np.full(int(keep.sum()), ref.store, dtype=np.int16))

@@ -15,7 +15,12 @@ SATURATED_FRACTION = 0.05
 FLAT_PTP_CODES = 2
 
 
-def quality_flags(trace: NDArray[np.integer], theta: NDArray[np.floating], features: NDArray[np.floating], adc_max_code: int) -> dict[str, NDArray[np.bool_]]:
+def quality_flags(
+    trace: NDArray[np.integer],
+    theta: NDArray[np.floating],
+    features: NDArray[np.floating],
+    adc_max_code: int,
+) -> dict[str, NDArray[np.bool_]]:
     """Per-row flags of unusable samples; a row may carry several.
 
     Args:
@@ -27,7 +32,11 @@ def quality_flags(trace: NDArray[np.integer], theta: NDArray[np.floating], featu
         ``{"nan": ..., "saturated": ..., "flat": ...}`` of (n,) bool.
     """
     t = np.asarray(trace)
-    nan = ~np.all(np.isfinite(theta), axis=1) | ~np.all(np.isfinite(features), axis=1) | np.any((t < 0) | (t > adc_max_code), axis=1)
+    nan = (
+        ~np.all(np.isfinite(theta), axis=1)
+        | ~np.all(np.isfinite(features), axis=1)
+        | np.any((t < 0) | (t > adc_max_code), axis=1)
+    )
     rail = np.mean((t <= 0) | (t >= adc_max_code), axis=1) >= SATURATED_FRACTION
     flat = (t.max(axis=1).astype(np.int32) - t.min(axis=1).astype(np.int32)) <= FLAT_PTP_CODES
     return {"nan": nan, "saturated": rail & ~nan, "flat": flat & ~nan}

@@ -35,7 +35,9 @@ def is_validation(indices: NDArray[np.integer], val_fraction: float) -> NDArray[
     return _unit(indices) < val_fraction
 
 
-def split_of(indices: NDArray[np.integer], val_fraction: float, test_fraction: float) -> NDArray[np.int8]:
+def split_of(
+    indices: NDArray[np.integer], val_fraction: float, test_fraction: float
+) -> NDArray[np.int8]:
     """The split of each sample index: 0 train, 1 val, 2 test (indices into ``SPLITS``).
 
     Why by hash and not by position: a store extended or re-chunked keeps every row's split, and
@@ -46,7 +48,9 @@ def split_of(indices: NDArray[np.integer], val_fraction: float, test_fraction: f
         val_fraction, test_fraction: expected shares of validation and test rows (sum < 1).
     """
     u = _unit(indices)
-    return np.where(u < val_fraction, 1, np.where(u < val_fraction + test_fraction, 2, 0)).astype(np.int8)
+    return np.where(u < val_fraction, 1, np.where(u < val_fraction + test_fraction, 2, 0)).astype(
+        np.int8
+    )
 
 
 __all__ = ["SPLITS", "is_validation", "split_of"]

@@ -28,13 +28,17 @@ DEFAULT_LEVELS: NDArray[np.float64] = np.round(np.linspace(0.05, 0.95, 19), 4)
 SBC_ALPHA = 0.01
 
 
-def _check_pair(theta: NDArray[np.floating], samples: NDArray[np.floating]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _check_pair(
+    theta: NDArray[np.floating], samples: NDArray[np.floating]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     t = np.asarray(theta, dtype=np.float64)
     s = np.asarray(samples, dtype=np.float64)
     if t.ndim != 2:
         raise ValueError(f"theta shape {t.shape} must be (N, D)")
     if s.ndim != 3 or s.shape[0] != t.shape[0] or s.shape[2] != t.shape[1]:
-        raise ValueError(f"samples shape {s.shape} must be (N, S, D) = ({t.shape[0]}, S, {t.shape[1]}) to match theta {t.shape}")
+        raise ValueError(
+            f"samples shape {s.shape} must be (N, S, D) = ({t.shape[0]}, S, {t.shape[1]}) to match theta {t.shape}"
+        )
     if s.shape[1] < 2:
         raise ValueError(f"samples per observation S={s.shape[1]} must be >= 2")
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(s))):
@@ -50,17 +54,23 @@ class PrecomputedSamples:
     """
 
     def __init__(self, samples: NDArray[np.floating]) -> None:
-        self._samples = torch.as_tensor(np.ascontiguousarray(np.swapaxes(np.asarray(samples, dtype=np.float32), 0, 1)))  # (S, N, D)
+        self._samples = torch.as_tensor(
+            np.ascontiguousarray(np.swapaxes(np.asarray(samples, dtype=np.float32), 0, 1))
+        )  # (S, N, D)
 
     @property
     def xs(self) -> torch.Tensor:
         """The stand-in observations: the index of each observation, shape (N, 1)."""
         return torch.arange(self._samples.shape[1], dtype=torch.float32)[:, None]
 
-    def sample_batched(self, sample_shape: Sequence[int], x: torch.Tensor, **_: Any) -> torch.Tensor:
+    def sample_batched(
+        self, sample_shape: Sequence[int], x: torch.Tensor, **_: Any
+    ) -> torch.Tensor:
         num = int(tuple(sample_shape)[0])
         if num > self._samples.shape[0]:
-            raise ValueError(f"asked for {num} samples per observation, only {self._samples.shape[0]} were drawn")
+            raise ValueError(
+                f"asked for {num} samples per observation, only {self._samples.shape[0]} were drawn"
+            )
         idx = x[:, 0].long()
         return self._samples[:num, idx, :]
 
@@ -86,7 +96,9 @@ class SBCResult:
         return self.ks_pvals >= SBC_ALPHA / self.ranks.shape[1]
 
 
-def sbc(theta: NDArray[np.floating], samples: NDArray[np.floating], *, num_bins: int = 20) -> SBCResult:
+def sbc(
+    theta: NDArray[np.floating], samples: NDArray[np.floating], *, num_bins: int = 20
+) -> SBCResult:
     """SBC ranks and uniformity tests through sbi's ``run_sbc``.
 
     Args:
@@ -104,13 +116,27 @@ def sbc(theta: NDArray[np.floating], samples: NDArray[np.floating], *, num_bins:
         raise ValueError(f"num_bins={num_bins} outside [2, {s.shape[1] + 1}]")
     post = PrecomputedSamples(s)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # sbi warns below 100 observations; we report N
-        ranks, _ = run_sbc(torch.as_tensor(t, dtype=torch.float32), post.xs, post, num_posterior_samples=s.shape[1], show_progress_bar=False)
+        warnings.simplefilter(
+            "ignore", UserWarning
+        )  # sbi warns below 100 observations; we report N
+        ranks, _ = run_sbc(
+            torch.as_tensor(t, dtype=torch.float32),
+            post.xs,
+            post,
+            num_posterior_samples=s.shape[1],
+            show_progress_bar=False,
+        )
     ranks_np = ranks.numpy().astype(np.int64)
     pvals = check_uniformity_frequentist(ranks, s.shape[1]).numpy().astype(np.float64)
     edges = np.linspace(0.0, s.shape[1] + 1, num_bins + 1)
     hist = np.stack([np.histogram(ranks_np[:, d], bins=edges)[0] for d in range(t.shape[1])])
-    return SBCResult(ranks=ranks_np, num_posterior_samples=s.shape[1], ks_pvals=pvals, hist=hist.astype(np.int64), bin_edges=edges)
+    return SBCResult(
+        ranks=ranks_np,
+        num_posterior_samples=s.shape[1],
+        ks_pvals=pvals,
+        hist=hist.astype(np.int64),
+        bin_edges=edges,
+    )
 
 
 @dataclass(frozen=True)
@@ -128,7 +154,13 @@ class TarpResult:
     ks_pval: float
 
 
-def tarp(theta: NDArray[np.floating], samples: NDArray[np.floating], *, seed: int = 0, num_bins: int | None = None) -> TarpResult:
+def tarp(
+    theta: NDArray[np.floating],
+    samples: NDArray[np.floating],
+    *,
+    seed: int = 0,
+    num_bins: int | None = None,
+) -> TarpResult:
     """TARP coverage through sbi's ``run_tarp`` / ``check_tarp``, with seeded reference points.
 
     Args:
@@ -159,10 +191,19 @@ def tarp(theta: NDArray[np.floating], samples: NDArray[np.floating], *, seed: in
             num_bins=bins,
         )
     atc, ks = check_tarp(ecp, alpha)
-    return TarpResult(ecp=ecp.numpy().astype(np.float64), alpha=alpha.numpy().astype(np.float64), atc=float(atc), ks_pval=float(ks))
+    return TarpResult(
+        ecp=ecp.numpy().astype(np.float64),
+        alpha=alpha.numpy().astype(np.float64),
+        atc=float(atc),
+        ks_pval=float(ks),
+    )
 
 
-def marginal_coverage(ranks: NDArray[np.integer], num_posterior_samples: int, levels: NDArray[np.floating] = DEFAULT_LEVELS) -> NDArray[np.float64]:
+def marginal_coverage(
+    ranks: NDArray[np.integer],
+    num_posterior_samples: int,
+    levels: NDArray[np.floating] = DEFAULT_LEVELS,
+) -> NDArray[np.float64]:
     """Empirical coverage of central credible intervals, per marginal, from SBC ranks.
 
     The truth lies in the central ``level`` interval of a marginal iff its normalised rank is in
@@ -178,7 +219,11 @@ def marginal_coverage(ranks: NDArray[np.integer], num_posterior_samples: int, le
 
 
 def hpd_coverage(
-    log_prob_samples: NDArray[np.floating], log_prob_true: NDArray[np.floating], levels: NDArray[np.floating] = DEFAULT_LEVELS, *, seed: int = 0
+    log_prob_samples: NDArray[np.floating],
+    log_prob_true: NDArray[np.floating],
+    levels: NDArray[np.floating] = DEFAULT_LEVELS,
+    *,
+    seed: int = 0,
 ) -> NDArray[np.float64]:
     """Expected coverage of highest-density regions (Deistler et al. 2022), from log densities.
 
@@ -197,15 +242,21 @@ def hpd_coverage(
     lps = np.asarray(log_prob_samples, dtype=np.float64)
     lpt = np.asarray(log_prob_true, dtype=np.float64)
     if lps.ndim != 2 or lpt.shape != (lps.shape[0],):
-        raise ValueError(f"log_prob_samples {lps.shape} must be (N, S) and log_prob_true {lpt.shape} (N,)")
+        raise ValueError(
+            f"log_prob_samples {lps.shape} must be (N, S) and log_prob_true {lpt.shape} (N,)"
+        )
     ties = (lps == lpt[:, None]).sum(axis=1)
     u = np.random.default_rng(seed).uniform(size=lpt.shape[0])
-    frac_below = ((lps < lpt[:, None]).sum(axis=1) + u * ties) / lps.shape[1]  # 1 - (HPD level at which the truth enters)
+    frac_below = ((lps < lpt[:, None]).sum(axis=1) + u * ties) / lps.shape[
+        1
+    ]  # 1 - (HPD level at which the truth enters)
     lv = np.asarray(levels, dtype=np.float64)
     return (frac_below[None, :] >= 1 - lv[:, None]).mean(axis=1)
 
 
-def coverage_deviation(levels: NDArray[np.floating], coverage: NDArray[np.floating]) -> dict[str, float]:
+def coverage_deviation(
+    levels: NDArray[np.floating], coverage: NDArray[np.floating]
+) -> dict[str, float]:
     """Summaries of a coverage curve: signed mean (coverage - level), mean and max absolute deviation.
 
     Negative ``signed`` means over-confident (credible regions too small).
@@ -215,7 +266,11 @@ def coverage_deviation(levels: NDArray[np.floating], coverage: NDArray[np.floati
     if c.ndim == 2:
         lv = lv[:, None]
     d = c - lv
-    return {"signed": float(d.mean()), "mean_abs": float(np.abs(d).mean()), "max_abs": float(np.abs(d).max())}
+    return {
+        "signed": float(d.mean()),
+        "mean_abs": float(np.abs(d).mean()),
+        "max_abs": float(np.abs(d).max()),
+    }
 
 
 @dataclass(frozen=True)
@@ -244,7 +299,9 @@ class RecoveryResult:
     r2: NDArray[np.float64]
 
 
-def recovery(theta: NDArray[np.floating], samples: NDArray[np.floating], prior_std: NDArray[np.floating]) -> RecoveryResult:
+def recovery(
+    theta: NDArray[np.floating], samples: NDArray[np.floating], prior_std: NDArray[np.floating]
+) -> RecoveryResult:
     """Posterior mean vs truth, contraction and z-scores.
 
     Args:
@@ -258,12 +315,21 @@ def recovery(theta: NDArray[np.floating], samples: NDArray[np.floating], prior_s
     t, s = _check_pair(theta, samples)
     ps = np.asarray(prior_std, dtype=np.float64)
     if ps.shape != (t.shape[1],) or not np.all(ps > 0):
-        raise ValueError(f"prior_std shape {ps.shape} must be ({t.shape[1]},) with positive entries")
+        raise ValueError(
+            f"prior_std shape {ps.shape} must be ({t.shape[1]},) with positive entries"
+        )
     mean = s.mean(axis=1)
     std = s.std(axis=1, ddof=1)
     err = mean - t
     z = err / np.maximum(std, 1e-12)
-    r2 = np.array([np.corrcoef(mean[:, d], t[:, d])[0, 1] ** 2 if np.std(mean[:, d]) > 0 and np.std(t[:, d]) > 0 else 0.0 for d in range(t.shape[1])])
+    r2 = np.array(
+        [
+            np.corrcoef(mean[:, d], t[:, d])[0, 1] ** 2
+            if np.std(mean[:, d]) > 0 and np.std(t[:, d]) > 0
+            else 0.0
+            for d in range(t.shape[1])
+        ]
+    )
     return RecoveryResult(
         post_mean=mean,
         post_std=std,
@@ -318,20 +384,29 @@ def predictive_discrepancy(
     of = np.asarray(obs_features, dtype=np.float64)
     pf = np.asarray(pred_features, dtype=np.float64)
     if pt.ndim != 3 or ot.shape != (pt.shape[0], pt.shape[2]):
-        raise ValueError(f"pred_trace {pt.shape} must be (K, M, T) with obs_trace {ot.shape} (K, T)")
+        raise ValueError(
+            f"pred_trace {pt.shape} must be (K, M, T) with obs_trace {ot.shape} (K, T)"
+        )
     if pf.ndim != 3 or of.shape != (pf.shape[0], pf.shape[2]) or pf.shape[:2] != pt.shape[:2]:
-        raise ValueError(f"pred_features {pf.shape} must be (K, M, F) with obs_features {of.shape} (K, F)")
+        raise ValueError(
+            f"pred_features {pf.shape} must be (K, M, F) with obs_features {of.shape} (K, F)"
+        )
     rmse = np.sqrt(((pt - ot[:, None, :]) ** 2).mean(axis=2)).mean(axis=1)
     sc_obs = of[:, spike_index]
     sc_pred = pf[:, :, spike_index]
     lo, hi = np.quantile(sc_pred, 0.05, axis=1), np.quantile(sc_pred, 0.95, axis=1)
     fz = (of - pf.mean(axis=1)) / np.maximum(pf.std(axis=1), 1e-6)
     return PredictiveResult(
-        trace_rmse=rmse, spike_count_error=np.abs(sc_pred - sc_obs[:, None]).mean(axis=1), spike_count_coverage=(sc_obs >= lo) & (sc_obs <= hi), feature_z=fz
+        trace_rmse=rmse,
+        spike_count_error=np.abs(sc_pred - sc_obs[:, None]).mean(axis=1),
+        spike_count_coverage=(sc_obs >= lo) & (sc_obs <= hi),
+        feature_z=fz,
     )
 
 
-def c2st_dap(prior_samples: NDArray[np.floating], dap_samples: NDArray[np.floating]) -> NDArray[np.float64]:
+def c2st_dap(
+    prior_samples: NDArray[np.floating], dap_samples: NDArray[np.floating]
+) -> NDArray[np.float64]:
     """Per-parameter C2ST accuracy between prior draws and data-averaged posterior draws (sbi).
 
     0.5 means the data-averaged posterior equals the prior, as it must for a calibrated posterior.
@@ -341,11 +416,15 @@ def c2st_dap(prior_samples: NDArray[np.floating], dap_samples: NDArray[np.floati
     a = torch.as_tensor(np.asarray(prior_samples, dtype=np.float32))
     b = torch.as_tensor(np.asarray(dap_samples, dtype=np.float32))
     if a.shape != b.shape:
-        raise ValueError(f"prior_samples {tuple(a.shape)} and dap_samples {tuple(b.shape)} must have the same shape")
+        raise ValueError(
+            f"prior_samples {tuple(a.shape)} and dap_samples {tuple(b.shape)} must have the same shape"
+        )
     return check_prior_vs_dap(a, b).numpy().astype(np.float64)
 
 
-def verdict(sbc_result: SBCResult, tarp_result: TarpResult, *, tol: float = 0.05, bias_tol: float = 0.1) -> dict[str, Any]:
+def verdict(
+    sbc_result: SBCResult, tarp_result: TarpResult, *, tol: float = 0.05, bias_tol: float = 0.1
+) -> dict[str, Any]:
     """One-word calibration verdict: ``calibrated``, ``biased``, ``over-confident`` or ``under-confident``.
 
     A posterior is flagged when any marginal fails SBC (Bonferroni KS) or TARP's area to curve
@@ -356,7 +435,9 @@ def verdict(sbc_result: SBCResult, tarp_result: TarpResult, *, tol: float = 0.05
     """
     failed = [int(d) for d in np.flatnonzero(~sbc_result.calibrated)]
     rank_bias = sbc_result.ranks.mean(axis=0) / sbc_result.num_posterior_samples - 0.5
-    cov = coverage_deviation(DEFAULT_LEVELS, marginal_coverage(sbc_result.ranks, sbc_result.num_posterior_samples))["signed"]
+    cov = coverage_deviation(
+        DEFAULT_LEVELS, marginal_coverage(sbc_result.ranks, sbc_result.num_posterior_samples)
+    )["signed"]
     if not failed and abs(tarp_result.atc) <= tol:
         word = "calibrated"
     elif failed and np.max(np.abs(rank_bias[failed])) > bias_tol:
@@ -367,7 +448,13 @@ def verdict(sbc_result: SBCResult, tarp_result: TarpResult, *, tol: float = 0.05
         word = "under-confident"
     else:
         word = "biased"
-    return {"verdict": word, "sbc_failed": failed, "atc": tarp_result.atc, "marginal_coverage_signed": cov, "rank_bias": [float(b) for b in rank_bias]}
+    return {
+        "verdict": word,
+        "sbc_failed": failed,
+        "atc": tarp_result.atc,
+        "marginal_coverage_signed": cov,
+        "rank_bias": [float(b) for b in rank_bias],
+    }
 
 
 __all__ = [

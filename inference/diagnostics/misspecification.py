@@ -59,7 +59,13 @@ class KNNDetector:
     calibration_scores: NDArray[np.float64]
 
     @classmethod
-    def fit(cls, reference: NDArray[np.floating], calibration: NDArray[np.floating], k: int = 10, quantile: float = 0.95) -> KNNDetector:
+    def fit(
+        cls,
+        reference: NDArray[np.floating],
+        calibration: NDArray[np.floating],
+        k: int = 10,
+        quantile: float = 0.95,
+    ) -> KNNDetector:
         """Standardise on ``reference`` and set the threshold from ``calibration`` (disjoint rows).
 
         Args:
@@ -72,13 +78,17 @@ class KNNDetector:
         ref = np.asarray(reference, dtype=np.float64)
         cal = np.asarray(calibration, dtype=np.float64)
         if ref.ndim != 2 or cal.ndim != 2 or ref.shape[1] != cal.shape[1]:
-            raise ValueError(f"reference {ref.shape} and calibration {cal.shape} must be (n, D) with the same D")
+            raise ValueError(
+                f"reference {ref.shape} and calibration {cal.shape} must be (n, D) with the same D"
+            )
         if not 1 <= k <= ref.shape[0]:
             raise ValueError(f"k={k} outside [1, {ref.shape[0]}] (the reference rows)")
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile={quantile} outside (0, 1)")
         if cal.shape[0] < 20:
-            raise ValueError(f"calibration has {cal.shape[0]} rows; at least 20 are needed for a {quantile:.0%} threshold")
+            raise ValueError(
+                f"calibration has {cal.shape[0]} rows; at least 20 are needed for a {quantile:.0%} threshold"
+            )
         if not (np.isfinite(ref).all() and np.isfinite(cal).all()):
             raise ValueError("reference or calibration summaries contain NaN or inf")
         mean = ref.mean(axis=0)
@@ -87,19 +97,29 @@ class KNNDetector:
         z = ((ref - mean) / std).astype(np.float32)
         draft = cls(z, mean, std, int(k), float(quantile), float("inf"), np.empty(0))
         scores = draft.score(cal)
-        return cls(z, mean, std, int(k), float(quantile), float(np.quantile(scores, quantile)), scores)
+        return cls(
+            z, mean, std, int(k), float(quantile), float(np.quantile(scores, quantile)), scores
+        )
 
     def score(self, summaries: NDArray[np.floating] | torch.Tensor) -> NDArray[np.float64]:
         """(B, D) summaries -> (B,) distance to the k-th nearest reference row (standardised units)."""
-        s = summaries.detach().double().numpy() if isinstance(summaries, torch.Tensor) else np.asarray(summaries, dtype=np.float64)
+        s = (
+            summaries.detach().double().numpy()
+            if isinstance(summaries, torch.Tensor)
+            else np.asarray(summaries, dtype=np.float64)
+        )
         if s.ndim != 2 or s.shape[1] != self.reference.shape[1]:
             raise ValueError(f"summaries shape {s.shape} must be (B, {self.reference.shape[1]})")
         ref = torch.from_numpy(self.reference)
         out = np.empty(s.shape[0])
         for lo in range(0, s.shape[0], _BLOCK_ROWS):
-            q = torch.from_numpy(((s[lo : lo + _BLOCK_ROWS] - self.mean) / self.std).astype(np.float32))
+            q = torch.from_numpy(
+                ((s[lo : lo + _BLOCK_ROWS] - self.mean) / self.std).astype(np.float32)
+            )
             d = torch.cdist(q, ref)
-            out[lo : lo + q.shape[0]] = torch.topk(d, self.k, dim=1, largest=False).values[:, -1].double().numpy()
+            out[lo : lo + q.shape[0]] = (
+                torch.topk(d, self.k, dim=1, largest=False).values[:, -1].double().numpy()
+            )
         return out
 
     def meta(self) -> dict[str, Any]:
@@ -118,7 +138,13 @@ class KNNDetector:
         """Write ``misspecification.npz`` (plain arrays, no pickle) and return the manifest block with its checksum."""
         path = Path(directory) / FILE
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, reference=self.reference, mean=self.mean, std=self.std, calibration_scores=self.calibration_scores)
+        np.savez(
+            tmp,
+            reference=self.reference,
+            mean=self.mean,
+            std=self.std,
+            calibration_scores=self.calibration_scores,
+        )
         tmp.replace(path)
         return self.meta() | {"file": FILE, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
@@ -130,17 +156,36 @@ class KNNDetector:
             ValueError: a missing or edited file, another method.
         """
         if block.get("method") != METHOD:
-            raise ValueError(f"misspecification method={block.get('method')!r}; this package reads {METHOD!r}")
+            raise ValueError(
+                f"misspecification method={block.get('method')!r}; this package reads {METHOD!r}"
+            )
         path = Path(directory) / block.get("file", FILE)
         if not path.is_file():
-            raise ValueError(f"artifact={str(directory)!r} names {path.name} in its manifest but has no such file")
+            raise ValueError(
+                f"artifact={str(directory)!r} names {path.name} in its manifest but has no such file"
+            )
         if block.get("sha256") and hashlib.sha256(path.read_bytes()).hexdigest() != block["sha256"]:
-            raise ValueError(f"{path}: checksum differs from the manifest; the artifact is corrupt or was edited")
+            raise ValueError(
+                f"{path}: checksum differs from the manifest; the artifact is corrupt or was edited"
+            )
         with np.load(path, allow_pickle=False) as a:
-            return cls(a["reference"], a["mean"], a["std"], int(block["k"]), float(block["quantile"]), float(block["threshold"]), a["calibration_scores"])
+            return cls(
+                a["reference"],
+                a["mean"],
+                a["std"],
+                int(block["k"]),
+                float(block["quantile"]),
+                float(block["threshold"]),
+                a["calibration_scores"],
+            )
 
 
-def trace_reasons(traces: NDArray[np.integer] | None, spike_counts: NDArray[np.floating], regime: Regime, adc_max_code: int) -> list[list[str]]:
+def trace_reasons(
+    traces: NDArray[np.integer] | None,
+    spike_counts: NDArray[np.floating],
+    regime: Regime,
+    adc_max_code: int,
+) -> list[list[str]]:
     """Per observation, the reasons its trace is outside what the posterior was trained for.
 
     Args:
@@ -155,19 +200,27 @@ def trace_reasons(traces: NDArray[np.integer] | None, spike_counts: NDArray[np.f
     counts = np.asarray(spike_counts, dtype=np.float64).reshape(-1)
     out: list[list[str]] = [[] for _ in range(counts.size)]
     for i in np.flatnonzero(~regime.contains(counts)):
-        out[i].append(f"spike_count={int(counts[i])} outside the training regime [{regime.min_spikes}, {regime.max_spikes}]")
+        out[i].append(
+            f"spike_count={int(counts[i])} outside the training regime [{regime.min_spikes}, {regime.max_spikes}]"
+        )
     if traces is not None:
         t = np.asarray(traces)
         ptp = t.max(axis=1).astype(np.int64) - t.min(axis=1).astype(np.int64)
         rail = np.mean((t <= 0) | (t >= adc_max_code), axis=1)
         for i in np.flatnonzero(ptp <= FLAT_PTP_CODES):
-            out[i].append(f"flat trace (peak-to-peak {int(ptp[i])} codes <= {FLAT_PTP_CODES}): no membrane dynamics")
+            out[i].append(
+                f"flat trace (peak-to-peak {int(ptp[i])} codes <= {FLAT_PTP_CODES}): no membrane dynamics"
+            )
         for i in np.flatnonzero(rail >= SATURATED_FRACTION):
-            out[i].append(f"saturated trace ({rail[i]:.0%} of samples on an ADC rail >= {SATURATED_FRACTION:.0%})")
+            out[i].append(
+                f"saturated trace ({rail[i]:.0%} of samples on an ADC rail >= {SATURATED_FRACTION:.0%})"
+            )
     return out
 
 
-def assess(scores: NDArray[np.floating] | None, detector: KNNDetector | None, reasons: list[list[str]]) -> list[dict[str, Any]]:
+def assess(
+    scores: NDArray[np.floating] | None, detector: KNNDetector | None, reasons: list[list[str]]
+) -> list[dict[str, Any]]:
     """Combine the summary-space scores with the trace reasons into one answer per observation.
 
     Returns:
@@ -178,14 +231,30 @@ def assess(scores: NDArray[np.floating] | None, detector: KNNDetector | None, re
     for i, r in enumerate(reasons):
         r = list(r)
         if detector is None or scores is None:
-            out.append({"score": None, "threshold": None, "flagged": bool(r), "reasons": r, "note": UNAVAILABLE})
+            out.append(
+                {
+                    "score": None,
+                    "threshold": None,
+                    "flagged": bool(r),
+                    "reasons": r,
+                    "note": UNAVAILABLE,
+                }
+            )
             continue
         s = float(scores[i])
         if s > detector.threshold:
             r.append(
                 f"summary unlike the training data: kNN score {s:.3g} > threshold {detector.threshold:.3g} ({1 - detector.quantile:.0%} false-alarm level)"
             )
-        out.append({"score": s, "threshold": detector.threshold, "flagged": bool(r), "reasons": r, "note": None})
+        out.append(
+            {
+                "score": s,
+                "threshold": detector.threshold,
+                "flagged": bool(r),
+                "reasons": r,
+                "note": None,
+            }
+        )
     return out
 
 

@@ -50,7 +50,11 @@ def other_chip(kind: str, base: ChipModel | None = None) -> ChipModel:
     """A chip model unlike the training one (``noise_3x`` or ``c_mem_1.5x``)."""
     base = base or ChipModel()
     if kind == "noise_3x":
-        return replace(base, noise_mv_per_sqrt_us=3 * base.noise_mv_per_sqrt_us, adc_noise_lsb=3 * base.adc_noise_lsb)
+        return replace(
+            base,
+            noise_mv_per_sqrt_us=3 * base.noise_mv_per_sqrt_us,
+            adc_noise_lsb=3 * base.adc_noise_lsb,
+        )
     if kind == "c_mem_1.5x":
         return replace(base, c_mem_pf=1.5 * base.c_mem_pf)
     raise ValueError(f"chip={kind!r} must be one of {', '.join(OTHER_CHIPS)}")

@@ -21,8 +21,26 @@ import numpy as np
 from inference.diagnostics import calibration as dg
 from inference.evaluation.figures import draw_figures
 from inference.evaluation.local import chip_overlap, local_calibration
-from inference.evaluation.metrics import Calibration, HeldOut, calibration, load_held_out, named, predictive_check, prior_fingerprint, sample_all
-from inference.evaluation.report import METRICS_FILE, REPORT_FORMAT_VERSION, compare_reports, load_report, summary_table, training_info, versions, write_report
+from inference.evaluation.metrics import (
+    Calibration,
+    HeldOut,
+    calibration,
+    load_held_out,
+    named,
+    predictive_check,
+    prior_fingerprint,
+    sample_all,
+)
+from inference.evaluation.report import (
+    METRICS_FILE,
+    REPORT_FORMAT_VERSION,
+    compare_reports,
+    load_report,
+    summary_table,
+    training_info,
+    versions,
+    write_report,
+)
 
 
 @dataclass(frozen=True)
@@ -69,13 +87,20 @@ class EvalConfig:
             if not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
                 raise ValueError(f"{name}={v} outside [{lo}, {hi}]")
         if self.num_ppc_samples > self.num_samples:
-            raise ValueError(f"num_ppc_samples={self.num_ppc_samples} exceeds num_samples={self.num_samples}")
+            raise ValueError(
+                f"num_ppc_samples={self.num_ppc_samples} exceeds num_samples={self.num_samples}"
+            )
         if self.seed < 0:
             raise ValueError(f"seed={self.seed} must be >= 0")
 
 
 def evaluate(
-    posterior: Any, store: str | Path, out: str | Path, config: EvalConfig | None = None, *, log: Callable[[str], None] | None = None
+    posterior: Any,
+    store: str | Path,
+    out: str | Path,
+    config: EvalConfig | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate an amortized posterior on a held-out store; write ``metrics.json`` and PNG figures.
 
@@ -99,35 +124,61 @@ def evaluate(
 
     held = load_held_out(store, cfg.num_obs, cfg.seed)
     if held.trace.shape[1] != int(posterior.trace_length):
-        raise ValueError(f"store traces have {held.trace.shape[1]} samples but the posterior expects {posterior.trace_length}")
+        raise ValueError(
+            f"store traces have {held.trace.shape[1]} samples but the posterior expects {posterior.trace_length}"
+        )
     n = held.theta.shape[0]
     say(f"{n} held-out observations from {held.path}")
     samples = sample_all(posterior, held.trace, cfg.num_samples, cfg.seed, say)
     timing["sampling"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    cal = calibration(posterior, held, samples, cfg.num_samples, hpd=cfg.hpd, num_hpd=cfg.num_hpd, c2st=cfg.c2st, seed=cfg.seed)
+    cal = calibration(
+        posterior,
+        held,
+        samples,
+        cfg.num_samples,
+        hpd=cfg.hpd,
+        num_hpd=cfg.num_hpd,
+        c2st=cfg.c2st,
+        seed=cfg.seed,
+    )
     timing["calibration"] = time.perf_counter() - t1
-    say(f"calibration: {cal.verdict['verdict']} (TARP ATC {cal.tarp.atc:+.3f}, {len(cal.verdict['sbc_failed'])} SBC marginals failed)")
+    say(
+        f"calibration: {cal.verdict['verdict']} (TARP ATC {cal.tarp.atc:+.3f}, {len(cal.verdict['sbc_failed'])} SBC marginals failed)"
+    )
     rec = dg.recovery(held.theta, samples, cal.prior_std)
     local = None
     if cfg.lc2st:
         t_l = time.perf_counter()
         local = local_calibration(held.theta, held.features, samples, seed=cfg.seed)
         timing["lc2st"] = time.perf_counter() - t_l
-        say(f"local calibration (L-C2ST): {local['num_rejected']} of {len(local['observations'])} observations rejected at alpha={local['alpha']}")
+        say(
+            f"local calibration (L-C2ST): {local['num_rejected']} of {len(local['observations'])} observations rejected at alpha={local['alpha']}"
+        )
 
     t2 = time.perf_counter()
     ppc = predictive_check(posterior, held, samples, cfg.num_ppc, cfg.num_ppc_samples, cfg.seed)
     if ppc is not None:
-        say(f"predictive checks: trace RMSE {ppc.metrics['trace_rmse_mv']:.1f} mV vs {ppc.metrics['prior_trace_rmse_mv']:.1f} mV from the prior")
+        say(
+            f"predictive checks: trace RMSE {ppc.metrics['trace_rmse_mv']:.1f} mV vs {ppc.metrics['prior_trace_rmse_mv']:.1f} mV from the prior"
+        )
     timing["ppc"] = time.perf_counter() - t2
 
     t3 = time.perf_counter()
     figures = draw_figures(outdir, posterior, held, samples, cal, rec, ppc, cfg.num_ppc_plot)
     timing["figures"] = time.perf_counter() - t3
     timing["total"] = time.perf_counter() - t0
-    metrics = _report(posterior, held, cfg, cal, rec, ppc.metrics if ppc is not None else {"num_obs": 0}, figures, timing)
+    metrics = _report(
+        posterior,
+        held,
+        cfg,
+        cal,
+        rec,
+        ppc.metrics if ppc is not None else {"num_obs": 0},
+        figures,
+        timing,
+    )
     _add_local_sections(metrics, posterior, held, local)
     write_report(outdir, metrics)
     return metrics
@@ -153,8 +204,17 @@ def _report(
     prior_matches = store_fp == post_fp
     warnings_list: list[str] = []
     if not prior_matches:
-        warnings_list.append(f"store prior {store_fp} differs from the posterior's prior {post_fp}: SBC/TARP assume truths drawn from the training prior")
-    sbc_res, tarp_res, verdict, levels, marg, hpd = cal.sbc, cal.tarp, cal.verdict, cal.levels, cal.marginal, cal.hpd
+        warnings_list.append(
+            f"store prior {store_fp} differs from the posterior's prior {post_fp}: SBC/TARP assume truths drawn from the training prior"
+        )
+    sbc_res, tarp_res, verdict, levels, marg, hpd = (
+        cal.sbc,
+        cal.tarp,
+        cal.verdict,
+        cal.levels,
+        cal.marginal,
+        cal.hpd,
+    )
     marg_dev = dg.coverage_deviation(levels, marg)
     hpd_dev = dg.coverage_deviation(levels, hpd) if hpd is not None else None
     training = training_info(posterior)
@@ -214,7 +274,12 @@ def _report(
             "hist": {nm: sbc_res.hist[d].tolist() for d, nm in enumerate(names)},
             "c2st_dap": named(names, cal.c2st) if cal.c2st is not None else None,
         },
-        "tarp": {"atc": tarp_res.atc, "ks_pval": tarp_res.ks_pval, "alpha": tarp_res.alpha.tolist(), "ecp": tarp_res.ecp.tolist()},
+        "tarp": {
+            "atc": tarp_res.atc,
+            "ks_pval": tarp_res.ks_pval,
+            "alpha": tarp_res.alpha.tolist(),
+            "ecp": tarp_res.ecp.tolist(),
+        },
         "coverage": {
             "levels": levels.tolist(),
             "marginal": {nm: marg[:, d].tolist() for d, nm in enumerate(names)},
@@ -223,7 +288,17 @@ def _report(
             "hpd_deviation": hpd_dev,
         },
         "recovery": {
-            key: named(names, getattr(rec, key)) for key in ("nrmse", "std_ratio", "contraction", "z_mean", "z_std", "z_robust_std", "z_outside_2", "r2")
+            key: named(names, getattr(rec, key))
+            for key in (
+                "nrmse",
+                "std_ratio",
+                "contraction",
+                "z_mean",
+                "z_std",
+                "z_robust_std",
+                "z_outside_2",
+                "r2",
+            )
         }
         | {"prior_std": named(names, cal.prior_std)},
         "ppc": ppc_metrics,
@@ -234,7 +309,9 @@ def _report(
     return metrics
 
 
-def _add_local_sections(metrics: dict[str, Any], posterior: Any, held: HeldOut, local: dict[str, Any] | None) -> None:
+def _add_local_sections(
+    metrics: dict[str, Any], posterior: Any, held: HeldOut, local: dict[str, Any] | None
+) -> None:
     """L-C2ST and chip sections: ``lc2st``, ``chips`` and, on chips training never saw, ``new_chips``."""
     s = metrics["summary"]
     metrics["lc2st"] = local
@@ -245,10 +322,33 @@ def _add_local_sections(metrics: dict[str, Any], posterior: Any, held: HeldOut, 
     s["chip_overlap"] = chips["overlap"]
     if chips["overlap"] != "full":
         metrics["warnings"].append(chips["note"])
-    if chips["overlap"] == "none":  # the whole evaluation is on unseen chips: its calibration, labelled as such
-        metrics["new_chips"] = {"test_chip_ids": chips["test_chip_ids"], "training_chip_ids": chips["training_chip_ids"]} | {
-            k: s[k] for k in ("verdict", "sbc_failed", "tarp_atc", "coverage_dev_mean_abs", "nrmse_mean", "lc2st_rejected")
+    if (
+        chips["overlap"] == "none"
+    ):  # the whole evaluation is on unseen chips: its calibration, labelled as such
+        metrics["new_chips"] = {
+            "test_chip_ids": chips["test_chip_ids"],
+            "training_chip_ids": chips["training_chip_ids"],
+        } | {
+            k: s[k]
+            for k in (
+                "verdict",
+                "sbc_failed",
+                "tarp_atc",
+                "coverage_dev_mean_abs",
+                "nrmse_mean",
+                "lc2st_rejected",
+            )
         }
 
 
-__all__ = ["METRICS_FILE", "REPORT_FORMAT_VERSION", "EvalConfig", "HeldOut", "compare_reports", "evaluate", "load_held_out", "load_report", "summary_table"]
+__all__ = [
+    "METRICS_FILE",
+    "REPORT_FORMAT_VERSION",
+    "EvalConfig",
+    "HeldOut",
+    "compare_reports",
+    "evaluate",
+    "load_held_out",
+    "load_report",
+    "summary_table",
+]

@@ -38,9 +38,23 @@ def draw_figures(
     z = (rec.post_mean - held.theta) / np.maximum(rec.post_std, 1e-12)
     sbc = cal.sbc
     figures = {
-        "sbc_ranks": plots.plot_sbc_ranks(sbc.hist, sbc.bin_edges, sbc.ks_pvals, names, outdir / "sbc_ranks.png", title=f"SBC rank histograms: {tag}").name,
+        "sbc_ranks": plots.plot_sbc_ranks(
+            sbc.hist,
+            sbc.bin_edges,
+            sbc.ks_pvals,
+            names,
+            outdir / "sbc_ranks.png",
+            title=f"SBC rank histograms: {tag}",
+        ).name,
         "coverage": plots.plot_coverage(
-            cal.levels, cal.marginal, names, cal.tarp.alpha, cal.tarp.ecp, outdir / "coverage.png", hpd=cal.hpd, title=f"Expected coverage: {tag}"
+            cal.levels,
+            cal.marginal,
+            names,
+            cal.tarp.alpha,
+            cal.tarp.ecp,
+            outdir / "coverage.png",
+            hpd=cal.hpd,
+            title=f"Expected coverage: {tag}",
         ).name,
         "recovery": plots.plot_recovery(
             held.theta,
@@ -56,11 +70,17 @@ def draw_figures(
             title=f"Parameter recovery: {tag}",
         ).name,
         "contraction_z": plots.plot_contraction_z(
-            1.0 - var_ratio, z, names, outdir / "contraction_z.png", title=f"Posterior contraction vs z-score: {tag}"
+            1.0 - var_ratio,
+            z,
+            names,
+            outdir / "contraction_z.png",
+            title=f"Posterior contraction vs z-score: {tag}",
         ).name,
     }
     idx = ppc.index if ppc is not None else np.empty(0, dtype=np.int64)
-    pair_obs = int(idx[min(2, idx.size - 1)]) if idx.size else 0  # a mid spike count among the plotted ones
+    pair_obs = (
+        int(idx[min(2, idx.size - 1)]) if idx.size else 0
+    )  # a mid spike count among the plotted ones
     figures["pair"] = plots.plot_pair(
         samples[pair_obs],
         held.theta[pair_obs],
@@ -75,7 +95,9 @@ def draw_figures(
     return figures
 
 
-def _ppc_figures(outdir: Path, posterior: Any, held: HeldOut, ppc: PredictiveCheck, num_ppc_plot: int) -> dict[str, str]:
+def _ppc_figures(
+    outdir: Path, posterior: Any, held: HeldOut, ppc: PredictiveCheck, num_ppc_plot: int
+) -> dict[str, str]:
     """Predictive traces and statistic discrepancies of the first ``num_ppc_plot`` checked observations."""
     kp = min(num_ppc_plot, ppc.index.size)
     if not kp:

@@ -25,7 +25,12 @@ NUM_NULL_TRIALS = 20
 LC2ST_ALPHA = 0.05
 
 
-def local_calibration(theta: NDArray[np.floating], features: NDArray[np.floating], samples: NDArray[np.floating], seed: int = 0) -> dict[str, Any]:
+def local_calibration(
+    theta: NDArray[np.floating],
+    features: NDArray[np.floating],
+    samples: NDArray[np.floating],
+    seed: int = 0,
+) -> dict[str, Any]:
     """L-C2ST statistic and p-value at ``NUM_LC2ST_OBS`` held-out observations.
 
     Args:
@@ -40,8 +45,17 @@ def local_calibration(theta: NDArray[np.floating], features: NDArray[np.floating
     k = NUM_LC2ST_OBS
     t = torch.as_tensor(np.asarray(theta[k:], dtype=np.float32))
     x = torch.as_tensor(np.asarray(features[k:], dtype=np.float32))
-    q = torch.as_tensor(np.asarray(samples[k:, 0, :], dtype=np.float32))  # one draw of q(theta | x_i) per x_i
-    lc2st = LC2ST(prior_samples=t, xs=x, posterior_samples=q, seed=seed, z_score=True, num_trials_null=NUM_NULL_TRIALS)
+    q = torch.as_tensor(
+        np.asarray(samples[k:, 0, :], dtype=np.float32)
+    )  # one draw of q(theta | x_i) per x_i
+    lc2st = LC2ST(
+        prior_samples=t,
+        xs=x,
+        posterior_samples=q,
+        seed=seed,
+        z_score=True,
+        num_trials_null=NUM_NULL_TRIALS,
+    )
     lc2st.train_under_null_hypothesis(verbosity=0)
     lc2st.train_on_observed_data()
     obs = []
@@ -78,10 +92,15 @@ def training_chip_ids(manifest: dict[str, Any]) -> list[int] | None:
 def chip_overlap(manifest: dict[str, Any], store_attrs: dict[str, Any]) -> dict[str, Any]:
     """How the held-out store's chips relate to the training stores': none, partial, full or unknown."""
     chip = store_attrs.get("chip_model")
-    test = list(ChipModel.from_dict(chip).pool) if isinstance(chip, dict) else list(ChipModel().pool)
+    test = (
+        list(ChipModel.from_dict(chip).pool) if isinstance(chip, dict) else list(ChipModel().pool)
+    )
     train = training_chip_ids(manifest)
     if train is None:
-        overlap, note = "unknown", f"the artifact does not record its training chips; test chips {format_chip_ids(test)}"
+        overlap, note = (
+            "unknown",
+            f"the artifact does not record its training chips; test chips {format_chip_ids(test)}",
+        )
     else:
         shared = sorted(set(test) & set(train))
         overlap = "none" if not shared else ("full" if set(test) <= set(train) else "partial")
@@ -98,4 +117,11 @@ def chip_overlap(manifest: dict[str, Any], store_attrs: dict[str, Any]) -> dict[
     }
 
 
-__all__ = ["LC2ST_ALPHA", "NUM_LC2ST_OBS", "NUM_NULL_TRIALS", "chip_overlap", "local_calibration", "training_chip_ids"]
+__all__ = [
+    "LC2ST_ALPHA",
+    "NUM_LC2ST_OBS",
+    "NUM_NULL_TRIALS",
+    "chip_overlap",
+    "local_calibration",
+    "training_chip_ids",
+]

@@ -53,28 +53,51 @@ def load_held_out(store: str | Path, num_obs: int, seed: int = 0) -> HeldOut:
     try:
         ds = open_dataset(str(store))
     except (StoreMismatch, FileNotFoundError, KeyError) as e:
-        raise ValueError(f"store={str(store)!r} is not a readable store from `farm simulate`: {e}") from None
+        raise ValueError(
+            f"store={str(store)!r} is not a readable store from `farm simulate`: {e}"
+        ) from None
     n = int(ds.sizes["sample"])
     if n < 10:
-        raise ValueError(f"store={str(store)!r} has {n} completed samples; evaluation needs at least 10")
+        raise ValueError(
+            f"store={str(store)!r} has {n} completed samples; evaluation needs at least 10"
+        )
     order = np.random.default_rng(seed).permutation(n)
-    chip = ChipModel.from_dict(ds.attrs["chip_model"]) if isinstance(ds.attrs.get("chip_model"), dict) else ChipModel()
+    chip = (
+        ChipModel.from_dict(ds.attrs["chip_model"])
+        if isinstance(ds.attrs.get("chip_model"), dict)
+        else ChipModel()
+    )
     keep: list[NDArray[np.int64]] = []
     excluded = 0
-    for start in range(0, n, 4 * max(num_obs, 256)):  # read in slices until num_obs usable rows are found
+    for start in range(
+        0, n, 4 * max(num_obs, 256)
+    ):  # read in slices until num_obs usable rows are found
         cand = order[start : start + 4 * max(num_obs, 256)]
         sub = ds.isel(sample=np.sort(cand))
-        flags = quality_flags(np.asarray(sub["trace"].values), np.asarray(sub["theta"].values), np.asarray(sub["features"].values), chip.adc_max_code)
+        flags = quality_flags(
+            np.asarray(sub["trace"].values),
+            np.asarray(sub["theta"].values),
+            np.asarray(sub["features"].values),
+            chip.adc_max_code,
+        )
         bad = np.logical_or.reduce(list(flags.values()))
         excluded += int(bad.sum())
-        keep.append(cand[~np.isin(cand, np.sort(cand)[bad])])  # random order kept: the first num_obs are a random subset
+        keep.append(
+            cand[~np.isin(cand, np.sort(cand)[bad])]
+        )  # random order kept: the first num_obs are a random subset
         if sum(k.size for k in keep) >= num_obs:
             break
     take = np.sort(np.concatenate(keep)[:num_obs]) if keep else np.empty(0, dtype=np.int64)
     if take.size < 10:
-        raise ValueError(f"store={str(store)!r} has {take.size} usable samples ({excluded} excluded as NaN/saturated/flat); evaluation needs at least 10")
+        raise ValueError(
+            f"store={str(store)!r} has {take.size} usable samples ({excluded} excluded as NaN/saturated/flat); evaluation needs at least 10"
+        )
     sub = ds.isel(sample=take)
-    index = np.asarray(sub["sample"].values, dtype=np.int64) if "sample" in sub.coords else take.astype(np.int64)
+    index = (
+        np.asarray(sub["sample"].values, dtype=np.int64)
+        if "sample" in sub.coords
+        else take.astype(np.int64)
+    )
     return HeldOut(
         theta=np.asarray(sub["theta"].values, dtype=np.float32),
         trace=np.asarray(sub["trace"].values, dtype=np.int16),
@@ -88,24 +111,40 @@ def load_held_out(store: str | Path, num_obs: int, seed: int = 0) -> HeldOut:
 
 
 def codes_to_mv(codes: NDArray[np.integer], chip: ChipModel) -> NDArray[np.float64]:
-    return chip.adc_v_min_mv + np.asarray(codes, dtype=np.float64) * (chip.adc_v_max_mv - chip.adc_v_min_mv) / chip.adc_max_code
+    return (
+        chip.adc_v_min_mv
+        + np.asarray(codes, dtype=np.float64)
+        * (chip.adc_v_max_mv - chip.adc_v_min_mv)
+        / chip.adc_max_code
+    )
 
 
 def named(names: tuple[str, ...], values: NDArray[np.floating]) -> dict[str, float]:
     return {n: float(v) for n, v in zip(names, np.asarray(values).ravel())}
 
 
-def sample_all(posterior: Any, trace: NDArray[np.int16], num_samples: int, seed: int, log: Callable[[str], None]) -> NDArray[np.float32]:
+def sample_all(
+    posterior: Any,
+    trace: NDArray[np.int16],
+    num_samples: int,
+    seed: int,
+    log: Callable[[str], None],
+) -> NDArray[np.float32]:
     out = np.empty((trace.shape[0], num_samples, len(posterior.parameter_names)), dtype=np.float32)
     for b, start in enumerate(range(0, trace.shape[0], _BATCH)):
         stop = min(start + _BATCH, trace.shape[0])
-        out[start:stop] = posterior.sample_batched(num_samples, traces=trace[start:stop], seed=seed + b)
+        out[start:stop] = posterior.sample_batched(
+            num_samples, traces=trace[start:stop], seed=seed + b
+        )
         log(f"sampled {stop}/{trace.shape[0]} observations")
     return out
 
 
 def hpd_log_probs(
-    posterior: Any, trace: NDArray[np.int16], theta: NDArray[np.float32], samples: NDArray[np.float32]
+    posterior: Any,
+    trace: NDArray[np.int16],
+    theta: NDArray[np.float32],
+    samples: NDArray[np.float32],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     lps = np.empty(samples.shape[:2], dtype=np.float64)
     lpt = np.empty(theta.shape[0], dtype=np.float64)
@@ -136,7 +175,9 @@ def ppc_choice(spike_count: NDArray[np.integer], k: int) -> NDArray[np.int64]:
     order = np.argsort(spike_count, kind="stable")
     spiking = order[spike_count[order] > 0]
     pool = spiking if spiking.size >= k else order
-    pick = pool[np.unique(np.linspace(0, pool.size - 1, min(k, pool.size)).round().astype(np.int64))]
+    pick = pool[
+        np.unique(np.linspace(0, pool.size - 1, min(k, pool.size)).round().astype(np.int64))
+    ]
     # interleave so that the first few (the plotted ones) already span low to high counts
     if pick.size > 2:
         step = max(1, pick.size // 4)
@@ -160,7 +201,15 @@ class Calibration:
 
 
 def calibration(
-    posterior: Any, held: HeldOut, samples: NDArray[np.float32], num_samples: int, *, hpd: bool, num_hpd: int, c2st: bool, seed: int
+    posterior: Any,
+    held: HeldOut,
+    samples: NDArray[np.float32],
+    num_samples: int,
+    *,
+    hpd: bool,
+    num_hpd: int,
+    c2st: bool,
+    seed: int,
 ) -> Calibration:
     """Calibration of ``samples`` (N, num_samples, 7) against the held-out truths."""
     n = held.theta.shape[0]
@@ -176,7 +225,9 @@ def calibration(
     prior_draws = posterior.prior.sample(max(20_000, n), seed=seed + 7).astype(np.float64)
     prior_std = prior_draws.std(axis=0)
     c2st_res = dg.c2st_dap(prior_draws[:n], samples[:, 0, :]) if c2st else None
-    return Calibration(sbc_res, tarp_res, levels, marg, hpd_cov, prior_std, c2st_res, dg.verdict(sbc_res, tarp_res))
+    return Calibration(
+        sbc_res, tarp_res, levels, marg, hpd_cov, prior_std, c2st_res, dg.verdict(sbc_res, tarp_res)
+    )
 
 
 @dataclass(frozen=True)
@@ -194,7 +245,14 @@ class PredictiveCheck:
     metrics: dict[str, Any]
 
 
-def predictive_check(posterior: Any, held: HeldOut, samples: NDArray[np.float32], num_ppc: int, num_ppc_samples: int, seed: int) -> PredictiveCheck | None:
+def predictive_check(
+    posterior: Any,
+    held: HeldOut,
+    samples: NDArray[np.float32],
+    num_ppc: int,
+    num_ppc_samples: int,
+    seed: int,
+) -> PredictiveCheck | None:
     """Simulate ``num_ppc_samples`` posterior and prior draws for ``num_ppc`` observations through the farm simulator."""
     ppc_idx = ppc_choice(held.spike_count, num_ppc)
     if not ppc_idx.size:
@@ -208,15 +266,21 @@ def predictive_check(posterior: Any, held: HeldOut, samples: NDArray[np.float32]
     theta_prior = posterior.prior.sample(ppc_idx.size * m, seed=seed + 11)
     with torch_threads_kept():
         pred = simulate_theta(theta_pred, seed=seed + 1_000_003, protocol=protocol, chip_model=chip)
-        prior_pred = simulate_theta(theta_prior, seed=seed + 2_000_003, protocol=protocol, chip_model=chip)
+        prior_pred = simulate_theta(
+            theta_prior, seed=seed + 2_000_003, protocol=protocol, chip_model=chip
+        )
     k = ppc_idx.size
     obs_mv = codes_to_mv(held.trace[ppc_idx], chip)
     pred_mv = codes_to_mv(pred.trace, chip).reshape(k, m, -1)
     prior_mv = codes_to_mv(prior_pred.trace, chip).reshape(k, m, -1)
     obs_feat = held.features[ppc_idx]
     sc = spike_count_column(protocol)
-    pr = dg.predictive_discrepancy(obs_mv, pred_mv, obs_feat, pred.features.reshape(k, m, -1), spike_index=sc)
-    base = dg.predictive_discrepancy(obs_mv, prior_mv, obs_feat, prior_pred.features.reshape(k, m, -1), spike_index=sc)
+    pr = dg.predictive_discrepancy(
+        obs_mv, pred_mv, obs_feat, pred.features.reshape(k, m, -1), spike_index=sc
+    )
+    base = dg.predictive_discrepancy(
+        obs_mv, prior_mv, obs_feat, prior_pred.features.reshape(k, m, -1), spike_index=sc
+    )
     metrics = {
         "num_obs": int(k),
         "num_samples": int(m),
@@ -228,10 +292,23 @@ def predictive_check(posterior: Any, held: HeldOut, samples: NDArray[np.float32]
         "spike_count_error": float(pr.spike_count_error.mean()),
         "prior_spike_count_error": float(base.spike_count_error.mean()),
         "spike_count_coverage_90": float(pr.spike_count_coverage.mean()),
-        "feature_abs_z_median": named(feature_names(protocol), np.median(np.abs(pr.feature_z), axis=0)),
+        "feature_abs_z_median": named(
+            feature_names(protocol), np.median(np.abs(pr.feature_z), axis=0)
+        ),
         "per_obs_trace_rmse_mv": pr.trace_rmse.tolist(),
     }
-    return PredictiveCheck(ppc_idx, m, obs_mv, pred_mv, obs_feat, pred.features.reshape(k, m, -1), pr, base, metrics)
+    return PredictiveCheck(
+        ppc_idx, m, obs_mv, pred_mv, obs_feat, pred.features.reshape(k, m, -1), pr, base, metrics
+    )
 
 
-__all__ = ["Calibration", "HeldOut", "PredictiveCheck", "calibration", "load_held_out", "predictive_check", "prior_fingerprint", "sample_all"]
+__all__ = [
+    "Calibration",
+    "HeldOut",
+    "PredictiveCheck",
+    "calibration",
+    "load_held_out",
+    "predictive_check",
+    "prior_fingerprint",
+    "sample_all",
+]

@@ -27,9 +27,13 @@ def param_label(name: str, physics: dict[str, str] | None = None, unit: str = "L
     return f"{name} [{unit}]{extra}"
 
 
-def _grid(n: int, ncols: int = 4, size: tuple[float, float] = (3.4, 2.8)) -> tuple[plt.Figure, list[plt.Axes]]:
+def _grid(
+    n: int, ncols: int = 4, size: tuple[float, float] = (3.4, 2.8)
+) -> tuple[plt.Figure, list[plt.Axes]]:
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -46,7 +50,13 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def plot_sbc_ranks(
-    hist: NDArray[np.integer], bin_edges: NDArray[np.floating], ks_pvals: NDArray[np.floating], names: Sequence[str], path: str | Path, *, title: str
+    hist: NDArray[np.integer],
+    bin_edges: NDArray[np.floating],
+    ks_pvals: NDArray[np.floating],
+    names: Sequence[str],
+    path: str | Path,
+    *,
+    title: str,
 ) -> Path:
     """Rank histograms per parameter with the 99 % band of a uniform histogram (grey)."""
     h = np.asarray(hist)
@@ -120,17 +130,36 @@ def plot_recovery(
     fig, axes = _grid(len(names), size=(3.5, 3.3))
     for d, ax in enumerate(axes):
         ax.plot([low[d], high[d]], [low[d], high[d]], "k--", lw=0.8)
-        ax.errorbar(theta[:, d], post_mean[:, d], yerr=post_std[:, d], fmt="o", ms=2, lw=0.4, alpha=0.5, color="C0", ecolor="C0")
+        ax.errorbar(
+            theta[:, d],
+            post_mean[:, d],
+            yerr=post_std[:, d],
+            fmt="o",
+            ms=2,
+            lw=0.4,
+            alpha=0.5,
+            color="C0",
+            ecolor="C0",
+        )
         ax.set_xlim(low[d], high[d])
         ax.set_ylim(low[d], high[d])
-        ax.set_title(f"{names[d]}\nNRMSE {nrmse[d]:.2f}, contraction {contraction[d]:.2f}", fontsize=9)
+        ax.set_title(
+            f"{names[d]}\nNRMSE {nrmse[d]:.2f}, contraction {contraction[d]:.2f}", fontsize=9
+        )
         ax.set_xlabel("true " + param_label(names[d], physics), fontsize=8)
         ax.set_ylabel("posterior mean ±1 std [LSB]", fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def plot_contraction_z(contraction: NDArray[np.floating], z: NDArray[np.floating], names: Sequence[str], path: str | Path, *, title: str) -> Path:
+def plot_contraction_z(
+    contraction: NDArray[np.floating],
+    z: NDArray[np.floating],
+    names: Sequence[str],
+    path: str | Path,
+    *,
+    title: str,
+) -> Path:
     """Schad et al.'s diagnostic: per observation, contraction (x) vs z-score (y) of each parameter.
 
     Good: points right (contraction near 1) and within |z| < 2. Over-confident: |z| spread wide.
@@ -163,17 +192,29 @@ def plot_ppc(
 ) -> Path:
     """Observed membrane trace (black) over traces simulated from posterior samples (blue), one row per observation."""
     k = obs_mv.shape[0]
-    fig, axes = plt.subplots(k, 2, figsize=(12, 2.6 * k), squeeze=False, gridspec_kw={"width_ratios": [4, 1]})
+    fig, axes = plt.subplots(
+        k, 2, figsize=(12, 2.6 * k), squeeze=False, gridspec_kw={"width_ratios": [4, 1]}
+    )
     for i in range(k):
         a, b = axes[i]
         a.axvspan(stim[0], stim[1], color="C1", alpha=0.07, label="step current")
         for j in range(min(pred_mv.shape[1], 10)):
-            a.plot(time_us, pred_mv[i, j], color="C0", lw=0.6, alpha=0.35, label="posterior predictive" if j == 0 else None)
+            a.plot(
+                time_us,
+                pred_mv[i, j],
+                color="C0",
+                lw=0.6,
+                alpha=0.35,
+                label="posterior predictive" if j == 0 else None,
+            )
         a.plot(time_us, obs_mv[i], color="k", lw=0.9, label="observed")
         a.set_xlabel("time [µs, hardware]")
         a.set_ylabel("membrane [mV]")
         a.set_title(labels[i] if labels else f"observation {i}", fontsize=9)
-        bins = np.arange(min(pred_counts[i].min(), obs_counts[i]) - 0.5, max(pred_counts[i].max(), obs_counts[i]) + 1.5)
+        bins = np.arange(
+            min(pred_counts[i].min(), obs_counts[i]) - 0.5,
+            max(pred_counts[i].max(), obs_counts[i]) + 1.5,
+        )
         b.hist(pred_counts[i], bins=bins, color="C0", alpha=0.7, label="predicted")
         b.axvline(obs_counts[i], color="k", lw=2, label="observed")
         b.set_xlabel("spike count during step")
@@ -184,14 +225,21 @@ def plot_ppc(
     return _save(fig, path)
 
 
-def plot_feature_z(feature_z: NDArray[np.floating], feature_names: Sequence[str], path: str | Path, *, title: str) -> Path:
+def plot_feature_z(
+    feature_z: NDArray[np.floating], feature_names: Sequence[str], path: str | Path, *, title: str
+) -> Path:
     """Standardised discrepancy of each summary statistic between observation and posterior predictive."""
     fig, ax = plt.subplots(figsize=(9, 3.8))
     k = feature_z.shape[0]
     x = np.arange(len(feature_names))
     width = 0.8 / k
     for i in range(k):
-        ax.bar(x + (i - (k - 1) / 2) * width, np.clip(feature_z[i], -6, 6), width, label=f"observation {i}")
+        ax.bar(
+            x + (i - (k - 1) / 2) * width,
+            np.clip(feature_z[i], -6, 6),
+            width,
+            label=f"observation {i}",
+        )
     ax.axhspan(-2, 2, color="0.9", zorder=0)
     ax.set_xticks(x, feature_names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("(observed - predictive mean) / predictive std")
@@ -224,7 +272,9 @@ def plot_pair(
                 ax.axvline(truth[i], color="C3", lw=1.5)
                 ax.set_yticks([])
             else:
-                ax.scatter(samples[:, j], samples[:, i], s=1, alpha=0.25, color="C0", rasterized=True)
+                ax.scatter(
+                    samples[:, j], samples[:, i], s=1, alpha=0.25, color="C0", rasterized=True
+                )
                 ax.plot(truth[j], truth[i], "*", color="C3", ms=9)
                 ax.set_ylim(low[i], high[i])
             ax.set_xlim(low[j], high[j])

@@ -23,17 +23,35 @@ def versions() -> dict[str, str]:
     import sbi
     import torch
 
-    return {"bss2_farm": package_version(), "numpy": np.__version__, "torch": torch.__version__, "sbi": sbi.__version__}
+    return {
+        "bss2_farm": package_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "sbi": sbi.__version__,
+    }
 
 
 def training_info(posterior: Any) -> dict[str, Any]:
     """What the posterior was trained on, from its manifest (stores, sample counts, epochs)."""
     man = getattr(posterior, "manifest", {}) or {}
     met = man.get("metrics", {}) if isinstance(man.get("metrics"), dict) else {}
-    out: dict[str, Any] = {k: met[k] for k in ("num_train", "num_val", "best_epoch", "epochs_trained", "best_val_loss") if isinstance(met.get(k), (int, float))}
+    out: dict[str, Any] = {
+        k: met[k]
+        for k in ("num_train", "num_val", "best_epoch", "epochs_trained", "best_val_loss")
+        if isinstance(met.get(k), (int, float))
+    }
     history = man.get("history")
-    if isinstance(history, list) and history and all(isinstance(h, dict) and isinstance(h.get("epoch_seconds"), (int, float)) for h in history):
-        out["train_seconds"] = float(sum(h["epoch_seconds"] for h in history))  # training epochs only, no start-up
+    if (
+        isinstance(history, list)
+        and history
+        and all(
+            isinstance(h, dict) and isinstance(h.get("epoch_seconds"), (int, float))
+            for h in history
+        )
+    ):
+        out["train_seconds"] = float(
+            sum(h["epoch_seconds"] for h in history)
+        )  # training epochs only, no start-up
     stores = man.get("stores")
     if isinstance(stores, list):
         out["stores"] = [s.get("url") if isinstance(s, dict) else str(s) for s in stores]
@@ -56,7 +74,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     f = p / METRICS_FILE if p.is_dir() else p
     if not f.is_file():
-        raise ArtifactError(f"report={str(path)!r} has no {METRICS_FILE}; pass a directory written by `farm evaluate`")
+        raise ArtifactError(
+            f"report={str(path)!r} has no {METRICS_FILE}; pass a directory written by `farm evaluate`"
+        )
     return read_document(f, EvaluationReport).to_dict()
 
 
@@ -133,9 +153,13 @@ def compare_reports(*reports: dict[str, Any]) -> dict[str, Any]:
     for key, label, fmt, better in SUMMARY_ROWS:
         values = [_summary_value(s, key) for s in summaries]
         win = ""
-        numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        numeric = [
+            v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        ]
         if better and len(numeric) == len(values) and len(set(values)) > 1:
-            score = [abs(v) if better == "zero" else (-v if better == "high" else v) for v in values]
+            score = [
+                abs(v) if better == "zero" else (-v if better == "high" else v) for v in values
+            ]
             best = min(score)
             if score.count(best) == 1:
                 win = letters[score.index(best)]
@@ -151,12 +175,21 @@ def compare_reports(*reports: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"reports use different held-out stores ({' vs '.join(map(str, stores))})")
     if len({r["posterior"].get("prior_fingerprint") for r in reports}) > 1:
         notes.append(
-            f"the {len(reports)} posteriors were trained on different priors" if len(reports) > 2 else "the two posteriors were trained on different priors"
+            f"the {len(reports)} posteriors were trained on different priors"
+            if len(reports) > 2
+            else "the two posteriors were trained on different priors"
         )
     for s, col in zip(summaries, letters):
         if s.get("verdict") != "calibrated":
-            notes.append(f"{col} is not calibrated ({s.get('verdict')}): read its contraction with care")
-    return {"columns": [_column_name(r) for r in reports], "rows": rows, "parameters": params, "notes": notes}
+            notes.append(
+                f"{col} is not calibrated ({s.get('verdict')}): read its contraction with care"
+            )
+    return {
+        "columns": [_column_name(r) for r in reports],
+        "rows": rows,
+        "parameters": params,
+        "notes": notes,
+    }
 
 
 __all__ = [

@@ -25,7 +25,9 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_features < 1 or self.hidden_layers < 1:
-            raise ValueError(f"hidden_features={self.hidden_features}, hidden_layers={self.hidden_layers} must be >= 1")
+            raise ValueError(
+                f"hidden_features={self.hidden_features}, hidden_layers={self.hidden_layers} must be >= 1"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,7 +40,9 @@ class RegimeClassifier(nn.Module):
         config: widths; input_mean, input_std: (7,) z-scoring of theta (the box's uniform moments).
     """
 
-    def __init__(self, config: ClassifierConfig, input_mean: list[float], input_std: list[float]) -> None:
+    def __init__(
+        self, config: ClassifierConfig, input_mean: list[float], input_std: list[float]
+    ) -> None:
         super().__init__()
         self.config = config
         self.register_buffer("input_mean", torch.tensor(input_mean, dtype=torch.float32))
@@ -62,7 +66,9 @@ class RegimeClassifier(nn.Module):
         return weights, biases
 
 
-def box_moments(low: NDArray[np.floating], high: NDArray[np.floating]) -> tuple[list[float], list[float]]:
+def box_moments(
+    low: NDArray[np.floating], high: NDArray[np.floating]
+) -> tuple[list[float], list[float]]:
     """Mean and std of a uniform box: the classifier's input z-scoring (fixed, not fitted)."""
     low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
     return ((low + high) / 2).tolist(), ((high - low) / np.sqrt(12.0)).tolist()

@@ -101,12 +101,18 @@ class TraceCNN(nn.Module):
         if stem not in STEMS:
             raise ValueError(f"cnn_stem={stem!r} must be one of {', '.join(STEMS)}")
         if stem == "patch" and not channels:
-            raise ValueError("cnn_channels=() is empty; the patch stem needs at least one conv width")
+            raise ValueError(
+                "cnn_channels=() is empty; the patch stem needs at least one conv width"
+            )
         if isinstance(trace_mean, (list, tuple)):
             # several sweeps: one mean/std each, shape (sweeps, 1), broadcast over (batch, sweeps, T)
             self.num_sweeps = len(trace_mean)
-            self.register_buffer("trace_mean", torch.tensor([float(v) for v in trace_mean]).reshape(-1, 1))
-            self.register_buffer("trace_std", torch.tensor([float(v) for v in trace_std]).reshape(-1, 1))
+            self.register_buffer(
+                "trace_mean", torch.tensor([float(v) for v in trace_mean]).reshape(-1, 1)
+            )
+            self.register_buffer(
+                "trace_std", torch.tensor([float(v) for v in trace_std]).reshape(-1, 1)
+            )
         else:
             self.num_sweeps = 1
             self.register_buffer("trace_mean", torch.tensor(float(trace_mean)))
@@ -121,7 +127,11 @@ class TraceCNN(nn.Module):
             for c in channels:
                 # max-pool before the ReLU: the same values (ReLU is monotone) at half the ReLU's cost;
                 # both carry no weights, so the state dict keeps its keys (conv.0, conv.3, ...).
-                layers += [nn.Conv1d(c_in, c, kernel_size, stride=2, padding=kernel_size // 2), PairMax(), nn.ReLU()]
+                layers += [
+                    nn.Conv1d(c_in, c, kernel_size, stride=2, padding=kernel_size // 2),
+                    PairMax(),
+                    nn.ReLU(),
+                ]
                 c_in = c
         else:
             layers += [PatchMerge(PATCH, c_in, channels[0])]
@@ -133,7 +143,9 @@ class TraceCNN(nn.Module):
             layers = []
         layers += [nn.AdaptiveAvgPool1d(pool_bins), nn.Flatten()]
         self.conv = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(c_in * pool_bins, 64), nn.ReLU(), nn.Linear(64, num_features))
+        self.head = nn.Sequential(
+            nn.Linear(c_in * pool_bins, 64), nn.ReLU(), nn.Linear(64, num_features)
+        )
         self.num_features = num_features
 
     def forward(self, trace: torch.Tensor) -> torch.Tensor:
@@ -142,10 +154,15 @@ class TraceCNN(nn.Module):
             dx = torch.diff(x, dim=1, prepend=x[:, :1])
             if self.stem == "pooled":
                 return self.head(self.conv(torch.stack([x, dx], dim=1)))
-            h = self.front(torch.stack([x, dx], dim=-1))  # channels last: (batch, T, 2) -> (batch, steps, C)
+            h = self.front(
+                torch.stack([x, dx], dim=-1)
+            )  # channels last: (batch, T, 2) -> (batch, steps, C)
             return self.head(self.conv(h.transpose(1, 2)))
         # (batch, sweeps * T) -> (batch, sweeps, T): each sweep a channel, with its difference channel
-        x = self._pooled((trace.float().reshape(trace.shape[0], self.num_sweeps, -1) - self.trace_mean) / self.trace_std)
+        x = self._pooled(
+            (trace.float().reshape(trace.shape[0], self.num_sweeps, -1) - self.trace_mean)
+            / self.trace_std
+        )
         dx = torch.diff(x, dim=2, prepend=x[:, :, :1])
         xc = torch.cat([x, dx], dim=1)  # (batch, 2 * sweeps, T)
         if self.stem == "pooled":

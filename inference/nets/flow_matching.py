@@ -80,7 +80,9 @@ class FlowMatchingConfig:
         if self.cnn_stem not in STEMS:
             raise ValueError(f"cnn_stem={self.cnn_stem!r} must be one of {', '.join(STEMS)}")
         if self.ode_method not in ODE_METHODS:
-            raise ValueError(f"ode_method={self.ode_method!r} must be one of {', '.join(ODE_METHODS)}")
+            raise ValueError(
+                f"ode_method={self.ode_method!r} must be one of {', '.join(ODE_METHODS)}"
+            )
         for name in (
             "hidden_features",
             "condition_features",
@@ -136,10 +138,20 @@ class VectorField(nn.Module):
         dim: theta dimension; context_features: embedding size; the rest as ``FlowMatchingConfig``.
     """
 
-    def __init__(self, dim: int, context_features: int, hidden_features: int, condition_features: int, condition_layers: int, time_features: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        context_features: int,
+        hidden_features: int,
+        condition_features: int,
+        condition_layers: int,
+        time_features: int,
+    ) -> None:
         super().__init__()
         self.dim, self.hidden = dim, hidden_features
-        self.register_buffer("freqs", math.pi * torch.arange(1, time_features // 2 + 1, dtype=torch.float32))
+        self.register_buffer(
+            "freqs", math.pi * torch.arange(1, time_features // 2 + 1, dtype=torch.float32)
+        )
         self.context_in = nn.Linear(context_features, condition_features)
         self.time_in = nn.Linear(time_features, condition_features, bias=False)
         layers: list[nn.Module] = [nn.SiLU()]
@@ -163,7 +175,9 @@ class VectorField(nn.Module):
         b3, lam = c[..., 4 * self.hidden :].chunk(2, dim=-1)
         return 1 + g1, b1, 1 + g2, b2, b3, lam
 
-    def velocity(self, z: Tensor, mod: tuple[Tensor, ...], with_divergence: bool = False) -> tuple[Tensor, Tensor | None]:
+    def velocity(
+        self, z: Tensor, mod: tuple[Tensor, ...], with_divergence: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """v at z (…, dim) given ``modulation`` (broadcastable); and div v (…,) if asked."""
         g1, b1, g2, b2, b3, lam = mod
         a1 = g1 * self.w1(z) + b1
@@ -175,7 +189,9 @@ class VectorField(nn.Module):
             return v, None
         p = self.w1.weight @ self.w3.weight  # (H, H); P[j, k] = sum_i W1[j, i] W3[i, k]
         e1, e2 = d1 * g1, d2 * g2
-        div = e1 @ torch.diagonal(p) + (F.linear(e1, self.w2.weight * p.T) * e2).sum(-1) + lam.sum(-1)
+        div = (
+            e1 @ torch.diagonal(p) + (F.linear(e1, self.w2.weight * p.T) * e2).sum(-1) + lam.sum(-1)
+        )
         return v, div
 
     def forward(self, z: Tensor, t: Tensor, context: Tensor) -> Tensor:
@@ -205,7 +221,9 @@ class ODEPosterior:
         self.batch_shape = context.shape[:-1]
         self.event_shape = torch.Size([field.dim])
 
-    def _solve(self, z: Tensor, grid: list[float], with_divergence: bool) -> tuple[Tensor, Tensor | None]:
+    def _solve(
+        self, z: Tensor, grid: list[float], with_divergence: bool
+    ) -> tuple[Tensor, Tensor | None]:
         """Integrate dz/dt = v along ``grid``; (z at its end, int div dt along it) for z (S, B', dim)."""
         ctx = self.context_term
         if ctx.shape[0] != z.shape[1]:
@@ -214,7 +232,9 @@ class ODEPosterior:
         cache: dict[float, tuple[Tensor, ...]] = {}
 
         def f(zz: Tensor, t: float) -> tuple[Tensor, Tensor | None]:
-            if t not in cache:  # every row shares t: the conditioning MLP runs once per (context, t)
+            if (
+                t not in cache
+            ):  # every row shares t: the conditioning MLP runs once per (context, t)
                 cache[t] = self.field.modulation(ctx, torch.tensor(t, dtype=zz.dtype))
             return self.field.velocity(zz, cache[t], with_divergence)
 
@@ -236,7 +256,9 @@ class ODEPosterior:
                 ell = ell + inc.double()
         return z, ell
 
-    def _chunked(self, z: Tensor, grid: list[float], with_divergence: bool) -> tuple[Tensor, Tensor | None]:
+    def _chunked(
+        self, z: Tensor, grid: list[float], with_divergence: bool
+    ) -> tuple[Tensor, Tensor | None]:
         """``_solve`` over (S, B, dim) in pieces of at most ``_CHUNK_ROWS`` rows."""
         s, b = z.shape[0], z.shape[1]
         if s * b <= _CHUNK_ROWS:
@@ -260,10 +282,14 @@ class ODEPosterior:
     def _base_log_prob(self, z0: Tensor) -> Tensor:
         return -0.5 * (z0.double() ** 2).sum(-1) - 0.5 * self.field.dim * math.log(2 * math.pi)
 
-    def _draw(self, shape: tuple[int, ...] | torch.Size, with_log_prob: bool) -> tuple[Tensor, Tensor | None]:
+    def _draw(
+        self, shape: tuple[int, ...] | torch.Size, with_log_prob: bool
+    ) -> tuple[Tensor, Tensor | None]:
         shape = torch.Size(shape)
         b = self.batch_shape.numel()
-        z0 = torch.randn(shape.numel(), b, self.field.dim, dtype=self.context_term.dtype)  # one RNG draw: chunking keeps seeds
+        z0 = torch.randn(
+            shape.numel(), b, self.field.dim, dtype=self.context_term.dtype
+        )  # one RNG draw: chunking keeps seeds
         z1, ell = self._chunked(z0, time_grid(self.steps), with_log_prob)
         out = z1.reshape(*shape, *self.batch_shape, self.field.dim)
         if ell is None:
@@ -277,7 +303,9 @@ class ODEPosterior:
         with torch.no_grad():
             return self.rsample(shape)
 
-    def rsample_and_log_prob(self, shape: tuple[int, ...] | torch.Size = ()) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(
+        self, shape: tuple[int, ...] | torch.Size = ()
+    ) -> tuple[Tensor, Tensor]:
         """Draws and log q from the same solve: the divergence is integrated along each path."""
         z, lp = self._draw(shape, True)
         assert lp is not None
@@ -287,7 +315,11 @@ class ODEPosterior:
         """log q(z | x) by integrating back from data to noise; z (…, B, dim) -> (…, B) float64."""
         full = torch.broadcast_shapes(z.shape[:-1], self.batch_shape)
         b = self.batch_shape.numel()
-        zz = z.to(self.context_term.dtype).expand(*full, self.field.dim).reshape(-1, b, self.field.dim)
+        zz = (
+            z.to(self.context_term.dtype)
+            .expand(*full, self.field.dim)
+            .reshape(-1, b, self.field.dim)
+        )
         z0, ell = self._chunked(zz, time_grid(self.steps, reverse=True), True)
         assert ell is not None
         return (self._base_log_prob(z0) + ell).reshape(full)  # ell = int_1^0 div = -int_0^1 div
@@ -299,7 +331,14 @@ class ConditionalVectorField(nn.Module):
     def __init__(self, dim: int, context_features: int, config: FlowMatchingConfig) -> None:
         super().__init__()
         self.config = config
-        self.net = VectorField(dim, context_features, config.hidden_features, config.condition_features, config.condition_layers, config.time_features)
+        self.net = VectorField(
+            dim,
+            context_features,
+            config.hidden_features,
+            config.condition_features,
+            config.condition_layers,
+            config.time_features,
+        )
 
     def forward(self, context: Tensor) -> ODEPosterior:
         return ODEPosterior(self.net, context, self.config.ode_steps, self.config.ode_method)
@@ -314,7 +353,9 @@ class ConditionalVectorField(nn.Module):
 
     def _loss(self, z1: Tensor, context: Tensor) -> Tensor:
         n = z1.shape[0]
-        t = torch.rand(n, dtype=z1.dtype, device=z1.device) ** (1.0 / (1.0 + self.config.time_power))  # density ~ t**power
+        t = torch.rand(n, dtype=z1.dtype, device=z1.device) ** (
+            1.0 / (1.0 + self.config.time_power)
+        )  # density ~ t**power
         z0 = torch.randn_like(z1)
         s = self.config.sigma_min
         zt = (1 - (1 - s) * t[:, None]) * z0 + t[:, None] * z1
@@ -333,7 +374,9 @@ class FlowMatchingModel(nn.Module):
     def __init__(self, config: FlowMatchingConfig, stats: dict[str, Any]) -> None:
         super().__init__()
         self.config = config
-        self.theta_transform = BoxLogit(stats["low"], stats["high"], stats["theta_mean"], stats["theta_std"])
+        self.theta_transform = BoxLogit(
+            stats["low"], stats["high"], stats["theta_mean"], stats["theta_std"]
+        )
         self.embedding = make_embedding(config, stats)
         self.flow = ConditionalVectorField(len(stats["low"]), self.embedding.num_features, config)
 
@@ -348,7 +391,18 @@ class FlowMatchingModel(nn.Module):
     def log_prob(self, theta: Tensor, context: Tensor) -> Tensor:
         """log q(theta | x) in LSB space, (n,) float64; context (n, D) or (1, D)."""
         z = self.theta_transform(theta)
-        return self.flow(context).log_prob(z[:, None, :] if context.shape[0] == 1 else z).reshape(-1) + self.theta_transform.log_abs_det_jacobian(theta)
+        return self.flow(context).log_prob(z[:, None, :] if context.shape[0] == 1 else z).reshape(
+            -1
+        ) + self.theta_transform.log_abs_det_jacobian(theta)
 
 
-__all__ = ["ESTIMATOR", "ODE_METHODS", "ConditionalVectorField", "FlowMatchingConfig", "FlowMatchingModel", "ODEPosterior", "VectorField", "time_grid"]
+__all__ = [
+    "ESTIMATOR",
+    "ODE_METHODS",
+    "ConditionalVectorField",
+    "FlowMatchingConfig",
+    "FlowMatchingModel",
+    "ODEPosterior",
+    "VectorField",
+    "time_grid",
+]

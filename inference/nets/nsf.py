@@ -54,7 +54,15 @@ class FlowConfig:
             raise ValueError(f"features={self.variant!r} must be one of {', '.join(FEATURES)}")
         if self.cnn_stem not in STEMS:
             raise ValueError(f"cnn_stem={self.cnn_stem!r} must be one of {', '.join(STEMS)}")
-        for name in ("transforms", "hidden_features", "hidden_layers", "bins", "embedding_features", "cnn_pool_bins", "cnn_input_pool"):
+        for name in (
+            "transforms",
+            "hidden_features",
+            "hidden_layers",
+            "bins",
+            "embedding_features",
+            "cnn_pool_bins",
+            "cnn_input_pool",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
@@ -89,11 +97,18 @@ class NPEModel(nn.Module):
     def __init__(self, config: FlowConfig, stats: dict) -> None:
         super().__init__()
         self.config = config
-        self.theta_transform = BoxLogit(stats["low"], stats["high"], stats["theta_mean"], stats["theta_std"])
+        self.theta_transform = BoxLogit(
+            stats["low"], stats["high"], stats["theta_mean"], stats["theta_std"]
+        )
         self.embedding = make_embedding(config, stats)
         dim = len(stats["low"])
         self.flow = spline_flow(
-            dim, self.embedding.num_features, config.transforms, config.bins, (config.hidden_features,) * config.hidden_layers, config.passes
+            dim,
+            self.embedding.num_features,
+            config.transforms,
+            config.bins,
+            (config.hidden_features,) * config.hidden_layers,
+            config.passes,
         )
 
     @property
@@ -112,4 +127,6 @@ class NPEModel(nn.Module):
             theta: (n, 7) LSB; context: ``embedding(x)``, (n, D) or (1, D) broadcast to every row.
         """
         z = self.theta_transform(theta)
-        return self.flow(context.expand(theta.shape[0], -1)).log_prob(z).double() + self.theta_transform.log_abs_det_jacobian(theta)
+        return self.flow(context.expand(theta.shape[0], -1)).log_prob(
+            z
+        ).double() + self.theta_transform.log_abs_det_jacobian(theta)

@@ -36,7 +36,15 @@ def _softmax_last(x: Tensor) -> Tensor:
 class FastRQSTransform(MonotonicRQSTransform):
     """zuko 1.6's monotonic rational-quadratic spline with the bin softmax written out."""
 
-    def __init__(self, widths: Tensor, heights: Tensor, derivatives: Tensor, bound: float = 5.0, slope: float = 1e-3, **kwargs) -> None:
+    def __init__(
+        self,
+        widths: Tensor,
+        heights: Tensor,
+        derivatives: Tensor,
+        bound: float = 5.0,
+        slope: float = 1e-3,
+        **kwargs,
+    ) -> None:
         torch.distributions.Transform.__init__(self, **kwargs)
         widths = widths / (1 + abs(2 * widths / math.log(slope)))
         heights = heights / (1 + abs(2 * heights / math.log(slope)))
@@ -82,7 +90,13 @@ class _MaskedAutoregressive(MaskedAutoregressiveTransform):
 
 
 def spline_flow(
-    features: int, context: int, transforms: int, bins: int, hidden_features: tuple[int, ...], passes: int | None, slope: float = 1e-3
+    features: int,
+    context: int,
+    transforms: int,
+    bins: int,
+    hidden_features: tuple[int, ...],
+    passes: int | None,
+    slope: float = 1e-3,
 ) -> zuko.flows.Flow:
     """What ``zuko.flows.NSF(features, context, transforms, bins=bins, passes=passes, ...)`` builds.
 
@@ -102,5 +116,7 @@ def spline_flow(
         )
         for i in range(transforms)
     ]
-    base = UnconditionalDistribution(DiagNormal, loc=torch.zeros(features), scale=torch.ones(features), buffer=True)
+    base = UnconditionalDistribution(
+        DiagNormal, loc=torch.zeros(features), scale=torch.ones(features), buffer=True
+    )
     return zuko.flows.Flow(layers, base)

@@ -15,7 +15,9 @@ from numpy.typing import NDArray
 EPS = 1e-6
 
 
-def theta_to_unbounded_np(theta: NDArray[np.floating], low: NDArray[np.floating], high: NDArray[np.floating]) -> NDArray[np.float64]:
+def theta_to_unbounded_np(
+    theta: NDArray[np.floating], low: NDArray[np.floating], high: NDArray[np.floating]
+) -> NDArray[np.float64]:
     """z = logit((theta - low) / (high - low)), float64, (n, 7) -> (n, 7)."""
     u = np.clip((np.asarray(theta, dtype=np.float64) - low) / (high - low), EPS, 1.0 - EPS)
     return np.log(u) - np.log1p(-u)
@@ -28,7 +30,9 @@ class BoxLogit(torch.nn.Module):
         low, high: (7,) box bounds; z_mean, z_std: (7,) standardisation of logit space (train split).
     """
 
-    def __init__(self, low: list[float], high: list[float], z_mean: list[float], z_std: list[float]) -> None:
+    def __init__(
+        self, low: list[float], high: list[float], z_mean: list[float], z_std: list[float]
+    ) -> None:
         super().__init__()
         self.register_buffer("low", torch.tensor(low, dtype=torch.float64))
         self.register_buffer("high", torch.tensor(high, dtype=torch.float64))
@@ -43,9 +47,16 @@ class BoxLogit(torch.nn.Module):
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """standardised z -> theta (float64), strictly inside the box."""
         u = torch.sigmoid(z.double() * self.z_std + self.z_mean)
-        return torch.minimum(torch.maximum(self.low + u * (self.high - self.low), self.low), self.high)
+        return torch.minimum(
+            torch.maximum(self.low + u * (self.high - self.low), self.low), self.high
+        )
 
     def log_abs_det_jacobian(self, theta: torch.Tensor) -> torch.Tensor:
         """log |dz/dtheta| summed over parameters, (n,) float64: log p(theta) = log q(z) + this."""
         u = ((theta.double() - self.low) / (self.high - self.low)).clamp(EPS, 1.0 - EPS)
-        return (-torch.log(u) - torch.log1p(-u) - torch.log(self.high - self.low) - torch.log(self.z_std)).sum(-1)
+        return (
+            -torch.log(u)
+            - torch.log1p(-u)
+            - torch.log(self.high - self.low)
+            - torch.log(self.z_std)
+        ).sum(-1)

@@ -47,15 +47,25 @@ class AmortizedPosterior:
         detector: the calibrated summary-space misspecification score (None for older artifacts).
     """
 
-    def __init__(self, model: NPEModel | FlowMatchingModel, manifest: dict[str, Any], prior: AnyPrior, detector: KNNDetector | None = None) -> None:
+    def __init__(
+        self,
+        model: NPEModel | FlowMatchingModel,
+        manifest: dict[str, Any],
+        prior: AnyPrior,
+        detector: KNNDetector | None = None,
+    ) -> None:
         self.model = model.eval()
         self.manifest = manifest
         self.prior = prior
         self.variant: str = manifest["architecture"]["variant"]
-        self.estimator: str = manifest["architecture"].get("estimator", "nsf")  # NSF manifests predate the key
+        self.estimator: str = manifest["architecture"].get(
+            "estimator", "nsf"
+        )  # NSF manifests predate the key
         self.parameter_names: tuple[str, ...] = tuple(manifest["parameter_names"])
         self.feature_names: tuple[str, ...] = tuple(manifest["feature_names"])
-        self.protocol = Protocol.from_dict(manifest["protocol"])  # read_artifact fills in `step` for older artifacts
+        self.protocol = Protocol.from_dict(
+            manifest["protocol"]
+        )  # read_artifact fills in `step` for older artifacts
         self.chip_model = ChipModel.from_dict(manifest["chip_model"])
         self.trace_length: int = int(manifest["trace_length"])
         self.fingerprint: str = manifest["fingerprint"]
@@ -87,7 +97,9 @@ class AmortizedPosterior:
         lead = 2 if batched else 1
         if features is not None:
             if not self.accepts_features:
-                raise ValueError(f"features= given but the {self.variant} posterior reads raw traces; pass trace= instead")
+                raise ValueError(
+                    f"features= given but the {self.variant} posterior reads raw traces; pass trace= instead"
+                )
             f = _numeric(features, "features")
             want = (len(self.feature_names),)
             if f.ndim != lead or f.shape[-1:] != want:
@@ -98,17 +110,27 @@ class AmortizedPosterior:
         t = _numeric(trace, "trace")
         sweeps = self.protocol.observation_shape
         if len(sweeps) > 1 and t.ndim == lead + 1 and t.shape[-2:] == sweeps:
-            t = t.reshape(*t.shape[:-2], self.trace_length)  # (sweeps, T) per observation -> the flat form
+            t = t.reshape(
+                *t.shape[:-2], self.trace_length
+            )  # (sweeps, T) per observation -> the flat form
         if t.ndim != lead or t.shape[-1] != self.trace_length:
-            raise ValueError(f"trace shape {t.shape} must be {self.expected_trace_shape(batched)} ADC codes")
+            raise ValueError(
+                f"trace shape {t.shape} must be {self.expected_trace_shape(batched)} ADC codes"
+            )
         top = self.chip_model.adc_max_code
         if t.min() < 0 or t.max() > top:
-            raise ValueError(f"trace values span [{t.min():g}, {t.max():g}]; ADC codes must lie in [0, {top}]")
+            raise ValueError(
+                f"trace values span [{t.min():g}, {t.max():g}]; ADC codes must lie in [0, {top}]"
+            )
         arrays = {"trace": t.reshape(-1, self.trace_length)}
         if self._reads_statistics:
             with torch_threads_kept():  # numba's OpenMP launch would leave torch on every core
-                arrays["features"] = summarize(np.rint(arrays["trace"]).astype(np.int16), self.protocol, self.chip_model)
-        return torch.from_numpy(np.ascontiguousarray(model_input(arrays, self.model.config.x_fields), dtype=np.float32))
+                arrays["features"] = summarize(
+                    np.rint(arrays["trace"]).astype(np.int16), self.protocol, self.chip_model
+                )
+        return torch.from_numpy(
+            np.ascontiguousarray(model_input(arrays, self.model.config.x_fields), dtype=np.float32)
+        )
 
     # ------------------------------------------------------------------ sampling
     @torch.inference_mode()
@@ -116,7 +138,9 @@ class AmortizedPosterior:
         return self.model.embedding(x)
 
     @torch.inference_mode()  # ~15 % faster than no_grad here; only numpy leaves it
-    def _sample_z(self, ctx: torch.Tensor, num_samples: int, with_log_prob: bool = False) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+    def _sample_z(
+        self, ctx: torch.Tensor, num_samples: int, with_log_prob: bool = False
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
         """(B, n, 7) theta for embedded inputs ctx (B, ·), every sample inside the prior support.
 
         With ``with_log_prob`` also (B, n) log q(theta | x) from the same flow pass (zuko's
@@ -126,19 +150,31 @@ class AmortizedPosterior:
         """
         tf = self.model.theta_transform
 
-        def draw(context: torch.Tensor, shape: tuple[int, ...]) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        def draw(
+            context: torch.Tensor, shape: tuple[int, ...]
+        ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
             flow = self.model.flow(context)
-            z, lp_z = flow.rsample_and_log_prob(shape) if with_log_prob else (flow.sample(shape), None)
+            z, lp_z = (
+                flow.rsample_and_log_prob(shape) if with_log_prob else (flow.sample(shape), None)
+            )
             theta = tf.inverse(z)
-            return theta.numpy(), None if lp_z is None else (lp_z.double() + tf.log_abs_det_jacobian(theta)).numpy()
+            return theta.numpy(), None if lp_z is None else (
+                lp_z.double() + tf.log_abs_det_jacobian(theta)
+            ).numpy()
 
-        theta, lp = draw(ctx, (first_round(num_samples) if self._restricted else num_samples,))  # (first, B, 7), (first, B)
+        theta, lp = draw(
+            ctx, (first_round(num_samples) if self._restricted else num_samples,)
+        )  # (first, B, 7), (first, B)
         theta, lp = theta.transpose(1, 0, 2), None if lp is None else lp.T
         if not self._restricted:
             return theta, lp
-        return keep_inside(self.prior, theta, lp, num_samples, lambda rows: draw(ctx[torch.from_numpy(rows)], ()))
+        return keep_inside(
+            self.prior, theta, lp, num_samples, lambda rows: draw(ctx[torch.from_numpy(rows)], ())
+        )
 
-    def sample(self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
+    def sample(
+        self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None
+    ) -> NDArray[np.float32]:
         """Draw theta ~ q(theta | x) for ONE observation.
 
         Args:
@@ -149,14 +185,26 @@ class AmortizedPosterior:
         Returns:
             (num_samples, 7) float32 LSB, inside the prior support.
         """
-        return self._draw(self._embed(self._inputs(trace, features, batched=False)), num_samples, seed)[0][0]
+        return self._draw(
+            self._embed(self._inputs(trace, features, batched=False)), num_samples, seed
+        )[0][0]
 
-    def sample_batched(self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
+    def sample_batched(
+        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None
+    ) -> NDArray[np.float32]:
         """Draw for B observations at once: traces (B, T) or features (B, F) -> (B, num_samples, 7) float32."""
-        return self._draw(self._embed(self._inputs(traces, features, batched=True)), num_samples, seed)[0]
+        return self._draw(
+            self._embed(self._inputs(traces, features, batched=True)), num_samples, seed
+        )[0]
 
     def sample_and_log_prob(
-        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True
+        self,
+        num_samples: int,
+        *,
+        traces: Any = None,
+        features: Any = None,
+        seed: int | None = None,
+        normalized: bool = True,
     ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         """Draws and their log-densities for B observations, from one flow pass (no second density pass).
 
@@ -174,7 +222,13 @@ class AmortizedPosterior:
         return self._draw_with_log_prob(x, self._embed(x), num_samples, seed, normalized)
 
     def sample_and_assess(
-        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True
+        self,
+        num_samples: int,
+        *,
+        traces: Any = None,
+        features: Any = None,
+        seed: int | None = None,
+        normalized: bool = True,
     ) -> tuple[NDArray[np.float32], NDArray[np.float64], list[dict[str, Any]]]:
         """``sample_and_log_prob`` plus ``misspecification_batched`` of the same B observations.
 
@@ -188,7 +242,12 @@ class AmortizedPosterior:
         return theta, lp, self._assess(x, traces, context)
 
     def _draw_with_log_prob(
-        self, x: torch.Tensor, context: torch.Tensor, num_samples: int, seed: int | None, normalized: bool
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        num_samples: int,
+        seed: int | None,
+        normalized: bool,
     ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         theta, lp = self._draw(context, num_samples, seed, with_log_prob=True)
         assert lp is not None
@@ -207,7 +266,9 @@ class AmortizedPosterior:
         return theta.astype(np.float32), lp
 
     # ------------------------------------------------------------------ densities
-    def log_prob(self, theta: Any, *, trace: Any = None, features: Any = None) -> NDArray[np.float64]:
+    def log_prob(
+        self, theta: Any, *, trace: Any = None, features: Any = None
+    ) -> NDArray[np.float64]:
         """log q(theta | x) in LSB space for ONE observation; -inf outside the prior support.
 
         Args:
@@ -220,7 +281,9 @@ class AmortizedPosterior:
         if t.ndim == 1:
             t = t[None]
         if t.ndim != 2 or t.shape[1] != len(self.parameter_names):
-            raise ValueError(f"theta shape {np.shape(theta)} must be (m, {len(self.parameter_names)}) in order {', '.join(self.parameter_names)}")
+            raise ValueError(
+                f"theta shape {np.shape(theta)} must be (m, {len(self.parameter_names)}) in order {', '.join(self.parameter_names)}"
+            )
         x = self._inputs(trace, features, batched=False)
         inside = self.prior.support(t)
         out = np.full(t.shape[0], -np.inf)
@@ -254,7 +317,9 @@ class AmortizedPosterior:
             self._acceptance_cache.popitem(last=False)
         return value
 
-    def map(self, *, trace: Any = None, features: Any = None, num_samples: int = 1000) -> NDArray[np.float32]:
+    def map(
+        self, *, trace: Any = None, features: Any = None, num_samples: int = 1000
+    ) -> NDArray[np.float32]:
         """Maximum of q(theta | x): the best of ``num_samples`` draws, refined by gradient ascent.
 
         Returns:
@@ -262,7 +327,9 @@ class AmortizedPosterior:
         """
         n = _count(num_samples)
         x = self._inputs(trace, features, batched=False)
-        ctx = self.model.embedding(x).detach()  # a normal tensor (not inference-mode): the ascent below differentiates through the flow
+        ctx = (
+            self.model.embedding(x).detach()
+        )  # a normal tensor (not inference-mode): the ascent below differentiates through the flow
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             theta0 = self._sample_z(ctx, n)[0][0]
@@ -276,7 +343,9 @@ class AmortizedPosterior:
         for _ in range(100):
             opt.zero_grad()
             theta = tf.inverse(z)
-            loss = -(self.model.flow(ctx).log_prob(z).double() + tf.log_abs_det_jacobian(theta)).sum()
+            loss = -(
+                self.model.flow(ctx).log_prob(z).double() + tf.log_abs_det_jacobian(theta)
+            ).sum()
             loss.backward()
             opt.step()
         with torch.no_grad():
@@ -303,13 +372,23 @@ class AmortizedPosterior:
         """
         return self._assess(self._inputs(trace, features, batched=False), trace)[0]
 
-    def misspecification_batched(self, *, traces: Any = None, features: Any = None) -> list[dict[str, Any]]:
+    def misspecification_batched(
+        self, *, traces: Any = None, features: Any = None
+    ) -> list[dict[str, Any]]:
         """``misspecification`` for B observations: traces (B, T) or features (B, F) -> B answers."""
         return self._assess(self._inputs(traces, features, batched=True), traces)
 
     @torch.inference_mode()
-    def _assess(self, x: torch.Tensor, trace: Any, ctx: torch.Tensor | None = None) -> list[dict[str, Any]]:
-        codes = None if trace is None else np.rint(np.asarray(trace, dtype=np.float64)).reshape(-1, self.trace_length).astype(np.int16)
+    def _assess(
+        self, x: torch.Tensor, trace: Any, ctx: torch.Tensor | None = None
+    ) -> list[dict[str, Any]]:
+        codes = (
+            None
+            if trace is None
+            else np.rint(np.asarray(trace, dtype=np.float64))
+            .reshape(-1, self.trace_length)
+            .astype(np.int16)
+        )
         col = spike_count_column(self.protocol)
         if self._reads_statistics:  # the input starts with the statistics
             counts = x[:, col].numpy()
@@ -317,13 +396,21 @@ class AmortizedPosterior:
             with torch_threads_kept():
                 counts = summarize(codes, self.protocol, self.chip_model)[:, col]
         reasons = trace_reasons(codes, counts, self.regime, self.chip_model.adc_max_code)
-        scores = None if self.detector is None else self.detector.score(self.model.embedding(x) if ctx is None else ctx)
+        scores = (
+            None
+            if self.detector is None
+            else self.detector.score(self.model.embedding(x) if ctx is None else ctx)
+        )
         return assess(scores, self.detector, reasons)
 
 
 def _numeric(value: Any, name: str) -> NDArray[np.float64]:
     a = np.asarray(value)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number)) or np.issubdtype(a.dtype, np.complexfloating):
+    if (
+        a.dtype == object
+        or not (np.issubdtype(a.dtype, np.number))
+        or np.issubdtype(a.dtype, np.complexfloating)
+    ):
         raise ValueError(f"{name} has dtype {a.dtype}; it must be numeric")
     if a.size == 0:
         raise ValueError(f"{name} is empty")
@@ -333,7 +420,11 @@ def _numeric(value: Any, name: str) -> NDArray[np.float64]:
 
 
 def _count(num_samples: Any) -> int:
-    if isinstance(num_samples, bool) or not float(num_samples).is_integer() or not 1 <= int(num_samples) <= MAX_SAMPLES:
+    if (
+        isinstance(num_samples, bool)
+        or not float(num_samples).is_integer()
+        or not 1 <= int(num_samples) <= MAX_SAMPLES
+    ):
         raise ValueError(f"num_samples={num_samples} outside [1, {MAX_SAMPLES}]")
     return int(num_samples)
 
@@ -352,28 +443,44 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
     """
     d = Path(directory)
     if (d / "ensemble.json").is_file():
-        from inference.posteriors.ensemble import load_ensemble  # the ensemble module builds on this one
+        from inference.posteriors.ensemble import (
+            load_ensemble,
+        )  # the ensemble module builds on this one
 
         return load_ensemble(d, protocol)  # type: ignore[return-value]
     m, state = read_artifact(d, KIND, protocol)
     described = prior_from_attrs(m.get("prior"))
-    prior: AnyPrior = RestrictedPrior.load(d / PRIOR_SUBDIR) if described.is_restricted else described.box_prior()
+    prior: AnyPrior = (
+        RestrictedPrior.load(d / PRIOR_SUBDIR) if described.is_restricted else described.box_prior()
+    )
     if described.is_restricted and not described.matches(prior):
-        raise ArtifactError(f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from the manifest's {described.fingerprint}")
+        raise ArtifactError(
+            f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from the manifest's {described.fingerprint}"
+        )
     estimator = m["architecture"].get("estimator", "nsf")
     model: NPEModel | FlowMatchingModel
     if estimator == FM_ESTIMATOR:
-        model = FlowMatchingModel(FlowMatchingConfig.from_dict(m["architecture"]), m["standardization"])
+        model = FlowMatchingModel(
+            FlowMatchingConfig.from_dict(m["architecture"]), m["standardization"]
+        )
     elif estimator == "nsf":
         model = NPEModel(FlowConfig.from_dict(m["architecture"]), m["standardization"])
     else:
-        raise ValueError(f"{d}: estimator={estimator!r} in the manifest; this package reads nsf or {FM_ESTIMATOR}")
+        raise ValueError(
+            f"{d}: estimator={estimator!r} in the manifest; this package reads nsf or {FM_ESTIMATOR}"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{d}: weights do not fit the manifest's architecture ({str(e).splitlines()[0]})") from None
+        raise ValueError(
+            f"{d}: weights do not fit the manifest's architecture ({str(e).splitlines()[0]})"
+        ) from None
     names = feature_names(Protocol.from_dict(m["protocol"]))
     if "features" in model.config.x_fields and tuple(m["feature_names"][: len(names)]) != names:
-        raise ValueError(f"{d}: trained on features {m['feature_names']}, this farm computes {list(names)}: retrain")
-    detector = KNNDetector.load(d, m["misspecification"]) if m.get("misspecification") else None  # older artifacts: regime checks only
+        raise ValueError(
+            f"{d}: trained on features {m['feature_names']}, this farm computes {list(names)}: retrain"
+        )
+    detector = (
+        KNNDetector.load(d, m["misspecification"]) if m.get("misspecification") else None
+    )  # older artifacts: regime checks only
     return AmortizedPosterior(model, m, prior, detector)

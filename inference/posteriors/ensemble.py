@@ -68,12 +68,24 @@ class EnsemblePosterior:
         if not 2 <= len(members) <= MAX_MEMBERS:
             raise ValueError(f"members={len(members)} outside [2, {MAX_MEMBERS}]")
         first = members[0]
-        for name in ("variant", "parameter_names", "feature_names", "trace_length", "accepts_features", "protocol", "chip_model"):
+        for name in (
+            "variant",
+            "parameter_names",
+            "feature_names",
+            "trace_length",
+            "accepts_features",
+            "protocol",
+            "chip_model",
+        ):
             others = {repr(getattr(m, name)) for m in members}
             if len(others) > 1:
-                raise ValueError(f"ensemble members differ in {name}: {sorted(others)}; members must come from one setup")
+                raise ValueError(
+                    f"ensemble members differ in {name}: {sorted(others)}; members must come from one setup"
+                )
         if len({m.prior.fingerprint for m in members}) > 1:
-            raise ValueError(f"ensemble members differ in prior: {sorted({m.prior.fingerprint for m in members})}")
+            raise ValueError(
+                f"ensemble members differ in prior: {sorted({m.prior.fingerprint for m in members})}"
+            )
         self.members = list(members)
         self.num_members = len(members)
         self.prior = first.prior
@@ -101,13 +113,19 @@ class EnsemblePosterior:
         return f"EnsemblePosterior(members={self.num_members}, variant={self.variant!r}, fingerprint={self.fingerprint})"
 
     # ------------------------------------------------------------------ sampling
-    def _split(self, rng: np.random.Generator, rows: int, num_samples: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    def _split(
+        self, rng: np.random.Generator, rows: int, num_samples: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """(rows, K) draws per member (a uniform multinomial split of n per row) and one seed per member."""
-        counts = rng.multinomial(num_samples, np.full(self.num_members, 1.0 / self.num_members), size=rows)
+        counts = rng.multinomial(
+            num_samples, np.full(self.num_members, 1.0 / self.num_members), size=rows
+        )
         seeds = rng.integers(0, 2**31 - 1, size=self.num_members)
         return counts, seeds
 
-    def _mixture_draws(self, num_samples: int, obs: dict[str, Any], seed: int | None) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    def _mixture_draws(
+        self, num_samples: int, obs: dict[str, Any], seed: int | None
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """(B, n, 7) draws and (B, n) member index of each draw, shuffled within each row."""
         n = _count(num_samples)
         rng = np.random.default_rng(seed)
@@ -128,24 +146,42 @@ class EnsemblePosterior:
                 out[b, filled[b] : filled[b] + c] = draws[b, :c]
                 who[b, filled[b] : filled[b] + c] = k
                 filled[b] += c
-        order = rng.permuted(np.tile(np.arange(n), (rows, 1)), axis=1)  # a member's draws are not bunched together
-        return np.take_along_axis(out, order[:, :, None], axis=1), np.take_along_axis(who, order, axis=1)
+        order = rng.permuted(
+            np.tile(np.arange(n), (rows, 1)), axis=1
+        )  # a member's draws are not bunched together
+        return np.take_along_axis(out, order[:, :, None], axis=1), np.take_along_axis(
+            who, order, axis=1
+        )
 
-    def sample(self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
+    def sample(
+        self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None
+    ) -> NDArray[np.float32]:
         """Draw theta from the mixture for ONE observation: (num_samples, 7) float32 LSB; same seed, same draws."""
         ((key, value),) = _one(trace, features).items()
-        return self._mixture_draws(num_samples, {_BATCHED[key]: np.asarray(value)[None]}, seed)[0][0]
+        return self._mixture_draws(num_samples, {_BATCHED[key]: np.asarray(value)[None]}, seed)[0][
+            0
+        ]
 
-    def sample_batched(self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.float32]:
+    def sample_batched(
+        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None
+    ) -> NDArray[np.float32]:
         """Draw for B observations: traces (B, T) or features (B, F) -> (B, num_samples, 7) float32."""
         return self._mixture_draws(num_samples, _batch(traces, features), seed)[0]
 
-    def member_split(self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None) -> NDArray[np.int64]:
+    def member_split(
+        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None
+    ) -> NDArray[np.int64]:
         """(B, num_samples) member index of each draw ``sample_batched`` returns for the same arguments."""
         return self._mixture_draws(num_samples, _batch(traces, features), seed)[1]
 
     def sample_and_log_prob(
-        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True
+        self,
+        num_samples: int,
+        *,
+        traces: Any = None,
+        features: Any = None,
+        seed: int | None = None,
+        normalized: bool = True,
     ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         """Mixture draws for B observations and their mixture log-densities ((B, n, 7), (B, n)).
 
@@ -157,38 +193,59 @@ class EnsemblePosterior:
         theta, _ = self._mixture_draws(num_samples, obs, seed)
         ((keyword, value),) = obs.items()
         one = {v: k for k, v in _BATCHED.items()}[keyword]
-        lp = np.stack([self._log_prob_checked(theta[b], {one: value[b]}) for b in range(len(value))])
+        lp = np.stack(
+            [self._log_prob_checked(theta[b], {one: value[b]}) for b in range(len(value))]
+        )
         return theta, lp
 
     def sample_and_assess(
-        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None, normalized: bool = True
+        self,
+        num_samples: int,
+        *,
+        traces: Any = None,
+        features: Any = None,
+        seed: int | None = None,
+        normalized: bool = True,
     ) -> tuple[NDArray[np.float32], NDArray[np.float64], list[dict[str, Any]]]:
         """``sample_and_log_prob`` plus ``misspecification_batched``: the interface a served /sample
         calls (``AmortizedPosterior.sample_and_assess``); the mixture shares no embedding across
         members, so this is the two calls."""
-        theta, lp = self.sample_and_log_prob(num_samples, traces=traces, features=features, seed=seed, normalized=normalized)
+        theta, lp = self.sample_and_log_prob(
+            num_samples, traces=traces, features=features, seed=seed, normalized=normalized
+        )
         return theta, lp, self.misspecification_batched(traces=traces, features=features)
 
     # ------------------------------------------------------------------ densities
-    def member_log_probs(self, theta: Any, *, trace: Any = None, features: Any = None) -> NDArray[np.float64]:
+    def member_log_probs(
+        self, theta: Any, *, trace: Any = None, features: Any = None
+    ) -> NDArray[np.float64]:
         """(K, m) log q_k(theta | x) of every member for ONE observation."""
         return np.stack([m.log_prob(theta, trace=trace, features=features) for m in self.members])
 
-    def log_prob(self, theta: Any, *, trace: Any = None, features: Any = None) -> NDArray[np.float64]:
+    def log_prob(
+        self, theta: Any, *, trace: Any = None, features: Any = None
+    ) -> NDArray[np.float64]:
         """log of the mean member density, (m,) float64; -inf outside the prior support."""
         return self._log_prob_checked(theta, _one(trace, features))
 
     def _log_prob_checked(self, theta: Any, obs: dict[str, Any]) -> NDArray[np.float64]:
         return mixture_log_prob(self.member_log_probs(theta, **obs))
 
-    def map(self, *, trace: Any = None, features: Any = None, num_samples: int = 1000) -> NDArray[np.float32]:
+    def map(
+        self, *, trace: Any = None, features: Any = None, num_samples: int = 1000
+    ) -> NDArray[np.float32]:
         """Maximum of the mixture density among the members' refined MAPs and ``num_samples`` mixture draws.
 
         Returns:
             (7,) float32 LSB inside the prior support.
         """
         obs = _one(trace, features)
-        cand = np.vstack([np.stack([m.map(num_samples=num_samples, **obs) for m in self.members]), self.sample(num_samples, seed=0, **obs)])
+        cand = np.vstack(
+            [
+                np.stack([m.map(num_samples=num_samples, **obs) for m in self.members]),
+                self.sample(num_samples, seed=0, **obs),
+            ]
+        )
         return cand[int(np.argmax(self._log_prob_checked(cand, obs)))].astype(np.float32)
 
     # ------------------------------------------------------------------ misspecification
@@ -196,7 +253,9 @@ class EnsemblePosterior:
         """Member 0's answer: every member saw the same training data, so one detector speaks for all."""
         return self.members[0].misspecification(trace=trace, features=features)  # type: ignore[attr-defined]
 
-    def misspecification_batched(self, *, traces: Any = None, features: Any = None) -> list[dict[str, Any]]:
+    def misspecification_batched(
+        self, *, traces: Any = None, features: Any = None
+    ) -> list[dict[str, Any]]:
         """``misspecification`` for B observations (member 0's detector)."""
         return self.members[0].misspecification_batched(traces=traces, features=features)  # type: ignore[attr-defined]
 
@@ -232,7 +291,9 @@ def ensemble_fingerprint(member_fingerprints: list[str]) -> str:
     return hashlib.sha256(json.dumps(member_fingerprints).encode()).hexdigest()[:16]
 
 
-def write_ensemble(directory: str | Path, seeds: list[int], metrics: dict[str, Any] | None = None) -> Path:
+def write_ensemble(
+    directory: str | Path, seeds: list[int], metrics: dict[str, Any] | None = None
+) -> Path:
     """Write ``ensemble.json`` over member artifacts already in ``directory/member-<k>/``.
 
     Returns:
@@ -243,7 +304,14 @@ def write_ensemble(directory: str | Path, seeds: list[int], metrics: dict[str, A
     for k, seed in enumerate(seeds):
         sub = d / member_dir(k)
         man = json.loads((sub / "manifest.json").read_text())
-        members.append({"dir": member_dir(k), "seed": int(seed), "fingerprint": man["fingerprint"], "manifest_sha256": file_sha256(sub / "manifest.json")})
+        members.append(
+            {
+                "dir": member_dir(k),
+                "seed": int(seed),
+                "fingerprint": man["fingerprint"],
+                "manifest_sha256": file_sha256(sub / "manifest.json"),
+            }
+        )
     body = {
         "kind": KIND,
         "format_version": ENSEMBLE_FORMAT_VERSION,
@@ -272,23 +340,43 @@ def load_ensemble(directory: str | Path, protocol: Protocol | None = None) -> En
     d = Path(directory)
     m = read_document(d / MANIFEST, EnsembleManifest).to_dict()
     if not 2 <= len(m["members"]) <= MAX_MEMBERS:
-        raise ArtifactError(f"{d / MANIFEST}: {len(m['members'])} members, expected 2 to {MAX_MEMBERS}")
+        raise ArtifactError(
+            f"{d / MANIFEST}: {len(m['members'])} members, expected 2 to {MAX_MEMBERS}"
+        )
     members = []
     for entry in m["members"]:
         sub = d / str(entry.get("dir", ""))
         if sub.resolve().parent != d.resolve():
-            raise ArtifactError(f"{d / MANIFEST}: member dir={entry.get('dir')!r} is not a subdirectory of the ensemble")
+            raise ArtifactError(
+                f"{d / MANIFEST}: member dir={entry.get('dir')!r} is not a subdirectory of the ensemble"
+            )
         if not (sub / "manifest.json").is_file():
-            raise ArtifactError(f"{sub}: member artifact missing; re-run the same `farm train npe --ensemble` command to resume")
+            raise ArtifactError(
+                f"{sub}: member artifact missing; re-run the same `farm train npe --ensemble` command to resume"
+            )
         if file_sha256(sub / "manifest.json") != entry.get("manifest_sha256"):
-            raise ArtifactError(f"{sub / 'manifest.json'}: checksum differs from {MANIFEST}; the ensemble is corrupt or was edited")
+            raise ArtifactError(
+                f"{sub / 'manifest.json'}: checksum differs from {MANIFEST}; the ensemble is corrupt or was edited"
+            )
         members.append(load_posterior(sub, protocol))
     if ensemble_fingerprint([p.fingerprint for p in members]) != m["fingerprint"]:
-        raise ArtifactError(f"{d / MANIFEST}: member fingerprints do not give the recorded {m['fingerprint']}")
+        raise ArtifactError(
+            f"{d / MANIFEST}: member fingerprints do not give the recorded {m['fingerprint']}"
+        )
     try:
         return EnsemblePosterior(members, m)
     except ValueError as e:
         raise ArtifactError(f"{d}: {e}") from None
 
 
-__all__ = ["KIND", "MAX_MEMBERS", "EnsembleManifest", "EnsemblePosterior", "is_ensemble", "load_ensemble", "member_dir", "mixture_log_prob", "write_ensemble"]
+__all__ = [
+    "KIND",
+    "MAX_MEMBERS",
+    "EnsembleManifest",
+    "EnsemblePosterior",
+    "is_ensemble",
+    "load_ensemble",
+    "member_dir",
+    "mixture_log_prob",
+    "write_ensemble",
+]

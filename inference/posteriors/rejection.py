@@ -34,7 +34,11 @@ def first_round(num_samples: int) -> int:
 
 
 def keep_inside(
-    prior: Any, theta: NDArray[np.float64], lp: NDArray[np.float64] | None, num_samples: int, redraw: Redraw
+    prior: Any,
+    theta: NDArray[np.float64],
+    lp: NDArray[np.float64] | None,
+    num_samples: int,
+    redraw: Redraw,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
     """The first ``num_samples`` candidates of each observation that lie inside ``prior.support``.
 
@@ -65,7 +69,9 @@ def keep_inside(
         drawn += np.bincount(rows, minlength=b)
         accepted += np.bincount(rows[ok], minlength=b)
         present = np.unique(rows)  # rows is sorted: each observation's candidates are contiguous
-        for i, lo, hi in zip(present, np.searchsorted(rows, present, "left"), np.searchsorted(rows, present, "right")):
+        for i, lo, hi in zip(
+            present, np.searchsorted(rows, present, "left"), np.searchsorted(rows, present, "right")
+        ):
             cand = lo + np.flatnonzero(ok[lo:hi])[: num_samples - filled[i]]
             out[i, filled[i] : filled[i] + cand.size] = cand_theta[cand]
             if out_lp is not None:
@@ -76,7 +82,12 @@ def keep_inside(
             return out, out_lp
         if np.any(drawn[pending] >= budget):
             out_of_budget = pending[drawn[pending] >= budget]
-            raise RejectionBudgetExceeded(budget, MAX_ROUNDS, float(np.max(accepted[out_of_budget] / drawn[out_of_budget])), out_of_budget.size)
+            raise RejectionBudgetExceeded(
+                budget,
+                MAX_ROUNDS,
+                float(np.max(accepted[out_of_budget] / drawn[out_of_budget])),
+                out_of_budget.size,
+            )
         rate = np.maximum(accepted[pending], 1) / drawn[pending]
         need = np.ceil(1.2 * (num_samples - filled[pending]) / rate).astype(np.int64) + 8
         need = np.minimum(need, budget - drawn[pending])

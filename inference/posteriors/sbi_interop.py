@@ -34,11 +34,19 @@ class RestrictedSupport(constraints.Constraint):
     def __init__(self, prior: RestrictedPrior) -> None:
         super().__init__()
         self.prior = prior
-        self.box = constraints.independent(constraints.interval(torch.tensor(prior.low, dtype=torch.float32), torch.tensor(prior.high, dtype=torch.float32)), 1)
+        self.box = constraints.independent(
+            constraints.interval(
+                torch.tensor(prior.low, dtype=torch.float32),
+                torch.tensor(prior.high, dtype=torch.float32),
+            ),
+            1,
+        )
 
     def check(self, value: Tensor) -> Tensor:
         flat = value.detach().reshape(-1, value.shape[-1]).cpu().numpy()
-        return torch.from_numpy(np.asarray(self.prior.support(flat), dtype=bool)).reshape(value.shape[:-1])
+        return torch.from_numpy(np.asarray(self.prior.support(flat), dtype=bool)).reshape(
+            value.shape[:-1]
+        )
 
 
 @biject_to.register(RestrictedSupport)
@@ -65,8 +73,13 @@ class RestrictedBoxPrior(Distribution):
     def __init__(self, prior: RestrictedPrior) -> None:
         self.prior = prior
         self._support = RestrictedSupport(prior)
-        self._box = BoxUniform(torch.tensor(prior.low, dtype=torch.float32), torch.tensor(prior.high, dtype=torch.float32))
-        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([len(prior.low)]), validate_args=False)
+        self._box = BoxUniform(
+            torch.tensor(prior.low, dtype=torch.float32),
+            torch.tensor(prior.high, dtype=torch.float32),
+        )
+        super().__init__(
+            batch_shape=torch.Size(), event_shape=torch.Size([len(prior.low)]), validate_args=False
+        )
 
     @property
     def support(self) -> constraints.Constraint:  # type: ignore[override]
@@ -88,7 +101,9 @@ class RestrictedBoxPrior(Distribution):
         return torch.from_numpy(np.ascontiguousarray(theta, dtype=np.float32)).reshape(*shape, -1)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        lp = self._box.log_prob(value.float().clamp(self._box.base_dist.low, self._box.base_dist.high))
+        lp = self._box.log_prob(
+            value.float().clamp(self._box.base_dist.low, self._box.base_dist.high)
+        )
         return torch.where(self._support.check(value), lp, torch.full_like(lp, -math.inf))
 
 
@@ -96,7 +111,9 @@ def sbi_prior(prior: AnyPrior) -> Distribution:
     """The artifact's prior for sbi: ``BoxUniform`` for the box, ``RestrictedBoxPrior`` for a restricted one."""
     if isinstance(prior, RestrictedPrior):
         return RestrictedBoxPrior(prior)
-    return BoxUniform(torch.tensor(prior.low, dtype=torch.float32), torch.tensor(prior.high, dtype=torch.float32))
+    return BoxUniform(
+        torch.tensor(prior.low, dtype=torch.float32), torch.tensor(prior.high, dtype=torch.float32)
+    )
 
 
 class NPEDensityEstimator(ConditionalDensityEstimator):
@@ -110,7 +127,11 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
     """
 
     def __init__(self, posterior: Any) -> None:
-        super().__init__(posterior.model, input_shape=torch.Size([len(posterior.parameter_names)]), condition_shape=torch.Size([posterior.trace_length]))
+        super().__init__(
+            posterior.model,
+            input_shape=torch.Size([len(posterior.parameter_names)]),
+            condition_shape=torch.Size([posterior.trace_length]),
+        )
         self._posterior = posterior
 
     @property
@@ -122,7 +143,9 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
         c = condition.detach().reshape(-1, self.condition_shape[0])
         if c.shape[0] > 1 and bool((c == c[:1]).all()):
             # sbi's potential repeats x_o for every theta (MAP, leakage): embed it once.
-            return self.net.embedding(self._posterior._inputs(c[:1].cpu().numpy(), None, batched=True)).expand(c.shape[0], -1)
+            return self.net.embedding(
+                self._posterior._inputs(c[:1].cpu().numpy(), None, batched=True)
+            ).expand(c.shape[0], -1)
         return self.net.embedding(self._posterior._inputs(c.cpu().numpy(), None, batched=True))
 
     def log_prob(self, input: Tensor, condition: Tensor, **kwargs: Any) -> Tensor:

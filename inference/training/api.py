@@ -81,13 +81,19 @@ def train(
             gpus_per_worker=gpus_per_worker,
         )
     if (Path(out) / "ensemble.json").is_file():
-        raise FarmInputError(f"out={out!r} holds an ensemble; pass the same --ensemble K to resume it, or another --out")
+        raise FarmInputError(
+            f"out={out!r} holds an ensemble; pass the same --ensemble K to resume it, or another --out"
+        )
     for s in stores:
         if "://" not in s and not Path(s).exists():
-            raise FarmInputError(f"store={s!r} does not exist; create it with `farm simulate --out {s}`")
+            raise FarmInputError(
+                f"store={s!r} does not exist; create it with `farm simulate --out {s}`"
+            )
     for s in getattr(t, "heldout", ()):
         if "://" not in s and not Path(s).exists():
-            raise FarmInputError(f"store={s!r} does not exist; create it with `farm simulate --out {s}`")
+            raise FarmInputError(
+                f"store={s!r} does not exist; create it with `farm simulate --out {s}`"
+            )
     cfg = TrainConfig(
         task=t.name,
         stores=tuple(stores),

@@ -23,12 +23,18 @@ from inference.training.tasks import NPETask, Task
 
 def check_members(num_members: Any) -> int:
     """``num_members`` as an int in [1, 16], or a one-line ValueError."""
-    if isinstance(num_members, bool) or not isinstance(num_members, int) or not 1 <= num_members <= MAX_MEMBERS:
+    if (
+        isinstance(num_members, bool)
+        or not isinstance(num_members, int)
+        or not 1 <= num_members <= MAX_MEMBERS
+    ):
         raise FarmInputError(f"ensemble={num_members!r} outside [1, {MAX_MEMBERS}] members")
     return num_members
 
 
-def _train_member(task: Task, stores: list[str], out: str, options: dict[str, Any]) -> dict[str, Any]:
+def _train_member(
+    task: Task, stores: list[str], out: str, options: dict[str, Any]
+) -> dict[str, Any]:
     """One member, in the driver or in a Ray task: the library's single-model ``train``."""
     from inference.training.api import train
 
@@ -36,7 +42,16 @@ def _train_member(task: Task, stores: list[str], out: str, options: dict[str, An
 
 
 def train_ensemble(
-    task: Task, stores: list[str], out: str, num_members: int, *, seed: int, workers: int, address: str | None, quiet: bool, **options: Any
+    task: Task,
+    stores: list[str],
+    out: str,
+    num_members: int,
+    *,
+    seed: int,
+    workers: int,
+    address: str | None,
+    quiet: bool,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train ``num_members`` posteriors and write the ensemble artifact into ``out``.
 
@@ -56,34 +71,63 @@ def train_ensemble(
 
     check_members(num_members)
     if not isinstance(task, NPETask):
-        raise FarmInputError(f"ensemble={num_members} given for task={task.name!r}; only npe posteriors form ensembles")
+        raise FarmInputError(
+            f"ensemble={num_members} given for task={task.name!r}; only npe posteriors form ensembles"
+        )
     root = Path(out).absolute()
     if (root / "manifest.json").is_file() or (root / "train_config.json").is_file():
-        raise FarmInputError(f"out={out!r} holds a single posterior; give the ensemble another --out")
+        raise FarmInputError(
+            f"out={out!r} holds a single posterior; give the ensemble another --out"
+        )
     # members may train in Ray tasks with another working directory: every path becomes absolute
     stores = [s if "://" in s else str(Path(s).absolute()) for s in stores]
     task = replace(task, prior=None if task.prior is None else str(Path(task.prior).absolute()))
     seeds = [seed + k for k in range(num_members)]
     started = False
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # as inference.training.loop: workers print their own progress
+        os.environ.setdefault(
+            "RAY_TRAIN_ENABLE_PRINT_PATCH", "0"
+        )  # as inference.training.loop: workers print their own progress
         try:
-            started = connect_ray(address, quiet=quiet, log_level=logging.ERROR, object_store_memory=None, configure_logging=False)
-        except Exception as e:  # e.g. a raylet that did not start on an overloaded node: one line, exit 1
+            started = connect_ray(
+                address,
+                quiet=quiet,
+                log_level=logging.ERROR,
+                object_store_memory=None,
+                configure_logging=False,
+            )
+        except (
+            Exception
+        ) as e:  # e.g. a raylet that did not start on an overloaded node: one line, exit 1
             raise TrainingError(
                 f"could not start or join Ray (address={address or 'local'}): {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; re-run to retry"
             ) from None
     try:
         free = int(ray.available_resources().get("CPU", 0))
-        parallel = free >= num_members * workers  # every worker of every member gets at least one CPU
+        parallel = (
+            free >= num_members * workers
+        )  # every worker of every member gets at least one CPU
         base = {"workers": workers, "quiet": quiet, **options}
         if parallel:
             per_worker = free // (num_members * workers)
-            fit = ray.remote(num_cpus=0, max_retries=0)(_train_member)  # the member's driver; its Train workers hold the CPUs
-            refs = [fit.remote(task, stores, str(root / member_dir(k)), {**base, "seed": s, "cpus_per_worker": per_worker}) for k, s in enumerate(seeds)]
+            fit = ray.remote(num_cpus=0, max_retries=0)(
+                _train_member
+            )  # the member's driver; its Train workers hold the CPUs
+            refs = [
+                fit.remote(
+                    task,
+                    stores,
+                    str(root / member_dir(k)),
+                    {**base, "seed": s, "cpus_per_worker": per_worker},
+                )
+                for k, s in enumerate(seeds)
+            ]
             members = [_get(ray, ref, k) for k, ref in enumerate(refs)]
         else:
-            members = [_train_member(task, stores, str(root / member_dir(k)), {**base, "seed": s}) for k, s in enumerate(seeds)]
+            members = [
+                _train_member(task, stores, str(root / member_dir(k)), {**base, "seed": s})
+                for k, s in enumerate(seeds)
+            ]
     finally:
         if started:
             ray.shutdown()
@@ -92,7 +136,12 @@ def train_ensemble(
         "num_train": members[0].get("num_train"),
         "num_val": members[0].get("num_val"),
         "best_val_loss": sum(losses) / len(losses),
-        "ensemble": {"num_members": num_members, "seeds": seeds, "parallel": parallel, "members": members},
+        "ensemble": {
+            "num_members": num_members,
+            "seeds": seeds,
+            "parallel": parallel,
+            "members": members,
+        },
     }
     write_ensemble(root, seeds, metrics)
     return metrics
@@ -104,7 +153,11 @@ def _get(ray: Any, ref: Any, k: int) -> dict[str, Any]:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
         cause = e.cause
-        line = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else type(e).__name__
+        line = (
+            str(cause).strip().splitlines()[0]
+            if cause is not None and str(cause).strip()
+            else type(e).__name__
+        )
         if isinstance(cause, FarmInputError):
             raise FarmInputError(line) from None
         if isinstance(cause, FarmRuntimeError):
@@ -115,11 +168,15 @@ def _get(ray: Any, ref: Any, k: int) -> dict[str, Any]:
 def format_ensemble_metrics(out: str, metrics: dict[str, Any]) -> str:
     """Human lines for `farm train npe --ensemble K`: one per member, then where the mixture is."""
     e = metrics["ensemble"]
-    lines = [f"ensemble of {e['num_members']} posteriors written to {out} ({'parallel' if e['parallel'] else 'sequential'} Ray Train runs)"]
+    lines = [
+        f"ensemble of {e['num_members']} posteriors written to {out} ({'parallel' if e['parallel'] else 'sequential'} Ray Train runs)"
+    ]
     for k, (s, m) in enumerate(zip(e["seeds"], e["members"], strict=True)):
         h = m.get("heldout", {})
         cov = f", {int(h['level'] * 100)}% coverage {h['coverage']:.2f}" if "coverage" in h else ""
-        lines.append(f"  member {k} (seed {s}): best epoch {m['best_epoch']} of {m['epochs_trained']}, val loss {m['best_val_loss']:.4f}{cov}")
+        lines.append(
+            f"  member {k} (seed {s}): best epoch {m['best_epoch']} of {m['epochs_trained']}, val loss {m['best_val_loss']:.4f}{cov}"
+        )
     return "\n".join(lines)
 
 

@@ -30,6 +30,8 @@ def lean_torch_trainer(*args: Any, **kwargs: Any) -> Any:
 
     class LeanTorchTrainer(TorchTrainer):
         def _create_default_callbacks(self) -> list[Any]:
-            return [cb for cb in super()._create_default_callbacks() if type(cb).__name__ != _CLEANER]
+            return [
+                cb for cb in super()._create_default_callbacks() if type(cb).__name__ != _CLEANER
+            ]
 
     return LeanTorchTrainer(*args, **kwargs)

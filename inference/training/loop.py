@@ -56,7 +56,9 @@ def model_stats(plan: DataPlan, stores: StoreSet) -> dict[str, Any]:
     }
 
 
-def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+def make_scheduler(
+    cfg: TrainConfig, opt: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
     """The learning-rate schedule, stepped once per epoch (``plateau`` on the validation loss).
 
     Why reduce-on-plateau by default: early stopping decides the number of epochs, so a schedule
@@ -65,7 +67,12 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.
     if cfg.lr_schedule == "plateau":
         # threshold as the early-stopping's improvement margin; at most 6 halvings (1/64)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=0.5, patience=cfg.lr_patience, threshold=1e-4, threshold_mode="abs", min_lr=cfg.learning_rate / 64
+            opt,
+            factor=0.5,
+            patience=cfg.lr_patience,
+            threshold=1e-4,
+            threshold_mode="abs",
+            min_lr=cfg.learning_rate / 64,
         )
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -110,7 +117,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with ckpt.as_directory() as d:
             saved = torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
         if saved["fingerprint"] != plan.fingerprint:
-            raise TrainingError(f"checkpoint was trained on stores with fingerprint {saved['fingerprint']}, now {plan.fingerprint}; use another --out")
+            raise TrainingError(
+                f"checkpoint was trained on stores with fingerprint {saved['fingerprint']}, now {plan.fingerprint}; use another --out"
+            )
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         if sched is not None and saved.get("scheduler"):
@@ -119,10 +128,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["resumed_at"] = [*state["resumed_at"], state["epoch"] + 1]
         if rank == 0:
             print(f"[train] resuming from the checkpoint of epoch {state['epoch'] + 1}", flush=True)
-    ddp = ray.train.torch.prepare_model(model)  # DDP across workers (the model is already on its device)
+    ddp = ray.train.torch.prepare_model(
+        model
+    )  # DDP across workers (the model is already on its device)
     stores = StoreSet(plan.urls)
     fields = task.fields()
-    train_stream = ChunkStream(stores, plan, "train", fields, cfg.batch_size, rank, world, cfg.shuffle_chunks)
+    train_stream = ChunkStream(
+        stores, plan, "train", fields, cfg.batch_size, rank, world, cfg.shuffle_chunks
+    )
     val_stream = ChunkStream(stores, plan, "val", fields, max(cfg.batch_size, 1024), rank, world)
     steps = max(1, plan.num_train // (world * cfg.batch_size))
     report_every = max(1, steps // 4)
@@ -131,7 +144,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
         t0 = time.perf_counter()
         ddp.train()
-        run_loss, run_n = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no sync per step on a GPU
+        run_loss, run_n = (
+            torch.zeros((), dtype=torch.float64, device=device),
+            0,
+        )  # summed on the device: no sync per step on a GPU
         for step, batch in enumerate(train_stream.steady(epoch, steps)):
             loss, _ = task.batch_loss(ddp, batch)
             opt.zero_grad(set_to_none=True)
@@ -141,7 +157,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             run_loss += loss.detach().double() * len(batch["theta"])
             run_n += len(batch["theta"])
             if cfg.progress and rank == 0 and (step + 1) % report_every == 0:
-                print(f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss {float(run_loss) / run_n:.4f}", flush=True)
+                print(
+                    f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss {float(run_loss) / run_n:.4f}",
+                    flush=True,
+                )
         seconds = time.perf_counter() - t0
         val = _validate(task, model, val_stream, epoch, world, device)
         train_loss = _allreduce_mean(float(run_loss), run_n, world, device)
@@ -153,7 +172,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         improved = val["val_loss"] < state["best_val"] - MIN_IMPROVEMENT
         if improved:
             state.update(
-                best_val=val["val_loss"], best_epoch=epoch, bad_epochs=0, best_model={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_val=val["val_loss"],
+                best_epoch=epoch,
+                bad_epochs=0,
+                best_model={
+                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                },
             )
         else:
             state["bad_epochs"] += 1
@@ -179,14 +203,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 torch.save(
-                    {**state, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else {}},
+                    {
+                        **state,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict() if sched is not None else {},
+                    },
                     Path(tmp) / STATE_FILE,
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _allreduce_mean(total: float, count: int, world: int, device: torch.device | None = None) -> float:
+def _allreduce_mean(
+    total: float, count: int, world: int, device: torch.device | None = None
+) -> float:
     if world > 1:  # on the worker's device: NCCL (GPU workers) reduces device tensors only
         t = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
@@ -195,19 +226,32 @@ def _allreduce_mean(total: float, count: int, world: int, device: torch.device |
 
 
 @torch.no_grad()
-def _validate(task: Task, model: torch.nn.Module, stream: ChunkStream, epoch: int, world: int, device: torch.device | None = None) -> dict[str, float]:
+def _validate(
+    task: Task,
+    model: torch.nn.Module,
+    stream: ChunkStream,
+    epoch: int,
+    world: int,
+    device: torch.device | None = None,
+) -> dict[str, float]:
     """Validation loss and the task's extra metrics, per row, summed over all workers."""
     model.eval()
     acc = torch.zeros(2 + len(task.extra_metrics), dtype=torch.float64)  # loss sum, rows, extras
     # Common random numbers: a stochastic loss (flow matching draws a time and a noise point per row)
     # sees the same draws every epoch, so epochs differ only by their weights. With fresh draws the
     # validation loss jittered by more than an epoch's gain and halved the learning rate too early.
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device is not None and device.type == "cuda" else []):
+    with torch.random.fork_rng(
+        devices=[torch.cuda.current_device()]
+        if device is not None and device.type == "cuda"
+        else []
+    ):
         torch.manual_seed(VALIDATION_SEED)
         for batch in stream.batches(epoch, shuffle=False):
             loss, extra = task.batch_loss(model, batch)
             n = len(batch["theta"])
-            acc += torch.tensor([float(loss) * n, n, *(extra[k] for k in task.extra_metrics)], dtype=torch.float64)
+            acc += torch.tensor(
+                [float(loss) * n, n, *(extra[k] for k in task.extra_metrics)], dtype=torch.float64
+            )
     if world > 1:
         acc = acc.to(device)
         torch.distributed.all_reduce(acc)
@@ -247,7 +291,9 @@ class TrainOutcome:
         }
 
 
-def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None = None) -> TrainOutcome:
+def run_training(
+    cfg: TrainConfig, address: str | None = None, task: Task | None = None
+) -> TrainOutcome:
     """Plan the data, run the Ray Train ``TorchTrainer``, return the best model's state.
 
     Args:
@@ -272,8 +318,14 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
     if ident_path.is_file():
         have = json.loads(ident_path.read_text())
         if have != json.loads(json.dumps(cfg.identity())):
-            diff = sorted(k for k in set(have) | set(cfg.identity()) if have.get(k) != json.loads(json.dumps(cfg.identity())).get(k))
-            raise TrainingError(f"out={str(out)!r} holds a training with other {', '.join(diff)}; use another --out or the same settings to resume")
+            diff = sorted(
+                k
+                for k in set(have) | set(cfg.identity())
+                if have.get(k) != json.loads(json.dumps(cfg.identity())).get(k)
+            )
+            raise TrainingError(
+                f"out={str(out)!r} holds a training with other {', '.join(diff)}; use another --out or the same settings to resume"
+            )
     stores = StoreSet(cfg.stores)
     plan = plan_data(stores, cfg.val_fraction, cfg.test_fraction)
     task.check_plan(cfg, plan)
@@ -285,9 +337,17 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
         # polling without a dashboard) would drown it, so workers log at WARNING and above. Quiet
         # runs forward nothing from workers: a failure still arrives as trainer.fit()'s exception.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        started = connect_ray(address, quiet=not cfg.progress, log_level=logging.ERROR, object_store_memory=None, configure_logging=False)
+        started = connect_ray(
+            address,
+            quiet=not cfg.progress,
+            log_level=logging.ERROR,
+            object_store_memory=None,
+            configure_logging=False,
+        )
     try:
-        cpus = cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)
+        cpus = cfg.cpus_per_worker or max(
+            1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers
+        )
         cfg_run = replace(cfg, cpus_per_worker=cpus, plan=plan.to_dict(), stats=stats)
         trainer = lean_torch_trainer(
             train_loop_per_worker,
@@ -295,7 +355,8 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers,
                 use_gpu=cfg.gpus_per_worker > 0,
-                resources_per_worker={"CPU": cpus} | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker > 0 else {}),
+                resources_per_worker={"CPU": cpus}
+                | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker > 0 else {}),
             ),
             run_config=RunConfig(
                 name="run",
@@ -316,7 +377,9 @@ def run_training(cfg: TrainConfig, address: str | None = None, task: Task | None
         with result.checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
         if "best_model" not in state:
-            raise TrainingError(f"the validation loss was never finite in {len(state['history'])} epochs; lower --lr")
+            raise TrainingError(
+                f"the validation loss was never finite in {len(state['history'])} epochs; lower --lr"
+            )
     finally:
         if started:
             ray.shutdown()

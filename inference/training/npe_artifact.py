@@ -38,20 +38,34 @@ def resolve_prior(store_prior: dict[str, Any] | None, prior_dir: str | Path | No
     store_prior = store_prior or PriorBox().to_dict()
     if prior_dir is not None:
         prior = RestrictedPrior.load(prior_dir)
-        if store_prior.get("type") == "restricted" and store_prior.get("fingerprint") != prior.fingerprint:
+        if (
+            store_prior.get("type") == "restricted"
+            and store_prior.get("fingerprint") != prior.fingerprint
+        ):
             raise FarmInputError(
                 f"prior={str(prior_dir)!r} has fingerprint {prior.fingerprint}, but the store was simulated from {store_prior.get('fingerprint')}"
             )
         if store_prior.get("type") != "restricted":
-            raise FarmInputError(f"prior={str(prior_dir)!r} given, but the store was simulated from the box prior; omit --prior")
+            raise FarmInputError(
+                f"prior={str(prior_dir)!r} given, but the store was simulated from the box prior; omit --prior"
+            )
         return prior
     if store_prior.get("type") == "restricted":
-        log.warning("store was simulated from restricted prior %s but no --prior was given: the posterior's support is its box", store_prior.get("fingerprint"))
+        log.warning(
+            "store was simulated from restricted prior %s but no --prior was given: the posterior's support is its box",
+            store_prior.get("fingerprint"),
+        )
         return BoxPrior(PriorBox.from_dict(store_prior["box"]))
     return BoxPrior(PriorBox.from_dict(store_prior))
 
 
-def heldout_check(posterior: AmortizedPosterior, outcome: Any, num_obs: int = 200, num_samples: int = 500, level: float = 0.9) -> dict[str, Any]:
+def heldout_check(
+    posterior: AmortizedPosterior,
+    outcome: Any,
+    num_obs: int = 200,
+    num_samples: int = 500,
+    level: float = 0.9,
+) -> dict[str, Any]:
     """Coverage and width of central credible intervals on test-split observations.
 
     Why the test split: validation rows chose the best epoch (early stopping), so coverage on
@@ -61,11 +75,17 @@ def heldout_check(posterior: AmortizedPosterior, outcome: Any, num_obs: int = 20
         ``coverage`` (share of true parameters inside their ``level`` interval, per parameter and
         mean) and ``relative_width`` (interval width / prior box width).
     """
-    stream = ChunkStream(outcome.stores, outcome.plan, "test", ("theta", "features", "trace"), num_obs)
+    stream = ChunkStream(
+        outcome.stores, outcome.plan, "test", ("theta", "features", "trace"), num_obs
+    )
     batch = next(stream.batches(shuffle=False), None)
     if batch is None:
         return {"split": "test", "level": level, "num_observations": 0}
-    kw = {"features": batch["features"]} if posterior.accepts_features else {"traces": batch["trace"]}
+    kw = (
+        {"features": batch["features"]}
+        if posterior.accepts_features
+        else {"traces": batch["trace"]}
+    )
     s = posterior.sample_batched(num_samples, seed=0, **kw).astype(np.float64)
     lo, hi = np.quantile(s, [(1 - level) / 2, (1 + level) / 2], axis=1)
     covered = (batch["theta"] >= lo) & (batch["theta"] <= hi)
@@ -77,11 +97,15 @@ def heldout_check(posterior: AmortizedPosterior, outcome: Any, num_obs: int = 20
         "coverage": float(covered.mean()),
         "coverage_per_parameter": dict(zip(PARAMETER_NAMES, covered.mean(0).tolist(), strict=True)),
         "relative_width": float(width.mean()),
-        "relative_width_per_parameter": dict(zip(PARAMETER_NAMES, width.mean(0).tolist(), strict=True)),
+        "relative_width_per_parameter": dict(
+            zip(PARAMETER_NAMES, width.mean(0).tolist(), strict=True)
+        ),
     }
 
 
-def _in_regime_rows(posterior: AmortizedPosterior, outcome: Any, split: str, limit: int) -> np.ndarray:
+def _in_regime_rows(
+    posterior: AmortizedPosterior, outcome: Any, split: str, limit: int
+) -> np.ndarray:
     """Summaries (embedding outputs) of up to ``limit`` in-regime rows of one split, in chunk order."""
     import torch
 
@@ -89,18 +113,29 @@ def _in_regime_rows(posterior: AmortizedPosterior, outcome: Any, split: str, lim
     out: list[np.ndarray] = []
     count = 0
     for batch in stream.batches(shuffle=False):
-        keep = posterior.regime.contains(batch["features"][:, spike_count_column(posterior.protocol)])
+        keep = posterior.regime.contains(
+            batch["features"][:, spike_count_column(posterior.protocol)]
+        )
         x = model_input(batch, posterior.model.x_fields)[keep]
         if len(x):
             with torch.inference_mode():
-                out.append(posterior.model.embedding(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy())
+                out.append(
+                    posterior.model.embedding(
+                        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                    ).numpy()
+                )
             count += len(x)
         if count >= limit:
             break
     return np.concatenate(out)[:limit] if out else np.empty((0, 0), np.float32)
 
 
-def calibrate_misspecification(posterior: AmortizedPosterior, outcome: Any, num_reference: int = 5000, num_calibration: int = 2000) -> KNNDetector | None:
+def calibrate_misspecification(
+    posterior: AmortizedPosterior,
+    outcome: Any,
+    num_reference: int = 5000,
+    num_calibration: int = 2000,
+) -> KNNDetector | None:
     """The summary-space detector: reference = in-regime training rows, threshold from in-regime test rows.
 
     Why the test split: validation rows chose the best epoch, so the embedding has seen their
@@ -111,7 +146,11 @@ def calibrate_misspecification(posterior: AmortizedPosterior, outcome: Any, num_
     ref = _in_regime_rows(posterior, outcome, "train", num_reference)
     cal = _in_regime_rows(posterior, outcome, "test", num_calibration)
     if len(ref) < 10 or len(cal) < 20:
-        log.warning("only %d training / %d test rows in the regime: no misspecification score is stored", len(ref), len(cal))
+        log.warning(
+            "only %d training / %d test rows in the regime: no misspecification score is stored",
+            len(ref),
+            len(cal),
+        )
         return None
     return KNNDetector.fit(ref, cal, k=10, quantile=0.95)
 

@@ -27,7 +27,9 @@ KIND = "restriction_classifier"
 
 
 @torch.no_grad()
-def predict_logits(model: RegimeClassifier, stores: StoreSet, plan: DataPlan, split: str = "val") -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+def predict_logits(
+    model: RegimeClassifier, stores: StoreSet, plan: DataPlan, split: str = "val"
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """Classifier logits and true in-regime labels of one split's good rows.
 
     Returns:
@@ -40,7 +42,9 @@ def predict_logits(model: RegimeClassifier, stores: StoreSet, plan: DataPlan, sp
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def threshold_for_recall(logits: NDArray[np.floating], labels: NDArray[np.bool_], target_recall: float) -> float:
+def threshold_for_recall(
+    logits: NDArray[np.floating], labels: NDArray[np.bool_], target_recall: float
+) -> float:
     """Largest logit threshold t with mean(logit >= t | in regime) >= target_recall.
 
     Args:
@@ -51,12 +55,16 @@ def threshold_for_recall(logits: NDArray[np.floating], labels: NDArray[np.bool_]
         raise ValueError(f"target_recall={target_recall} outside (0, 1]")
     pos = np.sort(np.asarray(logits, dtype=np.float64)[np.asarray(labels, dtype=bool)])
     if pos.size == 0:
-        raise ValueError("no in-regime sample in the validation split; simulate a larger pilot store")
+        raise ValueError(
+            "no in-regime sample in the validation split; simulate a larger pilot store"
+        )
     k = int(math.floor((1.0 - target_recall) * pos.size))
     return float(pos[min(k, pos.size - 1)])
 
 
-def classification_metrics(logits: NDArray[np.floating], labels: NDArray[np.bool_], threshold: float) -> dict[str, float]:
+def classification_metrics(
+    logits: NDArray[np.floating], labels: NDArray[np.bool_], threshold: float
+) -> dict[str, float]:
     """Recall, precision, accuracy and accepted share at ``threshold`` (keep = logit >= threshold)."""
     keep = np.asarray(logits) >= threshold
     y = np.asarray(labels, dtype=bool)
@@ -72,7 +80,12 @@ def classification_metrics(logits: NDArray[np.floating], labels: NDArray[np.bool
 
 
 def to_restricted_prior(
-    model: RegimeClassifier, box: PriorBox, threshold_logit: float, num_draws: int = 100_000, seed: int = 0, meta: dict[str, Any] | None = None
+    model: RegimeClassifier,
+    box: PriorBox,
+    threshold_logit: float,
+    num_draws: int = 100_000,
+    seed: int = 0,
+    meta: dict[str, Any] | None = None,
 ) -> RestrictedPrior:
     """Export the torch MLP to farm's numpy RestrictedPrior; acceptance measured on ``num_draws`` box draws."""
     weights, biases = model.export_numpy()
@@ -82,18 +95,34 @@ def to_restricted_prior(
     draws = BoxPrior(box).sample(num_draws, seed=seed + 7919)
     acceptance = float(np.mean(probe.logit(draws) >= threshold_logit))
     if acceptance <= 0.0:
-        raise ValueError(f"threshold_logit={threshold_logit:g} accepts none of {num_draws} box draws")
+        raise ValueError(
+            f"threshold_logit={threshold_logit:g} accepts none of {num_draws} box draws"
+        )
     return RestrictedPrior(box, weights, biases, mean, std, threshold_logit, acceptance, meta)
 
 
-def simulated_in_regime_fraction(prior: BoxPrior, protocol: Protocol, chip_model: ChipModel, regime: Regime, num_sims: int = 2000, seed: int = 12345) -> float:
+def simulated_in_regime_fraction(
+    prior: BoxPrior,
+    protocol: Protocol,
+    chip_model: ChipModel,
+    regime: Regime,
+    num_sims: int = 2000,
+    seed: int = 12345,
+) -> float:
     """Share of fresh simulations from ``prior`` whose spike count lies in the regime (the paper's 2 % -> 38 %)."""
-    batch = simulate_indices(prior, seed, np.arange(num_sims), get_substrate("emulator", protocol, chip_model))
+    batch = simulate_indices(
+        prior, seed, np.arange(num_sims), get_substrate("emulator", protocol, chip_model)
+    )
     sc = batch.spike_count
     return float(np.mean(regime.contains(sc)))
 
 
-def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list[str] | None = None, num_check_sims: int = 2000) -> dict[str, Any]:
+def finalize_classifier(
+    outcome: Any,
+    target_recall: float = 0.99,
+    heldout: list[str] | None = None,
+    num_check_sims: int = 2000,
+) -> dict[str, Any]:
     """Write the restricted prior (restricted_prior.json + weights.npz) and the classifier artifact into ``out``.
 
     Args:
@@ -117,7 +146,9 @@ def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list
         "splits": plan.splits(),
     }
     if plan.num_test:  # the threshold was chosen on val: test rows say what recall it really keeps
-        metrics["test"] = classification_metrics(*predict_logits(model, stores, plan, "test"), threshold)
+        metrics["test"] = classification_metrics(
+            *predict_logits(model, stores, plan, "test"), threshold
+        )
     if heldout:
         hs = StoreSet(heldout)
         hplan = plan_data(hs, val_fraction=0.49, test_fraction=0.0)
@@ -126,12 +157,18 @@ def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list
             a, b = predict_logits(model, hs, hplan, split)
             hl.append(a)
             hy.append(b)
-        metrics["heldout"] = classification_metrics(np.concatenate(hl), np.concatenate(hy), threshold) | {"stores": hs.urls}
+        metrics["heldout"] = classification_metrics(
+            np.concatenate(hl), np.concatenate(hy), threshold
+        ) | {"stores": hs.urls}
     box = PriorBox.from_dict(_box_dict(stores.priors[0]))
     prior = to_restricted_prior(model, box, threshold, seed=cfg.seed)
     metrics["acceptance_rate"] = prior.acceptance_rate
-    metrics["box_in_regime_fraction"] = simulated_in_regime_fraction(BoxPrior(box), stores.protocol, stores.chip_model, stores.regime, num_check_sims)
-    metrics["restricted_in_regime_fraction"] = simulated_in_regime_fraction(prior, stores.protocol, stores.chip_model, stores.regime, num_check_sims)
+    metrics["box_in_regime_fraction"] = simulated_in_regime_fraction(
+        BoxPrior(box), stores.protocol, stores.chip_model, stores.regime, num_check_sims
+    )
+    metrics["restricted_in_regime_fraction"] = simulated_in_regime_fraction(
+        prior, stores.protocol, stores.chip_model, stores.regime, num_check_sims
+    )
     history = outcome.state["history"]
     common = {
         "regime": stores.regime.to_dict(),
@@ -141,7 +178,14 @@ def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list
         "store_fingerprint": plan.fingerprint,
         "excluded": plan.flag_counts,
     }
-    prior.meta = jsonable({"metrics": metrics, "regime": stores.regime.to_dict(), "store_fingerprint": plan.fingerprint, "trained_by": "farm train classifier"})
+    prior.meta = jsonable(
+        {
+            "metrics": metrics,
+            "regime": stores.regime.to_dict(),
+            "store_fingerprint": plan.fingerprint,
+            "trained_by": "farm train classifier",
+        }
+    )
     prior.save(out)
     write_artifact(
         out,
@@ -151,7 +195,10 @@ def finalize_classifier(outcome: Any, target_recall: float = 0.99, heldout: list
             **common,
             "architecture": model.config.to_dict(),
             "prior": box.to_dict(),
-            "restricted_prior": {"fingerprint": prior.fingerprint, "files": ["restricted_prior.json", "weights.npz"]},
+            "restricted_prior": {
+                "fingerprint": prior.fingerprint,
+                "files": ["restricted_prior.json", "weights.npz"],
+            },
             "train_config": cfg.identity(),
             "metrics": metrics | outcome.summary(),
             "history": history,

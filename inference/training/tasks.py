@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from farm.errors import FarmInputError
-from inference.defaults import ESTIMATORS, FEATURES, INPUT_FIELDS, TASK_NAMES, TrainConfig, architecture_defaults
+from inference.defaults import (
+    ESTIMATORS,
+    FEATURES,
+    INPUT_FIELDS,
+    TASK_NAMES,
+    TrainConfig,
+    architecture_defaults,
+)
 from inference.errors import TrainingError
 from inference.nets.classifier import ClassifierConfig, RegimeClassifier, box_moments
 from inference.nets.embeddings import model_input
@@ -40,7 +47,9 @@ class Task(Protocol):
     def configure(self, cfg: TrainConfig) -> TrainConfig: ...
     def fields(self) -> tuple[str, ...]: ...
     def build_model(self, cfg: TrainConfig, stats: dict[str, Any]) -> torch.nn.Module: ...
-    def batch_loss(self, model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def batch_loss(
+        self, model: torch.nn.Module, batch: dict[str, np.ndarray]
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
     def check_inputs(self, stores: list[str]) -> None: ...
     def check_plan(self, cfg: TrainConfig, plan: DataPlan) -> None: ...
     def finalize(self, outcome: TrainOutcome) -> dict[str, Any]: ...
@@ -89,7 +98,9 @@ class ClassifierTask:
         mean, std = box_moments(np.asarray(stats["low"]), np.asarray(stats["high"]))
         return RegimeClassifier(ClassifierConfig(**cfg.classifier), mean, std)
 
-    def batch_loss(self, model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
+    def batch_loss(
+        self, model: torch.nn.Module, batch: dict[str, np.ndarray]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         label = _tensor(batch["label"], model)
         logit = model(_tensor(batch["theta"], model))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, label)
@@ -104,7 +115,9 @@ class ClassifierTask:
     def finalize(self, outcome: TrainOutcome) -> dict[str, Any]:
         from inference.training.restricted_prior import finalize_classifier
 
-        return finalize_classifier(outcome, target_recall=self.target_recall, heldout=list(self.heldout) or None)
+        return finalize_classifier(
+            outcome, target_recall=self.target_recall, heldout=list(self.heldout) or None
+        )
 
     def format_metrics(self, out: str, metrics: dict[str, Any]) -> str:
         v = metrics["validation"]
@@ -121,7 +134,10 @@ class ClassifierTask:
             )
         if "heldout" in metrics:
             h = metrics["heldout"]
-            lines.insert(2, f"held-out: recall {h['recall']:.3f}  precision {h['precision']:.3f}  ({h['num_samples']} samples)")
+            lines.insert(
+                2,
+                f"held-out: recall {h['recall']:.3f}  precision {h['precision']:.3f}  ({h['num_samples']} samples)",
+            )
         return "\n".join(lines)
 
 
@@ -154,7 +170,9 @@ class NPETask:
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> NPETask:
         # the estimator travels in the architecture dict: an NSF run's config (and artifact) stays as before
-        return cls(features=cfg.variant, flow=dict(cfg.flow), estimator=cfg.flow.get("estimator", "nsf"))
+        return cls(
+            features=cfg.variant, flow=dict(cfg.flow), estimator=cfg.flow.get("estimator", "nsf")
+        )
 
     @property
     def x_fields(self) -> tuple[str, ...]:
@@ -163,25 +181,44 @@ class NPETask:
 
     def flow_config(self, cfg: TrainConfig) -> FlowConfig | FlowMatchingConfig:
         """The estimator's config: its defaults (``architecture_defaults``) overridden by ``cfg.flow``."""
-        d = architecture_defaults(self.features) | {k: v for k, v in cfg.flow.items() if k != "estimator"} | {"variant": self.features}
+        d = (
+            architecture_defaults(self.features)
+            | {k: v for k, v in cfg.flow.items() if k != "estimator"}
+            | {"variant": self.features}
+        )
         if "cnn_channels" in d:
             d["cnn_channels"] = tuple(d["cnn_channels"])
         return FlowMatchingConfig(**d) if self.estimator == FM_ESTIMATOR else FlowConfig(**d)
 
     def configure(self, cfg: TrainConfig) -> TrainConfig:
         """Record the resolved architecture, so a change of defaults cannot resume silently."""
-        cfg = replace(cfg, task=self.name, variant=self.features, flow={k: v for k, v in {**cfg.flow, **self.flow}.items() if k != "estimator"})
-        return replace(cfg, flow={k: v for k, v in self.flow_config(cfg).to_dict().items() if k != "variant"})
+        cfg = replace(
+            cfg,
+            task=self.name,
+            variant=self.features,
+            flow={k: v for k, v in {**cfg.flow, **self.flow}.items() if k != "estimator"},
+        )
+        return replace(
+            cfg, flow={k: v for k, v in self.flow_config(cfg).to_dict().items() if k != "variant"}
+        )
 
     def fields(self) -> tuple[str, ...]:
         return ("theta", *self.x_fields)
 
     def build_model(self, cfg: TrainConfig, stats: dict[str, Any]) -> torch.nn.Module:
         arch = self.flow_config(cfg)
-        return FlowMatchingModel(arch, stats) if isinstance(arch, FlowMatchingConfig) else NPEModel(arch, stats)
+        return (
+            FlowMatchingModel(arch, stats)
+            if isinstance(arch, FlowMatchingConfig)
+            else NPEModel(arch, stats)
+        )
 
-    def batch_loss(self, model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
-        return model(_tensor(batch["theta"], model), _tensor(model_input(batch, self.x_fields), model)), {}
+    def batch_loss(
+        self, model: torch.nn.Module, batch: dict[str, np.ndarray]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return model(
+            _tensor(batch["theta"], model), _tensor(model_input(batch, self.x_fields), model)
+        ), {}
 
     def check_inputs(self, stores: list[str]) -> None:
         """Refuse a --prior that is not the store's before training, not after."""
@@ -192,13 +229,17 @@ class NPETask:
         if self.prior is not None:
             path = Path(self.prior) / "restricted_prior.json"
             if not path.is_file():
-                raise FarmInputError(f"prior={self.prior!r} has no restricted_prior.json; pass the --out directory of `farm train classifier`")
+                raise FarmInputError(
+                    f"prior={self.prior!r} has no restricted_prior.json; pass the --out directory of `farm train classifier`"
+                )
             read_document(path, RestrictedPriorDocument)
         resolve_prior(StoreSet(stores).priors[0], self.prior)
 
     def check_plan(self, cfg: TrainConfig, plan: DataPlan) -> None:
         if plan.num_train < cfg.batch_size * cfg.num_workers:
-            raise TrainingError(f"{plan.num_train} training samples < batch_size {cfg.batch_size} x workers {cfg.num_workers}; lower --batch-size")
+            raise TrainingError(
+                f"{plan.num_train} training samples < batch_size {cfg.batch_size} x workers {cfg.num_workers}; lower --batch-size"
+            )
 
     def finalize(self, outcome: TrainOutcome) -> dict[str, Any]:
         from inference.training.npe_artifact import finalize_npe
@@ -218,7 +259,9 @@ class NPETask:
 
 
 #: Tasks by name; a new estimator adds its class here (and its name to ``config.TASK_NAMES``).
-TASKS: dict[str, type[ClassifierTask] | type[NPETask]] = {t.name: t for t in (ClassifierTask, NPETask)}
+TASKS: dict[str, type[ClassifierTask] | type[NPETask]] = {
+    t.name: t for t in (ClassifierTask, NPETask)
+}
 assert tuple(TASKS) == TASK_NAMES, "config.TASK_NAMES and tasks.TASKS must list the same tasks"
 
 
@@ -230,7 +273,9 @@ def get_task(task: str | Task, **options: Any) -> Task:
     """
     if not isinstance(task, str):
         if options:
-            raise ValueError(f"options {sorted(options)} given with a task object; set them on the object")
+            raise ValueError(
+                f"options {sorted(options)} given with a task object; set them on the object"
+            )
         return task
     if task not in TASKS:
         raise ValueError(f"task={task!r} must be one of {', '.join(TASKS)}")
