@@ -10,9 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
-from farm.defaults import NEURONS_PER_CHIP, PARAMETER_NAMES, ChipModel, Protocol, Regime
+from farm.defaults import (
+    NEURONS_PER_CHIP,
+    NUM_EMULATED_CHIPS,
+    PARAMETER_NAMES,
+    ChipModel,
+    Protocol,
+    Regime,
+)
 from farm.errors import FarmInputError
 from farm.features import feature_names, feature_units, summarize
 from farm.kernel import rng
@@ -45,7 +52,9 @@ class SimBatch:
 
 
 def sim_schema(protocol: Protocol) -> StoreSchema:
-    """The store layout of ``SimBatch`` rows under ``protocol``: labelled axes, dtypes, fill values, units.
+    """The store layout of ``SimBatch`` rows under ``protocol``.
+
+    Labelled axes, dtypes, fill values and units.
 
     A multi-sweep protocol keeps one flat ``time`` axis (sweep k's samples after sweep k-1's, at
     k * duration + t) and adds the auxiliary coordinate ``sweep`` along it, so
@@ -76,7 +85,10 @@ def sim_schema(protocol: Protocol) -> StoreSchema:
         trace_attrs = {"coordinates": "sweep"}
         ref = Regime.reference_sweep(protocol)
         attrs = {"num_sweeps": protocol.num_sweeps, "reference_sweep": ref}
-        spike_count_unit = f"spikes during the current of sweep {ref}, the regime's reference sweep (farm.defaults.Regime.reference_sweep)"
+        spike_count_unit = (
+            f"spikes during the current of sweep {ref}, the regime's reference sweep "
+            "(farm.defaults.Regime.reference_sweep)"
+        )
     return StoreSchema(
         coords=tuple(coords),
         arrays=(
@@ -110,7 +122,8 @@ def placement(
     """The emulated (chip, neuron) sample i runs on: a pure function of (seed, i).
 
     The chip is drawn uniformly from ``chip_model.pool``; for the default pool 0..num_chips-1 the
-    k-th pool entry is chip k, so stores made before ``chip_ids`` existed are reproduced bit for bit.
+    k-th pool entry is chip k, so stores made before ``chip_ids`` existed are reproduced bit for
+    bit.
     """
     u = rng.uniforms(
         rng.stream_keys(int(seed), rng.as_indices(indices), rng.STREAM_PLACEMENT), 0, 2
@@ -126,14 +139,21 @@ def noise_keys(seed: int, indices: NDArray[np.integer]) -> NDArray[np.uint64]:
 
 
 def simulate_rows(
-    theta: NDArray[np.floating], seed: int, indices: NDArray[np.integer], substrate: Substrate
+    theta: NDArray[np.floating],
+    seed: int,
+    indices: NDArray[np.integer],
+    substrate: Substrate,
+    circuits: tuple[NDArray[np.int16], NDArray[np.int16]] | None = None,
 ) -> SimBatch:
-    """Simulate given parameter rows as samples ``indices`` of a run with root ``seed``."""
+    """Simulate given parameter rows as samples ``indices`` of a run with root ``seed``.
+
+    ``circuits``: (chip, neuron) ids per row to run on instead of the seed's placement.
+    """
     idx = rng.as_indices(indices)
     theta32 = np.ascontiguousarray(theta, dtype=np.float32)
     if theta32.shape[0] != idx.size:
         raise FarmInputError(f"theta has {theta32.shape[0]} rows but {idx.size} indices were given")
-    chip, neuron = placement(seed, idx, substrate.chip_model)
+    chip, neuron = placement(seed, idx, substrate.chip_model) if circuits is None else circuits
     keys = noise_keys(seed, idx)
     res = substrate.run(theta32, chip, neuron, keys)
     feats = summarize(res.trace, substrate.protocol, substrate.chip_model)
@@ -164,6 +184,8 @@ def simulate_theta(
     protocol: Protocol | None = None,
     chip_model: ChipModel | None = None,
     substrate: str | Substrate = "emulator",
+    chip: ArrayLike | None = None,
+    neuron: ArrayLike | None = None,
 ) -> SimBatch:
     """Simulate parameter sets directly (posterior-predictive checks, `--theta` runs).
 
@@ -172,6 +194,13 @@ def simulate_theta(
         seed: root seed of the noise and placement streams; row k is sample first_index + k.
         protocol, chip_model: defaults if None.
         substrate: a name (``emulator``, ``bss2``) or a built substrate.
+        chip, neuron: run the rows on these circuits (one id for all rows, or one per row), e.g.
+            an observation's own circuit; any emulated chip [0, 1023], neuron [0, 511]. None keeps
+            the seed's placement for that id, so without both the rows are bit-identical to
+            samples first_index.. of a farm run with this seed.
+
+    Raises:
+        FarmInputError: an id outside its range, not an integer, or a count unlike theta's rows.
     """
     sub = (
         get_substrate(substrate, protocol, chip_model) if isinstance(substrate, str) else substrate
@@ -179,4 +208,32 @@ def simulate_theta(
     t = np.asarray(theta, dtype=np.float32)
     if t.ndim == 1:
         t = t[None, :]
-    return simulate_rows(t, seed, np.arange(first_index, first_index + t.shape[0]), sub)
+    idx = np.arange(first_index, first_index + t.shape[0])
+    if chip is None and neuron is None:
+        return simulate_rows(t, seed, idx, sub)
+    placed_chip, placed_neuron = placement(seed, idx, sub.chip_model)
+    circuits = (
+        _circuit_ids("chip", chip, placed_chip, NUM_EMULATED_CHIPS),
+        _circuit_ids("neuron", neuron, placed_neuron, NEURONS_PER_CHIP),
+    )
+    return simulate_rows(t, seed, idx, sub, circuits=circuits)
+
+
+def _circuit_ids(
+    name: str, given: ArrayLike | None, placed: NDArray[np.int16], limit: int
+) -> NDArray[np.int16]:
+    """``given`` ids (scalar or per row) as int16 per row, else the placement's; one-line errors."""
+    if given is None:
+        return placed
+    ids = np.asarray(given)
+    whole = np.issubdtype(ids.dtype, np.floating) and bool(np.all(np.mod(ids, 1) == 0))
+    if ids.dtype == bool or not (np.issubdtype(ids.dtype, np.integer) or whole):
+        raise FarmInputError(f"{name}={given!r} must be integer ids in [0, {limit - 1}]")
+    if ids.ndim > 1 or (ids.ndim == 1 and ids.size != placed.size):
+        raise FarmInputError(
+            f"{name} has {ids.size} ids for {placed.size} rows; give one id or one per row"
+        )
+    bad = ids[(ids < 0) | (ids >= limit)] if ids.size else ids
+    if bad.size:
+        raise FarmInputError(f"{name}={bad.flat[0]:g} outside [0, {limit - 1}]")
+    return np.broadcast_to(ids.astype(np.int16), placed.shape).copy()

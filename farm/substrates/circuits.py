@@ -127,23 +127,26 @@ def neuron_physics(
     )
 
 
-def parse_chip_ids(text: str) -> tuple[int, ...]:
-    """Chip ids from `--chip-ids` text: a range ``100-103``, a list ``1,5,9``, or both ``0-3,9``.
+def parse_id_ranges(text: str, *, name: str, top: int, example: str, where: str) -> tuple[int, ...]:
+    """Ids from `--chip-ids`/`--neurons` text: a range, a list ``1,5,9``, or both ``0-3,9``.
+
+    Args:
+        name: what the ids are, for messages (``chip ids``, ``neurons``).
+        top: the largest allowed id; example: a range to show (``100-103``);
+        where: what [0, top] is (``the emulator's chips``).
 
     Returns:
         The ids, sorted and unique.
 
     Raises:
-        FarmInputError: not a range or list of integers, a reversed range, or an id outside
-            the emulator's chips [0, NUM_EMULATED_CHIPS - 1].
+        FarmInputError: empty, not a range or list of integers, a reversed range, or an id
+            outside [0, top].
     """
-    allowed = (
-        f"give a range like 100-103 or a list like 1,5,9 of ids in [0, {NUM_EMULATED_CHIPS - 1}]"
-    )
+    allowed = f"give a range like {example} or a list like 1,5,9 of ids in [0, {top}]"
     ids: set[int] = set()
     parts = [p.strip() for p in str(text).split(",")]
-    if not any(parts):
-        raise FarmInputError(f"chip ids {text!r} are empty; {allowed}")
+    if not all(parts):
+        raise FarmInputError(f"{name} {text!r} hold an empty entry; {allowed}")
     for part in parts:
         lo_text, sep, hi_text = part.partition("-")
         try:
@@ -151,20 +154,29 @@ def parse_chip_ids(text: str) -> tuple[int, ...]:
             hi = int(hi_text) if sep else lo
         except ValueError:
             raise FarmInputError(
-                f"chip ids {text!r}: {part!r} is not an integer or range; {allowed}"
+                f"{name} {text!r}: {part!r} is not an integer or range; {allowed}"
             ) from None
         if hi < lo:
-            raise FarmInputError(f"chip ids {text!r}: range {part} runs backwards; {allowed}")
-        if lo < 0 or hi >= NUM_EMULATED_CHIPS:
-            raise FarmInputError(
-                f"chip ids {text!r}: {part} is outside the emulator's chips [0, {NUM_EMULATED_CHIPS - 1}]"
-            )
+            raise FarmInputError(f"{name} {text!r}: range {part} runs backwards; {allowed}")
+        if lo < 0 or hi > top:
+            raise FarmInputError(f"{name} {text!r}: {part} is outside {where} [0, {top}]")
         ids.update(range(lo, hi + 1))
     return tuple(sorted(ids))
 
 
+def parse_chip_ids(text: str) -> tuple[int, ...]:
+    """Chip ids from `--chip-ids` text (``100-103``, ``1,5,9``, ``0-3,9``): sorted, unique."""
+    top = NUM_EMULATED_CHIPS - 1
+    return parse_id_ranges(
+        text, name="chip ids", top=top, example="100-103", where="the emulator's chips"
+    )
+
+
 def format_chip_ids(ids: tuple[int, ...] | list[int]) -> str:
-    """The inverse of ``parse_chip_ids``: ``(0, 1, 2, 3, 9)`` -> ``"0-3,9"`` (short, for messages and reports)."""
+    """The inverse of ``parse_chip_ids``: ``(0, 1, 2, 3, 9)`` -> ``"0-3,9"``.
+
+    Short, for messages and reports.
+    """
     runs: list[str] = []
     ordered = sorted(int(i) for i in ids)
     start = prev = None
