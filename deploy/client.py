@@ -18,11 +18,21 @@ from farm.store.user_arrays import read_numbers
 
 
 class QueryError(Exception):
-    """The service refused a request (``status`` 422: bad input) or could not be reached (``status`` 0)."""
+    """The service refused a request or could not be reached.
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    Args:
+        message: the service's one-line ``message``.
+        status: 422 for bad input or a refused observation, 0 when there was no answer.
+        misspecification: on a 422 that refuses the observation itself (the posterior could give
+            no draws), the service's check of it: the same object an answer carries.
+    """
+
+    def __init__(
+        self, message: str, status: int = 0, misspecification: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.misspecification = misspecification
 
 
 class PosteriorClient:
@@ -56,7 +66,12 @@ class PosteriorClient:
                 f"cannot reach {self.url}{path}: {type(e).__name__} {e}".strip()
             ) from None
         if r.status_code == 422:
-            raise QueryError(r.json().get("message", r.text), status=422)
+            body = r.json()
+            raise QueryError(
+                body.get("message", r.text),
+                status=422,
+                misspecification=body.get("misspecification"),
+            )
         if r.status_code != 200:
             raise QueryError(
                 f"{self.url}{path} answered HTTP {r.status_code}: {r.text[:200]}",
@@ -83,15 +98,19 @@ class PosteriorClient:
 
 
 def load_trace_file(path: str | Path) -> NDArray[np.int16]:
-    """A recorded observation from ``.npy`` (no pickle) or ``.csv``/``.txt``: (T,) or (1, T) ADC codes, or
-    (sweeps, T) for a multi-sweep protocol (one row per sweep); the service checks the shape against its protocol."""
+    """A recorded observation from ``.npy`` (no pickle) or ``.csv``/``.txt``.
+
+    (T,) or (1, T) ADC codes, or (sweeps, T) for a multi-sweep protocol (one row per sweep); the
+    service checks the shape against its protocol.
+    """
     p = Path(path)
     arr = read_numbers(p, "trace")
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim not in (1, 2) or arr.size == 0:
         raise ValueError(
-            f"{p.name}: shape {arr.shape} is not one observation; expected (T,) ADC codes (1000 for the step protocol) or (sweeps, T)"
+            f"{p.name}: shape {arr.shape} is not one observation; "
+            "expected (T,) ADC codes (1000 for the step protocol) or (sweeps, T)"
         )
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
         raise ValueError(
@@ -99,7 +118,8 @@ def load_trace_file(path: str | Path) -> NDArray[np.int16]:
         )
     if np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 1023:
         raise ValueError(
-            f"{p.name}: values must be whole ADC codes in [0, 1023], got range [{arr.min():g}, {arr.max():g}]"
+            f"{p.name}: values must be whole ADC codes in [0, 1023], "
+            f"got range [{arr.min():g}, {arr.max():g}]"
         )
     return arr.astype(np.int16)
 
@@ -121,7 +141,7 @@ def load_store_trace(store: str, index: int) -> tuple[NDArray[np.int16], NDArray
 
 
 def misspecification_warning(result: dict[str, Any]) -> str | None:
-    """One warning line when the service flagged the observation as unlike the training data, else None.
+    """One warning line if the service flagged the observation as unlike the training data, or None.
 
     Args:
         result: a /sample, /log_prob or /predictive answer (older services without the
@@ -137,7 +157,7 @@ def misspecification_warning(result: dict[str, Any]) -> str | None:
 def summary_rows(
     result: dict[str, Any], truth: NDArray[np.floating] | None = None, level: float = 0.9
 ) -> list[dict[str, Any]]:
-    """One row per parameter: mean, std, equal-tailed ``level`` interval, MAP (and the true value)."""
+    """One row per parameter: mean, std, equal-tailed ``level`` interval, MAP (and true value)."""
     samples = np.asarray(result["samples"], dtype=np.float64)
     lower, upper = central_interval(samples, level)
     rows = []
@@ -187,7 +207,7 @@ def save_pairplot(
     out: str | Path,
     truth: NDArray[np.floating] | None = None,
 ) -> Path:
-    """Pair plot of the posterior draws over the prior box (sbi's ``pairplot``), true values marked."""
+    """Pair plot of the posterior draws over the prior box (sbi's ``pairplot``), truth marked."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -3,9 +3,9 @@
 One deployment, ``PosteriorService``, with a FastAPI ingress. Each replica loads the artifact
 written by ``farm train npe`` once in ``__init__`` (``inference.load_posterior``: no pickle) and
 runs every torch call on one worker thread, so the event loop stays free to accept and queue
-requests while a forward pass runs. Which request goes next, and which one a full replica sheds, is
-decided per client (``deploy.serve.fair_queue``: least recent usage first, so 48 heavy clients cannot
-starve a light one). Unseeded ``/sample`` requests that wait together share one
+requests while a forward pass runs. Which request goes next, and which one a full replica sheds,
+is decided per client (``deploy.serve.fair_queue``: least recent usage first, so 48 heavy clients
+cannot starve a light one). Unseeded ``/sample`` requests that wait together share one
 ``sample_and_log_prob`` call; a lone request on an idle replica goes straight to the model. Seeded
 requests are answered one by one: their draws must not depend on which other requests shared the
 pass. The model work itself (draws, batches, the per-observation misspecification check every
@@ -13,7 +13,8 @@ answer carries) lives in ``deploy.serve.model_calls``, the health probe in ``dep
 
 Endpoints: GET /health, GET /info, POST /sample, POST /log_prob, POST /predictive
 (docs/http-api.md). No request field takes a file path or a store URL: the artifact is fixed
-when the application is deployed.
+when the application is deployed. GET /openapi.json is the replica's own document, stating the
+loaded artifact's limits (``deploy.serve.openapi``), and GET /docs renders it.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
@@ -29,7 +30,8 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.config import BackpressureConfig
@@ -54,10 +56,12 @@ from deploy.serve.http_errors import (
     rejection,
 )
 from deploy.serve.limits import RETRY_AFTER_S, ContentLengthLimit
-from deploy.serve.model_calls import Drawn, Job, assess, draw_batch, draw_one
+from deploy.serve.model_calls import Drawn, Job, assess, draw_batch, draw_one, refusing
 from deploy.serve.observations import expected_shape, observation_trace
+from deploy.serve.openapi import served_openapi
 from deploy.serve.schemas import (
     ADC_MAX_CODE,
+    ERROR_RESPONSES,
     MAX_BODY_BYTES,
     MAX_NUM_SAMPLES,
     MAX_PREDICTIVE_SAMPLES,
@@ -80,14 +84,15 @@ from farm.versions import package_version
 from inference.threads import torch_threads_kept
 
 APP_NAME = "bss2-posterior"
-#: A request's fixed model cost in draws (embedding, misspecification check), added to what it asks for.
+#: A request's fixed model cost in draws (embedding, misspecification check), added to its own.
 REQUEST_COST_DRAWS = 100
-#: Header naming the client for fair queueing (a gateway can set it from an API key); else the address.
+#: Header naming the client for fair queueing (a gateway can set it from an API key); else the
+#: client's address.
 CLIENT_HEADER = "x-client-id"
 
 
 def client_of(request: Request) -> str:
-    """Who asks: the ``X-Client-Id`` header (at most 128 characters are kept), else the client's address."""
+    """Who asks: the ``X-Client-Id`` header (its first 128 characters), else the address."""
     named = request.headers.get(CLIENT_HEADER, "").strip()
     if named:
         return "id:" + named[:128]
@@ -102,12 +107,16 @@ def sample_response(
     started: float,
     drawn: float,
 ) -> Response:
-    """The /sample answer for one request's draws. Above the class: ``serve.ingress`` snapshots the endpoints' globals."""
+    """The /sample answer for one request's draws.
+
+    Above the class: ``serve.ingress`` snapshots the endpoints' globals.
+    """
     samples, log_prob, batch_size, check = result
     samples = significant_digits(samples)
     summary = summarize_draws(samples, log_prob)
     return json_response(
-        SampleResponse.model_construct(  # fields built here from typed arrays: validating 7000 floats again cost ~0.3 ms
+        # Fields built here from typed arrays: validating 7000 floats again cost ~0.3 ms.
+        SampleResponse.model_construct(
             parameter_names=names,
             num_samples=int(samples.shape[0]),
             seed=seed,
@@ -128,6 +137,10 @@ api = FastAPI(
     title="bss2-farm posterior",
     version=package_version(),
     description="Amortized posterior over the 7 AdEx CapMem parameters of a BrainScaleS-2 neuron.",
+    # Each replica serves its own document with the loaded artifact's limits (deploy.serve.openapi).
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
 )
 install_error_handlers(api)
 api.add_middleware(
@@ -165,7 +178,8 @@ class PosteriorService:
     Args:
         posterior: artifact directory from ``farm train npe`` (either variant).
         max_batch_size: most /sample requests grouped into one forward pass; 1 turns batching off.
-        batch_wait_timeout_s: under load, how long a /sample request waits for others to share its pass.
+        batch_wait_timeout_s: under load, how long a /sample request waits for others to share its
+            pass.
         torch_threads: torch intra-op threads of this replica.
         max_model_queue: model-bound requests held at once; one more is answered 503 + Retry-After.
         request_timeout_s: a request still waiting for the model after this long is answered 504.
@@ -199,6 +213,7 @@ class PosteriorService:
         probe(
             self.posterior
         )  # a model that cannot answer fails the constructor, not the first user
+        self._openapi = served_openapi(api, self.posterior)
         self._queue = FairModelQueue(
             capacity=max_model_queue,
             run=self._on_model_thread,
@@ -218,7 +233,9 @@ class PosteriorService:
         call: Callable[[], Any] | None = None,
         job: Job | None = None,
     ) -> Any:
-        """Queue one model-bound request for its client's turn; 503 when shed, 504 past the deadline, 422 on a ValueError.
+        """Queue one model-bound request for its client's turn.
+
+        503 when shed, 504 past the deadline, 422 on a ValueError.
 
         Args:
             request: the HTTP request (its ``X-Client-Id`` header or address names the client).
@@ -239,7 +256,8 @@ class PosteriorService:
             return await asyncio.wait_for(entry.future, timeout=self.request_timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(
-                f"request_timeout_s: no answer from the model within {self.request_timeout_s:g} s; retry later"
+                f"request_timeout_s: no answer from the model within "
+                f"{self.request_timeout_s:g} s; retry later"
             ) from None
         except QueueFull as e:
             raise ServiceOverloaded(f"{e}; retry after {RETRY_AFTER_S} s") from None
@@ -249,7 +267,7 @@ class PosteriorService:
             self._queue.withdraw(entry)
 
     async def check_health(self) -> None:
-        """Serve's health probe (deploy.serve.health): unhealthy when a model call hangs or a probe draw fails."""
+        """Serve's health probe (deploy.serve.health): unhealthy on a hung call or a failed draw."""
         await self._health.check(len(self._queue))
 
     def _observation(self, req: Observation | PredictiveRequest) -> dict[str, np.ndarray]:
@@ -260,10 +278,11 @@ class PosteriorService:
                     req.trace, self.posterior.protocol, self.posterior.trace_length
                 )
             }
+        shape = (self.posterior.protocol, self.posterior.trace_length)
         if getattr(req, "features", None) is None:
             raise RequestRejected(
                 "trace",
-                f"missing; give the trace ({expected_shape(self.posterior.protocol, self.posterior.trace_length)} ADC codes)",
+                f"missing; give the trace ({expected_shape(*shape)} ADC codes)",
             )
         if not self.posterior.accepts_features:
             raise RequestRejected(
@@ -273,9 +292,20 @@ class PosteriorService:
         if features.shape[0] != len(self.posterior.feature_names):
             raise RequestRejected(
                 "features",
-                f"length {features.shape[0]} differs from the {len(self.posterior.feature_names)} features {', '.join(self.posterior.feature_names)}",
+                f"length {features.shape[0]} differs from the "
+                f"{len(self.posterior.feature_names)} features "
+                f"{', '.join(self.posterior.feature_names)}",
             )
         return {"features": features}
+
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi(self) -> JSONResponse:
+        return JSONResponse(self._openapi)
+
+    @api.get("/docs", include_in_schema=False)
+    def docs(self, request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{api.title} - docs")
 
     @api.get("/health", response_model=HealthResponse)
     def health(self) -> HealthResponse | JSONResponse:
@@ -329,7 +359,7 @@ class PosteriorService:
             observation_shape=list(self.posterior.protocol.observation_shape),
         )
 
-    @api.post("/sample", response_model=SampleResponse)
+    @api.post("/sample", response_model=SampleResponse, responses=ERROR_RESPONSES)
     async def sample(self, req: SampleRequest, request: Request) -> Response:
         started = time.perf_counter()
         observation = self._observation(req)
@@ -348,7 +378,7 @@ class PosteriorService:
             self.names, self.posterior.fingerprint, result, req.seed, started, time.perf_counter()
         )
 
-    @api.post("/log_prob", response_model=LogProbResponse)
+    @api.post("/log_prob", response_model=LogProbResponse, responses=ERROR_RESPONSES)
     async def log_prob(self, req: LogProbRequest, request: Request) -> Response:
         observation = self._observation(req)
         theta = np.asarray(req.theta, dtype=np.float64)
@@ -376,7 +406,7 @@ class PosteriorService:
             )
         )
 
-    @api.post("/predictive", response_model=PredictiveResponse)
+    @api.post("/predictive", response_model=PredictiveResponse, responses=ERROR_RESPONSES)
     async def predictive(self, req: PredictiveRequest, request: Request) -> Response:
         from farm.features import spike_count_column, summarize
         from farm.simulate import simulate_theta
@@ -385,7 +415,11 @@ class PosteriorService:
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
 
         def run() -> tuple[np.ndarray, Any, int, dict[str, Any]]:
-            theta = self.posterior.sample(req.num_samples, seed=seed, **observation)
+            theta = refusing(
+                self.posterior,
+                observation,
+                lambda: self.posterior.sample(req.num_samples, seed=seed, **observation),
+            )
             with (
                 torch_threads_kept()
             ):  # the emulator's numba launch would leave this thread's torch on every core
@@ -470,7 +504,10 @@ def posterior_app(
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Application builder for ``serve run deploy/serve_config.yaml`` (``import_path: deploy.serve.app:build_app``)."""
+    """Application builder for ``serve run deploy/serve_config.yaml``.
+
+    The config names it as ``import_path: deploy.serve.app:build_app``.
+    """
     cfg = AppArgs.model_validate(args)
     if Path(
         cfg.posterior

@@ -100,7 +100,7 @@ class FairModelQueue:
         return len(self._entries)
 
     def usage(self, client: str, now: float | None = None) -> float:
-        """The client's decayed model cost of the passes it was granted so far (draws), at ``now``."""
+        """The client's decayed model cost of the passes granted so far (draws), at ``now``."""
         value, when = self._usage.get(client, (0.0, 0.0))
         return value * math.exp(
             -self._rate * max((self._clock() if now is None else now) - when, 0.0)
@@ -137,11 +137,12 @@ class FairModelQueue:
             batch: ``(num_samples, payload)`` of a request that may share a pass.
 
         Returns:
-            The entry; await ``entry.future`` for its result (``run``'s or its item of ``run_batch``'s).
+            The entry; await ``entry.future`` for its result (``run``'s, or its item of
+            ``run_batch``'s).
 
         Raises:
-            QueueFull: the queue is full and no waiting request belongs to a client with more load than
-                this client would carry with the request.
+            QueueFull: the queue is full and no waiting request belongs to a client with more load
+                than this client would carry with the request.
         """
         if (call is None) == (batch is None):
             raise ValueError("give exactly one of call= and batch=")
@@ -157,12 +158,14 @@ class FairModelQueue:
             )
             if heaviest is None or loads[heaviest.client] <= self.load(client, now) + cost:
                 raise QueueFull(
-                    f"replica busy: {len(self._entries)} requests wait for the model (limit {self.capacity})"
+                    f"replica busy: {len(self._entries)} requests wait for the model "
+                    f"(limit {self.capacity})"
                 )
             self._drop(heaviest)
             heaviest.future.set_exception(
                 QueueFull(
-                    f"shed for a lighter client: {len(self._entries) + 1} requests wait (limit {self.capacity})"
+                    f"shed for a lighter client: {len(self._entries) + 1} requests wait "
+                    f"(limit {self.capacity})"
                 )
             )
         loop = asyncio.get_running_loop()
@@ -183,7 +186,7 @@ class FairModelQueue:
         return entry
 
     def withdraw(self, entry: Entry) -> bool:
-        """Take a request that has not started out of the queue (its deadline passed); False if it runs."""
+        """Take a request not yet started out of the queue (deadline passed); False if it runs."""
         if entry.running or entry not in self._entries:
             return False
         self._drop(entry)
@@ -199,7 +202,8 @@ class FairModelQueue:
             self._worker = loop.create_task(self._serve_forever())
 
     def finish_tags(self) -> dict[Entry, float]:
-        """Each waiting request's place in line: its client's usage plus its own and its older waiting requests' cost.
+        """Each waiting request's place in line: its client's usage plus its own and its older
+        waiting requests' cost.
 
         This is the usage the client would have once the request is served (a virtual finish time,
         as in fair queueing), so among clients that were never served a small request still goes
@@ -214,7 +218,7 @@ class FairModelQueue:
         return tags
 
     def next_group(self) -> list[Entry]:
-        """The next pass: the request with the lowest finish tag, plus batch mates that ask no more draws.
+        """The next pass: the request with the lowest finish tag, plus mates that ask no more draws.
 
         Mates join while the pass holds at most ``max_batch_size`` requests and ``max_pass_draws``
         draws: one pass is not preempted, so its size bounds how long a light newcomer waits, and a
@@ -241,7 +245,7 @@ class FairModelQueue:
         return group
 
     def _worth_waiting(self, group: list[Entry]) -> bool:
-        """A batchable pass that is not full waits for mates, but only under load and only ``batch_wait_s``."""
+        """A batchable pass not yet full waits for mates: only under load, ``batch_wait_s`` long."""
         if group[0].call is not None or len(group) >= self.max_batch_size or len(self._entries) < 2:
             return False
         return self._clock() < group[0].admitted + self.batch_wait_s

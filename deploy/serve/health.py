@@ -1,4 +1,4 @@
-"""Is a replica's model still answering? The probe behind Serve's ``check_health`` and ``GET /health``.
+"""Is a replica's model still answering? The probe behind ``check_health`` and ``GET /health``.
 
 Why a module of its own: the check must be a real model call (a 1-draw probe on the replica's
 worker thread), judged the same way in the constructor (a model that cannot answer fails there,
@@ -16,16 +16,17 @@ from typing import Any
 
 import numpy as np
 
-#: A flat mid-range trace: any posterior of the protocol must turn it into finite draws (or refuse it as input).
+#: A flat mid-range trace: any posterior of the protocol must turn it into finite draws (or refuse
+#: it as input).
 PROBE_CODE = 512
 
 
 class ModelUnhealthy(RuntimeError):
-    """The model could not answer the probe (a raise other than a rejection, or non-finite draws)."""
+    """The model could not answer the probe (a raise other than a rejection, non-finite draws)."""
 
 
 def probe(posterior: Any) -> None:
-    """One draw for a flat trace; a ValueError (e.g. out of the restricted region) is still an answer.
+    """One draw for a flat trace; a ValueError (out of the restricted region) is still an answer.
 
     Raises:
         ModelUnhealthy: the draw or its density is NaN/inf (e.g. weights that went non-finite).
@@ -37,7 +38,8 @@ def probe(posterior: Any) -> None:
         return
     if not (np.all(np.isfinite(samples)) and np.all(np.isfinite(log_prob))):
         raise ModelUnhealthy(
-            f"probe draw is not finite (theta {np.asarray(samples).ravel()[:3].tolist()}..., log_prob {np.asarray(log_prob).ravel().tolist()})"
+            f"probe draw is not finite (theta {np.asarray(samples).ravel()[:3].tolist()}..., "
+            f"log_prob {np.asarray(log_prob).ravel().tolist()})"
         )
 
 
@@ -68,7 +70,8 @@ class HealthMonitor:
             self.busy_since = None
 
     async def check(self, pending: int) -> None:
-        """Serve's health probe: raises when one model call outlives 2 x request_timeout_s, or a probe draw fails.
+        """Serve's health probe: raises when a model call outlives 2 x request_timeout_s, or a probe
+        draw fails.
 
         Args:
             pending: model-bound requests in the replica; the probe runs only when there are none.
@@ -85,7 +88,8 @@ class HealthMonitor:
                     self.executor, probe, self.posterior
                 )
             except Exception as e:  # anything but a rejection: the model cannot answer
-                self.unhealthy = f"probe draw failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                first = str(e).splitlines()[0] if str(e) else ""
+                self.unhealthy = f"probe draw failed: {type(e).__name__}: {first}"
                 raise RuntimeError(self.unhealthy) from None
         self.unhealthy = None
 

@@ -1,4 +1,4 @@
-"""How the posterior service answers: JSON bodies, and every failure as a 4xx or 503/504 with a one-line message.
+"""How the posterior service answers: JSON bodies, every failure a 4xx or 503/504 with one line.
 
 Why a module of its own: the service must never answer 500 or hang, so each way a request can fail
 maps to one exception type here and one handler on the FastAPI app: a body that does not fit the
@@ -28,46 +28,62 @@ class RequestRejected(Exception):
         field: the body field named in ``loc`` and the message.
         message: one line saying what is wrong and what is allowed.
         kind: the ``type`` of the 422 detail, for clients that branch on it.
+        misspecification: for an observation the posterior cannot answer, its flagged check.
     """
 
-    def __init__(self, field: str, message: str, kind: str = "value_error") -> None:
+    def __init__(
+        self,
+        field: str,
+        message: str,
+        kind: str = "value_error",
+        misspecification: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
         self.kind = kind
+        self.misspecification = misspecification
 
 
 def rejection(error: Exception) -> RequestRejected:
     """The 422 for a ValueError the posterior raised on a request's observation.
 
-    A ``RejectionBudgetExceeded`` (restricted prior: the posterior's mass lies outside the region,
-    so the rejection loop spent its proposal budget) keeps its message, which names the budget,
-    and gets the detail type ``rejection_budget_exceeded``.
+    A refused observation (``deploy.serve.model_calls.Refused``: restricted prior, the
+    posterior's mass lies outside the region, so the rejection loop spent its proposal budget)
+    keeps its message, which names the budget, gets the detail type
+    ``rejection_budget_exceeded`` and carries its misspecification check.
     """
-    from inference.errors import RejectionBudgetExceeded  # torch-free; the proxy never reaches this
+    from deploy.serve.model_calls import Refused  # numpy only; the proxy never reaches this
+    from inference.errors import RejectionBudgetExceeded  # torch-free
 
     message = str(error).splitlines()[0] if str(error) else "rejected by the posterior"
-    kind = (
-        "rejection_budget_exceeded" if isinstance(error, RejectionBudgetExceeded) else "value_error"
-    )
-    return RequestRejected("body", message, kind)
+    if isinstance(error, Refused | RejectionBudgetExceeded):
+        check = getattr(error, "misspecification", None)
+        return RequestRejected("body", message, "rejection_budget_exceeded", check)
+    return RequestRejected("body", message)
 
 
 class ServiceOverloaded(Exception):
-    """The replica already holds as many model requests as it may queue (HTTP 503, ``Retry-After``)."""
+    """The replica holds as many model requests as it may queue (HTTP 503, ``Retry-After``)."""
 
 
 class DeadlineExceeded(Exception):
     """The request waited for the model past the service's ``request_timeout_s`` (HTTP 504)."""
 
 
-def unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
-    """422 body: pydantic-style ``detail`` plus a one-line ``message`` naming the first bad field."""
+def unprocessable(
+    errors: list[dict[str, Any]], misspecification: dict[str, Any] | None = None
+) -> JSONResponse:
+    """422 body: pydantic-style ``detail`` plus a one-line ``message`` naming the first bad field.
+
+    A refused observation adds its ``misspecification`` object, as an answer would carry it.
+    """
     first = errors[0]
     where = ".".join(str(p) for p in first["loc"])
-    return JSONResponse(
-        status_code=422, content={"detail": errors, "message": f"{where}: {first['msg']}"}
-    )
+    content: dict[str, Any] = {"detail": errors, "message": f"{where}: {first['msg']}"}
+    if misspecification is not None:
+        content["misspecification"] = misspecification
+    return JSONResponse(status_code=422, content=content)
 
 
 def _plain(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -96,8 +112,8 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # FastAPI answers 400 for a body it cannot even decode (bytes that are no JSON text); that is
-        # a malformed request like any other, so it gets the same 422 shape.
+        # FastAPI answers 400 for a body it cannot even decode (bytes that are no JSON text); that
+        # is a malformed request like any other, so it gets the same 422 shape.
         if exc.status_code == 400:
             return unprocessable(
                 [
@@ -119,7 +135,10 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(RequestRejected)
     async def _rejected(request: Request, exc: RequestRejected) -> JSONResponse:
-        return unprocessable([{"loc": ["body", exc.field], "msg": exc.message, "type": exc.kind}])
+        return unprocessable(
+            [{"loc": ["body", exc.field], "msg": exc.message, "type": exc.kind}],
+            exc.misspecification,
+        )
 
     @api.exception_handler(ServiceOverloaded)
     async def _overloaded(request: Request, exc: ServiceOverloaded) -> JSONResponse:

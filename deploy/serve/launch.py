@@ -41,7 +41,8 @@ class ServeOptions:
         address: Ray cluster address (``auto``, ``ray://host:10001``); None starts a local Ray.
         max_batch_size: /sample requests per forward pass (1 turns batching off).
         direct_ingress: the replica also answers HTTP itself, on a port of its own (Ray Serve's
-            experimental direct ingress), skipping the proxy hop; one replica, private local Ray only.
+            experimental direct ingress), skipping the proxy hop; one replica, private local Ray
+            only.
     """
 
     posterior: str
@@ -66,7 +67,8 @@ class ServeOptions:
                 f"replicas={self.replicas}" if self.replicas != 1 else f"address={self.address!r}"
             )
             raise ValueError(
-                f"direct_ingress with {what}: it works with one replica on a private local Ray (no --address, --replicas 1)"
+                f"direct_ingress with {what}: it works with one replica on a private local Ray "
+                "(no --address, --replicas 1)"
             )
 
     @property
@@ -74,7 +76,7 @@ class ServeOptions:
         return self.url_at(self.port)
 
     def url_at(self, port: int) -> str:
-        """A client's URL for ``port`` on the bound host (a wildcard bind is reached on loopback)."""
+        """A client's URL for ``port`` on the bound host (a wildcard bind via loopback)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{port}"
 
@@ -107,7 +109,7 @@ def port_free(host: str, port: int) -> bool:
 
 
 def connect_ray(opts: ServeOptions) -> None:
-    """Start a private local Ray (``opts.address`` None) or connect to the cluster, unless already connected."""
+    """Start a private local Ray (``opts.address`` None) or join the cluster, unless connected."""
     import ray
 
     from deploy.serve.limits import PROXY_CALLBACK, PROXY_CALLBACK_ENV
@@ -121,10 +123,11 @@ def connect_ray(opts: ServeOptions) -> None:
     if opts.direct_ingress:
         # Read by Serve's controller and replicas when they start: they inherit this environment.
         os.environ[DIRECT_INGRESS_ENV] = "1"
-        # Serve keeps a leaving replica's port open >= 30 s so a load balancer can notice; clients of
-        # `farm serve` call the port themselves, so stop within seconds (in-flight requests still finish).
+        # Serve keeps a leaving replica's port open >= 30 s so a load balancer can notice; clients
+        # of `farm serve` call the port themselves, so stop within seconds (in-flight requests
+        # still finish).
         os.environ.setdefault(DIRECT_INGRESS_DRAIN_ENV, "2")
-    # None: a private Ray bound to 127.0.0.1, never someone else's `ray start` cluster on this machine.
+    # None: a private Ray bound to 127.0.0.1, never someone else's `ray start` cluster here.
     raycluster.connect_ray(
         opts.address,
         quiet=True,
@@ -158,7 +161,8 @@ def replica_url(opts: ServeOptions, timeout_s: float = 120.0) -> str:
                     return opts.url_at(ports[0])
         time.sleep(0.5)
     raise RuntimeError(
-        f"Serve gave the replica no HTTP port within {timeout_s:.0f} s (does this Ray honour {DIRECT_INGRESS_ENV}?); serve without --direct-ingress"
+        f"Serve gave the replica no HTTP port within {timeout_s:.0f} s (does this Ray honour "
+        f"{DIRECT_INGRESS_ENV}?); serve without --direct-ingress"
     )
 
 
@@ -174,8 +178,8 @@ def deploy(opts: ServeOptions) -> str:
     from deploy.serve.app import APP_NAME, posterior_app
 
     connect_ray(opts)
-    # One HTTP proxy, on the head: the node users reach (and the only one a loopback bind can serve).
-    # The proxy's deadline backs up the replica's own (504): a request never hangs on a stuck replica.
+    # One HTTP proxy, on the head: the node users reach (the only one a loopback bind can serve).
+    # The proxy's deadline backs up the replica's own (504): no request hangs on a stuck replica.
     serve.start(
         proxy_location="HeadOnly",
         http_options={
@@ -184,7 +188,8 @@ def deploy(opts: ServeOptions) -> str:
             "request_timeout_s": 2 * DEFAULT_REQUEST_TIMEOUT_S,
         },
     )
-    # A path that exists here is made absolute; on a cluster it must name the same shared mount on every node.
+    # A path that exists here is made absolute; on a cluster it must name the same shared mount on
+    # every node.
     posterior = (
         str(Path(opts.posterior).resolve()) if Path(opts.posterior).exists() else opts.posterior
     )
@@ -197,7 +202,9 @@ def deploy(opts: ServeOptions) -> str:
 
 
 def serve_until_interrupted(opts: ServeOptions, announce) -> None:
-    """Deploy, call ``announce(url)``, serve until Ctrl-C or SIGTERM, then take the app (and a local Ray) down.
+    """Deploy, call ``announce(url)``, serve until Ctrl-C or SIGTERM, then take the app down.
+
+    A local Ray this started goes down with it.
 
     The signal handling covers deployment too: an interrupt while Serve is still starting
     shuts down what was started instead of leaving a half-deployed app behind.
@@ -270,7 +277,7 @@ def wait_healthy(
 
 
 def ready_line(log: Path, offset: int) -> str | None:
-    """The server's "Serving ... at URL" line in ``log`` after ``offset``, or None before it is written."""
+    """The server's "Serving ... at URL" line in ``log`` after ``offset``; None until written."""
     with open(log, "rb") as fh:
         fh.seek(offset)
         for line in fh:

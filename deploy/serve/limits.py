@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.serve.schemas import MAX_BODY_BYTES
 
-#: Serve reads this variable in the proxy actor; ``farm serve`` sets it before it starts a local Ray.
+#: Serve reads this variable in the proxy actor; ``farm serve`` sets it before starting a local Ray.
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "deploy.serve.limits:proxy_middlewares"
 #: Seconds a client is told to wait (``Retry-After``) when a replica or the proxy queue is full.
@@ -28,7 +28,10 @@ RETRY_AFTER_S = 1
 
 def too_large_body(length: int | str) -> bytes:
     """The JSON body of a 413: one line naming the size and the cap."""
-    message = f"body: {length} bytes exceeds the limit of {MAX_BODY_BYTES} bytes (docs/http-api.md, Limits)"
+    message = (
+        f"body: {length} bytes exceeds the limit of {MAX_BODY_BYTES} bytes "
+        "(docs/http-api.md, Limits)"
+    )
     return json.dumps(
         {"detail": [{"loc": ["body"], "msg": message, "type": "too_large"}], "message": message}
     ).encode()

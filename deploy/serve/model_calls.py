@@ -1,4 +1,4 @@
-"""What a replica asks of the posterior for one request or one batch: draws, densities, misspecification.
+"""What a replica asks of the posterior per request or batch: draws, densities, misspecification.
 
 Why a module of its own: these run on the replica's single worker thread and touch only the
 loaded ``AmortizedPosterior``, never Serve or HTTP, so the service module keeps the routing and
@@ -10,10 +10,13 @@ lab sees "this trace is unlike the training data" next to the posterior it shoul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 #: request field -> batched keyword of the posterior
 BATCHED = {"trace": "traces", "features": "features"}
@@ -31,16 +34,51 @@ class Job:
 
 
 def assess(posterior: Any, observation: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The misspecification answer for ONE observation (``{"trace": (T,)}`` or ``{"features": (F,)}``)."""
+    """The check of ONE observation (``{"trace": (T,)}`` or ``{"features": (F,)}``)."""
     return posterior.misspecification(**observation)
+
+
+class Refused(ValueError):
+    """The posterior can give no draws for this observation; ``misspecification`` says why.
+
+    Why: an observation whose posterior lies almost entirely outside a restricted prior exhausts
+    the rejection budget (``inference.errors.RejectionBudgetExceeded``). It is refused (HTTP 422,
+    docs/http-api.md), and the refusal carries the same check an answer carries, flagged, with
+    the budget as one more reason, so a client reads both through one object.
+
+    Args:
+        message: the budget error's one line.
+        misspecification: the observation's check, ``flagged`` and with the reason appended.
+    """
+
+    def __init__(self, message: str, misspecification: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.misspecification = misspecification
+
+
+def refusing(posterior: Any, observation: dict[str, np.ndarray], call: Callable[[], T]) -> T:
+    """``call()``, with a spent rejection budget turned into ``Refused`` for ``observation``."""
+    from inference.errors import RejectionBudgetExceeded
+
+    try:
+        return call()
+    except RejectionBudgetExceeded as e:
+        check = dict(assess(posterior, observation))
+        reason = (
+            f"posterior outside the restricted prior: acceptance {e.acceptance:.2g} "
+            f"< 1/{e.max_rounds} after {e.budget} proposals, no draws"
+        )
+        check |= {"flagged": True, "reasons": [*check["reasons"], reason]}
+        raise Refused(str(e).splitlines()[0], check) from None
 
 
 def draw_and_assess(
     posterior: Any, num_samples: int, seed: int | None, **batched: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Draws, log-densities and misspecification checks of B observations (``traces=`` or ``features=``).
+    """Draws, log-densities and misspecification checks of B observations.
 
-    One summary and one embedding per observation serve both (``AmortizedPosterior.sample_and_assess``).
+    ``traces=`` or ``features=``; one summary and one embedding per observation serve both
+    (``AmortizedPosterior.sample_and_assess``).
     """
     return posterior.sample_and_assess(num_samples, seed=seed, normalized=False, **batched)
 
@@ -48,10 +86,12 @@ def draw_and_assess(
 def draw_one(
     posterior: Any, num_samples: int, observation: dict[str, np.ndarray], seed: int | None
 ) -> Drawn:
-    """Draws for one request, their log-densities, batch size 1 and the request's misspecification."""
+    """Draws for one request, their log-densities, batch size 1 and its misspecification check."""
     ((keyword, value),) = observation.items()
-    samples, log_prob, (check,) = draw_and_assess(
-        posterior, num_samples, seed, **{BATCHED[keyword]: value[None]}
+    samples, log_prob, (check,) = refusing(
+        posterior,
+        observation,
+        lambda: draw_and_assess(posterior, num_samples, seed, **{BATCHED[keyword]: value[None]}),
     )
     return samples[0], log_prob[0], 1, check
 

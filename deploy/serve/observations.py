@@ -1,4 +1,6 @@
-"""An HTTP observation checked against the served protocol: flat or one list per sweep, one 422 line if neither.
+"""An HTTP observation checked against the served protocol: flat or one list per sweep.
+
+One 422 line if neither.
 
 Why apart from the service: the command line (`farm query`) and the Serve app accept the same
 two forms, and the message naming the expected shape must read the same in both.
@@ -37,13 +39,15 @@ def as_observation(trace: Any, protocol: Protocol, trace_length: int) -> NDArray
         a = np.asarray(trace, dtype=np.int16)
     except (ValueError, TypeError):
         raise ValueError(
-            f"trace is not a list of codes or a list of equal-length sweeps; expected shape {expected_shape(protocol, trace_length)}"
+            "trace is not a list of codes or a list of equal-length sweeps; "
+            f"expected shape {expected_shape(protocol, trace_length)}"
         ) from None
     if a.ndim == 2 and protocol.num_sweeps > 1 and a.shape == protocol.observation_shape:
         return a.reshape(-1)
     if a.ndim != 1 or a.shape[0] != trace_length:
         raise ValueError(
-            f"trace shape {a.shape} differs from this posterior's observation shape {expected_shape(protocol, trace_length)}"
+            f"trace shape {a.shape} differs from this posterior's observation shape "
+            f"{expected_shape(protocol, trace_length)}"
         )
     return a
 

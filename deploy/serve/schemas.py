@@ -9,22 +9,31 @@ against the loaded posterior; the defaults here are the farm's protocol and feat
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    model_validator,
+)
 
 from farm.defaults import PARAMETER_NAMES, ChipModel, Protocol
 from farm.features import FEATURE_NAMES
 from farm.protocol import MAX_OBSERVATION_SAMPLES, MAX_SWEEPS
 
-#: Largest number of posterior draws one /sample request may ask for (documented in docs/http-api.md).
+#: Largest number of posterior draws one /sample request may ask for (docs/http-api.md).
 MAX_NUM_SAMPLES = 10_000
 #: Largest number of parameter sets one /log_prob request may evaluate.
 MAX_THETA_ROWS = 10_000
 #: Largest number of posterior-predictive simulations one /predictive request may ask for.
 MAX_PREDICTIVE_SAMPLES = 200
-#: Largest request body in bytes (413 above it). The biggest valid body, /log_prob with MAX_THETA_ROWS rows of
-#: 7 floats written in full (~20 characters each with the separator) plus a trace, is ~1.5 MB.
+#: Largest request body in bytes (413 above it). The biggest valid body, /log_prob with
+#: MAX_THETA_ROWS rows of 7 floats written in full (~20 characters each with the separator) plus a
+#: trace, is ~1.5 MB.
 MAX_BODY_BYTES = 2 * 1024 * 1024
 #: Seeds are unsigned 32-bit so every client language can send them exactly.
 MAX_SEED = 2**32 - 1
@@ -34,14 +43,45 @@ NUM_FEATURES = len(FEATURE_NAMES)
 NUM_PARAMETERS = len(PARAMETER_NAMES)
 ADC_MAX_CODE = ChipModel().adc_max_code
 
+
+def _json_integer(value: Any) -> Any:
+    """Refuse what JSON Schema's ``integer`` refuses but pydantic's lax mode would coerce.
+
+    Why: the published document (deploy.serve.openapi) says ``integer``; ``true`` or ``"5"``
+    accepted as 1 or 5 would make the service looser than its schema. 5.0 is an integer to JSON
+    Schema, so it stays accepted (lax mode turns it into 5, and refuses 5.5).
+    """
+    if isinstance(value, bool | str | bytes):
+        raise ValueError(f"must be a JSON integer, not {type(value).__name__}")
+    return value
+
+
+_NOT_INTEGERS = frozenset({bool, str, bytes})
+
+
+def _json_integers(values: Any) -> Any:
+    """``_json_integer`` for a whole list at once: one pass, not a validator call per code."""
+    if isinstance(values, list) and not _NOT_INTEGERS.isdisjoint(map(type, values)):
+        raise ValueError("codes must be JSON integers, not booleans or strings")
+    return values
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+#: Largest magnitude of a statistic: the posterior reads float32, so a larger number becomes inf.
+FEATURE_LIMIT = 3.4e38
+#: A finite JSON number: ints are accepted, booleans and numeric strings are not.
+FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
 AdcCode = Annotated[int, Field(ge=0, le=ADC_MAX_CODE)]
-# The served protocol fixes the exact shape; the service checks it (one 422 line naming the expected shape).
+# The served protocol fixes the exact shape; the service checks it (one 422 line naming the expected
+# shape), and each replica's /openapi.json states it (deploy.serve.openapi).
 FlatTrace = Annotated[
     list[AdcCode],
+    BeforeValidator(_json_integers),
     Field(
         min_length=1,
         max_length=MAX_OBSERVATION_SAMPLES,
-        description=f"MADC codes 0..{ADC_MAX_CODE} at 1 MSa/s: {TRACE_LENGTH} for the step protocol, sweeps x samples per sweep (flat) for multi-sweep ones",
+        description=f"MADC codes 0..{ADC_MAX_CODE} at 1 MSa/s: {TRACE_LENGTH} for the step "
+        "protocol, sweeps x samples per sweep (flat) for multi-sweep ones",
     ),
 ]
 SweepTraces = Annotated[
@@ -54,7 +94,7 @@ SweepTraces = Annotated[
 ]
 Trace = FlatTrace | SweepTraces
 Features = Annotated[
-    list[FiniteFloat],
+    list[Annotated[FiniteFloat, Field(ge=-FEATURE_LIMIT, le=FEATURE_LIMIT)]],
     Field(
         min_length=1,
         max_length=NUM_FEATURES * MAX_SWEEPS,
@@ -63,7 +103,7 @@ Features = Annotated[
 ]
 ThetaRow = Annotated[list[FiniteFloat], Field(min_length=NUM_PARAMETERS, max_length=NUM_PARAMETERS)]
 Seed = Annotated[
-    int | None,
+    JsonInt | None,
     Field(
         default=None,
         ge=0,
@@ -93,12 +133,12 @@ class Observation(_Strict):
 class SampleRequest(Observation):
     """POST /sample: draws from p(theta | x)."""
 
-    num_samples: Annotated[int, Field(ge=1, le=MAX_NUM_SAMPLES)] = 1000
+    num_samples: Annotated[JsonInt, Field(ge=1, le=MAX_NUM_SAMPLES)] = 1000
     seed: Seed = None
 
 
 class LogProbRequest(Observation):
-    """POST /log_prob: log p(theta | x) for each row of theta (CapMem LSB, PARAMETER_NAMES order)."""
+    """POST /log_prob: log p(theta | x) per row of theta (CapMem LSB, PARAMETER_NAMES order)."""
 
     theta: Annotated[list[ThetaRow], Field(min_length=1, max_length=MAX_THETA_ROWS)]
 
@@ -107,7 +147,7 @@ class PredictiveRequest(_Strict):
     """POST /predictive: simulate traces on the emulator at posterior draws."""
 
     trace: Trace
-    num_samples: Annotated[int, Field(ge=1, le=MAX_PREDICTIVE_SAMPLES)] = 10
+    num_samples: Annotated[JsonInt, Field(ge=1, le=MAX_PREDICTIVE_SAMPLES)] = 10
     seed: Seed = None
 
 
@@ -124,9 +164,43 @@ class Misspecification(BaseModel):
         description="true when any reason applies: do not trust the posterior for this observation"
     )
     reasons: list[str] = Field(
-        description="one line each: spike count outside the regime, flat or saturated trace, score above threshold"
+        description="one line each: spike count outside the regime, flat or saturated trace, "
+        "score above threshold, or (on a refusal) no draws inside the restricted prior"
     )
     note: str | None = Field(None, description="why score is null, when it is")
+
+
+class ErrorDetail(BaseModel):
+    """One problem of a refused request, pydantic-style."""
+
+    loc: list[str | int] = Field(description="where: `body` then the field")
+    msg: str
+    type: str = Field(description="`rejection_budget_exceeded` for a refused observation")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a one-line ``message``, and for a refused observation its check."""
+
+    detail: list[ErrorDetail] | str
+    message: str = Field(description="one line naming the bad field and what is allowed")
+    misspecification: Misspecification | None = Field(
+        None,
+        description="on a 422 that refuses the observation itself (no draws could be made): "
+        "its misspecification check, flagged, with the reason",
+    )
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: The error answers of the POST routes, documented in /openapi.json (docs/http-api.md, Errors).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: _error("body larger than MAX_BODY_BYTES"),
+    422: _error("a body that does not fit this posterior, or an observation it cannot answer"),
+    503: _error("the replica's queue is full: retry after the Retry-After header's seconds"),
+    504: _error("no answer from the model within the service's deadline"),
+}
 
 
 class SampleResponse(BaseModel):
@@ -197,5 +271,6 @@ class InfoResponse(BaseModel):
     protocol: dict
     protocol_name: str = Field(description="step, multi-step, or a custom protocol's name")
     observation_shape: list[int] = Field(
-        description="[T] for one sweep, [sweeps, T] for several; the flat form of sweeps * T codes is accepted too"
+        description="[T] for one sweep, [sweeps, T] for several; the flat form of sweeps * T "
+        "codes is accepted too"
     )
