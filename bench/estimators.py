@@ -28,10 +28,10 @@ import numpy as np
 def train_pair(root: Path) -> tuple[Path, Path]:
     """A small store and one posterior per estimator, through the real CLI."""
     from deploy.cli import main as farm_main
-    from farm import run_farm
+    from farm import FarmConfig, run_farm
 
     store = root / "sims.zarr"
-    run_farm(str(store), 3000, seed=1, chunk_size=1000, in_process=True)
+    run_farm(FarmConfig(str(store), 3000, seed=1, chunk_size=1000, in_process=True))
     outs = []
     for est in ("nsf", "flow-matching"):
         out = root / f"npe-{est}"
@@ -114,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
     ratios = {k: summary["flow-matching"][k] / summary["nsf"][k] for k in summary["nsf"]}
     print(
-        f"torch threads {args.threads}, {args.draws} draws / parameter sets, p50 of {args.reps} calls, median of {args.rounds} rounds"
+        f"torch threads {args.threads}, {args.draws} draws / parameter sets, "
+        f"p50 of {args.reps} calls, median of {args.rounds} rounds"
     )
     for k in summary["nsf"]:
         print(
-            f"{k:24s} nsf {summary['nsf'][k]:8.2f} ms   flow-matching {summary['flow-matching'][k]:8.2f} ms   ratio {ratios[k]:.2f}x"
+            f"{k:24s} nsf {summary['nsf'][k]:8.2f} ms   "
+            f"flow-matching {summary['flow-matching'][k]:8.2f} ms   ratio {ratios[k]:.2f}x"
         )
     if args.json:
         args.json.write_text(

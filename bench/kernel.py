@@ -1,4 +1,4 @@
-"""Emulator kernel throughput (neuron-steps/s) against a plain numpy Euler AdEx, same run, same machine.
+"""Emulator kernel throughput (neuron-steps/s) against a plain numpy Euler AdEx, same run.
 
 Noise, mismatch and ADC readout are on in the kernel; the numpy baseline integrates the same
 equations without noise (it would only get slower with it). Both are timed best-of-``--repeats``,
@@ -75,16 +75,19 @@ def main() -> None:
     kernel_rate = args.n * steps / best
     numpy_rate = args.n_numpy * steps / best_numpy
     print(
-        f"kernel (numba, {args.threads} threads, noise+mismatch+ADC): {kernel_rate:.3g} neuron-steps/s  ({args.n / best:,.0f} traces/s)"
+        f"kernel (numba, {args.threads} threads, noise+mismatch+ADC): "
+        f"{kernel_rate:.3g} neuron-steps/s  ({args.n / best:,.0f} traces/s)"
     )
     print(f"baseline (numpy Euler, no noise):                {numpy_rate:.3g} neuron-steps/s")
     ratio = kernel_rate / numpy_rate
     print(
-        f"ratio kernel / numpy: {ratio:.1f}x   (target >= 6.5x: {'yes' if ratio >= 6.5 else 'NO'}; kernel >= 1e8: {'yes' if kernel_rate >= 1e8 else 'NO'})"
+        f"ratio kernel / numpy: {ratio:.1f}x   "
+        f"(target >= 6.5x: {'yes' if ratio >= 6.5 else 'NO'}; "
+        f"kernel >= 1e8: {'yes' if kernel_rate >= 1e8 else 'NO'})"
     )
-    # The same comparison with both on one thread pinned to one CPU: on a VM whose virtual CPUs run at
-    # different speeds (a busy host), the 2-thread figure moves with whichever CPU the single-threaded
-    # baseline lands on; this one compares like with like.
+    # The same comparison with both on one thread pinned to one CPU: on a VM whose virtual CPUs run
+    # at different speeds (a busy host), the 2-thread figure moves with whichever CPU the
+    # single-threaded baseline lands on; this one compares like with like.
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
         cpus = os.sched_getaffinity(0)
         numba.set_num_threads(1)
@@ -101,7 +104,8 @@ def main() -> None:
             numba.set_num_threads(args.threads)
         rate1, rate1_numpy = n1 * steps / one, args.n_numpy * steps / one_numpy
         print(
-            f"one thread each, pinned to CPU {min(cpus)}: kernel {rate1:.3g}, numpy {rate1_numpy:.3g} neuron-steps/s: ratio {rate1 / rate1_numpy:.1f}x"
+            f"one thread each, pinned to CPU {min(cpus)}: kernel {rate1:.3g}, "
+            f"numpy {rate1_numpy:.3g} neuron-steps/s: ratio {rate1 / rate1_numpy:.1f}x"
         )
 
 

@@ -1,4 +1,4 @@
-"""Time to a served posterior: every stage of the farm's path, and sbi's NPE trainer on the same rows.
+"""Time to a served posterior: each stage of the farm's path, and sbi's NPE trainer on those rows.
 
 Stages, each through the real `farm` command line in this process (as `make demo` runs them):
 simulate N from the box -> restriction classifier -> simulate N (+ a held-out N/10) from the
@@ -39,9 +39,12 @@ def farm(*argv: str) -> None:
 
 
 def history_rate(artifact: Path, stage_seconds: float) -> dict[str, float]:
-    """From a manifest: the median step samples/s over the epochs after the first (warm-up; validation
-    excluded), epochs trained, and the wall rate: training rows seen / the whole stage's seconds (start-up,
-    validation, checkpoints and the artifact included), the figure comparable with sbi's timed ``train()``."""
+    """From a manifest: step samples/s, epochs trained, and the wall rate.
+
+    The step rate is the median over the epochs after the first (warm-up; validation excluded).
+    The wall rate is training rows seen / the whole stage's seconds (start-up, validation,
+    checkpoints and the artifact included), the figure comparable with sbi's timed ``train()``.
+    """
     manifest = json.loads((artifact / "manifest.json").read_text())
     hist = manifest["history"]
     rows = sum(h["samples_per_s"] * h["epoch_seconds"] for h in hist)
@@ -62,9 +65,12 @@ def sbi_baseline(
     estimator: str,
     arch: dict,
 ) -> dict[str, float]:
-    """sbi's trainer on our train + val rows, timed around ``train()``: NPE with a zuko NSF of our flow's size,
-    or FMPE with an MLP field of our field's width when we train flow matching; the summary net is our CNN
-    with the same architecture fields, so the network's cost is the same and the trainer's is what differs."""
+    """sbi's trainer on our train + val rows, timed around ``train()``.
+
+    NPE with a zuko NSF of our flow's size, or FMPE with an MLP field of our field's width when we
+    train flow matching; the summary net is our CNN with the same architecture fields, so the
+    network's cost is the same and the trainer's is what differs.
+    """
     import torch
     from sbi.inference import FMPE, NPE
     from sbi.neural_nets import posterior_flow_nn, posterior_nn
@@ -152,7 +158,7 @@ def sbi_baseline(
 
 
 def serve_one_query(posterior: Path, store: Path, root: Path) -> None:
-    """`farm serve --detach`, one `farm query` of 1000 draws, then SIGINT to the server this started."""
+    """`farm serve --detach`, one `farm query` of 1000 draws, then SIGINT to the server started."""
     import socket
 
     with socket.socket() as s:
@@ -214,7 +220,8 @@ def main() -> None:
         "--sbi-epochs",
         type=int,
         default=0,
-        help="epoch cap of sbi's trainer (0 = --epochs): its samples/s is the baseline, so a few epochs measure it",
+        help="epoch cap of sbi's trainer (0 = --epochs): its samples/s is the baseline, "
+        "so a few epochs measure it",
     )
     ap.add_argument(
         "--estimator",
@@ -238,7 +245,8 @@ def main() -> None:
     ap.add_argument(
         "--sim-in-process",
         action="store_true",
-        help="simulate without Ray (`farm simulate --in-process`): for an overloaded machine where Ray start-up times out",
+        help="simulate without Ray (`farm simulate --in-process`): "
+        "for an overloaded machine where Ray start-up times out",
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
@@ -414,13 +422,16 @@ def report(
         base = rates.get(f"sbi {k}") if not k.startswith("sbi") else None
         ratio = f"{r['wall_samples_per_s'] / base['wall_samples_per_s']:.2f}x" if base else ""
         print(
-            f"| {k} | {r['samples_per_s']:,.0f} | {r['wall_samples_per_s']:,.0f} | {int(r['epochs'])} | {r['seconds']:,.0f} | {ratio} |"
+            f"| {k} | {r['samples_per_s']:,.0f} | {r['wall_samples_per_s']:,.0f} "
+            f"| {int(r['epochs'])} | {r['seconds']:,.0f} | {ratio} |"
         )
     hand, net = rates.get("NPE handcrafted"), rates.get("NPE summary-net")
     if hand and net:
         print(
-            f"\nsummary-net / handcrafted training samples/s: step {net['samples_per_s'] / hand['samples_per_s']:.2f}x, "
-            f"wall {net['wall_samples_per_s'] / hand['wall_samples_per_s']:.2f}x (issue 14 aims >= 0.8x)"
+            "\nsummary-net / handcrafted training samples/s: "
+            f"step {net['samples_per_s'] / hand['samples_per_s']:.2f}x, "
+            f"wall {net['wall_samples_per_s'] / hand['wall_samples_per_s']:.2f}x "
+            "(issue 14 aims >= 0.8x)"
         )
 
 

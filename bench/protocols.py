@@ -7,9 +7,11 @@ train npe`), and both are evaluated on held-out stores that share their paramete
 same prior stream): per-parameter contraction (1 - posterior var / prior var), NRMSE (posterior
 mean error / prior std) and 90 % interval coverage (calibration). Prints a table; --json writes it.
 
-    python bench/protocols.py --n 100000 [--prior artifacts/restricted] [--n-test 1000] [--out bench-out/protocols]
+    python bench/protocols.py --n 100000 [--prior artifacts/restricted] [--n-test 1000]
+        [--out bench-out/protocols]
     python bench/protocols.py --n 2000 --epochs 2   # a smoke run (minutes on 2 cores)
-    python bench/protocols.py --n 100000 --estimator flow-matching --out bench-out/protocols   # reuses the stores
+    # reuses the stores:
+    python bench/protocols.py --n 100000 --estimator flow-matching --out bench-out/protocols
 
 Stores are named by protocol, size and seed, so a second run with another --estimator and the same
 --out trains and evaluates on the very same data (the artifacts are named by estimator).
@@ -35,17 +37,20 @@ def simulate(out: Path, protocol_name: str, n: int, seed: int, prior_dir: str | 
     """One store through `farm.run.runner.run_farm` on the local Ray (resumes if it exists)."""
     from farm.prior import load_prior
     from farm.protocol import resolve_protocol
+    from farm.run.config import FarmConfig
     from farm.run.runner import run_farm
 
     url = str(out / f"{protocol_name}-{n}-s{seed}.zarr")
     chunk = max(1, min(1000, n // 4))
     run_farm(
-        url,
-        num_sims=n,
-        seed=seed,
-        chunk_size=chunk,
-        prior=load_prior(prior_dir),
-        protocol=resolve_protocol(protocol_name),
+        FarmConfig(
+            out=url,
+            num_sims=n,
+            seed=seed,
+            chunk_size=chunk,
+            prior=load_prior(prior_dir),
+            protocol=resolve_protocol(protocol_name),
+        )
     )
     return url
 
@@ -70,7 +75,8 @@ def evaluate(
     rec = recovery(theta, samples, prior_std)
     lo, hi = np.quantile(samples, [0.05, 0.95], axis=1)
     coverage = ((theta >= lo) & (theta <= hi)).mean(axis=0)
-    # Central-interval coverage at nine levels: the calibration curve's deviation (signed < 0: over-confident).
+    # Central-interval coverage at nine levels: the calibration curve's deviation (signed < 0:
+    # over-confident).
     levels = np.linspace(0.1, 0.9, 9)
     rank = (samples < theta[:, None, :]).mean(axis=1)  # (n, 7) posterior CDF at the truth
     curve = np.array([(np.abs(rank - 0.5) <= lvl / 2).mean(axis=0) for lvl in levels])  # (9, 7)
@@ -135,14 +141,16 @@ def main() -> None:
         action="append",
         default=[],
         metavar="PROTOCOL=N",
-        help="override --epochs for one protocol (e.g. step=45 to end a resumed run at a time limit)",
+        help="override --epochs for one protocol "
+        "(e.g. step=45 to end a resumed run at a time limit)",
     )
     ap.add_argument(
         "--sims-for",
         action="append",
         default=[],
         metavar="PROTOCOL=N",
-        help="samples of one protocol instead of the equal-budget count (e.g. multi-step=100000 for an equal wall-clock comparison)",
+        help="samples of one protocol instead of the equal-budget count "
+        "(e.g. multi-step=100000 for an equal wall-clock comparison)",
     )
     ap.add_argument(
         "--only",
@@ -169,6 +177,7 @@ def main() -> None:
 
     from farm.defaults import PARAMETER_NAMES
     from farm.protocol import BUILTIN_PROTOCOLS
+    from inference.defaults import TrainConfig
     from inference.training.api import train
     from inference.training.tasks import NPETask
 
@@ -193,10 +202,12 @@ def main() -> None:
             NPETask(features="handcrafted", prior=args.prior, estimator=args.estimator),
             [store],
             str(artifact),
-            epochs=epochs_for.get(name, args.epochs),
-            patience=args.patience,
-            batch_size=min(args.batch_size, max(8, num // 10)),
-            quiet=True,
+            TrainConfig(
+                epochs=epochs_for.get(name, args.epochs),
+                patience=args.patience,
+                batch_size=min(args.batch_size, max(8, num // 10)),
+                progress=False,
+            ),
         )
         t_train = time.perf_counter() - t0
         results[name] = evaluate(artifact, test, args.samples, args.prior) | {
@@ -225,29 +236,34 @@ def main() -> None:
         print(
             f"{p:24s}"
             + "".join(
-                f" {results[q]['contraction'][k]:17.3f} {results[q]['nrmse'][k]:17.3f} {results[q]['coverage_90'][k]:17.3f}"
+                f" {results[q]['contraction'][k]:17.3f} {results[q]['nrmse'][k]:17.3f}"
+                f" {results[q]['coverage_90'][k]:17.3f}"
                 for q in names
             )
         )
     print(
         f"{'mean':24s}"
         + "".join(
-            f" {np.mean(results[q]['contraction']):17.3f} {np.mean(results[q]['nrmse']):17.3f} {np.mean(results[q]['coverage_90']):17.3f}"
+            f" {np.mean(results[q]['contraction']):17.3f} {np.mean(results[q]['nrmse']):17.3f}"
+            f" {np.mean(results[q]['coverage_90']):17.3f}"
             for q in names
         )
     )
     for name in names:
         r = results[name]
         print(
-            f"{name}: coverage - level over 9 levels x 7 parameters: signed {r['coverage_dev_signed']:+.3f}, mean abs {r['coverage_dev_abs']:.3f};"
+            f"{name}: coverage - level over 9 levels x 7 parameters: "
+            f"signed {r['coverage_dev_signed']:+.3f}, mean abs {r['coverage_dev_abs']:.3f};"
             f" min contraction {min(r['contraction']):.3f} (target >= 0.5 at n = 1e5)"
         )
         print(
-            f"{name}: simulate {r['simulate_seconds']:.1f} s, train {r['train_seconds']:.1f} s ({r['epochs_trained']} epochs, best {r['best_epoch']})"
+            f"{name}: simulate {r['simulate_seconds']:.1f} s, train {r['train_seconds']:.1f} s "
+            f"({r['epochs_trained']} epochs, best {r['best_epoch']})"
         )
         if r["n_rejection_failures"]:
             print(
-                f"{name}: {r['n_rejection_failures']} held-out observation(s) left out (posterior outside the restricted prior)"
+                f"{name}: {r['n_rejection_failures']} held-out observation(s) left out "
+                "(posterior outside the restricted prior)"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

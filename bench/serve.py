@@ -1,19 +1,23 @@
-"""Posterior service: /sample latency on a keep-alive client, and throughput with batching on vs off, same run.
+"""Posterior service: /sample latency (keep-alive client) and throughput, batching on vs off.
 
-Deploys the same artifact twice in one local Ray Serve: ``/batched`` (waiting requests share a pass, up to
---max-batch-size requests per forward pass) and ``/unbatched`` (max_batch_size=1), one replica each
-with the same CPU share. Baseline for latency: ``posterior.sample_and_assess`` (what /sample runs: draws, densities, misspecification check)
-called directly in this process (the floor HTTP + Serve add to); Ray's workers get this process's
-niceness (--worker-niceness), so both sides run at one priority. Baseline for throughput: the unbatched
-app. The two apps (and, for latency, the library floor) alternate in rounds (medians reported), so load
-changes on a shared machine hit them alike. Where one request's time goes is printed too (bench/serve_split.py: CPU time of each stage in
-this process, the restricted prior's rejection + classifier share, and the replica's Server-Timing
-against the client's latency for what lies outside the handler).
-Prints p50/p99 latencies, requests/s, and the ratios; --json writes them. The load run (--load-clients
-48) floods the batched app with 10 000-draw requests and reports an honest client's p50/p99 against the
-unloaded figures of the same run, the status codes the flood got (503s are shed load) and /health under load.
+Deploys the same artifact twice in one local Ray Serve: ``/batched`` (waiting requests share a
+pass, up to --max-batch-size requests per forward pass) and ``/unbatched`` (max_batch_size=1), one
+replica each with the same CPU share. Baseline for latency: ``posterior.sample_and_assess`` (what
+/sample runs: draws, densities, misspecification check) called directly in this process (the
+floor HTTP + Serve add to); Ray's workers get this process's niceness (--worker-niceness), so both
+sides run at one priority. Baseline for throughput: the unbatched app. The two apps (and, for
+latency, the library floor) alternate in rounds (medians reported), so load changes on a shared
+machine hit them alike. Where one request's time goes is printed too (bench/serve_split.py: CPU
+time of each stage in this process, the restricted prior's rejection + classifier share, and the
+replica's Server-Timing against the client's latency for what lies outside the handler).
 
-    python bench/serve.py [--posterior DIR] [--draws 1000] [--clients 16] [--requests 160] [--rounds 3]
+Prints p50/p99 latencies, requests/s, and the ratios; --json writes them. The load run
+(--load-clients 48) floods the batched app with 10 000-draw requests and reports an honest
+client's p50/p99 against the unloaded figures of the same run, the status codes the flood got
+(503s are shed load) and /health under load.
+
+    python bench/serve.py [--posterior DIR] [--draws 1000] [--clients 16] [--requests 160]
+        [--rounds 3]
 
 Without --posterior a small handcrafted posterior is trained first (`farm train npe`, 2 epochs).
 """
@@ -52,10 +56,10 @@ def free_port() -> int:
 def train_small_posterior(root: Path) -> Path:
     """A 3000-sample store and a 2-epoch handcrafted NPE, through the real CLI."""
     from deploy.cli import main as farm_main
-    from farm import run_farm
+    from farm import FarmConfig, run_farm
 
     store, out = root / "sims.zarr", root / "npe-handcrafted"
-    run_farm(str(store), 3000, seed=1, chunk_size=1000, in_process=True)
+    run_farm(FarmConfig(str(store), 3000, seed=1, chunk_size=1000, in_process=True))
     code = farm_main(
         [
             "train",
@@ -80,10 +84,11 @@ def train_small_posterior(root: Path) -> Path:
 def sequential_latency(
     url: str, body: dict, num: int, warmup: int = 5
 ) -> tuple[list[float], list[float]]:
-    """Seconds per /sample request, one at a time on one keep-alive connection, and the replica's part of each.
+    """Seconds per /sample request, one at a time on one keep-alive connection, and replica time.
 
     The replica's part is its ``Server-Timing: replica;dur=`` (handler start to encoded answer), so
-    ``time - replica`` is what the request spent outside the handler: client, proxy hop, body parsing.
+    ``time - replica`` is what the request spent outside the handler: client, proxy hop, body
+    parsing.
     """
     with httpx.Client(base_url=url, timeout=120.0) as client:
         for _ in range(warmup):
@@ -100,7 +105,10 @@ def sequential_latency(
 
 
 def library_latency(posterior: Any, draws: int, trace: np.ndarray, num: int) -> list[float]:
-    """Seconds per call of what /sample runs (``sample_and_assess``), in this process, on the observation the HTTP requests send."""
+    """Seconds per call of what /sample runs (``sample_and_assess``), in this process.
+
+    The observation is the one the HTTP requests send.
+    """
     times = []
     for _ in range(num):
         t0 = time.perf_counter()
@@ -137,7 +145,7 @@ async def _throughput(url: str, bodies: list[dict], clients: int) -> tuple[float
 
 
 async def _under_load(url: str, heavy: dict, honest: dict, clients: int, seconds: float) -> dict:
-    """``clients`` loop on ``heavy`` requests while one honest client times ``honest`` ones and /health.
+    """``clients`` loop on ``heavy`` requests; one honest client times ``honest`` ones and /health.
 
     Shed requests (503) are counted, not retried at once: a heavy client sleeps its ``Retry-After``.
     Every client sends its own ``X-Client-Id`` (they share one address here), as users behind a
@@ -225,7 +233,9 @@ def main() -> None:
         "--worker-niceness",
         type=int,
         default=os.nice(0),
-        help="niceness of the local Ray's workers (Serve proxy, replicas); default: this process's, so the library floor and the replica run at one priority (Ray's own default is 15)",
+        help="niceness of the local Ray's workers (Serve proxy, replicas); default: this "
+        "process's, so the library floor and the replica run at one priority "
+        "(Ray's own default is 15)",
     )
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
@@ -252,7 +262,8 @@ def main() -> None:
     try:
         artifact = Path(args.posterior) if args.posterior else train_small_posterior(Path(tmp.name))
         posterior = load_posterior(artifact)
-        # Observations from the artifact's own prior: for a restricted posterior, the regime it serves.
+        # Observations from the artifact's own prior: for a restricted posterior, the regime it
+        # serves.
         obs = simulate_theta(posterior.prior.sample(32, seed=2), seed=2)
         traces = [t.tolist() for t in obs.trace]
 
@@ -317,7 +328,8 @@ def main() -> None:
         }
         for draws, gain in model_gain.items():
             results[f"model_batching_gain_{draws}"] = gain
-        # The two apps and the library floor alternate in rounds, so a load change on a shared machine hits all alike.
+        # The two apps and the library floor alternate in rounds, so a load change on a shared
+        # machine hits all alike.
         lat: dict[str, list[float]] = {"batched": [], "unbatched": []}
         in_replica: dict[str, list[float]] = {"batched": [], "unbatched": []}
         floor: list[float] = []
@@ -344,7 +356,8 @@ def main() -> None:
             results[f"{app}_outside_replica_p50_ms"] = 1000 * percentile(
                 [t - r for t, r in zip(values, in_replica[app])], 50
             )
-        # Where one request's time goes, in this process on one thread (CPU time: robust to a busy machine).
+        # Where one request's time goes, in this process on one thread (CPU time: robust to a busy
+        # machine).
         results["split"] = request_split(posterior, obs.trace[0], args.draws, reps=args.split_reps)
 
         for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
@@ -369,7 +382,8 @@ def main() -> None:
             results[f"batching_speedup_{draws}_per_round"] = [
                 bb / uu for bb, uu in zip(rps["batched"], rps["unbatched"])
             ]
-        if args.load_clients:  # an honest client's latency while the replica is flooded (baseline: batched_p50/p99 above)
+        # an honest client's latency while the replica is flooded (baseline: batched_p50/p99 above)
+        if args.load_clients:
             heavy = {"trace": traces[1], "num_samples": args.load_draws}
             results["load"] = asyncio.run(
                 _under_load(f"{base}/batched", heavy, body, args.load_clients, args.load_seconds)
@@ -380,15 +394,24 @@ def main() -> None:
         tmp.cleanup()
 
     print(
-        f"posterior {results['variant']} {results['fingerprint']}; /sample with {args.draws} draws; replica {args.replica_cpus} CPU, 1 torch thread; "
-        f"niceness library {results['niceness']['library']}, Ray workers {results['niceness']['ray_workers']}"
+        f"posterior {results['variant']} {results['fingerprint']}; "
+        f"/sample with {args.draws} draws; replica {args.replica_cpus} CPU, 1 torch thread; "
+        f"niceness library {results['niceness']['library']}, "
+        f"Ray workers {results['niceness']['ray_workers']}"
     )
     print(
-        f"  latency, keep-alive, one at a time:  library {results['library_p50_ms']:.1f} ms p50 | batched p50 {results['batched_p50_ms']:.1f} ms, p99 {results['batched_p99_ms']:.1f} ms | unbatched p50 {results['unbatched_p50_ms']:.1f} ms, p99 {results['unbatched_p99_ms']:.1f} ms"
+        "  latency, keep-alive, one at a time:  "
+        f"library {results['library_p50_ms']:.1f} ms p50 | "
+        f"batched p50 {results['batched_p50_ms']:.1f} ms, "
+        f"p99 {results['batched_p99_ms']:.1f} ms | "
+        f"unbatched p50 {results['unbatched_p50_ms']:.1f} ms, "
+        f"p99 {results['unbatched_p99_ms']:.1f} ms"
     )
     print(
-        f"  HTTP + Serve overhead over the library (p50): {results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x unbatched, "
-        f"{results['batched_p50_ms'] / results['library_p50_ms']:.2f}x batched (aim <= 1.2x); GET /health p50 {results['health_p50_ms']:.1f} ms"
+        "  HTTP + Serve overhead over the library (p50): "
+        f"{results['unbatched_p50_ms'] / results['library_p50_ms']:.2f}x unbatched, "
+        f"{results['batched_p50_ms'] / results['library_p50_ms']:.2f}x batched (aim <= 1.2x); "
+        f"GET /health p50 {results['health_p50_ms']:.1f} ms"
     )
     print_split(
         results["split"],
@@ -400,23 +423,33 @@ def main() -> None:
     for draws in [args.draws] + ([args.small_draws] if args.small_draws else []):
         rounds = ", ".join(f"{v:.2f}" for v in results[f"batching_speedup_{draws}_per_round"])
         print(
-            f"  throughput, {args.clients} clients, {draws} draws: batched {results[f'batched_rps_{draws}']:.1f} req/s (mean batch {results[f'batched_mean_batch_{draws}']:.1f}) vs unbatched {results[f'unbatched_rps_{draws}']:.1f} req/s -> {results[f'batching_speedup_{draws}']:.2f}x (rounds: {rounds})"
+            f"  throughput, {args.clients} clients, {draws} draws: "
+            f"batched {results[f'batched_rps_{draws}']:.1f} req/s "
+            f"(mean batch {results[f'batched_mean_batch_{draws}']:.1f}) "
+            f"vs unbatched {results[f'unbatched_rps_{draws}']:.1f} req/s "
+            f"-> {results[f'batching_speedup_{draws}']:.2f}x (rounds: {rounds})"
         )
         print(
-            f"    in the model alone, {args.max_batch_size} observations in one call vs {args.max_batch_size} calls: {results[f'model_batching_gain_{draws}']:.2f}x"
+            f"    in the model alone, {args.max_batch_size} observations in one call "
+            f"vs {args.max_batch_size} calls: {results[f'model_batching_gain_{draws}']:.2f}x"
         )
     if "load" in results:
         load = results["load"]
         print(
-            f"  load: {args.load_clients} clients x {args.load_draws} draws for {args.load_seconds:.0f} s: heavy answers {load['heavy_status_counts']}"
+            f"  load: {args.load_clients} clients x {args.load_draws} draws "
+            f"for {args.load_seconds:.0f} s: heavy answers {load['heavy_status_counts']}"
         )
         if load["honest_p50_ms"] is not None:
             print(
-                f"    honest client ({args.draws} draws): p50 {load['honest_p50_ms']:.1f} ms, p99 {load['honest_p99_ms']:.1f} ms "
-                f"({load['honest_p50_ms'] / results['batched_p50_ms']:.1f}x / {load['honest_p99_ms'] / results['batched_p99_ms']:.1f}x unloaded); answers {load['honest_status_counts']}"
+                f"    honest client ({args.draws} draws): p50 {load['honest_p50_ms']:.1f} ms, "
+                f"p99 {load['honest_p99_ms']:.1f} ms "
+                f"({load['honest_p50_ms'] / results['batched_p50_ms']:.1f}x / "
+                f"{load['honest_p99_ms'] / results['batched_p99_ms']:.1f}x unloaded); "
+                f"answers {load['honest_status_counts']}"
             )
         print(
-            f"    GET /health under load: p50 {load['health_under_load_p50_ms']:.1f} ms, max {load['health_under_load_max_ms']:.1f} ms"
+            f"    GET /health under load: p50 {load['health_under_load_p50_ms']:.1f} ms, "
+            f"max {load['health_under_load_max_ms']:.1f} ms"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -9,7 +9,8 @@ that reads Serve's target groups. This measures what that hop costs: one posteri
 process, one thread), then sequential keep-alive /sample requests through the proxy and straight to
 the replica's port; medians over interleaved rounds, so load changes hit all three alike.
 
-    python bench/serve_direct.py --posterior demo-out/npe-summary-net [--draws 1000] [--requests 60] [--rounds 3]
+    python bench/serve_direct.py --posterior demo-out/npe-summary-net [--draws 1000]
+        [--requests 60] [--rounds 3]
 
 `farm serve --direct-ingress` serves the same way (one replica, local Ray); this bench sets the
 replica up itself for max_batch_size 1 and half a CPU, as bench/serve.py does.
@@ -39,7 +40,8 @@ def main() -> None:
     ap.add_argument(
         "--user-code-on-loop",
         action="store_true",
-        help="RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0: the handler on the replica's main event loop (one thread less contending for the GIL)",
+        help="RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0: the handler on the replica's main "
+        "event loop (one thread less contending for the GIL)",
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -114,12 +116,14 @@ def main() -> None:
         for k in inside
     }
     print(
-        f"/sample {args.draws} draws, {posterior.variant} {posterior.fingerprint}, {args.rounds} rounds x {args.requests} requests per path"
+        f"/sample {args.draws} draws, {posterior.variant} {posterior.fingerprint}, "
+        f"{args.rounds} rounds x {args.requests} requests per path"
     )
     print(f"  library p50 {p50['library']:.1f} ms")
     for k in ("proxy", "direct"):
         print(
-            f"  {k:6s} p50 {p50[k]:.1f} ms = {p50[k] / p50['library']:.2f}x library; outside the handler {outside[k]:.1f} ms (aim <= 1.2x)"
+            f"  {k:6s} p50 {p50[k]:.1f} ms = {p50[k] / p50['library']:.2f}x library; "
+            f"outside the handler {outside[k]:.1f} ms (aim <= 1.2x)"
         )
     if args.json:
         args.json.write_text(

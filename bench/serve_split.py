@@ -1,10 +1,13 @@
-"""Where one `/sample` request's time goes: parse, summary, flow, rejection + classifier, check, response, HTTP.
+"""Where one `/sample` request's time goes, stage by stage.
+
+The stages: parse, summary, flow, rejection + classifier, check, response, HTTP.
 
 Why a module of its own: bench/serve.py measures end-to-end latencies; this measures the parts in
 the benchmark process on one thread with ``time.thread_time`` (CPU seconds of this thread), so a
 busy machine (other jobs on the same cores) changes the figures far less than wall-clock ratios.
 Stages run interleaved, ``reps`` times each, and medians are reported. The model-thread stages call
-the same functions a replica calls (``deploy.serve.model_calls.draw_batch``, ``deploy.serve.app.sample_response``).
+the same functions a replica calls (``deploy.serve.model_calls.draw_batch``,
+``deploy.serve.app.sample_response``).
 
 How the restricted prior's share is measured: the same ``draw_batch`` runs with rejection switched
 off on the posterior (the flow then draws exactly ``num_samples`` rows, as for a box prior); the
@@ -42,7 +45,7 @@ class _CountingSupport:
 
 @contextlib.contextmanager
 def _rejection_off(posterior: Any) -> Iterator[None]:
-    """The posterior draws as if its prior had no region to reject from (box-prior cost, same flow)."""
+    """The posterior draws as if its prior had no region to reject (box-prior cost, same flow)."""
     restricted = posterior._restricted  # bench-only: the counterfactual needs the private switch
     posterior._restricted = False
     try:
@@ -54,7 +57,9 @@ def _rejection_off(posterior: Any) -> Iterator[None]:
 def request_split(
     posterior: Any, trace: np.ndarray, num_samples: int, reps: int = 20
 ) -> dict[str, Any]:
-    """CPU milliseconds (median of ``reps``) of each stage of one unseeded /sample request, in this thread.
+    """CPU milliseconds (median of ``reps``) of each stage of one unseeded /sample request.
+
+    Measured in this thread.
 
     Returns:
         ``{stage: ms}`` plus ``candidates_per_draw``, ``rounds_per_request`` and ``classifier_ms``
@@ -145,7 +150,7 @@ def print_split(
     outside_p50_ms: float,
     library_p50_ms: float,
 ) -> None:
-    """The split as a table: CPU ms in this process, then wall ms of the HTTP request around them."""
+    """The split as a table: CPU ms in this process, then wall ms of the HTTP request around it."""
     rows = [
         (
             "parse + validate body (FastAPI does this before the handler)",
@@ -174,14 +179,18 @@ def print_split(
             f"    {name:62s} {value:7.1f} ms  ({100 * value / http_p50_ms:4.1f} % of the HTTP p50)"
         )
     print(
-        f"    rejection: {split['candidates_per_draw']:.3f} candidates per accepted draw, {split['rounds_per_request']:.2f} flow rounds per request, "
+        f"    rejection: {split['candidates_per_draw']:.3f} candidates per accepted draw, "
+        f"{split['rounds_per_request']:.2f} flow rounds per request, "
         f"classifier {split['classifier_ms_per_round']:.1f} ms per round"
     )
     share = split["rejection + classifier"]
     print(
-        f"    rejection + classifier: {100 * share / split['model thread']:.1f} % of the model thread, {100 * share / http_p50_ms:.1f} % of the HTTP p50 (aim <= 20 %)"
+        f"    rejection + classifier: {100 * share / split['model thread']:.1f} % of the model "
+        f"thread, {100 * share / http_p50_ms:.1f} % of the HTTP p50 (aim <= 20 %)"
     )
     print(
-        f"  wall, unbatched app: HTTP p50 {http_p50_ms:.1f} ms = replica handler {replica_p50_ms:.1f} ms (Server-Timing) + outside it {outside_p50_ms:.1f} ms "
+        f"  wall, unbatched app: HTTP p50 {http_p50_ms:.1f} ms = "
+        f"replica handler {replica_p50_ms:.1f} ms (Server-Timing) + "
+        f"outside it {outside_p50_ms:.1f} ms "
         f"(proxy hop, HTTP, body parsing); library p50 {library_p50_ms:.1f} ms"
     )

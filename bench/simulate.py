@@ -31,7 +31,7 @@ from farm.substrates.registry import get_substrate
 
 
 def rss_of_tree(root_pid: int) -> int:
-    """Resident bytes of a process, its descendants and Ray actor processes (they are not children)."""
+    """Resident bytes of a process, its descendants and Ray actor processes (not its children)."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -56,7 +56,8 @@ def main() -> None:
     ap.add_argument(
         "--chunk",
         type=int,
-        help="samples per store chunk (the farm's --chunk; default: the farm's for --n); the bare loop runs the same chunks",
+        help="samples per store chunk (the farm's --chunk; default: the farm's for --n); "
+        "the bare loop runs the same chunks",
     )
     ap.add_argument(
         "--baseline-fraction",
@@ -119,20 +120,26 @@ def main() -> None:
     farm_rate = n / wall
     print(f"n = {n:,}  chips = {args.chips}  cores = {os.cpu_count()}  chunk = {chunk}")
     print(
-        f"bare kernel loop (in-process, {n_base:,} sims): {base_rate:,.0f} traces/s  -> {n / base_rate:,.1f} s for n"
+        f"bare kernel loop (in-process, {n_base:,} sims): {base_rate:,.0f} traces/s  "
+        f"-> {n / base_rate:,.1f} s for n"
     )
     print(
-        f"farm simulate (Ray + Zarr, wall incl. start-up): {farm_rate:,.0f} traces/s  -> {wall:,.1f} s"
+        f"farm simulate (Ray + Zarr, wall incl. start-up): {farm_rate:,.0f} traces/s  "
+        f"-> {wall:,.1f} s"
     )
     print(
-        f"farm overhead: {wall / (n / base_rate) - 1:+.1%}  (ratio farm/bare time {wall / (n / base_rate):.2f})"
+        f"farm overhead: {wall / (n / base_rate) - 1:+.1%}  "
+        f"(ratio farm/bare time {wall / (n / base_rate):.2f})"
     )
     print(
-        f"peak RSS (driver + actors): {peak / 2**30:.2f} GiB   store on disk: {size / 2**20:,.0f} MiB"
+        f"peak RSS (driver + actors): {peak / 2**30:.2f} GiB   "
+        f"store on disk: {size / 2**20:,.0f} MiB"
     )
     summary = json.loads(stdout.strip().splitlines()[-1])
     print(
-        f"of the wall time: {summary['seconds']:.1f} s in the farm (Ray start, simulation, writes), {wall - summary['seconds']:.1f} s process start-up and Ray shutdown; "
+        f"of the wall time: {summary['seconds']:.1f} s in the farm "
+        "(Ray start, simulation, writes), "
+        f"{wall - summary['seconds']:.1f} s process start-up and Ray shutdown; "
         f"{summary.get('driver_chunks', 0)} chunks ran in the driver while Ray started"
     )
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from farm.run.config import FarmConfig
 from farm.run.runner import run_farm
 from inference.data.datasets import ChunkStream, StoreSet, plan_data
 from inference.defaults import FEATURES, HYBRID_ARCH, INPUT_FIELDS, architecture_defaults
@@ -89,7 +90,8 @@ def stream_vs_memory(store: str, variant: str, batch_size: int, epochs: int) -> 
     return max(results["streamed"]), max(results["in-memory"])
 
 
-#: Embeddings compared with the handcrafted baseline: name -> FlowConfig fields (NSF, as `farm train npe`).
+#: Embeddings compared with the handcrafted baseline: name -> FlowConfig fields (NSF, as
+#: `farm train npe`).
 EMBEDDINGS: dict[str, dict] = {
     "handcrafted": {},
     "pooled 16-32-32": {"variant": "summary-net"},
@@ -123,9 +125,10 @@ def embedding_model(name: str, stats: dict) -> NPEModel:
 
 
 def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, dict[str, float]]:
-    """Samples/s (wall and this thread's CPU time) and validation NLL per embedding, same rows and steps.
+    """Samples/s (wall and this thread's CPU time) and validation NLL per embedding, same steps.
 
-    Each step is the trainer's (``inference.training.loop``): loss, backward, gradient clipping, Adam.
+    Each step is the trainer's (``inference.training.loop``): loss, backward, gradient clipping,
+    Adam. Every embedding sees the same rows.
     Epochs run round-robin over the variants, so a load change on a shared machine hits all of
     them; the CPU-time rate (``time.thread_time``, exact with one torch thread) is the steadier one.
     """
@@ -191,7 +194,7 @@ def embedding_comparison(store: str, batch_size: int, epochs: int) -> dict[str, 
 
 
 def wait_share(store: str, variant: str, batch_size: int, steps: int) -> dict[str, float]:
-    """Share of step time the training thread spends waiting for batches: batching on a thread vs inline."""
+    """Share of step time the training thread waits for batches: batching on a thread vs inline."""
     stores = StoreSet([store])
     plan = plan_data(stores)
     stats = model_stats(plan, stores)
@@ -312,35 +315,47 @@ def main() -> None:
         store = args.store
         if store is None:
             store = str(root / "bench.zarr")
-            run_farm(store, num_sims=args.n, seed=1, chunk_size=1000, in_process=True)
+            run_farm(FarmConfig(store, args.n, seed=1, chunk_size=1000, in_process=True))
         torch.set_num_threads(args.threads)
         if args.embeddings:
             res = embedding_comparison(store, args.batch_size, args.epochs)
             base = res["handcrafted"]
             for name, r in res.items():
                 print(
-                    f"embedding {name:>30}: {r['samples_per_s']:,.0f} samples/s ({r['samples_per_s'] / base['samples_per_s']:.2f}x handcrafted), "
-                    f"CPU-time {r['cpu_samples_per_s']:,.0f}/s ({r['cpu_samples_per_s'] / base['cpu_samples_per_s']:.2f}x), val NLL {r['val_nll']:.3f} after {args.epochs} epochs, {r['parameters']:,} parameters"
+                    f"embedding {name:>30}: {r['samples_per_s']:,.0f} samples/s "
+                    f"({r['samples_per_s'] / base['samples_per_s']:.2f}x handcrafted), "
+                    f"CPU-time {r['cpu_samples_per_s']:,.0f}/s "
+                    f"({r['cpu_samples_per_s'] / base['cpu_samples_per_s']:.2f}x), "
+                    f"val NLL {r['val_nll']:.3f} after {args.epochs} epochs, "
+                    f"{r['parameters']:,} parameters"
                 )
         w = wait_share(store, args.variant, args.batch_size, steps=60)
         print(
-            f"{args.variant}: training thread waits on data {w['inline']:.1%} of step time with inline batching, {w['thread']:.1%} with batching on a thread (aim < 5 %)"
+            f"{args.variant}: training thread waits on data {w['inline']:.1%} of step time "
+            f"with inline batching, {w['thread']:.1%} with batching on a thread (aim < 5 %)"
         )
         streamed, memory = stream_vs_memory(store, args.variant, args.batch_size, args.epochs)
         print(
-            f"{args.variant}: streamed from Zarr {streamed:,.0f} samples/s, in-memory tensors {memory:,.0f} samples/s -> ratio {streamed / memory:.2f} (aim >= 0.8)"
+            f"{args.variant}: streamed from Zarr {streamed:,.0f} samples/s, "
+            f"in-memory tensors {memory:,.0f} samples/s -> ratio {streamed / memory:.2f} "
+            "(aim >= 0.8)"
         )
         print(
-            f"{args.variant}: the Zarr reader alone delivers {reader_only(store, args.variant, args.batch_size):,.0f} rows/s"
+            f"{args.variant}: the Zarr reader alone delivers "
+            f"{reader_only(store, args.variant, args.batch_size):,.0f} rows/s"
         )
         if not args.skip_workers:
             w = workers_scaling(store, args.variant, args.batch_size, args.epochs, root)
             print(
-                f"{args.variant}: Ray Train 1 worker {w['1']:,.0f} samples/s, 2 workers {w['2']:,.0f} samples/s -> ratio {w['2'] / w['1']:.2f} (same global batch {args.batch_size}, cores shared)"
+                f"{args.variant}: Ray Train 1 worker {w['1']:,.0f} samples/s, "
+                f"2 workers {w['2']:,.0f} samples/s -> ratio {w['2'] / w['1']:.2f} "
+                f"(same global batch {args.batch_size}, cores shared)"
             )
             print(
-                f"{args.variant}: Ray Train 1 worker on 1 core {w['1x1']:,.0f} samples/s, 2 workers on 1 core each {w['2x1']:,.0f} samples/s"
-                f" -> ratio {w['2x1'] / w['1x1']:.2f} (batch {args.batch_size} per worker; aim >= 1.6 = 0.8 x 2)"
+                f"{args.variant}: Ray Train 1 worker on 1 core {w['1x1']:,.0f} samples/s, "
+                f"2 workers on 1 core each {w['2x1']:,.0f} samples/s"
+                f" -> ratio {w['2x1'] / w['1x1']:.2f} "
+                f"(batch {args.batch_size} per worker; aim >= 1.6 = 0.8 x 2)"
             )
 
 

@@ -1,9 +1,10 @@
-"""Serving the trained posterior: a Ray Serve application over HTTP, its CLI and cluster deployment files.
+"""Serving the trained posterior: the `farm` command line, a Ray Serve app, cluster files.
 
-Modules: ``deploy.serve.schemas`` (pydantic request/response bodies), ``deploy.serve.app`` (the Serve
-deployment and FastAPI ingress), ``deploy.summaries`` (mean/std/interval/MAP from draws),
-``deploy.serve.launch`` (``farm serve``), ``deploy.client`` (``farm query``). Files: ``serve_config.yaml``,
-``cluster.yaml``, ``kuberay/``, ``Dockerfile`` (docs/cluster.md, docs/http-api.md).
+Modules: ``deploy.cli`` (the typer app), ``deploy.serve`` (the Serve deployment, its FastAPI
+ingress, request/response bodies, limits and ``farm serve``), ``deploy.summaries``
+(mean/std/interval/MAP from draws), ``deploy.client`` (``farm query``). Files:
+``serve_config.yaml``, ``cluster.yaml``, ``kuberay/``, ``Dockerfile`` (docs/cluster.md,
+docs/http-api.md).
 
 Names are imported lazily so ``import deploy`` does not start Ray Serve's imports.
 """

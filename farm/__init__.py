@@ -30,6 +30,7 @@ _PUBLIC: dict[str, str] = {
     "load_prior": "farm.prior",
     "prior_from_attrs": "farm.prior",
     "connect_ray": "farm.run.raycluster",
+    "FarmConfig": "farm.run.config",
     "run_farm": "farm.run.runner",
     "StoreSchema": "farm.store.schema",
     "SimBatch": "farm.simulate",
@@ -49,6 +50,9 @@ _PUBLIC: dict[str, str] = {
     "StoreLocked": "farm.store.lock",
     "StoreRefused": "farm.store.paths",
     "verify_store": "farm.store.verify",
+    "FingerprintConfig": "farm.circuits.runner",
+    "run_fingerprint": "farm.circuits.runner",
+    "open_fingerprints": "farm.circuits.store",
 }
 
 __all__ = sorted(_PUBLIC)

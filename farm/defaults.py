@@ -38,7 +38,8 @@ PARAMETER_NAMES: tuple[str, ...] = (
     "adaptation_i_bias_b",
     "adaptation_i_bias_tau",
 )
-#: What each parameter controls physically (after the LSB-to-physics mapping in farm/substrates/circuits.py).
+#: What each parameter controls physically (after the LSB-to-physics mapping in
+#: farm/substrates/circuits.py).
 PARAMETER_PHYSICS: dict[str, str] = {
     "leak_i_bias": "tau_mem",
     "reset_v_reset": "v_reset",
@@ -73,12 +74,14 @@ class PriorBox:
     def __post_init__(self) -> None:
         if not (len(self.names) == len(self.low) == len(self.high)):
             raise FarmInputError(
-                f"prior names/low/high lengths differ: {len(self.names)}/{len(self.low)}/{len(self.high)}"
+                "prior names/low/high lengths differ: "
+                f"{len(self.names)}/{len(self.low)}/{len(self.high)}"
             )
         for name, lo, hi in zip(self.names, self.low, self.high):
             if not (0.0 <= lo < hi <= CAPMEM_MAX_LSB):
                 raise FarmInputError(
-                    f"prior bounds for {name}=[{lo}, {hi}] must satisfy 0 <= low < high <= {CAPMEM_MAX_LSB} LSB"
+                    f"prior bounds for {name}=[{lo}, {hi}] "
+                    f"must satisfy 0 <= low < high <= {CAPMEM_MAX_LSB} LSB"
                 )
 
     @property
@@ -131,7 +134,8 @@ class ChipModel:
         6000.0  # tau_w = scale / (lsb + offset): larger bias, faster adaptation
     )
     tau_w_offset_lsb: float = 20.0
-    # Fixed-pattern mismatch (relative sigma of each gain, and absolute voltage offsets) after calibration.
+    # Fixed-pattern mismatch after calibration: relative sigma of each gain, and absolute
+    # voltage offsets.
     mismatch_gain_calibrated: float = 0.02
     mismatch_gain_uncalibrated: float = 0.10
     mismatch_offset_mv: float = 5.0
@@ -142,7 +146,8 @@ class ChipModel:
     adc_v_min_mv: float = 300.0
     adc_v_max_mv: float = 1200.0
     adc_noise_lsb: float = 3.0
-    # The pool of emulated chips samples are spread over; chip k's mismatch is a pure function of (fab_seed, k).
+    # The pool of emulated chips samples are spread over; chip k's mismatch is a pure function
+    # of (fab_seed, k).
     num_chips: int = 8
     fab_seed: int = 2026
     #: Explicit chip ids to draw circuits from (sorted, unique), instead of the pool 0..num_chips-1.
@@ -161,7 +166,8 @@ class ChipModel:
                 or ids[-1] >= NUM_EMULATED_CHIPS
             ):
                 raise FarmInputError(
-                    f"chip_ids={list(ids)} must be a non-empty sorted list of distinct ids in [0, {NUM_EMULATED_CHIPS - 1}]"
+                    f"chip_ids={list(ids)} must be a non-empty sorted list of distinct ids "
+                    f"in [0, {NUM_EMULATED_CHIPS - 1}]"
                 )
             object.__setattr__(self, "chip_ids", ids)
         if not self.adc_v_min_mv < self.adc_v_max_mv:
@@ -188,7 +194,7 @@ class ChipModel:
         return self.chip_ids if self.chip_ids is not None else tuple(range(self.num_chips))
 
     def ideal(self) -> ChipModel:
-        """The same chip without mismatch or noise: for reference tests and noise-free predictions."""
+        """The same chip without mismatch or noise (reference tests, noise-free predictions)."""
         d = asdict(self)
         d.update(
             mismatch_gain_calibrated=0.0,
@@ -200,7 +206,10 @@ class ChipModel:
         return ChipModel(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain fields; ``chip_ids`` only when set, so default stores keep their attributes and identity."""
+        """Plain fields; ``chip_ids`` only when set.
+
+        Default stores thus keep their attributes and identity.
+        """
         d = asdict(self)
         if d["chip_ids"] is None:
             del d["chip_ids"]
@@ -220,7 +229,8 @@ class ChipModel:
 class Regime:
     """The regime of interest: spike count during the step within [min_spikes, max_spikes].
 
-    For a multi-sweep protocol the count is that of ``reference_sweep(protocol)`` (one place decides).
+    For a multi-sweep protocol the count is that of ``reference_sweep(protocol)`` (one place
+    decides).
     """
 
     min_spikes: int = 1
@@ -267,7 +277,8 @@ class Regime:
 #: Spike times kept per trace by the kernel (counts stay exact beyond it).
 MAX_SPIKES = 256
 DEFAULT_CHUNK = 1000
-#: New stores of at least LARGE_RUN samples get LARGE_RUN_CHUNK rows per chunk (``default_chunk_size``).
+#: New stores of at least LARGE_RUN samples get LARGE_RUN_CHUNK rows per chunk
+#: (``default_chunk_size``).
 LARGE_RUN = 200_000
 LARGE_RUN_CHUNK = 4000
 

@@ -18,7 +18,9 @@ class FarmInputError(ValueError):
 
 
 class FarmRuntimeError(RuntimeError):
-    """Work that could not finish although its input was fine (a lost cluster, a full disk): exit code 1.
+    """Work that could not finish although its input was fine: exit code 1.
+
+    A lost cluster or a full disk, for example.
 
     The message says how to resume; completed work stays on disk.
     """

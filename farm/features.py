@@ -170,7 +170,10 @@ def feature_units(protocol: Protocol | None = None) -> dict[str, str]:
 
 
 def spike_count_column(protocol: Protocol | None = None) -> int:
-    """Column of ``summarize``'s output holding the regime's spike count (``Regime.reference_sweep``)."""
+    """Column of ``summarize``'s output that holds the regime's spike count.
+
+    The count is that of ``Regime.reference_sweep``.
+    """
     protocol = protocol or Protocol()
     return Regime.reference_sweep(protocol) * len(FEATURE_NAMES) + FEATURE_NAMES.index(
         "spike_count"
@@ -185,7 +188,8 @@ def summarize(
     """Handcrafted statistics, ``feature_names(protocol)`` order.
 
     Args:
-        trace_codes: (n, T) or (T,) MADC codes, T = protocol.num_samples (all sweeps, one after another).
+        trace_codes: (n, T) or (T,) MADC codes, T = protocol.num_samples (all sweeps, one after
+            another).
         protocol: the stimulus the traces were recorded under (default protocol if None).
         chip: its ADC range converts codes to mV (default chip if None).
 

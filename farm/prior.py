@@ -1,7 +1,7 @@
 """The 7-parameter prior: the box in CapMem LSB, and the classifier-restricted prior.
 
-Both draw sample i as a pure function of (seed, i) through farm.kernel.rng, so a store simulated from
-either is bit-identical however the work was split. The restricted prior is the one `inference`
+Both draw sample i as a pure function of (seed, i) through farm.kernel.rng, so a store simulated
+from either is bit-identical however the work was split. The restricted prior is the one `inference`
 trains (Reference: Deistler et al. 2022, "Truncated proposals for scalable and hassle-free
 simulation-based inference"; sbi's ``RestrictionEstimator``). It is stored as JSON + ``.npz``
 weights and evaluated here in numpy, so the farm samples from it without torch or pickle.
@@ -81,7 +81,8 @@ class BoxPrior:
         if bad.any():
             row, col = (int(v) for v in np.argwhere(bad)[0])
             raise FarmInputError(
-                f"theta row {row}: {self.names[col]}={t[row, col]:g} outside [{self.low[col]:g}, {self.high[col]:g}] LSB"
+                f"theta row {row}: {self.names[col]}={t[row, col]:g} "
+                f"outside [{self.low[col]:g}, {self.high[col]:g}] LSB"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,7 +166,8 @@ class RestrictedPrior(BoxPrior):
             out[pending[ok]] = cand[ok]
             pending = pending[~ok]
         raise FarmRuntimeError(
-            f"restricted prior accepted nothing for {pending.size} samples in {max_attempts} attempts; the classifier threshold is too strict"
+            f"restricted prior accepted nothing for {pending.size} samples in {max_attempts} "
+            "attempts; the classifier threshold is too strict"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,7 +226,8 @@ class RestrictedPrior(BoxPrior):
         mpath = d / RESTRICTED_MANIFEST
         if not mpath.is_file():
             raise FarmInputError(
-                f"prior={str(d)!r} has no {RESTRICTED_MANIFEST}; pass a directory written by `farm train classifier`"
+                f"prior={str(d)!r} has no {RESTRICTED_MANIFEST}; "
+                "pass a directory written by `farm train classifier`"
             )
         m = json.loads(mpath.read_text())
         if (
@@ -232,7 +235,8 @@ class RestrictedPrior(BoxPrior):
             or m.get("format_version") != RESTRICTED_FORMAT_VERSION
         ):
             raise FarmInputError(
-                f"{mpath}: kind={m.get('kind')!r} format_version={m.get('format_version')!r}; expected restricted_prior v{RESTRICTED_FORMAT_VERSION}"
+                f"{mpath}: kind={m.get('kind')!r} format_version={m.get('format_version')!r}; "
+                f"expected restricted_prior v{RESTRICTED_FORMAT_VERSION}"
             )
         try:
             with np.load(d / RESTRICTED_WEIGHTS, allow_pickle=False) as z:
@@ -247,7 +251,8 @@ class RestrictedPrior(BoxPrior):
             zipfile.BadZipFile,
         ) as e:  # a truncated weights.npz is a BadZipFile
             raise FarmInputError(
-                f"{d / RESTRICTED_WEIGHTS}: unreadable restricted prior ({type(e).__name__}); re-run `farm train classifier`"
+                f"{d / RESTRICTED_WEIGHTS}: unreadable restricted prior ({type(e).__name__}); "
+                "re-run `farm train classifier`"
             ) from None
         meta = {
             k: v
@@ -275,7 +280,8 @@ class RestrictedPrior(BoxPrior):
         )
         if "fingerprint" in m and m["fingerprint"] != prior.fingerprint:
             raise FarmInputError(
-                f"{mpath}: fingerprint {m['fingerprint']} does not match its weights ({prior.fingerprint}); the artifact is corrupt"
+                f"{mpath}: fingerprint {m['fingerprint']} does not match its weights "
+                f"({prior.fingerprint}); the artifact is corrupt"
             )
         return prior
 
@@ -319,7 +325,7 @@ class PriorDescription:
 
 
 def prior_from_attrs(prior_attr: Mapping[str, Any] | None) -> PriorDescription:
-    """Parse a ``prior`` attribute (``store.attrs.get("prior")``, an artifact's ``manifest["prior"]``).
+    """Parse a ``prior`` attribute (``store.attrs["prior"]``, an artifact's ``manifest["prior"]``).
 
     None or empty means the default box (stores that predate the attribute).
 
@@ -336,6 +342,7 @@ def prior_from_attrs(prior_attr: Mapping[str, Any] | None) -> PriorDescription:
         box = PriorBox.from_dict(d)
     except (KeyError, TypeError, ValueError) as e:
         raise FarmInputError(
-            f"prior attribute {json.dumps(d, sort_keys=True, default=str)[:80]} is not a box_uniform or restricted prior ({type(e).__name__}: {e})"
+            f"prior attribute {json.dumps(d, sort_keys=True, default=str)[:80]} "
+            f"is not a box_uniform or restricted prior ({type(e).__name__}: {e})"
         ) from None
     return PriorDescription("box_uniform", box, BoxPrior(box).fingerprint)

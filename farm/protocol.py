@@ -1,4 +1,4 @@
-"""The stimulus protocol as data: one or more sweeps, each a current step (or ramp), plus the readout.
+"""The stimulus protocol as data: sweeps of a current step (or ramp), plus the readout.
 
 A protocol is what a store and an artifact record (``to_dict``, JSON) and what `farm simulate
 --protocol NAME|file.yaml` takes: a built-in by name (``BUILTIN_PROTOCOLS``) or a YAML file of
@@ -34,7 +34,7 @@ def _finite(name: str, value: Any) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Sweep:
-    """One sweep: a recording of ``duration_us`` with a current step (or linear ramp) in [t_on, t_off).
+    """One sweep: ``duration_us`` of recording, a current step (or linear ramp) in [t_on, t_off).
 
     Args:
         t_on_us, t_off_us: when the current switches on and off, hardware µs from the sweep's start.
@@ -56,7 +56,8 @@ class Sweep:
                 object.__setattr__(self, name, _finite(name, v))
         if not 0.0 < self.t_on_us < self.t_off_us < self.duration_us:
             raise FarmInputError(
-                f"sweep t_on_us={self.t_on_us}, t_off_us={self.t_off_us}, duration_us={self.duration_us} must satisfy 0 < t_on_us < t_off_us < duration_us"
+                f"sweep t_on_us={self.t_on_us}, t_off_us={self.t_off_us}, "
+                f"duration_us={self.duration_us} must satisfy 0 < t_on_us < t_off_us < duration_us"
             )
 
     @property
@@ -87,7 +88,8 @@ class Sweep:
         unknown = sorted(set(d) - {*_SWEEP_KEYS, "amplitude_end_na"})
         if missing or unknown:
             raise FarmInputError(
-                f"{where} has missing keys {missing} / unknown keys {unknown}; a sweep needs {', '.join(_SWEEP_KEYS)} (+ amplitude_end_na for a ramp)"
+                f"{where} has missing keys {missing} / unknown keys {unknown}; "
+                f"a sweep needs {', '.join(_SWEEP_KEYS)} (+ amplitude_end_na for a ramp)"
             )
         return cls(**{k: d[k] for k in d})
 
@@ -137,7 +139,8 @@ class Protocol:
         ratio = self.sample_period_us / self.dt_us
         if abs(ratio - round(ratio)) > 1e-9:
             raise FarmInputError(
-                f"sample_period_us={self.sample_period_us} must be a whole multiple of dt_us={self.dt_us}"
+                f"sample_period_us={self.sample_period_us} "
+                f"must be a whole multiple of dt_us={self.dt_us}"
             )
         if (
             abs(
@@ -147,11 +150,13 @@ class Protocol:
             > 1e-9
         ):
             raise FarmInputError(
-                f"protocol duration {self.duration_us} µs must be a whole multiple of sample_period_us"
+                f"protocol duration {self.duration_us} µs "
+                "must be a whole multiple of sample_period_us"
             )
         if self.num_samples > MAX_OBSERVATION_SAMPLES:
             raise FarmInputError(
-                f"protocol has {self.num_samples} MADC samples per observation; at most {MAX_OBSERVATION_SAMPLES} allowed"
+                f"protocol has {self.num_samples} MADC samples per observation; "
+                f"at most {MAX_OBSERVATION_SAMPLES} allowed"
             )
 
     def _normalise_sweeps(self) -> None:
@@ -161,7 +166,8 @@ class Protocol:
             for k in ("t_pre_us", "t_stim_us", "t_post_us", "i_stim_na")
         ):
             raise FarmInputError(
-                "protocol gives both sweeps and t_pre_us/t_stim_us/t_post_us/i_stim_na; give one of the two"
+                "protocol gives both sweeps and t_pre_us/t_stim_us/t_post_us/i_stim_na; "
+                "give one of the two"
             )
         sweeps = tuple(
             s if isinstance(s, Sweep) else Sweep.from_dict(s, f"sweeps[{k}]")
@@ -172,7 +178,8 @@ class Protocol:
         lengths = sorted({s.duration_us for s in sweeps})
         if len(lengths) > 1:
             raise FarmInputError(
-                f"sweeps have different duration_us {lengths}; every sweep must have the same length so sweeps stack as channels"
+                f"sweeps have different duration_us {lengths}; "
+                "every sweep must have the same length so sweeps stack as channels"
             )
         if len(sweeps) == 1 and not sweeps[0].is_ramp:
             s = sweeps[
@@ -243,7 +250,10 @@ class Protocol:
 
     @property
     def observation_shape(self) -> tuple[int, ...]:
-        """(T,) for one sweep, (sweeps, T) for several (what a served posterior accepts besides the flat form)."""
+        """(T,) for one sweep, (sweeps, T) for several.
+
+        This is what a served posterior accepts besides the flat form.
+        """
         return (
             (self.samples_per_sweep,)
             if self.num_sweeps == 1
@@ -251,7 +261,10 @@ class Protocol:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The legacy six fields for a single step (stores and artifacts of today unchanged), else name + sweeps."""
+        """The legacy six fields for a single step, else name + sweeps.
+
+        The single-step form keeps today's stores and artifacts unchanged.
+        """
         if not self.sweeps:
             return {
                 k: getattr(self, k)
@@ -273,14 +286,18 @@ class Protocol:
 
     @classmethod
     def from_dict(cls, d: Any) -> Protocol:
-        """From ``to_dict``'s form (a store or artifact attribute, a YAML file); one-line errors name the bad key."""
+        """From ``to_dict``'s form (a store or artifact attribute, a YAML file).
+
+        One-line errors name the bad key.
+        """
         if not isinstance(d, dict):
             raise FarmInputError(f"protocol={d!r} must be a mapping")
         if "sweeps" in d:
             allowed = {"name", "dt_us", "sample_period_us", "sweeps"}
             if sorted(set(d) - allowed):
                 raise FarmInputError(
-                    f"protocol keys {sorted(set(d) - allowed)} unknown; a sweep protocol has {', '.join(sorted(allowed))}"
+                    f"protocol keys {sorted(set(d) - allowed)} unknown; "
+                    f"a sweep protocol has {', '.join(sorted(allowed))}"
                 )
             sweeps = d["sweeps"]
             if not isinstance(sweeps, list) or not sweeps:
@@ -296,7 +313,8 @@ class Protocol:
         allowed = {"t_pre_us", "t_stim_us", "t_post_us", "i_stim_na", "dt_us", "sample_period_us"}
         if sorted(set(d) - allowed):
             raise FarmInputError(
-                f"protocol keys {sorted(set(d) - allowed)} unknown; give `sweeps` or some of {', '.join(sorted(allowed))}"
+                f"protocol keys {sorted(set(d) - allowed)} unknown; "
+                f"give `sweeps` or some of {', '.join(sorted(allowed))}"
             )
         return cls(**{k: _finite(k, v) for k, v in d.items()})
 
@@ -309,7 +327,7 @@ MULTI_STEP_AMPLITUDES_NA: tuple[float, ...] = (35.0, 60.0, 100.0, 160.0)
 
 
 def multi_step_protocol() -> Protocol:
-    """``multi-step``: the step's timing (0.1 / 0.6 / 0.3 ms) at each of ``MULTI_STEP_AMPLITUDES_NA``."""
+    """``multi-step``: the step's 0.1 / 0.6 / 0.3 ms timing at each ``MULTI_STEP_AMPLITUDES_NA``."""
     step = Protocol()
     on, off, dur = step.t_pre_us, step.t_pre_us + step.t_stim_us, step.duration_us
     return Protocol(
@@ -322,7 +340,10 @@ BUILTIN_PROTOCOLS: dict[str, Protocol] = {"step": Protocol(), "multi-step": mult
 
 
 def load_protocol_file(path: str | Path) -> Protocol:
-    """A protocol from a YAML (or JSON) file in ``Protocol.to_dict`` form; one-line errors name the file."""
+    """A protocol from a YAML (or JSON) file in ``Protocol.to_dict`` form.
+
+    One-line errors name the file.
+    """
     import yaml
 
     p = Path(path)

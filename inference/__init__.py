@@ -15,7 +15,9 @@ from farm.lazy import lazy_exports
 _LAZY = {
     "FORMAT_VERSION": "inference.artifacts",
     "AmortizedPosterior": "inference.posteriors.amortized",
-    "load_posterior": "inference.posteriors.amortized",
+    "BasePosterior": "inference.posteriors.base",
+    "EnsemblePosterior": "inference.posteriors.ensemble",
+    "load_posterior": "inference.posteriors.loader",
     "ArtifactError": "inference.errors",
     "TrainingError": "inference.errors",
     "TRAIN_DEFAULTS": "inference.defaults",

@@ -23,7 +23,8 @@ from inference.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
-#: Bump (in inference.documents) when the manifest or weight layout changes; older artifacts are then refused.
+#: Bump (in inference.documents) when the manifest or weight layout changes; older artifacts are
+#: then refused.
 FORMAT_VERSION = ARTIFACT_FORMAT_VERSION
 
 
@@ -121,11 +122,13 @@ def read_artifact(
         raise ArtifactError(f"{path}: protocol {e}") from None
     if m.get("emulator_version") != EMULATOR_VERSION:
         raise ArtifactError(
-            f"{path}: trained on emulator_version={m.get('emulator_version')!r}, this farm simulates {EMULATOR_VERSION}: retrain on a new store"
+            f"{path}: trained on emulator_version={m.get('emulator_version')!r}, "
+            f"this farm simulates {EMULATOR_VERSION}: retrain on a new store"
         )
     if protocol is not None and have != protocol:
         raise ArtifactError(
-            f"{path}: trained on protocol {have.label} {m['protocol']}, incompatible with the requested {protocol.label} {protocol.to_dict()}"
+            f"{path}: trained on protocol {have.label} {m['protocol']}, "
+            f"incompatible with the requested {protocol.label} {protocol.to_dict()}"
         )
     wpath = d / m.get("weights", {}).get("file", WEIGHTS)
     if not wpath.is_file():

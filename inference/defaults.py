@@ -10,7 +10,8 @@ from typing import Any
 
 #: Training tasks by name (``inference.training.tasks.TASKS`` maps each to its task class).
 TASK_NAMES = ("classifier", "npe")
-#: What the NPE's embedding reads: named statistics, the raw trace through a 1D CNN, or both (hybrid).
+#: What the NPE's embedding reads: named statistics, the raw trace through a 1D CNN, or both
+#: (hybrid).
 FEATURES = ("handcrafted", "summary-net", "hybrid")
 #: Store arrays each ``FEATURES`` variant's embedding reads, concatenated in this order
 #: (``inference.nets.embeddings.model_input``): the hybrid sees the statistics and the trace.
@@ -19,9 +20,10 @@ INPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "summary-net": ("trace",),
     "hybrid": ("features", "trace"),
 }
-#: The hybrid's trace network, where ``--arch`` leaves a field out: the statistics already carry the
-#: spikes, so a small net over the 4x averaged trace is enough to learn what they miss (docs/performance.md,
-#: "Hybrid summary network"). Resolved into the run's config, so its manifest records every field.
+#: The hybrid's trace network, where ``--arch`` leaves a field out: the statistics already carry
+#: the spikes, so a small net over the 4x averaged trace is enough to learn what they miss
+#: (docs/performance.md, "Hybrid summary network"). Resolved into the run's config, so its manifest
+#: records every field.
 HYBRID_ARCH: dict[str, Any] = {
     "cnn_channels": (8, 16),
     "cnn_input_pool": 4,
@@ -31,18 +33,20 @@ HYBRID_ARCH: dict[str, Any] = {
 
 
 def architecture_defaults(variant: str) -> dict[str, Any]:
-    """Estimator fields whose default depends on the variant (the hybrid's small CNN); ``{}`` for the others.
+    """Estimator fields whose default depends on the variant: the hybrid's small CNN, else ``{}``.
 
-    Every builder of a config from a variant (the training task, the benchmarks) starts from these, so
-    ``hybrid`` means the same network wherever it is built.
+    Every builder of a config from a variant (the training task, the benchmarks) starts from these,
+    so ``hybrid`` means the same network wherever it is built.
     """
     return dict(HYBRID_ARCH) if variant == "hybrid" else {}
 
 
-#: The NPE's density estimator: a neural spline flow, or a flow-matching vector field (``inference.nets.flow_matching``).
+#: The NPE's density estimator: a neural spline flow, or a flow-matching vector field
+#: (``inference.nets.flow_matching``).
 ESTIMATORS = ("nsf", "flow-matching")
-#: Front ends of the summary network's CNN (``inference.nets.embeddings.TraceCNN``): ``pooled`` strided convs
-#: with max-pooling (artifacts without a ``cnn_stem`` were trained with it), ``patch`` GEMM patch merges.
+#: Front ends of the summary network's CNN (``inference.nets.embeddings.TraceCNN``): ``pooled``
+#: strided convs with max-pooling (artifacts without a ``cnn_stem`` were trained with it), ``patch``
+#: GEMM patch merges.
 CNN_STEMS = ("pooled", "patch")
 #: Learning-rate schedules (``inference.training.loop.make_scheduler``).
 LR_SCHEDULES = ("plateau", "cosine", "none")
@@ -57,24 +61,29 @@ class TrainConfig:
         stores: Zarr stores to train on; out: the artifact directory (checkpoints inside).
         variant: for ``npe``: ``handcrafted``, ``summary-net`` or ``hybrid`` (``FEATURES``).
         num_workers: Ray Train workers (data-parallel, DDP over gloo).
-        cpus_per_worker: CPUs each worker reserves (and torch threads it uses); 0 = share the cluster.
-        epochs: maximum epochs (a safety cap: early stopping ends a run, as in sbi's ``stop_after_epochs``).
+        cpus_per_worker: CPUs each worker reserves (and torch threads it uses); 0 = share the
+            cluster.
+        epochs: maximum epochs (a safety cap: early stopping ends a run, as in sbi's
+            ``stop_after_epochs``).
         patience: epochs without validation improvement before stopping (sbi's default is 20).
         lr_schedule: ``plateau`` (halve the learning rate after ``lr_patience`` epochs without
             improvement, down to 1/64 of it), ``cosine`` (to 0 over ``epochs``) or ``none``.
         batch_size, learning_rate, seed: the usual.
-        val_fraction, test_fraction: shares of sample indices (by hash, ``inference.data.datasets.split_of``)
-            held out for validation (early stopping, the classifier's threshold) and for the
-            held-out check; the rest trains.
-        gpus_per_worker: GPUs each Ray Train worker reserves (0 = CPU); model and batches move there.
+        val_fraction, test_fraction: shares of sample indices (by hash,
+            ``inference.data.datasets.split_of``) held out for validation (early stopping, the
+            classifier's threshold) and for the held-out check; the rest trains.
+        gpus_per_worker: GPUs each Ray Train worker reserves (0 = CPU); model and batches move
+            there.
         flow, classifier: architecture dicts (FlowConfig / ClassifierConfig fields).
         plan, stats: the data plan and standardisation, filled in by ``run_training`` on the
             driver for its workers (not part of the run's identity).
     """
 
-    task: str
-    stores: tuple[str, ...]
-    out: str
+    # task, stores and out default so a config can be written before them: `train(task, stores,
+    # out, config=TrainConfig(epochs=50))` fills them in, as Ray Train fills in its datasets.
+    task: str = "npe"
+    stores: tuple[str, ...] = ()
+    out: str = ""
     variant: str = "handcrafted"
     num_workers: int = 1
     cpus_per_worker: int = 0
@@ -100,8 +109,6 @@ class TrainConfig:
             raise ValueError(f"task={self.task!r} must be one of {', '.join(TASK_NAMES)}")
         if self.variant not in FEATURES:
             raise ValueError(f"features={self.variant!r} must be one of {', '.join(FEATURES)}")
-        if not self.stores:
-            raise ValueError("stores=() is empty; give at least one --store")
         object.__setattr__(self, "stores", tuple(self.stores))  # a JSON round-trip gives a list
         checks = {
             "num_workers": (1, 64),
@@ -126,7 +133,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction={self.val_fraction} outside (0, 0.5)")
         if not (0 < self.test_fraction < 0.5) or self.val_fraction + self.test_fraction >= 0.5:
             raise ValueError(
-                f"test_fraction={self.test_fraction} outside (0, 0.5 - val_fraction={self.val_fraction})"
+                f"test_fraction={self.test_fraction} "
+                f"outside (0, 0.5 - val_fraction={self.val_fraction})"
             )
         if not 0 <= self.gpus_per_worker <= 16:
             raise ValueError(f"gpus_per_worker={self.gpus_per_worker} outside [0, 16]")

@@ -1,9 +1,10 @@
-"""Versioned JSON documents (artifact manifest, restricted prior, evaluation report) and their one reader.
+"""Versioned JSON documents (artifact manifest, restricted prior, evaluation report), one reader.
 
 Each document is a pydantic model naming its ``kind`` and the ``format_version`` this package
 reads; fields it does not name pass through (``extra="allow"``), so documents written by earlier
 code of the same format version load unchanged. ``read_document`` turns every way a file can be
-wrong (missing, not JSON, another kind, another version, a bad field) into one ``ArtifactError`` line.
+wrong (missing, not JSON, another kind, another version, a bad field) into one ``ArtifactError``
+line.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class ArtifactManifest(Document):
 
 
 class RestrictedPriorDocument(Document):
-    """``restricted_prior.json`` written by `farm train classifier` (read with numpy by ``farm.prior``)."""
+    """``restricted_prior.json`` written by `farm train classifier` (``farm.prior`` reads it)."""
 
     KINDS = ("restricted_prior",)
     FORMAT_VERSION = RESTRICTED_FORMAT_VERSION  # farm.prior writes and reads it
@@ -107,14 +108,16 @@ def read_document(path: str | Path, model: type[D], kind: str | None = None) -> 
         raise ArtifactError(f"{p}: not valid JSON ({getattr(e, 'msg', e)})") from None
     if not isinstance(raw, dict):
         raise ArtifactError(
-            f"{p}: holds a JSON {type(raw).__name__}, expected an object with kind and format_version"
+            f"{p}: holds a JSON {type(raw).__name__}, "
+            "expected an object with kind and format_version"
         )
     kinds = (kind,) if kind else model.KINDS
     if raw.get("kind") not in kinds:
         raise ArtifactError(f"{p}: kind={raw.get('kind')!r}, expected {' or '.join(kinds)}")
     if raw.get("format_version") != model.FORMAT_VERSION:
         raise ArtifactError(
-            f"{p}: format_version={raw.get('format_version')!r}; this package reads {model.FORMAT_VERSION}: {model.REMEDY}"
+            f"{p}: format_version={raw.get('format_version')!r}; "
+            f"this package reads {model.FORMAT_VERSION}: {model.REMEDY}"
         )
     try:
         return model.model_validate(raw)

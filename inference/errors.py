@@ -6,7 +6,7 @@ from farm.errors import FarmInputError, FarmRuntimeError
 
 
 class ArtifactError(FarmInputError):
-    """A file that is not the document asked for: missing, not JSON, another kind or format version."""
+    """Not the document asked for: a file missing, not JSON, of another kind or format version."""
 
 
 class TrainingError(FarmRuntimeError):
@@ -14,7 +14,9 @@ class TrainingError(FarmRuntimeError):
 
 
 class RejectionBudgetExceeded(FarmInputError):
-    """A restricted-prior posterior spent its proposal budget: the observation's mass lies outside the region.
+    """A restricted-prior posterior spent its proposal budget.
+
+    The observation's posterior mass lies outside the restricted region.
 
     Args:
         budget: proposals drawn per observation before giving up (``max_rounds * num_samples``).
@@ -31,8 +33,10 @@ class RejectionBudgetExceeded(FarmInputError):
         self.acceptance = float(acceptance)
         self.num_observations = int(num_observations)
         super().__init__(
-            f"posterior mass lies almost entirely outside the restricted prior: rejection budget of at most {self.max_rounds} x num_samples = {self.budget} proposals "
-            f"spent with acceptance {self.acceptance:.2g} (< 1/{self.max_rounds}) for {self.num_observations} observation(s); is the observation in the regime?"
+            "posterior mass lies almost entirely outside the restricted prior: "
+            f"rejection budget of at most {self.max_rounds} x num_samples = {self.budget} "
+            f"proposals spent with acceptance {self.acceptance:.2g} (< 1/{self.max_rounds}) "
+            f"for {self.num_observations} observation(s); is the observation in the regime?"
         )
 
 

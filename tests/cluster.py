@@ -165,7 +165,9 @@ class LoopbackCluster:
         for proc in reversed(self.nodes):
             proc.send_signal(signal.SIGTERM)
         for proc in self.nodes:
-            try:  # a healthy node stops in a few seconds; one holding a detached Serve app may not stop at all
+            # a healthy node stops in a few seconds; one holding a detached Serve app may not stop
+            # at all
+            try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 for pid in descendants(proc.pid):

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+#: tests/serving.py: the fixtures of the test_serve_* modules, which share one Ray Serve start.
+pytest_plugins = ("tests.serving",)
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
@@ -33,13 +36,14 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def npe_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A box-prior training store (8000 sims) and a held-out store (300) that several modules share."""
+    """A box-prior training store (8000 sims) and a held-out store (300), shared across modules."""
+    from farm.run.config import FarmConfig
     from farm.run.runner import run_farm
 
     root = tmp_path_factory.mktemp("npe-stores")
     train, heldout = str(root / "train.zarr"), str(root / "heldout.zarr")
-    run_farm(train, num_sims=8000, seed=21, chunk_size=1000, in_process=True)
-    run_farm(heldout, num_sims=300, seed=22, chunk_size=300, in_process=True)
+    run_farm(FarmConfig(train, num_sims=8000, seed=21, chunk_size=1000, in_process=True))
+    run_farm(FarmConfig(heldout, num_sims=300, seed=22, chunk_size=300, in_process=True))
     return train, heldout
 
 
@@ -52,22 +56,15 @@ def handcrafted_npe(
     Every Ray Train run costs ~20 s of fixed start/stop on 2 cores, so the modules that need *a*
     trained handcrafted posterior (recovery, evaluation, serving, misspecification) share this one.
     Tests that alter an artifact copy it first. One torch thread (``cpus_per_worker=1``): the other
-    xdist worker keeps the second core busy, and two torch threads on one free core ran 10x slower
-    (500 instead of ~6,000 samples/s: OpenMP's barriers wait for a thread that is not scheduled).
+    xdist worker keeps the second core busy, and two torch threads on one free core run far slower
+    (OpenMP's barriers wait for a thread that is not scheduled).
     """
+    from inference.defaults import TrainConfig
     from inference.training.api import train
 
     out = tmp_path_factory.mktemp("hc") / "npe-handcrafted"
-    metrics = train(
-        "npe",
-        [npe_stores[0]],
-        str(out),
-        epochs=15,
-        patience=4,
-        batch_size=128,
-        cpus_per_worker=1,
-        quiet=True,
-    )
+    config = TrainConfig(epochs=15, patience=4, batch_size=128, cpus_per_worker=1, progress=False)
+    metrics = train("npe", [npe_stores[0]], str(out), config)
     return out, metrics
 
 
@@ -77,9 +74,10 @@ def summary_net_npe(
 ) -> tuple[Path, dict]:
     """One summary-network NPE (1 epoch: the contract, not its quality), shared read-only.
 
-    It is `make demo`'s served configuration: flow matching, input pooling and several path points per
-    row (the NSF summary net is built, without Ray Train, in test_sbi_interop).
+    It is `make demo`'s served configuration: flow matching, input pooling and several path points
+    per row (the NSF summary net is built, without Ray Train, in test_sbi_interop).
     """
+    from inference.defaults import TrainConfig
     from inference.training.api import train
     from inference.training.tasks import NPETask
 
@@ -89,15 +87,14 @@ def summary_net_npe(
         estimator="flow-matching",
         flow={"cnn_input_pool": 2, "time_samples": 2},
     )
-    metrics = train(
-        task, [npe_stores[0]], str(out), epochs=1, batch_size=256, cpus_per_worker=1, quiet=True
-    )
+    config = TrainConfig(epochs=1, batch_size=256, cpus_per_worker=1, progress=False)
+    metrics = train(task, [npe_stores[0]], str(out), config)
     return out, metrics
 
 
 @pytest.fixture()
 def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Mount small tmpfs folders (a disk that fills up on demand); skips where mounting is not allowed."""
+    """Small tmpfs mounts (a disk that fills up on demand); skips where mounting is not allowed."""
     mounted: list[Path] = []
 
     def mount(size: str) -> Path:
@@ -119,19 +116,25 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-# ---------------------------------------------------------------- parallel runs (pytest-xdist, `make test`)
-#: Session fixtures that train with Ray Train; the modules using them run in one worker, so each is built once.
+# ------------------------------------------------------ parallel runs (pytest-xdist, `make test`)
+#: Session fixtures that train with Ray Train; the modules using them run in one worker, so each is
+#: built once.
 SHARED_POSTERIORS = frozenset({"npe_stores", "handcrafted_npe", "summary_net_npe"})
 POSTERIOR_MODULES = frozenset(
     {
         "test_evaluate_cli",
         "test_misspecification",
         "test_npe",
-        "test_serve",
+        "test_serve_api",
+        "test_serve_bad_input",
+        "test_serve_bounds",
+        "test_serve_cli",
+        "test_serve_health",
         "test_serve_summary_net",
     }
 )
-#: Groups by their cost on 2 cores, heaviest first, so the two workers finish at about the same time.
+#: Groups by their cost on 2 cores, heaviest first, so the two workers finish at about the same
+#: time.
 HEAVY_FIRST = (
     "posteriors",
     "test_multinode",
@@ -146,7 +149,7 @@ HEAVY_FIRST = (
 
 
 def _group_of(nodeid: str) -> str:
-    """The scheduling unit of a test: its module, or ``posteriors`` for the modules sharing the trained posteriors."""
+    """A test's scheduling unit: its module, or ``posteriors`` for modules sharing posteriors."""
     module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
     return "posteriors" if module in POSTERIOR_MODULES else module
 
@@ -155,8 +158,9 @@ def _group_of(nodeid: str) -> str:
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Whole groups go to one worker (module fixtures and the shared posteriors are built once).
 
-    Why not ``--dist loadgroup``: xdist 3.8 marks groups by rewriting ``item._nodeid``, which pytest 9.2's
-    structured node ids ignore, so every test became its own unit and module fixtures ran once per worker.
+    Why not ``--dist loadgroup``: xdist 3.8 marks groups by rewriting ``item._nodeid``, which
+    pytest 9.2's structured node ids ignore, so every test became its own unit and module fixtures
+    ran once per worker.
     """
     from xdist.scheduler import LoadScopeScheduling
 
@@ -168,7 +172,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Heaviest groups first (xdist hands them out in collection order), and no posterior user outside its group."""
+    """Heaviest groups first (xdist hands them out in collection order); posterior users grouped.
+
+    A module that uses the shared posteriors outside their group is a usage error.
+    """
     stray = sorted(
         {
             i.module.__name__
@@ -178,7 +185,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     )
     if stray:
         raise pytest.UsageError(
-            f"{', '.join(stray)} use the shared posteriors: add them to POSTERIOR_MODULES in tests/conftest.py"
+            f"{', '.join(stray)} use the shared posteriors: "
+            "add them to POSTERIOR_MODULES in tests/conftest.py"
         )
     rank = {g: k for k, g in enumerate(HEAVY_FIRST)}
     items.sort(

@@ -1,4 +1,4 @@
-"""`farm simulate --chip-ids`: circuits drawn only from the chips asked for, recorded, never mixed."""
+"""`farm simulate --chip-ids`: circuits drawn only from the chips asked for, recorded, not mixed."""
 
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ def test_evaluate_names_the_overlap_of_test_and_training_chips() -> None:
 
 
 def test_predictive_checks_simulate_on_the_chips_the_observations_came_from(tmp_path: Path) -> None:
-    """A leave-chips-out store's posterior-predictive traces come from its own chips, not the training pool."""
+    """A leave-chips-out store's predictive traces come from its chips, not the training pool."""
     from inference.evaluation.evaluate import EvalConfig, evaluate, load_report
     from tests.test_evaluate import BoxPosterior
 

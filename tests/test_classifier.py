@@ -1,4 +1,7 @@
-"""Restriction classifier: beats chance widely, keeps the target recall, and its prior drives `farm simulate`."""
+"""Restriction classifier: beats chance widely, keeps the target recall, its prior drives sims.
+
+The restricted prior it writes is what `farm simulate --prior` draws from.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ from inference.training.restricted_prior import classification_metrics, threshol
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_session):
-    """A classifier trained with Ray Train on a 8000-sample pilot store, checked on a held-out store."""
+    """A classifier trained with Ray Train on an 8000-sample pilot store.
+
+    It is checked on a held-out store.
+    """
     from inference.training.api import train
     from inference.training.tasks import ClassifierTask
 

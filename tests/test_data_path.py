@@ -1,4 +1,4 @@
-"""Trace embeddings (old layout still built from old configs) and batches produced off the training thread."""
+"""Trace embeddings (old configs build the old layout) and batches made off the training thread."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from inference.nets.embeddings import STEMS, PairMax, TraceCNN
 
 
 def test_pooled_is_the_default_and_keeps_the_old_weight_layout() -> None:
-    """Artifacts trained before ``stem`` existed hold these exact keys and shapes; they must load strictly."""
+    """Artifacts from before ``stem`` hold these exact keys and shapes; they must load strictly."""
     old = TraceCNN(500.0, 50.0)
     shapes = {k: tuple(v.shape) for k, v in old.state_dict().items()}
     assert (
@@ -74,7 +74,7 @@ def test_every_stem_summarises_any_trace_length(stem: str, length: int, input_po
 
 
 def test_patch_stem_sees_a_single_sample_reset() -> None:
-    """A reset moved by one sample must change the summary: the stem does not average spikes away."""
+    """A reset moved by one sample must change the summary: the stem doesn't average spikes away."""
     torch.manual_seed(0)
     net = TraceCNN(500.0, 50.0, stem="patch").eval()
     trace = torch.full((2, 1000), 600, dtype=torch.int16)
@@ -87,8 +87,10 @@ def test_patch_stem_sees_a_single_sample_reset() -> None:
 
 @pytest.mark.parametrize("estimator", ["nsf", "flow-matching"])
 def test_hybrid_embeds_the_statistics_unchanged_beside_the_cnn_of_the_trace(estimator: str) -> None:
-    """The flow's context is [z-scored statistics | CNN(trace)]: the statistics reach it exactly as the
-    handcrafted embedding gives them, and the learned part depends on the trace alone."""
+    """The flow's context is [z-scored statistics | CNN(trace)].
+
+    The statistics reach it exactly as the handcrafted embedding gives them, and the learned part
+    depends on the trace alone."""
     from inference.defaults import HYBRID_ARCH
     from inference.nets.embeddings import Standardize, model_input
     from inference.nets.flow_matching import FlowMatchingConfig, FlowMatchingModel

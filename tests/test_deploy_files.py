@@ -1,4 +1,6 @@
-"""Deployment files (deploy/cluster.yaml, deploy/kuberay/*.yaml, deploy/Dockerfile, docs/cluster.md) and CLI guards.
+"""Deployment files and CLI guards.
+
+The files: deploy/cluster.yaml, deploy/kuberay/*.yaml, deploy/Dockerfile and docs/cluster.md.
 
 The YAML files are checked against Ray's own schemas, and every `farm` command they (and the
 cluster walkthrough) run is parsed by the real `farm` CLI, so a renamed option breaks a test
@@ -50,7 +52,7 @@ def images(node) -> list[str]:
 
 
 def farm_commands(text: str) -> list[list[str]]:
-    """`farm ...` invocations in shell text (split on &&, ;, newlines), as argv lists without `farm`."""
+    """`farm ...` calls in shell text (split on &&, ;, newlines), as argv lists without `farm`."""
     out = []
     for part in re.split(r"&&|;|\n|\|\|", text):
         part = part.strip().lstrip("$ ").strip()
@@ -331,7 +333,8 @@ def test_cluster_launcher_uses_token_auth_without_a_literal_token():
     for cmd in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
         if "ray start" in cmd:
             assert "RAY_AUTH_MODE=token" in cmd, cmd
-    # The token travels as a file from the launching machine, Ray's default token path on every node.
+    # The token travels as a file from the launching machine, Ray's default token path on every
+    # node.
     assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
 
 
@@ -361,7 +364,7 @@ def test_image_turns_token_auth_on_and_no_file_holds_a_token():
 
 
 def test_proxy_callback_refuses_big_bodies_from_the_header():
-    """The middleware Serve's proxy loads: 413 from Content-Length without calling the app or receive."""
+    """Serve's proxy middleware: 413 from Content-Length without calling the app or receive."""
     import asyncio
 
     from deploy.serve.limits import ContentLengthLimit, proxy_middlewares

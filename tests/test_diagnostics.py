@@ -22,7 +22,10 @@ POST_VAR = 1.0 / (1.0 + 1.0 / SIGMA_X**2)
 def toy(
     scale: float = 1.0, shift: float = 0.0, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(theta (N,D), samples (N,S,D), posterior mean (N,D)); samples have std scale*exact, mean + shift*exact std."""
+    """(theta (N,D), samples (N,S,D), posterior mean (N,D)).
+
+    The samples have std scale * exact std, and mean + shift * exact std.
+    """
     rng = np.random.default_rng(seed)
     theta = rng.normal(size=(N, D))
     x = theta + SIGMA_X * rng.normal(size=(N, D))
@@ -65,7 +68,7 @@ def test_miscalibrated_posteriors_are_flagged(scale: float, shift: float, expect
 
 
 def test_ranks_match_direct_count_through_sbi() -> None:
-    """sbi's run_sbc fed through PrecomputedSamples ranks exactly like counting samples below the truth."""
+    """sbi's run_sbc via PrecomputedSamples ranks exactly like counting samples below the truth."""
     theta, samples, _ = toy()
     direct = (samples < theta[:, None, :]).sum(axis=1)
     np.testing.assert_array_equal(dg.sbc(theta, samples).ranks, direct)
@@ -101,7 +104,8 @@ def test_hpd_coverage_breaks_ties_of_flat_densities() -> None:
 def test_recovery_matches_analytic_values() -> None:
     theta, samples, _ = toy()
     rec = dg.recovery(theta, samples, prior_std=np.ones(D))
-    # exact posterior: contraction 1 - v/1 = 0.8, posterior std ratio sqrt(v), NRMSE ~ sqrt(v), z ~ N(0, 1)
+    # exact posterior: contraction 1 - v/1 = 0.8, posterior std ratio sqrt(v), NRMSE ~ sqrt(v),
+    # z ~ N(0, 1)
     np.testing.assert_allclose(rec.contraction, 1 - POST_VAR, atol=0.03)
     np.testing.assert_allclose(rec.std_ratio, np.sqrt(POST_VAR), atol=0.03)
     np.testing.assert_allclose(rec.nrmse, np.sqrt(POST_VAR), atol=0.05)

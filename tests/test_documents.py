@@ -1,4 +1,7 @@
-"""Versioned JSON documents and training tasks: one-line typed errors for foreign or outdated files and bad names."""
+"""Versioned JSON documents and training tasks: one-line typed errors.
+
+Foreign or outdated files and bad names each get one.
+"""
 
 from __future__ import annotations
 

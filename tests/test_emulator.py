@@ -17,7 +17,7 @@ from farm.substrates.emulator import EmulatorSubstrate
 def reference_adex(
     theta: np.ndarray, protocol: Protocol, model: ChipModel
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Textbook forward-Euler AdEx, vectorised over neurons with numpy: spike times and v samples."""
+    """Textbook forward-Euler AdEx, vectorised over neurons in numpy: spike times and v samples."""
     n = theta.shape[0]
     ph = neuron_physics(theta, np.zeros(n, int), np.arange(n) % 512, model)
     dt = protocol.dt_us

@@ -1,4 +1,4 @@
-"""Ensembles (`farm train npe --ensemble K`): the mixture's density and draws, its artifact, the command line."""
+"""Ensembles (`farm train npe --ensemble K`): mixture density and draws, artifact, command line."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def store(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def trained(store, tmp_path_factory, ray_session) -> tuple[str, str]:
-    """`farm train npe --ensemble 2` end to end (two short Ray Train runs side by side on the 2-CPU session cluster)."""
+    """`farm train npe --ensemble 2` end to end.
+
+    Two short Ray Train runs side by side on the 2-CPU session cluster.
+    """
     out = str(tmp_path_factory.mktemp("ens") / "npe-ens")
     result = CliRunner().invoke(
         app,
@@ -101,7 +104,8 @@ def test_mixture_log_prob_is_logsumexp_of_members_minus_log_k(trained, store) ->
     np.testing.assert_allclose(
         lp_draws[1], post.log_prob(draws[1], trace=trace[1]), rtol=0, atol=1e-9
     )
-    # what a served /sample calls: the same draws and densities, plus member 0's misspecification checks
+    # what a served /sample calls: the same draws and densities, plus member 0's misspecification
+    # checks
     served, served_lp, checks = draw_and_assess(post, 20, 9, traces=trace)
     np.testing.assert_array_equal(served, draws)
     np.testing.assert_array_equal(served_lp, lp_draws)

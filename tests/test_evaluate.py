@@ -1,4 +1,4 @@
-"""`inference.evaluation.evaluate` and `farm evaluate` / `farm compare` on a small store from the real farm.
+"""`inference.evaluation.evaluate`, `farm evaluate` and `farm compare` on a small real store.
 
 The posteriors here have known answers: the prior itself (truths are drawn from the same box, so
 p(theta | x) := prior is exactly calibrated and learns nothing) and a prior squeezed to 30 % of its
@@ -29,7 +29,7 @@ from inference.evaluation.evaluate import (
 
 
 class BoxPosterior:
-    """Uniform over the prior box scaled by ``scale`` around its centre, whatever the observation."""
+    """Uniform over the prior box scaled by ``scale`` about its centre, whatever the observation."""
 
     variant = "handcrafted"
     parameter_names = PARAMETER_NAMES

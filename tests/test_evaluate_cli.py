@@ -1,4 +1,4 @@
-"""`farm evaluate` end to end: a small posterior trained with the real trainer, evaluated by the CLI."""
+"""`farm evaluate` end to end: a small posterior from the real trainer, evaluated by the CLI."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def test_farm_evaluate_writes_report_and_prints_summary(
     m = load_report(out)
     s = m["summary"]
     assert s["variant"] == "handcrafted" and s["num_obs"] == 80 and m["store"]["prior_matches"]
-    # a trained posterior learns something from the traces (the prior-as-posterior gives NRMSE 1, contraction 0)
+    # a trained posterior learns something from the traces (the prior-as-posterior gives NRMSE 1,
+    # contraction 0)
     assert s["nrmse_mean"] < 0.95 and s["contraction_mean"] > 0.1, s
     assert abs(s["tarp_atc"]) < 0.25 and s["coverage_dev_mean_abs"] < 0.25, s
     assert m["ppc"]["num_obs"] == 4 and m["ppc"]["trace_rmse_ratio"] < 1.2, m["ppc"]

@@ -1,7 +1,7 @@
 """The replica's fair queue: a light client is served before heavy ones and is never the one shed.
 
-These drive ``deploy.serve.fair_queue.FairModelQueue`` with a model call that waits on an event, so the
-order of service is observed exactly; the Serve app's use of it is tested in test_serve.py.
+These drive ``deploy.serve.fair_queue.FairModelQueue`` with a model call that waits on an event,
+so the order of service is observed exactly; the Serve app's use of it is tested in test_serve.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from deploy.serve.fair_queue import FairModelQueue, QueueFull
 
 
 class Model:
-    """A one-thread model whose calls finish only when the test releases them, recording the order."""
+    """A one-thread model whose calls finish only when the test releases them; records the order."""
 
     def __init__(self) -> None:
         self.order: list[object] = []
@@ -69,7 +69,8 @@ def test_heavy_clients_take_turns_by_their_usage():
         return model.order
 
     order = asyncio.run(scenario())
-    # b arrived after all of a's requests, yet the two alternate: each pass goes to the one served less
+    # b arrived after all of a's requests, yet the two alternate: each pass goes to the one served
+    # less
     assert order == ["a0", "b0", "a1", "b1", "a2", "b2"]
 
 
@@ -143,7 +144,8 @@ def test_a_pass_holds_at_most_max_pass_draws_so_a_newcomer_never_waits_behind_a_
         return model.order
 
     order = asyncio.run(scenario())
-    # clients never served: the light request first; then two 10k requests per pass; the 50k one alone, last
+    # clients never served: the light request first; then two 10k requests per pass; the 50k one
+    # alone, last
     assert order == [
         ("first",),
         ("light",),

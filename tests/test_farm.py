@@ -83,14 +83,14 @@ def test_same_seed_bit_identical_across_actor_counts(
         assert_same_store(reference_store, out)
 
 
-def test_driver_simulates_single_threaded_blas_while_its_private_ray_starts_and_the_store_is_the_same(
+def test_driver_simulates_while_private_ray_starts_single_threaded_blas_same_store(
     reference_store: Path, tmp_path: Path
 ) -> None:
-    """`farm simulate` without --address starts a local Ray; the driver works meanwhile, then hands over.
+    """`farm simulate` without --address starts a local Ray; the driver works meanwhile, hands over.
 
     One private Ray start (the costly part) checks two things. The store is the same as the
-    in-process one. And the driver thread sees one BLAS thread: `farm simulate --prior` hung at 100 %
-    CPU in OpenBLAS's ``exec_blas_async_wait``, because OpenBLAS shuts its pool down in a fork
+    in-process one. And the driver thread sees one BLAS thread: `farm simulate --prior` hung at
+    100 % CPU in OpenBLAS's ``exec_blas_async_wait``, because OpenBLAS shuts its pool down in a fork
     handler and Ray's start-up forks while the driver may be inside a threaded dgemm (the
     restricted prior's classifier); a thread doing 1000x64 dgemms beside 300 ``os.fork()`` calls
     hangs the same way, and runs on with one BLAS thread.
@@ -102,10 +102,12 @@ def test_driver_simulates_single_threaded_blas_while_its_private_ray_starts_and_
         "seen = []\n"
         "real = sch.run_queue\n"
         "def spy(*a, **k):\n"
-        "    seen.extend(i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas')\n"
+        "    seen.extend(i['num_threads'] for i in threadpoolctl.threadpool_info()"
+        " if i['user_api'] == 'blas')\n"
         "    return real(*a, **k)\n"
         "sch.run_queue = spy\n"
-        "code = main(['simulate', '--n', '2400', '--seed', '11', '--chunk', '100', '--out', sys.argv[1], '--quiet', '--json'])\n"
+        "code = main(['simulate', '--n', '2400', '--seed', '11', '--chunk', '100',"
+        " '--out', sys.argv[1], '--quiet', '--json'])\n"
         "print(json.dumps({'code': code, 'blas_threads_seen': seen}))\n"
     )
     # Slow chunks (sleep only, data unchanged) so Ray is up before the driver could finish alone.
@@ -136,8 +138,10 @@ def test_sample_i_is_independent_of_chunking(reference_store: Path, tmp_path: Pa
 def test_new_store_chunking_grows_with_the_run_and_an_existing_store_keeps_its_own(
     tmp_path: Path, monkeypatch
 ) -> None:
-    """Large runs get 4000-row chunks (their seven small writes per chunk cost the same at any size);
-    growing a store never changes its chunking. The threshold is lowered here so the run stays small."""
+    """Large runs get 4000-row chunks; growing a store never changes its chunking.
+
+    A chunk's seven small writes cost the same at any size, so large runs take large chunks. The
+    threshold is lowered here so the run stays small."""
     import farm.defaults
     from farm.defaults import LARGE_RUN_CHUNK, default_chunk_size
 
@@ -185,7 +189,8 @@ def test_killed_run_resumes_without_gap_or_duplicate(reference_store: Path, tmp_
         "--in-process",
         "--quiet",
     ]
-    # Slow each chunk down so the kill lands mid-run; the env var only adds sleep, never changes data.
+    # Slow each chunk down so the kill lands mid-run; the env var only adds sleep, never changes
+    # data.
     proc = subprocess.Popen(cmd, env={**os.environ, "FARM_CHUNK_DELAY_S": "0.4"})
     # Kill on observed progress (a flagged chunk), not a timer; the deadline only catches a hang.
     deadline = time.monotonic() + 300
@@ -320,8 +325,12 @@ def test_info_reports_completeness(reference_store: Path) -> None:
 def test_import_farm_is_cheap_and_the_store_does_not_load_the_kernel() -> None:
     """`farm --help` and store readers (training, serving) must not pay for numba or Ray."""
     code = (
-        "import sys, farm; heavy = {m for m in ('numpy', 'zarr', 'ray', 'numba') if m in sys.modules}; assert not heavy, heavy; "
-        "farm.SimStore; assert 'numba' not in sys.modules and 'farm.simulate' not in sys.modules, sorted(sys.modules)"
+        "import sys, farm; "
+        "heavy = {m for m in ('numpy', 'zarr', 'ray', 'numba') if m in sys.modules}; "
+        "assert not heavy, heavy; "
+        "farm.SimStore; "
+        "assert 'numba' not in sys.modules and 'farm.simulate' not in sys.modules, "
+        "sorted(sys.modules)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -386,7 +395,7 @@ def _live_pids(match) -> list[str]:
 def test_sigterm_stops_simulate_cleanly_keeps_chunks_and_leaves_no_ray(
     reference_store: Path, tmp_path: Path
 ) -> None:
-    """SIGTERM (systemd, Kubernetes) stops `farm simulate` like Ctrl-C: chunks kept, private Ray gone."""
+    """SIGTERM (systemd, Kubernetes) stops `farm simulate` as Ctrl-C does: chunks kept, Ray gone."""
     import tempfile
 
     out = tmp_path / "term.zarr"
@@ -416,7 +425,8 @@ def test_sigterm_stops_simulate_cleanly_keeps_chunks_and_leaves_no_ray(
         start_new_session=True,
     )
     try:
-        # Observed progress, not a timer: SIGTERM once a chunk is flagged (during or after Ray's start).
+        # Observed progress, not a timer: SIGTERM once a chunk is flagged (during or after Ray's
+        # start).
         deadline = time.monotonic() + 240
         while chunks_done(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)

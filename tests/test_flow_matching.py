@@ -1,4 +1,4 @@
-"""The flow-matching estimator: exact divergence, a consistent ODE density, and a toy posterior it must learn."""
+"""Flow-matching estimator: exact divergence, a consistent ODE density, a toy posterior learned."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def test_divergence_is_the_trace_of_the_jacobian():
     ctx, t = torch.randn(12, 4, dtype=torch.float64), torch.rand(12, dtype=torch.float64)
     v, div = net.velocity(z, net.modulation(net.context_term(ctx), t), with_divergence=True)
     trace = sum(torch.autograd.grad(v[:, i].sum(), z, retain_graph=True)[0][:, i] for i in range(3))
-    # float64 arithmetic of two exact formulas: agreement to ~1e-12 leaves no room for a missing term
+    # float64 arithmetic of two exact formulas: agreement to ~1e-12 leaves no room for a missing
+    # term
     torch.testing.assert_close(div, trace, rtol=1e-10, atol=1e-10)
 
 
@@ -86,10 +87,9 @@ def test_chunked_solves_give_the_same_draws(monkeypatch):
 
 
 # --------------------------------------------------------------------------- a known posterior
-DIM, NOISE = (
-    3,
-    0.3,
-)  # theta ~ N(0, I), x = theta + N(0, NOISE^2 I): q(theta | x) = N(x / (1 + NOISE^2), NOISE^2 / (1 + NOISE^2) I)
+# theta ~ N(0, I), x = theta + N(0, NOISE^2 I):
+# q(theta | x) = N(x / (1 + NOISE^2), NOISE^2 / (1 + NOISE^2) I)
+DIM, NOISE = 3, 0.3
 POST_STD = math.sqrt(NOISE**2 / (1 + NOISE**2))
 
 
@@ -145,13 +145,15 @@ def test_samples_and_densities_match_the_analytic_posterior(trained):
         lp_back = flow(x_obs).log_prob(z)
     assert z.shape == (n, 2, DIM) and lp.shape == (n, 2)
     # Monte Carlo error of the mean is POST_STD / sqrt(4000) ~ 0.016 POST_STD; the rest of the
-    # 0.35 POST_STD budget is the estimator's error after 1000 steps on 20k pairs (<= 0.13 observed over seeds)
+    # 0.35 POST_STD budget is the estimator's error after 1000 steps on 20k pairs (at most ~0.13
+    # across seeds)
     assert torch.all((z.mean(0) - mean).abs() < 0.35 * POST_STD)
     # std of a std estimate ~ 1 / sqrt(2n) ~ 1 %; a learned posterior within 20 % of the width
     ratio = z.std(0) / POST_STD
     assert torch.all((ratio > 0.8) & (ratio < 1.2)), ratio
     truth = torch.distributions.Normal(mean, POST_STD).log_prob(z).sum(-1).double()
-    # the density error per draw is the learned field's error (0.06-0.09 nats mean observed over seeds)
+    # the density error per draw is the learned field's error (a mean of 0.06-0.09 nats across
+    # seeds)
     assert float((lp - truth).abs().mean()) < 0.3
     # the same density by the forward (sampling) and backward (log_prob) solves: RK4 error only
     assert float((lp - lp_back).abs().max()) < 0.05
@@ -210,7 +212,8 @@ def test_config_round_trips_and_rejects_bad_values():
     d = cfg.to_dict()
     assert d["estimator"] == "flow-matching"
     assert FlowMatchingConfig.from_dict(d) == cfg
-    # a manifest written before the summary net's stem and input pooling were choices rebuilds that net
+    # a manifest written before the summary net's stem and input pooling were choices rebuilds that
+    # net
     old = {k: v for k, v in d.items() if k not in ("cnn_stem", "cnn_input_pool", "time_samples")}
     rebuilt = FlowMatchingConfig.from_dict(old)
     assert (rebuilt.cnn_stem, rebuilt.cnn_input_pool, rebuilt.time_samples) == ("pooled", 1, 1)
@@ -282,7 +285,7 @@ def test_task_keeps_nsf_configs_and_carries_the_estimator_to_workers():
 
 
 def test_each_row_averages_its_time_samples_over_one_embedding():
-    """K path points per row: the row's loss is the mean of K single-point losses on the same draws."""
+    """K path points per row: the row's loss is the mean of K single-point losses on those draws."""
     cfg = FlowMatchingConfig(hidden_features=16, condition_features=16, time_samples=4)
     flow = ConditionalVectorField(3, 5, cfg)
     z1, ctx = torch.randn(6, 3), torch.randn(6, 5)
@@ -299,8 +302,10 @@ def test_each_row_averages_its_time_samples_over_one_embedding():
 
 
 def test_validation_sees_the_same_draws_every_epoch_and_leaves_training_randomness_alone():
-    """A stochastic validation loss that changed between epochs by noise alone would halve the learning
-    rate and stop training on noise; it must be a function of the weights only."""
+    """The validation loss must be a function of the weights only.
+
+    A stochastic validation loss that changed between epochs by noise alone would halve the
+    learning rate and stop training on noise."""
     from inference.training.loop import _validate
     from inference.training.tasks import NPETask
 

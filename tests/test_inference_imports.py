@@ -1,4 +1,7 @@
-"""Imports cost what they use: a Serve replica loading a posterior never imports the trainer, Ray Train or Zarr."""
+"""Imports cost what they use.
+
+A Serve replica loading a posterior never imports the trainer, Ray Train or Zarr.
+"""
 
 from __future__ import annotations
 

@@ -57,8 +57,10 @@ def test_traces_equal_emulator_1_0_bit_for_bit() -> None:
 
 
 def test_kernel_cache_key_follows_the_sources_compiled_into_it() -> None:
-    """Numba's cache of farm/kernel/adex.py's kernels is keyed by adex.py alone; the code it inlines lives in
-    three other files. Their hash sits in adex.py, so editing them forces a change there too."""
+    """Numba's cache of farm/kernel/adex.py's kernels is keyed by adex.py alone.
+
+    The code it inlines lives in three other files. Their hash sits in adex.py, so editing them
+    forces a change there too."""
     from farm.kernel import adex
 
     root = Path(adex.__file__).parent
@@ -66,7 +68,8 @@ def test_kernel_cache_key_follows_the_sources_compiled_into_it() -> None:
     for name in ("simd_step.py", "expm.py", "rng.py"):
         h.update((root / name).read_bytes())
     assert adex.INLINED_SOURCES_SHA256 == h.hexdigest(), (
-        f"farm/kernel/simd_step.py, expm.py or rng.py changed: set INLINED_SOURCES_SHA256 in farm/kernel/adex.py to {h.hexdigest()!r} "
+        "farm/kernel/simd_step.py, expm.py or rng.py changed: "
+        f"set INLINED_SOURCES_SHA256 in farm/kernel/adex.py to {h.hexdigest()!r} "
         "(that edit makes numba recompile the kernel instead of loading a stale one)"
     )
 
@@ -92,7 +95,7 @@ def test_row_independent_of_batch_position_size_and_threads() -> None:
 
 @intrinsic
 def _lanes_of(typingctx, x, table, exp_out, noise_out):  # type: ignore[no-untyped-def]
-    """farm.kernel.simd_step's vector exp of x[:LANES], and its vector noise of the uint64 bits of x."""
+    """farm.kernel.simd_step's vector exp of x[:LANES], and its vector noise of x's uint64 bits."""
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         ptrs = [

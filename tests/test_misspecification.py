@@ -1,4 +1,4 @@
-"""Misspecification: fresh in-regime traces are rarely flagged, dead / distorted / foreign-chip traces are."""
+"""Misspecification: fresh in-regime traces rarely flagged, dead/distorted/foreign-chip ones are."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def _rows(seed: int, n: int) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, dict[str, np.ndarray]]:
-    # ~19 % of box-prior samples are in the regime: about 2300 reference, 1150 calibration and 1150 test rows.
+    # ~19 % of box-prior samples are in the regime: about 2300 reference, 1150 calibration and 1150
+    # test rows.
     return {"ref": _rows(11, 12000), "cal": _rows(12, 6000), "test": _rows(13, 6000)}
 
 
@@ -51,7 +52,8 @@ def test_fresh_in_regime_traces_raise_about_five_percent_false_alarms(detector, 
     t = data["test"]
     rate = float(_flagged(detector, t["trace"][t["in_regime"]]).mean())
     # Calibrated to 5 %: with ~1150 test and ~1150 calibration rows the binomial sd of the observed
-    # rate is ~0.9 points, so [1 %, 15 %] is > 4 sd wide on each side; outside it the threshold is wrong.
+    # rate is ~0.9 points, so [1 %, 15 %] is > 4 sd wide on each side; outside it the threshold is
+    # wrong.
     assert 0.01 <= rate <= 0.15, rate
 
 
@@ -152,8 +154,8 @@ def test_a_trained_posterior_flags_a_dead_neuron_and_older_artifacts_still_load(
     assert a["score"] is not None and a["threshold"] == post.detector.threshold
     fresh = post.misspecification_batched(traces=t["trace"][t["in_regime"]][:300])
     rate = np.mean([x["flagged"] for x in fresh])
-    # ~150 in-regime validation rows calibrate this small artifact, so its 95 % threshold is loose; 300 rows at
-    # a true rate up to ~12 % keep the observed rate under 0.25 with > 4 sd to spare.
+    # ~150 in-regime validation rows calibrate this small artifact, so its 95 % threshold is loose;
+    # 300 rows at a true rate up to ~12 % keep the observed rate under 0.25 with > 4 sd to spare.
     assert rate <= 0.25, rate
     old = tmp_path / "old"
     shutil.copytree(artifact, old)

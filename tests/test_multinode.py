@@ -92,7 +92,8 @@ def wait_for_chunks(out: Path, at_least: int, proc: subprocess.Popen, timeout: f
             return
         if proc.poll() is not None:
             raise AssertionError(
-                f"farm exited early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+                f"farm exited early with {proc.returncode}: "
+                f"{proc.stderr.read() if proc.stderr else ''}"
             )
         time.sleep(0.1)
     raise AssertionError(f"fewer than {at_least} chunks after {timeout} s")
@@ -103,8 +104,9 @@ def test_simulate_spans_nodes_and_matches_single_node(
 ) -> None:
     # A relative --out, run from a directory that is not the nodes' working directory (they run
     # from pytest's): actors must get the absolute path, or they would miss the store.
-    # Slow chunks (sleep only, data unchanged: 20 chunks of 1 s) so the head's actor cannot finish the run
-    # alone before the worker node's actor is up; on a loaded machine that start took longer than the run.
+    # Slow chunks (sleep only, data unchanged: 20 chunks of 1 s) so the head's actor cannot finish
+    # the run alone before the worker node's actor is up; on a loaded machine that start can take
+    # longer than the run.
     env = {**cluster.env, "FARM_CHUNK_DELAY_S": "1.0"}
     summary = run_json(farm_cmd(Path("mn.zarr"), cluster), env, cwd=tmp_path)
     assert summary["complete"] and summary["num_nodes"] >= 2, summary["nodes"]
@@ -171,7 +173,8 @@ def test_driver_sigkill_at_random_points_resumes_exactly(
         reference, out
     )  # zero lost, zero duplicated: every row equals the uninterrupted run
     print(
-        f"RELIABILITY driver SIGKILL: {trials} trials, chunks flagged after each kill {progress}, resumed {summary['simulated_now']} samples, 0 lost, 0 duplicated"
+        f"RELIABILITY driver SIGKILL: {trials} trials, chunks flagged after each kill {progress}, "
+        f"resumed {summary['simulated_now']} samples, 0 lost, 0 duplicated"
     )
 
 
@@ -211,7 +214,8 @@ def test_worker_node_removed_mid_run(
     ), summary
     assert_same(reference, out)
     print(
-        f"RELIABILITY node loss: {summary['chunks_retried']} chunk(s) re-run on {summary['num_nodes']} nodes, store identical"
+        f"RELIABILITY node loss: {summary['chunks_retried']} chunk(s) re-run "
+        f"on {summary['num_nodes']} nodes, store identical"
     )
 
 
@@ -250,7 +254,8 @@ def test_disk_full_gives_clear_error_keeps_chunks_and_resumes(
         sl = slice(c * CHUNK, (c + 1) * CHUNK)
         np.testing.assert_array_equal(got.trace[sl].values, ref.trace[sl].values)
     print(
-        f"RELIABILITY disk full: {done.size} of {N // CHUNK} chunks intact after ENOSPC; resume completed"
+        f"RELIABILITY disk full: {done.size} of {N // CHUNK} chunks intact after ENOSPC; "
+        "resume completed"
     )
     subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
     assert run_json(farm_cmd(out, cluster), cluster.env)["complete"]
@@ -293,7 +298,8 @@ def small_posterior(tmp_path_factory, cluster: LoopbackCluster) -> Path:
 def test_two_worker_training_on_the_cluster(small_posterior: Path) -> None:
     from inference import load_posterior
 
-    # Each node has one CPU and each of the 2 workers takes one: finishing means it spanned both nodes.
+    # Each node has one CPU and each of the 2 workers takes one: finishing means it spanned both
+    # nodes.
     post = load_posterior(str(small_posterior))
     ds = xr.open_zarr(str(small_posterior.parent / "train.zarr"))
     draws = post.sample(50, trace=ds.trace[0].values, seed=1)

@@ -1,4 +1,4 @@
-"""Amortized NPE: held-out recovery at about the nominal rate, support, the posterior contract, artifacts."""
+"""Amortized NPE: held-out recovery near the nominal rate, support, the contract, artifacts."""
 
 from __future__ import annotations
 
@@ -110,11 +110,12 @@ def test_samples_stay_in_the_support_and_are_reproducible(handcrafted, stores) -
 
 
 def test_a_trace_observation_leaves_torch_on_the_threads_it_was_given(handcrafted, stores) -> None:
-    """Serve replicas pin torch to one thread; the handcrafted summary (a numba OpenMP kernel) must not undo it.
+    """Serve replicas pin torch to one thread; the handcrafted summary must not undo it.
 
-    numba's OpenMP launch sets the calling thread's OpenMP thread count to every core, and torch
-    shares it: without ``inference.threads.torch_threads_kept`` a replica ran on two threads after its
-    first trace (3-40x slower on a busy 2-core machine). On a one-core machine the check is vacuous.
+    The summary is a numba OpenMP kernel. numba's OpenMP launch sets the calling thread's OpenMP
+    thread count to every core, and torch shares it: without
+    ``inference.threads.torch_threads_kept`` a replica ran on two threads after its first trace
+    (far slower on a busy 2-core machine). On a one-core machine the check is vacuous.
     """
     post = load_posterior(handcrafted[0])
     _, trace, _ = _heldout(stores[1], 2)
@@ -250,7 +251,8 @@ def test_hybrid_posterior_takes_a_trace_and_embeds_it_as_training_saw_the_store(
         )
         served_as = post.model.embedding(post._inputs(trace, None, batched=True))
     assert served_as.shape == (6, len(FEATURE_NAMES) + learned)
-    # the same statistics (one function, one trace) through the same modules: equal to float32 rounding
+    # the same statistics (one function, one trace) through the same modules: equal to float32
+    # rounding
     torch.testing.assert_close(served_as, trained_as, rtol=1e-5, atol=1e-5)
     s = post.sample_batched(50, traces=trace, seed=0)
     assert s.shape == (6, 50, 7) and post.prior.support(s.reshape(-1, 7)).all()

@@ -1,4 +1,4 @@
-"""A posterior over a restricted prior: rejection, the leakage correction, densities from the sampling pass.
+"""A posterior over a restricted prior: rejection, leakage correction, densities from the sampling.
 
 No training needed: the contract holds for any flow, so an untrained one (small, random) stands in,
 with a restricted prior that keeps half the box (leak_i_bias below the box centre).
@@ -57,7 +57,7 @@ def test_draws_with_densities_are_the_seeded_draws_and_carry_normalised_log_prob
 
 
 def test_log_prob_integrates_to_one_over_the_restricted_region(post):
-    """Importance sampling from the box: vol(box) * E_uniform[q(theta | x)] = 1 only with the correction."""
+    """Box importance sampling: vol(box) * E_uniform[q(theta | x)] = 1 only with the correction."""
     box = PriorBox()
     low, high = np.asarray(box.low), np.asarray(box.high)
     rng = np.random.default_rng(3)

@@ -1,4 +1,4 @@
-"""Stimulus protocols as data: `step` stores unchanged, `multi-step` stores, features, posteriors, bad input.
+"""Protocols as data: `step` stores unchanged, `multi-step` stores, features, posteriors, bad input.
 
 One small multi-step store (and one tiny NPE trained on it) is shared by the whole module.
 """
@@ -175,7 +175,7 @@ def test_multi_step_store_layout_attrs_and_sweep_coordinate(multi_store):
 
 
 def test_sweeps_run_on_the_same_circuit(multi_store):
-    """Noise off: each sweep is exactly the one-step response of the same (mismatched) circuit at its amplitude."""
+    """Noise off: each sweep is exactly the same circuit's one-step response at its amplitude."""
     theta = open_dataset(multi_store).theta.values[:24]
     quiet = ChipModel(noise_mv_per_sqrt_us=0.0, adc_noise_lsb=0.0)  # mismatch stays on
     multi = simulate_theta(theta, seed=7, protocol=MULTI, chip_model=quiet)
@@ -198,7 +198,8 @@ def test_sweep_noise_first_is_todays_then_independent(multi_store):
     assert (
         (trace[:, T : 2 * T] != ref.trace).any(axis=1).all()
     )  # every row: readout noise alone differs (3 codes rms)
-    # with noise off the two are the same circuit's response bit for bit (test_sweeps_run_on_the_same_circuit)
+    # with noise off the two are the same circuit's response bit for bit
+    # (test_sweeps_run_on_the_same_circuit)
 
 
 def test_multi_step_store_is_deterministic_across_chunking_and_actors(
@@ -241,7 +242,8 @@ def test_ramp_sweep_and_yaml_round_trip(tmp_path, multi_store):
     assert resolve_protocol("multi-step") == Protocol.from_dict(
         json.loads(json.dumps(MULTI.to_dict()))
     )
-    # circuits that fire early at 60 nA: a ramp from 0 nA (60 nA after 180 µs) fires later, and still fires
+    # circuits that fire early at 60 nA: a ramp from 0 nA (60 nA after 180 µs) fires later, and
+    # still fires
     ds = open_dataset(multi_store)
     lat = ds.features.sel(feature="first_spike_latency_us@s1").values
     theta = ds.theta.values[lat < 50][:8]
@@ -304,27 +306,37 @@ def test_cli_protocol_file_equals_builtin(tmp_path, capsys):
 BAD_FILES = [
     (
         "unknown-key.yaml",
-        "sweeps:\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n  - {t_on_us: 100}\n",
+        "sweeps:\n"
+        "  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n"
+        "  - {t_on_us: 100}\n",
         "missing keys",
     ),
     (
         "negative.yaml",
-        "sweeps:\n  - {t_on_us: -5, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 9}\n",
+        "sweeps:\n"
+        "  - {t_on_us: -5, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n"
+        "  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 9}\n",
         "t_on_us=-5",
     ),
     (
         "lengths.yaml",
-        "sweeps:\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n  - {t_on_us: 100, t_off_us: 700, duration_us: 900, amplitude_na: 9}\n",
+        "sweeps:\n"
+        "  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 60}\n"
+        "  - {t_on_us: 100, t_off_us: 700, duration_us: 900, amplitude_na: 9}\n",
         "duration_us",
     ),
     (
         "nan.yaml",
-        "sweeps:\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: .nan}\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 9}\n",
+        "sweeps:\n"
+        "  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: .nan}\n"
+        "  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 9}\n",
         "amplitude_na",
     ),
     (
         "text.yaml",
-        "sweeps:\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: lots}\n  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 9}\n",
+        "sweeps:\n"
+        "  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: lots}\n"
+        "  - {t_on_us: 100, t_off_us: 700, duration_us: 1000, amplitude_na: 9}\n",
         "lots",
     ),
     ("empty.yaml", "sweeps: []\n", "non-empty"),

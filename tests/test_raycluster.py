@@ -1,4 +1,4 @@
-"""`connect_ray` on a loaded machine: Ray's fixed 30 s raylet start window is retried once, then one line."""
+"""`connect_ray` under load: Ray's fixed 30 s raylet start window is retried once, then one line."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from farm.errors import FarmError
 from farm.run import raycluster
 
 TIMEOUT = Exception(
-    "The current node timed out during startup. This could happen because some of the raylet failed to startup or the GCS has become overloaded."
+    "The current node timed out during startup. This could happen because some of the raylet "
+    "failed to startup or the GCS has become overloaded."
 )
 
 
 def _fake_ray(monkeypatch: pytest.MonkeyPatch, outcomes: list[BaseException | None]) -> list[dict]:
-    """ray.init answers with ``outcomes`` in turn (None: started); records the calls and the shutdowns."""
+    """ray.init answers with ``outcomes`` in turn (None: started); records calls and shutdowns."""
     import ray
 
     calls: list[dict] = []

@@ -1,12 +1,12 @@
-"""The service with a summary-net posterior: the trace is the only input, features are refused with 422.
+"""The service with a summary-net posterior: the trace is the only input, features are a 422.
 
 Serves the session's 1-epoch summary-net NPE (tests/conftest.py, real Ray Train) over HTTP on
-127.0.0.1. Slow-marked: it needs that Ray Train run.
+127.0.0.1, as its own app on the Serve that the test_serve_* modules share (tests/serving.py).
+Slow-marked: it needs that Ray Train run.
 """
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -27,17 +27,13 @@ def artifact(summary_net_npe) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(ray_session, artifact: Path):
+def client(serve_url: str, artifact: Path):
     from ray import serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(posterior_app(str(artifact)), name="summary-net", route_prefix="/sn")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}/sn", timeout=120.0) as c:
+    with httpx.Client(base_url=f"{serve_url}/sn", timeout=120.0) as c:
         yield c
-    serve.shutdown()
+    serve.delete("summary-net")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Data safety of the store: foreign paths untouched, one writer, crash-safe growth, checksums, verify.
+"""Store data safety: foreign paths untouched, one writer, crash-safe growth, checksums, verify.
 
 Every test fails when its fault is not handled: files must survive byte for byte, a second writer
 must be refused while the first holds the lock, a SIGKILL at a seeded step must leave a store the
@@ -38,7 +38,8 @@ N, CHUNK, SEED, N_SMALL = (
     120,
 )  # N_SMALL leaves a partial last chunk, so growth must reset its flag
 ROOT = Path(__file__).resolve().parents[1]
-#: Upper bound for a subprocess to reach a step; only a hang hits it (progress is polled, not assumed).
+#: Upper bound for a subprocess to reach a step; only a hang hits it (progress is polled, not
+#: assumed).
 REACH_TIMEOUT_S = 120
 
 
@@ -265,7 +266,10 @@ def test_second_writer_is_refused_while_the_first_holds_the_lock(
 def test_two_writers_racing_to_create_one_store_leave_it_usable(
     tmp_path: Path, reference: Path
 ) -> None:
-    """The issue's case: two runs 0.3 s apart on one new store. Either may be refused (exit 2) or run."""
+    """The issue's case: two runs 0.3 s apart on one new store.
+
+    Either may be refused (exit 2) or run.
+    """
     out = tmp_path / "s.zarr"
     cmds = [
         [

@@ -1,4 +1,4 @@
-"""Zarr -> batches: three-way index split, bad-trace exclusion, train-only standardisation, worker shards."""
+"""Zarr -> batches: 3-way index split, bad-trace exclusion, train-only z-scoring, worker shards."""
 
 from __future__ import annotations
 

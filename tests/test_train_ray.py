@@ -1,4 +1,4 @@
-"""Ray Train: 2 workers learn like 1, a killed training resumes from its last checkpoint, bad input exits 2."""
+"""Ray Train: 2 workers learn like 1, a killed run resumes from a checkpoint, bad input exits 2."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def test_two_workers_give_the_same_loss_curve_shape_as_one(store, tmp_path, ray_
         np.diff(curves[2]) < 0.02
     )  # both (nearly) monotone
     np.testing.assert_allclose(curves[2], curves[1], rtol=0.25)  # and they track each other
-    # no run leaves its placement group behind though Ray Train's own cleaner is off (inference/training/lean_trainer.py)
+    # no run leaves its placement group behind though Ray Train's own cleaner is off
+    # (inference/training/lean_trainer.py)
     import ray.util
 
     assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
@@ -86,8 +87,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray
             return False
 
     try:
-        # wait on the run's own progress: while it lives it is working (a loaded machine is slow, not stuck);
-        # the cap only guards against a hang
+        # wait on the run's own progress: while it lives it is working (a loaded machine is slow,
+        # not stuck); the cap only guards against a hang
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline and not registered():
             assert proc.poll() is None, "training exited before its first checkpoint"
@@ -114,7 +115,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray
         len(resumed) == 1 and 1 <= resumed[0] < 3
     )  # picked up after a finished epoch, not from scratch
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3]  # no epoch lost or repeated
-    # the learning-rate schedule resumed too: it counted the epochs before the kill, not only those after
+    # the learning-rate schedule resumed too: it counted the epochs before the kill, not only those
+    # after
     assert state["scheduler"]["last_epoch"] == 3
 
 

@@ -13,7 +13,7 @@ from inference.posteriors.amortized import AmortizedPosterior
 
 
 def half_box(threshold: float = 0.0) -> RestrictedPrior:
-    """A restricted prior accepting theta whose leak_i_bias lies below ``centre - threshold * half-width``."""
+    """A restricted prior accepting theta with leak_i_bias < ``centre - threshold * half-width``."""
     box = PriorBox()
     low, high = np.asarray(box.low, dtype=np.float64), np.asarray(box.high, dtype=np.float64)
     w = np.zeros((7, 1))
@@ -38,7 +38,7 @@ def untrained_posterior(
     trace_std: float = 1.0,
     seed: int = 0,
 ) -> AmortizedPosterior:
-    """A random flow of ``config`` over ``prior``, with the standardisation given (feature means 0)."""
+    """A random flow of ``config`` over ``prior``, standardisation as given (feature means 0)."""
     torch.manual_seed(seed)
     box = PriorBox()
     stats = {

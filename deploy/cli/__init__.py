@@ -1,8 +1,8 @@
 """The `farm` command line: one typer app on top of all three layers, one module per verb group.
 
 `simulate`/`info` (farm), `train` (inference), `serve`/`query` and `evaluate`/`compare` (deploy and
-inference). Library code raises typed errors (`farm.errors`); only `main` turns them into exit codes:
-bad input 2, runtime failure 1, one line on stderr, never a traceback.
+inference). Library code raises typed errors (`farm.errors`); only `main` turns them into exit
+codes: bad input 2, runtime failure 1, one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from deploy.cli import evaluate, serve, simulate, train
+from deploy.cli import evaluate, fingerprint, infer, serve, simulate, train
 from deploy.cli.common import first_line
 from deploy.cli.signals import interrupted_message, sigterm_as_interrupt
 from farm.errors import FarmInputError, FarmRuntimeError
@@ -20,12 +20,13 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="farm",
-    help="bss2-farm: simulate BrainScaleS-2 AdEx neurons at scale, train amortized posteriors, serve and evaluate them.",
+    help="bss2-farm: simulate BrainScaleS-2 AdEx neurons at scale, train amortized posteriors, "
+    "serve and evaluate them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for group in (simulate, train, serve, evaluate):
+for group in (simulate, fingerprint, train, serve, evaluate, infer):
     group.register(app)
 
 

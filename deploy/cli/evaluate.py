@@ -19,7 +19,8 @@ def evaluate(
         str,
         typer.Option(
             "--store",
-            help="Held-out store simulated from the posterior's prior with a seed not used in training.",
+            help="Held-out store simulated from the posterior's prior "
+            "with a seed not used in training.",
         ),
     ],
     out: Annotated[
@@ -57,7 +58,8 @@ def evaluate(
         bool,
         typer.Option(
             "--hpd/--no-hpd",
-            help="Also compute HPD expected coverage from the posterior density (200 observations; slower).",
+            help="Also compute HPD expected coverage from the posterior density "
+            "(200 observations; slower).",
         ),
     ] = False,
     c2st: Annotated[
@@ -68,14 +70,15 @@ def evaluate(
         bool,
         typer.Option(
             "--lc2st/--no-lc2st",
-            help="Also run sbi's L-C2ST: local calibration at 3 held-out observations (20 null classifiers).",
+            help="Also run sbi's L-C2ST: local calibration at 3 held-out observations "
+            "(20 null classifiers).",
         ),
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Calibrate and check a posterior on held-out simulations: SBC, TARP, recovery, predictive checks.
+    """Calibrate and check a posterior on a held-out store: SBC, TARP, recovery, predictive checks.
 
     Example: farm evaluate --posterior runs/npe-hand --store runs/test.zarr --out reports/hand
     """
@@ -139,7 +142,8 @@ def evaluate(
         table.add_row(label, value)
     Console().print(table)
     typer.echo(
-        f"report: {Path(out) / 'metrics.json'} and {len(metrics['figures'])} figures ({', '.join(sorted(metrics['figures'].values()))}) in {out}"
+        f"report: {Path(out) / 'metrics.json'} and {len(metrics['figures'])} figures "
+        f"({', '.join(sorted(metrics['figures'].values()))}) in {out}"
     )
     for w in metrics["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {w}")
@@ -150,14 +154,15 @@ def compare(
         list[str],
         typer.Argument(
             metavar="REPORT...",
-            help="Two or more report directories from `farm evaluate` (e.g. handcrafted, summary-net, flow-matching).",
+            help="Two or more report directories from `farm evaluate` "
+            "(e.g. handcrafted, summary-net, flow-matching).",
         ),
     ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Print evaluation reports side by side: calibration, contraction, predictive error, training time.
+    """Show evaluation reports side by side: calibration, contraction, predictive error, train time.
 
     Example: farm compare reports/hand reports/snet reports/hand-fm
     """

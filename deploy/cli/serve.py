@@ -54,7 +54,8 @@ def serve(
         bool,
         typer.Option(
             "--detach",
-            help="Return once the service answers; it keeps running (stop it with `kill -INT PID`, or `serve shutdown` on a cluster).",
+            help="Return once the service answers; it keeps running "
+            "(stop it with `kill -INT PID`, or `serve shutdown` on a cluster).",
         ),
     ] = False,
     pid_file: Annotated[
@@ -67,21 +68,24 @@ def serve(
         Path | None,
         typer.Option(
             "--log",
-            help="With --detach and a local Ray: the server's log file (default: farm-serve-PORT.log in the temp dir).",
+            help="With --detach and a local Ray: the server's log file "
+            "(default: farm-serve-PORT.log in the temp dir).",
         ),
     ] = None,
     direct_ingress: Annotated[
         bool,
         typer.Option(
             "--direct-ingress",
-            help="Also let the replica answer HTTP on a port of its own (printed as `direct:`), skipping the proxy hop "
-            "(~12 ms per request, docs/performance.md). Ray Serve's experimental direct ingress: one replica, local Ray only.",
+            help="Also let the replica answer HTTP on a port of its own (printed as `direct:`), "
+            "skipping the proxy hop (~12 ms per request, docs/performance.md). "
+            "Ray Serve's experimental direct ingress: one replica, local Ray only.",
         ),
     ] = False,
 ) -> None:
     """Serve a trained posterior over HTTP with Ray Serve and print its URL.
 
-    Blocks until Ctrl-C unless --detach. Endpoints: /health, /info, /sample, /log_prob, /predictive (docs/http-api.md).
+    Blocks until Ctrl-C unless --detach. Endpoints: /health, /info, /sample, /log_prob, /predictive
+    (docs/http-api.md).
 
     Example: farm serve --posterior artifacts/npe-handcrafted --port 8000
     """
@@ -99,12 +103,14 @@ def serve(
 
     if direct_ingress and address is not None:
         raise typer.BadParameter(
-            f"--direct-ingress with --address {address}: the mode works on the private local Ray `farm serve` starts; drop one of the two",
+            f"--direct-ingress with --address {address}: "
+            "the mode works on the private local Ray `farm serve` starts; drop one of the two",
             param_hint="--direct-ingress",
         )
     if direct_ingress and replicas != 1:
         raise typer.BadParameter(
-            f"--direct-ingress with --replicas {replicas}: each replica would answer on its own port and need a load balancer in front; use --replicas 1",
+            f"--direct-ingress with --replicas {replicas}: each replica would answer on its own "
+            "port and need a load balancer in front; use --replicas 1",
             param_hint="--direct-ingress",
         )
     opts = ServeOptions(
@@ -145,7 +151,8 @@ def serve(
             else opts.url
         )
         typer.echo(
-            f"Serving {described} at {where} (pid {proc.pid}, log {log}); stop with: kill -INT {proc.pid}"
+            f"Serving {described} at {where} (pid {proc.pid}, log {log}); "
+            f"stop with: kill -INT {proc.pid}"
         )
         return
 
@@ -174,14 +181,16 @@ def query(
         Path | None,
         typer.Option(
             "--trace",
-            help="Recorded trace: .npy (or .csv) of the protocol's MADC codes: 1000 for step; sweeps x T (flat, or one row per sweep) for multi-sweep protocols.",
+            help="Recorded trace: .npy (or .csv) of the protocol's MADC codes: 1000 for step; "
+            "sweeps x T (flat, or one row per sweep) for multi-sweep protocols.",
         ),
     ] = None,
     store: Annotated[
         str | None,
         typer.Option(
             "--store",
-            help="Take the observation from this store (with --index); its true parameters are shown.",
+            help="Take the observation from this store (with --index); "
+            "its true parameters are shown.",
         ),
     ] = None,
     index: Annotated[
@@ -199,7 +208,7 @@ def query(
         bool, typer.Option("--json", help="Print the summary rows as JSON.")
     ] = False,
 ) -> None:
-    """Ask a running posterior service about one trace; print mean, std and 90 % interval per parameter.
+    """Ask a running posterior service about one trace: mean, std and 90 % interval per parameter.
 
     Example: farm query --url http://127.0.0.1:8000 --store runs/test.zarr --index 3 --plot post.png
     """
@@ -241,6 +250,8 @@ def query(
             result = client.sample(obs, num_samples=n, seed=seed)
             info = client.info() if plot is not None else None
         except QueryError as e:
+            if e.misspecification is not None and as_json:  # a refusal: its check, as an answer's
+                typer.echo(json.dumps({"refused": str(e), "misspecification": e.misspecification}))
             if e.status == 422:
                 bad_input(f"the service rejected the observation: {e}")
             fail(str(e))
@@ -264,7 +275,8 @@ def query(
         source = str(trace) if trace is not None else f"{store}[{index}]"
         print_table(
             rows,
-            title=f"posterior for {source} ({result['num_samples']} draws, model {result['fingerprint']})",
+            title=f"posterior for {source} "
+            f"({result['num_samples']} draws, model {result['fingerprint']})",
         )
     if plot is not None:
         out = save_pairplot(result, info, plot, truth)

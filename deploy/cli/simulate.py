@@ -1,4 +1,4 @@
-"""`farm simulate`, `farm info` and `farm verify`: fill, inspect and check Zarr stores (the farm layer)."""
+"""`farm simulate`, `farm info`, `farm verify`: fill, inspect and check Zarr stores (farm layer)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def simulate(
         str,
         typer.Option(
             "--n",
-            help="Number of simulations; `1e6` notation accepted. With --theta: defaults to the number of rows.",
+            help="Number of simulations; `1e6` notation accepted. With --theta: defaults to the "
+            "number of rows.",
         ),
     ] = "",
     out: Annotated[
@@ -51,7 +52,8 @@ def simulate(
             "--chunk",
             min=1,
             max=100_000,
-            help="Samples per store chunk and per work item; fixed when the store is created (default 1000, 4000 from --n 2e5 on, or the existing store's).",
+            help="Samples per store chunk and per work item; fixed when the store is created "
+            "(default 1000, 4000 from --n 2e5 on, or the existing store's).",
         ),
     ] = None,
     substrate: Annotated[
@@ -64,14 +66,16 @@ def simulate(
         str | None,
         typer.Option(
             "--prior",
-            help="Directory of a restricted prior from `farm train classifier`; default: the box prior.",
+            help="Directory of a restricted prior from `farm train classifier`; default: the box "
+            "prior.",
         ),
     ] = None,
     theta: Annotated[
         Path | None,
         typer.Option(
             "--theta",
-            help="Simulate these parameter sets instead (.npy or .csv, shape (n, 7), LSB, header optional).",
+            help="Simulate these parameter sets instead (.npy or .csv, shape (n, 7), LSB, header "
+            "optional).",
         ),
     ] = None,
     address: AddressOpt = None,
@@ -89,21 +93,25 @@ def simulate(
         bool,
         typer.Option(
             "--break-lock",
-            help="Take the store's lock even if another run still seems to hold it (only when that run is gone).",
+            help="Take the store's lock even if another run still seems to hold it (only when "
+            "that run is gone).",
         ),
     ] = False,
     protocol: Annotated[
         str | None,
         typer.Option(
             "--protocol",
-            help="Stimulus: a built-in (step, multi-step) or a YAML file of sweeps (docs/emulator.md, Protocols). Default: the store's, or step. Fixed when the store is created.",
+            help="Stimulus: a built-in (step, multi-step) or a YAML file of sweeps "
+            "(docs/emulator.md, Protocols). Default: the store's, or step. Fixed when the store "
+            "is created.",
         ),
     ] = None,
     chip_ids: Annotated[
         str | None,
         typer.Option(
             "--chip-ids",
-            help="Emulated chips to draw circuits from: a range 100-103 or a list 1,5,9 (ids 0-1023; default: the pool 0-7). Fixed when the store is created.",
+            help="Emulated chips to draw circuits from: a range 100-103 or a list 1,5,9 (ids "
+            "0-1023; default: the pool 0-7). Fixed when the store is created.",
         ),
     ] = None,
 ) -> None:
@@ -116,6 +124,7 @@ def simulate(
     Example: farm simulate --n 1e6 --out runs/sims.zarr --seed 1
     """
     from farm.prior import load_prior
+    from farm.run.config import FarmConfig
     from farm.run.raycluster import ray_connected
     from farm.run.runner import run_farm
     from farm.store.user_arrays import read_theta
@@ -154,8 +163,8 @@ def simulate(
     chip_model = _chip_model(chip_ids, out)
     protocol_obj = _protocol(protocol, out)
     ray_was_running = ray_connected()
-    summary = run_farm(
-        out,
+    config = FarmConfig(
+        out=out,
         num_sims=num,
         seed=seed,
         chunk_size=chunk,
@@ -170,6 +179,7 @@ def simulate(
         chip_model=chip_model,
         protocol=protocol_obj,
     )
+    summary = run_farm(config)
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -179,11 +189,12 @@ def simulate(
     if not ray_was_running and ray_connected():
         import ray
 
-        ray.shutdown()  # this command's own Ray: now, not in Ray's exit hook, which first sleeps 0.5 s
+        # this command's own Ray: now, not in Ray's exit hook, which first sleeps 0.5 s
+        ray.shutdown()
 
 
 def _chip_model(chip_ids: str | None, out: str):  # -> farm.defaults.ChipModel
-    """The chip model of `--chip-ids`; refuses, naming both chip sets, to resume a store made with other chips."""
+    """The chip model of `--chip-ids`; refuses, naming both chip sets, a store of other chips."""
     from farm.defaults import ChipModel
     from farm.errors import FarmInputError
     from farm.store.sim_store import SimStore, StoreMismatch
@@ -201,14 +212,19 @@ def _chip_model(chip_ids: str | None, out: str):  # -> farm.defaults.ChipModel
         return model  # no store yet (or not ours): run_farm creates or refuses it
     if isinstance(have, dict) and ChipModel.from_dict(have).pool != model.pool:
         raise typer.BadParameter(
-            f"{format_chip_ids(model.pool)} differs from chips {format_chip_ids(ChipModel.from_dict(have).pool)} of the store {out}; a store holds one chip set: use another --out",
+            f"{format_chip_ids(model.pool)} differs from chips "
+            f"{format_chip_ids(ChipModel.from_dict(have).pool)} of the store {out}; a store "
+            "holds one chip set: use another --out",
             param_hint="--chip-ids",
         )
     return model
 
 
 def _protocol(spec: str | None, out: str):  # -> farm.defaults.Protocol
-    """The protocol of `--protocol`; without it the existing store's (or `step`); refuses, naming both, to extend a store made with another."""
+    """The protocol of `--protocol`, else the existing store's (or `step`).
+
+    Refuses, naming both, to extend a store made with another.
+    """
     from farm.defaults import Protocol
     from farm.errors import FarmInputError
     from farm.protocol import resolve_protocol
@@ -227,7 +243,8 @@ def _protocol(spec: str | None, out: str):  # -> farm.defaults.Protocol
         raise typer.BadParameter(first_line(e), param_hint="--protocol") from None
     if existing is not None and existing != want:
         raise typer.BadParameter(
-            f"{want.label} differs from protocol {existing.label} of the store {out}; a store holds one protocol: use another --out",
+            f"{want.label} differs from protocol {existing.label} of the store {out}; a store "
+            "holds one protocol: use another --out",
             param_hint="--protocol",
         )
     return want
@@ -261,29 +278,37 @@ def info(
 
 def verify(
     store: Annotated[
-        str, typer.Argument(help="Path or fsspec URL of a store written by `farm simulate`.")
+        str,
+        typer.Argument(
+            help="Path or fsspec URL of a store from `farm simulate` or `farm fingerprint`."
+        ),
     ],
     repair: Annotated[
         bool,
         typer.Option(
             "--repair",
-            help="Clear the done flags of damaged chunks so the same `farm simulate` recomputes them.",
+            help="Clear the done flags of damaged chunks so the same `farm simulate` recomputes "
+            "them.",
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Read every completed chunk back; name each damaged or missing one (exit 1), or exit 0 when intact.
+    """Read every completed chunk back; name each damaged or missing one (exit 1), or exit 0 when
+    intact.
 
     With --repair the damaged chunks are un-flagged (exit 0) and re-running the same `farm simulate`
     recomputes them, bit-identical.
 
     Example: farm verify runs/sims.zarr --repair
     """
+    from deploy.cli.fingerprint import verify_fingerprints
     from farm.store.lock import StoreLock
     from farm.store.sim_store import SimStore
     from farm.store.verify import unflag_damaged, verify_store
 
+    if verify_fingerprints(store, repair=repair, as_json=as_json):  # a circuits store
+        return
     try:
         s = SimStore.open(store)
     except FileNotFoundError as e:
@@ -343,7 +368,8 @@ def verify(
         )
     if report.damage and not repair:
         fail(
-            f"{len(report.damaged_chunks)} damaged chunk(s) in {s.url}; run `farm verify {s.url} --repair`, then the same `farm simulate` to recompute them"
+            f"{len(report.damaged_chunks)} damaged chunk(s) in {s.url}; run `farm verify {s.url} "
+            "--repair`, then the same `farm simulate` to recompute them"
         )
     if repaired:
         typer.echo(

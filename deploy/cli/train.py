@@ -8,11 +8,12 @@ from typing import Annotated, Any
 import typer
 
 from deploy.cli.common import AddressOpt
-from inference.defaults import ESTIMATORS, FEATURES
+from inference.defaults import ESTIMATORS, FEATURES, TrainConfig
 from inference.defaults import TRAIN_DEFAULTS as D
 
 train_app = typer.Typer(
-    help="Train the restriction classifier or an amortized posterior with Ray Train, from Zarr stores.",
+    help="Train the restriction classifier or an amortized posterior with Ray Train, from Zarr "
+    "stores.",
     no_args_is_help=True,
 )
 
@@ -26,7 +27,8 @@ OutOpt = Annotated[
     str,
     typer.Option(
         "--out",
-        help="Artifact directory; checkpoints go inside, so re-running the same command resumes a killed training.",
+        help="Artifact directory; checkpoints go inside, so re-running the same command resumes a "
+        "killed training.",
     ),
 ]
 WorkersOpt = Annotated[
@@ -38,7 +40,8 @@ CpusOpt = Annotated[
         "--cpus-per-worker",
         min=0,
         max=256,
-        help="CPUs each worker reserves, and its torch threads; 0 = the cluster's CPUs / workers. Use 1 on a machine busy with other work.",
+        help="CPUs each worker reserves, and its torch threads; 0 = the cluster's CPUs / workers. "
+        "Use 1 on a machine busy with other work.",
     ),
 ]
 GpusOpt = Annotated[
@@ -81,13 +84,14 @@ ArchOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--arch",
-        help="Architecture FIELD=VALUE, repeatable, e.g. --arch cnn_input_pool=2 --arch time_samples=4 (fields: docs/inference.md, 'Architecture').",
+        help="Architecture FIELD=VALUE, repeatable, e.g. --arch cnn_input_pool=2 --arch "
+        "time_samples=4 (fields: docs/inference.md, 'Architecture').",
     ),
 ]
 
 
 def architecture_fields(items: list[str] | None, features: str, estimator: str) -> dict[str, Any]:
-    """--arch FIELD=VALUE pairs as the estimator's config fields, checked before any training starts."""
+    """--arch FIELD=VALUE pairs as the estimator's config fields, checked before training starts."""
     from dataclasses import fields
 
     from inference.nets.flow_matching import FlowMatchingConfig
@@ -115,15 +119,24 @@ def architecture_fields(items: list[str] | None, features: str, estimator: str) 
     return arch
 
 
-def _run_train(task: Any, *, as_json: bool, **kwargs: Any) -> None:
+def _run_train(
+    task: Any,
+    stores: list[str],
+    out: str,
+    config: TrainConfig,
+    *,
+    address: str | None,
+    as_json: bool,
+    ensemble: int = 1,
+) -> None:
     """Train through the library; its typed errors become exit codes in `deploy.cli.main`."""
     from inference.training.api import format_metrics, train
 
-    metrics = train(task, **kwargs)
+    metrics = train(task, stores, out, config, address=address, ensemble=ensemble)
     if as_json:
         typer.echo(json.dumps(metrics))
     else:
-        typer.echo(format_metrics(task, kwargs["out"], metrics))
+        typer.echo(format_metrics(task, out, metrics))
 
 
 @train_app.command("classifier")
@@ -159,7 +172,7 @@ def train_classifier(
 ) -> None:
     """Train theta -> P(in regime) on a pilot store and write the restricted prior into --out.
 
-    --out then holds restricted_prior.json + weights.npz, so `farm simulate --prior OUT` samples from it.
+    --out then holds restricted_prior.json + weights.npz: `farm simulate --prior OUT` samples it.
 
     Example: farm train classifier --store runs/pilot.zarr --out artifacts/restricted
     """
@@ -167,18 +180,20 @@ def train_classifier(
 
     _run_train(
         ClassifierTask(target_recall=target_recall, heldout=tuple(heldout or ())),
-        stores=store,
-        out=out,
-        workers=workers,
-        cpus_per_worker=cpus_per_worker,
-        gpus_per_worker=gpus_per_worker,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        patience=patience,
-        seed=seed,
+        store,
+        out,
+        TrainConfig(
+            num_workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=lr,
+            patience=patience,
+            seed=seed,
+            progress=not quiet,
+        ),
         address=address,
-        quiet=quiet,
         as_json=as_json,
     )
 
@@ -191,21 +206,25 @@ def train_npe(
         str,
         typer.Option(
             "--features",
-            help="handcrafted (named summary statistics), summary-net (1D CNN on the raw trace) or hybrid (the statistics beside a small CNN on the trace: ~2.8x summary-net's training speed, lower held-out loss).",
+            help="handcrafted (named summary statistics), summary-net (1D CNN on the raw trace) "
+            "or hybrid (the statistics beside a small CNN on the trace: ~2.8x summary-net's "
+            "training speed, lower held-out loss).",
         ),
     ] = "handcrafted",
     prior: Annotated[
         str | None,
         typer.Option(
             "--prior",
-            help="Restricted prior directory the store was simulated from (copied into the artifact).",
+            help="Restricted prior directory the store was simulated from (copied into the "
+            "artifact).",
         ),
     ] = None,
     estimator: Annotated[
         str,
         typer.Option(
             "--estimator",
-            help="nsf (neural spline flow: one pass per draw) or flow-matching (vector field, ODE solve per draw).",
+            help="nsf (neural spline flow: one pass per draw) or flow-matching (vector field, ODE "
+            "solve per draw).",
         ),
     ] = "nsf",
     ensemble: Annotated[
@@ -214,7 +233,8 @@ def train_npe(
             "--ensemble",
             min=1,
             max=16,
-            help="K posteriors (seeds seed..seed+K-1, parallel Ray Train runs when the cluster has room) served as their equal mixture.",
+            help="K posteriors (seeds seed..seed+K-1, parallel Ray Train runs when the cluster "
+            "has room) served as their equal mixture.",
         ),
     ] = 1,
     arch: ArchOpt = None,
@@ -230,9 +250,9 @@ def train_npe(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train an amortized posterior (NPE: neural spline flow or flow matching) and write a loadable artifact into --out.
+    """Train an amortized posterior (NPE: neural spline flow or flow matching) into --out.
 
-    Example: farm train npe --store runs/sims.zarr --features summary-net --out artifacts/npe-summary-net
+    Example: farm train npe --store runs/sims.zarr --features summary-net --out artifacts/npe-sn
     """
     if features not in FEATURES:
         raise typer.BadParameter(
@@ -251,18 +271,20 @@ def train_npe(
             estimator=estimator,
             flow=architecture_fields(arch, features, estimator),
         ),
-        stores=store,
-        out=out,
-        workers=workers,
-        cpus_per_worker=cpus_per_worker,
-        gpus_per_worker=gpus_per_worker,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        patience=patience,
-        seed=seed,
+        store,
+        out,
+        TrainConfig(
+            num_workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=lr,
+            patience=patience,
+            seed=seed,
+            progress=not quiet,
+        ),
         address=address,
-        quiet=quiet,
         as_json=as_json,
         ensemble=ensemble,
     )

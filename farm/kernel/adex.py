@@ -8,17 +8,18 @@ Equations (hardware time t in µs, v in mV, w in nA, conductances in µS, C in p
     I(t) = i_stim during [t_on, t_off) (a step, or a linear ramp), else 0             : nA
 
 plus temporal noise, a white-noise diffusion on v of ``noise`` mV/sqrt(µs), and the MADC readout:
-v sampled every ``steps_per_sample`` steps, ``codes = round((v - adc_v_min) * adc_scale + adc_noise
-* N(0, 1))`` clipped to [0, adc_max]. Integration is forward Euler with step ``dt`` (docs/emulator.md
-has the convergence test). All randomness comes from ``noise_keys`` through farm.kernel.rng, so a row's
-trace is a pure function of its inputs, whatever the batch it runs in or the thread that runs it.
+v sampled every ``steps_per_sample`` steps,
+``codes = round((v - adc_v_min) * adc_scale + adc_noise * N(0, 1))`` clipped to [0, adc_max].
+Integration is forward Euler with step ``dt`` (docs/emulator.md has the convergence test). All
+randomness comes from ``noise_keys`` through farm.kernel.rng, so a row's trace is a pure function
+of its inputs, whatever the batch it runs in or the thread that runs it.
 
 Speed: each thread advances ``LANES`` neurons in lockstep, and the step itself is explicit SIMD
-(farm.kernel.simd_step: one vector instruction per float operation for 4 lanes on AVX2, a vectorised copy of
-glibc's exp, branch-free refractory clamp); the rare spike resets run in scalar code. Each neuron
-still sees the same float operations in the same order: traces are bit-identical to the
-one-neuron-at-a-time loop on any x86-64 (tests/test_kernel.py checks a baseline SSE2 build too).
-No fastmath: it would reorder and fuse float operations.
+(farm.kernel.simd_step: one vector instruction per float operation for 4 lanes on AVX2, a
+vectorised copy of glibc's exp, branch-free refractory clamp); the rare spike resets run in scalar
+code. Each neuron still sees the same float operations in the same order: traces are bit-identical
+to the one-neuron-at-a-time loop on any x86-64 (tests/test_kernel.py checks a baseline SSE2 build
+too). No fastmath: it would reorder and fuse float operations.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ from farm.kernel.simd_step import (
 )
 
 _ADC_STREAM = np.uint64(0xADC0ADC0ADC0ADC0)
-#: sha256 of farm/kernel/simd_step.py, farm/kernel/expm.py and farm/kernel/rng.py (in that order), whose code numba compiles
-#: into this module's kernels. Numba's on-disk cache watches only this file, so a change to one of them
-#: must change this line too (tests/test_kernel.py checks), or a stale compiled kernel keeps running.
-INLINED_SOURCES_SHA256 = "63d1df2196af7ee62e189d879173b056c9ee66f58b78140c68ce571636da6452"
+#: sha256 of farm/kernel/simd_step.py, farm/kernel/expm.py and farm/kernel/rng.py (in that
+#: order), whose code numba compiles into this module's kernels. Numba's on-disk cache watches
+#: only this file, so a change to one of them must change this line too (tests/test_kernel.py
+#: checks), or a stale compiled kernel keeps running.
+INLINED_SOURCES_SHA256 = "6b1aa19ab2716dcaca0da636f8dde7a7e4cdd4096d3736062b429683556cd08e"
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -89,7 +91,8 @@ def _integrate_lanes(
     """Rows i0 .. i0+m-1 (m <= LANES) advanced together, step by step; see integrate_adex."""
     max_spikes = spike_times_out.shape[1]
     sigma_step = noise_mv_per_sqrt_us * math.sqrt(dt_us)
-    # Lane state and constants as (row, lane) arrays: farm.kernel.simd_step loads each row as one vector.
+    # Lane state and constants as (row, lane) arrays: farm.kernel.simd_step loads each row as one
+    # vector.
     state = np.empty((2, LANES))  # v, w
     params = np.empty((len(PARAM_ROWS), LANES))
     b = np.empty(LANES)
@@ -163,8 +166,10 @@ def _integrate_lanes(
 def stimulus_waveform(
     amplitude_na: float, amplitude_end_na: float | None, step_on: int, step_off: int, num_steps: int
 ) -> NDArray[np.float64]:
-    """The current at every Euler step of one sweep: ``amplitude_na`` in [step_on, step_off), 0 elsewhere,
-    or a linear ramp from ``amplitude_na`` to ``amplitude_end_na`` over the same window.
+    """The current at every Euler step of one sweep, a step or a ramp.
+
+    A step is ``amplitude_na`` in [step_on, step_off) and 0 elsewhere; a ramp goes linearly from
+    ``amplitude_na`` to ``amplitude_end_na`` over the same window.
 
     A step's values are the very floats the kernel used before waveforms existed (the amplitude
     and 0.0), so `step` traces stay bit-identical.
@@ -215,8 +220,8 @@ def integrate_adex(
     Args:
         c_mem_pf ... t_ref_us: (n,) per-neuron physics (farm.substrates.circuits.NeuronPhysics).
         noise_keys: (n,) uint64, one key per row; temporal and readout noise derive from it.
-        i_wave_na: (num_samples * steps_per_sample,) float64, the stimulus current at each Euler step
-            (``stimulus_waveform``: a step or a ramp; 0 outside [step_on, step_off)).
+        i_wave_na: (num_samples * steps_per_sample,) float64, the stimulus current at each Euler
+            step (``stimulus_waveform``: a step or a ramp; 0 outside [step_on, step_off)).
         step_on, step_off: integration steps at which the current switches on and off (spikes in
             between count as during the stimulus).
         trace_out: (n, num_samples) int16 ADC codes.

@@ -1,11 +1,12 @@
-"""glibc's exp data: the 2^(k/128) table and the polynomial of its exp, for the kernel's vectorised exp.
+"""glibc's exp data: the 2^(k/128) table and its exp polynomial, for the kernel's vectorised exp.
 
 Why: ``math.exp`` in the AdEx kernel's step is a call into libm, which cannot run on vectors and
-spilled every live float register of the per-step chain (about half of its time). farm.kernel.simd_step
-evaluates glibc's own algorithm instead (glibc >= 2.28, ARM optimized-routines: 2^(k/128) table,
-degree-5 polynomial) in the exact operation order of its FMA build ``__exp_fma``, so results equal
-glibc's bit for bit on the kernel's argument range (tests/test_kernel.py checks against
-``math.exp``). A side effect: the kernel's traces do not depend on which libm variant the host selects.
+spilled every live float register of the per-step chain (about half of its time).
+farm.kernel.simd_step evaluates glibc's own algorithm instead (glibc >= 2.28, ARM
+optimized-routines: 2^(k/128) table, degree-5 polynomial) in the exact operation order of its FMA
+build ``__exp_fma``, so results equal glibc's bit for bit on the kernel's argument range
+(tests/test_kernel.py checks against ``math.exp``). A side effect: the kernel's traces do not
+depend on which libm variant the host selects.
 
 Reference: Szabolcs Nagy, glibc sysdeps/ieee754/dbl-64/e_exp.c and e_exp_data.c (2018).
 """
@@ -33,7 +34,8 @@ def _table() -> np.ndarray:
     """glibc's __exp_data.tab: for k < N, (bits of tail_k, bits of 2^(k/N) - (k << 45)).
 
     2^(k/N) = H_k (1 + tail_k) with H_k the correctly rounded double; 80 decimal digits make both
-    roundings exact (tests/test_kernel.py compares the vectorised exp with libm at every table entry).
+    roundings exact (tests/test_kernel.py compares the vectorised exp with libm at every table
+    entry).
     """
     tab = np.empty(2 * N, dtype=np.uint64)
     with localcontext() as ctx:

@@ -1,12 +1,12 @@
-"""One Euler step of ``LANES`` AdEx neurons as explicit SIMD: the kernel's hot loop, in LLVM vector IR.
+"""One Euler step of ``LANES`` AdEx neurons as explicit SIMD: the kernel's hot loop, in LLVM IR.
 
-Why hand-written IR: LLVM did not vectorise the lane loop by itself, whether written over lane arrays
-or over one scalar variable per lane (the assembly stayed scalar; likely the noise hash's 64-bit
-multiplies, which AVX2 lacks, and the exp's table lookups), so the step ran as 8 interleaved scalar
-chains. Here every lane's float operation is the very IEEE operation of
-farm.kernel.adex's scalar formulation, in the same order (no fast-math, FMA only where glibc's exp has
-one), so a row's trace is bit-identical to emulator 1.0's; tests/test_kernel.py pins it by digest.
-On AVX2 a <LANES x double> op is LANES/4 instructions; without AVX, LLVM splits it further, same bits.
+Why hand-written IR: LLVM did not vectorise the lane loop by itself, whether written over lane
+arrays or over one scalar variable per lane (the assembly stayed scalar; likely the noise hash's
+64-bit multiplies, which AVX2 lacks, and the exp's table lookups), so the step ran as 8 interleaved
+scalar chains. Here every lane's float operation is the very IEEE operation of farm.kernel.adex's
+scalar formulation, in the same order (no fast-math, FMA only where glibc's exp has one), so a
+row's trace is bit-identical to emulator 1.0's; tests/test_kernel.py pins it by digest. On AVX2 a
+<LANES x double> op is LANES/4 instructions; without AVX, LLVM splits it further, same bits.
 
 Per step and lane (see farm/kernel/adex.py for the equations)::
 
@@ -19,10 +19,11 @@ Per step and lane (see farm/kernel/adex.py for the equations)::
 Spikes (v >= v_threshold) are rare: the step only reports whether any lane crossed, and the caller
 resets those lanes in scalar code.
 
-LANES = 16 (four AVX2 vectors whose chains overlap): 4 / 8 / 16 / 32 lanes measured 6.7x / 7.6-8.1x /
-8.5-8.8x / 9.3x the numpy baseline of bench/kernel.py (docs/performance.md). Numba caches
+LANES = 16 (four AVX2 vectors whose chains overlap): fewer lanes run slower, and 32 gains little
+while padding every small batch to 32 rows (docs/performance.md). Numba caches
 farm/kernel/adex.py's kernel by adex.py's own file: editing this file means updating
-``farm.kernel.adex.INLINED_SOURCES_SHA256`` (tests/test_kernel.py says so), which invalidates that cache.
+``farm.kernel.adex.INLINED_SOURCES_SHA256`` (tests/test_kernel.py says so), which invalidates that
+cache.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def _mix64(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
 
 
 def _normal_fast(builder: ir.IRBuilder, h: ir.Value) -> ir.Value:
-    """farm.kernel.rng.to_normal_fast: the four 16-bit parts sum to < 2^18, so the i32 conversion is exact."""
+    """farm.kernel.rng.to_normal_fast on a vector.
+
+    The four 16-bit parts sum to < 2^18, so the i32 conversion is exact.
+    """
     mask = _splat(0xFFFF, _vi)
     s = builder.and_(h, mask)
     s = builder.add(s, builder.and_(builder.lshr(h, _splat(16, _vi)), mask))
@@ -102,9 +106,10 @@ def _normal_fast(builder: ir.IRBuilder, h: ir.Value) -> ir.Value:
 
 
 def _exp(builder: ir.IRBuilder, x: ir.Value, table: ir.Value) -> ir.Value:
-    """glibc's exp (farm.kernel.expm's data) on a vector, same fused operations in the same order: its main
-    path only, which is exact for the kernel's |x| <= 30 (tiny |x| gives 1 + x rounded, as glibc's
-    special case does)."""
+    """glibc's exp (farm.kernel.expm's data) on a vector, same fused operations in the same order.
+
+    Its main path only, which is exact for the kernel's |x| <= 30 (tiny |x| gives 1 + x rounded, as
+    glibc's special case does)."""
     kd = _fma(builder, x, _splat(expm.INV_LN2_N, _vf), _splat(expm.SHIFT, _vf))
     ki = builder.bitcast(kd, _vi)
     kd = builder.fsub(kd, _splat(expm.SHIFT, _vf))
@@ -147,7 +152,8 @@ def euler_step(typingctx, state, params, noise_keys, refractory, table, current,
         noise_keys: uint64 (LANES,) mixed temporal-noise keys (``mix64(key)``).
         refractory: int64 (LANES,) steps left clamped at v_reset; decremented.
         table: farm.kernel.expm.TABLE (uint64).
-        current: float64 stimulus current of this step [nA]; step: uint64 step index (noise counter);
+        current: float64 stimulus current of this step [nA].
+        step: uint64 step index (noise counter).
         sigma_step: float64 noise per step [mV] (0 disables noise).
     """
     arrays = (
@@ -160,7 +166,8 @@ def euler_step(typingctx, state, params, noise_keys, refractory, table, current,
     if not all(
         isinstance(a, types.Array) and a.dtype == dtype and a.layout == "C" for a, dtype in arrays
     ):
-        return None  # the codegen reads rows of LANES contiguous elements: anything else is a typing error
+        # the codegen reads rows of LANES contiguous elements: anything else is a typing error
+        return None
     sig = types.boolean(state, params, noise_keys, refractory, table, current, step, sigma_step)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]

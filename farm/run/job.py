@@ -121,7 +121,8 @@ def run_queue(
         except OSError as e:
             queue.put_back(chunk)
             raise FarmError(
-                f"writing chunk {chunk} to {queue.store.url} failed: {e.strerror or e}; completed chunks are kept, re-run the same command to resume"
+                f"writing chunk {chunk} to {queue.store.url} failed: {e.strerror or e}; "
+                "completed chunks are kept, re-run the same command to resume"
             ) from None
         except BaseException:
             queue.put_back(chunk)

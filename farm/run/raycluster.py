@@ -17,7 +17,7 @@ _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def _drop_auth_default_notice(record: logging.LogRecord) -> bool:
-    """Ray's notice that token authentication is on by default (it stays on; only the notice goes)."""
+    """Ray's notice that token authentication is on by default (it stays on; the notice goes)."""
     return not record.getMessage().startswith(
         "Token authentication is enabled for this Ray cluster"
     )
@@ -25,7 +25,8 @@ def _drop_auth_default_notice(record: logging.LogRecord) -> bool:
 
 #: Object store of a private local Ray: the farm's actors return only small statistics.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
-#: Starts of a private local Ray: its raylet has a fixed 30 s to register, which a loaded 2-core machine can miss.
+#: Starts of a private local Ray: its raylet has a fixed 30 s to register, which a loaded 2-core
+#: machine can miss.
 LOCAL_START_ATTEMPTS = 2
 
 log = logging.getLogger("farm")
@@ -50,7 +51,10 @@ def _kill_ray_children() -> None:
 
 
 def ray_connected() -> bool:
-    """Whether this process is connected to Ray, without importing it (~0.6 s): not imported, not connected."""
+    """Whether this process is connected to Ray, without importing it (~0.6 s).
+
+    Not imported means not connected.
+    """
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
@@ -124,10 +128,12 @@ def connect_ray(
             Exception
         ) as e:  # Ray raises a bare Exception when its raylet misses the fixed 30 s start window
             ray.shutdown()
-            _kill_ray_children()  # the half-started node (GCS, raylet) is not Ray's to shut down: it never got a handle
+            # the half-started node (GCS, raylet) is not Ray's to shut down: it never got a handle
+            _kill_ray_children()
             if "timed out during startup" not in str(e) or attempt + 1 == attempts:
                 raise FarmError(
-                    f"Ray at address={address!r} did not start ({str(e).splitlines()[0]}); is the machine overloaded? retry, or join a running cluster with --address"
+                    f"Ray at address={address!r} did not start ({str(e).splitlines()[0]}); "
+                    "is the machine overloaded? retry, or join a running cluster with --address"
                 ) from None
             log.warning(
                 "the local Ray missed its 30 s start window (a loaded machine); starting it again"

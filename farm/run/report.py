@@ -27,16 +27,19 @@ def print_summary(s: dict[str, Any]) -> None:
         ),
         (
             "simulated now",
-            f"{s['simulated_now']:,} in {s['seconds']:.1f} s  ({s['sims_per_second']:,.0f} traces/s)",
+            f"{s['simulated_now']:,} in {s['seconds']:.1f} s  "
+            f"({s['sims_per_second']:,.0f} traces/s)",
         ),
         ("already done", f"{s['skipped']:,}"),
         (
             "in regime of interest",
-            f"{100 * s['fraction_in_regime']:.1f} %  (spike count in [{s['regime']['min_spikes']}, {s['regime']['max_spikes']}])",
+            f"{100 * s['fraction_in_regime']:.1f} %  "
+            f"(spike count in [{s['regime']['min_spikes']}, {s['regime']['max_spikes']}])",
         ),
         (
             "workers",
-            f"{s['num_workers']} on {s['num_nodes']} node(s), {s['chunks_retried']} chunk(s) retried",
+            f"{s['num_workers']} on {s['num_nodes']} node(s), "
+            f"{s['chunks_retried']} chunk(s) retried",
         ),
     ]
     Console().print(_table("farm simulate", rows))
@@ -51,7 +54,8 @@ def print_info(s: dict[str, Any]) -> None:
         ("store", s["store"]),
         (
             "samples",
-            f"{s['completed_sims']:,} / {s['num_sims']:,} completed ({s['chunks_done']}/{s['num_chunks']} chunks of {s['chunk_size']})",
+            f"{s['completed_sims']:,} / {s['num_sims']:,} completed "
+            f"({s['chunks_done']}/{s['num_chunks']} chunks of {s['chunk_size']})",
         ),
         (
             "status",

@@ -1,21 +1,19 @@
 """`farm simulate` as a Python call: create or resume the store, then run its pending chunks.
 
 Where the chunks run is the one choice made here: in this process (``in_process=True``), or on
-Ray actors (``farm.run.scheduler``), with the driver itself working while a private local Ray starts.
+Ray actors (``farm.run.scheduler``), with the driver itself working while a local Ray starts.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
-from farm.defaults import ChipModel, Protocol, Regime, default_chunk_size
-from farm.errors import FarmError, FarmInputError
-from farm.prior import AnyPrior, BoxPrior
+from farm.defaults import default_chunk_size
+from farm.errors import FarmError
+from farm.run.config import FarmConfig
 from farm.run.job import ChunkJob, ChunkQueue, run_queue
 from farm.run.progress import ProgressBar
 from farm.run.scheduler import run_on_ray
@@ -43,39 +41,14 @@ def absolute_url(url: str) -> str:
 
 
 def run_farm(
-    out: str,
-    num_sims: int,
-    *,
-    seed: int = 0,
-    chunk_size: int | None = None,
-    num_chips: int | None = None,
-    substrate: str = "emulator",
-    prior: AnyPrior | None = None,
-    theta: NDArray[np.float32] | None = None,
-    address: str | None = None,
-    in_process: bool = False,
-    progress: bool = False,
-    protocol: Protocol | None = None,
-    chip_model: ChipModel | None = None,
-    regime: Regime | None = None,
-    max_in_flight_per_chip: int = 2,
-    max_actor_failures: int | None = None,
-    break_lock: bool = False,
+    config: FarmConfig | str | None = None, num_sims: int | None = None, **options: Any
 ) -> dict[str, Any]:
-    """Fill (or resume, or extend) the store at ``out``; the Python form of `farm simulate`.
+    """Fill (or resume, or extend) the store of ``config.out``; the Python form of `farm simulate`.
 
     Args:
-        out: local path or fsspec URL of the store.
-        num_sims: samples the store should hold.
-        seed: root seed; sample i is a pure function of (seed, i).
-        chunk_size: samples per store chunk and work item, fixed at creation; None: the
-            existing store's, or ``default_chunk_size(num_sims)`` for a new store.
-        num_chips: actors; default one per CPU of the cluster.
-        prior: BoxPrior (default) or RestrictedPrior.
-        theta: (num_sims, 7) parameter sets to simulate instead of prior draws.
-        address: Ray cluster address; None starts (or reuses) a local Ray.
-        in_process: run without Ray in this process.
-        break_lock: take the store's lock even from a run that still looks alive.
+        config: the run (``FarmConfig``). Old callers' ``run_farm(out, num_sims, seed=...,
+            ...)`` still works: ``out``, ``num_sims`` and keyword ``options`` (the
+            ``FarmConfig`` field names) become a config, or replace fields of a given one.
 
     Returns:
         Summary dict (samples done, traces/s, fraction in the regime of interest, nodes used).
@@ -86,33 +59,22 @@ def run_farm(
             writing (``StoreLocked``).
         FarmError: the run could not finish; completed chunks are kept and a re-run resumes.
     """
-    if theta is not None and (
-        theta.dtype.fields is not None
-        or not np.issubdtype(theta.dtype, np.number)
-        or theta.ndim != 2
-    ):
-        raise FarmInputError(
-            f"theta dtype={theta.dtype} ndim={theta.ndim}; give a plain numeric (n, 7) array"
-        )
-    prior = prior or BoxPrior()
-    protocol = protocol or Protocol()
-    chip_model = chip_model or ChipModel()
-    regime = regime or Regime()
+    cfg = farm_config(config, num_sims, **options)
+    out, seed, theta = cfg.out, cfg.seed, cfg.theta
     theta_source = "prior" if theta is None else theta_fingerprint(theta)
+    chunk_size = cfg.chunk_size
     if chunk_size is None:
-        chunk_size = SimStore.existing_chunk_size(out) or default_chunk_size(num_sims)
-    if theta is not None and theta.shape[0] != num_sims:
-        raise FarmInputError(f"theta has {theta.shape[0]} rows but num_sims={num_sims}")
+        chunk_size = SimStore.existing_chunk_size(out) or default_chunk_size(cfg.num_sims)
     spec = StoreSpec(
         seed=seed,
-        num_sims=num_sims,
+        num_sims=cfg.num_sims,
         chunk_size=chunk_size,
-        prior=prior.to_dict(),
-        protocol=protocol,
-        chip_model=chip_model,
-        regime=regime,
-        schema=sim_schema(protocol),
-        substrate=substrate,
+        prior=cfg.prior.to_dict(),
+        protocol=cfg.protocol,
+        chip_model=cfg.chip_model,
+        regime=cfg.regime,
+        schema=sim_schema(cfg.protocol),
+        substrate=cfg.substrate,
         theta_source=theta_source,
     )
     # Refuse a foreign --out before the lock file appears beside it; then one writer at a time,
@@ -120,7 +82,7 @@ def run_farm(
     out = normalise_url(out)
     classify(out)
     check_parent_writable(out)
-    with StoreLock(out, break_lock=break_lock) as lock:
+    with StoreLock(out, break_lock=cfg.break_lock) as lock:
         store = SimStore.create_or_resume(out, spec)
         if theta is not None and not store.attrs.get("theta_written"):
             store.write_array("theta", theta)
@@ -128,11 +90,11 @@ def run_farm(
         job = ChunkJob(
             store_url=absolute_url(store.url),
             seed=seed,
-            prior=prior,
-            substrate=substrate,
-            protocol=protocol,
-            chip_model=chip_model,
-            regime=regime,
+            prior=cfg.prior,
+            substrate=cfg.substrate,
+            protocol=cfg.protocol,
+            chip_model=cfg.chip_model,
+            regime=cfg.regime,
             theta_from_store=theta is not None,
             chunk_delay_s=_chunk_delay_s(),
         )
@@ -146,10 +108,11 @@ def run_farm(
             "retried_on": set(),
         }
         try:
-            with ProgressBar(total=store.num_sims, done=skipped, enabled=progress) as bar:
+            with ProgressBar(total=store.num_sims, done=skipped, enabled=cfg.progress) as bar:
                 queue = ChunkQueue(store, pending, bar)
-                if pending and in_process:
-                    # Errors other than store I/O propagate unchanged: the caller's own process ran them.
+                if pending and cfg.in_process:
+                    # Errors other than store I/O propagate unchanged: the caller's own process
+                    # ran them.
                     run_queue(
                         queue, job, get_substrate(job.substrate, job.protocol, job.chip_model)
                     )
@@ -159,18 +122,20 @@ def run_farm(
                         queue,
                         job,
                         stats,
-                        address=address,
-                        num_chips=num_chips,
-                        max_in_flight_per_chip=max_in_flight_per_chip,
-                        max_actor_failures=max_actor_failures,
+                        address=cfg.address,
+                        num_chips=cfg.num_chips,
+                        max_in_flight_per_chip=cfg.max_in_flight_per_chip,
+                        max_actor_failures=cfg.max_actor_failures,
                     )
         except OSError as e:  # the driver's own writes (done flags) on a full or vanished store
             raise FarmError(
-                f"writing to {store.url} failed: {e.strerror or e}; completed chunks are kept, re-run the same command to resume"
+                f"writing to {store.url} failed: {e.strerror or e}; completed chunks are kept, "
+                "re-run the same command to resume"
             ) from None
         if lock.lost:
             raise FarmError(
-                f"another run took over the lock of {out}; run `farm verify {out}`, then re-run the same command"
+                f"another run took over the lock of {out}; run `farm verify {out}`, "
+                "then re-run the same command"
             )
     seconds = time.perf_counter() - t0
     summary = store.describe()
@@ -188,3 +153,23 @@ def run_farm(
         driver_chunks=stats.get("driver_chunks", 0),
     )
     return summary
+
+
+def farm_config(
+    config: FarmConfig | str | None = None, num_sims: int | None = None, **options: Any
+) -> FarmConfig:
+    """The one place ``run_farm``'s old arguments become a ``FarmConfig``.
+
+    Its keyword arguments were the config's field names, so they map one to one; the defaults
+    live in ``FarmConfig`` alone.
+    """
+    if num_sims is not None:
+        options["num_sims"] = num_sims
+    if isinstance(config, FarmConfig):
+        return replace(config, **options) if options else config
+    if config is not None:
+        options["out"] = config
+    return FarmConfig(**options)
+
+
+__all__ = ["FarmConfig", "absolute_url", "farm_config", "run_farm"]

@@ -66,7 +66,8 @@ class DriverWorker(threading.Thread):
             raise self.error
         if self.error is not None:
             raise FarmError(
-                f"the driver's own chunk failed: {type(self.error).__name__}: {self.error}; completed chunks are kept, re-run the same command to resume"
+                f"the driver's own chunk failed: {type(self.error).__name__}: {self.error}; "
+                "completed chunks are kept, re-run the same command to resume"
             ) from None
 
 
@@ -144,7 +145,8 @@ def run_on_ray(
             failures += 1
             if failures > max_failures:
                 raise FarmError(
-                    f"{failures} actors died (limit {max_failures}); completed chunks are kept, re-run to resume"
+                    f"{failures} actors died (limit {max_failures}); "
+                    "completed chunks are kept, re-run to resume"
                 ) from None
             spawn()
 
@@ -193,7 +195,8 @@ def run_on_ray(
                     continue
                 except RayTaskError as e:
                     raise FarmError(
-                        f"chunk {chunk} failed: {_cause(e)}; completed chunks are kept, re-run the same command to resume"
+                        f"chunk {chunk} failed: {_cause(e)}; "
+                        "completed chunks are kept, re-run the same command to resume"
                     ) from None
                 queue.finish(chunk, res["n"])
                 stats["nodes"].add(res["node_id"])
@@ -209,7 +212,8 @@ def run_on_ray(
                 and time.monotonic() - last_progress > NO_ACTOR_TIMEOUT_S
             ):
                 raise FarmError(
-                    f"no chip actor could be started for {NO_ACTOR_TIMEOUT_S} s; check the cluster's free CPUs (`ray status`)"
+                    f"no chip actor could be started for {NO_ACTOR_TIMEOUT_S} s; "
+                    "check the cluster's free CPUs (`ray status`)"
                 )
     except (KeyboardInterrupt, SystemExit):
         interrupted = True

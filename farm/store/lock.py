@@ -110,7 +110,8 @@ class StoreLock:
                 created = self._try_create()
             except OSError as e:
                 raise FarmInputError(
-                    f"lock {self.url!r} of the store cannot be written: {e.strerror or e}; choose a writable --out"
+                    f"lock {self.url!r} of the store cannot be written: {e.strerror or e}; "
+                    "choose a writable --out"
                 ) from None
             if created:
                 self._thread = threading.Thread(
@@ -123,7 +124,8 @@ class StoreLock:
             if reason is None:
                 who = held.describe() if held else "an unreadable lock"
                 raise StoreLocked(
-                    f"store={self.store_url!r} is being written by {who}; wait for that run, or pass --break-lock if it is gone (lock {self.url})"
+                    f"store={self.store_url!r} is being written by {who}; wait for that run, "
+                    f"or pass --break-lock if it is gone (lock {self.url})"
                 )
             log.warning(
                 "taking over the lock of %s from %s: %s",
@@ -133,7 +135,8 @@ class StoreLock:
             )
             self._remove_if(held)
         raise StoreLocked(
-            f"store={self.store_url!r}: could not take its lock {self.url} after 5 tries; another run keeps taking it"
+            f"store={self.store_url!r}: could not take its lock {self.url} after 5 tries; "
+            "another run keeps taking it"
         )
 
     def release(self) -> None:
@@ -223,7 +226,7 @@ class StoreLock:
             return 0.0
 
     def _remove_if(self, held: LockOwner | None) -> None:
-        """Remove the lock only if it is still the one judged gone (another run may have taken it)."""
+        """Remove the lock only if it is still the one judged gone (another run may hold it now)."""
         again = self._read()
         if (again is None and held is None) or (
             again is not None and held is not None and again.token == held.token

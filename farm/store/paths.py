@@ -45,7 +45,10 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def classify(url: str) -> PathState:
-    """What lies at ``url``; raises ``StoreRefused`` (one line: the path and why) for anything foreign."""
+    """What lies at ``url``.
+
+    Raises ``StoreRefused`` (one line: the path and why) for anything foreign.
+    """
     _refuse_working_directory(url)
     fs, path = filesystem(url)
     if not fs.exists(path):
@@ -77,11 +80,13 @@ def classify(url: str) -> PathState:
         )
     if names & set(_ZARR_V2_KEYS):
         raise StoreRefused(
-            f"out={url!r} holds a Zarr v2 store (bss2-farm writes Zarr v3); nothing was touched, choose a new path for --out"
+            f"out={url!r} holds a Zarr v2 store (bss2-farm writes Zarr v3); "
+            "nothing was touched, choose a new path for --out"
         )
     example = sorted(names)[0]
     raise StoreRefused(
-        f"out={url!r} is a folder with {len(names)} entries that are not a bss2-farm store (e.g. {example!r}); nothing was touched, choose a new or empty path for --out"
+        f"out={url!r} is a folder with {len(names)} entries that are not a bss2-farm store "
+        f"(e.g. {example!r}); nothing was touched, choose a new or empty path for --out"
     )
 
 
@@ -140,12 +145,13 @@ def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
 
 
 def _refuse_working_directory(url: str) -> None:
-    """``--out .`` (or the home folder, or any folder above the working directory) is never a store."""
+    """``--out .`` (or the home folder, or a folder above the working folder) is never a store."""
     if is_remote(url):
         return
     target = Path(url.removeprefix("file://")).expanduser().resolve()
     cwd = Path(os.getcwd()).resolve()
     if target == cwd or target in cwd.parents or target == Path.home().resolve():
         raise StoreRefused(
-            f"out={url!r} is the working directory, the home folder or above them; name a store path such as runs/sims.zarr"
+            f"out={url!r} is the working directory, the home folder or above them; "
+            "name a store path such as runs/sims.zarr"
         )

@@ -43,7 +43,9 @@ class CoordSpec:
 
 @dataclass(frozen=True, slots=True)
 class ArraySpec:
-    """One per-sample data array: (sample, *trailing_shape) of ``dtype``, unwritten rows read ``fill_value``.
+    """One per-sample data array: (sample, *trailing_shape) of ``dtype``.
+
+    Unwritten rows read ``fill_value``.
 
     Args:
         name: the array's name in the store.
@@ -64,7 +66,8 @@ class ArraySpec:
     def __post_init__(self) -> None:
         if len(self.trailing_dims) != len(self.trailing_shape):
             raise ValueError(
-                f"array {self.name}: trailing_dims={self.trailing_dims} and trailing_shape={self.trailing_shape} differ in length"
+                f"array {self.name}: trailing_dims={self.trailing_dims} "
+                f"and trailing_shape={self.trailing_shape} differ in length"
             )
 
     @property
@@ -74,7 +77,7 @@ class ArraySpec:
 
 @dataclass(frozen=True, slots=True)
 class StoreSchema:
-    """Everything a store lays out besides chunk flags: coordinates, data arrays, descriptive attributes.
+    """Everything a store lays out besides chunk flags: coordinates, data arrays, attributes.
 
     ``attrs`` are written after the store's own identity attributes (names, units, ...), in order.
     """
@@ -92,7 +95,8 @@ class StoreSchema:
             for dim, size in zip(a.trailing_dims, a.trailing_shape):
                 if dim in sizes and sizes[dim] != size:
                     raise ValueError(
-                        f"array {a.name}: dimension {dim} has size {size} but its coordinate has {sizes[dim]}"
+                        f"array {a.name}: dimension {dim} has size {size} "
+                        f"but its coordinate has {sizes[dim]}"
                     )
 
     @property

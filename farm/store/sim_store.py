@@ -11,7 +11,8 @@ labelled axes) arrives as a ``farm.store.schema.StoreSchema`` built by the simul
 Crash safety: creation writes a marker first (``farm.store.paths``) and removes it last; growing a
 store resizes the arrays first, resets flags next, and publishes the new ``num_sims`` together with
 the consolidated metadata last, in one atomic write of the group's ``zarr.json``. Readers see the
-published layout, writers the real arrays (the next run repairs a cut growth). New stores crc32c every chunk.
+published layout, writers the real arrays (the next run repairs a cut growth). New stores crc32c
+every chunk.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class SimStore:
             )
         if group.attrs.get("format_version") != STORE_FORMAT_VERSION:
             raise StoreMismatch(
-                f"store={url!r} has format_version={group.attrs.get('format_version')}; this farm reads {STORE_FORMAT_VERSION}"
+                f"store={url!r} has format_version={group.attrs.get('format_version')}; "
+                f"this farm reads {STORE_FORMAT_VERSION}"
             )
         store = cls(url, group)
         if (
@@ -92,7 +94,8 @@ class SimStore:
             or any(group[a].shape[0] < store.num_sims for a in store.data_arrays)
         ):
             raise StoreMismatch(
-                f"store={url!r}: its arrays are shorter than num_sims={store.num_sims}; re-run the `farm simulate` that made it to repair it"
+                f"store={url!r}: its arrays are shorter than num_sims={store.num_sims}; "
+                "re-run the `farm simulate` that made it to repair it"
             )
         return store
 
@@ -117,7 +120,8 @@ class SimStore:
                     f"out={url!r} cannot be created: {e.strerror or e}; choose a writable --out"
                 ) from None
             return store
-        # Writers see the arrays as they are, not the published (consolidated) view: repairs need both.
+        # Writers see the arrays as they are, not the published (consolidated) view: repairs need
+        # both.
         store = cls(url, zarr.open_group(url, mode="r+", zarr_format=3, use_consolidated=False))
         store._check_identity(spec)
         store._extend(spec.num_sims)
@@ -175,7 +179,8 @@ class SimStore:
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
         )
-        # Attributes and consolidated metadata last, in one write; the caller then removes the marker.
+        # Attributes and consolidated metadata last, in one write; the caller then removes the
+        # marker.
         _publish(url, normalise_json(attrs))
         _reached("create:published")
         return cls(url, zarr.open_group(url, mode="r+", zarr_format=3))
@@ -191,7 +196,8 @@ class SimStore:
                     else "re-simulate into a new --out with this version"
                 )
                 raise StoreMismatch(
-                    f"store={self.url!r} was made with {key}={_short(have)}; this run has {key}={_short(want[key])}: {hint}"
+                    f"store={self.url!r} was made with {key}={_short(have)}; "
+                    f"this run has {key}={_short(want[key])}: {hint}"
                 )
 
     def _extend(self, num_sims: int) -> None:
@@ -204,7 +210,8 @@ class SimStore:
         have = int(self.attrs["num_sims"])
         if num_sims < have:
             raise StoreMismatch(
-                f"store={self.url!r} already holds num_sims={have}; --n {num_sims} would shrink it (give --n >= {have}, or another --out)"
+                f"store={self.url!r} already holds num_sims={have}; --n {num_sims} would shrink it "
+                f"(give --n >= {have}, or another --out)"
             )
         c = self.chunk_size
         new_chunks = -(-num_sims // c)
@@ -220,7 +227,8 @@ class SimStore:
             changed = True
             _reached("extend:chunk_done")
         if num_sims > have and have % c:
-            # The old last chunk was partial; it now has more rows to fill (reset before publishing).
+            # The old last chunk was partial; it now has more rows to fill (reset before
+            # publishing).
             self.group["chunk_done"][have // c] = 0
             _reached("extend:flag")
         if not changed:
@@ -259,7 +267,7 @@ class SimStore:
 
     @property
     def data_arrays(self) -> tuple[str, ...]:
-        """Names of the per-sample arrays (leading dimension ``sample``), as the schema laid them out."""
+        """Per-sample array names (leading dimension ``sample``), as the schema laid them out."""
         if self._data_arrays is None:
             self._data_arrays = tuple(
                 sorted(
@@ -292,7 +300,7 @@ class SimStore:
 
     # ------------------------------------------------------------------ writing
     def write_chunk(self, chunk: int, arrays: Mapping[str, NDArray[Any]]) -> None:
-        """Write every per-sample array of one chunk (aligned to Zarr chunks). Does not flag it done.
+        """Write every per-sample array of one chunk (aligned to Zarr chunks); no done flag.
 
         Args:
             arrays: rows by array name (``SimBatch.arrays()``); exactly the store's data arrays,
@@ -314,7 +322,8 @@ class SimStore:
     def _writer(self, name: str) -> zarr.Array:
         """Array ``name`` opened once for chunk writes."""
         if name not in self._writers:
-            # Store every chunk, even one equal to the fill value: `farm verify` calls a missing one damage.
+            # Store every chunk, even one equal to the fill value: `farm verify` calls a missing
+            # one damage.
             self._writers[name] = self.group[name].with_config({"write_empty_chunks": True})
         return self._writers[name]
 
@@ -323,7 +332,10 @@ class SimStore:
         _reached(f"done:{chunk}")
 
     def unflag(self, chunks: list[int]) -> None:
-        """Clear the done flags of ``chunks`` so the next run recomputes them (`farm verify --repair`)."""
+        """Clear the done flags of ``chunks`` so the next run recomputes them.
+
+        `farm verify --repair` uses it.
+        """
         for chunk in chunks:
             self.group["chunk_done"][chunk] = 0
 
@@ -426,7 +438,10 @@ def _publish(url: str, attrs: dict[str, Any]) -> None:
 
 
 def _reached(step: str) -> None:
-    """Crash-test hook: at step ``FARM_STORE_PAUSE_AT``, write ``FARM_STORE_PAUSE_FILE``; wait until killed or it is deleted."""
+    """Crash-test hook: pause at step ``FARM_STORE_PAUSE_AT``.
+
+    Writes ``FARM_STORE_PAUSE_FILE``, then waits until killed or until that file is deleted.
+    """
     if os.environ.get("FARM_STORE_PAUSE_AT") == step:
         (marker := Path(os.environ["FARM_STORE_PAUSE_FILE"])).write_text(step)
         deadline = time.monotonic() + float(os.environ.get("FARM_STORE_PAUSE_S", "60"))

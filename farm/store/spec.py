@@ -1,7 +1,8 @@
 """What a run asks of a store: the identity of every sample in it, its size, and the limits on both.
 
-Kept apart from `farm.store.sim_store` (which lays the arrays out on disk) so the settings a run is checked
-against are readable in one place: a store accepts a run only when every identity key matches.
+Kept apart from `farm.store.sim_store` (which lays the arrays out on disk) so the settings a run is
+checked against are readable in one place: a store accepts a run only when every identity key
+matches.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ IDENTITY_KEYS = (
     "chip_model",
     "theta_source",
 )
-#: Hard limits: beyond these a run is a typo, not a plan (and the chunk_done array alone would not fit).
+#: Hard limits: beyond these a run is a typo, not a plan (and the chunk_done array alone would not
+#: fit).
 MAX_SIMS = 10**10
 MAX_CHUNKS = 10**7
 MAX_SEED = 2**64 - 1
@@ -60,7 +62,9 @@ class StoreSpec:
             )
         if -(-self.num_sims // self.chunk_size) > MAX_CHUNKS:
             raise FarmInputError(
-                f"num_sims={self.num_sims} in chunks of {self.chunk_size} makes {-(-self.num_sims // self.chunk_size)} chunks; at most {MAX_CHUNKS:.0e} allowed, give a larger --chunk"
+                f"num_sims={self.num_sims} in chunks of {self.chunk_size} makes "
+                f"{-(-self.num_sims // self.chunk_size)} chunks; at most {MAX_CHUNKS:.0e} allowed, "
+                "give a larger --chunk"
             )
 
     def identity(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Reading user-given arrays: parameter sets (`farm simulate --theta`) and recorded traces (`farm query`)."""
+"""Reading user-given arrays: parameter sets (`farm simulate --theta`), traces (`farm query`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from farm.prior import AnyPrior
 
 
 def read_numbers(path: str | Path, what: str, header: tuple[str, ...] = ()) -> NDArray[np.float64]:
-    """Numbers from ``.npy`` (never unpickled) or ``.csv`` / ``.txt``, with one-line errors naming ``what``.
+    """Numbers from ``.npy`` (never unpickled) or ``.csv`` / ``.txt``.
+
+    One-line errors name ``what``.
 
     Args:
         header: column names a CSV may carry in its first row (in any order); such columns come
@@ -59,13 +61,15 @@ def read_theta(path: str | Path, prior: AnyPrior) -> NDArray[np.float32]:
         arr = np.asarray(read_numbers(path, "theta", header=PARAMETER_NAMES), dtype=np.float64)
     except TypeError:  # a structured array does not cast to numbers
         raise FarmInputError(
-            f"{path}: theta must be a plain numeric (n, {len(PARAMETER_NAMES)}) array, not a structured one"
+            f"{path}: theta must be a plain numeric (n, {len(PARAMETER_NAMES)}) array, "
+            "not a structured one"
         ) from None
     if arr.ndim == 1 and arr.size == len(PARAMETER_NAMES):
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != len(PARAMETER_NAMES) or arr.shape[0] == 0:
         raise FarmInputError(
-            f"theta shape {arr.shape} must be (n, {len(PARAMETER_NAMES)}) with columns {', '.join(PARAMETER_NAMES)}"
+            f"theta shape {arr.shape} must be (n, {len(PARAMETER_NAMES)}) "
+            f"with columns {', '.join(PARAMETER_NAMES)}"
         )
     prior.check(arr)
     return arr.astype(np.float32)

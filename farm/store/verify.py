@@ -75,7 +75,8 @@ def verify_store(url: str, on_chunk: Callable[[int], None] | None = None) -> Ver
                     ChunkDamage(
                         chunk,
                         name,
-                        f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                        f"unreadable ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})",
                     )
                 )
         if on_chunk is not None:

@@ -21,7 +21,8 @@ class SubstrateResult:
     """What one run of the protocol returns, per neuron row.
 
     trace: (n, T) int16 MADC codes; spike_times: (n, S) float32 µs, NaN-padded;
-    spike_count: (n,) int32 spikes during the step current (of ``Regime.reference_sweep`` for several sweeps).
+    spike_count: (n,) int32 spikes during the step current (of ``Regime.reference_sweep`` for
+    several sweeps).
     """
 
     trace: NDArray[np.int16]
@@ -30,7 +31,10 @@ class SubstrateResult:
 
 
 def merge_spike_times(per_sweep: list[NDArray[np.float32]]) -> NDArray[np.float32]:
-    """Spike times of several sweeps (each (n, S), NaN-padded) as one (n, S) array on the flat time axis."""
+    """Spike times of several sweeps (each (n, S), NaN-padded) as one (n, S) array.
+
+    The merged times are on the flat time axis.
+    """
     allt = np.concatenate(per_sweep, axis=1)
     order = np.argsort(
         np.isnan(allt), axis=1, kind="stable"

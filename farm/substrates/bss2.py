@@ -40,7 +40,8 @@ from farm.substrates.circuits import quantize_capmem
 I_OFFSET_NA_PER_LSB = 0.1
 INSTALL_HINT = (
     "substrate='bss2' needs pynn_brainscales from the BrainScaleS-2 software stack "
-    "(EBRAINS container or visionary spack env; https://electronicvisions.github.io/documentation-brainscales2/); "
+    "(EBRAINS container or visionary spack env; "
+    "https://electronicvisions.github.io/documentation-brainscales2/); "
     "use --substrate emulator without hardware access"
 )
 
@@ -49,7 +50,8 @@ def hxneuron_parameters(theta_lsb: NDArray[np.floating], i_stim_na: float) -> di
     """HXNeuron keyword arguments for a population, one value per row for the inferred knobs.
 
     Args:
-        theta_lsb: (n, 7) CapMem values in ``PARAMETER_NAMES`` order (rounded and clipped to 0..1022).
+        theta_lsb: (n, 7) CapMem values in ``PARAMETER_NAMES`` order (rounded and clipped to
+            0..1022).
         i_stim_na: step current amplitude; mapped to ``constant_current_i_offset`` LSB.
     """
     lsb = quantize_capmem(theta_lsb).astype(np.int64)
@@ -73,18 +75,22 @@ def madc_to_codes(v: NDArray[np.floating], adc_max_code: int) -> NDArray[np.int1
 def resample_trace(
     times_us: NDArray[np.floating], values: NDArray[np.floating], protocol: Protocol
 ) -> NDArray[np.float64]:
-    """One sweep's MADC samples (~30 MSa/s, irregular in time) onto the protocol's grid (sample-and-hold)."""
+    """One sweep's MADC samples (~30 MSa/s, irregular in time) onto the protocol's grid.
+
+    Resampling is sample-and-hold.
+    """
     grid = np.arange(protocol.samples_per_sweep) * protocol.sample_period_us
     pos = np.clip(np.searchsorted(times_us, grid, side="right") - 1, 0, len(values) - 1)
     return np.asarray(values, dtype=np.float64)[pos]
 
 
 def check_protocol(protocol: Protocol) -> None:
-    """Refuse what the chip's constant-current source cannot play: ramps (it holds one value per run)."""
+    """Refuse what the chip's constant-current source cannot play: ramps (one value per run)."""
     for k, sweep in enumerate(protocol.sweep_list):
         if sweep.is_ramp:
             raise FarmInputError(
-                f"sweep {k} of protocol {protocol.label} is a ramp; substrate='bss2' plays step sweeps only (constant_current_i_offset)"
+                f"sweep {k} of protocol {protocol.label} is a ramp; "
+                "substrate='bss2' plays step sweeps only (constant_current_i_offset)"
             )
 
 
@@ -113,7 +119,10 @@ class BSS2Substrate:
         neuron: NDArray[np.int16],
         noise_keys: NDArray[np.uint64],
     ) -> SubstrateResult:
-        """Each row runs every sweep on neuron circuit ``neuron % 512`` of this chip; noise is the chip's own."""
+        """Each row runs every sweep on neuron circuit ``neuron % 512`` of this chip.
+
+        The noise is the chip's own.
+        """
         p = self.protocol
         n, t = theta_lsb.shape[0], p.samples_per_sweep
         trace = np.empty((n, p.num_samples), dtype=np.int16)
@@ -159,7 +168,8 @@ class BSS2Substrate:
                 initial_values={},
             )
             pop.record(["v", "spikes"])
-            # Hardware time is 1000x biological: pynn_brainscales takes biological ms, so µs map to ms.
+            # Hardware time is 1000x biological: pynn_brainscales takes biological ms, so µs map
+            # to ms.
             pynn.run(sweep.t_on_us)
             pop.set(constant_current_enable=True)
             pynn.run(sweep.t_off_us - sweep.t_on_us)

@@ -30,7 +30,7 @@ class EmulatorSubstrate:
         neuron: NDArray[np.int16],
         noise_keys: NDArray[np.uint64],
     ) -> SubstrateResult:
-        """Every sweep of the protocol on the same circuits (same mismatch), each with its own noise.
+        """Every sweep of the protocol on the same circuits (same mismatch), with fresh noise each.
 
         The trace is the sweeps' codes one after another, (n, sweeps * T); ``spike_count`` is the
         count of ``Regime.reference_sweep`` and ``spike_times`` are on the flat time axis (sweep k

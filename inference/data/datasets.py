@@ -5,11 +5,12 @@ stores only, and farm stores are Zarr v3. Each Ray Train worker therefore reads 
 chunks itself (its shard of them), keeps a small shuffle buffer of chunks, and prefetches the
 next chunk on a thread, so a store larger than RAM trains with a few chunks in memory.
 
-Three disjoint splits, each a pure function of the sample index (farm.kernel.rng's splitmix64 hash), so
-they are the same whatever the chunking, number of workers or resumption: ``train`` (80 % by
-default), ``val`` (10 %: early stopping, the classifier's recall threshold) and ``test`` (10 %: the
-held-out check written into the artifact, and :func:`split_rows` for other held-out calibrations). Standardisation is fitted on the
-training split only (sbi: "use only training data for building the neural net").
+Three disjoint splits, each a pure function of the sample index (farm.kernel.rng's splitmix64
+hash), so they are the same whatever the chunking, number of workers or resumption: ``train`` (80 %
+by default), ``val`` (10 %: early stopping, the classifier's recall threshold) and ``test`` (10 %:
+the held-out check written into the artifact, and :func:`split_rows` for other held-out
+calibrations). Standardisation is fitted on the training split only (sbi: "use only training data
+for building the neural net").
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ class ChunkRef:
 
 
 class PriorMismatch(StoreMismatch):
-    """Stores drawn from different priors: one training set must come from one prior (exit code 2)."""
+    """Stores drawn from different priors: one training set must come from one prior (exit 2)."""
 
 
 def prior_label(prior: dict[str, Any] | None) -> str:
-    """A short name of a store's prior: ``restricted <fingerprint>`` or ``box <hash of its bounds>``."""
+    """A short name of a store's prior: ``restricted <fingerprint>`` or ``box <hash of bounds>``."""
     if isinstance(prior, dict) and prior.get("type") == "restricted":
         return f"restricted {prior.get('fingerprint')}"
     return "box " + hashlib.sha256(json.dumps(prior or {}, sort_keys=True).encode()).hexdigest()[:8]
@@ -80,11 +81,13 @@ class StoreSet:
             for key in ("emulator_version", "protocol", "chip_model", "regime", "substrate"):
                 if s.attrs.get(key) != first.get(key):
                     raise StoreMismatch(
-                        f"store={url!r} has {key}={s.attrs.get(key)!r}, unlike store={self.urls[0]!r}; train on stores of one setup"
+                        f"store={url!r} has {key}={s.attrs.get(key)!r}, "
+                        f"unlike store={self.urls[0]!r}; train on stores of one setup"
                     )
         if first.get("emulator_version") != EMULATOR_VERSION:
             raise StoreMismatch(
-                f"store={self.urls[0]!r} has emulator_version={first.get('emulator_version')!r}; this farm is {EMULATOR_VERSION}: re-simulate"
+                f"store={self.urls[0]!r} has emulator_version={first.get('emulator_version')!r}; "
+                f"this farm is {EMULATOR_VERSION}: re-simulate"
             )
         self.protocol = Protocol.from_dict(first["protocol"])
         self.chip_model = ChipModel.from_dict(first["chip_model"])
@@ -93,7 +96,9 @@ class StoreSet:
         for url, p in zip(self.urls[1:], self.priors[1:], strict=True):
             if prior_label(p) != prior_label(self.priors[0]):
                 raise PriorMismatch(
-                    f"store={url!r} was drawn from prior {prior_label(p)}, store={self.urls[0]!r} from prior {prior_label(self.priors[0])}; train on stores of one prior"
+                    f"store={url!r} was drawn from prior {prior_label(p)}, "
+                    f"store={self.urls[0]!r} from prior {prior_label(self.priors[0])}; "
+                    "train on stores of one prior"
                 )
         self.chunks: list[ChunkRef] = []
         for k, s in enumerate(self.stores):
@@ -250,7 +255,8 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
         tr_sq += (tr**2).sum(axis=(0, 2))
     if n_train < 2:
         raise StoreMismatch(
-            f"stores={stores.urls} have {n_train} usable training samples; simulate more (excluded: {counts})"
+            f"stores={stores.urls} have {n_train} usable training samples; "
+            f"simulate more (excluded: {counts})"
         )
     total_bad = sum(counts.values())
     if total_bad:
@@ -271,7 +277,8 @@ def plan_data(stores: StoreSet, val_fraction: float = 0.1, test_fraction: float 
     fm, fs = mean_std(f_sum, f_sq, n_train)
     tm, ts = mean_std(th_sum, th_sq, n_train)
     # One sweep: one scalar mean/std of the codes, as always. Several: one per sweep (a list), which
-    # also tells the summary network how many sweeps to stack as channels (inference.nets.embeddings).
+    # also tells the summary network how many sweeps to stack as channels
+    # (inference.nets.embeddings).
     n_codes = n_train * stores.protocol.samples_per_sweep
     trm_s = tr_sum / n_codes
     trs_s = np.sqrt(np.maximum(tr_sq / n_codes - trm_s**2, 1e-12))
@@ -307,7 +314,8 @@ def box_bounds(stores: StoreSet) -> tuple[NDArray[np.float64], NDArray[np.float6
         boxes.append(PriorBox.from_dict(d) if d else PriorBox())
     if any(b != boxes[0] for b in boxes):
         raise StoreMismatch(
-            f"stores={stores.urls} were drawn from different prior boxes; train on stores of one box"
+            f"stores={stores.urls} were drawn from different prior boxes; "
+            "train on stores of one box"
         )
     return np.asarray(boxes[0].low), np.asarray(boxes[0].high)
 
@@ -315,7 +323,10 @@ def box_bounds(stores: StoreSet) -> tuple[NDArray[np.float64], NDArray[np.float6
 def prefetch_chunks(
     stores: StoreSet, refs: Sequence[ChunkRef], fields: Sequence[str], depth: int = 2
 ) -> Iterator[tuple[ChunkRef, dict[str, NDArray[Any]]]]:
-    """Read chunks on a background thread (Zarr decompression releases the GIL) while the caller computes."""
+    """Read chunks on a background thread while the caller computes.
+
+    Zarr decompression releases the GIL, so reading and computing overlap.
+    """
     return background(((ref, stores.read(ref, fields)) for ref in refs), depth)
 
 
@@ -350,7 +361,8 @@ class ChunkStream:
         self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
         self.shuffle_chunks = max(1, int(shuffle_chunks))
         self._excluded = {k: np.asarray(v, dtype=np.int64) for k, v in plan.excluded.items()}
-        #: Seconds the consumer of :meth:`steady` spent blocked on the reader (the data path's cost to training).
+        #: Seconds the consumer of :meth:`steady` spent blocked on the reader (the data path's cost
+        #: to training).
         self.wait_seconds = 0.0
 
     def shard(self, epoch: int, shuffle: bool) -> list[ChunkRef]:
@@ -372,7 +384,7 @@ class ChunkStream:
     def batches(
         self, epoch: int = 0, shuffle: bool = True, drop_last: bool = False
     ) -> Iterator[dict[str, NDArray[Any]]]:
-        """One pass over this worker's shard; rows shuffled within a buffer of chunks when ``shuffle``."""
+        """One pass over this worker's shard; with ``shuffle``, rows shuffled in a chunk buffer."""
         rng = np.random.default_rng([epoch, self.rank, 0xBEEF])
         buf: list[dict[str, NDArray[Any]]] = []
         pending: dict[str, NDArray[Any]] | None = None
@@ -399,7 +411,7 @@ class ChunkStream:
             yield pending
 
     def steady(self, epoch: int, steps: int, ahead: int = 8) -> Iterator[dict[str, NDArray[Any]]]:
-        """Exactly ``steps`` full batches, cycling the shard if it runs short, built ``ahead`` batches early.
+        """Exactly ``steps`` full batches, cycling a short shard, built ``ahead`` batches early.
 
         Why: with DistributedDataParallel every worker must take the same number of steps, and
         chunk shards differ by a few rows (excluded samples, a short last chunk). Decoding and
@@ -422,6 +434,7 @@ class ChunkStream:
                     return
             if not got:
                 raise StoreMismatch(
-                    f"worker {self.rank} has no full batch of {self.batch_size} training rows; lower --batch-size or --workers"
+                    f"worker {self.rank} has no full batch of {self.batch_size} training rows; "
+                    "lower --batch-size or --workers"
                 )
             cycle += 1

@@ -39,10 +39,12 @@ def split_rows(
 
     Example:
         ``sp = manifest["metrics"]["splits"]``, then
-        ``split_rows(["runs/train.zarr"], "test", ("features",), val_fraction=sp["val_fraction"], test_fraction=sp["test_fraction"])``
+        ``split_rows(["runs/train.zarr"], "test", ("features",),
+        val_fraction=sp["val_fraction"], test_fraction=sp["test_fraction"])``
 
     Returns:
-        ``{field: (n, ...) array}`` plus ``index`` (sample index) and ``store`` (position in ``stores``).
+        ``{field: (n, ...) array}`` plus ``index`` (sample index) and ``store`` (position in
+        ``stores``).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} must be one of {', '.join(SPLITS)}")

@@ -20,11 +20,13 @@ def background(source: Iterator[Any], depth: int, owner: Any = None) -> Iterator
     """Items of ``source``, produced on a daemon thread up to ``depth`` ahead.
 
     Args:
-        source: any iterator (a generator is closed on the producer thread when the consumer stops early).
+        source: any iterator (a generator is closed on the producer thread when the consumer stops
+            early).
         depth: items buffered ahead (memory: ``depth`` batches).
         owner: if given, ``owner.wait_seconds`` grows by the time the consumer blocked on the queue.
 
-    An exception raised by ``source`` is re-raised in the consumer at the point it would have arrived.
+    An exception raised by ``source`` is re-raised in the consumer at the point it would have
+    arrived.
     """
     q: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
     stop = threading.Event()

@@ -11,7 +11,8 @@ from numpy.typing import NDArray
 
 #: A trace with at least this fraction of its samples on an ADC rail is "saturated".
 SATURATED_FRACTION = 0.05
-#: A trace whose peak-to-peak range is at most this many codes is "flat" (readout noise alone is ~3 codes rms).
+#: A trace whose peak-to-peak range is at most this many codes is "flat" (readout noise alone is
+#: ~3 codes rms).
 FLAT_PTP_CODES = 2
 
 
@@ -24,7 +25,8 @@ def quality_flags(
     """Per-row flags of unusable samples; a row may carry several.
 
     Args:
-        trace: (n, T) ADC codes; codes outside [0, adc_max_code] (e.g. the store's fill -1) count as ``nan``.
+        trace: (n, T) ADC codes; codes outside [0, adc_max_code] (e.g. the store's fill -1) count
+            as ``nan``.
         theta: (n, 7); features: (n, F).
         adc_max_code: top ADC code (1023 for 10 bit).
 

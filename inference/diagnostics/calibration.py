@@ -37,7 +37,8 @@ def _check_pair(
         raise ValueError(f"theta shape {t.shape} must be (N, D)")
     if s.ndim != 3 or s.shape[0] != t.shape[0] or s.shape[2] != t.shape[1]:
         raise ValueError(
-            f"samples shape {s.shape} must be (N, S, D) = ({t.shape[0]}, S, {t.shape[1]}) to match theta {t.shape}"
+            f"samples shape {s.shape} must be (N, S, D) = ({t.shape[0]}, S, {t.shape[1]}) "
+            f"to match theta {t.shape}"
         )
     if s.shape[1] < 2:
         raise ValueError(f"samples per observation S={s.shape[1]} must be >= 2")
@@ -49,8 +50,8 @@ def _check_pair(
 class PrecomputedSamples:
     """Duck-typed sbi posterior that hands out samples drawn beforehand.
 
-    sbi's ``run_sbc`` / ``run_tarp`` only call ``sample_batched(sample_shape, x=xs)``; here ``xs`` are
-    observation indices, so any sampler's output goes through sbi's own diagnostic code.
+    sbi's ``run_sbc`` / ``run_tarp`` only call ``sample_batched(sample_shape, x=xs)``; here ``xs``
+    are observation indices, so any sampler's output goes through sbi's own diagnostic code.
     """
 
     def __init__(self, samples: NDArray[np.floating]) -> None:
@@ -79,8 +80,10 @@ class PrecomputedSamples:
 class SBCResult:
     """Simulation-based calibration of each marginal.
 
-    ``ranks`` (N, D): number of posterior samples below the truth, in [0, S]; uniform when calibrated.
-    ``ks_pvals`` (D,): KS test of the ranks against uniform (sbi's ``check_uniformity_frequentist``).
+    ``ranks`` (N, D): number of posterior samples below the truth, in [0, S]; uniform when
+    calibrated.
+    ``ks_pvals`` (D,): KS test of the ranks against uniform (sbi's
+    ``check_uniformity_frequentist``).
     ``hist`` (D, B): rank histogram counts on ``bin_edges`` (B+1,).
     """
 
@@ -257,7 +260,7 @@ def hpd_coverage(
 def coverage_deviation(
     levels: NDArray[np.floating], coverage: NDArray[np.floating]
 ) -> dict[str, float]:
-    """Summaries of a coverage curve: signed mean (coverage - level), mean and max absolute deviation.
+    """Summaries of a coverage curve: signed mean (coverage - level), mean and max |deviation|.
 
     Negative ``signed`` means over-confident (credible regions too small).
     """
@@ -277,10 +280,12 @@ def coverage_deviation(
 class RecoveryResult:
     """Parameter recovery per parameter (arrays of length D unless noted).
 
-    ``nrmse``: RMSE of the posterior mean over the prior std (1 = no better than guessing the prior mean).
+    ``nrmse``: RMSE of the posterior mean over the prior std (1 = no better than guessing the prior
+    mean).
     ``std_ratio``: mean posterior std / prior std (1 = learned nothing, small = well constrained).
     ``contraction``: 1 - posterior variance / prior variance (Schad et al. 2021).
-    ``z_mean``/``z_std``: of z = (posterior mean - truth) / posterior std; ~0 and ~1 when calibrated.
+    ``z_mean``/``z_std``: of z = (posterior mean - truth) / posterior std; ~0 and ~1 when
+    calibrated.
     ``z_robust_std``: 1.4826 x median |z - median z|, the std read from the bulk (a posterior piled
     against a prior bound has a tiny std there, and one such z would dominate ``z_std``).
     ``z_outside_2``: fraction of |z| > 2 (about 0.05 for a calibrated, near-Gaussian posterior).
@@ -307,7 +312,8 @@ def recovery(
     Args:
         theta: (N, D) ground truth.
         samples: (N, S, D) posterior samples.
-        prior_std: (D,) std of the prior the truths were drawn from (normaliser of NRMSE, contraction).
+        prior_std: (D,) std of the prior the truths were drawn from (normaliser of NRMSE,
+            contraction).
 
     Returns:
         RecoveryResult.
@@ -417,7 +423,8 @@ def c2st_dap(
     b = torch.as_tensor(np.asarray(dap_samples, dtype=np.float32))
     if a.shape != b.shape:
         raise ValueError(
-            f"prior_samples {tuple(a.shape)} and dap_samples {tuple(b.shape)} must have the same shape"
+            f"prior_samples {tuple(a.shape)} and dap_samples {tuple(b.shape)} "
+            "must have the same shape"
         )
     return check_prior_vs_dap(a, b).numpy().astype(np.float64)
 
@@ -425,7 +432,9 @@ def c2st_dap(
 def verdict(
     sbc_result: SBCResult, tarp_result: TarpResult, *, tol: float = 0.05, bias_tol: float = 0.1
 ) -> dict[str, Any]:
-    """One-word calibration verdict: ``calibrated``, ``biased``, ``over-confident`` or ``under-confident``.
+    """One-word calibration verdict.
+
+    One of ``calibrated``, ``biased``, ``over-confident`` or ``under-confident``.
 
     A posterior is flagged when any marginal fails SBC (Bonferroni KS) or TARP's area to curve
     leaves [-tol, tol]. Then: ranks piled on one side (mean normalised rank off 0.5 by more than

@@ -2,9 +2,9 @@
 
 The held-out store must be simulated from the prior the posterior was trained on (another seed),
 so that its (theta, trace) pairs are draws from the joint distribution SBC and TARP assume. This
-module runs the steps; ``inference.evaluation.metrics`` computes the numbers, ``inference.evaluation.figures``
-draws them and ``inference.evaluation.report`` writes and reads the report (``compare_reports`` needs no
-posterior and no torch).
+module runs the steps; ``inference.evaluation.metrics`` computes the numbers,
+``inference.evaluation.figures`` draws them and ``inference.evaluation.report`` writes and reads
+the report (``compare_reports`` needs no posterior and no torch).
 """
 
 from __future__ import annotations
@@ -50,14 +50,17 @@ class EvalConfig:
     Args:
         num_obs: held-out observations for SBC, TARP, coverage and recovery.
         num_samples: posterior samples per observation (ranks resolve 1 / num_samples).
-        num_ppc: observations given posterior-predictive simulations (figures show the first ``num_ppc_plot``).
+        num_ppc: observations given posterior-predictive simulations (figures show the first
+            ``num_ppc_plot``).
         num_ppc_samples: posterior samples simulated per predictive-check observation.
         num_ppc_plot: predictive-check observations drawn in the figure.
         hpd: also compute HPD expected coverage from ``log_prob`` of every sample (one call per
             observation, each costing about as much as drawing the samples; off by default).
         num_hpd: observations (the first ones) used for HPD coverage.
-        c2st: also run sbi's C2ST between prior and data-averaged posterior (about 1 s per parameter).
-        lc2st: also run sbi's L-C2ST, local calibration at a few observations (``inference.evaluation.local``).
+        c2st: also run sbi's C2ST between prior and data-averaged posterior (about 1 s per
+            parameter).
+        lc2st: also run sbi's L-C2ST, local calibration at a few observations
+            (``inference.evaluation.local``).
         seed: selects observations and seeds posterior sampling and predictive simulations.
     """
 
@@ -105,8 +108,9 @@ def evaluate(
     """Evaluate an amortized posterior on a held-out store; write ``metrics.json`` and PNG figures.
 
     Args:
-        posterior: an ``AmortizedPosterior`` (or anything with its ``sample_batched`` / ``log_prob`` /
-            ``prior`` / ``protocol`` / ``chip_model`` / ``parameter_names`` / ``variant`` interface).
+        posterior: an ``AmortizedPosterior`` (or anything with its ``sample_batched`` /
+            ``log_prob`` / ``prior`` / ``protocol`` / ``chip_model`` / ``parameter_names`` /
+            ``variant`` interface).
         store: held-out store simulated from the posterior's prior with a seed not used in training.
         out: report directory (created).
         config: sizes; defaults if None.
@@ -125,7 +129,8 @@ def evaluate(
     held = load_held_out(store, cfg.num_obs, cfg.seed)
     if held.trace.shape[1] != int(posterior.trace_length):
         raise ValueError(
-            f"store traces have {held.trace.shape[1]} samples but the posterior expects {posterior.trace_length}"
+            f"store traces have {held.trace.shape[1]} samples "
+            f"but the posterior expects {posterior.trace_length}"
         )
     n = held.theta.shape[0]
     say(f"{n} held-out observations from {held.path}")
@@ -145,7 +150,8 @@ def evaluate(
     )
     timing["calibration"] = time.perf_counter() - t1
     say(
-        f"calibration: {cal.verdict['verdict']} (TARP ATC {cal.tarp.atc:+.3f}, {len(cal.verdict['sbc_failed'])} SBC marginals failed)"
+        f"calibration: {cal.verdict['verdict']} (TARP ATC {cal.tarp.atc:+.3f}, "
+        f"{len(cal.verdict['sbc_failed'])} SBC marginals failed)"
     )
     rec = dg.recovery(held.theta, samples, cal.prior_std)
     local = None
@@ -154,14 +160,16 @@ def evaluate(
         local = local_calibration(held.theta, held.features, samples, seed=cfg.seed)
         timing["lc2st"] = time.perf_counter() - t_l
         say(
-            f"local calibration (L-C2ST): {local['num_rejected']} of {len(local['observations'])} observations rejected at alpha={local['alpha']}"
+            f"local calibration (L-C2ST): {local['num_rejected']} of "
+            f"{len(local['observations'])} observations rejected at alpha={local['alpha']}"
         )
 
     t2 = time.perf_counter()
     ppc = predictive_check(posterior, held, samples, cfg.num_ppc, cfg.num_ppc_samples, cfg.seed)
     if ppc is not None:
         say(
-            f"predictive checks: trace RMSE {ppc.metrics['trace_rmse_mv']:.1f} mV vs {ppc.metrics['prior_trace_rmse_mv']:.1f} mV from the prior"
+            f"predictive checks: trace RMSE {ppc.metrics['trace_rmse_mv']:.1f} mV "
+            f"vs {ppc.metrics['prior_trace_rmse_mv']:.1f} mV from the prior"
         )
     timing["ppc"] = time.perf_counter() - t2
 
@@ -205,7 +213,8 @@ def _report(
     warnings_list: list[str] = []
     if not prior_matches:
         warnings_list.append(
-            f"store prior {store_fp} differs from the posterior's prior {post_fp}: SBC/TARP assume truths drawn from the training prior"
+            f"store prior {store_fp} differs from the posterior's prior {post_fp}: "
+            "SBC/TARP assume truths drawn from the training prior"
         )
     sbc_res, tarp_res, verdict, levels, marg, hpd = (
         cal.sbc,
@@ -312,7 +321,7 @@ def _report(
 def _add_local_sections(
     metrics: dict[str, Any], posterior: Any, held: HeldOut, local: dict[str, Any] | None
 ) -> None:
-    """L-C2ST and chip sections: ``lc2st``, ``chips`` and, on chips training never saw, ``new_chips``."""
+    """L-C2ST and chip sections: ``lc2st``, ``chips`` and, for unseen chips, ``new_chips``."""
     s = metrics["summary"]
     metrics["lc2st"] = local
     s["lc2st_rejected"] = None if local is None else local["num_rejected"]

@@ -1,4 +1,4 @@
-"""The figures of an evaluation report, drawn from numbers ``inference.evaluation.metrics`` computed.
+"""The figures of an evaluation report, drawn from what ``inference.evaluation.metrics`` computed.
 
 Nothing here computes a metric (as in sbi, where the SBC plots only read ``run_sbc``'s output),
 so each figure shows what ``metrics.json`` holds. ``inference.evaluation.plots`` draws each figure.
@@ -88,7 +88,8 @@ def draw_figures(
         low,
         high,
         outdir / "pair.png",
-        title=f"{variant} posterior of store sample {held.index[pair_obs]} ({int(held.spike_count[pair_obs])} spikes in the step)",
+        title=f"{variant} posterior of store sample {held.index[pair_obs]} "
+        f"({int(held.spike_count[pair_obs])} spikes in the step)",
     ).name
     if ppc is not None:
         figures.update(_ppc_figures(outdir, posterior, held, ppc, num_ppc_plot))
@@ -98,7 +99,7 @@ def draw_figures(
 def _ppc_figures(
     outdir: Path, posterior: Any, held: HeldOut, ppc: PredictiveCheck, num_ppc_plot: int
 ) -> dict[str, str]:
-    """Predictive traces and statistic discrepancies of the first ``num_ppc_plot`` checked observations."""
+    """Predictive traces and statistic discrepancies of the first ``num_ppc_plot`` observations."""
     kp = min(num_ppc_plot, ppc.index.size)
     if not kp:
         return {}
@@ -107,7 +108,8 @@ def _ppc_figures(
     pr, base = ppc.posterior, ppc.prior
     time_us = np.arange(ppc.obs_mv.shape[1]) * protocol.sample_period_us
     labels = [
-        f"store sample {held.index[ppc.index[i]]}: {int(ppc.obs_features[i, sc])} spikes observed, trace RMSE {pr.trace_rmse[i]:.1f} mV (prior predictive {base.trace_rmse[i]:.1f} mV)"
+        f"store sample {held.index[ppc.index[i]]}: {int(ppc.obs_features[i, sc])} spikes observed, "
+        f"trace RMSE {pr.trace_rmse[i]:.1f} mV (prior predictive {base.trace_rmse[i]:.1f} mV)"
         for i in range(kp)
     ]
     return {
@@ -119,7 +121,8 @@ def _ppc_figures(
             ppc.pred_features[:kp, :, sc],
             (protocol.stim_on_us, protocol.stim_off_us),
             outdir / "ppc_traces.png",
-            title=f"Posterior-predictive check ({variant}): {ppc.num_samples} simulations per observation",
+            title=f"Posterior-predictive check ({variant}): "
+            f"{ppc.num_samples} simulations per observation",
             labels=labels,
         ).name,
         "ppc_features": plots.plot_feature_z(

@@ -1,4 +1,6 @@
-"""Local calibration (sbi's L-C2ST) and chip generalisation: the parts of `farm evaluate` that look per observation and per chip.
+"""Local calibration (sbi's L-C2ST) and chip generalisation.
+
+These are the parts of `farm evaluate` that look per observation and per chip.
 
 SBC and TARP average over observations, so a posterior can pass them while being wrong for
 particular traces. L-C2ST (Linhart et al. 2023, "L-C2ST: Local Diagnostics for Posterior
@@ -38,7 +40,8 @@ def local_calibration(
         samples: (N, S, 7) posterior draws per observation.
 
     Returns:
-        ``{"num_train", "num_null_trials", "alpha", "observations": [{index, statistic, p_value, rejected}], "num_rejected", "min_p_value"}``.
+        ``{"num_train", "num_null_trials", "alpha",
+        "observations": [{index, statistic, p_value, rejected}], "num_rejected", "min_p_value"}``.
     """
     from sbi.diagnostics.lc2st import LC2ST
 
@@ -90,7 +93,7 @@ def training_chip_ids(manifest: dict[str, Any]) -> list[int] | None:
 
 
 def chip_overlap(manifest: dict[str, Any], store_attrs: dict[str, Any]) -> dict[str, Any]:
-    """How the held-out store's chips relate to the training stores': none, partial, full or unknown."""
+    """How the held-out store's chips relate to the training chips: none, partial, full, unknown."""
     chip = store_attrs.get("chip_model")
     test = (
         list(ChipModel.from_dict(chip).pool) if isinstance(chip, dict) else list(ChipModel().pool)
@@ -105,9 +108,12 @@ def chip_overlap(manifest: dict[str, Any], store_attrs: dict[str, Any]) -> dict[
         shared = sorted(set(test) & set(train))
         overlap = "none" if not shared else ("full" if set(test) <= set(train) else "partial")
         note = {
-            "none": f"test chips {format_chip_ids(test)} were never seen in training (chips {format_chip_ids(train)}): this measures generalisation to new chips",
-            "full": f"test chips {format_chip_ids(test)} were all seen in training (chips {format_chip_ids(train)})",
-            "partial": f"test chips {format_chip_ids(test)} overlap the training chips {format_chip_ids(train)} on {format_chip_ids(shared)}",
+            "none": f"test chips {format_chip_ids(test)} were never seen in training "
+            f"(chips {format_chip_ids(train)}): this measures generalisation to new chips",
+            "full": f"test chips {format_chip_ids(test)} were all seen in training "
+            f"(chips {format_chip_ids(train)})",
+            "partial": f"test chips {format_chip_ids(test)} overlap the training chips "
+            f"{format_chip_ids(train)} on {format_chip_ids(shared)}",
         }[overlap]
     return {
         "test_chip_ids": format_chip_ids(test),

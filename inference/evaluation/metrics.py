@@ -1,8 +1,8 @@
-"""The numbers of an evaluation report: held-out observations, calibration, recovery, predictive checks.
+"""The numbers of an evaluation report: held-out data, calibration, recovery, predictive checks.
 
 Like sbi's ``run_sbc`` / ``check_sbc``, computing the numbers is kept apart from drawing them
-(``inference.evaluation.figures``) and from the report file (``inference.evaluation.report``). Every function is
-deterministic given its seed.
+(``inference.evaluation.figures``) and from the report file (``inference.evaluation.report``).
+Every function is deterministic given its seed.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class HeldOut:
 def load_held_out(store: str | Path, num_obs: int, seed: int = 0) -> HeldOut:
     """Read ``num_obs`` completed samples (a seeded random subset, sorted) from a store.
 
-    Rows the trainer excludes (``inference.data.datasets.quality_flags``: NaN, saturated, flat traces)
-    are skipped here too, so the held-out set follows the distribution the posterior was fit to.
+    Rows the trainer excludes (``inference.data.datasets.quality_flags``: NaN, saturated, flat
+    traces) are skipped here too, so the held-out set follows the distribution the posterior was
+    fit to.
 
     Raises:
         ValueError: the store is missing, unreadable or has fewer than 10 completed samples.
@@ -90,7 +91,8 @@ def load_held_out(store: str | Path, num_obs: int, seed: int = 0) -> HeldOut:
     take = np.sort(np.concatenate(keep)[:num_obs]) if keep else np.empty(0, dtype=np.int64)
     if take.size < 10:
         raise ValueError(
-            f"store={str(store)!r} has {take.size} usable samples ({excluded} excluded as NaN/saturated/flat); evaluation needs at least 10"
+            f"store={str(store)!r} has {take.size} usable samples "
+            f"({excluded} excluded as NaN/saturated/flat); evaluation needs at least 10"
         )
     sub = ds.isel(sample=take)
     index = (
@@ -232,7 +234,7 @@ def calibration(
 
 @dataclass(frozen=True)
 class PredictiveCheck:
-    """Posterior- and prior-predictive simulations of a few observations, and their discrepancies."""
+    """Posterior- and prior-predictive simulations of a few observations, and discrepancies."""
 
     index: NDArray[np.int64]  # rows of the held-out set
     num_samples: int
@@ -253,11 +255,15 @@ def predictive_check(
     num_ppc_samples: int,
     seed: int,
 ) -> PredictiveCheck | None:
-    """Simulate ``num_ppc_samples`` posterior and prior draws for ``num_ppc`` observations through the farm simulator."""
+    """Simulate ``num_ppc_samples`` posterior and prior draws for ``num_ppc`` observations.
+
+    The draws run through the farm simulator.
+    """
     ppc_idx = ppc_choice(held.spike_count, num_ppc)
     if not ppc_idx.size:
         return None
-    # Simulate on the chips the observations came from (a leave-chips-out store records its own), not the training chips.
+    # Simulate on the chips the observations came from (a leave-chips-out store records its own),
+    # not the training chips.
     recorded = held.attrs.get("chip_model")
     chip = ChipModel.from_dict(recorded) if isinstance(recorded, dict) else posterior.chip_model
     protocol = posterior.protocol

@@ -1,4 +1,4 @@
-"""Report figures (matplotlib, Agg backend): readable as they are, axes labelled with names and units.
+"""Report figures (matplotlib, Agg): readable as they are, axes labelled with names and units.
 
 Each function draws one figure from diagnostic arrays and writes one PNG; none computes a metric,
 so what a figure shows is what ``metrics.json`` holds.
@@ -87,7 +87,7 @@ def plot_coverage(
     hpd: NDArray[np.floating] | None = None,
     title: str,
 ) -> Path:
-    """Left: TARP and HPD expected coverage (joint); right: central-interval coverage per parameter."""
+    """Left: TARP/HPD expected coverage (joint); right: central-interval coverage per parameter."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax in (a, b):
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
@@ -190,7 +190,10 @@ def plot_ppc(
     title: str,
     labels: Sequence[str] | None = None,
 ) -> Path:
-    """Observed membrane trace (black) over traces simulated from posterior samples (blue), one row per observation."""
+    """Observed membrane trace (black) over traces simulated from posterior samples (blue).
+
+    One row per observation.
+    """
     k = obs_mv.shape[0]
     fig, axes = plt.subplots(
         k, 2, figsize=(12, 2.6 * k), squeeze=False, gridspec_kw={"width_ratios": [4, 1]}
@@ -228,7 +231,7 @@ def plot_ppc(
 def plot_feature_z(
     feature_z: NDArray[np.floating], feature_names: Sequence[str], path: str | Path, *, title: str
 ) -> Path:
-    """Standardised discrepancy of each summary statistic between observation and posterior predictive."""
+    """Standardised discrepancy of each statistic between observation and posterior predictive."""
     fig, ax = plt.subplots(figsize=(9, 3.8))
     k = feature_z.shape[0]
     x = np.arange(len(feature_names))

@@ -1,4 +1,4 @@
-"""The evaluation report on disk: ``metrics.json`` written and read back, summary tables, comparisons.
+"""The evaluation report on disk: ``metrics.json`` written and read back, tables, comparisons.
 
 Reading needs no posterior and no torch: ``farm compare`` works on two report directories alone.
 """
@@ -75,7 +75,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
     f = p / METRICS_FILE if p.is_dir() else p
     if not f.is_file():
         raise ArtifactError(
-            f"report={str(path)!r} has no {METRICS_FILE}; pass a directory written by `farm evaluate`"
+            f"report={str(path)!r} has no {METRICS_FILE}; "
+            "pass a directory written by `farm evaluate`"
         )
     return read_document(f, EvaluationReport).to_dict()
 

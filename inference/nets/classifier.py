@@ -26,7 +26,8 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         if self.hidden_features < 1 or self.hidden_layers < 1:
             raise ValueError(
-                f"hidden_features={self.hidden_features}, hidden_layers={self.hidden_layers} must be >= 1"
+                f"hidden_features={self.hidden_features}, hidden_layers={self.hidden_layers} "
+                "must be >= 1"
             )
 
     def to_dict(self) -> dict:
@@ -59,7 +60,7 @@ class RegimeClassifier(nn.Module):
         return self.net((theta.float() - self.input_mean) / self.input_std).squeeze(-1)
 
     def export_numpy(self) -> tuple[list[NDArray[np.float64]], list[NDArray[np.float64]]]:
-        """Weights as farm.prior.RestrictedPrior wants them: x @ W + b per layer, W of shape (in, out)."""
+        """Weights as farm.prior.RestrictedPrior wants them: x @ W + b per layer, W is (in, out)."""
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
         weights = [m.weight.detach().double().numpy().T.copy() for m in linears]
         biases = [m.bias.detach().double().numpy().copy() for m in linears]

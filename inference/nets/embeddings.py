@@ -24,7 +24,7 @@ PATCH = 8
 
 
 class PatchMerge(nn.Module):
-    """(batch, T, C) -> (batch, ceil(T / k), C'): each output step a linear map of ``k`` neighbours + ReLU.
+    """(batch, T, C) -> (batch, ceil(T / k), C'): each step a linear map of ``k`` neighbours + ReLU.
 
     It is a Conv1d with kernel = stride = k, written as reshape + Linear: on a CPU torch's 1D conv
     backward is several times slower than the same multiply-adds as one GEMM.
@@ -44,7 +44,7 @@ class PatchMerge(nn.Module):
 
 
 class PairMax(nn.Module):
-    """``nn.MaxPool1d(2)`` as a max over reshaped pairs: the same values and gradient, a little cheaper.
+    """``nn.MaxPool1d(2)`` as a max over reshaped pairs: same values and gradient, a little cheaper.
 
     torch 2.13's CPU ``max_pool1d`` goes through ``max_pool2d_with_indices``, a quarter of the
     summary net's step in the profile; ``max(dim)`` costs ~25 % less forward, and picks the first
@@ -74,12 +74,12 @@ class TraceCNN(nn.Module):
             network their weights were trained in.
         input_pool: average every ``input_pool`` samples of the z-scored trace before the difference
             channel and the CNN (1 = none, as before the option existed). The membrane moves on tens
-            of µs and a reset stays a single large step of the pooled trace, while every layer's cost
-            falls by the same factor.
+            of µs and a reset stays a single large step of the pooled trace, while every layer's
+            cost falls by the same factor.
 
     The input has two channels, the z-scored trace and its first difference: a spike is a reset,
-    a large negative step, which the difference channel makes a single-sample event (on the
-    restricted demo store this lowered the validation loss after 5 epochs from 5.5 to 4.8 nats).
+    a large negative step, which the difference channel makes a single-sample event (it lowers
+    the validation loss).
     Why ``patch`` is cheaper: the ``pooled`` net runs 16 channels at 500 steps and 32 at 125
     through 1D convs (~0.8 M multiply-adds a trace, and a slow conv backward on CPUs); ``patch``
     reaches 125 steps in its first layer and does ~0.2 M multiply-adds as GEMMs
@@ -105,7 +105,8 @@ class TraceCNN(nn.Module):
                 "cnn_channels=() is empty; the patch stem needs at least one conv width"
             )
         if isinstance(trace_mean, (list, tuple)):
-            # several sweeps: one mean/std each, shape (sweeps, 1), broadcast over (batch, sweeps, T)
+            # several sweeps: one mean/std each, shape (sweeps, 1), broadcast over
+            # (batch, sweeps, T)
             self.num_sweeps = len(trace_mean)
             self.register_buffer(
                 "trace_mean", torch.tensor([float(v) for v in trace_mean]).reshape(-1, 1)
@@ -125,8 +126,9 @@ class TraceCNN(nn.Module):
         c_in = 2 * self.num_sweeps
         if stem == "pooled":
             for c in channels:
-                # max-pool before the ReLU: the same values (ReLU is monotone) at half the ReLU's cost;
-                # both carry no weights, so the state dict keeps its keys (conv.0, conv.3, ...).
+                # max-pool before the ReLU: the same values (ReLU is monotone) at half the ReLU's
+                # cost; both carry no weights, so the state dict keeps its keys (conv.0, conv.3,
+                # ...).
                 layers += [
                     nn.Conv1d(c_in, c, kernel_size, stride=2, padding=kernel_size // 2),
                     PairMax(),
@@ -158,7 +160,8 @@ class TraceCNN(nn.Module):
                 torch.stack([x, dx], dim=-1)
             )  # channels last: (batch, T, 2) -> (batch, steps, C)
             return self.head(self.conv(h.transpose(1, 2)))
-        # (batch, sweeps * T) -> (batch, sweeps, T): each sweep a channel, with its difference channel
+        # (batch, sweeps * T) -> (batch, sweeps, T): each sweep a channel, with its difference
+        # channel
         x = self._pooled(
             (trace.float().reshape(trace.shape[0], self.num_sweeps, -1) - self.trace_mean)
             / self.trace_std
@@ -170,7 +173,10 @@ class TraceCNN(nn.Module):
         return self.head(self.conv(self.front(xc.transpose(1, 2)).transpose(1, 2)))
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean over non-overlapping windows of ``input_pool`` samples (last axis; the end padded by repetition)."""
+        """Mean over non-overlapping windows of ``input_pool`` samples along the last axis.
+
+        The end is padded by repetition.
+        """
         k = self.input_pool
         if k == 1:
             return x
@@ -181,7 +187,7 @@ class TraceCNN(nn.Module):
 
 
 class Standardize(nn.Module):
-    """Handcrafted statistics (batch, F) -> z-scored (batch, F), with train-split mean/std as buffers."""
+    """Handcrafted statistics (batch, F) -> z-scored (batch, F); train-split mean/std as buffers."""
 
     def __init__(self, mean: list[float], std: list[float]) -> None:
         super().__init__()
@@ -194,7 +200,7 @@ class Standardize(nn.Module):
 
 
 class StatisticsAndTrace(nn.Module):
-    """[statistics | trace] (batch, F + T) -> [z-scored statistics | learned trace summary] (batch, F + D).
+    """[statistics | trace] (batch, F + T) -> [z-scored statistics | trace summary] (batch, F + D).
 
     The ``hybrid`` embedding. Why: the statistics already state the spike count, timing and
     adaptation that a trace-only CNN must learn from 1000 samples at full rate; beside them a small
@@ -215,7 +221,7 @@ class StatisticsAndTrace(nn.Module):
 
 
 def model_input(batch: Mapping[str, np.ndarray], fields: tuple[str, ...]) -> np.ndarray:
-    """The embedding's input from a batch of store arrays: the one field, or float32 [features | trace].
+    """The embedding's input from a batch of store arrays: one field, or float32 [features | trace].
 
     float32 holds every ADC code (int16) exactly, so the hybrid's trace half is the trace itself.
     """
@@ -225,7 +231,9 @@ def model_input(batch: Mapping[str, np.ndarray], fields: tuple[str, ...]) -> np.
 
 
 def make_embedding(config: Any, stats: dict[str, Any]) -> nn.Module:
-    """The embedding an estimator's config names (``FlowConfig`` or ``FlowMatchingConfig``: same fields).
+    """The embedding an estimator's config names (``FlowConfig`` or ``FlowMatchingConfig``).
+
+    Both configs have the same embedding fields.
 
     z-scored named statistics for ``handcrafted``; the CNN with the config's summary-net fields for
     ``summary-net``; both side by side for ``hybrid``.

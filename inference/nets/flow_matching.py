@@ -1,4 +1,4 @@
-"""Flow-matching posterior estimation (FMPE): a conditional vector field, integrated by a fixed-step ODE.
+"""Flow-matching posterior estimation (FMPE): a conditional vector field and a fixed-step ODE.
 
 Why a second estimator: the NSF's density is limited by its spline layers; a flow-matching field
 is an unconstrained network trained by regression (no Jacobian in the loss), which scales to
@@ -39,15 +39,16 @@ _CHUNK_ROWS = 1 << 16
 
 @dataclass(frozen=True, slots=True)
 class FlowMatchingConfig:
-    """Architecture and ODE settings of the flow-matching estimator (stored in the artifact manifest).
+    """Architecture and ODE settings of the flow-matching estimator (stored in the manifest).
 
     Args:
-        variant: ``handcrafted`` (z-scored named statistics), ``summary-net`` (1D CNN on the trace) or
-            ``hybrid`` (the statistics beside a small CNN's summary of the trace).
+        variant: ``handcrafted`` (z-scored named statistics), ``summary-net`` (1D CNN on the
+            trace) or ``hybrid`` (the statistics beside a small CNN's summary of the trace).
         hidden_features: width of the two theta layers of the field.
         condition_features, condition_layers: width and depth of the (x, t) conditioning MLP.
         time_features: sinusoidal features of t (even).
-        embedding_features, cnn_channels, cnn_pool_bins, cnn_stem, cnn_input_pool: the CNN summary net (as ``FlowConfig``).
+        embedding_features, cnn_channels, cnn_pool_bins, cnn_stem, cnn_input_pool: the CNN
+            summary net (as ``FlowConfig``).
         sigma_min: width of the path's end at the data (Lipman et al. 2023).
         time_power: training times are drawn with density ~ t**time_power, weighting the data
             end where the field bends (Wildberger et al. 2023 use 1 / (1 + alpha), alpha = 4).
@@ -104,7 +105,7 @@ class FlowMatchingConfig:
 
     @property
     def x_fields(self) -> tuple[str, ...]:
-        """Store arrays the embedding reads (``INPUT_FIELDS``): ``features``, ``trace`` or both (hybrid)."""
+        """Store arrays the embedding reads (``INPUT_FIELDS``): ``features``, ``trace`` or both."""
         return INPUT_FIELDS[self.variant]
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +131,9 @@ def _silu_and_slope(a: Tensor) -> tuple[Tensor, Tensor]:
 class VectorField(nn.Module):
     """v(z, t, x): (…, dim) -> (…, dim), with its exact divergence.
 
-    v = W3 h2 + b(c) + lam(c) * z,  h2 = h1 + silu(g2(c) * W2 h1 + b2(c)),  h1 = silu(g1(c) * W1 z + b1(c)),
+    v = W3 h2 + b(c) + lam(c) * z,
+    h2 = h1 + silu(g2(c) * W2 h1 + b2(c)),
+    h1 = silu(g1(c) * W1 z + b1(c)),
     where c = MLP(context, t). With e_i = silu'(a_i) * g_i and P = W1 @ W3 (H x H):
     div v = e1 . diag(P) + e2 . ((W2 * P^T) e1) + sum(lam).
 
@@ -224,7 +227,10 @@ class ODEPosterior:
     def _solve(
         self, z: Tensor, grid: list[float], with_divergence: bool
     ) -> tuple[Tensor, Tensor | None]:
-        """Integrate dz/dt = v along ``grid``; (z at its end, int div dt along it) for z (S, B', dim)."""
+        """Integrate dz/dt = v along ``grid`` for z (S, B', dim).
+
+        Returns z at the grid's end and the integral of div v dt along it.
+        """
         ctx = self.context_term
         if ctx.shape[0] != z.shape[1]:
             ctx = ctx.expand(z.shape[1], -1)
@@ -344,7 +350,7 @@ class ConditionalVectorField(nn.Module):
         return ODEPosterior(self.net, context, self.config.ode_steps, self.config.ode_method)
 
     def loss(self, z1: Tensor, context: Tensor) -> Tensor:
-        """Conditional flow-matching loss per row, (n,): mean squared error to the path's velocity."""
+        """Conditional flow-matching loss per row, (n,): mean squared error to the path velocity."""
         k = self.config.time_samples
         if k > 1:  # K path points per row: rows repeated, the mean over them is the row's loss
             rows = z1.shape[0]

@@ -24,13 +24,16 @@ class FlowConfig:
     """Architecture of the posterior estimator (stored in the artifact manifest).
 
     Args:
-        variant: ``handcrafted`` (z-scored named statistics), ``summary-net`` (1D CNN on the trace) or
-            ``hybrid`` (the statistics beside a small CNN's summary of the trace).
-        transforms: NSF coupling layers; hidden_features: width of each layer's MLP; bins: spline bins.
+        variant: ``handcrafted`` (z-scored named statistics), ``summary-net`` (1D CNN on the
+            trace) or ``hybrid`` (the statistics beside a small CNN's summary of the trace).
+        transforms: NSF coupling layers; hidden_features: width of each layer's MLP; bins: spline
+            bins.
         embedding_features: summary size of the CNN; cnn_channels: its conv widths;
         cnn_pool_bins: time bins after its final pooling.
-        cnn_stem: the CNN's front end (``inference.nets.embeddings.STEMS``); manifests without it were ``pooled``.
-        cnn_input_pool: samples averaged before the CNN (``TraceCNN``'s ``input_pool``); manifests without it: 1.
+        cnn_stem: the CNN's front end (``inference.nets.embeddings.STEMS``); manifests without it
+            were ``pooled``.
+        cnn_input_pool: samples averaged before the CNN (``TraceCNN``'s ``input_pool``); manifests
+            without it: 1.
         passes: zuko's coupling passes per transform; 2 = coupling layers (sampling costs 2 network
             passes per transform, ~4x faster than autoregressive), None = fully autoregressive (7).
     """
@@ -68,7 +71,7 @@ class FlowConfig:
 
     @property
     def x_fields(self) -> tuple[str, ...]:
-        """Store arrays the embedding reads (``INPUT_FIELDS``): ``features``, ``trace`` or both (hybrid)."""
+        """Store arrays the embedding reads (``INPUT_FIELDS``): ``features``, ``trace`` or both."""
         return INPUT_FIELDS[self.variant]
 
     def to_dict(self) -> dict:
@@ -91,7 +94,8 @@ class NPEModel(nn.Module):
     Args:
         config: the architecture.
         stats: standardisation from the data plan (``feature_mean``/``feature_std``,
-            ``theta_mean``/``theta_std``, ``trace_mean``/``trace_std``) and the box ``low``/``high``.
+            ``theta_mean``/``theta_std``, ``trace_mean``/``trace_std``) and the box
+            ``low``/``high``.
     """
 
     def __init__(self, config: FlowConfig, stats: dict) -> None:
@@ -117,7 +121,7 @@ class NPEModel(nn.Module):
         return self.config.x_fields
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-density of standardised z (the NPE loss; Jacobian is constant per theta)."""
+        """Mean negative log-density of standardised z (NPE loss; Jacobian constant per theta)."""
         return -self.flow(self.embedding(x)).log_prob(self.theta_transform(theta)).mean()
 
     def log_prob(self, theta: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

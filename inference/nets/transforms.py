@@ -27,7 +27,8 @@ class BoxLogit(torch.nn.Module):
     """theta (LSB, inside the box) <-> standardised unbounded z.
 
     Args:
-        low, high: (7,) box bounds; z_mean, z_std: (7,) standardisation of logit space (train split).
+        low, high: (7,) box bounds.
+        z_mean, z_std: (7,) standardisation of logit space (train split).
     """
 
     def __init__(

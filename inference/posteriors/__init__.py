@@ -1,1 +1,2 @@
-"""Posteriors: the amortized posterior, the ensemble mixture, and the one loader that knows both."""
+"""Posteriors: ``base`` (the shared interface), ``amortized`` (one flow), ``ensemble`` (a mixture
+of them) and ``loader`` (``load_posterior``, the one module that knows both)."""

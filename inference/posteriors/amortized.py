@@ -1,4 +1,4 @@
-"""The amortized posterior: sbi-like ``sample`` / ``log_prob`` / ``map`` over numpy, loaded without pickle.
+"""The amortized posterior: sbi-like ``sample`` / ``log_prob`` / ``map`` over numpy, no pickle.
 
 Anchor: sbi's ``DirectPosterior`` (samples outside the prior support are rejected; ``log_prob`` is
 renormalised by the accepted share, sbi's "leakage" correction). For the box prior nothing leaks,
@@ -28,16 +28,16 @@ from inference.nets.embeddings import model_input
 from inference.nets.flow_matching import ESTIMATOR as FM_ESTIMATOR
 from inference.nets.flow_matching import FlowMatchingConfig, FlowMatchingModel
 from inference.nets.nsf import FlowConfig, NPEModel
+from inference.posteriors.base import MAX_SAMPLES, BasePosterior, _count, _numeric
 from inference.posteriors.rejection import first_round, keep_inside
 from inference.threads import torch_threads_kept
 
 KIND = "npe_posterior"
 PRIOR_SUBDIR = "prior"
-MAX_SAMPLES = 1_000_000
 _ACCEPTANCE_CACHE = 4096  # observations whose leakage correction is kept
 
 
-class AmortizedPosterior:
+class AmortizedPosterior(BasePosterior):
     """q(theta | x) for any observation x of the training protocol.
 
     Args:
@@ -78,7 +78,10 @@ class AmortizedPosterior:
         self._acceptance_cache: OrderedDict[bytes, float] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"AmortizedPosterior(variant={self.variant!r}, estimator={self.estimator!r}, prior={type(self.prior).__name__}, fingerprint={self.fingerprint})"
+        return (
+            f"AmortizedPosterior(variant={self.variant!r}, estimator={self.estimator!r}, "
+            f"prior={type(self.prior).__name__}, fingerprint={self.fingerprint})"
+        )
 
     # ------------------------------------------------------------------ inputs
     def expected_trace_shape(self, batched: bool = False) -> str:
@@ -91,20 +94,23 @@ class AmortizedPosterior:
         return f"{flat} or ({b}{s}, {t}) (protocol {self.protocol.label}: {s} sweeps of {t})"
 
     def _inputs(self, trace: Any, features: Any, batched: bool) -> torch.Tensor:
-        """Validated embedding input: (B, F) statistics, (B, T) ADC codes, or (B, F + T) both (hybrid)."""
+        """Validated embedding input: (B, F) statistics, (B, T) codes, or (B, F + T) (hybrid)."""
         if (trace is None) == (features is None):
             raise ValueError("give exactly one of trace= or features=")
         lead = 2 if batched else 1
         if features is not None:
             if not self.accepts_features:
                 raise ValueError(
-                    f"features= given but the {self.variant} posterior reads raw traces; pass trace= instead"
+                    f"features= given but the {self.variant} posterior reads raw traces; "
+                    "pass trace= instead"
                 )
             f = _numeric(features, "features")
             want = (len(self.feature_names),)
             if f.ndim != lead or f.shape[-1:] != want:
                 raise ValueError(
-                    f"features shape {f.shape} must be {('(B, ' if batched else '(') + str(want[0]) + ')'} in order {', '.join(self.feature_names)}"
+                    f"features shape {f.shape} must be "
+                    f"{('(B, ' if batched else '(') + str(want[0]) + ')'} "
+                    f"in order {', '.join(self.feature_names)}"
                 )
             return torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)).reshape(-1, want[0])
         t = _numeric(trace, "trace")
@@ -146,7 +152,8 @@ class AmortizedPosterior:
         With ``with_log_prob`` also (B, n) log q(theta | x) from the same flow pass (zuko's
         ``rsample_and_log_prob``: one extra forward pass instead of a second sampling run),
         without the restricted prior's leakage correction. A restricted prior rejects draws
-        outside its region and redraws for the observations still short (inference.posteriors.rejection).
+        outside its region and redraws for the observations still short
+        (inference.posteriors.rejection).
         """
         tf = self.model.theta_transform
 
@@ -192,7 +199,7 @@ class AmortizedPosterior:
     def sample_batched(
         self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None
     ) -> NDArray[np.float32]:
-        """Draw for B observations at once: traces (B, T) or features (B, F) -> (B, num_samples, 7) float32."""
+        """Draw for B observations: traces (B, T) or features (B, F) -> (B, n, 7) float32."""
         return self._draw(
             self._embed(self._inputs(traces, features, batched=True)), num_samples, seed
         )[0]
@@ -206,7 +213,7 @@ class AmortizedPosterior:
         seed: int | None = None,
         normalized: bool = True,
     ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
-        """Draws and their log-densities for B observations, from one flow pass (no second density pass).
+        """Draws and their log-densities for B observations, from one flow pass (no second one).
 
         Args:
             traces: (B, T) ADC codes or features: (B, F) statistics.
@@ -282,7 +289,8 @@ class AmortizedPosterior:
             t = t[None]
         if t.ndim != 2 or t.shape[1] != len(self.parameter_names):
             raise ValueError(
-                f"theta shape {np.shape(theta)} must be (m, {len(self.parameter_names)}) in order {', '.join(self.parameter_names)}"
+                f"theta shape {np.shape(theta)} must be (m, {len(self.parameter_names)}) "
+                f"in order {', '.join(self.parameter_names)}"
             )
         x = self._inputs(trace, features, batched=False)
         inside = self.prior.support(t)
@@ -357,7 +365,7 @@ class AmortizedPosterior:
 
     # ------------------------------------------------------------------ misspecification
     def to_sbi(self) -> Any:
-        """This posterior as an sbi ``DirectPosterior`` (x = the raw trace; prior = the restricted region)."""
+        """This posterior as an sbi ``DirectPosterior`` (x: the raw trace; prior: its support)."""
         from inference.posteriors.sbi_interop import to_sbi
 
         return to_sbi(self)
@@ -375,7 +383,7 @@ class AmortizedPosterior:
     def misspecification_batched(
         self, *, traces: Any = None, features: Any = None
     ) -> list[dict[str, Any]]:
-        """``misspecification`` for B observations: traces (B, T) or features (B, F) -> B answers."""
+        """``misspecification`` for B observations: traces (B, T) or features (B, F)."""
         return self._assess(self._inputs(traces, features, batched=True), traces)
 
     @torch.inference_mode()
@@ -404,50 +412,20 @@ class AmortizedPosterior:
         return assess(scores, self.detector, reasons)
 
 
-def _numeric(value: Any, name: str) -> NDArray[np.float64]:
-    a = np.asarray(value)
-    if (
-        a.dtype == object
-        or not (np.issubdtype(a.dtype, np.number))
-        or np.issubdtype(a.dtype, np.complexfloating)
-    ):
-        raise ValueError(f"{name} has dtype {a.dtype}; it must be numeric")
-    if a.size == 0:
-        raise ValueError(f"{name} is empty")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or inf")
-    return a.astype(np.float64, copy=False)
+def load_amortized(directory: str | Path, protocol: Protocol | None = None) -> AmortizedPosterior:
+    """Rebuild one posterior from a `farm train npe` artifact, with no pickle.
 
-
-def _count(num_samples: Any) -> int:
-    if (
-        isinstance(num_samples, bool)
-        or not float(num_samples).is_integer()
-        or not 1 <= int(num_samples) <= MAX_SAMPLES
-    ):
-        raise ValueError(f"num_samples={num_samples} outside [1, {MAX_SAMPLES}]")
-    return int(num_samples)
-
-
-def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> AmortizedPosterior:
-    """Rebuild a posterior from a `farm train npe` artifact, with no pickle.
+    ``inference.posteriors.loader.load_posterior`` calls this for a single artifact (and for each
+    member of an ensemble); it is the public way in, since it also reads ensembles.
 
     Args:
-        directory: the artifact (``manifest.json``, ``weights.pt``, optional ``prior/``), or an
-            ensemble (``ensemble.json`` + ``member-<k>/``, `farm train npe --ensemble K`), which
-            loads as ``inference.posteriors.ensemble.EnsemblePosterior`` with the same interface.
+        directory: the artifact (``manifest.json``, ``weights.pt``, optional ``prior/``).
         protocol: if given, refuse an artifact trained under another stimulus protocol.
 
     Raises:
         ValueError: missing or corrupt files, another format/emulator version or protocol.
     """
     d = Path(directory)
-    if (d / "ensemble.json").is_file():
-        from inference.posteriors.ensemble import (
-            load_ensemble,
-        )  # the ensemble module builds on this one
-
-        return load_ensemble(d, protocol)  # type: ignore[return-value]
     m, state = read_artifact(d, KIND, protocol)
     described = prior_from_attrs(m.get("prior"))
     prior: AnyPrior = (
@@ -455,7 +433,8 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
     )
     if described.is_restricted and not described.matches(prior):
         raise ArtifactError(
-            f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from the manifest's {described.fingerprint}"
+            f"{d / PRIOR_SUBDIR}: restricted prior fingerprint {prior.fingerprint} differs from "
+            f"the manifest's {described.fingerprint}"
         )
     estimator = m["architecture"].get("estimator", "nsf")
     model: NPEModel | FlowMatchingModel
@@ -467,7 +446,8 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
         model = NPEModel(FlowConfig.from_dict(m["architecture"]), m["standardization"])
     else:
         raise ValueError(
-            f"{d}: estimator={estimator!r} in the manifest; this package reads nsf or {FM_ESTIMATOR}"
+            f"{d}: estimator={estimator!r} in the manifest; "
+            f"this package reads nsf or {FM_ESTIMATOR}"
         )
     try:
         model.load_state_dict(state)
@@ -478,9 +458,13 @@ def load_posterior(directory: str | Path, protocol: Protocol | None = None) -> A
     names = feature_names(Protocol.from_dict(m["protocol"]))
     if "features" in model.config.x_fields and tuple(m["feature_names"][: len(names)]) != names:
         raise ValueError(
-            f"{d}: trained on features {m['feature_names']}, this farm computes {list(names)}: retrain"
+            f"{d}: trained on features {m['feature_names']}, "
+            f"this farm computes {list(names)}: retrain"
         )
     detector = (
         KNNDetector.load(d, m["misspecification"]) if m.get("misspecification") else None
     )  # older artifacts: regime checks only
     return AmortizedPosterior(model, m, prior, detector)
+
+
+__all__ = ["KIND", "MAX_SAMPLES", "PRIOR_SUBDIR", "AmortizedPosterior", "load_amortized"]

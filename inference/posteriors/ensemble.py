@@ -1,4 +1,4 @@
-"""Deep ensembles of amortized posteriors: the equal mixture of K members trained with different seeds.
+"""Deep ensembles of posteriors: the equal mixture of K members trained with different seeds.
 
 Why: one flow trained once is often over-confident where the training data are thin; averaging
 independently trained members widens exactly those posteriors and usually calibrates better
@@ -7,9 +7,11 @@ Inference?"). The mixture is
 
     q(theta | x) = 1/K sum_k q_k(theta | x)
 
-sampled by picking a member uniformly for each draw (one multinomial split of n per observation, so
-a seed fixes every draw) and evaluated as ``logsumexp_k log q_k - log K``. It implements the
-``AmortizedPosterior`` interface, so `farm evaluate` and the Serve app take it unchanged.
+sampled by picking a member uniformly for each draw (one multinomial split of n per observation,
+so a seed fixes every draw) and evaluated as ``logsumexp_k log q_k - log K``. It implements
+``BasePosterior`` (``inference.posteriors.base``), so `farm evaluate` and the Serve app take it
+unchanged. Members are any ``BasePosterior``: this module never imports the single posterior's,
+and ``inference.posteriors.loader`` hands ``load_ensemble`` the reader of a member.
 
 Artifact: ``ensemble.json`` (kind ``npe_ensemble``) beside one ordinary NPE artifact per member in
 ``member-<k>/``; each member loads with ``torch.load(weights_only=True)``, nothing is pickled.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +33,7 @@ from farm.defaults import Protocol
 from inference.artifacts import file_sha256, jsonable
 from inference.documents import Document, read_document
 from inference.errors import ArtifactError
-from inference.posteriors.amortized import AmortizedPosterior, _count, load_posterior
+from inference.posteriors.base import BasePosterior, _count
 
 KIND = "npe_ensemble"
 ENSEMBLE_FORMAT_VERSION = "1"
@@ -46,7 +49,7 @@ def member_dir(k: int) -> str:
 
 
 class EnsembleManifest(Document):
-    """``ensemble.json``: the members (directory, seed, fingerprint, manifest checksum) and their metrics."""
+    """``ensemble.json``: the members (dir, seed, fingerprint, manifest checksum), their metrics."""
 
     KINDS = (KIND,)
     FORMAT_VERSION = ENSEMBLE_FORMAT_VERSION
@@ -56,15 +59,15 @@ class EnsembleManifest(Document):
     fingerprint: str
 
 
-class EnsemblePosterior:
-    """The equal mixture of K amortized posteriors of one setup (same prior, protocol, variant).
+class EnsemblePosterior(BasePosterior):
+    """The equal mixture of K posteriors of one setup (same prior, protocol, variant).
 
     Args:
         members: the loaded member posteriors, K in [2, 16].
         manifest: the ensemble's manifest (``ensemble.json`` contents).
     """
 
-    def __init__(self, members: list[AmortizedPosterior], manifest: dict[str, Any]) -> None:
+    def __init__(self, members: list[BasePosterior], manifest: dict[str, Any]) -> None:
         if not 2 <= len(members) <= MAX_MEMBERS:
             raise ValueError(f"members={len(members)} outside [2, {MAX_MEMBERS}]")
         first = members[0]
@@ -80,11 +83,13 @@ class EnsemblePosterior:
             others = {repr(getattr(m, name)) for m in members}
             if len(others) > 1:
                 raise ValueError(
-                    f"ensemble members differ in {name}: {sorted(others)}; members must come from one setup"
+                    f"ensemble members differ in {name}: {sorted(others)}; "
+                    "members must come from one setup"
                 )
         if len({m.prior.fingerprint for m in members}) > 1:
             raise ValueError(
-                f"ensemble members differ in prior: {sorted({m.prior.fingerprint for m in members})}"
+                "ensemble members differ in prior: "
+                f"{sorted({m.prior.fingerprint for m in members})}"
             )
         self.members = list(members)
         self.num_members = len(members)
@@ -100,7 +105,8 @@ class EnsemblePosterior:
         self.estimator = getattr(first, "estimator", "nsf")
         self.detector = getattr(first, "detector", None)  # member 0's, as misspecification() below
         self.fingerprint: str = manifest["fingerprint"]
-        # Callers read the member manifest's setup (stores, protocol, metrics); the ensemble adds its own keys.
+        # Callers read the member manifest's setup (stores, protocol, metrics); the ensemble adds
+        # its own keys.
         self.manifest: dict[str, Any] = {
             **first.manifest,
             "name": f"npe-{self.variant}-ensemble{self.num_members}",
@@ -110,13 +116,16 @@ class EnsemblePosterior:
         }
 
     def __repr__(self) -> str:
-        return f"EnsemblePosterior(members={self.num_members}, variant={self.variant!r}, fingerprint={self.fingerprint})"
+        return (
+            f"EnsemblePosterior(members={self.num_members}, variant={self.variant!r}, "
+            f"fingerprint={self.fingerprint})"
+        )
 
     # ------------------------------------------------------------------ sampling
     def _split(
         self, rng: np.random.Generator, rows: int, num_samples: int
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """(rows, K) draws per member (a uniform multinomial split of n per row) and one seed per member."""
+        """(rows, K) draws per member (a uniform multinomial split of n), one seed per member."""
         counts = rng.multinomial(
             num_samples, np.full(self.num_members, 1.0 / self.num_members), size=rows
         )
@@ -156,7 +165,7 @@ class EnsemblePosterior:
     def sample(
         self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None
     ) -> NDArray[np.float32]:
-        """Draw theta from the mixture for ONE observation: (num_samples, 7) float32 LSB; same seed, same draws."""
+        """Mixture draws for ONE observation: (n, 7) float32 LSB; same seed, same draws."""
         ((key, value),) = _one(trace, features).items()
         return self._mixture_draws(num_samples, {_BATCHED[key]: np.asarray(value)[None]}, seed)[0][
             0
@@ -165,13 +174,13 @@ class EnsemblePosterior:
     def sample_batched(
         self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None
     ) -> NDArray[np.float32]:
-        """Draw for B observations: traces (B, T) or features (B, F) -> (B, num_samples, 7) float32."""
+        """Draw for B observations: traces (B, T) or features (B, F) -> (B, n, 7) float32."""
         return self._mixture_draws(num_samples, _batch(traces, features), seed)[0]
 
     def member_split(
         self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None
     ) -> NDArray[np.int64]:
-        """(B, num_samples) member index of each draw ``sample_batched`` returns for the same arguments."""
+        """(B, num_samples) member index of each draw ``sample_batched`` gives for these inputs."""
         return self._mixture_draws(num_samples, _batch(traces, features), seed)[1]
 
     def sample_and_log_prob(
@@ -234,7 +243,7 @@ class EnsemblePosterior:
     def map(
         self, *, trace: Any = None, features: Any = None, num_samples: int = 1000
     ) -> NDArray[np.float32]:
-        """Maximum of the mixture density among the members' refined MAPs and ``num_samples`` mixture draws.
+        """Maximum of the mixture density among the members' MAPs and ``num_samples`` mixture draws.
 
         Returns:
             (7,) float32 LSB inside the prior support.
@@ -250,18 +259,21 @@ class EnsemblePosterior:
 
     # ------------------------------------------------------------------ misspecification
     def misspecification(self, *, trace: Any = None, features: Any = None) -> dict[str, Any]:
-        """Member 0's answer: every member saw the same training data, so one detector speaks for all."""
-        return self.members[0].misspecification(trace=trace, features=features)  # type: ignore[attr-defined]
+        """Member 0's answer: every member saw the same training data; one detector serves all."""
+        return self.members[0].misspecification(trace=trace, features=features)
 
     def misspecification_batched(
         self, *, traces: Any = None, features: Any = None
     ) -> list[dict[str, Any]]:
         """``misspecification`` for B observations (member 0's detector)."""
-        return self.members[0].misspecification_batched(traces=traces, features=features)  # type: ignore[attr-defined]
+        return self.members[0].misspecification_batched(traces=traces, features=features)
 
 
 def mixture_log_prob(member_lp: NDArray[np.float64]) -> NDArray[np.float64]:
-    """log (1/K sum_k exp lp_k) over axis 0 of (K, ...) member log-densities; -inf where every member gives -inf."""
+    """log (1/K sum_k exp lp_k) over axis 0 of (K, ...) member log-densities.
+
+    -inf where every member gives -inf.
+    """
     lp = np.asarray(member_lp, dtype=np.float64)
     top = lp.max(axis=0)
     safe = np.where(np.isfinite(top), top, 0.0)
@@ -331,8 +343,19 @@ def is_ensemble(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
-def load_ensemble(directory: str | Path, protocol: Protocol | None = None) -> EnsemblePosterior:
-    """Rebuild an ensemble from its artifact (no pickle: each member via ``load_posterior``).
+def load_ensemble(
+    directory: str | Path,
+    protocol: Protocol | None = None,
+    *,
+    load_member: Callable[[Path, Protocol | None], BasePosterior],
+) -> EnsemblePosterior:
+    """Rebuild an ensemble from its artifact (no pickle: each member through ``load_member``).
+
+    Args:
+        directory: the ensemble (``ensemble.json`` + ``member-<k>/``).
+        protocol: if given, refuse members trained under another stimulus protocol.
+        load_member: reads one member's directory (``inference.posteriors.loader`` passes
+            ``load_amortized``), so this module needs no single-posterior code.
 
     Raises:
         ArtifactError: missing or edited members, or members of different setups.
@@ -348,17 +371,20 @@ def load_ensemble(directory: str | Path, protocol: Protocol | None = None) -> En
         sub = d / str(entry.get("dir", ""))
         if sub.resolve().parent != d.resolve():
             raise ArtifactError(
-                f"{d / MANIFEST}: member dir={entry.get('dir')!r} is not a subdirectory of the ensemble"
+                f"{d / MANIFEST}: member dir={entry.get('dir')!r} "
+                "is not a subdirectory of the ensemble"
             )
         if not (sub / "manifest.json").is_file():
             raise ArtifactError(
-                f"{sub}: member artifact missing; re-run the same `farm train npe --ensemble` command to resume"
+                f"{sub}: member artifact missing; "
+                "re-run the same `farm train npe --ensemble` command to resume"
             )
         if file_sha256(sub / "manifest.json") != entry.get("manifest_sha256"):
             raise ArtifactError(
-                f"{sub / 'manifest.json'}: checksum differs from {MANIFEST}; the ensemble is corrupt or was edited"
+                f"{sub / 'manifest.json'}: checksum differs from {MANIFEST}; "
+                "the ensemble is corrupt or was edited"
             )
-        members.append(load_posterior(sub, protocol))
+        members.append(load_member(sub, protocol))
     if ensemble_fingerprint([p.fingerprint for p in members]) != m["fingerprint"]:
         raise ArtifactError(
             f"{d / MANIFEST}: member fingerprints do not give the recorded {m['fingerprint']}"

@@ -19,7 +19,8 @@ from inference.errors import RejectionBudgetExceeded
 MAX_ROUNDS = 200  # a row gets at most this many times num_samples draws
 ROUND_ROWS = 1 << 20  # most flow rows drawn at once in a rejection round (bounds memory)
 
-#: (rows,) observation of each candidate -> candidates (rows, 7) and their log-densities (rows,) or None
+#: (rows,) observation of each candidate -> candidates (rows, 7) and their log-densities (rows,) or
+#: None
 Redraw = Callable[[NDArray[np.int64]], tuple[NDArray[np.float64], NDArray[np.float64] | None]]
 
 
@@ -53,7 +54,8 @@ def keep_inside(
     so a batch does not draw for every row what its least accepted row needs.
 
     Raises:
-        RejectionBudgetExceeded: an observation got ``MAX_ROUNDS * num_samples`` candidates and is still short.
+        RejectionBudgetExceeded: an observation got ``MAX_ROUNDS * num_samples`` candidates and
+            is still short.
     """
     b, first, dim = theta.shape
     out = np.empty((b, num_samples, dim), dtype=theta.dtype)

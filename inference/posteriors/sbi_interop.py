@@ -1,9 +1,10 @@
-"""The trained posterior as an sbi ``DirectPosterior``: sbi's sampling, densities, MAP and diagnostics unchanged.
+"""The trained posterior as an sbi ``DirectPosterior``: sbi's sampling, densities, MAP, diagnostics.
 
-Why: sbi users already have ``run_sbc``, ``pairplot`` and L-C2ST written against ``NeuralPosterior``.
-``to_sbi`` wraps the artifact's embedding + flow in sbi 0.27's ``ConditionalDensityEstimator`` and
-its prior in a torch ``Distribution``, so every one of those works on a `farm train npe` artifact.
-Its ``x`` is the raw MADC trace (T,) for every variant: the handcrafted and hybrid ones summarise inside.
+Why: sbi users already have ``run_sbc``, ``pairplot`` and L-C2ST written against
+``NeuralPosterior``. ``to_sbi`` wraps the artifact's embedding + flow in sbi 0.27's
+``ConditionalDensityEstimator`` and its prior in a torch ``Distribution``, so every one of those
+works on a `farm train npe` artifact. Its ``x`` is the raw MADC trace (T,) for every variant: the
+handcrafted and hybrid ones summarise inside.
 The prior's support is the region the artifact's prior allows (the box, or the box where the
 restriction classifier accepts), so sbi's rejection and leakage correction do what the native
 posterior does.
@@ -57,7 +58,7 @@ def _biject_restricted(constraint: RestrictedSupport) -> Transform:
 
 
 class RestrictedBoxPrior(Distribution):
-    """The restricted prior as a torch Distribution: uniform on the box where the classifier accepts.
+    """The restricted prior as a torch Distribution: uniform on the box where the classifier keeps.
 
     ``log_prob`` is the box's uniform log-density where the classifier accepts, else -inf (the
     region's own normaliser, log of the acceptance rate, is left out as sbi's restricted prior
@@ -108,7 +109,7 @@ class RestrictedBoxPrior(Distribution):
 
 
 def sbi_prior(prior: AnyPrior) -> Distribution:
-    """The artifact's prior for sbi: ``BoxUniform`` for the box, ``RestrictedBoxPrior`` for a restricted one."""
+    """The artifact's prior for sbi: ``BoxUniform`` for the box, else ``RestrictedBoxPrior``."""
     if isinstance(prior, RestrictedPrior):
         return RestrictedBoxPrior(prior)
     return BoxUniform(
@@ -120,7 +121,8 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
     """q(theta | x) of a `farm train npe` artifact in sbi's estimator interface; x = raw trace.
 
     Args:
-        posterior: a loaded ``AmortizedPosterior`` (its model, standardisation and input checks are reused).
+        posterior: a loaded ``AmortizedPosterior`` (its model, standardisation and input checks
+            are reused).
 
     ``log_prob`` returns float32 like sbi's own flows. The handcrafted and hybrid variants compute
     their statistics with numpy, so gradients do not flow back into x (sbi never needs them).
@@ -139,7 +141,7 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
         return self.net.embedding
 
     def _context(self, condition: Tensor) -> Tensor:
-        """(B, T) traces -> (B, D) embedding (statistics computed inside for the handcrafted and hybrid variants)."""
+        """(B, T) traces -> (B, D) embedding (handcrafted, hybrid: statistics computed inside)."""
         c = condition.detach().reshape(-1, self.condition_shape[0])
         if c.shape[0] > 1 and bool((c == c[:1]).all()):
             # sbi's potential repeats x_o for every theta (MAP, leakage): embed it once.
@@ -160,7 +162,7 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
         return lp.float().reshape(s, b)
 
     def loss(self, input: Tensor, condition: Tensor, **kwargs: Any) -> Tensor:
-        """The NPE loss (negative log-density), per row; training itself runs in `farm train npe`."""
+        """The NPE loss (negative log-density), per row; training runs in `farm train npe`."""
         return -self.log_prob(input, condition)[0]
 
     def sample(self, sample_shape: torch.Size, condition: Tensor, **kwargs: Any) -> Tensor:

@@ -1,5 +1,5 @@
 """Training: tasks (what is fitted with which loss), the Ray Train loop, artifacts written after.
 
 ``api.train`` is the entry point `farm train` calls; ``trainer`` runs one model, ``ensemble``
-runs K of them on top of it.
+runs K of them on top of it; ``outcome`` is what a finished run hands the artifact writers.
 """

@@ -1,57 +1,71 @@
-"""The library entry point of training: a task (by name or object), stores, an output directory -> metrics.
+"""The library entry point of training: a task, stores, an output directory and a config.
 
 This is what `farm train classifier|npe` calls; the command line only parses options and maps
-``ValueError`` (bad input, exit 2) and ``TrainingError`` (run-time failure, exit 1).
+``ValueError`` (bad input, exit 2) and ``TrainingError`` (run-time failure, exit 1). It picks the
+single-run trainer (``inference.training.trainer``) or the ensemble on top of it
+(``inference.training.ensemble``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from farm.errors import FarmInputError
-from farm.store.sim_store import StoreMismatch
-from inference.defaults import TRAIN_DEFAULTS, TrainConfig
+from inference.defaults import TrainConfig
 from inference.errors import TrainingError
-from inference.training.loop import run_training
+from inference.posteriors.ensemble import is_ensemble
+from inference.training.ensemble import check_members, format_ensemble_metrics, train_ensemble
 from inference.training.tasks import Task, get_task
+from inference.training.trainer import train_single
 
-_D = TRAIN_DEFAULTS
+#: Keyword arguments `train` took before ``config`` -> the ``TrainConfig`` field each sets.
+#: ``quiet`` sets ``progress`` (negated). Old callers keep working; the defaults stay in
+#: ``TrainConfig`` alone.
+LEGACY_KEYWORDS = {
+    "workers": "num_workers",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "learning_rate": "learning_rate",
+    "patience": "patience",
+    "val_fraction": "val_fraction",
+    "seed": "seed",
+    "cpus_per_worker": "cpus_per_worker",
+    "gpus_per_worker": "gpus_per_worker",
+}
 
 
 def train(
     task: str | Task,
-    stores: list[str],
+    stores: Sequence[str],
     out: str,
+    config: TrainConfig | None = None,
     *,
-    workers: int = _D["num_workers"],
-    epochs: int = _D["epochs"],
-    batch_size: int = _D["batch_size"],
-    learning_rate: float = _D["learning_rate"],
-    patience: int = _D["patience"],
-    val_fraction: float = _D["val_fraction"],
-    seed: int = _D["seed"],
     address: str | None = None,
-    quiet: bool = False,
     ensemble: int = 1,
-    cpus_per_worker: int = 0,
-    gpus_per_worker: float = _D["gpus_per_worker"],
+    **legacy: Any,
 ) -> dict[str, Any]:
-    """Train one model with Ray Train and write its artifact into ``out``; re-running resumes.
+    """Train one model (or an ensemble of K) with Ray Train into ``out``; re-running resumes.
+
+    As Ray's trainers take a ``ScalingConfig``/``RunConfig``, this takes one ``TrainConfig``:
+    ``train("npe", stores, out, config=TrainConfig(epochs=50, num_workers=2))``. ``address`` and
+    ``ensemble`` stay keyword arguments, not config fields: the config is what one run's workers
+    receive and what a resumed run is checked against, while the cluster to join and the number
+    of runs only say how runs are launched.
 
     Args:
         task: ``"classifier"``, ``"npe"`` (default options) or a task object, e.g.
             ``NPETask(features="summary-net", prior="artifacts/restricted")`` or
             ``ClassifierTask(target_recall=0.99, heldout=("runs/heldout.zarr",))``.
         stores: Zarr stores from `farm simulate`; out: the artifact directory.
-        workers, epochs, batch_size, learning_rate, patience, val_fraction, seed: see ``TrainConfig``.
+        config: the settings (``TrainConfig``; its task, stores and out come from the arguments);
+            None: the defaults. ``config.progress=False`` is the command line's ``--quiet``.
         address: Ray cluster to join; None starts a private local Ray.
-        quiet: no per-epoch progress lines.
         ensemble: K in [1, 16]; K > 1 trains K posteriors (seeds seed..seed+K-1, in parallel when
-            the cluster has room) whose equal mixture ``load_posterior(out)`` returns
-            (``inference.posteriors.ensemble``).
-        cpus_per_worker: CPUs each Ray Train worker reserves; 0 = the cluster's CPUs / workers.
-        gpus_per_worker: GPUs each Ray Train worker reserves (0: CPU); the model and batches move there.
+            the cluster has room) whose equal mixture ``load_posterior(out)`` returns.
+        legacy: the keyword arguments of old callers (``workers=``, ``epochs=``, ``quiet=``, ...;
+            ``LEGACY_KEYWORDS``), applied on top of ``config``.
 
     Returns:
         The metrics also written into the artifact's manifest.
@@ -60,70 +74,39 @@ def train(
         ValueError: bad settings or stores (one line naming the value).
         TrainingError: training failed at run time.
     """
+    cfg = config_with_legacy(config, legacy)
     t = get_task(task)
     if ensemble != 1:
-        from inference.training.ensemble import check_members, train_ensemble
-
-        return train_ensemble(
-            t,
-            stores,
-            out,
-            check_members(ensemble),
-            seed=seed,
-            workers=workers,
-            address=address,
-            quiet=quiet,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            patience=patience,
-            val_fraction=val_fraction,
-            gpus_per_worker=gpus_per_worker,
-        )
-    if (Path(out) / "ensemble.json").is_file():
+        return train_ensemble(t, stores, out, check_members(ensemble), cfg, address=address)
+    if is_ensemble(out):
         raise FarmInputError(
-            f"out={out!r} holds an ensemble; pass the same --ensemble K to resume it, or another --out"
+            f"out={out!r} holds an ensemble; pass the same --ensemble K to resume it, "
+            "or another --out"
         )
-    for s in stores:
-        if "://" not in s and not Path(s).exists():
-            raise FarmInputError(
-                f"store={s!r} does not exist; create it with `farm simulate --out {s}`"
-            )
-    for s in getattr(t, "heldout", ()):
-        if "://" not in s and not Path(s).exists():
-            raise FarmInputError(
-                f"store={s!r} does not exist; create it with `farm simulate --out {s}`"
-            )
-    cfg = TrainConfig(
-        task=t.name,
-        stores=tuple(stores),
-        out=out,
-        variant=getattr(t, "features", _D["variant"]),
-        num_workers=workers,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        patience=patience,
-        val_fraction=val_fraction,
-        seed=seed,
-        progress=not quiet,
-        cpus_per_worker=cpus_per_worker,
-        gpus_per_worker=gpus_per_worker,
-    )
-    try:
-        t.check_inputs(list(stores))  # fail before training, not after
-        return t.finalize(run_training(cfg, address=address, task=t))
-    except (StoreMismatch, FileNotFoundError) as e:
-        raise FarmInputError(str(e)) from None
+    return train_single(t, stores, out, cfg, address=address)
+
+
+def config_with_legacy(config: TrainConfig | None, legacy: dict[str, Any]) -> TrainConfig:
+    """``config`` (default: ``TrainConfig()``) with the old keyword arguments of ``train`` applied.
+
+    Raises:
+        TypeError: a keyword ``train`` never took, as Python names it.
+    """
+    for name in legacy:
+        if name not in LEGACY_KEYWORDS and name != "quiet":
+            raise TypeError(f"train() got an unexpected keyword argument {name!r}")
+    fields = {LEGACY_KEYWORDS[k]: v for k, v in legacy.items() if k in LEGACY_KEYWORDS}
+    if "quiet" in legacy:
+        fields["progress"] = not legacy["quiet"]
+    base = TrainConfig() if config is None else config
+    return replace(base, **fields) if fields else base
 
 
 def format_metrics(task: str | Task, out: str, metrics: dict[str, Any]) -> str:
     """A few human lines for the terminal (the full metrics are in the manifest)."""
     if "ensemble" in metrics:
-        from inference.training.ensemble import format_ensemble_metrics
-
         return format_ensemble_metrics(out, metrics)
     return get_task(task).format_metrics(out, metrics)
 
 
-__all__ = ["TrainingError", "format_metrics", "train"]
+__all__ = ["LEGACY_KEYWORDS", "TrainingError", "config_with_legacy", "format_metrics", "train"]

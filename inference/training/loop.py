@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,15 @@ from inference.data.datasets import ChunkStream, DataPlan, StoreSet, box_bounds,
 from inference.defaults import TrainConfig
 from inference.errors import TrainingError
 from inference.training.lean_trainer import lean_torch_trainer
+from inference.training.outcome import TrainOutcome
 from inference.training.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
-#: Smallest drop of the validation loss that counts as an improvement for early stopping (nats per row
-#: for NSF, squared error for flow matching). The mean loss over ~3,000 validation rows has a sampling
-#: error near 1e-2, so smaller gains are not evidence of a better posterior; at 1e-4 they kept patience
-#: alive for 70 epochs at the learning-rate floor (demo handcrafted flow matching: 0.8277 at epoch 106,
-#: 0.8247 at 175).
+#: Smallest drop of the validation loss that counts as an improvement for early stopping (nats per
+#: row for NSF, squared error for flow matching). The mean loss over ~3,000 validation rows has a
+#: sampling error near 1e-2, so smaller gains are not evidence of a better posterior, and counting
+#: them keeps patience alive for tens of epochs at the learning-rate floor.
 MIN_IMPROVEMENT = 1e-3
 #: Seed of the validation pass's random draws (the same every epoch; see ``_validate``).
 VALIDATION_SEED = 0x5EED_0F_7A1
@@ -98,7 +98,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()  # a GPU with use_gpu, else the CPU
-    # on the device before the optimizer exists: a restored Adam state follows its parameters' device
+    # on the device before the optimizer exists: a restored Adam state follows its parameters'
+    # device
     model = task.build_model(cfg, cfg.stats).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     sched = make_scheduler(cfg, opt)
@@ -118,7 +119,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             saved = torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
         if saved["fingerprint"] != plan.fingerprint:
             raise TrainingError(
-                f"checkpoint was trained on stores with fingerprint {saved['fingerprint']}, now {plan.fingerprint}; use another --out"
+                f"checkpoint was trained on stores with fingerprint {saved['fingerprint']}, now "
+                f"{plan.fingerprint}; use another --out"
             )
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
@@ -158,7 +160,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             run_n += len(batch["theta"])
             if cfg.progress and rank == 0 and (step + 1) % report_every == 0:
                 print(
-                    f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss {float(run_loss) / run_n:.4f}",
+                    f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss "
+                    f"{float(run_loss) / run_n:.4f}",
                     flush=True,
                 )
         seconds = time.perf_counter() - t0
@@ -196,7 +199,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0 and cfg.progress:
             extra = f" val_acc {val['val_accuracy']:.3f}" if "val_accuracy" in val else ""
             print(
-                f"[train] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} val_loss {val['val_loss']:.4f}{extra} lr {lr:.1e} ({metrics['samples_per_s']:.0f} samples/s){' *' if improved else ''}{' early stop' if state['stopped'] else ''}",
+                f"[train] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} val_loss "
+                f"{val['val_loss']:.4f}{extra} lr {lr:.1e} ({metrics['samples_per_s']:.0f} "
+                f"samples/s){' *' if improved else ''}{' early stop' if state['stopped'] else ''}",
                 flush=True,
             )
         with tempfile.TemporaryDirectory() as tmp:
@@ -237,9 +242,10 @@ def _validate(
     """Validation loss and the task's extra metrics, per row, summed over all workers."""
     model.eval()
     acc = torch.zeros(2 + len(task.extra_metrics), dtype=torch.float64)  # loss sum, rows, extras
-    # Common random numbers: a stochastic loss (flow matching draws a time and a noise point per row)
-    # sees the same draws every epoch, so epochs differ only by their weights. With fresh draws the
-    # validation loss jittered by more than an epoch's gain and halved the learning rate too early.
+    # Common random numbers: a stochastic loss (flow matching draws a time and a noise point per
+    # row) sees the same draws every epoch, so epochs differ only by their weights. With fresh draws
+    # the validation loss jittered by more than an epoch's gain and halved the learning rate too
+    # early.
     with torch.random.fork_rng(
         devices=[torch.cuda.current_device()]
         if device is not None and device.type == "cuda"
@@ -263,34 +269,6 @@ def _validate(
 
 
 # ---------------------------------------------------------------------------- the driver
-@dataclass
-class TrainOutcome:
-    """What the driver gets back: the best weights, the history and the data plan."""
-
-    config: TrainConfig
-    plan: DataPlan
-    stats: dict[str, Any]
-    state: dict[str, Any]
-    stores: StoreSet
-
-    def best_model(self) -> torch.nn.Module:
-        model = task_for(self.config).build_model(self.config, self.stats)
-        model.load_state_dict(self.state["best_model"])
-        return model.eval()
-
-    def summary(self) -> dict[str, Any]:
-        """What every finished training reports in its artifact: best epoch and loss, epochs run, split sizes."""
-        return {
-            "best_val_loss": self.state["best_val"],
-            "best_epoch": self.state["best_epoch"] + 1,
-            "epochs_trained": len(self.state["history"]),
-            "resumed_at_epochs": self.state["resumed_at"],
-            "num_train": self.plan.num_train,
-            "num_val": self.plan.num_val,
-            "num_test": self.plan.num_test,
-        }
-
-
 def run_training(
     cfg: TrainConfig, address: str | None = None, task: Task | None = None
 ) -> TrainOutcome:
@@ -308,6 +286,12 @@ def run_training(
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
+    # A TrainConfig may be written before its stores and output are known (``train`` fills them
+    # in); a run needs both.
+    if not cfg.stores:
+        raise ValueError("stores=() is empty; give at least one --store")
+    if not cfg.out:
+        raise ValueError("out='' is empty; give the artifact directory (--out)")
     # Workers may run elsewhere (another cwd or node): local paths become absolute.
     cfg = replace(cfg, stores=tuple(_absolute(s) for s in cfg.stores), out=_absolute(cfg.out))
     task = task or task_for(cfg)
@@ -324,7 +308,8 @@ def run_training(
                 if have.get(k) != json.loads(json.dumps(cfg.identity())).get(k)
             )
             raise TrainingError(
-                f"out={str(out)!r} holds a training with other {', '.join(diff)}; use another --out or the same settings to resume"
+                f"out={str(out)!r} holds a training with other {', '.join(diff)}; use another "
+                "--out or the same settings to resume"
             )
     stores = StoreSet(cfg.stores)
     plan = plan_data(stores, cfg.val_fraction, cfg.test_fraction)
@@ -363,8 +348,9 @@ def run_training(
                 storage_path=str(out / "checkpoints"),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 failure_config=FailureConfig(max_failures=0),
-                # Ray Train narrates every report and checkpoint at INFO; the CLI prints its own progress,
-                # and a failed run surfaces as one TrainingError line, so quiet hides Train's logs entirely.
+                # Ray Train narrates every report and checkpoint at INFO; the CLI prints its own
+                # progress, and a failed run surfaces as one TrainingError line, so quiet hides
+                # Train's logs entirely.
                 logging_config=LoggingConfig(log_level="WARNING" if cfg.progress else "CRITICAL"),
             ),
         )
@@ -378,12 +364,20 @@ def run_training(
             state = torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
         if "best_model" not in state:
             raise TrainingError(
-                f"the validation loss was never finite in {len(state['history'])} epochs; lower --lr"
+                f"the validation loss was never finite in {len(state['history'])} epochs; lower "
+                "--lr"
             )
     finally:
         if started:
             ray.shutdown()
-    return TrainOutcome(config=cfg, plan=plan, stats=stats, state=state, stores=stores)
+    return TrainOutcome(
+        config=cfg,
+        plan=plan,
+        stats=stats,
+        state=state,
+        stores=stores,
+        build_model=task_for(cfg).build_model,  # as the workers rebuild it, from the config
+    )
 
 
 def _absolute(url: str) -> str:

@@ -20,7 +20,8 @@ from inference.artifacts import write_artifact
 from inference.data.datasets import ChunkStream
 from inference.diagnostics.misspecification import KNNDetector
 from inference.nets.embeddings import model_input
-from inference.posteriors.amortized import KIND, PRIOR_SUBDIR, AmortizedPosterior, load_posterior
+from inference.posteriors.amortized import KIND, PRIOR_SUBDIR, AmortizedPosterior, load_amortized
+from inference.training.outcome import TrainOutcome
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,19 @@ def resolve_prior(store_prior: dict[str, Any] | None, prior_dir: str | Path | No
             and store_prior.get("fingerprint") != prior.fingerprint
         ):
             raise FarmInputError(
-                f"prior={str(prior_dir)!r} has fingerprint {prior.fingerprint}, but the store was simulated from {store_prior.get('fingerprint')}"
+                f"prior={str(prior_dir)!r} has fingerprint {prior.fingerprint}, but the store was "
+                f"simulated from {store_prior.get('fingerprint')}"
             )
         if store_prior.get("type") != "restricted":
             raise FarmInputError(
-                f"prior={str(prior_dir)!r} given, but the store was simulated from the box prior; omit --prior"
+                f"prior={str(prior_dir)!r} given, but the store was simulated from the box prior; "
+                "omit --prior"
             )
         return prior
     if store_prior.get("type") == "restricted":
         log.warning(
-            "store was simulated from restricted prior %s but no --prior was given: the posterior's support is its box",
+            "store was simulated from restricted prior %s but no --prior was given: the "
+            "posterior's support is its box",
             store_prior.get("fingerprint"),
         )
         return BoxPrior(PriorBox.from_dict(store_prior["box"]))
@@ -61,7 +65,7 @@ def resolve_prior(store_prior: dict[str, Any] | None, prior_dir: str | Path | No
 
 def heldout_check(
     posterior: AmortizedPosterior,
-    outcome: Any,
+    outcome: TrainOutcome,
     num_obs: int = 200,
     num_samples: int = 500,
     level: float = 0.9,
@@ -104,9 +108,9 @@ def heldout_check(
 
 
 def _in_regime_rows(
-    posterior: AmortizedPosterior, outcome: Any, split: str, limit: int
+    posterior: AmortizedPosterior, outcome: TrainOutcome, split: str, limit: int
 ) -> np.ndarray:
-    """Summaries (embedding outputs) of up to ``limit`` in-regime rows of one split, in chunk order."""
+    """Summaries (embedding outputs) of up to ``limit`` in-regime rows of a split, chunk order."""
     import torch
 
     stream = ChunkStream(outcome.stores, outcome.plan, split, ("features", "trace"), 1024)
@@ -132,11 +136,11 @@ def _in_regime_rows(
 
 def calibrate_misspecification(
     posterior: AmortizedPosterior,
-    outcome: Any,
+    outcome: TrainOutcome,
     num_reference: int = 5000,
     num_calibration: int = 2000,
 ) -> KNNDetector | None:
-    """The summary-space detector: reference = in-regime training rows, threshold from in-regime test rows.
+    """The summary-space detector: reference from in-regime training rows, threshold from test rows.
 
     Why the test split: validation rows chose the best epoch, so the embedding has seen their
     influence and scores them slightly lower than fresh data; test rows took no part in training,
@@ -156,12 +160,12 @@ def calibrate_misspecification(
 
 
 def summary_names(model: Any, protocol: Any) -> list[str]:
-    """Names of the embedding's outputs: the named statistics, then ``cnn_k`` for each learned one."""
+    """Names of the embedding's outputs: the named statistics, then ``cnn_k`` per learned one."""
     names = list(feature_names(protocol)) if "features" in model.config.x_fields else []
     return names + [f"cnn_{k}" for k in range(model.embedding.num_features - len(names))]
 
 
-def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str, Any]:
+def finalize_npe(outcome: TrainOutcome, prior_dir: str | Path | None = None) -> dict[str, Any]:
     """Write the posterior artifact into ``outcome.config.out`` and return its metrics."""
     cfg, out = outcome.config, Path(outcome.config.out)
     stores, plan = outcome.stores, outcome.plan
@@ -193,7 +197,7 @@ def finalize_npe(outcome: Any, prior_dir: str | Path | None = None) -> dict[str,
         "history": history,
     }
     write_artifact(out, KIND, model.state_dict(), manifest)
-    posterior = load_posterior(out)
+    posterior = load_amortized(out)  # the artifact just written: one posterior, never an ensemble
     metrics["heldout"] = heldout_check(posterior, outcome)
     detector = calibrate_misspecification(posterior, outcome)
     if detector is not None:

@@ -1,4 +1,4 @@
-"""From a trained regime classifier to a restricted prior artifact that `farm simulate --prior` reads.
+"""From a trained regime classifier to the restricted prior `farm simulate --prior` reads.
 
 The threshold is the largest logit that keeps ``target_recall`` of the in-regime validation
 samples (sbi's ``RestrictionEstimator`` calls the complement ``allowed_false_negatives``). The
@@ -22,6 +22,7 @@ from farm.substrates.registry import get_substrate
 from inference.artifacts import jsonable, write_artifact
 from inference.data.datasets import ChunkStream, DataPlan, StoreSet, plan_data
 from inference.nets.classifier import RegimeClassifier
+from inference.training.outcome import TrainOutcome
 
 KIND = "restriction_classifier"
 
@@ -65,7 +66,7 @@ def threshold_for_recall(
 def classification_metrics(
     logits: NDArray[np.floating], labels: NDArray[np.bool_], threshold: float
 ) -> dict[str, float]:
-    """Recall, precision, accuracy and accepted share at ``threshold`` (keep = logit >= threshold)."""
+    """Recall, precision, accuracy and accepted share at ``threshold`` (keep: logit >= it)."""
     keep = np.asarray(logits) >= threshold
     y = np.asarray(labels, dtype=bool)
     tp = float(np.sum(keep & y))
@@ -87,7 +88,7 @@ def to_restricted_prior(
     seed: int = 0,
     meta: dict[str, Any] | None = None,
 ) -> RestrictedPrior:
-    """Export the torch MLP to farm's numpy RestrictedPrior; acceptance measured on ``num_draws`` box draws."""
+    """Export the torch MLP as farm's numpy RestrictedPrior; acceptance on ``num_draws`` draws."""
     weights, biases = model.export_numpy()
     mean = model.input_mean.double().numpy()
     std = model.input_std.double().numpy()
@@ -109,7 +110,7 @@ def simulated_in_regime_fraction(
     num_sims: int = 2000,
     seed: int = 12345,
 ) -> float:
-    """Share of fresh simulations from ``prior`` whose spike count lies in the regime (the paper's 2 % -> 38 %)."""
+    """Share of fresh simulations from ``prior`` in the regime (the paper's 2 % -> 38 %)."""
     batch = simulate_indices(
         prior, seed, np.arange(num_sims), get_substrate("emulator", protocol, chip_model)
     )
@@ -118,12 +119,12 @@ def simulated_in_regime_fraction(
 
 
 def finalize_classifier(
-    outcome: Any,
+    outcome: TrainOutcome,
     target_recall: float = 0.99,
     heldout: list[str] | None = None,
     num_check_sims: int = 2000,
 ) -> dict[str, Any]:
-    """Write the restricted prior (restricted_prior.json + weights.npz) and the classifier artifact into ``out``.
+    """Write the restricted prior (restricted_prior.json + weights.npz) and the classifier into out.
 
     Args:
         outcome: the TrainOutcome of a ``classifier`` run.

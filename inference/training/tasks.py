@@ -2,9 +2,9 @@
 
 Anchor: sbi's ``RestrictionEstimator`` / ``NPE`` take their network as a name or a builder, and the
 trainer stays apart from the estimator. Here a task object carries that knowledge, so the Ray
-Train loop (``inference.training.loop``) and the library entry point (``inference.training.api.train``) hold
-no string switches. A task is chosen by name (``get_task("npe", features="summary-net")``) or
-given as an object; it is rebuilt on each worker from the run's ``TrainConfig``.
+Train loop (``inference.training.loop``) and the single-run trainer (``inference.training.trainer``)
+hold no string switches. A task is chosen by name (``get_task("npe", features="summary-net")``)
+or given as an object; it is rebuilt on each worker from the run's ``TrainConfig``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from inference.nets.nsf import FlowConfig, NPEModel
 
 if TYPE_CHECKING:
     from inference.data.datasets import DataPlan
-    from inference.training.loop import TrainOutcome
+    from inference.training.outcome import TrainOutcome
 
 
 class Task(Protocol):
@@ -68,7 +68,8 @@ class ClassifierTask:
     """The restriction classifier: theta -> P(spike count in the regime), binary cross-entropy.
 
     Args:
-        target_recall: share of in-regime validation samples the restricted prior keeps, in [0.5, 1].
+        target_recall: share of in-regime validation samples the restricted prior keeps, in
+            [0.5, 1].
         heldout: stores from the box prior to report recall/precision on.
         architecture: ``ClassifierConfig`` fields overriding its defaults.
     """
@@ -123,20 +124,25 @@ class ClassifierTask:
         v = metrics["validation"]
         lines = [
             f"restricted prior written to {out} (farm simulate --prior {out})",
-            f"validation: recall {v['recall']:.3f}  precision {v['precision']:.3f}  at threshold logit {metrics['threshold_logit']:.3f}",
-            f"acceptance from the box {metrics['acceptance_rate']:.3f}; in regime: box {metrics['box_in_regime_fraction']:.3f} -> restricted {metrics['restricted_in_regime_fraction']:.3f}",
+            f"validation: recall {v['recall']:.3f}  precision {v['precision']:.3f}  at threshold "
+            f"logit {metrics['threshold_logit']:.3f}",
+            f"acceptance from the box {metrics['acceptance_rate']:.3f}; in regime: box "
+            f"{metrics['box_in_regime_fraction']:.3f} -> restricted "
+            f"{metrics['restricted_in_regime_fraction']:.3f}",
         ]
         if "test" in metrics:
             t = metrics["test"]
             lines.insert(
                 2,
-                f"test split: recall {t['recall']:.3f}  precision {t['precision']:.3f}  ({t['num_samples']} samples not used to train or to pick the threshold)",
+                f"test split: recall {t['recall']:.3f}  precision {t['precision']:.3f}  "
+                f"({t['num_samples']} samples not used to train or to pick the threshold)",
             )
         if "heldout" in metrics:
             h = metrics["heldout"]
             lines.insert(
                 2,
-                f"held-out: recall {h['recall']:.3f}  precision {h['precision']:.3f}  ({h['num_samples']} samples)",
+                f"held-out: recall {h['recall']:.3f}  precision {h['precision']:.3f}  "
+                f"({h['num_samples']} samples)",
             )
         return "\n".join(lines)
 
@@ -146,10 +152,12 @@ class NPETask:
     """Amortized neural posterior estimation: embedding + a conditional density estimator of theta.
 
     Args:
-        features: ``handcrafted`` (the store's named statistics), ``summary-net`` (a CNN on the trace) or
-            ``hybrid`` (the statistics beside a small CNN on the trace).
-        prior: the restricted prior directory the store was simulated from (``farm train classifier --out``).
-        flow: architecture fields overriding the estimator's defaults (``FlowConfig`` or ``FlowMatchingConfig``).
+        features: ``handcrafted`` (the store's named statistics), ``summary-net`` (a CNN on the
+            trace) or ``hybrid`` (the statistics beside a small CNN on the trace).
+        prior: the restricted prior directory the store was simulated from
+            (``farm train classifier --out``).
+        flow: architecture fields overriding the estimator's defaults (``FlowConfig`` or
+            ``FlowMatchingConfig``).
         estimator: ``nsf`` (neural spline flow, loss -log q(theta | x)) or ``flow-matching``
             (a vector field, flow-matching regression loss; Wildberger et al. 2023).
     """
@@ -169,7 +177,8 @@ class NPETask:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> NPETask:
-        # the estimator travels in the architecture dict: an NSF run's config (and artifact) stays as before
+        # the estimator travels in the architecture dict: an NSF run's config (and artifact) stays
+        # as before
         return cls(
             features=cfg.variant, flow=dict(cfg.flow), estimator=cfg.flow.get("estimator", "nsf")
         )
@@ -180,7 +189,7 @@ class NPETask:
         return INPUT_FIELDS[self.features]
 
     def flow_config(self, cfg: TrainConfig) -> FlowConfig | FlowMatchingConfig:
-        """The estimator's config: its defaults (``architecture_defaults``) overridden by ``cfg.flow``."""
+        """The estimator's config: its defaults (``architecture_defaults``), then ``cfg.flow``."""
         d = (
             architecture_defaults(self.features)
             | {k: v for k, v in cfg.flow.items() if k != "estimator"}
@@ -230,7 +239,8 @@ class NPETask:
             path = Path(self.prior) / "restricted_prior.json"
             if not path.is_file():
                 raise FarmInputError(
-                    f"prior={self.prior!r} has no restricted_prior.json; pass the --out directory of `farm train classifier`"
+                    f"prior={self.prior!r} has no restricted_prior.json; pass the --out directory "
+                    "of `farm train classifier`"
                 )
             read_document(path, RestrictedPriorDocument)
         resolve_prior(StoreSet(stores).priors[0], self.prior)
@@ -238,7 +248,8 @@ class NPETask:
     def check_plan(self, cfg: TrainConfig, plan: DataPlan) -> None:
         if plan.num_train < cfg.batch_size * cfg.num_workers:
             raise TrainingError(
-                f"{plan.num_train} training samples < batch_size {cfg.batch_size} x workers {cfg.num_workers}; lower --batch-size"
+                f"{plan.num_train} training samples < batch_size {cfg.batch_size} x workers "
+                f"{cfg.num_workers}; lower --batch-size"
             )
 
     def finalize(self, outcome: TrainOutcome) -> dict[str, Any]:
@@ -249,11 +260,17 @@ class NPETask:
     def format_metrics(self, out: str, metrics: dict[str, Any]) -> str:
         h = metrics["heldout"]
         if not h.get("num_observations"):
-            return f"{self.estimator} posterior written to {out} (best epoch {metrics['best_epoch']} of {metrics['epochs_trained']}); the test split is empty: no held-out check"
+            return (
+                f"{self.estimator} posterior written to {out} (best epoch {metrics['best_epoch']} "
+                f"of {metrics['epochs_trained']}); the test split is empty: no held-out check"
+            )
         return "\n".join(
             [
-                f"{self.estimator} posterior written to {out} (best epoch {metrics['best_epoch']} of {metrics['epochs_trained']}, val loss {metrics['best_val_loss']:.4f})",
-                f"held-out check on {h['num_observations']} test-split observations: {int(h['level'] * 100)}% interval coverage {h['coverage']:.2f}, mean width {h['relative_width']:.3f} of the prior box",
+                f"{self.estimator} posterior written to {out} (best epoch {metrics['best_epoch']} "
+                f"of {metrics['epochs_trained']}, val loss {metrics['best_val_loss']:.4f})",
+                f"held-out check on {h['num_observations']} test-split observations: "
+                f"{int(h['level'] * 100)}% interval coverage {h['coverage']:.2f}, mean width "
+                f"{h['relative_width']:.3f} of the prior box",
             ]
         )
 
