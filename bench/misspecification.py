@@ -8,7 +8,7 @@ simulated on chips the training never saw. Every method is calibrated the same w
     python bench/misspecification.py [--n 20000]
 
 Trace space (issue 28): the summary check of a trained posterior beside the trace-space check
-(``inference.diagnostics.misspecification.TraceDetector``), both calibrated together on held-out
+(``inference.diagnostics.trace_check.TraceDetector``), both calibrated together on held-out
 traces to a 5 % false-alarm rate, on the distortion classes of ``TRACE_DISTORTIONS`` and a trace
 from another neuron model:
 
@@ -130,7 +130,7 @@ def trace_space(posterior_dir: str, train: str, test: str, target: float = 0.05)
     artifact's check as served today.
     """
     from inference import load_posterior
-    from inference.diagnostics.misspecification import TraceDetector
+    from inference.diagnostics.trace_check import TraceDetector
     from inference.evaluation.distortions import (
         OTHER_MODEL,
         TRACE_DISTORTIONS,

@@ -14,7 +14,7 @@ import pytest
 from farm.defaults import Regime
 from farm.prior import BoxPrior
 from farm.simulate import simulate_theta
-from inference.diagnostics.misspecification import (
+from inference.diagnostics.trace_check import (
     TRACE_STATISTICS,
     TraceDetector,
     trace_statistics,
