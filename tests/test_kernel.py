@@ -152,7 +152,7 @@ def test_vector_step_parts_equal_their_scalar_definitions_bitwise() -> None:
     assert np.array_equal(noise, scalar_noise)
 
 
-def test_traces_identical_on_a_cpu_without_avx_or_fma(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_traces_identical_on_a_cpu_without_avx_or_fma(tmp_path: Path) -> None:
     """The digest again, compiled for baseline x86-64 (SSE2: the vector step splits into 2-wide
     ops, fma becomes libm's exact fma): stores do not depend on the host's instruction set."""
     if platform.machine() not in ("x86_64", "AMD64"):

@@ -29,7 +29,9 @@ from farm.defaults import EMULATOR_VERSION, ChipModel, Protocol, Regime
 from farm.store.sim_store import SimStore, StoreMismatch
 from inference.data.prefetch import background
 from inference.data.quality import quality_flags
-from inference.data.splits import SPLITS, is_validation, split_of  # noqa: F401 (is_validation: re-exported)
+
+# is_validation: re-exported for old callers
+from inference.data.splits import SPLITS, is_validation, split_of  # noqa: F401
 
 log = logging.getLogger(__name__)
 

@@ -281,9 +281,11 @@ class ODEPosterior:
                 row_z.append(zz)
                 row_ell.append(ll)
             outs.append(torch.cat(row_z, 0))
-            ells.append(None if not with_divergence else torch.cat(row_ell, 0))  # type: ignore[arg-type]
+            row = torch.cat(row_ell, 0) if with_divergence else None
+            ells.append(row)  # type: ignore[arg-type]
         self.context_term = full
-        return torch.cat(outs, 1), (torch.cat(ells, 1) if with_divergence else None)  # type: ignore[arg-type]
+        ell = torch.cat(ells, 1) if with_divergence else None  # type: ignore[arg-type]
+        return torch.cat(outs, 1), ell
 
     def _base_log_prob(self, z0: Tensor) -> Tensor:
         return -0.5 * (z0.double() ** 2).sum(-1) - 0.5 * self.field.dim * math.log(2 * math.pi)
