@@ -45,6 +45,9 @@ DEMO_TRAIN ?=
 DEMO_ESTIMATOR ?= flow-matching
 DEMO_SN_ARCH ?= --arch cnn_input_pool=2 --arch 'cnn_channels=[8,16,32]' --arch time_samples=4
 DEMO_EVAL ?= --n-obs 300 --n-samples 300
+# the chips the demo's stores draw circuits from (ChipModel's default pool); the circuit-aware posterior
+# (issue 25) is conditioned on their fingerprints, recorded once into $(DEMO)/circuits.zarr
+DEMO_CHIPS ?= 0-7
 DEMO_PORT ?= 8765
 FARM := $(BIN)/farm
 # the two trainings run side by side, one torch thread each (2 cores); the handcrafted posterior is
@@ -60,15 +63,18 @@ demo: $(STAMP)
 	@echo "== 3/7 training and held-out simulations from the restricted prior"
 	$(FARM) simulate --n $(DEMO_SIMS) --seed 2 --prior $(DEMO)/restricted --out $(DEMO)/train.zarr -q
 	$(FARM) simulate --n $(DEMO_TEST) --seed 3 --prior $(DEMO)/restricted --out $(DEMO)/test.zarr -q
-	@echo "== 4/7 amortized posteriors side by side (handcrafted statistics: trained, then evaluated; summary network: trained)"
+	@echo "== 4/7 amortized posteriors side by side (handcrafted statistics, then circuit-aware: each trained, then evaluated; summary network: trained)"
 	($(FARM) train npe $(NPE_ARGS) --features handcrafted --out $(DEMO)/npe-handcrafted && \
-	  OMP_NUM_THREADS=1 $(FARM) evaluate --posterior $(DEMO)/npe-handcrafted --store $(DEMO)/test.zarr --out $(DEMO)/reports/handcrafted $(DEMO_EVAL)) \
+	  OMP_NUM_THREADS=1 $(FARM) evaluate --posterior $(DEMO)/npe-handcrafted --store $(DEMO)/test.zarr --out $(DEMO)/reports/handcrafted $(DEMO_EVAL) && \
+	  $(FARM) fingerprint --chip-ids $(DEMO_CHIPS) --seed 4 --out $(DEMO)/circuits.zarr -q && \
+	  $(FARM) train npe $(NPE_ARGS) --features handcrafted --circuits $(DEMO)/circuits.zarr --out $(DEMO)/npe-circuit && \
+	  OMP_NUM_THREADS=1 $(FARM) evaluate --posterior $(DEMO)/npe-circuit --circuits $(DEMO)/circuits.zarr --store $(DEMO)/test.zarr --out $(DEMO)/reports/circuit $(DEMO_EVAL)) \
 	  > $(DEMO)/handcrafted.log 2>&1 & hc=$$!; \
 	  $(FARM) train npe $(NPE_ARGS) --features summary-net $(DEMO_SN_ARCH) --out $(DEMO)/npe-summary-net; sn=$$?; \
 	  wait $$hc; hcs=$$?; cat $(DEMO)/handcrafted.log; test $$sn -eq 0 && test $$hcs -eq 0
-	@echo "== 5/7 evaluation of the summary network on the held-out store, then both side by side"
+	@echo "== 5/7 evaluation of the summary network on the held-out store, then all three side by side"
 	$(FARM) evaluate --posterior $(DEMO)/npe-summary-net --store $(DEMO)/test.zarr --out $(DEMO)/reports/summary-net $(DEMO_EVAL)
-	$(FARM) compare $(DEMO)/reports/handcrafted $(DEMO)/reports/summary-net
+	$(FARM) compare $(DEMO)/reports/handcrafted $(DEMO)/reports/summary-net $(DEMO)/reports/circuit
 	@echo "== 6/7 serve the summary-network posterior and query it over HTTP"
 	$(FARM) serve --posterior $(DEMO)/npe-summary-net --port $(DEMO_PORT) --detach --pid-file $(DEMO)/serve.pid
 	status=0; $(FARM) query --url http://127.0.0.1:$(DEMO_PORT) --store $(DEMO)/test.zarr --index 0 --n 1000 --seed 0 --plot $(DEMO)/query.png || status=$$?; \
@@ -77,6 +83,7 @@ demo: $(STAMP)
 	@echo "== 7/7 done. Reports (metrics.json + figures; docs/evaluation.md explains them):"
 	@echo "   $(abspath $(DEMO))/reports/handcrafted"
 	@echo "   $(abspath $(DEMO))/reports/summary-net"
+	@echo "   $(abspath $(DEMO))/reports/circuit   (circuit-aware: conditioned on $(abspath $(DEMO))/circuits.zarr)"
 	@echo "   query pair plot: $(abspath $(DEMO))/query.png"
 
 bench: $(STAMP)

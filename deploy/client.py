@@ -1,7 +1,10 @@
 """Client side of the posterior service: the implementation of ``farm query``.
 
 The client reads the observation locally (a ``.npy`` trace, or sample ``i`` of a store) and sends
-the trace itself: the HTTP API never takes a path, so a server cannot be made to read files.
+the trace itself: the HTTP API never takes a path, so a server cannot be made to read files. For a
+circuit-aware posterior it also sends the circuit: its fingerprint (a ``.npy`` of ``farm
+fingerprint``'s (references, time) codes) or its ids, which the service looks up in its own
+circuits store (``farm serve --circuits``).
 """
 
 from __future__ import annotations
@@ -86,15 +89,75 @@ class PosteriorClient:
         return self._call("GET", "/info")
 
     def sample(
-        self, trace: NDArray[np.integer], num_samples: int = 1000, seed: int | None = None
+        self,
+        trace: NDArray[np.integer],
+        num_samples: int = 1000,
+        seed: int | None = None,
+        *,
+        fingerprint: NDArray[np.integer] | None = None,
+        circuit: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "trace": np.asarray(trace).astype(int).tolist(),
-            "num_samples": int(num_samples),
-        }
+        """POST /sample: ``num_samples`` draws for one trace.
+
+        Args:
+            trace: the observation's ADC codes.
+            fingerprint: (references, time) codes of the observation's circuit (circuit-aware
+                posteriors), or
+            circuit: its (chip, neuron), looked up in the service's circuits store.
+        """
+        body = observation_body(trace, fingerprint, circuit) | {"num_samples": int(num_samples)}
         if seed is not None:
             body["seed"] = int(seed)
         return self._call("POST", "/sample", body)
+
+    def log_prob(
+        self,
+        theta: NDArray[np.floating],
+        trace: NDArray[np.integer],
+        *,
+        fingerprint: NDArray[np.integer] | None = None,
+        circuit: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        """POST /log_prob: log q(theta | x) per row of ``theta`` (m, 7), CapMem LSB."""
+        rows = np.atleast_2d(np.asarray(theta, dtype=np.float64)).tolist()
+        body = observation_body(trace, fingerprint, circuit) | {"theta": rows}
+        return self._call("POST", "/log_prob", body)
+
+    def predictive(
+        self,
+        trace: NDArray[np.integer],
+        num_samples: int = 10,
+        seed: int | None = None,
+        *,
+        fingerprint: NDArray[np.integer] | None = None,
+        circuit: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        """POST /predictive: draws simulated on the emulator (on ``circuit`` when it is given)."""
+        body = observation_body(trace, fingerprint, circuit) | {"num_samples": int(num_samples)}
+        if seed is not None:
+            body["seed"] = int(seed)
+        return self._call("POST", "/predictive", body)
+
+
+def observation_body(
+    trace: NDArray[np.integer],
+    fingerprint: NDArray[np.integer] | None = None,
+    circuit: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """The request fields of one observation: its trace, and its circuit if given.
+
+    Raises:
+        ValueError: both ``fingerprint`` and ``circuit`` (the service takes exactly one).
+    """
+    if fingerprint is not None and circuit is not None:
+        raise ValueError("give at most one of fingerprint= or circuit=")
+    body: dict[str, Any] = {"trace": np.asarray(trace).astype(int).tolist()}
+    if fingerprint is not None:
+        body["fingerprint"] = np.asarray(fingerprint).astype(int).tolist()
+    if circuit is not None:
+        chip, neuron = circuit
+        body["circuit"] = {"chip": int(chip), "neuron": int(neuron)}
+    return body
 
 
 def load_trace_file(path: str | Path) -> NDArray[np.int16]:
@@ -122,6 +185,40 @@ def load_trace_file(path: str | Path) -> NDArray[np.int16]:
             f"got range [{arr.min():g}, {arr.max():g}]"
         )
     return arr.astype(np.int16)
+
+
+def load_fingerprint_file(path: str | Path) -> NDArray[np.int16]:
+    """A circuit's fingerprint from ``.npy`` (no pickle) or ``.csv``/``.txt``: (references, time).
+
+    The service checks the shape against the posterior's (e.g. (6, 400)); here only that it is
+    one 2-D array of whole ADC codes. Save one from a circuits store with
+    ``np.save(f, open_fingerprints(s).fingerprint.sel(chip=C, neuron=N).values)``.
+    """
+    p = Path(path)
+    arr = read_numbers(p, "fingerprint")
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(
+            f"{p.name}: shape {arr.shape} is not one fingerprint; expected (references, time) "
+            "ADC codes, e.g. (6, 400), as `farm fingerprint` records them"
+        )
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+        raise ValueError(
+            f"{p.name}: fingerprint contains NaN, inf or non-numbers; expected ADC codes 0..1023"
+        )
+    if np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 1023:
+        raise ValueError(
+            f"{p.name}: values must be whole ADC codes in [0, 1023], "
+            f"got range [{arr.min():g}, {arr.max():g}]"
+        )
+    return arr.astype(np.int16)
+
+
+def load_store_circuit(store: str, index: int) -> tuple[int, int]:
+    """The (chip, neuron) that sample ``index`` of a farm store ran on."""
+    from farm.store.sim_store import open_dataset
+
+    row = open_dataset(store).isel(sample=index)
+    return int(row["chip"].values), int(row["neuron"].values)
 
 
 def load_store_trace(store: str, index: int) -> tuple[NDArray[np.int16], NDArray[np.float32]]:

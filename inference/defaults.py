@@ -77,6 +77,8 @@ class TrainConfig:
         flow, classifier: architecture dicts (FlowConfig / ClassifierConfig fields).
         plan, stats: the data plan and standardisation, filled in by ``run_training`` on the
             driver for its workers (not part of the run's identity).
+        circuits: a circuits store (`farm fingerprint`) to condition an ``npe`` posterior on the
+            fingerprint of each row's circuit (circuit-aware); None: circuit-marginal.
     """
 
     # task, stores and out default so a config can be written before them: `train(task, stores,
@@ -103,6 +105,7 @@ class TrainConfig:
     classifier: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
+    circuits: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASK_NAMES:
@@ -138,6 +141,8 @@ class TrainConfig:
             )
         if not 0 <= self.gpus_per_worker <= 16:
             raise ValueError(f"gpus_per_worker={self.gpus_per_worker} outside [0, 16]")
+        if self.circuits is not None and self.task != "npe":
+            raise ValueError(f"circuits={self.circuits!r} conditions an npe posterior only")
 
     def identity(self) -> dict[str, Any]:
         """Settings that must match to resume (workers, epochs and progress may change)."""
@@ -153,6 +158,8 @@ class TrainConfig:
             "stats",
         ):
             d.pop(k)
+        if d["circuits"] is None:  # circuit-marginal runs keep the identity they always had
+            d.pop("circuits")
         d["stores"] = list(d["stores"])
         return d
 

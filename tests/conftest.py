@@ -92,6 +92,29 @@ def summary_net_npe(
     return out, metrics
 
 
+@pytest.fixture(scope="session")
+def circuit_npe(
+    npe_stores: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, ray_session
+) -> tuple[Path, str, dict]:
+    """A circuit-aware handcrafted NPE (2 epochs: the contract, not its quality) and the circuits
+    store of its training chips (the default pool, 0-7), shared read-only."""
+    from farm.circuits.runner import FingerprintConfig, run_fingerprint
+    from inference.defaults import TrainConfig
+    from inference.training.api import train
+    from inference.training.tasks import NPETask
+
+    root = tmp_path_factory.mktemp("circuit")
+    circuits = str(root / "circuits.zarr")
+    run_fingerprint(FingerprintConfig(circuits, chip_ids=tuple(range(8)), seed=3))
+    out = root / "npe-circuit"
+    config = TrainConfig(
+        epochs=2, batch_size=256, cpus_per_worker=1, progress=False, circuits=circuits
+    )
+    task = NPETask(features="handcrafted", estimator="flow-matching")
+    metrics = train(task, [npe_stores[0]], str(out), config)
+    return out, circuits, metrics
+
+
 @pytest.fixture()
 def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """Small tmpfs mounts (a disk that fills up on demand); skips where mounting is not allowed."""
@@ -119,9 +142,10 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 # ------------------------------------------------------ parallel runs (pytest-xdist, `make test`)
 #: Session fixtures that train with Ray Train; the modules using them run in one worker, so each is
 #: built once.
-SHARED_POSTERIORS = frozenset({"npe_stores", "handcrafted_npe", "summary_net_npe"})
+SHARED_POSTERIORS = frozenset({"npe_stores", "handcrafted_npe", "summary_net_npe", "circuit_npe"})
 POSTERIOR_MODULES = frozenset(
     {
+        "test_circuit_posterior",
         "test_evaluate_cli",
         "test_misspecification",
         "test_npe",

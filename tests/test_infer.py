@@ -4,6 +4,8 @@ Cheap by design: an untrained 2-transform flow (the contract holds for any flow)
 tiny farm store, 20 draws, blocks of 32. What the user sees is tested: the store's layout, the
 bit-identical result after a SIGKILL and a rerun, the same bytes from Ray actors, one-line exit-2
 refusals that leave files alone, NaN traces flagged while the rest are answered, the chip map.
+Circuit-aware posteriors (issue 25) the same way: an untrained circuit-aware flow and a circuits
+store of just the recorded traces' chips and neurons, recorded in this process.
 """
 
 from __future__ import annotations
@@ -304,14 +306,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         *_cli(_args(artifact, short.with_name("missing.npy"), out), capsys)[::2], "missing.npy"
     )
     _refused(*_cli(_args(tmp_path, recorded, out), capsys)[::2], "manifest.json")
-    circuits = tmp_path / "circuits.zarr"
-    circuits.mkdir()
-    ids_less = tmp_path / "ids-less.npy"
-    np.save(ids_less, np.full((4, 1000), 300, dtype=np.int16))
-    _refused(
-        *_cli(_args(artifact, ids_less, out, "--circuits", str(circuits)), capsys)[::2],
-        "chip/neuron",
-    )
     assert not out.exists() and not Path(f"{out}.lock").exists()  # nothing written
 
 
@@ -336,17 +330,222 @@ def test_foreign_or_mismatched_out_is_refused_untouched(
     _refused(*_cli(args, capsys)[::2], "seed=7", "seed=8")
 
 
-def test_circuits_are_checked_and_said_unused(
-    artifact: Path, recorded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_circuit_marginal_posterior_ignores_circuits_with_one_note(
+    artifact: Path,
+    recorded: Path,
+    reference: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    circuits = tmp_path / "circuits.zarr"
-    circuits.mkdir()
-    rc, _, err = _cli(
-        _args(artifact, recorded, tmp_path / "c.zarr", "--circuits", str(circuits)), capsys
-    )
+    missing = tmp_path / "never-read.zarr"  # not read: the posterior reads no fingerprint
+    out = tmp_path / "c.zarr"
+    rc, _, err = _cli(_args(artifact, recorded, out, "--circuits", str(missing)), capsys)
     assert rc == 0, err
-    notes = [line for line in err.splitlines() if "circuit-aware" in line]
-    assert len(notes) == 1
+    notes = [line for line in err.splitlines() if "circuit-marginal" in line]
+    assert len(notes) == 1 and str(missing) in notes[0]
+    assert_same_store(reference, out)  # the answers of a run without --circuits
+
+
+# ------------------------------------------------------------ circuit-aware posteriors (issue 25)
+@pytest.fixture(scope="module")
+def circuits(recorded: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A circuits store of the recorded traces' chips x neurons, recorded in this process (~5 s:
+    what `farm fingerprint` writes, without Ray)."""
+    from farm.circuits import DEFAULT_REFERENCES
+    from farm.circuits.actor import FingerprintJob, record_chip
+    from farm.circuits.record import build_substrates
+    from farm.circuits.store import FingerprintSpec, FingerprintStore
+
+    rec = zarr.open_group(str(recorded), mode="r")
+    out = tmp_path_factory.mktemp("infer") / "circuits.zarr"
+    spec = FingerprintSpec(
+        seed=3,
+        chip_ids=tuple(int(c) for c in np.unique(rec["chip"][:])),
+        neurons=tuple(int(n) for n in np.unique(rec["neuron"][:])),
+        references=DEFAULT_REFERENCES,
+        chip_model=ChipModel(),
+    )
+    store = FingerprintStore.create_or_resume(str(out), spec)
+    substrates = build_substrates("emulator", spec.references, spec.chip_model)
+    for position in range(len(spec.chip_ids)):
+        record_chip(store, FingerprintJob(str(out), spec), substrates, position)
+        store.mark_done(position)
+    return out
+
+
+@pytest.fixture(scope="module")
+def circuit_artifact(
+    artifact: Path, circuits: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A real artifact of a random circuit-aware handcrafted flow (no training), as `farm train
+    npe --circuits` writes it: fingerprint statistics appended to the input."""
+    import torch
+
+    from farm.circuits import DEFAULT_REFERENCES, statistic_names
+    from inference.artifacts import write_artifact
+    from inference.nets.nsf import FlowConfig, NPEModel
+
+    manifest = json.loads((artifact / "manifest.json").read_text())  # the marginal one's
+    names = list(statistic_names(DEFAULT_REFERENCES))
+    stats = {
+        **manifest["standardization"],
+        "circuit_mean": [0.0] * len(names),
+        "circuit_std": [100.0] * len(names),
+    }
+    config = FlowConfig(
+        variant="handcrafted", transforms=2, hidden_features=16, circuit_statistics=len(names)
+    )
+    torch.manual_seed(1)
+    manifest = {
+        k: v for k, v in manifest.items() if k not in ("fingerprint", "weights", "kind")
+    } | {
+        "architecture": config.to_dict(),
+        "standardization": stats,
+        "circuits": {
+            "circuits": str(circuits),
+            "names": names,
+            "references": DEFAULT_REFERENCES.to_dict(),
+            "identity": {},
+        },
+    }
+    out = tmp_path_factory.mktemp("infer") / "npe-circuit-untrained"
+    write_artifact(out, "npe_posterior", NPEModel(config, stats).state_dict(), manifest)
+    return out
+
+
+@pytest.fixture(scope="module")
+def circuit_reference(
+    circuit_artifact: Path, circuits: Path, recorded: Path, tmp_path_factory
+) -> Path:
+    """An in-process circuit-aware run over the recorded traces."""
+    from inference.batch import run_infer
+
+    out = tmp_path_factory.mktemp("infer") / "circuit-ref.zarr"
+    summary = run_infer(
+        _config(circuit_artifact, recorded, out, in_process=True, circuits=str(circuits))
+    )
+    assert summary["circuit_aware"] and summary["circuits_used"]
+    return out
+
+
+def test_circuit_aware_run_gives_the_draws_of_sample_and_assess_with_fingerprints(
+    circuit_artifact: Path, circuits: Path, recorded: Path, circuit_reference: Path
+) -> None:
+    """Each block's draws are those of one `sample_and_assess(..., fingerprints=)` call, each
+    trace with the fingerprint of its own circuit; another circuit's fingerprint changes them."""
+    import torch
+
+    from farm.circuits.store import FingerprintStore
+    from inference import load_posterior
+    from inference.batch import block_seed
+
+    post = load_posterior(circuit_artifact)
+    assert post.circuit_aware
+    rec, got = (zarr.open_group(str(p), mode="r") for p in (recorded, circuit_reference))
+    lookup = FingerprintStore.open(str(circuits)).lookup
+    for block in (0, 2):
+        rows = slice(block * BLOCK, (block + 1) * BLOCK)
+        fps = lookup(rec["chip"][rows], rec["neuron"][rows])
+        kw = {"traces": np.asarray(rec["trace"][rows], dtype=np.float64), "normalized": False}
+        seed = block_seed(block_seed(SEED, block), 0)  # the block's first (only) flow call
+        with _one_thread(torch):
+            theta, _, checks = post.sample_and_assess(DRAWS, seed=seed, fingerprints=fps, **kw)
+            other, _, _ = post.sample_and_assess(
+                DRAWS, seed=seed, fingerprints=np.roll(fps, 1, axis=0), **kw
+            )
+        assert theta.tobytes() == np.asarray(got["draws"][rows]).tobytes(), block
+        flagged = np.asarray(got["misspecification_flagged"][rows])
+        assert list(flagged) == [bool(c["flagged"]) for c in checks]
+        assert not np.array_equal(theta, other)  # the fingerprint is an input
+    ident = got.attrs["identity"]["circuits"]
+    assert ident["url"] == str(circuits) and ident["seed"] == 3
+    assert got.attrs["circuits"] == str(circuits) and got.attrs["circuit_aware"] is True
+
+
+class _one_thread:
+    """One torch thread, as `farm infer` answers (its bytes are those of one thread)."""
+
+    def __init__(self, torch) -> None:
+        self.torch = torch
+
+    def __enter__(self) -> None:
+        self.before = self.torch.get_num_threads()
+        self.torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        self.torch.set_num_threads(self.before)
+
+
+def test_circuit_aware_ray_actors_write_the_same_bytes(
+    ray_session,
+    circuit_artifact: Path,
+    circuits: Path,
+    recorded: Path,
+    circuit_reference: Path,
+    tmp_path: Path,
+) -> None:
+    from inference.batch import run_infer
+
+    """The actor opens the circuits store and looks up each block's fingerprints itself (one
+    actor: its start-up is the cost; the marginal test above covers several actors)."""
+    out = tmp_path / "ray.zarr"
+    summary = run_infer(
+        _config(circuit_artifact, recorded, out, num_workers=1, circuits=str(circuits))
+    )
+    assert summary["num_workers"] == 1 and summary["circuits_used"]
+    assert_same_store(circuit_reference, out)
+
+
+def test_circuit_aware_refusals_exit_2_with_one_line_and_write_nothing(
+    circuit_artifact: Path,
+    circuits: Path,
+    recorded: Path,
+    circuit_reference: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import shutil
+
+    out = tmp_path / "post.zarr"
+    # a circuit-aware posterior without --circuits
+    _refused(*_cli(_args(circuit_artifact, recorded, out), capsys)[::2], "--circuits")
+    # a trace whose circuit the store does not cover: named, with what the store covers
+    rec = zarr.open_group(str(recorded), mode="r")
+    neuron = np.asarray(rec["neuron"][:])
+    free = int(np.setdiff1d(np.arange(512), neuron)[0])
+    neuron[5] = free
+    lab = tmp_path / "lab.npz"
+    np.savez(lab, trace=rec["trace"][:], chip=rec["chip"][:], neuron=neuron)
+    circuit = f"{int(rec['chip'][5])}:{free}"
+    args = _args(circuit_artifact, lab, out, "--circuits", str(circuits))
+    _refused(*_cli(args, capsys)[::2], circuit, "1 of its 96 circuits missing", "chips 0-7")
+    # traces without chip/neuron ids; a missing store; another kind of store
+    ids_less = tmp_path / "ids-less.npy"
+    np.save(ids_less, np.asarray(rec["trace"][:4]))
+    args = _args(circuit_artifact, ids_less, out, "--circuits", str(circuits))
+    _refused(*_cli(args, capsys)[::2], "chip/neuron")
+    args = _args(circuit_artifact, recorded, out, "--circuits", str(tmp_path / "none.zarr"))
+    _refused(*_cli(args, capsys)[::2], "none.zarr", "does not exist", "farm fingerprint")
+    args = _args(circuit_artifact, recorded, out, "--circuits", str(recorded))
+    _refused(*_cli(args, capsys)[::2], "holds no circuits store")
+    # a store recorded at other reference settings than the posterior's
+    other = tmp_path / "other-refs.zarr"
+    shutil.copytree(circuits, other)
+    g = zarr.open_group(str(other), mode="r+")
+    refs = dict(g.attrs["references"])
+    refs["references"] = [dict(r) for r in refs["references"]]
+    refs["references"][0]["name"] = "leak-2"
+    g.attrs["references"] = refs
+    args = _args(circuit_artifact, recorded, out, "--circuits", str(other))
+    _refused(*_cli(args, capsys)[::2], "leak-2", "needs its training references")
+    assert not out.exists() and not Path(f"{out}.lock").exists()  # nothing written
+    # a resumed store made with another circuits store (here: the same one, elsewhere)
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(circuits, moved)
+    before = (circuit_reference / "zarr.json").read_bytes()
+    args = _args(circuit_artifact, recorded, circuit_reference, "--circuits", str(moved))
+    _refused(*_cli(args, capsys)[::2], "circuits.url", "use another --out")
+    assert (circuit_reference / "zarr.json").read_bytes() == before
 
 
 def test_chip_map_draws_a_png(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, NoReturn
 
 import typer
@@ -31,6 +32,30 @@ def parse_count(value: str, option: str = "--n") -> int:
             f"{value!r} must be a positive whole number (e.g. 1000 or 1e6)", param_hint=option
         )
     return int(number)
+
+
+def parse_circuit(value: str, option: str = "--circuit") -> tuple[int, int]:
+    """``CHIP:NEURON`` (``3:17``) as ids; anything else is a one-line usage error (exit 2)."""
+    from farm.defaults import NEURONS_PER_CHIP, NUM_EMULATED_CHIPS
+
+    match = re.fullmatch(r"\s*([0-9]+)\s*:\s*([0-9]+)\s*", str(value))
+    if match is None:
+        raise typer.BadParameter(
+            f"{value!r} is not CHIP:NEURON; give two whole numbers such as 3:17 "
+            f"(chip 0-{NUM_EMULATED_CHIPS - 1}, neuron 0-{NEURONS_PER_CHIP - 1})",
+            param_hint=option,
+        )
+    chip, neuron = int(match[1]), int(match[2])
+    for name, number, top in (
+        ("chip", chip, NUM_EMULATED_CHIPS - 1),
+        ("neuron", neuron, NEURONS_PER_CHIP - 1),
+    ):
+        if number > top:
+            raise typer.BadParameter(
+                f"{value!r}: {name} {number} outside [0, {top}]; give CHIP:NEURON such as 3:17",
+                param_hint=option,
+            )
+    return chip, neuron
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

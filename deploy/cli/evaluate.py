@@ -48,6 +48,34 @@ def evaluate(
             help="Observations given posterior-predictive simulations (0: none).",
         ),
     ] = 40,
+    n_own_circuit: Annotated[
+        int,
+        typer.Option(
+            "--n-own-circuit",
+            min=0,
+            max=10_000,
+            help="Observations whose posterior draws and true parameters are rerun on their own "
+            "circuit and on random ones (0: none).",
+        ),
+    ] = 40,
+    n_own_circuit_draws: Annotated[
+        int | None,
+        typer.Option(
+            "--n-own-circuit-draws",
+            min=1,
+            max=1_000,
+            help="Posterior draws rerun per own-circuit observation "
+            "(default 20, at most --n-samples).",
+        ),
+    ] = None,
+    circuits: Annotated[
+        str | None,
+        typer.Option(
+            "--circuits",
+            help="Circuits store from `farm fingerprint` covering the held-out store's circuits; "
+            "required for a circuit-aware posterior.",
+        ),
+    ] = None,
     seed: Annotated[
         int,
         typer.Option(
@@ -95,10 +123,17 @@ def evaluate(
             raise typer.BadParameter(
                 f"{option}={sizes[name]} outside [{lo}, {hi}]", param_hint=option
             )
+    if n_own_circuit_draws is not None and n_own_circuit_draws > sizes["num_samples"]:
+        raise typer.BadParameter(
+            f"{n_own_circuit_draws} exceeds --n-samples={sizes['num_samples']}",
+            param_hint="--n-own-circuit-draws",
+        )
     cfg = EvalConfig(
         **sizes,
         num_ppc=n_ppc,
         num_ppc_samples=min(20, sizes["num_samples"]),
+        num_own_circuit=n_own_circuit,
+        num_own_circuit_samples=n_own_circuit_draws or min(20, sizes["num_samples"]),
         seed=seed,
         hpd=hpd,
         c2st=c2st,
@@ -108,8 +143,9 @@ def evaluate(
     from rich.table import Table
 
     from inference import load_posterior
+    from inference.evaluation.circuits import is_circuit_aware
     from inference.evaluation.evaluate import evaluate as run_evaluation
-    from inference.evaluation.evaluate import load_held_out, summary_table
+    from inference.evaluation.evaluate import load_held_out, own_circuit_table, summary_table
 
     try:
         post = load_posterior(posterior)
@@ -117,6 +153,11 @@ def evaluate(
         raise typer.BadParameter(
             str(e).splitlines()[0] if str(e) else repr(e), param_hint="--posterior"
         ) from None
+    if circuits is None and is_circuit_aware(post):
+        bad_input(
+            f"posterior={posterior!r} is circuit-aware: give --circuits circuits.zarr, the "
+            "`farm fingerprint` store of the held-out store's chips"
+        )
     try:
         load_held_out(store, 10, seed)
     except ValueError as e:
@@ -124,7 +165,12 @@ def evaluate(
     err = Console(stderr=True)
     try:
         metrics = run_evaluation(
-            post, store, out, cfg, log=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]"))
+            post,
+            store,
+            out,
+            cfg,
+            circuits=circuits,
+            log=None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]")),
         )
     except ValueError as e:
         bad_input(str(e).splitlines()[0])
@@ -141,6 +187,20 @@ def evaluate(
     for label, value in summary_table(metrics):
         table.add_row(label, value)
     Console().print(table)
+    own = own_circuit_table(metrics)
+    if own:
+        o = metrics["own_circuit"]
+        side = Table(
+            title=f"spike counts of {o['num_draws']} reruns of each of {o['num_obs']} "
+            "observations (fresh noise)",
+            title_justify="left",
+        )
+        side.add_column("rerun", style="bold")
+        side.add_column("own circuit", justify="right")
+        side.add_column("random circuits", justify="right")
+        for row in own:
+            side.add_row(*row)
+        Console().print(side)
     typer.echo(
         f"report: {Path(out) / 'metrics.json'} and {len(metrics['figures'])} figures "
         f"({', '.join(sorted(metrics['figures'].values()))}) in {out}"

@@ -68,7 +68,9 @@ def infer(
         str | None,
         typer.Option(
             "--circuits",
-            help="Circuits store; checked (every trace needs chip and neuron ids), not yet used.",
+            help="Circuits store of `farm fingerprint` covering the traces' chips: a "
+            "circuit-aware posterior (`farm train npe --circuits`) needs it and reads each "
+            "trace's fingerprint by its chip and neuron ids.",
         ),
     ] = None,
     break_lock: Annotated[
@@ -87,6 +89,8 @@ def infer(
     The store holds `draws` (observation, draw, parameter); `mean`, `std`, `q05`, `q50`, `q95`
     and `map` (observation, parameter); `misspecification_score`, `_flagged` and `_reasons` per
     trace; `chip` and `neuron` as coordinates; the posterior's fingerprint in its attributes.
+    A circuit-aware posterior (`farm train npe --circuits`) needs --circuits: each trace is
+    answered with the fingerprint of its own circuit, found by its chip and neuron ids.
     Traces with NaNs or codes outside the ADC range are flagged, not fatal. Re-running the same
     command resumes a killed run without redoing finished blocks; the result is bit-identical.
     One run writes a store at a time (the lock is --out.lock).
@@ -113,10 +117,10 @@ def infer(
     )
     ray_was_running = ray_connected()
     summary = run_infer(cfg)
-    if circuits is not None:
+    if circuits is not None and not summary["circuits_used"]:
         typer.echo(
-            f"note: --circuits checked, but no circuit-aware posterior exists yet: every trace "
-            f"used posterior {summary['posterior_fingerprint']}",
+            f"note: posterior {summary['posterior_fingerprint']} is circuit-marginal (trained "
+            f"without --circuits): {circuits} was not read, no trace used its fingerprint",
             err=True,
         )
     if plot:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from deploy.cli.common import bad_input, fail
+from deploy.cli.common import bad_input, fail, parse_circuit
 from deploy.defaults import DEFAULT_MAX_BATCH_SIZE
 
 
@@ -81,17 +81,29 @@ def serve(
             "Ray Serve's experimental direct ingress: one replica, local Ray only.",
         ),
     ] = False,
+    circuits: Annotated[
+        str | None,
+        typer.Option(
+            "--circuits",
+            help="Circuits store written by `farm fingerprint` (circuit-aware posteriors only): "
+            "requests may then name their circuit as `circuit: {chip, neuron}` instead of "
+            "sending its fingerprint, and /predictive reruns the draws on that circuit. Read "
+            "once at start; its reference settings must be the posterior's.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a trained posterior over HTTP with Ray Serve and print its URL.
 
     Blocks until Ctrl-C unless --detach. Endpoints: /health, /info, /sample, /log_prob, /predictive
-    (docs/http-api.md).
+    (docs/http-api.md). A circuit-aware posterior (`farm train npe --circuits`) needs each
+    observation's circuit: its `fingerprint`, or with --circuits its `circuit` ids.
 
-    Example: farm serve --posterior artifacts/npe-handcrafted --port 8000
+    Example: farm serve --posterior artifacts/npe-circuit --circuits runs/circuits.zarr --port 8000
     """
     from deploy.serve.launch import (
         READY_MARKER,
         ServeOptions,
+        check_circuits,
         check_posterior,
         deploy,
         port_free,
@@ -121,11 +133,17 @@ def serve(
         address=address,
         max_batch_size=max_batch_size,
         direct_ingress=direct_ingress,
+        circuits=circuits,
     )
     try:
         described = check_posterior(posterior)
     except (ValueError, OSError) as e:
         raise typer.BadParameter(str(e).splitlines()[0], param_hint="--posterior") from None
+    if circuits is not None:
+        try:
+            described += f", {check_circuits(circuits, posterior)}"
+        except (ValueError, OSError) as e:
+            raise typer.BadParameter(str(e).splitlines()[0], param_hint="--circuits") from None
     if address is None and not port_free(host, port):
         raise typer.BadParameter(
             f"port {port} on {host} is already in use; pick another --port", param_hint="--port"
@@ -196,6 +214,26 @@ def query(
     index: Annotated[
         int | None, typer.Option("--index", min=0, help="Sample index in --store.")
     ] = None,
+    circuit: Annotated[
+        str | None,
+        typer.Option(
+            "--circuit",
+            metavar="CHIP:NEURON",
+            help="Circuit-aware posteriors: the circuit the trace was recorded on, e.g. 3:17; "
+            "the service looks up its fingerprint in its circuits store (`farm serve "
+            "--circuits`). With --store and neither option, a circuit-aware service gets the "
+            "sample's own circuit (the store's chip and neuron).",
+        ),
+    ] = None,
+    fingerprint: Annotated[
+        Path | None,
+        typer.Option(
+            "--fingerprint",
+            help="Circuit-aware posteriors: the circuit's fingerprint instead of --circuit, a .npy "
+            "(or .csv) of (references, time) ADC codes, e.g. (6, 400), as `farm fingerprint` "
+            "records them.",
+        ),
+    ] = None,
     n: Annotated[int, typer.Option("--n", min=1, max=10_000, help="Posterior draws.")] = 1000,
     seed: Annotated[
         int | None,
@@ -210,11 +248,18 @@ def query(
 ) -> None:
     """Ask a running posterior service about one trace: mean, std and 90 % interval per parameter.
 
+    A circuit-aware posterior also needs the trace's circuit: --circuit CHIP:NEURON (looked up
+    in the service's circuits store) or --fingerprint FILE.npy (the circuit's recording).
+
     Example: farm query --url http://127.0.0.1:8000 --store runs/test.zarr --index 3 --plot post.png
+
+    Example: farm query --url http://127.0.0.1:8000 --trace rec.npy --circuit 3:17
     """
     from deploy.client import (
         PosteriorClient,
         QueryError,
+        load_fingerprint_file,
+        load_store_circuit,
         load_store_trace,
         load_trace_file,
         misspecification_warning,
@@ -231,6 +276,18 @@ def query(
         raise typer.BadParameter(
             "--store needs --index I (which sample to query)", param_hint="--index"
         )
+    if circuit is not None and fingerprint is not None:
+        raise typer.BadParameter(
+            "give at most one of --circuit CHIP:NEURON or --fingerprint FILE",
+            param_hint="--circuit/--fingerprint",
+        )
+    ids = None if circuit is None else parse_circuit(circuit)
+    codes = None
+    if fingerprint is not None:
+        try:
+            codes = load_fingerprint_file(fingerprint)
+        except (ValueError, OSError) as e:
+            raise typer.BadParameter(str(e).splitlines()[0], param_hint="--fingerprint") from None
     truth = None
     try:
         if trace is not None:
@@ -247,8 +304,22 @@ def query(
         raise typer.BadParameter(str(e), param_hint="--url") from None
     with client:
         try:
-            result = client.sample(obs, num_samples=n, seed=seed)
-            info = client.info() if plot is not None else None
+            info = client.info() if plot is not None or (ids is None and codes is None) else None
+            if ids is None and codes is None and info is not None and info.get("circuit_aware"):
+                if store is None:
+                    shape = "x".join(str(k) for k in info.get("fingerprint_shape") or ())
+                    bad_input(
+                        "the served posterior is circuit-aware: give the trace's circuit as "
+                        f"--circuit CHIP:NEURON or --fingerprint FILE.npy ({shape} ADC codes)"
+                    )
+                try:
+                    ids = load_store_circuit(store, index)  # the sample's own circuit
+                except KeyError as e:
+                    bad_input(
+                        f"{store} records no circuit per sample ({e}); give --circuit or "
+                        "--fingerprint"
+                    )
+            result = client.sample(obs, num_samples=n, seed=seed, fingerprint=codes, circuit=ids)
         except QueryError as e:
             if e.misspecification is not None and as_json:  # a refusal: its check, as an answer's
                 typer.echo(json.dumps({"refused": str(e), "misspecification": e.misspecification}))
@@ -268,11 +339,14 @@ def query(
                     "num_samples": result["num_samples"],
                     "rows": rows,
                     "misspecification": result.get("misspecification"),
+                    "circuit": None if ids is None else {"chip": ids[0], "neuron": ids[1]},
                 }
             )
         )
     else:
         source = str(trace) if trace is not None else f"{store}[{index}]"
+        if ids is not None:
+            source += f" on circuit {ids[0]}:{ids[1]}"
         print_table(
             rows,
             title=f"posterior for {source} "

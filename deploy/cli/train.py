@@ -219,6 +219,16 @@ def train_npe(
             "artifact).",
         ),
     ] = None,
+    circuits: Annotated[
+        str | None,
+        typer.Option(
+            "--circuits",
+            help="Circuits store from `farm fingerprint` covering the stores' chips: the "
+            "posterior learns each circuit's mismatch from its fingerprint (training records a "
+            "fresh one per sample), and asks for the observed circuit's fingerprint at "
+            "inference. Without it the posterior averages over circuits.",
+        ),
+    ] = None,
     estimator: Annotated[
         str,
         typer.Option(
@@ -253,6 +263,9 @@ def train_npe(
     """Train an amortized posterior (NPE: neural spline flow or flow matching) into --out.
 
     Example: farm train npe --store runs/sims.zarr --features summary-net --out artifacts/npe-sn
+
+    Circuit-aware: farm fingerprint --chip-ids 0-7 --out runs/circuits.zarr, then
+    farm train npe --store runs/sims.zarr --circuits runs/circuits.zarr --out artifacts/npe-circuit
     """
     if features not in FEATURES:
         raise typer.BadParameter(
@@ -261,6 +274,12 @@ def train_npe(
     if estimator not in ESTIMATORS:
         raise typer.BadParameter(
             f"{estimator!r} unknown; choose {' or '.join(ESTIMATORS)}", param_hint="--estimator"
+        )
+    if circuits is not None and ensemble > 1:
+        raise typer.BadParameter(
+            f"--ensemble {ensemble} with --circuits: circuit-aware ensembles are not supported; "
+            "use --ensemble 1",
+            param_hint="--ensemble",
         )
     from inference.training.tasks import NPETask
 
@@ -283,6 +302,7 @@ def train_npe(
             patience=patience,
             seed=seed,
             progress=not quiet,
+            circuits=circuits,
         ),
         address=address,
         as_json=as_json,

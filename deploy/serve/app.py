@@ -12,7 +12,8 @@ pass. The model work itself (draws, batches, the per-observation misspecificatio
 answer carries) lives in ``deploy.serve.model_calls``, the health probe in ``deploy.serve.health``.
 
 Endpoints: GET /health, GET /info, POST /sample, POST /log_prob, POST /predictive
-(docs/http-api.md). No request field takes a file path or a store URL: the artifact is fixed
+(docs/http-api.md). No request field takes a file path or a store URL: the artifact (and the
+circuits store that `circuit` requests resolve through, ``deploy.serve.circuits``) is fixed
 when the application is deployed. GET /openapi.json is the replica's own document, stating the
 loaded artifact's limits (``deploy.serve.openapi``), and GET /docs renders it.
 """
@@ -45,6 +46,13 @@ from deploy.defaults import (
     MAX_ONGOING_REQUESTS,
     MAX_QUEUED_REQUESTS,
 )
+from deploy.serve.circuits import (
+    CircuitTable,
+    circuit_aware,
+    fingerprint_shape,
+    reference_names,
+    resolve,
+)
 from deploy.serve.fair_queue import FairModelQueue, QueueFull
 from deploy.serve.health import HealthMonitor, probe
 from deploy.serve.http_errors import (
@@ -67,6 +75,8 @@ from deploy.serve.schemas import (
     MAX_PREDICTIVE_SAMPLES,
     MAX_SEED,
     MAX_THETA_ROWS,
+    Circuit,
+    CircuitsInfo,
     HealthResponse,
     InfoResponse,
     LogProbRequest,
@@ -158,6 +168,11 @@ class AppArgs(BaseModel):
     torch_threads: int = Field(1, ge=1, le=64)
     max_model_queue: int = Field(DEFAULT_MAX_MODEL_QUEUE, ge=1, le=MAX_ONGOING_REQUESTS - 4)
     request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0.0, le=600.0)
+    circuits: str | None = Field(
+        None,
+        description="circuits store of `farm fingerprint` that `circuit` requests resolve "
+        "through (circuit-aware posteriors only)",
+    )
 
 
 @serve.deployment(
@@ -183,6 +198,8 @@ class PosteriorService:
         torch_threads: torch intra-op threads of this replica.
         max_model_queue: model-bound requests held at once; one more is answered 503 + Retry-After.
         request_timeout_s: a request still waiting for the model after this long is answered 504.
+        circuits: circuits store (``farm fingerprint``) that `circuit` requests resolve through;
+            read once here, and refused unless its references are the posterior's.
     """
 
     def __init__(
@@ -193,6 +210,7 @@ class PosteriorService:
         torch_threads: int = 1,
         max_model_queue: int = DEFAULT_MAX_MODEL_QUEUE,
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        circuits: str | None = None,
     ) -> None:
         import torch
         from threadpoolctl import threadpool_limits
@@ -205,15 +223,22 @@ class PosteriorService:
         torch.set_num_threads(torch_threads)
         threadpool_limits(limits=torch_threads)
         self.posterior = load_posterior(posterior)
+        # A store of other references, or one given to a circuit-marginal posterior, fails here.
+        self.circuits = None if circuits is None else CircuitTable.load(circuits, self.posterior)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.names = list(self.posterior.parameter_names)
         self.request_timeout_s = request_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterior")
-        self._health = HealthMonitor(self.posterior, self._executor, request_timeout_s)
+        probe_fingerprint = (
+            None if self.circuits is None else self.circuits.codes[0, 0]
+        )  # a recorded circuit where there is one: a flat fingerprint is far from any training one
+        self._health = HealthMonitor(
+            self.posterior, self._executor, request_timeout_s, fingerprint=probe_fingerprint
+        )
         probe(
-            self.posterior
+            self.posterior, probe_fingerprint
         )  # a model that cannot answer fails the constructor, not the first user
-        self._openapi = served_openapi(api, self.posterior)
+        self._openapi = served_openapi(api, self.posterior, self.circuits)
         self._queue = FairModelQueue(
             capacity=max_model_queue,
             run=self._on_model_thread,
@@ -271,6 +296,16 @@ class PosteriorService:
         await self._health.check(len(self._queue))
 
     def _observation(self, req: Observation | PredictiveRequest) -> dict[str, np.ndarray]:
+        """The request's observation as the posterior's numpy keywords.
+
+        Its trace or features, and for a circuit-aware posterior its circuit's ``fingerprint``
+        (sent, or looked up by ``circuit``; ``deploy.serve.circuits.resolve``).
+        """
+        measured = self._measurement(req)
+        circuit = resolve(self.posterior, self.circuits, req.fingerprint, req.circuit)
+        return measured | circuit.keywords
+
+    def _measurement(self, req: Observation | PredictiveRequest) -> dict[str, np.ndarray]:
         """The request's trace or features as the numpy keyword the posterior takes."""
         if req.trace is not None:
             return {
@@ -357,6 +392,12 @@ class PosteriorService:
             protocol=self.posterior.protocol.to_dict(),
             protocol_name=self.posterior.protocol.label,
             observation_shape=list(self.posterior.protocol.observation_shape),
+            circuit_aware=circuit_aware(self.posterior),
+            fingerprint_shape=(
+                None if (shape := fingerprint_shape(self.posterior)) is None else list(shape)
+            ),
+            fingerprint_references=reference_names(self.posterior),
+            circuits=None if self.circuits is None else CircuitsInfo(**self.circuits.describe()),
         )
 
     @api.post("/sample", response_model=SampleResponse, responses=ERROR_RESPONSES)
@@ -412,6 +453,9 @@ class PosteriorService:
         from farm.simulate import simulate_theta
 
         observation = self._observation(req)
+        # With `circuit`, every draw is simulated on the observation's own circuit: the check that
+        # shows whether the parameters fit this neuron, not a typical one (issue 25).
+        own = None if req.circuit is None else (req.circuit.chip, req.circuit.neuron)
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
 
         def run() -> tuple[np.ndarray, Any, int, dict[str, Any]]:
@@ -428,6 +472,7 @@ class PosteriorService:
                     seed=seed,
                     protocol=self.posterior.protocol,
                     chip_model=self.posterior.chip_model,
+                    **({} if own is None else {"chip": own[0], "neuron": own[1]}),
                 )
                 observed = summarize(
                     observation["trace"][None, :],
@@ -452,6 +497,7 @@ class PosteriorService:
                 traces=sims.trace.astype(int).tolist(),
                 spike_count=sims.spike_count.astype(int).tolist(),
                 observed_spike_count=observed_count,
+                circuit=None if own is None else Circuit(chip=own[0], neuron=own[1]),
                 fingerprint=self.posterior.fingerprint,
                 misspecification=Misspecification(**check),
             )
@@ -468,6 +514,7 @@ def posterior_app(
     torch_threads: int = 1,
     max_model_queue: int = DEFAULT_MAX_MODEL_QUEUE,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    circuits: str | None = None,
 ) -> Application:
     """The Serve application for one posterior artifact, ready for ``serve.run``.
 
@@ -480,6 +527,8 @@ def posterior_app(
         torch_threads: torch intra-op threads per replica.
         max_model_queue: model-bound requests per replica before 503 + Retry-After.
         request_timeout_s: per-request deadline in the replica (504 past it).
+        circuits: circuits store that `circuit` requests resolve through (readable on every node
+            that runs a replica); circuit-aware posteriors only.
 
     Returns:
         A bound application; ``serve.run(app, name=APP_NAME, route_prefix="/")`` deploys it.
@@ -491,6 +540,7 @@ def posterior_app(
         torch_threads=torch_threads,
         max_model_queue=max_model_queue,
         request_timeout_s=request_timeout_s,
+        circuits=None if circuits is None else str(circuits),
     )
     options: dict[str, Any] = {}
     if num_replicas is not None:
@@ -513,4 +563,6 @@ def build_app(args: dict[str, Any]) -> Application:
         cfg.posterior
     ).is_dir():  # a relative path means: relative to where `serve run` was started
         cfg = cfg.model_copy(update={"posterior": str(Path(cfg.posterior).resolve())})
+    if cfg.circuits is not None and Path(cfg.circuits).is_dir():
+        cfg = cfg.model_copy(update={"circuits": str(Path(cfg.circuits).resolve())})
     return PosteriorService.bind(**cfg.model_dump())

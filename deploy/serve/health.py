@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 #: A flat mid-range trace: any posterior of the protocol must turn it into finite draws (or refuse
 #: it as input).
@@ -25,15 +26,27 @@ class ModelUnhealthy(RuntimeError):
     """The model could not answer the probe (a raise other than a rejection, non-finite draws)."""
 
 
-def probe(posterior: Any) -> None:
+def probe(posterior: Any, fingerprint: NDArray[np.int16] | None = None) -> None:
     """One draw for a flat trace; a ValueError (out of the restricted region) is still an answer.
+
+    Args:
+        posterior: the loaded posterior.
+        fingerprint: for a circuit-aware posterior, the (R, T) fingerprint to probe with (a
+            recorded circuit's, where the service has a circuits store); None: flat codes.
 
     Raises:
         ModelUnhealthy: the draw or its density is NaN/inf (e.g. weights that went non-finite).
     """
     trace = np.full((1, posterior.trace_length), PROBE_CODE, dtype=np.int16)
+    circuit: dict[str, NDArray[np.int16]] = {}
+    if getattr(posterior, "circuit_aware", False):  # it answers nothing without a fingerprint
+        shape = tuple(posterior.fingerprint_shape)
+        codes = np.full(shape, PROBE_CODE, dtype=np.int16) if fingerprint is None else fingerprint
+        circuit["fingerprints"] = np.asarray(codes, dtype=np.int16)[None]
     try:
-        samples, log_prob = posterior.sample_and_log_prob(1, seed=0, normalized=False, traces=trace)
+        samples, log_prob = posterior.sample_and_log_prob(
+            1, seed=0, normalized=False, traces=trace, **circuit
+        )
     except ValueError:
         return
     if not (np.all(np.isfinite(samples)) and np.all(np.isfinite(log_prob))):
@@ -50,12 +63,18 @@ class HealthMonitor:
         posterior: the loaded posterior.
         executor: the replica's one worker thread (the probe queues behind model calls there).
         request_timeout_s: a model call running longer than twice this marks the replica unhealthy.
+        fingerprint: the probe's fingerprint for a circuit-aware posterior (``probe``).
     """
 
     def __init__(
-        self, posterior: Any, executor: ThreadPoolExecutor, request_timeout_s: float
+        self,
+        posterior: Any,
+        executor: ThreadPoolExecutor,
+        request_timeout_s: float,
+        fingerprint: NDArray[np.int16] | None = None,
     ) -> None:
         self.posterior = posterior
+        self.fingerprint = fingerprint
         self.executor = executor
         self.request_timeout_s = request_timeout_s
         self.busy_since: float | None = None  # when the worker thread started its current call
@@ -85,7 +104,7 @@ class HealthMonitor:
         if busy is None and pending == 0:
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    self.executor, probe, self.posterior
+                    self.executor, probe, self.posterior, self.fingerprint
                 )
             except Exception as e:  # anything but a rejection: the model cannot answer
                 first = str(e).splitlines()[0] if str(e) else ""

@@ -43,6 +43,8 @@ class ServeOptions:
         direct_ingress: the replica also answers HTTP itself, on a port of its own (Ray Serve's
             experimental direct ingress), skipping the proxy hop; one replica, private local Ray
             only.
+        circuits: circuits store (``farm fingerprint``) that `circuit` requests resolve through;
+            circuit-aware posteriors only.
     """
 
     posterior: str
@@ -52,6 +54,7 @@ class ServeOptions:
     address: str | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     direct_ingress: bool = False
+    circuits: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -95,6 +98,24 @@ def check_posterior(path: str) -> str:
 
     posterior = load_posterior(path)
     return f"{posterior.variant} posterior {posterior.fingerprint}"
+
+
+def check_circuits(circuits: str, posterior: str) -> str:
+    """Read the circuits store once here so a wrong one fails before Ray starts.
+
+    Raises:
+        ValueError: one line: a circuit-marginal posterior, a missing or incomplete store, or a
+            store taken at other reference settings than the posterior's
+            (``deploy.serve.circuits.CircuitTable.load``).
+
+    Returns:
+        A one-line description of what the store covers.
+    """
+    from deploy.serve.circuits import CircuitTable
+    from inference import load_posterior
+
+    table = CircuitTable.load(circuits, load_posterior(posterior))
+    return f"circuits {table.covers()}"
 
 
 def port_free(host: str, port: int) -> bool:
@@ -190,11 +211,13 @@ def deploy(opts: ServeOptions) -> str:
     )
     # A path that exists here is made absolute; on a cluster it must name the same shared mount on
     # every node.
-    posterior = (
-        str(Path(opts.posterior).resolve()) if Path(opts.posterior).exists() else opts.posterior
-    )
     serve.run(
-        posterior_app(posterior, num_replicas=opts.replicas, max_batch_size=opts.max_batch_size),
+        posterior_app(
+            _local(opts.posterior),
+            num_replicas=opts.replicas,
+            max_batch_size=opts.max_batch_size,
+            circuits=None if opts.circuits is None else _local(opts.circuits),
+        ),
         name=APP_NAME,
         route_prefix="/",
     )
@@ -286,6 +309,11 @@ def ready_line(log: Path, offset: int) -> str | None:
     return None
 
 
+def _local(path: str) -> str:
+    """A path that exists here made absolute (the detached server runs elsewhere); URLs as given."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
 def spawn_detached(
     opts: ServeOptions, log_path: Path | None = None
 ) -> tuple[subprocess.Popen, Path, int]:
@@ -313,6 +341,7 @@ def spawn_detached(
         "--max-batch-size",
         str(opts.max_batch_size),
         *(["--direct-ingress"] if opts.direct_ingress else []),
+        *(["--circuits", _local(opts.circuits)] if opts.circuits is not None else []),
     ]
     # Unbuffered, so the log shows "Serving ..." while it serves, not only after a clean exit.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -19,7 +19,7 @@ import numpy as np
 T = TypeVar("T")
 
 #: request field -> batched keyword of the posterior
-BATCHED = {"trace": "traces", "features": "features"}
+BATCHED = {"trace": "traces", "features": "features", "fingerprint": "fingerprints"}
 
 #: draws (n, 7), their log-densities (n,), requests that shared the pass, misspecification dict
 Drawn = tuple[np.ndarray, np.ndarray, int, dict[str, Any]]
@@ -34,7 +34,8 @@ class Job:
 
 
 def assess(posterior: Any, observation: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The check of ONE observation (``{"trace": (T,)}`` or ``{"features": (F,)}``)."""
+    """The check of ONE observation (``{"trace": (T,)}`` or ``{"features": (F,)}``, with
+    ``"fingerprint": (R, T)`` for a circuit-aware posterior)."""
     return posterior.misspecification(**observation)
 
 
@@ -77,7 +78,8 @@ def draw_and_assess(
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Draws, log-densities and misspecification checks of B observations.
 
-    ``traces=`` or ``features=``; one summary and one embedding per observation serve both
+    ``traces=`` or ``features=`` (and ``fingerprints=`` (B, R, T) for a circuit-aware posterior);
+    one summary and one embedding per observation serve both
     (``AmortizedPosterior.sample_and_assess``).
     """
     return posterior.sample_and_assess(num_samples, seed=seed, normalized=False, **batched)
@@ -87,11 +89,11 @@ def draw_one(
     posterior: Any, num_samples: int, observation: dict[str, np.ndarray], seed: int | None
 ) -> Drawn:
     """Draws for one request, their log-densities, batch size 1 and its misspecification check."""
-    ((keyword, value),) = observation.items()
+    batched = {BATCHED[field]: value[None] for field, value in observation.items()}
     samples, log_prob, (check,) = refusing(
         posterior,
         observation,
-        lambda: draw_and_assess(posterior, num_samples, seed, **{BATCHED[keyword]: value[None]}),
+        lambda: draw_and_assess(posterior, num_samples, seed, **batched),
     )
     return samples[0], log_prob[0], 1, check
 
@@ -99,20 +101,23 @@ def draw_one(
 def draw_batch(posterior: Any, jobs: list[Job]) -> list[Drawn | Exception]:
     """One flow pass per input kind (trace / features) for the whole batch; one answer per job.
 
+    A circuit-aware posterior's jobs each carry a fingerprint; they are stacked beside the
+    observations, row i belonging to job i.
+
     Densities come from the sampling pass and skip the restricted prior's leakage correction:
     /sample only uses them to pick the highest-density draw, and the correction is one constant
     per observation. The misspecification check is computed per request (batched, row i belongs
     to job i); a job whose draws fail is retried alone so the others are still answered.
     """
     results: list[Drawn | Exception] = [ValueError("not computed")] * len(jobs)
-    for kind, keyword in BATCHED.items():
-        idx = [i for i, j in enumerate(jobs) if kind in j.observation]
-        if not idx:
-            continue
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, job in enumerate(jobs):  # jobs of one replica share their fields; grouped to be sure
+        groups.setdefault(tuple(sorted(job.observation)), []).append(i)
+    for fields, idx in groups.items():
         n_max = max(jobs[i].num_samples for i in idx)
         try:
-            stacked = np.stack([jobs[i].observation[kind] for i in idx])
-            draws, log_prob, checks = draw_and_assess(posterior, n_max, None, **{keyword: stacked})
+            stacked = {BATCHED[f]: np.stack([jobs[i].observation[f] for i in idx]) for f in fields}
+            draws, log_prob, checks = draw_and_assess(posterior, n_max, None, **stacked)
             for row, i in enumerate(idx):
                 n = jobs[i].num_samples
                 results[i] = (

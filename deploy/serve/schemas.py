@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from farm.defaults import PARAMETER_NAMES, ChipModel, Protocol
+from farm.defaults import NEURONS_PER_CHIP, NUM_EMULATED_CHIPS, PARAMETER_NAMES, ChipModel, Protocol
 from farm.features import FEATURE_NAMES
 from farm.protocol import MAX_OBSERVATION_SAMPLES, MAX_SWEEPS
 
@@ -93,6 +93,26 @@ SweepTraces = Annotated[
     ),
 ]
 Trace = FlatTrace | SweepTraces
+#: Static bounds of a fingerprint; the served posterior fixes its exact (references, samples) shape
+#: (each replica's /openapi.json states it, and the service refuses any other with one 422 line).
+MAX_FINGERPRINT_REFERENCES = MAX_SWEEPS
+MAX_FINGERPRINT_SAMPLES = 10_000
+Fingerprint = Annotated[
+    list[
+        Annotated[
+            list[AdcCode],
+            BeforeValidator(_json_integers),
+            Field(min_length=1, max_length=MAX_FINGERPRINT_SAMPLES),
+        ]
+    ],
+    Field(
+        min_length=1,
+        max_length=MAX_FINGERPRINT_REFERENCES,
+        description="the circuit's recording from `farm fingerprint`: one list of MADC codes "
+        f"0..{ADC_MAX_CODE} per reference setting, (references, samples), e.g. (6, 400); "
+        "circuit-aware posteriors only",
+    ),
+]
 Features = Annotated[
     list[Annotated[FiniteFloat, Field(ge=-FEATURE_LIMIT, le=FEATURE_LIMIT)]],
     Field(
@@ -117,7 +137,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Observation(_Strict):
+class Circuit(_Strict):
+    """One circuit by its ids, looked up in the service's circuits store (``--circuits``)."""
+
+    chip: Annotated[JsonInt, Field(ge=0, le=NUM_EMULATED_CHIPS - 1, description="chip id")]
+    neuron: Annotated[
+        JsonInt, Field(ge=0, le=NEURONS_PER_CHIP - 1, description="neuron on the chip")
+    ]
+
+
+CircuitField = Annotated[
+    Circuit | None,
+    Field(
+        default=None,
+        description="the circuit the observation was recorded on, resolved through the circuits "
+        "store the service was started with (`farm serve --circuits`); instead of `fingerprint`",
+    ),
+]
+
+
+class CircuitOf(_Strict):
+    """Which circuit an observation came from (circuit-aware posteriors): one of the two fields.
+
+    Which of them a request must carry depends on the served posterior, so the service checks it
+    (``deploy.serve.circuits.resolve``) and each replica's /openapi.json states it.
+    """
+
+    fingerprint: Fingerprint | None = None
+    circuit: CircuitField = None
+
+
+class Observation(CircuitOf):
     """One observation: a raw trace, or (handcrafted posteriors only) its statistics."""
 
     trace: Trace | None = None
@@ -143,7 +193,7 @@ class LogProbRequest(Observation):
     theta: Annotated[list[ThetaRow], Field(min_length=1, max_length=MAX_THETA_ROWS)]
 
 
-class PredictiveRequest(_Strict):
+class PredictiveRequest(CircuitOf):
     """POST /predictive: simulate traces on the emulator at posterior draws."""
 
     trace: Trace
@@ -232,6 +282,11 @@ class PredictiveResponse(BaseModel):
     traces: list[list[int]]
     spike_count: list[int]
     observed_spike_count: int
+    circuit: Circuit | None = Field(
+        None,
+        description="the circuit every draw was simulated on (the request's `circuit`); null: "
+        "the seed's placement, a random circuit per draw",
+    )
     fingerprint: str
     misspecification: Misspecification
 
@@ -257,6 +312,13 @@ class ParameterInfo(BaseModel):
     high: float
 
 
+class CircuitsInfo(BaseModel):
+    """The circuits a service's store holds: every listed chip with every listed neuron."""
+
+    chips: list[int]
+    neurons: list[int]
+
+
 class InfoResponse(BaseModel):
     variant: str
     fingerprint: str
@@ -273,4 +335,22 @@ class InfoResponse(BaseModel):
     observation_shape: list[int] = Field(
         description="[T] for one sweep, [sweeps, T] for several; the flat form of sweeps * T "
         "codes is accepted too"
+    )
+    circuit_aware: bool = Field(
+        False,
+        description="true: every observation needs its circuit's `fingerprint` (or `circuit`)",
+    )
+    fingerprint_shape: list[int] | None = Field(
+        None,
+        description="[references, samples] of a request's `fingerprint` (the circuit's "
+        "recording; the top-level `fingerprint` is the artifact's id); null if circuit-marginal",
+    )
+    fingerprint_references: list[str] = Field(
+        default_factory=list,
+        description="the reference settings of a fingerprint, in order (`farm fingerprint`'s)",
+    )
+    circuits: CircuitsInfo | None = Field(
+        None,
+        description="the ids a `circuit` may name (the store of `farm serve --circuits`); null "
+        "without one",
     )

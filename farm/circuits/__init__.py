@@ -17,6 +17,8 @@ _PUBLIC: dict[str, str] = {
     "Reference": "farm.circuits.references",
     "ReferenceSet": "farm.circuits.references",
     "record_fingerprints": "farm.circuits.record",
+    "fingerprint_statistics": "farm.circuits.statistics",
+    "statistic_names": "farm.circuits.statistics",
     "FingerprintStore": "farm.circuits.store",
     "open_fingerprints": "farm.circuits.store",
     "FingerprintConfig": "farm.circuits.runner",

@@ -20,6 +20,8 @@ from farm.substrates.registry import get_substrate
 
 #: The fingerprint's noise stream, independent of the sample streams in ``farm.kernel.rng``.
 STREAM_FINGERPRINT = 0xF19E
+#: The stream of the fresh recordings training pairs with each sample (one per sample index).
+STREAM_SAMPLE_FINGERPRINT = 0xF19F
 #: Reference slots per circuit in the noise index: a set may hold at most this many references.
 MAX_REFERENCES = 64
 
@@ -38,6 +40,23 @@ def fingerprint_keys(
     )
     return rng.stream_keys(
         int(seed), rng.as_indices(circuit * MAX_REFERENCES + reference), STREAM_FINGERPRINT
+    )
+
+
+def sample_fingerprint_keys(
+    seed: int, index: NDArray[np.integer], reference: int
+) -> NDArray[np.uint64]:
+    """Noise keys of reference ``reference`` recorded beside samples ``index`` of a store.
+
+    Why per sample and not per circuit: a lab records a circuit once, with its own noise, so a
+    posterior must learn from many noise realisations of each circuit's fingerprint, not one.
+    key = H(H(seed, stream), index * MAX_REFERENCES + reference).
+    """
+    if not 0 <= reference < MAX_REFERENCES:
+        raise FarmInputError(f"reference={reference} outside [0, {MAX_REFERENCES - 1}]")
+    idx = np.asarray(index, dtype=np.int64)
+    return rng.stream_keys(
+        int(seed), rng.as_indices(idx * MAX_REFERENCES + reference), STREAM_SAMPLE_FINGERPRINT
     )
 
 
@@ -62,12 +81,15 @@ def record_fingerprints(
     seed: int,
     chip: NDArray[np.integer],
     neuron: NDArray[np.integer],
+    sample_index: NDArray[np.integer] | None = None,
 ) -> NDArray[np.int16]:
     """Every reference on every circuit (chip[i], neuron[i]).
 
     Args:
         substrates: ``build_substrates`` of the same reference set.
         chip, neuron: (n,) circuit ids.
+        sample_index: None records the circuit's own fingerprint (the circuits store's noise);
+            (n,) sample indices record a fresh one per sample (``sample_fingerprint_keys``).
 
     Returns:
         (n, references, samples_per_reference) int16 ADC codes.
@@ -85,7 +107,11 @@ def record_fingerprints(
     out = np.empty((n, theta.shape[0], references.samples_per_reference), dtype=np.int16)
     for k, substrate in enumerate(substrates):
         rows = np.ascontiguousarray(np.broadcast_to(theta[k], (n, theta.shape[1])))
-        keys = fingerprint_keys(seed, chip16, neuron16, k)
+        keys = (
+            fingerprint_keys(seed, chip16, neuron16, k)
+            if sample_index is None
+            else sample_fingerprint_keys(seed, sample_index, k)
+        )
         out[:, k, :] = substrate.run(rows, chip16, neuron16, keys).trace
     return out
 
@@ -93,7 +119,9 @@ def record_fingerprints(
 __all__ = [
     "MAX_REFERENCES",
     "STREAM_FINGERPRINT",
+    "STREAM_SAMPLE_FINGERPRINT",
     "build_substrates",
     "fingerprint_keys",
     "record_fingerprints",
+    "sample_fingerprint_keys",
 ]

@@ -39,6 +39,7 @@ from farm.store.paths import (
     filesystem,
 )
 from farm.store.spec import MAX_SEED, normalise_json
+from farm.substrates.circuits import format_chip_ids
 from farm.versions import package_version
 
 #: A sample store reads format_version "1"; this value keeps the two kinds apart.
@@ -258,6 +259,50 @@ class FingerprintStore:
     def pending_chips(self) -> list[int]:
         """Positions (along ``chip``) of the chips still to record."""
         return [int(k) for k in np.flatnonzero(~self.done_mask())]
+
+    def lookup(self, chip: Any, neuron: Any) -> NDArray[np.int16]:
+        """Fingerprints of circuits (chip[i], neuron[i]): (n, references, time) int16 codes.
+
+        Raises:
+            FingerprintMismatch: a circuit outside the store, or on a chip not yet recorded;
+                the message names the first such circuit and what the store covers.
+        """
+        c, n, cp, npos, ok = self._positions(chip, neuron)
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise FingerprintMismatch(
+                f"circuit {c[i]}:{n[i]} is not in circuits store {self.url!r}, which covers "
+                f"{self.coverage()}; fingerprint it with `farm fingerprint`"
+            )
+        arr = self.group["fingerprint"]
+        out = np.empty((c.size, *arr.shape[2:]), dtype=np.int16)
+        for pos in np.unique(cp):
+            rows = cp == pos
+            out[rows] = np.asarray(arr[int(pos)])[npos[rows]]
+        return out
+
+    def covers(self, chip: Any, neuron: Any) -> NDArray[np.bool_]:
+        """(n,) True where circuit (chip[i], neuron[i]) has a recorded fingerprint."""
+        return self._positions(chip, neuron)[4]
+
+    def coverage(self) -> str:
+        """The recorded circuits in words: ``chips 0-7 x neurons 0-511``."""
+        chips = [c for c, d in zip(self.chip_ids, self.done_mask(), strict=True) if d]
+        return (
+            f"chips {format_chip_ids(chips) or 'none'} x neurons "
+            f"{format_chip_ids(list(self.neurons))}"
+        )
+
+    def _positions(self, chip: Any, neuron: Any) -> tuple[NDArray[np.int64], ...]:
+        c = np.atleast_1d(np.asarray(chip, dtype=np.int64))
+        n = np.atleast_1d(np.asarray(neuron, dtype=np.int64))
+        if c.shape != n.shape or c.ndim != 1:
+            raise FarmInputError(f"chip {c.shape} and neuron {n.shape} must be (n,) id arrays")
+        chips, neurons = np.asarray(self.chip_ids), np.asarray(self.neurons)
+        cp = np.clip(np.searchsorted(chips, c), 0, len(chips) - 1)
+        npos = np.clip(np.searchsorted(neurons, n), 0, len(neurons) - 1)
+        ok = (chips[cp] == c) & (neurons[npos] == n) & self.done_mask()[cp]
+        return c, n, cp, npos, ok
 
     # ------------------------------------------------------------------ writing
     def write_chip(self, position: int, codes: NDArray[np.int16]) -> None:

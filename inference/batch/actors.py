@@ -1,9 +1,13 @@
 """The Ray side of `farm infer`: one posterior actor per CPU, each answering whole blocks.
 
-Thin, as the farm's chip actors: an actor loads the posterior once, then only calls
-``infer_block``. The artifact travels as bytes through Ray's object store, so workers on other
-nodes need no shared filesystem; the traces of each block travel the same way, and only the
-driver touches the output store (one writer).
+Thin, as the farm's chip actors: an actor loads the posterior once (and, for a circuit-aware
+posterior, opens the circuits store once), then only calls ``infer_block``. The artifact travels
+as bytes through Ray's object store, so workers on other nodes need no shared filesystem for it;
+the traces of each block and their (chip, neuron) ids travel the same way, and only the driver
+touches the output store (one writer). The circuits store is read where it lies, each actor
+looking up its own blocks' fingerprints (~12 ms per chip a block touches, done in parallel rather
+than on the one driver): like `farm simulate`'s stores, it must be a path or URL every node
+reaches.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from numpy.typing import NDArray
 
 from inference.batch.block import BlockResult, infer_block
+from inference.batch.circuits import fingerprints
 
 #: Artifact sub-folders a posterior does not need to answer (training checkpoints).
 SKIPPED_DIRS = frozenset({"checkpoints"})
@@ -35,9 +40,13 @@ class PosteriorActor:
 
     Args:
         files: ``artifact_files`` of the posterior; threads: torch threads (one per CPU asked).
+        circuits: the absolute path or URL of the circuits store a circuit-aware posterior reads
+            (checked by the driver: ``inference.batch.circuits.open_checked``); None otherwise.
     """
 
-    def __init__(self, files: dict[str, bytes], threads: int = 1) -> None:
+    def __init__(
+        self, files: dict[str, bytes], threads: int = 1, circuits: str | None = None
+    ) -> None:
         import torch
 
         from inference import load_posterior
@@ -49,8 +58,21 @@ class PosteriorActor:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         self.posterior = load_posterior(self._dir.name)
+        self.circuits = None
+        if circuits is not None:
+            from farm.circuits.store import FingerprintStore
+
+            self.circuits = FingerprintStore.open(circuits)
 
     def infer(
-        self, block: int, traces: NDArray[Any], num_draws: int, seed: int
+        self,
+        block: int,
+        traces: NDArray[Any],
+        num_draws: int,
+        seed: int,
+        chip: NDArray[Any] | None = None,
+        neuron: NDArray[Any] | None = None,
     ) -> tuple[int, BlockResult]:
-        return block, infer_block(self.posterior, traces, num_draws, seed)
+        """Answer one block; ``chip``, ``neuron``: its rows' circuits (circuit-aware only)."""
+        fps = fingerprints(self.circuits, chip, neuron)
+        return block, infer_block(self.posterior, traces, num_draws, seed, fps)

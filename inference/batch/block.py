@@ -1,8 +1,9 @@
 """One work item of `farm infer`: posterior draws, summaries and checks for a block of traces.
 
-Pure: a posterior, traces and a seed in, arrays out; no Ray, no Zarr. The block's draws come from
-batched flow calls seeded by keys hashed from (run seed, block index), so a block recomputed
-after a kill, or by another actor, gives the same bytes (farm.kernel.rng's counter-based keys).
+Pure: a posterior, traces (with their circuits' fingerprints, for a circuit-aware posterior) and
+a seed in, arrays out; no Ray, no Zarr. The block's draws come from batched flow calls seeded by
+keys hashed from (run seed, block index), so a block recomputed after a kill, or by another
+actor, gives the same bytes (farm.kernel.rng's counter-based keys).
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ def block_seed(seed: int, block: int) -> int:
     return derive(derive(seed, STREAM_INFER), block)
 
 
-def infer_block(posterior: Any, traces: NDArray[Any], num_draws: int, seed: int) -> BlockResult:
+def infer_block(
+    posterior: Any,
+    traces: NDArray[Any],
+    num_draws: int,
+    seed: int,
+    fingerprints: NDArray[Any] | None = None,
+) -> BlockResult:
     """Draw, summarise and check B traces with batched posterior calls.
 
     The usable rows go to the posterior in groups of ``ROWS_PER_CALL // num_draws`` observations,
@@ -68,8 +75,13 @@ def infer_block(posterior: Any, traces: NDArray[Any], num_draws: int, seed: int)
         posterior: from ``inference.load_posterior``.
         traces: (B, T) ADC codes, any numeric dtype.
         num_draws: draws per observation; seed: the block's seed (``block_seed``).
+        fingerprints: (B, references, time) codes of each trace's circuit, for a circuit-aware
+            posterior (``posterior.circuit_aware``); None for a circuit-marginal one.
     """
     x = np.asarray(traces, dtype=np.float64)
+    fps = None if fingerprints is None else np.asarray(fingerprints)
+    if fps is not None and fps.shape[0] != x.shape[0]:
+        raise ValueError(f"{x.shape[0]} traces but {fps.shape[0]} fingerprints")
     b, p = x.shape[0], len(posterior.parameter_names)
     draws = np.full((b, num_draws, p), np.nan, dtype=np.float32)
     lp = np.full((b, num_draws), -np.inf)
@@ -83,11 +95,11 @@ def infer_block(posterior: Any, traces: NDArray[Any], num_draws: int, seed: int)
         rows, call_seed = valid[start : start + per_call], block_seed(seed, k)
         try:
             got = posterior.sample_and_assess(
-                num_draws, traces=x[rows], seed=call_seed, normalized=False
+                num_draws, traces=x[rows], seed=call_seed, normalized=False, **_circuits(fps, rows)
             )
             parts = [(rows, got)]
         except RejectionBudgetExceeded:  # one far-out row: answer the others one by one
-            parts = _one_by_one(posterior, x, rows, num_draws, call_seed, flagged, reasons)
+            parts = _one_by_one(posterior, x, fps, rows, num_draws, call_seed, flagged, reasons)
         for where, (theta, logp, checks) in parts:
             draws[where], lp[where] = theta, logp
             for i, check in zip(where, checks):
@@ -114,9 +126,16 @@ def _usable(
     return ~(nonfinite | outside)
 
 
+def _circuits(fps: NDArray[Any] | None, rows: Any) -> dict[str, NDArray[Any]]:
+    """The ``fingerprints=`` keyword of these rows; none for a circuit-marginal posterior (an
+    ensemble's ``sample_and_assess`` has no such keyword)."""
+    return {} if fps is None else {"fingerprints": fps[rows]}
+
+
 def _one_by_one(
     posterior: Any,
     x: NDArray[np.float64],
+    fps: NDArray[Any] | None,
     rows: NDArray[np.int64],
     num_draws: int,
     seed: int,
@@ -128,7 +147,11 @@ def _one_by_one(
     for i in rows:
         try:
             got = posterior.sample_and_assess(
-                num_draws, traces=x[i : i + 1], seed=block_seed(seed, int(i)), normalized=False
+                num_draws,
+                traces=x[i : i + 1],
+                seed=block_seed(seed, int(i)),
+                normalized=False,
+                **_circuits(fps, slice(i, i + 1)),
             )
             parts.append((np.array([i]), got))
         except RejectionBudgetExceeded:

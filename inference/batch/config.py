@@ -30,8 +30,9 @@ class InferConfig:
         in_process: no Ray; blocks run in this process (small inputs, tests, debugging).
         progress: draw a progress bar on stderr.
         break_lock: take the output's lock even from a run that still looks alive.
-        circuits: a circuits store; accepted and checked, not yet used (no circuit-aware
-            posteriors exist).
+        circuits: the circuits store (`farm fingerprint`) of the traces' chips. A circuit-aware
+            posterior needs it and answers each trace with its circuit's fingerprint; a
+            circuit-marginal posterior reads no fingerprint, and the store is then not read.
     """
 
     posterior: str

@@ -19,6 +19,7 @@ from farm.store.paths import check_parent_writable
 from farm.store.sim_store import normalise_url
 from inference.batch.actors import PosteriorActor, artifact_files
 from inference.batch.block import block_seed, infer_block
+from inference.batch.circuits import circuit_aware, fingerprints, identity, open_checked
 from inference.batch.config import InferConfig
 from inference.batch.observations import Observations, check_compatible, read_observations
 from inference.batch.store import InferLayout, InferStore, check_out
@@ -30,8 +31,13 @@ IN_FLIGHT_PER_WORKER = 2
 def run_infer(cfg: InferConfig) -> dict[str, Any]:
     """Answer every trace of ``cfg.store`` with the posterior; create or resume ``cfg.out``.
 
+    A circuit-aware posterior answers each trace with its circuit's fingerprint from
+    ``cfg.circuits``; a circuit-marginal one reads none, and ``cfg.circuits`` is then not read
+    (``summary["circuits_used"]`` says which).
+
     Returns:
-        A summary: store, observations, answered now / before, seconds, rate, flagged, workers.
+        A summary: store, observations, answered now / before, seconds, rate, flagged, workers,
+        the circuits store and whether it was used.
 
     Raises:
         FarmInputError: bad posterior, traces, --circuits or --out (nothing written).
@@ -40,9 +46,8 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     posterior = load_checked(cfg.posterior)
     obs = read_observations(cfg.store)
     check_compatible(obs, posterior.protocol, posterior.trace_length, repr(cfg.posterior))
-    if cfg.circuits is not None:
-        check_circuits(cfg.circuits, obs)
-    layout = _layout(cfg, posterior, obs)
+    circuits = open_checked(cfg.circuits, posterior, obs, repr(cfg.posterior))
+    layout = _layout(cfg, posterior, obs, identity(circuits))
     out = normalise_url(cfg.out)
     check_out(out)  # refuses anything foreign before the lock file appears beside it
     check_parent_writable(out)
@@ -58,10 +63,11 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
                 obs.num_observations, done, cfg.progress, label="infer", unit="obs"
             ) as bar:
                 if pending and cfg.in_process:
-                    _run_here(cfg, posterior, obs, store, pending, bar)
+                    _run_here(cfg, posterior, circuits, obs, store, pending, bar)
                     workers = 1
                 elif pending:
-                    workers = _run_on_ray(cfg, obs, store, pending, bar)
+                    url = None if circuits is None else circuits.url
+                    workers = _run_on_ray(cfg, url, obs, store, pending, bar)
         except OSError as e:  # the driver's writes, on a full or vanished disk
             raise FarmRuntimeError(
                 f"writing to {out} failed: {e.strerror or e}; finished blocks are kept, "
@@ -84,6 +90,9 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         "num_draws": cfg.num_draws,
         "num_workers": workers,
         "posterior_fingerprint": posterior.fingerprint,
+        "circuit_aware": circuit_aware(posterior),
+        "circuits": cfg.circuits,
+        "circuits_used": circuits is not None,
     }
 
 
@@ -100,20 +109,9 @@ def load_checked(directory: str) -> Any:
         ) from None
 
 
-def check_circuits(circuits: str, obs: Observations) -> None:
-    """``--circuits`` needs every trace's chip and neuron; the path must exist."""
-    from pathlib import Path
-
-    if "://" not in circuits and not Path(circuits).exists():
-        raise FarmInputError(f"circuits={circuits!r} does not exist; give a circuits store")
-    if not obs.has_ids:
-        raise FarmInputError(
-            f"store={obs.source!r} has no chip/neuron id for every trace; --circuits matches "
-            "traces to circuits by them: give a store with `chip` and `neuron` arrays"
-        )
-
-
-def _layout(cfg: InferConfig, posterior: Any, obs: Observations) -> InferLayout:
+def _layout(
+    cfg: InferConfig, posterior: Any, obs: Observations, circuits: dict[str, Any] | None
+) -> InferLayout:
     manifest = posterior.manifest
     version = {
         "package_version": manifest.get("package_version"),
@@ -132,12 +130,15 @@ def _layout(cfg: InferConfig, posterior: Any, obs: Observations) -> InferLayout:
             "num_draws": cfg.num_draws,
             "block_size": cfg.block_size,
             "input": obs.identity,
+            "circuits": circuits,
         },
         attrs={
             "posterior_fingerprint": posterior.fingerprint,
             "posterior_version": version,
             "posterior": str(cfg.posterior),
             "posterior_variant": posterior.variant,
+            "circuit_aware": circuit_aware(posterior),
+            "circuits": None if circuits is None else circuits["url"],
             "seed": cfg.seed,
             "input": obs.source,
             "input_kind": obs.kind,
@@ -150,6 +151,7 @@ def _layout(cfg: InferConfig, posterior: Any, obs: Observations) -> InferLayout:
 def _run_here(
     cfg: InferConfig,
     posterior: Any,
+    circuits: Any,
     obs: Observations,
     store: InferStore,
     pending: list[int],
@@ -168,7 +170,8 @@ def _run_here(
         for block in pending:
             start, stop = store.block_bounds(block)
             seed = block_seed(cfg.seed, block)
-            result = infer_block(posterior, obs.rows(start, stop), cfg.num_draws, seed)
+            fps = fingerprints(circuits, *_ids(circuits, obs, start, stop))
+            result = infer_block(posterior, obs.rows(start, stop), cfg.num_draws, seed, fps)
             store.write_block(block, result)
             store.mark_done(block)
             bar.advance(stop - start)
@@ -176,14 +179,25 @@ def _run_here(
         torch.set_num_threads(before)
 
 
+def _ids(circuits: Any, obs: Observations, start: int, stop: int) -> tuple[Any, Any]:
+    """(chip, neuron) of rows [start, stop) where circuits are read, else (None, None)."""
+    if circuits is None:
+        return None, None
+    return obs.chip[start:stop], obs.neuron[start:stop]
+
+
 def _run_on_ray(
     cfg: InferConfig,
+    circuits: str | None,
     obs: Observations,
     store: InferStore,
     pending: list[int],
     bar: ProgressBar,
 ) -> int:
-    """Answer ``pending`` blocks with one actor per CPU; returns the number of actors."""
+    """Answer ``pending`` blocks with one actor per CPU; returns the number of actors.
+
+    ``circuits``: the checked circuits store's URL, which each actor opens once (None: marginal).
+    """
     import ray
 
     from farm import connect_ray
@@ -193,14 +207,15 @@ def _run_on_ray(
     num = max(1, min(cfg.num_workers or cpus, len(pending)))
     files = ray.put(artifact_files(cfg.posterior))
     remote = ray.remote(num_cpus=1)(PosteriorActor)
-    actors = [remote.remote(files) for _ in range(num)]
+    actors = [remote.remote(files, 1, circuits) for _ in range(num)]
     queue, in_flight = deque(pending), {}
 
     def submit(actor: Any) -> None:
         block = queue.popleft()
         start, stop = store.block_bounds(block)
         seed = block_seed(cfg.seed, block)
-        ref = actor.infer.remote(block, obs.rows(start, stop), cfg.num_draws, seed)
+        ids = _ids(circuits, obs, start, stop)
+        ref = actor.infer.remote(block, obs.rows(start, stop), cfg.num_draws, seed, *ids)
         in_flight[ref] = actor
 
     try:

@@ -5,8 +5,8 @@ creation marker written first and removed last means a half-made store is recogn
 and anything the farm did not make is refused untouched (farm.store.paths). Blocks of
 observations are the work items: a block's arrays are written, then its flag in ``block_done``
 (one tiny chunk each), so a killed run recomputes exactly the unflagged blocks. The store's
-identity (posterior fingerprint, seed, draws, block size, input) is fixed at creation and a
-resumed run must match it.
+identity (posterior fingerprint, seed, draws, block size, input, circuits store) is fixed at
+creation and a resumed run must match it.
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ class InferStore:
         want = json.loads(json.dumps(layout.identity))
         for key in want:
             if have.get(key) != want[key]:
+                name, old, new = _first_difference(key, have.get(key), want[key])
                 raise InferStoreMismatch(
-                    f"out={self.url!r} was made with {key}={_short(have.get(key))}; this run has "
-                    f"{key}={_short(want[key])}: use another --out, or the store's own settings"
+                    f"out={self.url!r} was made with {name}={_short(old)}; this run has "
+                    f"{name}={_short(new)}: use another --out, or the store's own settings"
                 )
 
     # ------------------------------------------------------------------ layout
@@ -286,6 +287,17 @@ def _reached(step: str) -> None:
         deadline = time.monotonic() + float(os.environ.get("FARM_STORE_PAUSE_S", "60"))
         while marker.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _first_difference(key: str, have: Any, want: Any) -> tuple[str, Any, Any]:
+    """The first differing leaf of two identity values, as ``circuits.seed`` (both dicts), or the
+    values themselves: a message names what differs, not an 80-character cut of a whole dict."""
+    while isinstance(have, dict) and isinstance(want, dict):
+        sub = next((k for k in (*want, *have) if have.get(k) != want.get(k)), None)
+        if sub is None:
+            break
+        key, have, want = f"{key}.{sub}", have.get(sub), want.get(sub)
+    return key, have, want
 
 
 def _short(value: Any) -> str:

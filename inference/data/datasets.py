@@ -35,8 +35,9 @@ from inference.data.splits import SPLITS, is_validation, split_of  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-#: Fields a batch can carry; ``label`` (in regime, 0/1 float32) is derived from ``spike_count``.
-FIELDS = ("theta", "features", "trace", "spike_count", "label")
+#: Fields a batch can carry; ``label`` (in regime, 0/1 float32) is derived from ``spike_count``,
+#: ``circuit`` (a circuit-aware run's fingerprint statistics) read from arrays ``attach``-ed.
+FIELDS = ("theta", "features", "trace", "spike_count", "label", "circuit")
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,14 @@ class StoreSet:
             raise StoreMismatch(
                 f"stores={self.urls} hold no completed chunk; finish `farm simulate` first"
             )
+        #: Per-row arrays kept beside the stores (one per store, indexed by sample), by field.
+        self.attached: dict[str, list[Any]] = {}
+
+    def attach(self, name: str, arrays: Sequence[Any]) -> None:
+        """Serve field ``name`` from ``arrays[k][index]`` for rows of store k (e.g. a cache)."""
+        if len(arrays) != len(self.stores):
+            raise ValueError(f"{name}: {len(arrays)} arrays for {len(self.stores)} stores")
+        self.attached[name] = list(arrays)
 
     @property
     def num_samples(self) -> int:
@@ -146,7 +155,8 @@ class StoreSet:
         for name in fields:
             if name == "label":
                 continue
-            out[name] = np.asarray(g[name][ref.start : ref.stop])
+            source = self.attached[name][ref.store] if name in self.attached else g[name]
+            out[name] = np.asarray(source[ref.start : ref.stop])
         if "label" in fields:
             sc = (
                 out["spike_count"]

@@ -139,9 +139,9 @@ class KNNDetector:
             "summary_dim": int(self.reference.shape[1]),
         }
 
-    def save(self, directory: str | Path) -> dict[str, Any]:
-        """Write ``misspecification.npz`` (plain arrays, no pickle); return its manifest block."""
-        path = Path(directory) / FILE
+    def save(self, directory: str | Path, file: str = FILE) -> dict[str, Any]:
+        """Write ``file`` (plain arrays, no pickle); return its manifest block."""
+        path = Path(directory) / file
         tmp = path.with_suffix(".tmp.npz")
         np.savez(
             tmp,
@@ -151,7 +151,7 @@ class KNNDetector:
             calibration_scores=self.calibration_scores,
         )
         tmp.replace(path)
-        return self.meta() | {"file": FILE, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        return self.meta() | {"file": file, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
     @classmethod
     def load(cls, directory: str | Path, block: dict[str, Any]) -> KNNDetector:

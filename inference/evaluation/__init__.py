@@ -1,1 +1,2 @@
-"""`farm evaluate`: held-out metrics, local and per-chip checks, figures and the report on disk."""
+"""`farm evaluate`: held-out metrics, local and per-chip checks, the own-circuit check, figures and
+the report on disk."""

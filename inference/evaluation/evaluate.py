@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from inference.diagnostics import calibration as dg
+from inference.evaluation.circuits import circuit_fingerprints, is_circuit_aware
 from inference.evaluation.figures import draw_figures
 from inference.evaluation.local import chip_overlap, local_calibration
 from inference.evaluation.metrics import (
@@ -31,11 +32,13 @@ from inference.evaluation.metrics import (
     prior_fingerprint,
     sample_all,
 )
+from inference.evaluation.own_circuit import own_circuit_check
 from inference.evaluation.report import (
     METRICS_FILE,
     REPORT_FORMAT_VERSION,
     compare_reports,
     load_report,
+    own_circuit_table,
     summary_table,
     training_info,
     versions,
@@ -54,6 +57,9 @@ class EvalConfig:
             ``num_ppc_plot``).
         num_ppc_samples: posterior samples simulated per predictive-check observation.
         num_ppc_plot: predictive-check observations drawn in the figure.
+        num_own_circuit: observations (the first held-out ones) whose draws and truth are rerun
+            on their own circuit and on random ones (``inference.evaluation.own_circuit``; 0: off).
+        num_own_circuit_samples: posterior draws rerun per own-circuit observation.
         hpd: also compute HPD expected coverage from ``log_prob`` of every sample (one call per
             observation, each costing about as much as drawing the samples; off by default).
         num_hpd: observations (the first ones) used for HPD coverage.
@@ -61,7 +67,8 @@ class EvalConfig:
             parameter).
         lc2st: also run sbi's L-C2ST, local calibration at a few observations
             (``inference.evaluation.local``).
-        seed: selects observations and seeds posterior sampling and predictive simulations.
+        seed: selects observations and seeds posterior sampling and predictive simulations (the
+            own-circuit reruns' noise seeds derive from it).
     """
 
     num_obs: int = 500
@@ -69,6 +76,8 @@ class EvalConfig:
     num_ppc: int = 40
     num_ppc_samples: int = 20
     num_ppc_plot: int = 4
+    num_own_circuit: int = 40
+    num_own_circuit_samples: int = 20
     hpd: bool = False
     num_hpd: int = 200
     c2st: bool = True
@@ -81,6 +90,8 @@ class EvalConfig:
         "num_ppc": (0, 10_000),
         "num_ppc_samples": (2, 1_000),
         "num_ppc_plot": (0, 10),
+        "num_own_circuit": (0, 10_000),
+        "num_own_circuit_samples": (1, 1_000),
         "num_hpd": (10, 100_000),
     }
 
@@ -89,10 +100,11 @@ class EvalConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
                 raise ValueError(f"{name}={v} outside [{lo}, {hi}]")
-        if self.num_ppc_samples > self.num_samples:
-            raise ValueError(
-                f"num_ppc_samples={self.num_ppc_samples} exceeds num_samples={self.num_samples}"
-            )
+        for name in ("num_ppc_samples", "num_own_circuit_samples"):
+            if getattr(self, name) > self.num_samples:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} exceeds num_samples={self.num_samples}"
+                )
         if self.seed < 0:
             raise ValueError(f"seed={self.seed} must be >= 0")
 
@@ -103,6 +115,7 @@ def evaluate(
     out: str | Path,
     config: EvalConfig | None = None,
     *,
+    circuits: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate an amortized posterior on a held-out store; write ``metrics.json`` and PNG figures.
@@ -114,10 +127,18 @@ def evaluate(
         store: held-out store simulated from the posterior's prior with a seed not used in training.
         out: report directory (created).
         config: sizes; defaults if None.
+        circuits: circuits store (`farm fingerprint`) holding the fingerprint of every held-out
+            observation's circuit; required for a circuit-aware posterior, whose every call then
+            gets the observation's fingerprint, and unused for a circuit-marginal one.
         log: progress callback (one line per step).
 
     Returns:
         The metrics dictionary written to ``out/metrics.json``.
+
+    Raises:
+        ValueError: bad input, one line: traces of another length; a circuit-aware posterior
+            without ``circuits``; a circuits store of other references or without an
+            observation's circuit.
     """
     cfg = config or EvalConfig()
     say = log or (lambda _m: None)
@@ -132,9 +153,12 @@ def evaluate(
             f"store traces have {held.trace.shape[1]} samples "
             f"but the posterior expects {posterior.trace_length}"
         )
+    held = _with_fingerprints(held, posterior, circuits)
     n = held.theta.shape[0]
     say(f"{n} held-out observations from {held.path}")
-    samples = sample_all(posterior, held.trace, cfg.num_samples, cfg.seed, say)
+    samples = sample_all(
+        posterior, held.trace, cfg.num_samples, cfg.seed, say, fingerprints=held.fingerprints
+    )
     timing["sampling"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -173,6 +197,17 @@ def evaluate(
         )
     timing["ppc"] = time.perf_counter() - t2
 
+    t_o = time.perf_counter()
+    own = own_circuit_check(
+        posterior, held, samples, cfg.num_own_circuit, cfg.num_own_circuit_samples, cfg.seed
+    )
+    if own["num_obs"]:
+        say(
+            f"own-circuit check: spike-count error {own['own']['error_ratio']:.1f}x the oracle's "
+            f"on the observations' circuits, {own['random']['error_ratio']:.1f}x on random ones"
+        )
+    timing["own_circuit"] = time.perf_counter() - t_o
+
     t3 = time.perf_counter()
     figures = draw_figures(outdir, posterior, held, samples, cal, rec, ppc, cfg.num_ppc_plot)
     timing["figures"] = time.perf_counter() - t3
@@ -188,8 +223,48 @@ def evaluate(
         timing,
     )
     _add_local_sections(metrics, posterior, held, local)
+    _add_own_circuit(metrics, own, circuits)
     write_report(outdir, metrics)
     return metrics
+
+
+def _with_fingerprints(held: HeldOut, posterior: Any, circuits: str | Path | None) -> HeldOut:
+    """``held`` with each row's fingerprint when the posterior is circuit-aware, else as is."""
+    if not is_circuit_aware(posterior):
+        return held
+    if circuits is None:
+        raise ValueError(
+            "the posterior is circuit-aware: give the circuits store of the held-out store's "
+            "chips with --circuits circuits.zarr (circuits= in Python)"
+        )
+    if held.chip is None or held.neuron is None:
+        raise ValueError(
+            f"store={held.path!r} records no chip and neuron per row, so a circuit-aware "
+            "posterior cannot be given the observations' fingerprints"
+        )
+    fps = circuit_fingerprints(circuits, posterior, held.chip, held.neuron, held.index)
+    return replace(held, fingerprints=fps)
+
+
+#: summary key suffix -> key in an ``own_circuit`` metrics block (``own`` or ``random``)
+_OWN_SUMMARY = {
+    "error_ratio": "error_ratio",
+    "spike_count_error": "posterior_error",
+    "oracle_error": "oracle_error",
+    "within": "posterior_within",
+    "oracle_within": "oracle_within",
+}
+
+
+def _add_own_circuit(
+    metrics: dict[str, Any], own: dict[str, Any], circuits: str | Path | None
+) -> None:
+    """The ``own_circuit`` section and its ``own_circuit_*`` / ``random_circuit_*`` summary keys."""
+    metrics["own_circuit"] = own
+    metrics["store"]["circuits"] = None if circuits is None else str(circuits)
+    for block, prefix in (("own", "own_circuit"), ("random", "random_circuit")):
+        for key, source in _OWN_SUMMARY.items():
+            metrics["summary"][f"{prefix}_{key}"] = own[block][source] if block in own else None
 
 
 def _report(
@@ -262,6 +337,7 @@ def _report(
             "estimator": estimator,
             "fingerprint": str(posterior.fingerprint),
             "prior_fingerprint": post_fp,
+            "circuit_aware": is_circuit_aware(posterior),
             "training": training,
         },
         "store": {
@@ -359,5 +435,6 @@ __all__ = [
     "evaluate",
     "load_held_out",
     "load_report",
+    "own_circuit_table",
     "summary_table",
 ]

@@ -37,6 +37,10 @@ class HeldOut:
     attrs: dict[str, Any]
     path: str
     num_excluded: int = 0  # rows skipped by the training quality filter (NaN, saturated, flat)
+    chip: NDArray[np.int16] | None = None  # (N,) the circuit each row ran on; None: not recorded
+    neuron: NDArray[np.int16] | None = None  # (N,)
+    #: (N, references, time) each row's circuit fingerprint, for circuit-aware posteriors
+    fingerprints: NDArray[np.int16] | None = None
 
 
 def load_held_out(store: str | Path, num_obs: int, seed: int = 0) -> HeldOut:
@@ -109,7 +113,14 @@ def load_held_out(store: str | Path, num_obs: int, seed: int = 0) -> HeldOut:
         attrs=dict(ds.attrs),
         path=str(store),
         num_excluded=excluded,
+        chip=_ids(sub, "chip"),
+        neuron=_ids(sub, "neuron"),
     )
+
+
+def _ids(ds: Any, name: str) -> NDArray[np.int16] | None:
+    """Per-row circuit ids, or None for a store that does not record them."""
+    return np.asarray(ds[name].values, dtype=np.int16) if name in ds.variables else None
 
 
 def codes_to_mv(codes: NDArray[np.integer], chip: ChipModel) -> NDArray[np.float64]:
@@ -131,12 +142,15 @@ def sample_all(
     num_samples: int,
     seed: int,
     log: Callable[[str], None],
+    fingerprints: NDArray[np.int16] | None = None,
 ) -> NDArray[np.float32]:
+    """(N, num_samples, 7) draws; ``fingerprints`` (N, R, T) go with the traces when given."""
     out = np.empty((trace.shape[0], num_samples, len(posterior.parameter_names)), dtype=np.float32)
     for b, start in enumerate(range(0, trace.shape[0], _BATCH)):
         stop = min(start + _BATCH, trace.shape[0])
+        extra = {} if fingerprints is None else {"fingerprints": fingerprints[start:stop]}
         out[start:stop] = posterior.sample_batched(
-            num_samples, traces=trace[start:stop], seed=seed + b
+            num_samples, traces=trace[start:stop], seed=seed + b, **extra
         )
         log(f"sampled {stop}/{trace.shape[0]} observations")
     return out
@@ -147,11 +161,16 @@ def hpd_log_probs(
     trace: NDArray[np.int16],
     theta: NDArray[np.float32],
     samples: NDArray[np.float32],
+    fingerprints: NDArray[np.int16] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """log q of each sample and of the truth; ``fingerprints`` (N, R, T) when given."""
     lps = np.empty(samples.shape[:2], dtype=np.float64)
     lpt = np.empty(theta.shape[0], dtype=np.float64)
     for i in range(theta.shape[0]):
-        lp = posterior.log_prob(np.concatenate([theta[i : i + 1], samples[i]]), trace=trace[i])
+        extra = {} if fingerprints is None else {"fingerprint": fingerprints[i]}
+        lp = posterior.log_prob(
+            np.concatenate([theta[i : i + 1], samples[i]]), trace=trace[i], **extra
+        )
         lpt[i], lps[i] = lp[0], lp[1:]
     return lps, lpt
 
@@ -222,7 +241,8 @@ def calibration(
     hpd_cov = None
     if hpd:
         k = min(num_hpd, n)
-        lps, lpt = hpd_log_probs(posterior, held.trace[:k], held.theta[:k], samples[:k])
+        fps = None if held.fingerprints is None else held.fingerprints[:k]
+        lps, lpt = hpd_log_probs(posterior, held.trace[:k], held.theta[:k], samples[:k], fps)
         hpd_cov = dg.hpd_coverage(lps, lpt, levels, seed=seed)
     prior_draws = posterior.prior.sample(max(20_000, n), seed=seed + 7).astype(np.float64)
     prior_std = prior_draws.std(axis=0)
@@ -230,6 +250,15 @@ def calibration(
     return Calibration(
         sbc_res, tarp_res, levels, marg, hpd_cov, prior_std, c2st_res, dg.verdict(sbc_res, tarp_res)
     )
+
+
+def store_chip_model(held: HeldOut, posterior: Any) -> ChipModel:
+    """The chips the observations came from (a leave-chips-out store records its own).
+
+    Predictive simulations run on them, not on the training chips.
+    """
+    recorded = held.attrs.get("chip_model")
+    return ChipModel.from_dict(recorded) if isinstance(recorded, dict) else posterior.chip_model
 
 
 @dataclass(frozen=True)
@@ -262,10 +291,7 @@ def predictive_check(
     ppc_idx = ppc_choice(held.spike_count, num_ppc)
     if not ppc_idx.size:
         return None
-    # Simulate on the chips the observations came from (a leave-chips-out store records its own),
-    # not the training chips.
-    recorded = held.attrs.get("chip_model")
-    chip = ChipModel.from_dict(recorded) if isinstance(recorded, dict) else posterior.chip_model
+    chip = store_chip_model(held, posterior)
     protocol = posterior.protocol
     m = num_ppc_samples
     theta_pred = samples[ppc_idx, :m, :].reshape(-1, samples.shape[-1])
@@ -317,4 +343,5 @@ __all__ = [
     "predictive_check",
     "prior_fingerprint",
     "sample_all",
+    "store_chip_model",
 ]

@@ -108,6 +108,20 @@ SUMMARY_ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("ppc_spike_count_coverage_90", "count in 90% predictive", "{:.2f}", None),
 )
 
+#: The own-circuit check's rows (``inference.evaluation.own_circuit``), each for the observations'
+#: own circuits and for random ones: (summary key suffix, label, format, which is better on own
+#: circuits). On random circuits none is "better": a posterior that ignores the circuit looks
+#: fine there (issue 25).
+OWN_CIRCUIT_ROWS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("error_ratio", "|spike count error| / oracle's", "{:.1f}", "low"),
+    ("spike_count_error", "posterior |spike count error|", "{:.2f}", "low"),
+    ("oracle_error", "oracle (true theta) |error|", "{:.2f}", None),
+    ("within", "posterior reruns within +-2 spikes", "{:.2f}", "high"),
+    ("oracle_within", "oracle reruns within +-2 spikes", "{:.2f}", None),
+)
+#: summary key prefix -> label prefix of the two circuit kinds
+CIRCUIT_KINDS = (("own_circuit", "own circuit"), ("random_circuit", "random circuits"))
+
 
 def _fmt(fmt: str, v: Any) -> str:
     if v is None:
@@ -127,6 +141,27 @@ def summary_table(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) rows of one report's headline numbers."""
     s = metrics["summary"]
     return [(label, _fmt(fmt, _summary_value(s, key))) for key, label, fmt, _ in SUMMARY_ROWS]
+
+
+def own_circuit_table(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, own circuit, random circuits) rows of the own-circuit check; [] if it did not run."""
+    s = metrics["summary"]
+    if s.get("own_circuit_error_ratio") is None:
+        return []
+    return [
+        (label, *(_fmt(fmt, s.get(f"{prefix}_{key}")) for prefix, _ in CIRCUIT_KINDS))
+        for key, label, fmt, _ in OWN_CIRCUIT_ROWS
+    ]
+
+
+def _all_rows() -> list[tuple[str, str, str, str | None]]:
+    """``SUMMARY_ROWS``, then the own-circuit rows for own circuits and for random ones."""
+    rows = list(SUMMARY_ROWS)
+    for prefix, kind in CIRCUIT_KINDS:
+        for key, label, fmt, better in OWN_CIRCUIT_ROWS:
+            own = prefix == "own_circuit"
+            rows.append((f"{prefix}_{key}", f"{kind}: {label}", fmt, better if own else None))
+    return rows
 
 
 def _column_name(report: dict[str, Any]) -> str:
@@ -151,7 +186,7 @@ def compare_reports(*reports: dict[str, Any]) -> dict[str, Any]:
     letters = [chr(ord("A") + i) if i < 26 else f"R{i + 1}" for i in range(len(reports))]
     summaries = [r["summary"] for r in reports]
     rows = []
-    for key, label, fmt, better in SUMMARY_ROWS:
+    for key, label, fmt, better in _all_rows():
         values = [_summary_value(s, key) for s in summaries]
         win = ""
         numeric = [
@@ -180,6 +215,13 @@ def compare_reports(*reports: dict[str, Any]) -> dict[str, Any]:
             if len(reports) > 2
             else "the two posteriors were trained on different priors"
         )
+    own = [r.get("own_circuit") or {} for r in reports]
+    own_sizes = sorted({(o["num_obs"], o.get("num_draws")) for o in own if o.get("num_obs")})
+    if len(own_sizes) > 1:
+        notes.append(
+            "own-circuit checks differ in size (observations x draws: "
+            f"{', '.join(f'{n}x{d}' for n, d in own_sizes)})"
+        )
     for s, col in zip(summaries, letters):
         if s.get("verdict") != "calibrated":
             notes.append(
@@ -196,9 +238,12 @@ def compare_reports(*reports: dict[str, Any]) -> dict[str, Any]:
 __all__ = [
     "METRICS_FILE",
     "REPORT_FORMAT_VERSION",
+    "CIRCUIT_KINDS",
+    "OWN_CIRCUIT_ROWS",
     "SUMMARY_ROWS",
     "compare_reports",
     "load_report",
+    "own_circuit_table",
     "summary_table",
     "training_info",
     "versions",

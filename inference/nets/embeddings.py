@@ -186,6 +186,12 @@ class TraceCNN(nn.Module):
         return x.reshape(*x.shape[:-1], x.shape[-1] // k, k).mean(-1)
 
 
+#: Largest |z-score| a statistic reaches the flow with: an input a thousand standard deviations
+#: out says no more than one at the limit, and values near float32's range (1e38, which the HTTP
+#: schema allows) made the spline flow return NaN draws.
+Z_LIMIT = 1e3
+
+
 class Standardize(nn.Module):
     """Handcrafted statistics (batch, F) -> z-scored (batch, F); train-split mean/std as buffers."""
 
@@ -196,7 +202,7 @@ class Standardize(nn.Module):
         self.num_features = len(mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+        return ((x.float() - self.mean) / self.std).clamp(-Z_LIMIT, Z_LIMIT)
 
 
 class StatisticsAndTrace(nn.Module):
@@ -220,6 +226,37 @@ class StatisticsAndTrace(nn.Module):
         return torch.cat([self.statistics(x[:, :f]), self.trace(x[:, f:])], dim=1)
 
 
+class WithCircuit(nn.Module):
+    """[observation input | circuit statistics] -> [observation summary | circuit summary].
+
+    A circuit-aware posterior's embedding. The fingerprint statistics (``farm.circuits``) are
+    z-scored, then an MLP turns them into ``CIRCUIT_FEATURES`` summaries, learnt with the flow:
+    what a circuit's mismatch does to a trace is shared by every flow layer, so it is learnt once.
+    """
+
+    def __init__(self, observation: nn.Module, statistics: Standardize) -> None:
+        super().__init__()
+        self.observation = observation
+        self.statistics = statistics
+        self.num_statistics = statistics.num_features
+        self.circuit = nn.Sequential(
+            nn.Linear(statistics.num_features, CIRCUIT_HIDDEN),
+            nn.ReLU(),
+            nn.Linear(CIRCUIT_HIDDEN, CIRCUIT_FEATURES),
+        )
+        self.num_features = int(observation.num_features) + CIRCUIT_FEATURES
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.num_statistics
+        return torch.cat(
+            [self.observation(x[:, :-c]), self.circuit(self.statistics(x[:, -c:]))], dim=1
+        )
+
+
+#: Width of the circuit MLP's hidden layer and of its output (``WithCircuit``).
+CIRCUIT_HIDDEN, CIRCUIT_FEATURES = 64, 32
+
+
 def model_input(batch: Mapping[str, np.ndarray], fields: tuple[str, ...]) -> np.ndarray:
     """The embedding's input from a batch of store arrays: one field, or float32 [features | trace].
 
@@ -236,9 +273,20 @@ def make_embedding(config: Any, stats: dict[str, Any]) -> nn.Module:
     Both configs have the same embedding fields.
 
     z-scored named statistics for ``handcrafted``; the CNN with the config's summary-net fields for
-    ``summary-net``; both side by side for ``hybrid``.
+    ``summary-net``; both side by side for ``hybrid``; with ``circuit_statistics`` the circuit's
+    fingerprint statistics beside any of them (``WithCircuit``).
     """
-    if config.x_fields == ("features",):
+    if getattr(config, "circuit_statistics", 0):
+        return WithCircuit(
+            _observation_embedding(config, stats),
+            Standardize(stats["circuit_mean"], stats["circuit_std"]),
+        )
+    return _observation_embedding(config, stats)
+
+
+def _observation_embedding(config: Any, stats: dict[str, Any]) -> nn.Module:
+    fields = tuple(f for f in config.x_fields if f != "circuit")
+    if fields == ("features",):
         return Standardize(stats["feature_mean"], stats["feature_std"])
     cnn = TraceCNN(
         stats["trace_mean"],
@@ -249,6 +297,6 @@ def make_embedding(config: Any, stats: dict[str, Any]) -> nn.Module:
         stem=config.cnn_stem,
         input_pool=config.cnn_input_pool,
     )
-    if "features" in config.x_fields:
+    if "features" in fields:
         return StatisticsAndTrace(Standardize(stats["feature_mean"], stats["feature_std"]), cnn)
     return cnn

@@ -49,6 +49,7 @@ class FlowMatchingConfig:
         time_features: sinusoidal features of t (even).
         embedding_features, cnn_channels, cnn_pool_bins, cnn_stem, cnn_input_pool: the CNN
             summary net (as ``FlowConfig``).
+        circuit_statistics: fingerprint statistics appended to the input (as ``FlowConfig``).
         sigma_min: width of the path's end at the data (Lipman et al. 2023).
         time_power: training times are drawn with density ~ t**time_power, weighting the data
             end where the field bends (Wildberger et al. 2023 use 1 / (1 + alpha), alpha = 4).
@@ -69,6 +70,7 @@ class FlowMatchingConfig:
     cnn_pool_bins: int = 16
     cnn_stem: str = "pooled"
     cnn_input_pool: int = 1
+    circuit_statistics: int = 0
     sigma_min: float = 1e-3
     time_power: float = 0.2
     time_samples: int = 1
@@ -105,12 +107,15 @@ class FlowMatchingConfig:
 
     @property
     def x_fields(self) -> tuple[str, ...]:
-        """Store arrays the embedding reads (``INPUT_FIELDS``): ``features``, ``trace`` or both."""
-        return INPUT_FIELDS[self.variant]
+        """Arrays the embedding reads (``INPUT_FIELDS``), then ``circuit`` when circuit-aware."""
+        return INPUT_FIELDS[self.variant] + (("circuit",) if self.circuit_statistics else ())
 
     def to_dict(self) -> dict[str, Any]:
         """Manifest form; ``estimator`` tells ``load_posterior`` which model to rebuild."""
-        return {"estimator": ESTIMATOR, **asdict(self)}
+        d = {"estimator": ESTIMATOR, **asdict(self)}
+        if not d["circuit_statistics"]:  # marginal manifests as before the field existed
+            del d["circuit_statistics"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FlowMatchingConfig:

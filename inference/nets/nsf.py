@@ -34,6 +34,8 @@ class FlowConfig:
             were ``pooled``.
         cnn_input_pool: samples averaged before the CNN (``TraceCNN``'s ``input_pool``); manifests
             without it: 1.
+        circuit_statistics: fingerprint statistics appended to the input (a circuit-aware
+            posterior, ``farm train npe --circuits``); 0 = circuit-marginal.
         passes: zuko's coupling passes per transform; 2 = coupling layers (sampling costs 2 network
             passes per transform, ~4x faster than autoregressive), None = fully autoregressive (7).
     """
@@ -48,6 +50,7 @@ class FlowConfig:
     cnn_pool_bins: int = 16
     cnn_stem: str = "pooled"
     cnn_input_pool: int = 1
+    circuit_statistics: int = 0
     passes: int | None = 2
 
     def __post_init__(self) -> None:
@@ -71,11 +74,12 @@ class FlowConfig:
 
     @property
     def x_fields(self) -> tuple[str, ...]:
-        """Store arrays the embedding reads (``INPUT_FIELDS``): ``features``, ``trace`` or both."""
-        return INPUT_FIELDS[self.variant]
+        """Arrays the embedding reads (``INPUT_FIELDS``), then ``circuit`` when circuit-aware."""
+        return INPUT_FIELDS[self.variant] + (("circuit",) if self.circuit_statistics else ())
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Manifest form; ``circuit_statistics`` only when set (marginal manifests as before)."""
+        return _without_marginal(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> FlowConfig:
@@ -86,6 +90,13 @@ class FlowConfig:
         d.setdefault("cnn_stem", "pooled")
         d.setdefault("cnn_input_pool", 1)
         return cls(**d)
+
+
+def _without_marginal(d: dict) -> dict:
+    """A config dict without ``circuit_statistics`` when it is 0 (the key's absence means 0)."""
+    if not d.get("circuit_statistics"):
+        d.pop("circuit_statistics", None)
+    return d
 
 
 class NPEModel(nn.Module):

@@ -29,6 +29,7 @@ from inference.nets.flow_matching import ESTIMATOR as FM_ESTIMATOR
 from inference.nets.flow_matching import FlowMatchingConfig, FlowMatchingModel
 from inference.nets.nsf import FlowConfig, NPEModel
 from inference.posteriors.base import MAX_SAMPLES, BasePosterior, _count, _numeric
+from inference.posteriors.circuit_side import CircuitSide
 from inference.posteriors.rejection import first_round, keep_inside
 from inference.threads import torch_threads_kept
 
@@ -45,6 +46,7 @@ class AmortizedPosterior(BasePosterior):
         manifest: the artifact manifest (architecture, prior, standardisation, protocol, ...).
         prior: the prior the training samples came from; its support bounds every sample.
         detector: the calibrated summary-space misspecification score (None for older artifacts).
+        circuit_detector: a circuit-aware posterior's fingerprint check (None: none calibrated).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class AmortizedPosterior(BasePosterior):
         manifest: dict[str, Any],
         prior: AnyPrior,
         detector: KNNDetector | None = None,
+        circuit_detector: KNNDetector | None = None,
     ) -> None:
         self.model = model.eval()
         self.manifest = manifest
@@ -71,9 +74,16 @@ class AmortizedPosterior(BasePosterior):
         self.fingerprint: str = manifest["fingerprint"]
         self.regime = Regime.from_dict(manifest.get("regime"))
         self.detector = detector
-        self.accepts_features = model.config.x_fields == ("features",)
+        observation = tuple(f for f in model.config.x_fields if f != "circuit")
+        self._observation_fields = observation
+        self.accepts_features = observation == ("features",)
         #: the embedding's input starts with the named statistics (handcrafted and hybrid)
-        self._reads_statistics = "features" in model.config.x_fields
+        self._reads_statistics = "features" in observation
+        self.circuits = CircuitSide.from_manifest(manifest, circuit_detector)
+        #: trained with `--circuits`: every call needs the observed circuit's fingerprint
+        self.circuit_aware = self.circuits is not None
+        self.circuit_references = None if self.circuits is None else self.circuits.references
+        self.fingerprint_shape = None if self.circuits is None else self.circuits.shape
         self._restricted = isinstance(prior, RestrictedPrior)
         self._acceptance_cache: OrderedDict[bytes, float] = OrderedDict()
 
@@ -93,8 +103,26 @@ class AmortizedPosterior(BasePosterior):
         s, t = self.protocol.observation_shape
         return f"{flat} or ({b}{s}, {t}) (protocol {self.protocol.label}: {s} sweeps of {t})"
 
-    def _inputs(self, trace: Any, features: Any, batched: bool) -> torch.Tensor:
-        """Validated embedding input: (B, F) statistics, (B, T) codes, or (B, F + T) (hybrid)."""
+    def _inputs(
+        self, trace: Any, features: Any, batched: bool, fingerprint: Any = None
+    ) -> torch.Tensor:
+        """Validated embedding input: (B, F) statistics, (B, T) codes, or (B, F + T) (hybrid).
+
+        A circuit-aware posterior's input ends with the fingerprint's statistics (B, C).
+        """
+        x = self._observation(trace, features, batched)
+        if self.circuits is None:
+            if fingerprint is not None:
+                raise ValueError(
+                    "fingerprint= given but this posterior is circuit-marginal (trained without "
+                    "--circuits); leave it out, or use a posterior trained with --circuits"
+                )
+            return x
+        with torch_threads_kept():  # numba's OpenMP launch would leave torch on every core
+            c = self.circuits.statistics(fingerprint, batched, x.shape[0], self.chip_model)
+        return torch.cat([x.float(), torch.from_numpy(c)], dim=1)
+
+    def _observation(self, trace: Any, features: Any, batched: bool) -> torch.Tensor:
         if (trace is None) == (features is None):
             raise ValueError("give exactly one of trace= or features=")
         lead = 2 if batched else 1
@@ -135,7 +163,7 @@ class AmortizedPosterior(BasePosterior):
                     np.rint(arrays["trace"]).astype(np.int16), self.protocol, self.chip_model
                 )
         return torch.from_numpy(
-            np.ascontiguousarray(model_input(arrays, self.model.config.x_fields), dtype=np.float32)
+            np.ascontiguousarray(model_input(arrays, self._observation_fields), dtype=np.float32)
         )
 
     # ------------------------------------------------------------------ sampling
@@ -180,7 +208,13 @@ class AmortizedPosterior(BasePosterior):
         )
 
     def sample(
-        self, num_samples: int, *, trace: Any = None, features: Any = None, seed: int | None = None
+        self,
+        num_samples: int,
+        *,
+        trace: Any = None,
+        features: Any = None,
+        seed: int | None = None,
+        fingerprint: Any = None,
     ) -> NDArray[np.float32]:
         """Draw theta ~ q(theta | x) for ONE observation.
 
@@ -188,21 +222,31 @@ class AmortizedPosterior(BasePosterior):
             num_samples: how many, in [1, 1e6].
             trace: (T,) ADC codes; features: (F,) handcrafted statistics (handcrafted variant only).
             seed: same seed, same samples.
+            fingerprint: (references, time) codes of the observation's circuit (circuit-aware
+                posteriors only; ``fingerprint_shape``).
 
         Returns:
             (num_samples, 7) float32 LSB, inside the prior support.
         """
-        return self._draw(
-            self._embed(self._inputs(trace, features, batched=False)), num_samples, seed
-        )[0][0]
+        x = self._inputs(trace, features, False, fingerprint)
+        return self._draw(self._embed(x), num_samples, seed)[0][0]
 
     def sample_batched(
-        self, num_samples: int, *, traces: Any = None, features: Any = None, seed: int | None = None
+        self,
+        num_samples: int,
+        *,
+        traces: Any = None,
+        features: Any = None,
+        seed: int | None = None,
+        fingerprints: Any = None,
     ) -> NDArray[np.float32]:
-        """Draw for B observations: traces (B, T) or features (B, F) -> (B, n, 7) float32."""
-        return self._draw(
-            self._embed(self._inputs(traces, features, batched=True)), num_samples, seed
-        )[0]
+        """Draw for B observations: traces (B, T) or features (B, F) -> (B, n, 7) float32.
+
+        ``fingerprints``: (B, references, time), or one (references, time) for all (circuit-aware
+        posteriors).
+        """
+        x = self._inputs(traces, features, True, fingerprints)
+        return self._draw(self._embed(x), num_samples, seed)[0]
 
     def sample_and_log_prob(
         self,
@@ -212,6 +256,7 @@ class AmortizedPosterior(BasePosterior):
         features: Any = None,
         seed: int | None = None,
         normalized: bool = True,
+        fingerprints: Any = None,
     ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         """Draws and their log-densities for B observations, from one flow pass (no second one).
 
@@ -225,7 +270,7 @@ class AmortizedPosterior(BasePosterior):
             ((B, n, 7) float32 LSB, (B, n) float64 log q(theta | x)); the same draws as
             ``sample_batched`` with the same seed.
         """
-        x = self._inputs(traces, features, batched=True)
+        x = self._inputs(traces, features, True, fingerprints)
         return self._draw_with_log_prob(x, self._embed(x), num_samples, seed, normalized)
 
     def sample_and_assess(
@@ -236,6 +281,7 @@ class AmortizedPosterior(BasePosterior):
         features: Any = None,
         seed: int | None = None,
         normalized: bool = True,
+        fingerprints: Any = None,
     ) -> tuple[NDArray[np.float32], NDArray[np.float64], list[dict[str, Any]]]:
         """``sample_and_log_prob`` plus ``misspecification_batched`` of the same B observations.
 
@@ -243,7 +289,7 @@ class AmortizedPosterior(BasePosterior):
         traces (a numba pass for the handcrafted features) and ran the embedding. Here both are
         computed once; the draws, densities and checks are those of the two calls.
         """
-        x = self._inputs(traces, features, batched=True)
+        x = self._inputs(traces, features, True, fingerprints)
         context = self._embed(x)
         theta, lp = self._draw_with_log_prob(x, context, num_samples, seed, normalized)
         return theta, lp, self._assess(x, traces, context)
@@ -274,7 +320,7 @@ class AmortizedPosterior(BasePosterior):
 
     # ------------------------------------------------------------------ densities
     def log_prob(
-        self, theta: Any, *, trace: Any = None, features: Any = None
+        self, theta: Any, *, trace: Any = None, features: Any = None, fingerprint: Any = None
     ) -> NDArray[np.float64]:
         """log q(theta | x) in LSB space for ONE observation; -inf outside the prior support.
 
@@ -292,7 +338,7 @@ class AmortizedPosterior(BasePosterior):
                 f"theta shape {np.shape(theta)} must be (m, {len(self.parameter_names)}) "
                 f"in order {', '.join(self.parameter_names)}"
             )
-        x = self._inputs(trace, features, batched=False)
+        x = self._inputs(trace, features, False, fingerprint)
         inside = self.prior.support(t)
         out = np.full(t.shape[0], -np.inf)
         if inside.any():
@@ -326,7 +372,12 @@ class AmortizedPosterior(BasePosterior):
         return value
 
     def map(
-        self, *, trace: Any = None, features: Any = None, num_samples: int = 1000
+        self,
+        *,
+        trace: Any = None,
+        features: Any = None,
+        num_samples: int = 1000,
+        fingerprint: Any = None,
     ) -> NDArray[np.float32]:
         """Maximum of q(theta | x): the best of ``num_samples`` draws, refined by gradient ascent.
 
@@ -334,7 +385,7 @@ class AmortizedPosterior(BasePosterior):
             (7,) float32 LSB inside the prior support.
         """
         n = _count(num_samples)
-        x = self._inputs(trace, features, batched=False)
+        x = self._inputs(trace, features, False, fingerprint)
         ctx = (
             self.model.embedding(x).detach()
         )  # a normal tensor (not inference-mode): the ascent below differentiates through the flow
@@ -370,7 +421,9 @@ class AmortizedPosterior(BasePosterior):
 
         return to_sbi(self)
 
-    def misspecification(self, *, trace: Any = None, features: Any = None) -> dict[str, Any]:
+    def misspecification(
+        self, *, trace: Any = None, features: Any = None, fingerprint: Any = None
+    ) -> dict[str, Any]:
         """How unlike the training data ONE observation is (inference.diagnostics.misspecification).
 
         Returns:
@@ -378,13 +431,13 @@ class AmortizedPosterior(BasePosterior):
             is outside the artifact's regime, the trace is flat or saturated, or the summary-space
             score exceeds its held-out 95 % threshold; score/threshold are None for older artifacts.
         """
-        return self._assess(self._inputs(trace, features, batched=False), trace)[0]
+        return self._assess(self._inputs(trace, features, False, fingerprint), trace)[0]
 
     def misspecification_batched(
-        self, *, traces: Any = None, features: Any = None
+        self, *, traces: Any = None, features: Any = None, fingerprints: Any = None
     ) -> list[dict[str, Any]]:
         """``misspecification`` for B observations: traces (B, T) or features (B, F)."""
-        return self._assess(self._inputs(traces, features, batched=True), traces)
+        return self._assess(self._inputs(traces, features, True, fingerprints), traces)
 
     @torch.inference_mode()
     def _assess(
@@ -404,6 +457,9 @@ class AmortizedPosterior(BasePosterior):
             with torch_threads_kept():
                 counts = summarize(codes, self.protocol, self.chip_model)[:, col]
         reasons = trace_reasons(codes, counts, self.regime, self.chip_model.adc_max_code)
+        if self.circuits is not None:
+            for r, extra in zip(reasons, self.circuits.reasons(x), strict=True):
+                r.extend(extra)
         scores = (
             None
             if self.detector is None
@@ -464,7 +520,9 @@ def load_amortized(directory: str | Path, protocol: Protocol | None = None) -> A
     detector = (
         KNNDetector.load(d, m["misspecification"]) if m.get("misspecification") else None
     )  # older artifacts: regime checks only
-    return AmortizedPosterior(model, m, prior, detector)
+    circuit_block = (m.get("circuits") or {}).get("misspecification")
+    circuit_detector = KNNDetector.load(d, circuit_block) if circuit_block else None
+    return AmortizedPosterior(model, m, prior, detector, circuit_detector)
 
 
 __all__ = ["KIND", "MAX_SAMPLES", "PRIOR_SUBDIR", "AmortizedPosterior", "load_amortized"]

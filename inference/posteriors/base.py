@@ -34,6 +34,10 @@ class BasePosterior(ABC):
     feature_names: tuple[str, ...]
     trace_length: int
     accepts_features: bool
+    #: trained with `--circuits`: every call takes the observed circuit's ``fingerprint=``
+    circuit_aware: bool = False
+    circuit_references: Any = None
+    fingerprint_shape: tuple[int, int] | None = None
 
     @abstractmethod
     def sample(

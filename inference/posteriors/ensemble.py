@@ -71,6 +71,11 @@ class EnsemblePosterior(BasePosterior):
         if not 2 <= len(members) <= MAX_MEMBERS:
             raise ValueError(f"members={len(members)} outside [2, {MAX_MEMBERS}]")
         first = members[0]
+        if any(getattr(m, "circuit_aware", False) for m in members):
+            raise ValueError(
+                "ensembles of circuit-aware posteriors are not supported; load one member, or "
+                "train with --circuits and --ensemble 1"
+            )
         for name in (
             "variant",
             "parameter_names",

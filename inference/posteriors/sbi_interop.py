@@ -132,7 +132,7 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
         super().__init__(
             posterior.model,
             input_shape=torch.Size([len(posterior.parameter_names)]),
-            condition_shape=torch.Size([posterior.trace_length]),
+            condition_shape=torch.Size([posterior.trace_length + _fingerprint_size(posterior)]),
         )
         self._posterior = posterior
 
@@ -141,14 +141,23 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
         return self.net.embedding
 
     def _context(self, condition: Tensor) -> Tensor:
-        """(B, T) traces -> (B, D) embedding (handcrafted, hybrid: statistics computed inside)."""
+        """(B, T) traces -> (B, D) embedding (handcrafted, hybrid: statistics computed inside).
+
+        A circuit-aware posterior's x is [trace | flattened fingerprint] (B, T + R * T_ref).
+        """
         c = condition.detach().reshape(-1, self.condition_shape[0])
         if c.shape[0] > 1 and bool((c == c[:1]).all()):
             # sbi's potential repeats x_o for every theta (MAP, leakage): embed it once.
-            return self.net.embedding(
-                self._posterior._inputs(c[:1].cpu().numpy(), None, batched=True)
-            ).expand(c.shape[0], -1)
-        return self.net.embedding(self._posterior._inputs(c.cpu().numpy(), None, batched=True))
+            return self.net.embedding(self._inputs(c[:1])).expand(c.shape[0], -1)
+        return self.net.embedding(self._inputs(c))
+
+    def _inputs(self, c: Tensor) -> Tensor:
+        x = c.cpu().numpy()
+        post, t = self._posterior, self._posterior.trace_length
+        if not post.circuit_aware:
+            return post._inputs(x, None, batched=True)
+        fingerprints = x[:, t:].reshape(-1, *post.fingerprint_shape)
+        return post._inputs(x[:, :t], None, True, fingerprints)
 
     def log_prob(self, input: Tensor, condition: Tensor, **kwargs: Any) -> Tensor:
         """log q(theta | x): input (S, B, 7) or (B, 7), condition (B, T) -> (S, B)."""
@@ -172,11 +181,18 @@ class NPEDensityEstimator(ConditionalDensityEstimator):
         return self.net.theta_transform.inverse(z).float()
 
 
+def _fingerprint_size(posterior: Any) -> int:
+    shape = getattr(posterior, "fingerprint_shape", None)
+    return 0 if shape is None else int(shape[0] * shape[1])
+
+
 def to_sbi(posterior: Any) -> DirectPosterior:
     """An sbi ``DirectPosterior`` over the artifact's flow, embedding and prior.
 
     ``sample((n,), x=trace)``, ``log_prob``, ``set_default_x``, ``map``, ``run_sbc``, ``pairplot``
-    and ``LC2ST`` work unchanged; x is the raw trace (T,) or (B, T) of MADC codes.
+    and ``LC2ST`` work unchanged; x is the raw trace (T,) or (B, T) of MADC codes. For a
+    circuit-aware posterior x is the trace followed by the circuit's flattened fingerprint,
+    ``np.concatenate([trace, fingerprint.ravel()])``.
 
     Example:
         >>> post = to_sbi(load_posterior("artifacts/npe-sn"))

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from farm.run.raycluster import connect_ray
+from inference.data.circuits import CircuitInputs, build_circuit_inputs, open_cache
 from inference.data.datasets import ChunkStream, DataPlan, StoreSet, box_bounds, plan_data
 from inference.defaults import TrainConfig
 from inference.errors import TrainingError
@@ -44,7 +45,9 @@ VALIDATION_SEED = 0x5EED_0F_7A1
 def model_stats(plan: DataPlan, stores: StoreSet) -> dict[str, Any]:
     """Standardisation and box bounds a model is built from (fitted on the training split)."""
     low, high = box_bounds(stores)
-    return {
+    circuits = plan.extra.get("circuits")
+    circuit = {"circuit_mean": circuits["mean"], "circuit_std": circuits["std"]} if circuits else {}
+    return circuit | {
         "low": low.tolist(),
         "high": high.tolist(),
         "feature_mean": plan.feature_mean,
@@ -133,7 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ddp = ray.train.torch.prepare_model(
         model
     )  # DDP across workers (the model is already on its device)
-    stores = StoreSet(plan.urls)
+    stores = attach_circuits(StoreSet(plan.urls), plan)
     fields = task.fields()
     train_stream = ChunkStream(
         stores, plan, "train", fields, cfg.batch_size, rank, world, cfg.shuffle_chunks
@@ -293,7 +296,12 @@ def run_training(
     if not cfg.out:
         raise ValueError("out='' is empty; give the artifact directory (--out)")
     # Workers may run elsewhere (another cwd or node): local paths become absolute.
-    cfg = replace(cfg, stores=tuple(_absolute(s) for s in cfg.stores), out=_absolute(cfg.out))
+    cfg = replace(
+        cfg,
+        stores=tuple(_absolute(s) for s in cfg.stores),
+        out=_absolute(cfg.out),
+        circuits=None if cfg.circuits is None else _absolute(cfg.circuits),
+    )
     task = task or task_for(cfg)
     cfg = task.configure(cfg)
     out = Path(cfg.out)
@@ -313,6 +321,10 @@ def run_training(
             )
     stores = StoreSet(cfg.stores)
     plan = plan_data(stores, cfg.val_fraction, cfg.test_fraction)
+    if cfg.circuits is not None:
+        inputs = build_circuit_inputs(stores, plan, cfg.circuits, out, progress=cfg.progress)
+        plan.extra["circuits"] = inputs.to_dict()
+        attach_circuits(stores, plan)
     task.check_plan(cfg, plan)
     ident_path.write_text(json.dumps(cfg.identity(), indent=2))
     stats = model_stats(plan, stores)
@@ -378,6 +390,14 @@ def run_training(
         stores=stores,
         build_model=task_for(cfg).build_model,  # as the workers rebuild it, from the config
     )
+
+
+def attach_circuits(stores: StoreSet, plan: DataPlan) -> StoreSet:
+    """Serve the plan's cached circuit statistics as the ``circuit`` field, if it has them."""
+    if plan.extra.get("circuits"):
+        inputs = CircuitInputs.from_dict(plan.extra["circuits"])
+        stores.attach("circuit", open_cache(inputs, len(stores.stores)))
+    return stores
 
 
 def _absolute(url: str) -> str:

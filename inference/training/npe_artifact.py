@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from farm.defaults import PARAMETER_NAMES, PriorBox
 from farm.errors import FarmInputError
@@ -19,8 +20,9 @@ from farm.prior import AnyPrior, BoxPrior, RestrictedPrior
 from inference.artifacts import write_artifact
 from inference.data.datasets import ChunkStream
 from inference.diagnostics.misspecification import KNNDetector
-from inference.nets.embeddings import model_input
+from inference.nets.embeddings import CIRCUIT_FEATURES, model_input
 from inference.posteriors.amortized import KIND, PRIOR_SUBDIR, AmortizedPosterior, load_amortized
+from inference.posteriors.circuit_side import DETECTOR_FILE
 from inference.training.outcome import TrainOutcome
 
 log = logging.getLogger(__name__)
@@ -79,18 +81,23 @@ def heldout_check(
         ``coverage`` (share of true parameters inside their ``level`` interval, per parameter and
         mean) and ``relative_width`` (interval width / prior box width).
     """
-    stream = ChunkStream(
-        outcome.stores, outcome.plan, "test", ("theta", "features", "trace"), num_obs
-    )
+    fields = ("theta", "features", "trace", *_circuit(posterior))
+    stream = ChunkStream(outcome.stores, outcome.plan, "test", fields, num_obs)
     batch = next(stream.batches(shuffle=False), None)
     if batch is None:
         return {"split": "test", "level": level, "num_observations": 0}
-    kw = (
-        {"features": batch["features"]}
-        if posterior.accepts_features
-        else {"traces": batch["trace"]}
-    )
-    s = posterior.sample_batched(num_samples, seed=0, **kw).astype(np.float64)
+    if posterior.circuit_aware:  # the rows' own fresh fingerprints, already as statistics
+        x = torch.from_numpy(
+            np.ascontiguousarray(model_input(batch, posterior.model.x_fields), dtype=np.float32)
+        )
+        s = posterior._draw(posterior._embed(x), num_samples, 0)[0].astype(np.float64)
+    else:
+        kw = (
+            {"features": batch["features"]}
+            if posterior.accepts_features
+            else {"traces": batch["trace"]}
+        )
+        s = posterior.sample_batched(num_samples, seed=0, **kw).astype(np.float64)
     lo, hi = np.quantile(s, [(1 - level) / 2, (1 + level) / 2], axis=1)
     covered = (batch["theta"] >= lo) & (batch["theta"] <= hi)
     width = (hi - lo) / (posterior.prior.high - posterior.prior.low)
@@ -107,13 +114,24 @@ def heldout_check(
     }
 
 
-def _in_regime_rows(
-    posterior: AmortizedPosterior, outcome: TrainOutcome, split: str, limit: int
-) -> np.ndarray:
-    """Summaries (embedding outputs) of up to ``limit`` in-regime rows of a split, chunk order."""
-    import torch
+def _circuit(posterior: AmortizedPosterior) -> tuple[str, ...]:
+    """The ``circuit`` field, for a circuit-aware posterior's batches."""
+    return ("circuit",) if posterior.circuit_aware else ()
 
-    stream = ChunkStream(outcome.stores, outcome.plan, split, ("features", "trace"), 1024)
+
+def _in_regime_rows(
+    posterior: AmortizedPosterior,
+    outcome: TrainOutcome,
+    split: str,
+    limit: int,
+    circuit_only: bool = False,
+) -> np.ndarray:
+    """Summaries (embedding outputs) of up to ``limit`` in-regime rows of a split, chunk order.
+
+    ``circuit_only``: the rows' fingerprint statistics instead (the fingerprint check's input).
+    """
+    fields = ("features", "trace", *_circuit(posterior))
+    stream = ChunkStream(outcome.stores, outcome.plan, split, fields, 1024)
     out: list[np.ndarray] = []
     count = 0
     for batch in stream.batches(shuffle=False):
@@ -121,7 +139,10 @@ def _in_regime_rows(
             batch["features"][:, spike_count_column(posterior.protocol)]
         )
         x = model_input(batch, posterior.model.x_fields)[keep]
-        if len(x):
+        if circuit_only:
+            out.append(np.asarray(batch["circuit"][keep], dtype=np.float32))
+            count += len(out[-1])
+        elif len(x):
             with torch.inference_mode():
                 out.append(
                     posterior.model.embedding(
@@ -159,10 +180,30 @@ def calibrate_misspecification(
     return KNNDetector.fit(ref, cal, k=10, quantile=0.95)
 
 
+def calibrate_circuit_check(
+    posterior: AmortizedPosterior, outcome: TrainOutcome
+) -> KNNDetector | None:
+    """The fingerprint check: training rows' statistics as reference, test rows' threshold.
+
+    Why 99 %: a fingerprint is recorded once per circuit and every answer for that circuit rests
+    on it, so a false alarm repeats on every query; the 1 % level keeps that rare, while a
+    fingerprint of another chip model or references lies far beyond it.
+    """
+    ref = _in_regime_rows(posterior, outcome, "train", 5000, circuit_only=True)
+    cal = _in_regime_rows(posterior, outcome, "test", 2000, circuit_only=True)
+    if len(ref) < 10 or len(cal) < 100:
+        log.warning("only %d / %d rows: no fingerprint check is stored", len(ref), len(cal))
+        return None
+    return KNNDetector.fit(ref, cal, k=10, quantile=0.99)
+
+
 def summary_names(model: Any, protocol: Any) -> list[str]:
-    """Names of the embedding's outputs: the named statistics, then ``cnn_k`` per learned one."""
+    """Names of the embedding's outputs: the named statistics, ``cnn_k`` per learned one, then
+    ``circuit_k`` per circuit summary of a circuit-aware posterior."""
     names = list(feature_names(protocol)) if "features" in model.config.x_fields else []
-    return names + [f"cnn_{k}" for k in range(model.embedding.num_features - len(names))]
+    circuit = CIRCUIT_FEATURES if model.config.x_fields[-1] == "circuit" else 0
+    learned = model.embedding.num_features - len(names) - circuit
+    return names + [f"cnn_{k}" for k in range(learned)] + [f"circuit_{k}" for k in range(circuit)]
 
 
 def finalize_npe(outcome: TrainOutcome, prior_dir: str | Path | None = None) -> dict[str, Any]:
@@ -196,6 +237,11 @@ def finalize_npe(outcome: TrainOutcome, prior_dir: str | Path | None = None) -> 
         "metrics": metrics,
         "history": history,
     }
+    circuits = plan.extra.get("circuits")
+    if circuits:
+        manifest["circuits"] = {
+            k: circuits[k] for k in ("circuits", "names", "references", "identity")
+        }
     write_artifact(out, KIND, model.state_dict(), manifest)
     posterior = load_amortized(out)  # the artifact just written: one posterior, never an ensemble
     metrics["heldout"] = heldout_check(posterior, outcome)
@@ -203,5 +249,8 @@ def finalize_npe(outcome: TrainOutcome, prior_dir: str | Path | None = None) -> 
     if detector is not None:
         manifest["misspecification"] = detector.save(out)
         metrics["misspecification"] = detector.meta()
+    if circuits and (check := calibrate_circuit_check(posterior, outcome)) is not None:
+        manifest["circuits"]["misspecification"] = check.save(out, DETECTOR_FILE)
+        metrics["circuit_check"] = check.meta()
     write_artifact(out, KIND, model.state_dict(), manifest | {"metrics": metrics})
     return metrics

@@ -160,12 +160,15 @@ class NPETask:
             ``FlowMatchingConfig``).
         estimator: ``nsf`` (neural spline flow, loss -log q(theta | x)) or ``flow-matching``
             (a vector field, flow-matching regression loss; Wildberger et al. 2023).
+        circuit_statistics: fingerprint statistics each row carries (``TrainConfig.circuits``
+            sets it in ``configure``); 0 = circuit-marginal.
     """
 
     features: str = "handcrafted"
     prior: str | None = None
     flow: dict[str, Any] = field(default_factory=dict)
     estimator: str = "nsf"
+    circuit_statistics: int = 0
     name: ClassVar[str] = "npe"
     extra_metrics: ClassVar[tuple[str, ...]] = ()
 
@@ -180,13 +183,16 @@ class NPETask:
         # the estimator travels in the architecture dict: an NSF run's config (and artifact) stays
         # as before
         return cls(
-            features=cfg.variant, flow=dict(cfg.flow), estimator=cfg.flow.get("estimator", "nsf")
+            features=cfg.variant,
+            flow=dict(cfg.flow),
+            estimator=cfg.flow.get("estimator", "nsf"),
+            circuit_statistics=int(cfg.flow.get("circuit_statistics", 0)),
         )
 
     @property
     def x_fields(self) -> tuple[str, ...]:
-        """Store arrays the embedding reads."""
-        return INPUT_FIELDS[self.features]
+        """Arrays the embedding reads: the store's, then the circuit's statistics if aware."""
+        return INPUT_FIELDS[self.features] + (("circuit",) if self.circuit_statistics else ())
 
     def flow_config(self, cfg: TrainConfig) -> FlowConfig | FlowMatchingConfig:
         """The estimator's config: its defaults (``architecture_defaults``), then ``cfg.flow``."""
@@ -201,12 +207,11 @@ class NPETask:
 
     def configure(self, cfg: TrainConfig) -> TrainConfig:
         """Record the resolved architecture, so a change of defaults cannot resume silently."""
-        cfg = replace(
-            cfg,
-            task=self.name,
-            variant=self.features,
-            flow={k: v for k, v in {**cfg.flow, **self.flow}.items() if k != "estimator"},
-        )
+        flow = {k: v for k, v in {**cfg.flow, **self.flow}.items() if k != "estimator"}
+        flow.pop("circuit_statistics", None)
+        if cfg.circuits is not None:
+            flow["circuit_statistics"] = circuit_statistic_count(cfg.circuits)
+        cfg = replace(cfg, task=self.name, variant=self.features, flow=flow)
         return replace(
             cfg, flow={k: v for k, v in self.flow_config(cfg).to_dict().items() if k != "variant"}
         )
@@ -273,6 +278,17 @@ class NPETask:
                 f"{h['relative_width']:.3f} of the prior box",
             ]
         )
+
+
+def circuit_statistic_count(circuits: str) -> int:
+    """How many statistics a fingerprint of the circuits store's references yields."""
+    from farm.circuits.statistics import statistic_names
+    from farm.circuits.store import FingerprintStore
+
+    try:
+        return len(statistic_names(FingerprintStore.open(circuits).references))
+    except FileNotFoundError as e:
+        raise FarmInputError(str(e)) from None
 
 
 #: Tasks by name; a new estimator adds its class here (and its name to ``config.TASK_NAMES``).
