@@ -208,3 +208,13 @@ def test_every_variant_and_estimator_reads_the_circuit(variant: str, estimator: 
     assert torch.isfinite(loss)
     assert model.embedding.circuit[0].weight.grad.abs().sum() > 0
     assert "circuit_statistics" in model.config.to_dict()
+
+
+def test_circuit_aware_ensembles_refused_before_training(npe_stores, tmp_path: Path):
+    from inference.defaults import TrainConfig
+    from inference.training.api import train
+
+    config = TrainConfig(circuits=str(tmp_path / "circuits.zarr"))
+    with pytest.raises(FarmInputError, match="circuit-aware ensembles are not supported"):
+        train("npe", [npe_stores[0]], str(tmp_path / "npe"), config, ensemble=2)
+    assert not (tmp_path / "npe").exists()

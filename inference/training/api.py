@@ -76,6 +76,11 @@ def train(
     """
     cfg = config_with_legacy(config, legacy)
     t = get_task(task)
+    if ensemble != 1 and cfg.circuits is not None:
+        raise FarmInputError(
+            f"ensemble={ensemble} with circuits: circuit-aware ensembles are not supported; "
+            "train one posterior (ensemble=1)"
+        )
     if ensemble != 1:
         return train_ensemble(t, stores, out, check_members(ensemble), cfg, address=address)
     if is_ensemble(out):
