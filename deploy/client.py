@@ -175,13 +175,18 @@ def load_trace_file(path: str | Path) -> NDArray[np.int16]:
             f"{p.name}: shape {arr.shape} is not one observation; "
             "expected (T,) ADC codes (1000 for the step protocol) or (sweeps, T)"
         )
+    return _whole_codes(arr, p.name, "trace")
+
+
+def _whole_codes(arr: NDArray[Any], name: str, what: str) -> NDArray[np.int16]:
+    """``arr`` as int16 once every value is a whole ADC code; one line naming the file if not."""
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
         raise ValueError(
-            f"{p.name}: trace contains NaN, inf or non-numbers; expected ADC codes 0..1023"
+            f"{name}: {what} contains NaN, inf or non-numbers; expected ADC codes 0..1023"
         )
     if np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 1023:
         raise ValueError(
-            f"{p.name}: values must be whole ADC codes in [0, 1023], "
+            f"{name}: values must be whole ADC codes in [0, 1023], "
             f"got range [{arr.min():g}, {arr.max():g}]"
         )
     return arr.astype(np.int16)
@@ -201,16 +206,7 @@ def load_fingerprint_file(path: str | Path) -> NDArray[np.int16]:
             f"{p.name}: shape {arr.shape} is not one fingerprint; expected (references, time) "
             "ADC codes, e.g. (6, 400), as `farm fingerprint` records them"
         )
-    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
-        raise ValueError(
-            f"{p.name}: fingerprint contains NaN, inf or non-numbers; expected ADC codes 0..1023"
-        )
-    if np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 1023:
-        raise ValueError(
-            f"{p.name}: values must be whole ADC codes in [0, 1023], "
-            f"got range [{arr.min():g}, {arr.max():g}]"
-        )
-    return arr.astype(np.int16)
+    return _whole_codes(arr, p.name, "fingerprint")
 
 
 def load_store_circuit(store: str, index: int) -> tuple[int, int]:
