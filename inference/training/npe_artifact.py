@@ -138,18 +138,18 @@ def _in_regime_rows(
         keep = posterior.regime.contains(
             batch["features"][:, spike_count_column(posterior.protocol)]
         )
-        x = model_input(batch, posterior.model.x_fields)[keep]
-        if circuit_only:
-            out.append(np.asarray(batch["circuit"][keep], dtype=np.float32))
-            count += len(out[-1])
-        elif len(x):
+        if circuit_only:  # the statistics themselves: no embedding pass
+            rows = np.asarray(batch["circuit"][keep], dtype=np.float32)
+        elif len(x := model_input(batch, posterior.model.x_fields)[keep]):
             with torch.inference_mode():
-                out.append(
-                    posterior.model.embedding(
-                        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-                    ).numpy()
-                )
-            count += len(x)
+                rows = posterior.model.embedding(
+                    torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                ).numpy()
+        else:
+            continue
+        if len(rows):
+            out.append(rows)
+            count += len(rows)
         if count >= limit:
             break
     return np.concatenate(out)[:limit] if out else np.empty((0, 0), np.float32)
