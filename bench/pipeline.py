@@ -2,16 +2,22 @@
 
 Stages, each through the real `farm` command line in this process (as `make demo` runs them):
 simulate N from the box -> restriction classifier -> simulate N (+ a held-out N/10) from the
-restricted prior -> both NPEs (handcrafted, summary-net) to early stopping -> evaluate one ->
-serve it and answer one `farm query`. Prints each stage's wall time and share, samples/s of each
-training stage (median over its epochs after the first), and the same figures for the baseline a
-user would pick instead: ``sbi.inference.NPE`` with a zuko NSF of the same size (5 transforms, 64
-hidden, 8 bins), batch 256, lr 1e-3, the same epoch cap and early-stopping patience, on the rows our
-NPE trains and validates on. Then it extrapolates to --extrapolate samples: simulation and training
-epochs scale with N (assuming the same number of epochs to early stopping), evaluation and
-serving do not. Only ratios within one run mean anything on a shared machine.
+restricted prior -> the NPE of each ``--variants`` entry (default: ``hybrid``, the one the README
+recommends) to early stopping with `farm train`'s own defaults unless flags are given -> evaluate
+the last -> serve it and answer one `farm query`. Prints each stage's wall time and share, its
+peak memory (the largest process and the whole process tree, Ray workers included), samples/s of
+each training stage (median over its rounds after the first), the evaluation's verdict and
+contraction, and the same training figures for the baseline a user would pick instead:
+``sbi.inference.NPE`` with a zuko NSF of the same size (5 transforms, 64 hidden, 8 bins), batch 256,
+lr 1e-3, the same epoch cap and early-stopping patience, on the rows our NPE trains and validates
+on (``--sbi-epochs 1`` measures its rate on a 1e6 store in one epoch). Then it extrapolates to
+--extrapolate samples: simulation and training epochs scale with N (assuming the same number of
+epochs to early stopping), evaluation and serving do not. Only ratios within one run mean anything
+on a shared machine.
 
-    .venv/bin/python bench/pipeline.py --n 100000 [--epochs 200 --patience 10] [--json out.json]
+    .venv/bin/python bench/pipeline.py --n 1000000 --sbi-epochs 1 [--json out.json]
+    .venv/bin/python bench/pipeline.py --n 100000 --variants handcrafted,summary-net \
+        --epochs 200 --patience 10 --batch-size 256 --round-samples 0  # as on 2026-11-26
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,12 +45,68 @@ def farm(*argv: str) -> None:
         raise SystemExit(f"`farm {' '.join(map(str, argv))}` exited {code}")
 
 
-def history_rate(artifact: Path, stage_seconds: float) -> dict[str, float]:
-    """From a manifest: step samples/s, epochs trained, and the wall rate.
+class PeakMemory:
+    """Peak resident memory of this process and its descendants (Ray's workers), polled twice a
+    second from /proc: ``process`` is the largest one process's high-water mark (VmHWM, so peaks
+    between polls count; this process's own mark carries over from earlier stages), ``tree`` the
+    largest sum of current RSS over the tree (shared pages counted per process). Linux only."""
 
-    The step rate is the median over the epochs after the first (warm-up; validation excluded).
-    The wall rate is training rows seen / the whole stage's seconds (start-up, validation,
-    checkpoints and the artifact included), the figure comparable with sbi's timed ``train()``.
+    def __init__(self) -> None:
+        self.process = self.tree = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(0.5):
+                return
+
+    def sample(self) -> None:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        todo, tree = [os.getpid()], 0
+        while todo:
+            pid = todo.pop()
+            todo += children.get(pid, [])
+            kb = _status_kb(pid)
+            tree += kb.get("VmRSS", 0)
+            self.process = max(self.process, kb.get("VmHWM", 0) * 1024)
+        self.tree = max(self.tree, tree * 1024)
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {
+        k: int(v.split()[0])
+        for k, _, v in (line.partition(":") for line in lines)
+        if k in ("VmRSS", "VmHWM")
+    }
+
+
+def history_rate(artifact: Path, stage_seconds: float) -> dict[str, float]:
+    """From a manifest: step samples/s, rounds trained, samples seen, and the wall rate.
+
+    The step rate is the median over the rounds after the first (warm-up; validation excluded).
+    The wall rate is training rows seen / the whole stage's seconds (start-up, data plan,
+    validation, checkpoints and the artifact included), the figure comparable with sbi's timed
+    ``train()``.
     """
     manifest = json.loads((artifact / "manifest.json").read_text())
     hist = manifest["history"]
@@ -51,6 +114,12 @@ def history_rate(artifact: Path, stage_seconds: float) -> dict[str, float]:
     return {
         "samples_per_s": statistics.median(h["samples_per_s"] for h in (hist[1:] or hist)),
         "epochs": len(hist),
+        "samples_seen": rows,
+        "train_seconds": sum(h["epoch_seconds"] for h in hist),
+        "val_seconds": sum(h.get("val_seconds", 0.0) for h in hist),
+        "data_wait_seconds": sum(h.get("data_wait_seconds", 0.0) for h in hist),
+        "best_val_loss": manifest.get("metrics", {}).get("best_val_loss", float("nan")),
+        "batch_size": manifest.get("train_config", {}).get("batch_size", 0),
         "wall_samples_per_s": rows / stage_seconds,
         "seconds": stage_seconds,
     }
@@ -202,18 +271,32 @@ def main() -> None:
         help="simulations from the box and from the restricted prior",
     )
     ap.add_argument(
+        "--variants",
+        default="hybrid",
+        help="comma-separated NPE features to train (`farm train npe --features`); the last is "
+        "evaluated and served",
+    )
+    ap.add_argument(
         "--epochs",
         type=int,
-        default=200,
-        help="epoch cap of every training (early stopping usually ends it)",
+        default=None,
+        help="epoch cap of every training (early stopping usually ends it); default: farm's",
     )
     ap.add_argument(
         "--patience",
         type=int,
-        default=10,
-        help="early-stopping patience of every training and of sbi",
+        default=None,
+        help="early-stopping patience of every training and of sbi; default: farm's",
     )
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="default: farm's (0: from the data)"
+    )
+    ap.add_argument(
+        "--round-samples",
+        type=int,
+        default=None,
+        help="`farm train --round-samples`; 0 = one round per epoch (the layout before rounds)",
+    )
     ap.add_argument("--extrapolate", type=int, default=1_000_000)
     ap.add_argument("--skip-sbi", action="store_true")
     ap.add_argument(
@@ -249,39 +332,56 @@ def main() -> None:
         "for an overloaded machine where Ray start-up times out",
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--tmp", type=Path, help="where the stores go (default: the system's temp)")
     args = ap.parse_args()
     from deploy.cli.train import architecture_fields
+    from inference.defaults import TRAIN_DEFAULTS
 
+    variants = args.variants.split(",")
     n, n_test = args.n, max(1000, args.n // 10)
     sim_opts = ("-q", "--in-process") if args.sim_in_process else ("-q",)
+    given = {
+        "--epochs": args.epochs,
+        "--patience": args.patience,
+        "--batch-size": args.batch_size,
+        "--round-samples": args.round_samples,
+    }
     train_opts = (
-        "--epochs",
-        args.epochs,
-        "--patience",
-        args.patience,
-        "--batch-size",
-        args.batch_size,
+        *(a for k, v in given.items() if v is not None for a in (k, v)),
         "--cpus-per-worker",
         args.cpus_per_worker,
         "--quiet",
     )
+    epochs = args.epochs or TRAIN_DEFAULTS["epochs"]
+    patience = args.patience or TRAIN_DEFAULTS["patience"]
     arch_opts = {
         "handcrafted": (),
+        "hybrid": (),
         "summary-net": tuple(a for item in args.sn_arch for a in ("--arch", item)),
     }
     sn_arch = architecture_fields(
         args.sn_arch, "summary-net", args.estimator
     )  # as `farm train npe --arch` reads them
     stages: dict[str, float] = {}
+    memory: dict[str, dict[str, int]] = {}
     rates: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    quality: dict[str, object] = {}
+    served = variants[-1]
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)
 
         def stage(name: str, fn) -> None:
             t0 = time.perf_counter()
-            fn()
+            with PeakMemory() as peak:
+                fn()
             stages[name] = time.perf_counter() - t0
-            print(f"[pipeline] {name}: {stages[name]:.1f} s", file=sys.stderr, flush=True)
+            memory[name] = {"process": peak.process, "tree": peak.tree}
+            print(
+                f"[pipeline] {name}: {stages[name]:.1f} s, peak RSS {peak.process / 2**30:.2f} GiB "
+                f"(tree {peak.tree / 2**30:.2f} GiB)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         stage(
             "simulate box",
@@ -328,7 +428,7 @@ def main() -> None:
             )
 
         stage("simulate restricted", simulate_restricted)
-        for features in ("handcrafted", "summary-net"):
+        for features in variants:
             out = root / f"npe-{features}"
             stage(
                 f"train NPE {features}",
@@ -355,7 +455,7 @@ def main() -> None:
             lambda: farm(
                 "evaluate",
                 "--posterior",
-                root / "npe-summary-net",
+                root / f"npe-{served}",
                 "--store",
                 root / "test.zarr",
                 "--out",
@@ -367,27 +467,64 @@ def main() -> None:
                 "--no-lc2st",
             ),
         )
+        summary = json.loads((root / "report" / "metrics.json").read_text())["summary"]
+        quality = {
+            k: summary.get(k)
+            for k in (
+                "variant",
+                "estimator",
+                "verdict",
+                "contraction_mean",
+                "tarp_atc",
+                "sbc_failed",
+                "coverage_dev_mean_abs",
+                "nrmse_mean",
+                "std_ratio_mean",
+            )
+        }
+        print(f"[pipeline] evaluation of {served}: {quality}", file=sys.stderr, flush=True)
         stage(
             "serve + one query",
-            lambda: serve_one_query(root / "npe-summary-net", root / "test.zarr", root),
+            lambda: serve_one_query(root / f"npe-{served}", root / "test.zarr", root),
         )
         if not args.skip_sbi:
             import torch
 
             torch.set_num_threads(2)
-            for features in ("handcrafted", "summary-net"):
-                rates[f"sbi NPE {features}"] = sbi_baseline(
-                    str(root / "train.zarr"),
-                    features,
-                    args.sbi_epochs or args.epochs,
-                    args.patience,
-                    args.batch_size,
-                    args.estimator,
-                    sn_arch if features == "summary-net" else {},
-                )
+            for features in variants:
+                with PeakMemory() as peak:
+                    rates[f"sbi NPE {features}"] = sbi_baseline(
+                        str(root / "train.zarr"),
+                        features,
+                        args.sbi_epochs or epochs,
+                        patience,
+                        256,
+                        args.estimator,
+                        sn_arch if features == "summary-net" else {},
+                    )
+                memory[f"sbi NPE {features}"] = {"process": peak.process, "tree": peak.tree}
     report(stages, rates, n, args.extrapolate)
+    print(f"\nquality of {served}: {quality}")
+    print("peak RSS GiB (largest process / process tree): ", end="")
+    print(
+        ", ".join(
+            f"{k} {m['process'] / 2**30:.2f}/{m['tree'] / 2**30:.2f}" for k, m in memory.items()
+        )
+    )
     if args.json:
-        args.json.write_text(json.dumps({"n": n, "stages_s": stages, "training": rates}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "n": n,
+                    "variants": variants,
+                    "stages_s": stages,
+                    "peak_rss_bytes": memory,
+                    "training": rates,
+                    "quality": quality,
+                },
+                indent=2,
+            )
+        )
 
 
 #: Stages whose time grows with N (simulation, and training epochs over N rows).
@@ -397,6 +534,7 @@ SCALES = (
     "simulate restricted",
     "train NPE handcrafted",
     "train NPE summary-net",
+    "train NPE hybrid",
 )
 
 

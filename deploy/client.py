@@ -247,6 +247,17 @@ def misspecification_warning(result: dict[str, Any]) -> str | None:
     return f"warning: observation unlike the training data: {reasons}"
 
 
+def refusal_line(error: QueryError) -> str:
+    """The one line ``farm query`` prints for a 422: the service's message and, for a refused
+    observation (its ``misspecification`` object), the check's reasons, so a refusal explains
+    itself on stderr as a flagged answer's warning does."""
+    line = f"the service rejected the observation: {error}"
+    check = error.misspecification or {}
+    if check.get("reasons"):
+        line += f" (misspecification: {'; '.join(check['reasons'])})"
+    return line
+
+
 def summary_rows(
     result: dict[str, Any], truth: NDArray[np.floating] | None = None, level: float = 0.9
 ) -> list[dict[str, Any]]:

@@ -65,10 +65,21 @@ class TrainConfig:
             cluster.
         epochs: maximum epochs (a safety cap: early stopping ends a run, as in sbi's
             ``stop_after_epochs``).
-        patience: epochs without validation improvement before stopping (sbi's default is 20).
-        lr_schedule: ``plateau`` (halve the learning rate after ``lr_patience`` epochs without
+        patience: rounds without validation improvement before stopping (sbi's default is 20
+            epochs; a round is an epoch unless the epoch is longer than ``round_samples``).
+        lr_schedule: ``plateau`` (halve the learning rate after ``lr_patience`` rounds without
             improvement, down to 1/64 of it), ``cosine`` (to 0 over ``epochs``) or ``none``.
-        batch_size, learning_rate, seed: the usual.
+        batch_size: rows per step and worker; 0 = from the data
+            (``inference.training.schedule.resolve``: 256 below 1.4e5 training rows per worker,
+            512 at 2e5, at most 2048, the learning rate scaled by the batch's square root).
+        learning_rate, seed: the usual.
+        round_samples: most training rows between two validations (and checkpoints, schedule
+            steps, patience counts); an epoch of more rows is split into rounds. 0 = one round
+            per epoch.
+        val_rows: validation rows used, the first of the split (read once, kept in memory);
+            0 = all.
+        warmup_from: learning rate the first round ramps up from (set by ``resolve`` when it
+            scales the rate); 0 = no warm-up.
         val_fraction, test_fraction: shares of sample indices (by hash,
             ``inference.data.datasets.split_of``) held out for validation (early stopping, the
             classifier's threshold) and for the held-out check; the rest trains.
@@ -91,7 +102,7 @@ class TrainConfig:
     cpus_per_worker: int = 0
     epochs: int = 500
     patience: int = 20
-    batch_size: int = 256
+    batch_size: int = 0
     learning_rate: float = 1e-3
     lr_schedule: str = "plateau"
     lr_patience: int = 5
@@ -106,6 +117,9 @@ class TrainConfig:
     plan: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
     circuits: str | None = None
+    round_samples: int = 50_000
+    val_rows: int = 20_000
+    warmup_from: float = 0.0
 
     def __post_init__(self) -> None:
         if self.task not in TASK_NAMES:
@@ -118,7 +132,9 @@ class TrainConfig:
             "epochs": (1, 10_000),
             "patience": (1, 10_000),
             "lr_patience": (1, 10_000),
-            "batch_size": (2, 65_536),
+            "batch_size": (0, 65_536),
+            "round_samples": (0, 10**9),
+            "val_rows": (0, 10**9),
             "cpus_per_worker": (0, 256),
             "shuffle_chunks": (1, 1024),
         }
@@ -126,6 +142,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not lo <= v <= hi:
                 raise ValueError(f"{name}={v} outside [{lo}, {hi}]")
+        if self.batch_size == 1:
+            raise ValueError("batch_size=1: give 0 (from the data) or 2 and more")
         if not (0 < self.learning_rate < 1):
             raise ValueError(f"learning_rate={self.learning_rate} outside (0, 1)")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -160,6 +178,9 @@ class TrainConfig:
             d.pop(k)
         if d["circuits"] is None:  # circuit-marginal runs keep the identity they always had
             d.pop("circuits")
+        for k, default in (("round_samples", 50_000), ("val_rows", 20_000), ("warmup_from", 0.0)):
+            if d[k] == default:  # as do runs at the default step layout
+                d.pop(k)
         d["stores"] = list(d["stores"])
         return d
 
@@ -181,6 +202,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         "batch_size",
         "learning_rate",
         "lr_schedule",
+        "round_samples",
+        "val_rows",
         "val_fraction",
         "test_fraction",
         "gpus_per_worker",

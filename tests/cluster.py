@@ -117,7 +117,8 @@ class LoopbackCluster:
         self.wait_for_nodes(1)
 
     def add_worker(self, num_cpus: int = 1) -> subprocess.Popen:
-        have = self.count_nodes()
+        """Start a worker node and wait until the cluster lists it (by its own node id, so a node
+        killed just before, which the cluster may still list for a while, does not count)."""
         proc = self._start(
             [
                 f"--address={self.address}",
@@ -126,23 +127,42 @@ class LoopbackCluster:
                 json.dumps({"worker_node": 1}),
             ]
         )
-        self.wait_for_nodes(have + 1)
-        return proc
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                if node_id_of(proc) in self.active_nodes():
+                    return proc
+            except RuntimeError:  # its raylet is not up yet
+                pass
+            time.sleep(1.0)
+        raise RuntimeError(f"worker node (pid {proc.pid}) did not join in 600 s")
+
+    def active_nodes(self) -> list[str]:
+        """Node ids `ray status` lists as active (none while it cannot answer)."""
+        try:
+            res = subprocess.run(
+                [str(BIN / "ray"), "status", f"--address={self.address}"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except subprocess.TimeoutExpired:  # a loaded machine: ask again until the caller's cap
+            return []
+        if res.returncode != 0:
+            return []
+        active = res.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
+        return [
+            word.removeprefix("node_")
+            for line in active.splitlines()
+            for word in line.split()
+            if word.startswith("node_")
+        ]
 
     def count_nodes(self) -> int:
-        res = subprocess.run(
-            [str(BIN / "ray"), "status", f"--address={self.address}"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if res.returncode != 0:
-            return 0
-        active = res.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
-        return sum(1 for line in active.splitlines() if "node_" in line)
+        return len(self.active_nodes())
 
-    def wait_for_nodes(self, n: int, timeout: float = 300.0) -> None:
+    def wait_for_nodes(self, n: int, timeout: float = 600.0) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.count_nodes() >= n:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -164,3 +166,91 @@ def test_a_trained_posterior_flags_a_dead_neuron_and_older_artifacts_still_load(
     (old / "manifest.json").write_text(json.dumps(m))
     b = load_posterior(old).misspecification(trace=dead)
     assert b["flagged"] and b["score"] is None and b["note"] == UNAVAILABLE
+
+
+def _interference(trace: np.ndarray, amplitude: float = 25.0, cycles: float = 0.07) -> np.ndarray:
+    """A strong periodic interference on the readout (``cycles`` per sample), as ADC codes."""
+    k = np.arange(trace.shape[-1])
+    return np.clip(np.rint(trace + amplitude * np.sin(2 * np.pi * cycles * k)), 0, 1023).astype(
+        np.int16
+    )
+
+
+def test_a_trained_posterior_carries_the_trace_check_and_it_flags_interference(
+    artifact, data
+) -> None:
+    from inference import load_posterior
+    from inference.diagnostics.trace_artifact import BLOCK
+
+    post = load_posterior(artifact)
+    block = post.manifest[BLOCK]
+    assert post.trace_detector is not None and len(block["sha256"]) == 64
+    assert block["num_reference"] >= 100 and block["traces"]["file"].endswith(".npz")
+    # One quantile for both checks, at least the summary check's own 95 %.
+    assert block["quantile"] == post.manifest["misspecification"]["quantile"] >= 0.95
+    t = data["test"]
+    held = t["trace"][t["in_regime"]][:40]
+    answers = post.misspecification_batched(traces=held)
+    calm = [i for i, a in enumerate(answers) if a["trace_score"] < 0.5 * a["trace_threshold"]]
+    assert len(calm) >= 10  # most held-out traces lie well inside the trace check's threshold
+    clean = held[calm[:10]]
+    for a in post.misspecification_batched(traces=clean):
+        assert not any(r.startswith("trace unlike") for r in a["reasons"]), a["reasons"]
+    for a in post.misspecification_batched(traces=_interference(clean)):
+        assert a["flagged"] and a["trace_score"] > 2 * a["trace_threshold"], a
+        assert any(r.startswith("trace unlike the training traces: ") for r in a["reasons"])
+    f = post.misspecification(features=t["features"][t["in_regime"]][0])
+    assert f["trace_score"] is None and f["trace_threshold"] is None  # statistics: no trace
+
+
+def test_the_trace_check_block_is_verified_and_refitted_from_its_traces(artifact, tmp_path) -> None:
+    import json
+    import shutil
+
+    from inference import load_posterior
+    from inference.diagnostics.trace_artifact import BLOCK
+
+    def copy(name: str, edit) -> Path:
+        d = tmp_path / name
+        shutil.copytree(artifact, d)
+        m = json.loads((d / "manifest.json").read_text())
+        edit(d, m[BLOCK])
+        (d / "manifest.json").write_text(json.dumps(m))
+        return d
+
+    stored = load_posterior(artifact).trace_detector
+    # Written over other statistics (an older or newer package): refitted from the stored traces.
+    other = copy("other", lambda d, b: b.update(statistics=b["statistics"][:-1]))
+    refit = load_posterior(other).trace_detector
+    assert refit is not None and refit.threshold == stored.threshold
+    # ... and without traces to refit from: answered without it, the note says why.
+    bare = copy("bare", lambda d, b: (b.update(statistics=[]), b.pop("traces")))
+    post = load_posterior(bare)
+    a = post.misspecification(trace=np.full(1000, 341, dtype=np.int16))
+    assert post.trace_detector is None and a["trace_score"] is None and a["flagged"]
+    assert "trace-space check skipped" in a["note"]
+    # An edited file is refused in one line, as the summary check's.
+    for name, file in (("edited", "trace_misspecification.npz"), ("traces", None)):
+
+        def edit(d: Path, b: dict, file=file) -> None:
+            if file is None:
+                b.update(statistics=[])  # the refit path reads the traces file
+            path = d / (file or b["traces"]["file"])
+            path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
+
+        with pytest.raises(ValueError, match="checksum differs") as e:
+            load_posterior(copy(name, edit))
+        assert "\n" not in str(e.value)
+
+
+def test_joint_quantile_keeps_the_union_at_the_target() -> None:
+    from inference.diagnostics.trace_artifact import joint_quantile
+
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=2000), rng.normal(size=2000)  # independent checks: union ~2x each
+    own = np.zeros(2000, dtype=bool)
+    q = joint_quantile(s, own, t, 0.05)
+    union = (s > np.quantile(s, q)) | (t > np.quantile(t, q))
+    assert 0.97 <= q <= 0.98 and union.mean() <= 0.05
+    assert joint_quantile(None, own, t, 0.05) == 0.95  # one check alone: its own 95 %
+    assert joint_quantile(s, np.ones(2000, dtype=bool), t, 0.05) == 0.999  # never reachable

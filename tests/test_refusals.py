@@ -69,7 +69,8 @@ def _is_refusal_check(check: dict) -> bool:
     return (
         check["flagged"] is True
         and any("outside the restricted prior" in r and "no draws" in r for r in reasons)
-        and set(check) == {"score", "threshold", "flagged", "reasons", "note"}
+        and set(check)
+        == {"score", "threshold", "trace_score", "trace_threshold", "flagged", "reasons", "note"}
     )
 
 
@@ -149,3 +150,22 @@ def test_farm_query_exits_2_with_one_line_and_prints_the_object(url, trace, tmp_
     code = main(["query", "--url", url, "--trace", str(path), "--n", "10"])
     out = capsys.readouterr()
     assert code == 2 and out.out == "" and len(out.err.strip().splitlines()) == 1, out
+    assert "(misspecification: " in out.err and "no draws)" in out.err  # its reasons, one line
+
+
+def test_farm_infer_writes_the_refusal_in_the_same_shape(posterior, trace):
+    """`farm infer` flags a refused trace with the same check a 422 carries: the observation's
+    own reasons, then the spent budget; its draws stay NaN and the other rows are answered."""
+    from inference.batch.block import infer_block
+
+    traces = np.stack([trace, trace]).astype(np.float64)
+    traces[1, :3] = np.nan  # unusable: flagged by the block itself, never sent to the posterior
+    got = infer_block(posterior, traces, 8, seed=1)
+    with pytest.raises(Refused) as info:
+        draw_one(posterior, 8, {"trace": trace}, seed=1)
+    served = info.value.misspecification
+    assert got.flagged.tolist() == [True, True]
+    # the same reasons; the budget's line names this call's own draw count
+    assert got.reasons[0].split("; ")[:-1] == served["reasons"][:-1]
+    assert got.reasons[0].split("; ")[-1].startswith("posterior outside the restricted prior")
+    assert np.isnan(got.draws[0]).all() and "NaN" in got.reasons[1]

@@ -103,6 +103,7 @@ def _derived_artifact(src: Path, out: Path, prior=None, nan_weights: bool = Fals
         "weights",
         "fingerprint",
         "misspecification",
+        "trace_misspecification",
     )
     manifest = {
         k: v for k, v in m.items() if k not in stamped

@@ -19,7 +19,11 @@ from inference.diagnostics.trace_check import (
     TraceDetector,
     trace_statistics,
 )
-from inference.evaluation.distortions import TRACE_DISTORTIONS, distort_randomly
+from inference.evaluation.distortions import (
+    TRACE_DISTORTIONS,
+    distort_randomly,
+    other_model_chip,
+)
 
 
 def _in_regime(seed: int, n: int) -> np.ndarray:
@@ -33,15 +37,93 @@ def detector_and_fresh() -> tuple[TraceDetector, np.ndarray]:
     return TraceDetector.fit(ref, cal, pre=100, stim_end=700), fresh
 
 
-def test_statistics_have_one_column_each_and_only_spike_shape_may_be_missing():
+def test_statistics_have_one_column_each_and_only_spike_statistics_may_be_missing():
     traces = _in_regime(4, 200)
     stats = trace_statistics(traces, 100, 700)
     shape = TRACE_STATISTICS.index("spike shape")
+    clamp = TRACE_STATISTICS.index("rise after the refractory clamp")
     assert stats.shape == (len(traces), len(TRACE_STATISTICS))
-    assert np.isfinite(np.delete(stats, shape, axis=1)).all()
+    assert np.isfinite(np.delete(stats, [shape, clamp], axis=1)).all()
     # NaN only where the trace holds no complete spike: no evidence, never a reason.
     held = stats[:, TRACE_STATISTICS.index("samples held at reset")]
     assert np.array_equal(np.isnan(stats[:, shape]), held == 0)
+    assert not np.isnan(stats[:, clamp])[held > 0].all()
+
+
+def _beyond_fresh(stat: str, fresh: np.ndarray, other: np.ndarray, side: int = 1) -> float:
+    """Share of ``other`` traces whose statistic lies beyond 99 % of fresh traces' (one side)."""
+    j = TRACE_STATISTICS.index(stat)
+    a = side * trace_statistics(fresh, 100, 700)[:, j]
+    b = side * trace_statistics(other, 100, 700)[:, j]
+    return float(np.mean(b > np.nanquantile(a, 0.99)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "stat", "side", "share"),
+    [
+        # Drawn either way, so at most half the traces drift to one side (0.47 and 0.38 here).
+        ("drift", "drift under the relaxation", -1, 0.35),
+        ("drift", "drift under the relaxation", 1, 0.25),
+        ("dropped_repeated", "repeated samples on a slope", 1, 0.5),  # 0.70 here
+        ("clipping", "flat top", 1, 0.7),  # 0.96 here
+    ],
+)
+def test_each_new_statistic_moves_beyond_fresh_traces_under_its_distortion(
+    detector_and_fresh, kind, stat, side, share
+):
+    _, fresh = detector_and_fresh
+    got = _beyond_fresh(stat, fresh, distort_randomly(fresh, kind, seed=2), side)
+    assert got >= share, (kind, stat, got)
+
+
+@pytest.fixture(scope="module")
+def other_model() -> np.ndarray:
+    """In-regime traces of ``other_model_chip`` (a 10 µs refractory clamp, no exponential)."""
+    b = simulate_theta(BoxPrior().sample(1000, seed=3), seed=3, chip_model=other_model_chip())
+    return b.trace[Regime().contains(b.spike_count.astype(np.float64))]
+
+
+def test_a_longer_refractory_clamp_moves_the_rise_after_it(detector_and_fresh, other_model):
+    _, fresh = detector_and_fresh
+    got = _beyond_fresh("rise after the refractory clamp", fresh, other_model)
+    assert got >= 0.7, got  # 0.91 here
+
+
+def test_another_neuron_model_is_flagged(detector_and_fresh, other_model):
+    detector, _ = detector_and_fresh
+    rate = float(np.mean(detector.score(other_model) > detector.threshold))
+    assert rate >= 0.8, rate  # 0.94 here
+
+
+def test_drift_is_read_against_the_relaxation_not_the_end_level():
+    """A recovery from below rest is no drift; the same trace drifting away from rest is."""
+    rng = np.random.default_rng(0)
+    k = np.arange(1000, dtype=np.float64)
+    step = np.where((k >= 100) & (k < 700), 140 * (1 - np.exp(-(k - 100) / 8)), 0.0)
+    after = np.where(k >= 700, np.exp(-(k - 700) / 5) * 140 - 25 * np.exp(-(k - 700) / 150), 0)
+    clean = 340 + step + after + rng.normal(0, 3, size=(20, 1000))
+    drift = TRACE_STATISTICS.index("drift under the relaxation")
+    still = trace_statistics(np.rint(clean).astype(np.int16), 100, 700)[:, drift]
+    ramp = np.rint(clean - 30 * k / 1000).astype(np.int16)
+    moved = trace_statistics(ramp, 100, 700)[:, drift]
+    # Noise of 3 codes a sample leaves a spread of about 4 codes on either (8 at most here).
+    assert np.abs(still).max() < 12, still
+    assert np.abs(moved + 30).max() < 12, moved
+
+
+def test_repeated_samples_on_a_slope_are_counted():
+    k = np.arange(1000)
+    trace = (340 + 20 * np.clip(k - 200, 0, 20) - 400 * (k >= 700)).astype(np.int16)
+    again = np.insert(trace, [205, 210, 215], trace[[205, 210, 215]])[:1000]
+    stats = trace_statistics(np.stack([trace, again]), 100, 700)
+    assert stats[:, TRACE_STATISTICS.index("repeated samples on a slope")].tolist() == [0, 3]
+
+
+def test_a_constant_trace_gets_a_finite_score_and_is_flagged(detector_and_fresh):
+    detector, fresh = detector_and_fresh
+    flat = np.repeat(np.median(fresh[:3], axis=1, keepdims=True), fresh.shape[1], axis=1)
+    score = detector.score(flat.astype(np.int16))
+    assert np.isfinite(score).all() and (score > detector.threshold).all(), score
 
 
 def test_fresh_traces_are_flagged_near_the_calibration_rate(detector_and_fresh):
@@ -50,7 +132,9 @@ def test_fresh_traces_are_flagged_near_the_calibration_rate(detector_and_fresh):
     assert rate <= 0.12, rate  # 5 % calibrated; ~180 traces leave a few percent of noise
 
 
-@pytest.mark.parametrize("kind", ["interference", "stimulus_time"])
+@pytest.mark.parametrize(
+    "kind", ["interference", "stimulus_time", "drift", "clipping", "dropped_repeated"]
+)
 def test_a_distortion_is_flagged_with_the_statistic_named(detector_and_fresh, kind):
     detector, fresh = detector_and_fresh
     reasons = detector.reasons(distort_randomly(fresh, kind, seed=1))

@@ -145,6 +145,31 @@ def test_steady_gives_every_worker_the_same_step_count(store: str) -> None:
         assert len(batches) == steps and all(len(b["theta"]) == 100 for b in batches)
 
 
+def test_the_rounds_of_an_epoch_cover_its_rows_once_and_head_is_the_first_rows(store: str) -> None:
+    """An epoch split into parts (rounds of a large store) reads each training row once."""
+    stores = StoreSet([store])
+    plan = plan_data(stores, val_fraction=0.2)
+    whole = ChunkStream(stores, plan, "train", ("theta",), 64)
+    rows = [
+        np.concatenate([b["index"] for b in whole.batches(epoch=3, part=p, parts=3)])
+        for p in range(3)
+    ]
+    assert all(len(r) for r in rows) and not set(rows[0]) & set(rows[1])
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate(rows)),
+        np.sort(np.concatenate([b["index"] for b in whole.batches(epoch=3)])),
+    )
+    # one part is one pass: shuffled rows as with parts=1 (the default keeps its streams)
+    one = [b["index"] for b in whole.batches(epoch=3)]
+    assert [b.tolist() for b in one] == [b["index"].tolist() for b in whole.batches(3, parts=1)]
+    val = ChunkStream(stores, plan, "val", ("theta",), 64)
+    every = np.concatenate([b["index"] for b in val.batches(0, shuffle=False)])
+    head = val.head(100)
+    assert [len(b["theta"]) for b in head][:-1] == [64] * (len(head) - 1)
+    np.testing.assert_array_equal(np.concatenate([b["index"] for b in head]), every[:100])
+    assert sum(len(b["theta"]) for b in val.head(0)) == len(every)  # 0 = all of them
+
+
 def test_mismatched_stores_are_refused(store: str, tmp_path) -> None:
     from farm.defaults import Protocol
     from farm.store.sim_store import StoreMismatch

@@ -120,6 +120,76 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(store, tmp_path, ray
     assert state["scheduler"]["last_epoch"] == 3
 
 
+def test_a_run_of_rounds_resumed_between_them_ends_bit_identical(
+    store, tmp_path, ray_session
+) -> None:
+    """Rounds of 1000 rows (5 per epoch here): stopped after one epoch and resumed, or not."""
+
+    def run(out: str, epochs: int) -> dict:
+        cfg = TrainConfig(
+            task="npe",
+            stores=(store,),
+            out=str(tmp_path / out),
+            epochs=epochs,
+            patience=50,
+            batch_size=64,
+            round_samples=1000,
+            cpus_per_worker=1,
+            progress=False,
+        )
+        return run_training(cfg).state
+
+    whole = run("whole", 2)
+    run("split", 1)
+    resumed = run("split", 2)
+    n = len(whole["history"])
+    assert n % 2 == 0 and n >= 8  # ~4,800 training rows: 5 rounds per epoch
+    assert resumed["resumed_at"] == [n // 2]
+    assert [h["epoch"] for h in resumed["history"]] == list(range(1, n + 1))
+    assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in whole["history"]]
+    for k, v in whole["best_model"].items():
+        assert torch.equal(v, resumed["best_model"][k]), k
+
+
+def test_the_batch_follows_the_data_and_small_runs_keep_theirs() -> None:
+    from dataclasses import replace
+
+    from inference.training.schedule import Rounds, auto_batch_size, resolve
+
+    assert [auto_batch_size(n, 1) for n in (16_000, 130_000, 160_000, 799_000, 10**8)] == [
+        256,
+        256,
+        512,
+        2048,
+        2048,
+    ]
+    assert auto_batch_size(800_000, 2) == 1024  # per worker: the global batch stays 2048
+    small = resolve(TrainConfig(), 16_000)
+    assert (small.batch_size, small.learning_rate, small.warmup_from) == (256, 1e-3, 0.0)
+    assert small.identity() == replace(TrainConfig(), batch_size=256).identity()
+    big = resolve(TrainConfig(), 800_000)
+    assert big.batch_size == 2048 and big.learning_rate == pytest.approx(1e-3 * 8**0.5)
+    r = Rounds.plan(big, 800_000, 1, num_chunks=250)
+    assert (r.parts, r.steps, r.warmup_steps) == (16, 24, 24)
+    assert r.lr_at(big, 0) == pytest.approx(1e-3 + (big.learning_rate - 1e-3) / 24)
+    assert r.lr_at(big, 23) == pytest.approx(big.learning_rate) and r.lr_at(big, 24) is None
+    assert resolve(TrainConfig(batch_size=100), 800_000).batch_size == 100  # given: kept
+    assert Rounds.plan(small, 16_000, 1, 20).parts == 1  # one round per epoch, as before
+    assert Rounds.plan(big, 800_000, 2, 10).parts == 5  # a chunk per worker and round at least
+    # Resumed on one worker instead of two (a node lost): the run's own batch, not 2048 again.
+    import json
+
+    from inference.training.loop import keep_resolved_batch
+
+    two = resolve(TrainConfig(num_workers=2), 800_000)
+    have = json.loads(json.dumps(two.identity()))
+    one = TrainConfig(num_workers=1)
+    kept = keep_resolved_batch(one, resolve(one, 800_000), have)
+    assert kept.identity() == two.identity() and kept.batch_size == 1024
+    other_lr = replace(one, learning_rate=3e-4)
+    assert keep_resolved_batch(other_lr, resolve(other_lr, 800_000), have).batch_size == 2048
+
+
 def test_resuming_with_other_settings_is_refused(store, tmp_path) -> None:
     import json
 

@@ -264,6 +264,7 @@ def query(
         load_trace_file,
         misspecification_warning,
         print_table,
+        refusal_line,
         save_pairplot,
         summary_rows,
     )
@@ -324,7 +325,7 @@ def query(
             if e.misspecification is not None and as_json:  # a refusal: its check, as an answer's
                 typer.echo(json.dumps({"refused": str(e), "misspecification": e.misspecification}))
             if e.status == 422:
-                bad_input(f"the service rejected the observation: {e}")
+                bad_input(refusal_line(e))
             fail(str(e))
     rows = summary_rows(result, truth)
     if (warning := misspecification_warning(result)) is not None:

@@ -187,10 +187,10 @@ def simulate(
 
         print_summary(summary)
     if not ray_was_running and ray_connected():
-        import ray
+        from farm.run.raycluster import shutdown_ray
 
         # this command's own Ray: now, not in Ray's exit hook, which first sleeps 0.5 s
-        ray.shutdown()
+        shutdown_ray()
 
 
 def _chip_model(chip_ids: str | None, out: str):  # -> farm.defaults.ChipModel

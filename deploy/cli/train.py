@@ -63,7 +63,14 @@ EpochsOpt = Annotated[
     ),
 ]
 BatchOpt = Annotated[
-    int, typer.Option("--batch-size", min=2, max=65_536, help="Samples per step and worker.")
+    int,
+    typer.Option(
+        "--batch-size",
+        min=0,
+        max=65_536,
+        help="Samples per step and worker; 0 = from the data (256 below 1.4e5 training rows per "
+        "worker, 512 at 2e5, up to 2048 from 5.7e5, with the learning rate scaled to match).",
+    ),
 ]
 LrOpt = Annotated[float, typer.Option("--lr", min=1e-6, max=0.5, help="Adam learning rate.")]
 PatienceOpt = Annotated[
@@ -72,7 +79,27 @@ PatienceOpt = Annotated[
         "--patience",
         min=1,
         max=10_000,
-        help="Epochs without validation improvement before stopping.",
+        help="Rounds (epochs, or --round-samples rows of a large store) without validation "
+        "improvement before stopping.",
+    ),
+]
+RoundOpt = Annotated[
+    int,
+    typer.Option(
+        "--round-samples",
+        min=0,
+        max=10**9,
+        help="Most training rows between two validations, checkpoints and schedule steps; a "
+        "longer epoch is split into rounds. 0 = one round per epoch.",
+    ),
+]
+ValRowsOpt = Annotated[
+    int,
+    typer.Option(
+        "--val-rows",
+        min=0,
+        max=10**9,
+        help="Validation rows used (the first of the split, read once); 0 = all.",
     ),
 ]
 SeedOpt = Annotated[
@@ -165,6 +192,8 @@ def train_classifier(
     batch_size: BatchOpt = D["batch_size"],
     lr: LrOpt = D["learning_rate"],
     patience: PatienceOpt = D["patience"],
+    round_samples: RoundOpt = D["round_samples"],
+    val_rows: ValRowsOpt = D["val_rows"],
     seed: SeedOpt = D["seed"],
     address: AddressOpt = None,
     quiet: QuietOpt = False,
@@ -190,6 +219,8 @@ def train_classifier(
             batch_size=batch_size,
             learning_rate=lr,
             patience=patience,
+            round_samples=round_samples,
+            val_rows=val_rows,
             seed=seed,
             progress=not quiet,
         ),
@@ -255,6 +286,8 @@ def train_npe(
     batch_size: BatchOpt = D["batch_size"],
     lr: LrOpt = D["learning_rate"],
     patience: PatienceOpt = D["patience"],
+    round_samples: RoundOpt = D["round_samples"],
+    val_rows: ValRowsOpt = D["val_rows"],
     seed: SeedOpt = D["seed"],
     address: AddressOpt = None,
     quiet: QuietOpt = False,
@@ -300,6 +333,8 @@ def train_npe(
             batch_size=batch_size,
             learning_rate=lr,
             patience=patience,
+            round_samples=round_samples,
+            val_rows=val_rows,
             seed=seed,
             progress=not quiet,
             circuits=circuits,

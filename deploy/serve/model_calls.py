@@ -59,17 +59,13 @@ class Refused(ValueError):
 
 def refusing(posterior: Any, observation: dict[str, np.ndarray], call: Callable[[], T]) -> T:
     """``call()``, with a spent rejection budget turned into ``Refused`` for ``observation``."""
+    from inference.diagnostics.misspecification import refused
     from inference.errors import RejectionBudgetExceeded
 
     try:
         return call()
     except RejectionBudgetExceeded as e:
-        check = dict(assess(posterior, observation))
-        reason = (
-            f"posterior outside the restricted prior: acceptance {e.acceptance:.2g} "
-            f"< 1/{e.max_rounds} after {e.budget} proposals, no draws"
-        )
-        check |= {"flagged": True, "reasons": [*check["reasons"], reason]}
+        check = refused(assess(posterior, observation), e)
         raise Refused(str(e).splitlines()[0], check) from None
 
 

@@ -208,16 +208,30 @@ class Misspecification(BaseModel):
         description="kNN distance in summary space; null for artifacts without calibration"
     )
     threshold: float | None = Field(
-        description="95 % quantile of held-out in-distribution scores; null with score"
+        description="quantile of held-out in-distribution scores (95 %, or the one quantile shared "
+        "with the trace-space check that keeps both at 5 % false alarms); null with score"
+    )
+    trace_score: float | None = Field(
+        None,
+        description="trace-space score (the least likely statistic of the raw trace, "
+        "inference.diagnostics.trace_check); null where no trace was sent, or the artifact has "
+        "no trace-space check (older artifacts, multi-sweep protocols)",
+    )
+    trace_threshold: float | None = Field(
+        None, description="held-out quantile of trace-space scores; null with trace_score"
     )
     flagged: bool = Field(
         description="true when any reason applies: do not trust the posterior for this observation"
     )
     reasons: list[str] = Field(
-        description="one line each: spike count outside the regime, flat or saturated trace, "
-        "score above threshold, or (on a refusal) no draws inside the restricted prior"
+        description="one line each, naming its check: spike count outside the regime, flat or "
+        "saturated trace, summary score above threshold, trace score above trace_threshold "
+        "(`trace unlike the training traces: <statistic> ...`), fingerprint unlike the training "
+        "circuits', or (on a refusal) no draws inside the restricted prior"
     )
-    note: str | None = Field(None, description="why score is null, when it is")
+    note: str | None = Field(
+        None, description="why score (or the artifact's trace check) is missing, when it is"
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -70,13 +70,17 @@ class ChunkQueue:
     """The run's unfinished chunks, shared by the driver's thread and the Ray loop under one lock.
 
     ``finish`` flags a chunk done and advances the bar under the same lock, so two threads never
-    write the flags or the bar at once.
+    write the flags or the bar at once. It also sums the workers' own timings (simulating vs
+    writing), which `farm simulate --json` reports so a run shows where its time went.
     """
 
     def __init__(self, store: SimStore, chunks: Iterable[int], bar: ProgressBar) -> None:
         self.store, self.bar = store, bar
         self._chunks = collections.deque(chunks)
         self._lock = threading.Lock()
+        #: Worker seconds over finished chunks: simulating (kernel, features) and writing them.
+        self.sim_seconds = 0.0
+        self.write_seconds = 0.0
 
     def __len__(self) -> int:
         with self._lock:
@@ -92,11 +96,14 @@ class ChunkQueue:
         with self._lock:
             self._chunks.appendleft(chunk)
 
-    def finish(self, chunk: int, num_rows: int) -> None:
-        """Flag a written chunk done and count its rows."""
+    def finish(self, chunk: int, num_rows: int, timings: dict[str, Any] | None = None) -> None:
+        """Flag a written chunk done and count its rows (and the worker's ``run_chunk`` timings)."""
         with self._lock:
             self.store.mark_done(chunk)
             self.bar.advance(num_rows)
+            if timings is not None:
+                self.sim_seconds += timings["sim_seconds"]
+                self.write_seconds += timings["seconds"] - timings["sim_seconds"]
 
 
 def run_queue(
@@ -117,7 +124,7 @@ def run_queue(
             break
         try:
             res = run_chunk(queue.store, job, substrate, chunk)
-            queue.finish(chunk, res["n"])
+            queue.finish(chunk, res["n"], res)
         except OSError as e:
             queue.put_back(chunk)
             raise FarmError(

@@ -101,6 +101,7 @@ def run_farm(
         pending = store.pending_chunks()
         skipped = store.num_sims - sum(b - a for a, b in map(store.chunk_bounds, pending))
         t0 = time.perf_counter()
+        started_at = time.time()  # lets a caller split its own wall time (process start, exit)
         stats: dict[str, Any] = {
             "num_workers": 0,
             "nodes": set(),
@@ -151,6 +152,13 @@ def run_farm(
         chunks_retried=stats["chunks_retried"],
         retried_on=sorted(stats["retried_on"]),
         driver_chunks=stats.get("driver_chunks", 0),
+        # Where the time went: seconds into the run when Ray answered and when every actor that
+        # can run was up (absent in-process), and worker seconds simulating vs writing chunks.
+        ray_start_seconds=stats.get("ray_start_s"),
+        actors_up_seconds=stats.get("actors_up_s"),
+        worker_sim_seconds=queue.sim_seconds,
+        worker_write_seconds=queue.write_seconds,
+        started_at=started_at,
     )
     return summary
 

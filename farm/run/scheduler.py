@@ -9,8 +9,10 @@ room. While a private local Ray starts, a ``DriverWorker`` thread runs chunks fr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from farm.errors import FarmError
 from farm.run.chip_actor import ChipActor
 from farm.run.job import ChunkJob, ChunkQueue, run_queue
-from farm.run.raycluster import connect_ray, ray_connected
+from farm.run.raycluster import connect_ray, ray_connected, shutdown_ray
 from farm.substrates.registry import get_substrate
 
 log = logging.getLogger("farm")
@@ -94,6 +96,7 @@ def run_on_ray(
     """
     from threadpoolctl import threadpool_limits
 
+    t_enter = time.perf_counter()
     driver: DriverWorker | None = None
     blas_limit = None
     # Ray is imported only once the driver works: its imports hide behind the driver's chunks.
@@ -108,6 +111,7 @@ def run_on_ray(
         from ray.exceptions import RayActorError, RayTaskError
 
         started = _connect_keeping_sigterm(address)
+        stats["ray_start_s"] = time.perf_counter() - t_enter
     except BaseException:
         if driver is not None:
             driver.halt.set()
@@ -156,6 +160,8 @@ def run_on_ray(
         # Actors that can run at once on the private Ray (one CPU each; `--chips` may ask for more).
         runnable = min(num_chips, cluster_cpus)
         while len(queue) or in_flight or (driver is not None and driver.is_alive()):
+            if len(ready) >= runnable and "actors_up_s" not in stats:
+                stats["actors_up_s"] = time.perf_counter() - t_enter
             if driver is not None and len(ready) >= runnable:
                 # Every actor that can run is up: the driver hands over after its current chunk.
                 # (Stopping at the first would leave a core idle while the others load the kernel.)
@@ -198,7 +204,7 @@ def run_on_ray(
                         f"chunk {chunk} failed: {_cause(e)}; "
                         "completed chunks are kept, re-run the same command to resume"
                     ) from None
-                queue.finish(chunk, res["n"])
+                queue.finish(chunk, res["n"], res)
                 stats["nodes"].add(res["node_id"])
                 if chunk in retried:
                     stats["retried_on"].add(res["node_id"])
@@ -233,7 +239,7 @@ def run_on_ray(
         if started and address is None and interrupted:
             # Ctrl-C or SIGTERM: take the private Ray (raylet, GCS, workers) down with the run
             # instead of leaving it to atexit, which a second signal or os._exit would skip.
-            ray.shutdown()
+            shutdown_ray()
 
 
 def _connect_keeping_sigterm(address: str | None) -> bool:
@@ -246,15 +252,32 @@ def _connect_keeping_sigterm(address: str | None) -> bool:
     """
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
+    # Ray's handler raises SystemExit, which Python drops where it lands in an at-fork callback
+    # (ray.init forks its daemons): the wake-up fd records every signal, so none is lost.
+    wake_r, wake_w = socket.socketpair() if main else (None, None)
+    old_wake, seen = -1, b""
+    if wake_w is not None:
+        wake_w.setblocking(False)
+        old_wake = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     try:
-        return connect_ray(address)
+        started = connect_ray(address)
     except SystemExit as e:
         if main and e.code == signal.SIGTERM and callable(previous):
             previous(signal.SIGTERM, None)  # Ray's start-up handler caught the caller's signal
         raise
     finally:
+        if wake_r is not None and wake_w is not None:
+            signal.set_wakeup_fd(old_wake)
+            wake_r.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                seen = wake_r.recv(4096)
+            wake_r.close()
+            wake_w.close()
         if main and previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if signal.SIGTERM in seen and callable(previous):
+        previous(signal.SIGTERM, None)  # a SIGTERM Ray's start-up handler swallowed
+    return started
 
 
 def _cause(err: Exception) -> str:

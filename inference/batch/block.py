@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from farm.kernel.rng import splitmix64_np
+from inference.diagnostics.misspecification import refused
 from inference.errors import RejectionBudgetExceeded
 
 #: Stream of the block keys (farm.kernel.rng keeps one stream per kind of randomness).
@@ -99,9 +100,10 @@ def infer_block(
             )
             parts = [(rows, got)]
         except RejectionBudgetExceeded:  # one far-out row: answer the others one by one
-            parts = _one_by_one(posterior, x, fps, rows, num_draws, call_seed, flagged, reasons)
+            parts = _one_by_one(posterior, x, fps, rows, num_draws, call_seed)
         for where, (theta, logp, checks) in parts:
-            draws[where], lp[where] = theta, logp
+            if logp is not None:  # a refused row keeps its NaN draws
+                draws[where], lp[where] = theta, logp
             for i, check in zip(where, checks):
                 score[i] = np.nan if check["score"] is None else check["score"]
                 flagged[i] = bool(check["flagged"])
@@ -139,10 +141,13 @@ def _one_by_one(
     rows: NDArray[np.int64],
     num_draws: int,
     seed: int,
-    flagged: NDArray[np.bool_],
-    reasons: NDArray[np.object_],
 ) -> list[tuple[NDArray[np.int64], Any]]:
-    """Each row alone (seeded by (call seed, row)); rows whose mass lies outside are flagged."""
+    """Each row alone (seeded by (call seed, row)).
+
+    A row whose mass lies outside the restricted prior gets no draws (its parts' draws are None)
+    and its check in the shape of a served refusal: flagged, the spent budget as its last reason
+    (``inference.diagnostics.misspecification.refused``), beside whatever else the check found.
+    """
     parts = []
     for i in rows:
         try:
@@ -154,9 +159,14 @@ def _one_by_one(
                 **_circuits(fps, slice(i, i + 1)),
             )
             parts.append((np.array([i]), got))
-        except RejectionBudgetExceeded:
-            flagged[i] = True
-            reasons[i] = "posterior mass lies outside the restricted prior"
+        except RejectionBudgetExceeded as e:  # refused: the row's check, as HTTP's 422 carries it
+            check = refused(
+                posterior.misspecification_batched(
+                    traces=x[i : i + 1], **_circuits(fps, slice(i, i + 1))
+                )[0],
+                e,
+            )
+            parts.append((np.array([i]), (None, None, [check])))
     return parts
 
 

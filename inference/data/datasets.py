@@ -377,11 +377,17 @@ class ChunkStream:
         #: to training).
         self.wait_seconds = 0.0
 
-    def shard(self, epoch: int, shuffle: bool) -> list[ChunkRef]:
+    def shard(self, epoch: int, shuffle: bool, part: int = 0, parts: int = 1) -> list[ChunkRef]:
+        """This worker's chunks of one pass: of part ``part`` of ``parts`` of the epoch's order.
+
+        Parts split one shuffled order, so the parts of an epoch cover every chunk once.
+        """
         refs = list(self.stores.chunks)
         if shuffle:
             order = np.random.default_rng([epoch, 0xC0FFEE]).permutation(len(refs))
             refs = [refs[i] for i in order]
+        if parts > 1:
+            refs = refs[part * len(refs) // parts : (part + 1) * len(refs) // parts]
         return refs[self.rank :: self.world_size]
 
     def _keep(self, ref: ChunkRef, rows: dict[str, NDArray[Any]]) -> NDArray[np.bool_]:
@@ -394,13 +400,22 @@ class ChunkStream:
         return keep
 
     def batches(
-        self, epoch: int = 0, shuffle: bool = True, drop_last: bool = False
+        self,
+        epoch: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        part: int = 0,
+        parts: int = 1,
     ) -> Iterator[dict[str, NDArray[Any]]]:
-        """One pass over this worker's shard; with ``shuffle``, rows shuffled in a chunk buffer."""
-        rng = np.random.default_rng([epoch, self.rank, 0xBEEF])
+        """One pass over this worker's shard; with ``shuffle``, rows shuffled in a chunk buffer.
+
+        ``part`` of ``parts``: only that share of the epoch's chunks (see :meth:`shard`).
+        """
+        seed = [epoch, self.rank, 0xBEEF] + ([part] if parts > 1 else [])
+        rng = np.random.default_rng(seed)
         buf: list[dict[str, NDArray[Any]]] = []
         pending: dict[str, NDArray[Any]] | None = None
-        refs = self.shard(epoch, shuffle)
+        refs = self.shard(epoch, shuffle, part, parts)
         for i, (ref, rows) in enumerate(prefetch_chunks(self.stores, refs, self.fields)):
             keep = self._keep(ref, rows)
             buf.append({k: v[keep] for k, v in rows.items()})
@@ -422,8 +437,34 @@ class ChunkStream:
         if pending is not None and not drop_last:
             yield pending
 
-    def steady(self, epoch: int, steps: int, ahead: int = 8) -> Iterator[dict[str, NDArray[Any]]]:
+    def head(self, max_rows: int) -> list[dict[str, NDArray[Any]]]:
+        """The first ``max_rows`` rows of this worker's unshuffled shard, in batches, in memory.
+
+        Why: a validation set read once and kept is the same set every round, and costs no
+        store reads after; reading stops at the chunk that completes it (0 = the whole shard).
+        """
+        out: list[dict[str, NDArray[Any]]] = []
+        rows = 0
+        it = self.batches(0, shuffle=False)
+        try:
+            for b in it:
+                n = len(b["theta"])
+                if max_rows and rows + n >= max_rows:
+                    out.append({k: v[: max_rows - rows] for k, v in b.items()})
+                    break
+                out.append(b)
+                rows += n
+        finally:
+            it.close()
+        return out
+
+    def steady(
+        self, epoch: int, steps: int, ahead: int = 8, part: int = 0, parts: int = 1
+    ) -> Iterator[dict[str, NDArray[Any]]]:
         """Exactly ``steps`` full batches, cycling a short shard, built ``ahead`` batches early.
+
+        ``part`` of ``parts``: a round of training reads one share of the epoch's chunks
+        (``inference.training.schedule``), so an epoch of a large store is several rounds.
 
         Why: with DistributedDataParallel every worker must take the same number of steps, and
         chunk shards differ by a few rows (excluded samples, a short last chunk). Decoding and
@@ -431,14 +472,18 @@ class ChunkStream:
         only waits when the reader falls behind; that wait accumulates in ``wait_seconds``.
         """
         if ahead <= 0:
-            return self._steady(epoch, steps)
-        return background(self._steady(epoch, steps), ahead, self)
+            return self._steady(epoch, steps, part, parts)
+        return background(self._steady(epoch, steps, part, parts), ahead, self)
 
-    def _steady(self, epoch: int, steps: int) -> Iterator[dict[str, NDArray[Any]]]:
+    def _steady(
+        self, epoch: int, steps: int, part: int = 0, parts: int = 1
+    ) -> Iterator[dict[str, NDArray[Any]]]:
         done, cycle = 0, 0
         while done < steps:
             got = False
-            for b in self.batches(epoch * 1000 + cycle, shuffle=True, drop_last=True):
+            for b in self.batches(
+                epoch * 1000 + cycle, shuffle=True, drop_last=True, part=part, parts=parts
+            ):
                 got = True
                 yield b
                 done += 1

@@ -11,7 +11,10 @@ in the reference set, so fresh in-distribution observations exceed it ~5 % of th
 Independently of the score, a trace is flagged when its own spike count (``farm.features``,
 from the ADC codes alone) lies outside the regime the posterior was trained for, or when it is
 flat or stuck on an ADC rail (rows the training excluded,
-``inference.data.datasets.quality_flags``).
+``inference.data.datasets.quality_flags``), or when the trace-space check
+(``inference.diagnostics.trace_check``, stored by ``trace_artifact``) finds a statistic of the raw
+trace unlike the training traces': a distortion the summary is blind to. Where an artifact has
+both, the two checks share one quantile, chosen so their union keeps 5 % false alarms.
 
 Reference: Schmitt et al. 2023, "Detecting model misspecification in amortized Bayesian
 inference with neural networks" (summary-space distances); Breunig et al. 2000 (kNN outliers).
@@ -20,7 +23,7 @@ inference with neural networks" (summary-space distances); Breunig et al. 2000 (
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,18 @@ class KNNDetector:
         scores = draft.score(cal)
         return cls(
             z, mean, std, int(k), float(quantile), float(np.quantile(scores, quantile)), scores
+        )
+
+    def with_quantile(self, quantile: float) -> KNNDetector:
+        """The same detector thresholded at another quantile of its calibration scores (the
+        summary and trace checks share one, chosen so that their union keeps the false-alarm
+        target: ``inference.diagnostics.trace_artifact.joint_quantile``)."""
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile={quantile} outside (0, 1)")
+        return replace(
+            self,
+            quantile=float(quantile),
+            threshold=float(np.quantile(self.calibration_scores, quantile)),
         )
 
     def score(self, summaries: NDArray[np.floating] | torch.Tensor) -> NDArray[np.float64]:
@@ -228,45 +243,104 @@ def trace_reasons(
 
 
 def assess(
-    scores: NDArray[np.floating] | None, detector: KNNDetector | None, reasons: list[list[str]]
+    scores: NDArray[np.floating] | None,
+    detector: KNNDetector | None,
+    reasons: list[list[str]],
+    trace: TraceAnswers | None = None,
 ) -> list[dict[str, Any]]:
-    """Combine the summary-space scores with the trace reasons into one answer per observation.
+    """Combine the summary-space scores, the trace-space check and the trace reasons into one
+    answer per observation.
+
+    Args:
+        scores: (B,) kNN scores, or None (artifact without calibration).
+        reasons: B lists of the regime, flat, rail and circuit reasons.
+        trace: the trace-space check of the same B observations, or None where it did not run.
 
     Returns:
-        B dicts ``{score, threshold, flagged, reasons, note}``; score and threshold are None
-        (and ``note`` says why) for an artifact without calibration.
+        B dicts ``{score, threshold, trace_score, trace_threshold, flagged, reasons, note}``;
+        score and threshold are None (and ``note`` says why) for an artifact without
+        calibration, trace_score and trace_threshold where the trace check did not run.
     """
     out = []
+    trace = trace or TraceAnswers.absent(len(reasons))
     for i, r in enumerate(reasons):
         r = list(r)
+        notes = [] if trace.note is None else [trace.note]
+        s = threshold = None
         if detector is None or scores is None:
-            out.append(
-                {
-                    "score": None,
-                    "threshold": None,
-                    "flagged": bool(r),
-                    "reasons": r,
-                    "note": UNAVAILABLE,
-                }
-            )
-            continue
-        s = float(scores[i])
-        if s > detector.threshold:
-            r.append(
-                f"summary unlike the training data: kNN score {s:.3g}"
-                f" > threshold {detector.threshold:.3g}"
-                f" ({1 - detector.quantile:.0%} false-alarm level)"
-            )
+            notes.insert(0, UNAVAILABLE)
+        else:
+            s, threshold = float(scores[i]), detector.threshold
+            if s > detector.threshold:
+                r.append(
+                    f"summary unlike the training data: kNN score {s:.3g}"
+                    f" > threshold {detector.threshold:.3g}"
+                    f" ({1 - detector.quantile:.1%} false-alarm level)"
+                )
+        r.extend(trace.reasons[i])
         out.append(
             {
                 "score": s,
-                "threshold": detector.threshold,
+                "threshold": threshold,
+                "trace_score": None if trace.scores is None else float(trace.scores[i]),
+                "trace_threshold": trace.threshold,
                 "flagged": bool(r),
                 "reasons": r,
-                "note": None,
+                "note": "; ".join(notes) or None,
             }
         )
     return out
+
+
+def refused(check: dict[str, Any], error: Any) -> dict[str, Any]:
+    """The check of an observation the posterior could give no draws for: flagged, with the spent
+    rejection budget as its last reason.
+
+    Why one function: an HTTP 422 refusal (``deploy.serve.model_calls``), ``farm query`` and a
+    `farm infer` row all carry this same object, so a client reads one shape everywhere.
+
+    Args:
+        check: the observation's answer from ``misspecification``.
+        error: the ``inference.errors.RejectionBudgetExceeded`` its draws raised.
+    """
+    reason = (
+        f"posterior outside the restricted prior: acceptance {error.acceptance:.2g} "
+        f"< 1/{error.max_rounds} after {error.budget} proposals, no draws"
+    )
+    return dict(check) | {"flagged": True, "reasons": [*check["reasons"], reason]}
+
+
+@dataclass(frozen=True)
+class TraceAnswers:
+    """The trace-space check's part of B answers (``inference.diagnostics.trace_check``).
+
+    Args:
+        scores: (B,) trace-space scores, or None where the check did not run.
+        threshold: the check's threshold (None with scores).
+        reasons: B lists holding the check's one line where it fired.
+        note: why the artifact's check is skipped, when it is (an answer's ``note``).
+    """
+
+    scores: NDArray[np.float64] | None
+    threshold: float | None
+    reasons: list[list[str]]
+    note: str | None = None
+
+    @classmethod
+    def absent(cls, num: int, note: str | None = None) -> TraceAnswers:
+        return cls(None, None, [[] for _ in range(num)], note)
+
+    @classmethod
+    def of(cls, detector: Any, codes: NDArray[np.integer]) -> TraceAnswers:
+        """Score B traces (B, T) with a ``TraceDetector``; the reason lines only for those that
+        fired (each line costs the statistics again, and most traces do not fire)."""
+        scores = detector.score(codes)
+        fired = np.flatnonzero(scores > detector.threshold)
+        reasons: list[list[str]] = [[] for _ in range(len(scores))]
+        if fired.size:
+            for i, lines in zip(fired, detector.reasons(codes[fired]), strict=True):
+                reasons[i] = lines
+        return cls(scores, float(detector.threshold), reasons)
 
 
 __all__ = [
@@ -274,6 +348,8 @@ __all__ = [
     "METHOD",
     "UNAVAILABLE",
     "KNNDetector",
+    "TraceAnswers",
     "assess",
+    "refused",
     "trace_reasons",
 ]

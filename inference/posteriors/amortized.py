@@ -22,7 +22,15 @@ from farm.defaults import ChipModel, Protocol, Regime
 from farm.features import feature_names, spike_count_column, summarize
 from farm.prior import AnyPrior, RestrictedPrior, prior_from_attrs
 from inference.artifacts import read_artifact
-from inference.diagnostics.misspecification import KNNDetector, assess, trace_reasons
+from inference.diagnostics.misspecification import (
+    KNNDetector,
+    TraceAnswers,
+    assess,
+    trace_reasons,
+)
+from inference.diagnostics.trace_artifact import BLOCK as TRACE_BLOCK
+from inference.diagnostics.trace_artifact import load_trace_check
+from inference.diagnostics.trace_check import TraceDetector
 from inference.errors import ArtifactError
 from inference.nets.embeddings import model_input
 from inference.nets.flow_matching import ESTIMATOR as FM_ESTIMATOR
@@ -47,6 +55,8 @@ class AmortizedPosterior(BasePosterior):
         prior: the prior the training samples came from; its support bounds every sample.
         detector: the calibrated summary-space misspecification score (None for older artifacts).
         circuit_detector: a circuit-aware posterior's fingerprint check (None: none calibrated).
+        trace_detector: the trace-space check (None: older artifacts, multi-sweep protocols).
+        trace_note: why the artifact's trace check is skipped, when it is (every answer's note).
     """
 
     def __init__(
@@ -56,6 +66,8 @@ class AmortizedPosterior(BasePosterior):
         prior: AnyPrior,
         detector: KNNDetector | None = None,
         circuit_detector: KNNDetector | None = None,
+        trace_detector: TraceDetector | None = None,
+        trace_note: str | None = None,
     ) -> None:
         self.model = model.eval()
         self.manifest = manifest
@@ -74,6 +86,8 @@ class AmortizedPosterior(BasePosterior):
         self.fingerprint: str = manifest["fingerprint"]
         self.regime = Regime.from_dict(manifest.get("regime"))
         self.detector = detector
+        self.trace_detector = trace_detector
+        self._trace_note = trace_note
         observation = tuple(f for f in model.config.x_fields if f != "circuit")
         self._observation_fields = observation
         self.accepts_features = observation == ("features",)
@@ -427,9 +441,12 @@ class AmortizedPosterior(BasePosterior):
         """How unlike the training data ONE observation is (inference.diagnostics.misspecification).
 
         Returns:
-            ``{score, threshold, flagged, reasons, note}``: flagged when the trace's own spike count
-            is outside the artifact's regime, the trace is flat or saturated, or the summary-space
-            score exceeds its held-out 95 % threshold; score/threshold are None for older artifacts.
+            ``{score, threshold, trace_score, trace_threshold, flagged, reasons, note}``: flagged
+            when the trace's own spike count is outside the artifact's regime, the trace is flat or
+            saturated, the summary-space score or the trace-space score (a trace given, and an
+            artifact that calibrated it) exceeds its held-out threshold; score/threshold are None
+            for older artifacts, trace_score/trace_threshold also for statistics or multi-sweep
+            protocols. Each reason line names the check that gave it.
         """
         return self._assess(self._inputs(trace, features, False, fingerprint), trace)[0]
 
@@ -465,7 +482,14 @@ class AmortizedPosterior(BasePosterior):
             if self.detector is None
             else self.detector.score(self.model.embedding(x) if ctx is None else ctx)
         )
-        return assess(scores, self.detector, reasons)
+        return assess(scores, self.detector, reasons, self._trace_answers(codes, len(reasons)))
+
+    def _trace_answers(self, codes: NDArray[np.int16] | None, num: int) -> TraceAnswers:
+        """The trace-space check of B traces; absent for statistics (features=) or an artifact
+        without one."""
+        if self.trace_detector is None or codes is None:
+            return TraceAnswers.absent(num, self._trace_note)
+        return TraceAnswers.of(self.trace_detector, codes)
 
 
 def load_amortized(directory: str | Path, protocol: Protocol | None = None) -> AmortizedPosterior:
@@ -522,7 +546,12 @@ def load_amortized(directory: str | Path, protocol: Protocol | None = None) -> A
     )  # older artifacts: regime checks only
     circuit_block = (m.get("circuits") or {}).get("misspecification")
     circuit_detector = KNNDetector.load(d, circuit_block) if circuit_block else None
-    return AmortizedPosterior(model, m, prior, detector, circuit_detector)
+    trace_detector, trace_note = (
+        load_trace_check(d, m[TRACE_BLOCK]) if m.get(TRACE_BLOCK) else (None, None)
+    )  # artifacts before issue 28, and multi-sweep protocols: no trace-space check
+    return AmortizedPosterior(
+        model, m, prior, detector, circuit_detector, trace_detector, trace_note
+    )
 
 
 __all__ = ["KIND", "MAX_SAMPLES", "PRIOR_SUBDIR", "AmortizedPosterior", "load_amortized"]

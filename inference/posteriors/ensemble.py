@@ -109,6 +109,7 @@ class EnsemblePosterior(BasePosterior):
         self.regime = getattr(first, "regime", None)
         self.estimator = getattr(first, "estimator", "nsf")
         self.detector = getattr(first, "detector", None)  # member 0's, as misspecification() below
+        self.trace_detector = getattr(first, "trace_detector", None)  # likewise member 0's
         self.fingerprint: str = manifest["fingerprint"]
         # Callers read the member manifest's setup (stores, protocol, metrics); the ensemble adds
         # its own keys.
@@ -264,7 +265,8 @@ class EnsemblePosterior(BasePosterior):
 
     # ------------------------------------------------------------------ misspecification
     def misspecification(self, *, trace: Any = None, features: Any = None) -> dict[str, Any]:
-        """Member 0's answer: every member saw the same training data; one detector serves all."""
+        """Member 0's answer (its summary and trace-space checks): every member saw the same
+        training data; one set of detectors serves all."""
         return self.members[0].misspecification(trace=trace, features=features)
 
     def misspecification_batched(

@@ -1,10 +1,11 @@
 """Ray Train for the restriction classifier and the NPE: one plain torch loop per worker.
 
 Anchor: Ray's ``torch_fashion_mnist_example.py`` (``prepare_model``, ``train_loop_config``,
-``ScalingConfig``). Every epoch ends with a checkpoint in ``<out>/checkpoints/run``; a killed
+``ScalingConfig``). Every round (an epoch, or a share of one on a large store:
+``inference.training.schedule``) ends with a checkpoint in ``<out>/checkpoints/run``; a killed
 training, started again with the same command, resumes from the last one (Ray Train restores the
 run's checkpoint history from its storage path). Early stopping uses the validation loss,
-all-reduced over workers so every worker stops at the same epoch; the learning rate follows a
+all-reduced over workers so every worker stops at the same round; the learning rate follows a
 schedule on the same loss (reduce-on-plateau by default), whose state is in the checkpoint too.
 """
 
@@ -29,6 +30,7 @@ from inference.defaults import TrainConfig
 from inference.errors import TrainingError
 from inference.training.lean_trainer import lean_torch_trainer
 from inference.training.outcome import TrainOutcome
+from inference.training.schedule import Rounds, resolve
 from inference.training.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,15 @@ STATE_FILE = "state.pt"
 MIN_IMPROVEMENT = 1e-3
 #: Seed of the validation pass's random draws (the same every epoch; see ``_validate``).
 VALIDATION_SEED = 0x5EED_0F_7A1
+#: Worker-group failures (a node lost, a worker process killed, a worker's error) that Ray Train
+#: recovers from by itself: it restarts every worker from the latest checkpoint once the cluster
+#: can place them again. A lab's node loss should not lose the run; an error in the loop itself
+#: fails again on each restart, so a few are enough.
+MAX_WORKER_FAILURES = 3
+#: Tries to place a (re)started worker group, each waiting RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
+#: (60 s by default): about 10 minutes for a replacement node to join before the run fails and
+#: says how to resume. Ray's default (-1) waits forever on a cluster that cannot grow.
+MAX_PLACEMENT_TRIES = 10
 
 
 def model_stats(plan: DataPlan, stores: StoreSet) -> dict[str, Any]:
@@ -60,9 +71,9 @@ def model_stats(plan: DataPlan, stores: StoreSet) -> dict[str, Any]:
 
 
 def make_scheduler(
-    cfg: TrainConfig, opt: torch.optim.Optimizer
+    cfg: TrainConfig, opt: torch.optim.Optimizer, rounds_per_epoch: int = 1
 ) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
-    """The learning-rate schedule, stepped once per epoch (``plateau`` on the validation loss).
+    """The learning-rate schedule, stepped once per round (``plateau`` on the validation loss).
 
     Why reduce-on-plateau by default: early stopping decides the number of epochs, so a schedule
     tied to a fixed epoch count (cosine) would barely decay before the run stops.
@@ -78,7 +89,7 @@ def make_scheduler(
             min_lr=cfg.learning_rate / 64,
         )
     if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * rounds_per_epoch)
     return None
 
 
@@ -105,7 +116,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # device
     model = task.build_model(cfg, cfg.stats).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    sched = make_scheduler(cfg, opt)
+    stores = attach_circuits(StoreSet(plan.urls), plan)
+    rounds = Rounds.plan(cfg, plan.num_train, world, len(stores.chunks))
+    sched = make_scheduler(cfg, opt, rounds.parts)
     state: dict[str, Any] = {
         "epoch": -1,
         "best_val": math.inf,
@@ -127,6 +140,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
+        if "rng" in saved:  # a stochastic loss (flow matching) draws on as if never stopped
+            torch.set_rng_state(saved["rng"])
         if sched is not None and saved.get("scheduler"):
             sched.load_state_dict(saved["scheduler"])
         state = {k: saved[k] for k in state} | {"best_model": saved["best_model"]}
@@ -136,24 +151,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ddp = ray.train.torch.prepare_model(
         model
     )  # DDP across workers (the model is already on its device)
-    stores = attach_circuits(StoreSet(plan.urls), plan)
     fields = task.fields()
     train_stream = ChunkStream(
         stores, plan, "train", fields, cfg.batch_size, rank, world, cfg.shuffle_chunks
     )
-    val_stream = ChunkStream(stores, plan, "val", fields, max(cfg.batch_size, 1024), rank, world)
-    steps = max(1, plan.num_train // (world * cfg.batch_size))
+    # a fixed validation subset, read once: the same rows every round, no store pass per round
+    val_batches = ChunkStream(
+        stores, plan, "val", fields, max(cfg.batch_size, 1024), rank, world
+    ).head(-(-cfg.val_rows // world))
+    steps, parts = rounds.steps, rounds.parts
     report_every = max(1, steps // 4)
-    for epoch in range(state["epoch"] + 1, cfg.epochs):
+    for rnd in range(state["epoch"] + 1, cfg.epochs * parts):
         if state["stopped"]:
             break
-        t0 = time.perf_counter()
+        epoch, part = divmod(rnd, parts)
+        where = f"epoch {epoch + 1}/{cfg.epochs}" + (
+            f" round {part + 1}/{parts}" if parts > 1 else ""
+        )
+        t0, waited = time.perf_counter(), train_stream.wait_seconds
         ddp.train()
         run_loss, run_n = (
             torch.zeros((), dtype=torch.float64, device=device),
             0,
         )  # summed on the device: no sync per step on a GPU
-        for step, batch in enumerate(train_stream.steady(epoch, steps)):
+        for step, batch in enumerate(train_stream.steady(epoch, steps, part=part, parts=parts)):
+            warm = rounds.lr_at(cfg, rnd * steps + step)
+            if warm is not None:
+                for group in opt.param_groups:
+                    group["lr"] = warm
             loss, _ = task.batch_loss(ddp, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -163,12 +188,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             run_n += len(batch["theta"])
             if cfg.progress and rank == 0 and (step + 1) % report_every == 0:
                 print(
-                    f"[train] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} loss "
-                    f"{float(run_loss) / run_n:.4f}",
+                    f"[train] {where} step {step + 1}/{steps} loss {float(run_loss) / run_n:.4f}",
                     flush=True,
                 )
         seconds = time.perf_counter() - t0
-        val = _validate(task, model, val_stream, epoch, world, device)
+        waited = train_stream.wait_seconds - waited
+        t1 = time.perf_counter()
+        val = _validate(task, model, val_batches, world, device)
+        val_seconds = time.perf_counter() - t1
         train_loss = _allreduce_mean(float(run_loss), run_n, world, device)
         lr = opt.param_groups[0]["lr"]
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -179,7 +206,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if improved:
             state.update(
                 best_val=val["val_loss"],
-                best_epoch=epoch,
+                best_epoch=rnd,
                 bad_epochs=0,
                 best_model={
                     k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
@@ -188,21 +215,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             state["bad_epochs"] += 1
         state["stopped"] = state["bad_epochs"] >= cfg.patience
-        state["epoch"] = epoch
+        state["epoch"] = rnd
+        # "epoch" counts rounds (an epoch unless it is split: ``inference.training.schedule``)
         metrics = {
-            "epoch": epoch + 1,
+            "epoch": rnd + 1,
             "train_loss": train_loss,
             **val,
             "best_val_loss": state["best_val"],
             "lr": lr,
             "samples_per_s": run_n * world / seconds,
             "epoch_seconds": seconds,
+            "samples_seen": (rnd + 1) * steps * cfg.batch_size * world,
+            "data_wait_seconds": waited,
+            "val_seconds": val_seconds,
         }
         state["history"] = [*state["history"], metrics]
         if rank == 0 and cfg.progress:
             extra = f" val_acc {val['val_accuracy']:.3f}" if "val_accuracy" in val else ""
             print(
-                f"[train] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} val_loss "
+                f"[train] {where} train_loss {train_loss:.4f} val_loss "
                 f"{val['val_loss']:.4f}{extra} lr {lr:.1e} ({metrics['samples_per_s']:.0f} "
                 f"samples/s){' *' if improved else ''}{' early stop' if state['stopped'] else ''}",
                 flush=True,
@@ -216,6 +247,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         "model": model.state_dict(),
                         "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict() if sched is not None else {},
+                        "rng": torch.get_rng_state(),
                     },
                     Path(tmp) / STATE_FILE,
                 )
@@ -237,8 +269,7 @@ def _allreduce_mean(
 def _validate(
     task: Task,
     model: torch.nn.Module,
-    stream: ChunkStream,
-    epoch: int,
+    batches: list[dict[str, Any]],
     world: int,
     device: torch.device | None = None,
 ) -> dict[str, float]:
@@ -255,7 +286,7 @@ def _validate(
         else []
     ):
         torch.manual_seed(VALIDATION_SEED)
-        for batch in stream.batches(epoch, shuffle=False):
+        for batch in batches:
             loss, extra = task.batch_loss(model, batch)
             n = len(batch["theta"])
             acc += torch.tensor(
@@ -306,9 +337,14 @@ def run_training(
     cfg = task.configure(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    stores = StoreSet(cfg.stores)
+    plan = plan_data(stores, cfg.val_fraction, cfg.test_fraction)
+    requested = cfg
+    cfg = resolve(cfg, plan.num_train)  # batch_size=0: the data's batch and learning rate
     ident_path = out / "train_config.json"
     if ident_path.is_file():
         have = json.loads(ident_path.read_text())
+        cfg = keep_resolved_batch(requested, cfg, have)
         if have != json.loads(json.dumps(cfg.identity())):
             diff = sorted(
                 k
@@ -319,8 +355,6 @@ def run_training(
                 f"out={str(out)!r} holds a training with other {', '.join(diff)}; use another "
                 "--out or the same settings to resume"
             )
-    stores = StoreSet(cfg.stores)
-    plan = plan_data(stores, cfg.val_fraction, cfg.test_fraction)
     if cfg.circuits is not None:
         inputs = build_circuit_inputs(stores, plan, cfg.circuits, out, progress=cfg.progress)
         plan.extra["circuits"] = inputs.to_dict()
@@ -359,17 +393,21 @@ def run_training(
                 name="run",
                 storage_path=str(out / "checkpoints"),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                failure_config=FailureConfig(max_failures=0),
+                failure_config=FailureConfig(
+                    max_failures=MAX_WORKER_FAILURES,
+                    controller_failure_limit=MAX_PLACEMENT_TRIES,
+                ),
                 # Ray Train narrates every report and checkpoint at INFO; the CLI prints its own
                 # progress, and a failed run surfaces as one TrainingError line, so quiet hides
                 # Train's logs entirely.
                 logging_config=LoggingConfig(log_level="WARNING" if cfg.progress else "CRITICAL"),
             ),
         )
+        alive = _alive_nodes()
         try:
             result = trainer.fit()
         except Exception as e:  # Ray wraps worker errors; keep the root cause on one line
-            raise TrainingError(f"training failed: {_root_cause(e)}") from e
+            raise TrainingError(_failure_line(e, alive - _alive_nodes(), cfg)) from e
         if result.checkpoint is None:
             raise TrainingError("training produced no checkpoint")
         with result.checkpoint.as_directory() as d:
@@ -402,6 +440,54 @@ def attach_circuits(stores: StoreSet, plan: DataPlan) -> StoreSet:
 
 def _absolute(url: str) -> str:
     return url if "://" in url else str(Path(url).absolute())
+
+
+def keep_resolved_batch(
+    requested: TrainConfig, resolved: TrainConfig, have: dict[str, Any]
+) -> TrainConfig:
+    """On resume, the batch and rate the run chose (``batch_size=0``), whatever the workers now.
+
+    The data's batch follows rows per worker, so a run resumed on fewer workers (a node lost)
+    would otherwise choose another batch and be refused as other settings.
+    """
+    base = have.get("warmup_from") or have.get("learning_rate")
+    if requested.batch_size or "batch_size" not in have or base != requested.learning_rate:
+        return resolved
+    return replace(
+        resolved,
+        batch_size=int(have["batch_size"]),
+        learning_rate=float(have["learning_rate"]),
+        warmup_from=float(have.get("warmup_from", 0.0)),
+    )
+
+
+def _alive_nodes() -> set[str]:
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+def _failure_line(e: BaseException, lost: set[str], cfg: TrainConfig) -> str:
+    """One line: what failed, which nodes were lost, and how to resume from the last checkpoint."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    placing = e
+    while placing is not None and not isinstance(placing, WorkerGroupStartupTimeoutError):
+        placing = placing.__cause__ or getattr(placing, "controller_failure", None)
+    resume = (
+        f"the checkpoints in {cfg.out}/checkpoints are kept: run the same command again to resume "
+        "once the cluster has the workers' resources, or with fewer --workers"
+    )
+    reason = (
+        f"the cluster could not place {cfg.num_workers} worker(s) in {MAX_PLACEMENT_TRIES} tries"
+        if placing is not None
+        else _root_cause(e)
+    )
+    if lost:
+        return f"training failed: lost node {', '.join(sorted(lost))}; {reason}; {resume}"
+    if placing is not None:
+        return f"training failed: {reason}; {resume}"
+    return f"training failed: {reason}"
 
 
 def _root_cause(e: BaseException) -> str:

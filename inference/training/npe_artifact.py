@@ -7,6 +7,7 @@ and, for a restricted prior, a copy of it in ``prior/`` so the artifact is self-
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ from farm.features import feature_names, spike_count_column
 from farm.prior import AnyPrior, BoxPrior, RestrictedPrior
 from inference.artifacts import write_artifact
 from inference.data.datasets import ChunkStream
-from inference.diagnostics.misspecification import KNNDetector
+from inference.diagnostics.misspecification import KNNDetector, trace_reasons
+from inference.diagnostics.trace_artifact import BLOCK as TRACE_BLOCK
+from inference.diagnostics.trace_artifact import (
+    MAX_REFERENCE,
+    joint_quantile,
+    save_trace_check,
+    trace_windows,
+)
+from inference.diagnostics.trace_check import TraceDetector
 from inference.nets.embeddings import CIRCUIT_FEATURES, model_input
 from inference.posteriors.amortized import KIND, PRIOR_SUBDIR, AmortizedPosterior, load_amortized
 from inference.posteriors.circuit_side import DETECTOR_FILE
@@ -130,9 +139,21 @@ def _in_regime_rows(
 
     ``circuit_only``: the rows' fingerprint statistics instead (the fingerprint check's input).
     """
+    return _in_regime(posterior, outcome, split, limit, circuit_only)[0]
+
+
+def _in_regime(
+    posterior: AmortizedPosterior,
+    outcome: TrainOutcome,
+    split: str,
+    limit: int,
+    circuit_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_in_regime_rows`` and the (n, T) int16 ADC codes of the same rows, in the same order."""
     fields = ("features", "trace", *_circuit(posterior))
     stream = ChunkStream(outcome.stores, outcome.plan, split, fields, 1024)
     out: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
     count = 0
     for batch in stream.batches(shuffle=False):
         keep = posterior.regime.contains(
@@ -149,10 +170,13 @@ def _in_regime_rows(
             continue
         if len(rows):
             out.append(rows)
+            codes.append(np.asarray(batch["trace"][keep], dtype=np.int16))
             count += len(rows)
         if count >= limit:
             break
-    return np.concatenate(out)[:limit] if out else np.empty((0, 0), np.float32)
+    if not out:
+        return np.empty((0, 0), np.float32), np.empty((0, 0), np.int16)
+    return np.concatenate(out)[:limit], np.concatenate(codes)[:limit]
 
 
 def calibrate_misspecification(
@@ -160,24 +184,74 @@ def calibrate_misspecification(
     outcome: TrainOutcome,
     num_reference: int = 5000,
     num_calibration: int = 2000,
-) -> KNNDetector | None:
-    """The summary-space detector: reference from in-regime training rows, threshold from test rows.
+    target: float = 0.05,
+) -> tuple[KNNDetector | None, TraceCheck | None]:
+    """The summary-space and trace-space checks, reference from in-regime training rows, their
+    thresholds from in-regime test rows.
 
     Why the test split: validation rows chose the best epoch, so the embedding has seen their
     influence and scores them slightly lower than fresh data; test rows took no part in training,
-    so their 95 % quantile gives the ~5 % false-alarm rate a fresh observation meets.
-    Returns None (with a warning) when the test split holds too few in-regime rows.
+    so their quantile gives the false-alarm rate a fresh observation meets. Both checks are
+    thresholded at one quantile of their own calibration scores, the smallest whose union (with
+    the regime, flat and rail reasons) flags at most ``target`` of the calibration rows
+    (``joint_quantile``); without a trace check, the summary check's is 95 %.
+    Returns None (with a warning) for a check that cannot be calibrated: too few in-regime test
+    rows, or a protocol the trace statistics do not read (``trace_windows``).
     """
-    ref = _in_regime_rows(posterior, outcome, "train", num_reference)
-    cal = _in_regime_rows(posterior, outcome, "test", num_calibration)
+    ref, ref_traces = _in_regime(posterior, outcome, "train", num_reference)
+    cal, cal_traces = _in_regime(posterior, outcome, "test", num_calibration)
     if len(ref) < 10 or len(cal) < 20:
         log.warning(
             "only %d training / %d test rows in the regime: no misspecification score is stored",
             len(ref),
             len(cal),
         )
+        return None, None
+    detector = KNNDetector.fit(ref, cal, k=10, quantile=1 - target)
+    trace = _trace_check(posterior, ref_traces, cal_traces)
+    if trace is None:
+        return detector, None
+    in_regime = np.full(len(cal_traces), posterior.regime.min_spikes)  # rows chosen in regime
+    own = np.array(
+        [
+            bool(r)  # the flat and rail reasons, which a served answer adds
+            for r in trace_reasons(
+                cal_traces, in_regime, posterior.regime, posterior.chip_model.adc_max_code
+            )
+        ]
+    )
+    q = joint_quantile(detector.calibration_scores, own, trace.detector.calibration_scores, target)
+    return detector.with_quantile(q), replace(trace, detector=trace.detector.with_quantile(q))
+
+
+@dataclass(frozen=True)
+class TraceCheck:
+    """A fitted trace-space check and the traces it was fitted on (stored beside it)."""
+
+    detector: TraceDetector
+    reference: np.ndarray
+    calibration: np.ndarray
+
+
+def _trace_check(
+    posterior: AmortizedPosterior, reference: np.ndarray, calibration: np.ndarray
+) -> TraceCheck | None:
+    """The trace-space check on up to ``MAX_REFERENCE`` reference traces, spread evenly over the
+    in-regime training rows read (a deterministic choice, not the first chunks' chips only)."""
+    windows = trace_windows(posterior.protocol)
+    if windows is None:
+        log.info(
+            "protocol %s: no trace-space check (one step sweep only)", posterior.protocol.label
+        )
         return None
-    return KNNDetector.fit(ref, cal, k=10, quantile=0.95)
+    pick = np.linspace(0, len(reference) - 1, min(len(reference), MAX_REFERENCE))
+    reference = reference[np.unique(np.rint(pick).astype(np.int64))]
+    try:
+        detector = TraceDetector.fit(reference, calibration, *windows)
+    except ValueError as e:
+        log.warning("no trace-space check is stored: %s", e)
+        return None
+    return TraceCheck(detector, reference, calibration)
 
 
 def calibrate_circuit_check(
@@ -245,10 +319,15 @@ def finalize_npe(outcome: TrainOutcome, prior_dir: str | Path | None = None) -> 
     write_artifact(out, KIND, model.state_dict(), manifest)
     posterior = load_amortized(out)  # the artifact just written: one posterior, never an ensemble
     metrics["heldout"] = heldout_check(posterior, outcome)
-    detector = calibrate_misspecification(posterior, outcome)
+    detector, trace = calibrate_misspecification(posterior, outcome)
     if detector is not None:
         manifest["misspecification"] = detector.save(out)
         metrics["misspecification"] = detector.meta()
+    if trace is not None:
+        manifest[TRACE_BLOCK] = save_trace_check(
+            trace.detector, trace.reference, trace.calibration, out
+        )
+        metrics["trace_check"] = trace.detector.meta()
     if circuits and (check := calibrate_circuit_check(posterior, outcome)) is not None:
         manifest["circuits"]["misspecification"] = check.save(out, DETECTOR_FILE)
         metrics["circuit_check"] = check.meta()
