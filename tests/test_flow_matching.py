@@ -309,20 +309,20 @@ def test_validation_sees_the_same_draws_every_epoch_and_leaves_training_randomne
     from inference.training.loop import _validate
     from inference.training.tasks import NPETask
 
-    class Batches:  # the ChunkStream interface _validate reads
-        def batches(self, epoch, shuffle):
-            rng = np.random.default_rng(0)
-            for _ in range(3):
-                yield {
-                    "theta": rng.uniform(STATS["low"], STATS["high"], (64, 3)),
-                    "features": rng.normal(size=(64, 2)).astype(np.float32),
-                }
+    rng = np.random.default_rng(0)
+    batches = [  # the fixed validation subset _validate reads every round
+        {
+            "theta": rng.uniform(STATS["low"], STATS["high"], (64, 3)),
+            "features": rng.normal(size=(64, 2)).astype(np.float32),
+        }
+        for _ in range(3)
+    ]
 
     torch.manual_seed(0)
     model = FlowMatchingModel(FlowMatchingConfig(hidden_features=16, condition_features=16), STATS)
     task = NPETask(estimator="flow-matching")
     state = torch.get_rng_state()
-    first = _validate(task, model, Batches(), epoch=0, world=1)
+    first = _validate(task, model, batches, world=1)
     assert torch.equal(torch.get_rng_state(), state)
     torch.rand(10)  # training draws in between
-    assert _validate(task, model, Batches(), epoch=5, world=1) == first
+    assert _validate(task, model, batches, world=1) == first
