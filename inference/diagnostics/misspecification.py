@@ -332,15 +332,12 @@ class TraceAnswers:
 
     @classmethod
     def of(cls, detector: Any, codes: NDArray[np.integer]) -> TraceAnswers:
-        """Score B traces (B, T) with a ``TraceDetector``; the reason lines only for those that
-        fired (each line costs the statistics again, and most traces do not fire)."""
-        scores = detector.score(codes)
-        fired = np.flatnonzero(scores > detector.threshold)
-        reasons: list[list[str]] = [[] for _ in range(len(scores))]
-        if fired.size:
-            for i, lines in zip(fired, detector.reasons(codes[fired]), strict=True):
-                reasons[i] = lines
-        return cls(scores, float(detector.threshold), reasons)
+        """Score B traces (B, T) with a ``TraceDetector``, one pass over their statistics for
+        both the scores and the reason lines."""
+        surprise, stats = detector.surprises(codes)
+        return cls(
+            surprise.max(axis=1), float(detector.threshold), detector.reasons_of(surprise, stats)
+        )
 
 
 __all__ = [

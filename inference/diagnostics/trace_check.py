@@ -418,7 +418,10 @@ class TraceDetector:
 
     def reasons(self, traces: NDArray[np.integer]) -> list[list[str]]:
         """Per trace, one line naming the statistic that fired, or nothing."""
-        surprise, stats = self.surprises(traces)
+        return self.reasons_of(*self.surprises(traces))
+
+    def reasons_of(self, surprise: NDArray, stats: NDArray) -> list[list[str]]:
+        """``reasons`` from ``surprises``' output, for a caller that has it (no second pass)."""
         out: list[list[str]] = []
         for i in range(surprise.shape[0]):
             j = int(np.argmax(surprise[i]))
